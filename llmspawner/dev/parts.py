@@ -1,0 +1,192 @@
+"""Command lines and environments of the dev stack's parts: pure builders, no I/O.
+
+The hub's environment is the contract with this repository's ``jupyterhub_config.py``:
+
+==================================  ===========================================================
+``KUBECONFIG``                      the emulated cluster's kubeconfig (kubespawner loads it)
+``LLMSPAWNER_NAMESPACE``            ``default``
+``LLMSPAWNER_MLFLOW_TRACKING_URI``  the MLflow server's URL
+``LLMSPAWNER_DEV``                  ``1``: add the settings only a dev cluster needs
+``LLMSPAWNER_OIDC_ISSUER``          the OIDC provider's issuer URL (discovery document below it)
+``LLMSPAWNER_ALLOW_ALL``            ``1``: every user who logs in is allowed
+``OAUTH2_AUTHORIZE_URL``,           the provider's endpoints, read from its discovery document
+``OAUTH2_TOKEN_URL``,               (GenericOAuthenticator's own environment variables)
+``OAUTH2_USERDATA_URL``
+``OAUTH_CLIENT_ID``,                any id/secret: the mock provider accepts every client
+``OAUTH_CLIENT_SECRET``
+``OAUTH_CALLBACK_URL``              ``<hub url>/hub/oauth_callback``
+==================================  ===========================================================
+
+Ports, database and cookie secret are given as ``jupyterhub`` command-line flags
+(:func:`hub_command`), so that the config file needs no dev-only knowledge of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+#: Users the OIDC provider offers with one click; any other ``sub`` typed on its page works
+#: too, with the claims ``{"sub": name, "email": name}`` only.
+DEFAULT_USERS: tuple[dict, ...] = (
+    {
+        "sub": "alice",
+        "preferred_username": "alice",
+        "email": "alice@example.org",
+        "name": "Alice",
+        "groups": ["users"],
+    },
+    {
+        "sub": "bob",
+        "preferred_username": "bob",
+        "email": "bob@example.org",
+        "name": "Bob",
+        "groups": ["users"],
+    },
+    {
+        "sub": "admin",
+        "preferred_username": "admin",
+        "email": "admin@example.org",
+        "name": "Admin",
+        "groups": ["admins", "users"],
+    },
+)
+
+#: The OAuth client id the hub uses with the dev provider (any value is accepted).
+OAUTH_CLIENT_ID = "llmspawner-dev"
+#: The matching secret (any value is accepted by the mock provider).
+OAUTH_CLIENT_SECRET = "llmspawner-dev-secret"
+
+
+def venv_bin() -> Path:
+    """Return the folder of this Python's executables (the virtualenv's ``bin``)."""
+    return Path(sys.executable).parent
+
+
+def base_environment(
+    environ: Mapping[str, str], *, marker: tuple[str, str], extra: Mapping[str, str] = ()
+) -> dict[str, str]:
+    """Return a child's environment: ``environ`` + the stack marker + ``extra``.
+
+    The virtualenv's ``bin`` goes first on ``PATH``, so that children find ``jupyterhub``,
+    ``jupyterhub-singleuser``, ``mlflow`` and ``llamafactory-cli`` of this environment.
+    """
+    env = dict(environ)
+    path = env.get("PATH", os.defpath)
+    env["PATH"] = os.pathsep.join([str(venv_bin()), path])
+    env["PYTHONUNBUFFERED"] = "1"
+    env[marker[0]] = marker[1]
+    env.update(extra)
+    return env
+
+
+def devcluster_command(*, data_dir: Path, port: int = 0) -> list[str]:
+    """Command line of the emulated cluster; it prints one JSON line when ready."""
+    return [
+        sys.executable,
+        "-m",
+        "llmspawner.devcluster",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+    ]
+
+
+def mlflow_command(*, workdir: Path, host: str, port: int) -> list[str]:
+    """Command line of the MLflow tracking server on SQLite, artifacts under ``workdir``.
+
+    ``--allowed-hosts`` lets the hub and the pods (each on its own ``127.x.y.z``) call it;
+    ``--workers 1`` keeps it small. See ``mlflow server --help`` (MLflow 3).
+    """
+    return [
+        str(venv_bin() / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(workdir / "mlflow-artifacts"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--allowed-hosts",
+        "localhost,localhost:*,127.*",
+    ]
+
+
+def oidc_command(*, host: str, port: int, users: Iterable[Mapping] = DEFAULT_USERS) -> list[str]:
+    """Command line of the mock OIDC provider (``oidc-provider-mock``) with ``users``.
+
+    Each user is a claims mapping with a ``sub``; it is offered as a one-click button and
+    its claims (e.g. ``preferred_username``, ``groups``) are returned by ``/userinfo``.
+    """
+    argv = [sys.executable, "-m", "oidc_provider_mock", "--host", host, "--port", str(port)]
+    for user in users:
+        if not user.get("sub"):
+            raise ValueError(f"OIDC user {dict(user)!r} has no 'sub'")
+        argv += ["--user-claims", json.dumps(dict(user), separators=(",", ":"))]
+    return argv
+
+
+def hub_command(
+    *,
+    config_file: Path,
+    workdir: Path,
+    host: str,
+    port: int,
+    hub_port: int,
+    proxy_api_port: int,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """Command line of the hub: ``jupyterhub -f <config>`` with ports and state in ``workdir``."""
+    return [
+        str(venv_bin() / "jupyterhub"),
+        "-f",
+        str(config_file),
+        f"--JupyterHub.bind_url=http://{host}:{port}",
+        f"--JupyterHub.hub_bind_url=http://{host}:{hub_port}",
+        f"--JupyterHub.db_url=sqlite:///{workdir / 'jupyterhub.sqlite'}",
+        f"--JupyterHub.cookie_secret_file={workdir / 'jupyterhub_cookie_secret'}",
+        f"--JupyterHub.pid_file={workdir / 'jupyterhub.pid'}",
+        f"--ConfigurableHTTPProxy.api_url=http://{host}:{proxy_api_port}",
+        f"--ConfigurableHTTPProxy.pid_file={workdir / 'jupyterhub-proxy.pid'}",
+        *extra_args,
+    ]
+
+
+def hub_environment(
+    *,
+    kubeconfig: str,
+    namespace: str,
+    mlflow_url: str,
+    oidc_issuer: str,
+    oidc_endpoints: Mapping[str, str],
+    hub_url: str,
+) -> dict[str, str]:
+    """Return the hub's contract variables (see the module docstring).
+
+    Args:
+        oidc_endpoints: the provider's discovery document (``authorization_endpoint``,
+            ``token_endpoint``, ``userinfo_endpoint`` are used).
+        hub_url: the hub's public URL, without a trailing ``/``.
+    """
+    return {
+        "KUBECONFIG": kubeconfig,
+        "LLMSPAWNER_NAMESPACE": namespace,
+        "LLMSPAWNER_MLFLOW_TRACKING_URI": mlflow_url,
+        "LLMSPAWNER_DEV": "1",
+        "LLMSPAWNER_ALLOW_ALL": "1",
+        "LLMSPAWNER_OIDC_ISSUER": oidc_issuer,
+        "OAUTH2_AUTHORIZE_URL": oidc_endpoints["authorization_endpoint"],
+        "OAUTH2_TOKEN_URL": oidc_endpoints["token_endpoint"],
+        "OAUTH2_USERDATA_URL": oidc_endpoints["userinfo_endpoint"],
+        "OAUTH_CLIENT_ID": OAUTH_CLIENT_ID,
+        "OAUTH_CLIENT_SECRET": OAUTH_CLIENT_SECRET,
+        "OAUTH_CALLBACK_URL": f"{hub_url}/hub/oauth_callback",
+    }

@@ -1,0 +1,402 @@
+"""Child processes for the dev stack: start, wait until ready, stop, and leave nothing behind.
+
+Each part of the stack (emulated cluster, MLflow, OIDC provider, hub) runs as a
+:class:`ChildProcess` in its own process group (a new session), with its stdout and stderr
+appended to one log file. Stopping sends ``SIGTERM`` to the whole group, waits a grace period
+(seconds) and then sends ``SIGKILL``. When started from the main thread on Linux, a child also
+gets ``PR_SET_PDEATHSIG`` (``SIGTERM``), so that it does not outlive a ``kill -9`` of its parent.
+
+:func:`kill_strays` is the last safety net: it ends processes that a part started in a session
+of their own (configurable-http-proxy, the pods of the emulated cluster) and that survived their
+parent, recognised by a marker in their environment or by their working directory.
+
+Only the standard library is used here, except for :func:`wait_http` (httpx).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+
+class StartupError(RuntimeError):
+    """A part of the stack did not become ready.
+
+    Attributes:
+        part: the part's name, e.g. ``"hub"``.
+        log_tail: the last lines of the part's log (may be empty).
+    """
+
+    def __init__(self, part: str, message: str, log_tail: str = ""):
+        self.part = part
+        self.log_tail = log_tail
+        text = f"{part}: {message}"
+        if log_tail:
+            text += f"\n--- last lines of the {part} log ---\n{log_tail}"
+        super().__init__(text)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` that is free right now (the OS picks it).
+
+    Another process may take it before it is used; the parts of the stack are started one
+    after the other, so in practice this does not happen.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to send SIGTERM to this (child) process when its parent thread exits."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class ChildProcess:
+    """One part of the stack, run as a child process in its own process group.
+
+    Args:
+        name: the part's name, used in messages and as the log file's stem.
+        argv: the command line.
+        log_path: file that receives stdout and stderr (appended; folders are created).
+        env: the full environment of the child; ``None`` inherits this process's.
+        cwd: working directory of the child; ``None`` keeps this process's.
+
+    The constructor does nothing; :meth:`start` starts the process.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.log_path = Path(log_path)
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.popen: subprocess.Popen | None = None
+
+    def __repr__(self) -> str:
+        return f"<ChildProcess {self.name} pid={self.pid} running={self.running}>"
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (also its process group id), or ``None`` before start."""
+        return self.popen.pid if self.popen else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the child has been started and has not exited."""
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status (negative: killed by that signal), ``None`` while running."""
+        return self.popen.poll() if self.popen else None
+
+    def start(self) -> ChildProcess:
+        """Start the child; return ``self``.
+
+        Raises:
+            RuntimeError: if it was already started.
+            OSError: if the executable cannot be run.
+        """
+        if self.popen is not None:
+            raise RuntimeError(f"{self.name} was already started")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        main_thread = threading.current_thread() is threading.main_thread()
+        with open(self.log_path, "ab") as log:
+            log.write(f"=== {time.strftime('%H:%M:%S')} $ {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+                preexec_fn=(
+                    _set_parent_death_signal
+                    if main_thread and sys.platform.startswith("linux")
+                    else None
+                ),
+            )
+        return self
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """Stop the child's whole process group: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+        Safe to call more than once and on a child that has already exited (its group is
+        still signalled, to end what it left behind).
+
+        Returns:
+            The child's exit status, or ``None`` if it was never started.
+        """
+        if self.popen is None:
+            return None
+        pgid = self.popen.pid
+        if self.popen.poll() is None:
+            _signal_group(pgid, signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # Anything left in the group (the leader gone or not) is killed.
+        if _group_alive(pgid):
+            _signal_group(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + min(grace, 2.0)
+            while _group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            _signal_group(pgid, signal.SIGKILL)
+        try:
+            return self.popen.wait(5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+            return None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Return the last ``lines`` lines of the child's log ('' when there is none yet)."""
+        return log_tail(self.log_path, lines)
+
+    def check_running(self) -> None:
+        """Raise :class:`StartupError` (with the log tail) if the child has exited."""
+        if self.popen is not None and self.popen.poll() is not None:
+            raise StartupError(
+                self.name, f"exited with status {self.popen.returncode}", self.log_tail()
+            )
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """Return the last ``lines`` lines of the text file ``path`` ('' if it does not exist)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(collections.deque(f, maxlen=lines)).rstrip("\n")
+    except FileNotFoundError:
+        return ""
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - a group member of another user
+        return True
+    return True
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    process: ChildProcess | None = None,
+    interval: float = 0.25,
+) -> T:
+    """Call ``check()`` until it returns something other than ``None``; return that.
+
+    Args:
+        check: called every ``interval`` seconds; exceptions it raises propagate.
+        timeout: total seconds to wait.
+        what: what is awaited, for the error message (e.g. ``"hub /hub/health"``).
+        process: the child that must stay alive meanwhile.
+
+    Raises:
+        StartupError: the child exited, or ``timeout`` passed (with the child's log tail).
+    """
+    deadline = time.monotonic() + timeout
+    name = process.name if process else what
+    while True:
+        if process is not None:
+            process.check_running()
+        result = check()
+        if result is not None:
+            return result
+        if time.monotonic() >= deadline:
+            tail = process.log_tail() if process else ""
+            raise StartupError(name, f"{what} not ready after {timeout:.0f} s", tail)
+        time.sleep(interval)
+
+
+def wait_http(
+    url: str,
+    *,
+    timeout: float,
+    process: ChildProcess | None = None,
+    ok: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200,
+    interval: float = 0.25,
+) -> httpx.Response:
+    """Poll ``GET url`` until ``ok(response)``; return that response.
+
+    Connection errors and per-request timeouts (5 s) count as "not yet".
+
+    Raises:
+        StartupError: as :func:`wait_until`.
+    """
+
+    def check() -> httpx.Response | None:
+        try:
+            response = httpx.get(url, timeout=5.0)
+        except httpx.TransportError:
+            return None
+        return response if ok(response) else None
+
+    return wait_until(check, timeout=timeout, what=f"GET {url}", process=process, interval=interval)
+
+
+def wait_json_line(
+    path: Path,
+    *,
+    keys: Iterable[str],
+    timeout: float,
+    process: ChildProcess | None = None,
+) -> dict:
+    """Wait until the text file ``path`` has a line that is a JSON object with all ``keys``.
+
+    Used for the emulated cluster, which prints one such line on stdout when it is ready.
+
+    Returns:
+        The first such object.
+
+    Raises:
+        StartupError: as :func:`wait_until`.
+    """
+    wanted = set(keys)
+
+    def check() -> dict | None:
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+        for line in text.splitlines():
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and wanted <= obj.keys():
+                return obj
+        return None
+
+    return wait_until(
+        check, timeout=timeout, what=f"a JSON line with {sorted(wanted)}", process=process
+    )
+
+
+def _read_environ(pid: int) -> bytes:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return f.read()
+
+
+def _ancestors(pid: int) -> set[int]:
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                # the field after the ")" that closes the command name: state, ppid, ...
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return seen
+
+
+def find_strays(*, marker: tuple[str, str] | None = None, under: Path | None = None) -> list[int]:
+    """Find this user's processes that belong to a stopped dev stack (Linux ``/proc`` only).
+
+    A process matches when its environment holds ``NAME=VALUE`` of ``marker``, or its working
+    directory is ``under`` or below it. This process and its ancestors never match.
+
+    Returns:
+        Matching process ids (empty where ``/proc`` is not available).
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():  # pragma: no cover - not Linux
+        return []
+    needle = f"{marker[0]}={marker[1]}".encode() if marker else None
+    root = str(Path(under).resolve()) if under is not None else None
+    skip = _ancestors(os.getpid())
+    uid = os.getuid()
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid in skip:
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            if needle is not None and needle in _read_environ(pid).split(b"\0"):
+                found.append(pid)
+                continue
+            if root is not None:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+                if cwd == root or cwd.startswith(root + os.sep):
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def kill_strays(
+    *, marker: tuple[str, str] | None = None, under: Path | None = None, grace: float = 3.0
+) -> list[int]:
+    """End the processes :func:`find_strays` finds: SIGTERM, then SIGKILL after ``grace`` s.
+
+    Returns:
+        The process ids that were signalled.
+    """
+    pids = find_strays(marker=marker, under=under)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if _pid_alive(p)]
+    for pid in alive:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -1,0 +1,303 @@
+"""The whole platform on one machine: emulated cluster, MLflow, OIDC provider and hub.
+
+:class:`DevStack` is what ``llmspawner dev`` runs and what the e2e tests' ``stack`` fixture
+uses, so that both exercise the same stack::
+
+    with DevStack(Path(".dev")) as stack:
+        print(stack.hub_url)
+
+Every part is a child process (see :mod:`llmspawner.dev.processes`) with its log in
+``<workdir>/logs/<part>.log``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+from . import parts
+from .kube import KubeClient
+from .processes import (
+    ChildProcess,
+    StartupError,
+    free_port,
+    kill_strays,
+    wait_http,
+    wait_json_line,
+)
+
+log = logging.getLogger(__name__)
+
+#: The repository root (where ``jupyterhub_config.py`` and ``profiles/`` are).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: Name of the environment variable that marks every process of one stack.
+MARKER_ENV = "LLMSPAWNER_DEV_STACK_ID"
+
+#: Seconds each part gets between SIGTERM and SIGKILL when the stack stops.
+STOP_GRACE = {"hub": 30.0, "oidc": 5.0, "mlflow": 10.0, "cluster": 30.0}
+
+
+class DevStack:
+    """Start and stop the dev stack; after :meth:`start`, its URLs and paths are attributes.
+
+    Args:
+        workdir: folder for state and logs (created). Holds ``cluster/`` (the emulated
+            cluster's data dir), ``mlflow.db``, ``jupyterhub.sqlite``, ``logs/``.
+        config_file: the hub's config; default ``<repo>/jupyterhub_config.py``.
+        namespace: the Kubernetes namespace of the user pods.
+        pvc_name: the shared ReadWriteMany PVC created at start.
+        timeout: seconds each part may take to become ready.
+        hub_env: extra environment variables of the hub only (e.g. short timeouts in tests).
+        hub_args: extra ``jupyterhub`` command-line flags, e.g. ``["--debug"]``.
+        users: claims of the OIDC provider's predefined users (default
+            :data:`parts.DEFAULT_USERS`: alice, bob, admin).
+        host: the loopback address every part binds.
+        environ: the base environment of all children (default ``os.environ``).
+        on_step: called with a line of progress text (default: this module's logger).
+
+    Attributes (set by :meth:`start`):
+        hub_url: the hub's public URL (through configurable-http-proxy), no trailing ``/``.
+        hub_api_url: ``<hub_url>/hub/api``.
+        mlflow_url: the MLflow server's URL.
+        oidc_issuer: the OIDC provider's issuer URL.
+        kubeconfig: path of the emulated cluster's kubeconfig.
+        cluster_url: the emulated Kubernetes API's URL.
+        data_dir: the emulated cluster's data folder.
+        processes: part name -> :class:`ChildProcess`.
+
+    The constructor does no I/O.
+    """
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        *,
+        config_file: Path | None = None,
+        namespace: str = "default",
+        pvc_name: str = "llm-storage",
+        timeout: float = 120.0,
+        hub_env: Mapping[str, str] | None = None,
+        hub_args: Sequence[str] = (),
+        users: Sequence[Mapping] = parts.DEFAULT_USERS,
+        host: str = "127.0.0.1",
+        environ: Mapping[str, str] | None = None,
+        on_step: Callable[[str], None] | None = None,
+    ):
+        self.workdir = Path(workdir).resolve()
+        self.config_file = Path(config_file or REPO_ROOT / "jupyterhub_config.py").resolve()
+        self.namespace = namespace
+        self.pvc_name = pvc_name
+        self.timeout = timeout
+        self.hub_env = dict(hub_env or {})
+        self.hub_args = list(hub_args)
+        self.users = list(users)
+        self.host = host
+        self.environ = dict(os.environ if environ is None else environ)
+        self.on_step = on_step or log.info
+        self.marker = (MARKER_ENV, secrets.token_hex(8))
+        self.processes: dict[str, ChildProcess] = {}
+        self.hub_url = self.hub_api_url = self.mlflow_url = self.oidc_issuer = ""
+        self.kubeconfig = self.cluster_url = ""
+        self.data_dir: Path | None = None
+        self._started = False
+
+    # -- paths ----------------------------------------------------------------------------
+
+    @property
+    def logs_dir(self) -> Path:
+        """``<workdir>/logs``: one ``<part>.log`` per part."""
+        return self.workdir / "logs"
+
+    def pvc_path(self, name: str | None = None, namespace: str | None = None) -> Path:
+        """Folder on this machine that holds the PVC's files in the emulated cluster.
+
+        ``<data_dir>/pvc/<namespace>/<name>`` (the emulated cluster's layout).
+
+        Raises:
+            RuntimeError: before :meth:`start`.
+        """
+        if self.data_dir is None:
+            raise RuntimeError("the stack is not started")
+        return self.data_dir / "pvc" / (namespace or self.namespace) / (name or self.pvc_name)
+
+    # -- start/stop -----------------------------------------------------------------------
+
+    def __enter__(self) -> DevStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _child(self, name: str, argv: list[str], env: Mapping[str, str]) -> ChildProcess:
+        child = ChildProcess(
+            name, argv, log_path=self.logs_dir / f"{name}.log", env=env, cwd=self.workdir
+        )
+        self.processes[name] = child
+        child.start()
+        return child
+
+    def start(self) -> DevStack:
+        """Start every part and wait until each is ready; return ``self``.
+
+        On any failure (or Ctrl-C), everything started so far is stopped before the error
+        propagates.
+
+        Raises:
+            StartupError: a part exited or was not ready within ``timeout`` seconds; the
+                message has the part's last log lines.
+            RuntimeError: already started, or the hub's config file is missing.
+        """
+        if self._started:
+            raise RuntimeError("the stack is already started")
+        if not self.config_file.is_file():
+            raise RuntimeError(f"the hub's config file {self.config_file} does not exist")
+        self._started = True
+        atexit.register(self.stop)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(exist_ok=True)
+        env = parts.base_environment(self.environ, marker=self.marker)
+        host = self.host
+        t0 = time.monotonic()
+
+        # The three independent parts start together, then each is awaited.
+        cluster = self._child(
+            "cluster", parts.devcluster_command(data_dir=self.workdir / "cluster"), env
+        )
+        mlflow_port = free_port(host)
+        mlflow = self._child(
+            "mlflow", parts.mlflow_command(workdir=self.workdir, host=host, port=mlflow_port), env
+        )
+        oidc_port = free_port(host)
+        oidc = self._child(
+            "oidc", parts.oidc_command(host=host, port=oidc_port, users=self.users), env
+        )
+
+        info = wait_json_line(
+            cluster.log_path,
+            keys=("url", "kubeconfig", "data_dir"),
+            timeout=self.timeout,
+            process=cluster,
+        )
+        self.cluster_url = info["url"].rstrip("/")
+        self.kubeconfig = str(info["kubeconfig"])
+        self.data_dir = Path(info["data_dir"])
+        self.on_step(f"cluster ready at {self.cluster_url} ({time.monotonic() - t0:.1f} s)")
+
+        self.oidc_issuer = f"http://{host}:{oidc_port}"
+        discovery = wait_http(
+            f"{self.oidc_issuer}/.well-known/openid-configuration",
+            timeout=self.timeout,
+            process=oidc,
+        ).json()
+        self.on_step(f"OIDC provider ready at {self.oidc_issuer} ({time.monotonic() - t0:.1f} s)")
+
+        self.mlflow_url = f"http://{host}:{mlflow_port}"
+        wait_http(f"{self.mlflow_url}/health", timeout=self.timeout, process=mlflow)
+        self.on_step(f"MLflow ready at {self.mlflow_url} ({time.monotonic() - t0:.1f} s)")
+
+        self._create_storage()
+        self.on_step(f"PVC {self.namespace}/{self.pvc_name} ready at {self.pvc_path()}")
+
+        port, hub_port, proxy_api_port = free_port(host), free_port(host), free_port(host)
+        self.hub_url = f"http://{host}:{port}"
+        self.hub_api_url = f"{self.hub_url}/hub/api"
+        hub_env = dict(env)
+        hub_env.update(
+            parts.hub_environment(
+                kubeconfig=self.kubeconfig,
+                namespace=self.namespace,
+                mlflow_url=self.mlflow_url,
+                oidc_issuer=self.oidc_issuer,
+                oidc_endpoints=discovery,
+                hub_url=self.hub_url,
+            )
+        )
+        hub_env.update(self.hub_env)
+        hub = self._child(
+            "hub",
+            parts.hub_command(
+                config_file=self.config_file,
+                workdir=self.workdir,
+                host=host,
+                port=port,
+                hub_port=hub_port,
+                proxy_api_port=proxy_api_port,
+                extra_args=self.hub_args,
+            ),
+            hub_env,
+        )
+        # Through the proxy: proves that both configurable-http-proxy and the hub are up.
+        wait_http(f"{self.hub_url}/hub/health", timeout=self.timeout, process=hub)
+        self.on_step(f"hub ready at {self.hub_url} ({time.monotonic() - t0:.1f} s)")
+
+    def _create_storage(self) -> None:
+        """Create the shared PVC through the Kubernetes API, and ``models/`` in it."""
+        with KubeClient.from_kubeconfig(self.kubeconfig) as kube:
+            kube.ensure_pvc(self.namespace, self.pvc_name, access_modes=("ReadWriteMany",))
+        (self.pvc_path() / "models").mkdir(parents=True, exist_ok=True)
+
+    def stop(self) -> None:
+        """Stop every part (hub first, cluster last) and end any process they left behind.
+
+        Each part gets SIGTERM, then SIGKILL after its grace period (:data:`STOP_GRACE`).
+        Safe to call more than once.
+        """
+        atexit.unregister(self.stop)
+        for name in ("hub", "oidc", "mlflow", "cluster"):
+            child = self.processes.get(name)
+            if child is not None and child.popen is not None:
+                status = child.stop(STOP_GRACE.get(name, 10.0))
+                log.debug("%s stopped with status %s", name, status)
+        strays = kill_strays(marker=self.marker, under=self.workdir)
+        if strays:
+            log.warning("ended %d stray process(es) of the dev stack: %s", len(strays), strays)
+
+    def log_tails(self, lines: int = 30) -> str:
+        """Return the last ``lines`` lines of every part's log, each under a header."""
+        out = []
+        for name, child in self.processes.items():
+            status = "running" if child.running else f"exited {child.returncode}"
+            out.append(f"--- {name} ({status}): {child.log_path} ---\n{child.log_tail(lines)}")
+        return "\n".join(out)
+
+    # -- conveniences for tests and the smoke check ----------------------------------------
+
+    def kube(self) -> KubeClient:
+        """Return a new :class:`KubeClient` for the emulated cluster (close it after use)."""
+        return KubeClient.from_kubeconfig(self.kubeconfig)
+
+    def mlflow_experiment(self, name: str) -> dict | None:
+        """Return MLflow's experiment ``name`` (the ``experiment`` object), or ``None`` (404).
+
+        Raises:
+            httpx.HTTPStatusError: MLflow answered another error.
+        """
+        response = httpx.get(
+            f"{self.mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": name},
+            timeout=10.0,
+        )
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()["experiment"]
+
+
+__all__ = ["DevStack", "StartupError", "REPO_ROOT", "MARKER_ENV"]

@@ -1,0 +1,364 @@
+"""LLMSpawner: KubeSpawner with GPU profiles, a per-user folder, MLflow and LlamaBoard.
+
+Glue only: the rules live in :mod:`llmspawner.profiles` (profile → GPU resources),
+:mod:`llmspawner.storage` (user → subPath mounts) and :mod:`llmspawner.tracking`
+(user → MLflow experiment). This module turns them into kubespawner settings once per spawn.
+
+Entry point: ``c.JupyterHub.spawner_class = "llm"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from kubespawner import KubeSpawner
+from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
+
+from . import profiles as profiles_mod
+from . import storage, tracking
+
+#: kubespawner traits that a profile or the user's storage may set for one spawn. Their
+#: configured values are restored before each spawn: kubespawner's profile overrides *merge*
+#: dicts and keep earlier values, so a CPU spawn after a GPU spawn on the same spawner object
+#: would otherwise keep the GPU request (kubespawner ``_apply_overrides``).
+PER_SPAWN_TRAITS = (
+    "extra_resource_limits",
+    "extra_resource_guarantees",
+    "node_selector",
+    "tolerations",
+    "cpu_guarantee",
+    "cpu_limit",
+    "mem_guarantee",
+    "mem_limit",
+    "image",
+    "volumes",
+    "volume_mounts",
+    "working_dir",
+)
+
+_PROFILE_CACHE: dict[tuple, list[profiles_mod.Profile]] = {}
+
+
+def load_profiles_cached(directory: str, cluster: profiles_mod.ClusterGPUConfig):
+    """Load a profiles folder once per (folder, cluster config, file names and mtimes).
+
+    Returns:
+        The validated profiles (shared list: do not mutate).
+
+    Raises:
+        profiles.ProfileError: as :func:`llmspawner.profiles.load_profiles`.
+    """
+    folder = Path(directory)
+    stamp = (
+        tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.y*ml")))
+        if folder.is_dir()
+        else ()
+    )
+    key = (str(folder), cluster, stamp)
+    if key not in _PROFILE_CACHE:
+        _PROFILE_CACHE.clear()
+        _PROFILE_CACHE[key] = profiles_mod.load_profiles(folder, cluster)
+    return _PROFILE_CACHE[key]
+
+
+def kubespawner_override(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUConfig):
+    """Return the ``kubespawner_override`` of one profile (pure).
+
+    Dict values are merged by kubespawner onto the configured ones (so the chart's own node
+    selector stays); the tolerations are a callable that appends to the configured list.
+
+    Args:
+        profile: a validated profile.
+        cluster: the cluster's GPU configuration.
+
+    Returns:
+        A new dict of KubeSpawner trait names to values or callables.
+    """
+    gpu = profiles_mod.gpu_resources(profile.gpu, cluster)
+    extra_tolerations = [*gpu.tolerations, *profile.tolerations]
+    override = {
+        "extra_resource_limits": dict(gpu.limits),
+        "extra_resource_guarantees": dict(gpu.limits),
+        "node_selector": {**profile.node_selector, **gpu.node_selector},
+        "tolerations": lambda spawner: [
+            *spawner._sorted_dict_values(spawner.tolerations),
+            *copy.deepcopy(extra_tolerations),
+        ],
+    }
+    for name in ("cpu_guarantee", "cpu_limit", "mem_guarantee", "mem_limit"):
+        value = getattr(profile, name)
+        if value is not None:
+            override[name] = value
+    if profile.image:
+        override["image"] = profile.image
+    return override
+
+
+def profile_list_entry(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUConfig):
+    """Return one KubeSpawner ``profile_list`` entry for a profile (pure)."""
+    return {
+        "slug": profile.slug,
+        "display_name": profile.display_name,
+        "description": profile.description,
+        "default": profile.default,
+        "kubespawner_override": kubespawner_override(profile, cluster),
+    }
+
+
+class LLMSpawner(KubeSpawner):
+    """KubeSpawner for LLM fine-tuning: GPU profiles, the user's own folder, MLflow, LlamaBoard.
+
+    Per spawn it applies the chosen profile (see :mod:`llmspawner.profiles`), mounts only the
+    user's subPath of the shared PVC (see :mod:`llmspawner.storage`), sets the MLflow
+    environment and makes sure the user's experiment exists (see :mod:`llmspawner.tracking`),
+    and opens LlamaBoard.
+    """
+
+    profiles_dir = Unicode(
+        "/usr/local/etc/llmspawner/profiles",
+        config=True,
+        help="""
+        Folder of GPU profile files (``*.yaml``, one profile each), offered at spawn.
+
+        Under zero-to-jupyterhub the folder is mounted from a ConfigMap. The files are
+        validated when the hub starts (see ``llmspawner profiles check``) and re-read when
+        they change.
+
+            c.LLMSpawner.profiles_dir = "/etc/llmspawner/profiles"
+        """,
+    )
+
+    gpu_shared_resource = Unicode(
+        "nvidia.com/gpu",
+        config=True,
+        help="""
+        Extended resource of time-sliced GPU replicas: ``nvidia.com/gpu``, or
+        ``nvidia.com/gpu.shared`` when the NVIDIA device plugin's ``renameByDefault`` is on.
+
+            c.LLMSpawner.gpu_shared_resource = "nvidia.com/gpu.shared"
+        """,
+    )
+
+    gpu_replica_counts = List(
+        Integer(),
+        default_value=[2, 4],
+        config=True,
+        help="""
+        Replica counts that time-sliced GPU nodes are labelled with
+        (``nvidia.com/gpu.replicas``). A profile's ``gpu.fraction`` must be ``1/N`` for one
+        of them.
+
+            c.LLMSpawner.gpu_replica_counts = [2, 4]
+        """,
+    )
+
+    mig_strategy = Unicode(
+        "mixed",
+        config=True,
+        help="""
+        The NVIDIA device plugin's MIG strategy, ``mixed`` or ``single``; decides which
+        resource a ``gpu.mig`` profile requests.
+        """,
+    )
+
+    storage_claim_name = Unicode(
+        "llm-storage",
+        config=True,
+        help="""
+        Name of the shared PersistentVolumeClaim (ReadWriteMany) holding ``users/<slug>``
+        folders and the shared ``models/`` folder. Each user's pod mounts only its own folder.
+
+            c.LLMSpawner.storage_claim_name = "llm-storage"
+        """,
+    )
+
+    mlflow_tracking_uri = Unicode(
+        "",
+        config=True,
+        help="""
+        URL of the MLflow tracking server, set as ``MLFLOW_TRACKING_URI`` in the user's pod and
+        used by the hub to create the user's experiment. Empty: no tracking.
+
+            c.LLMSpawner.mlflow_tracking_uri = "http://mlflow.llm.svc:5000"
+        """,
+    )
+
+    mlflow_experiment_template = Unicode(
+        tracking.DEFAULT_EXPERIMENT_TEMPLATE,
+        config=True,
+        help="""
+        Template of the user's MLflow experiment name (``MLFLOW_EXPERIMENT_NAME``); fields
+        ``{username}`` and ``{slug}``.
+
+            c.LLMSpawner.mlflow_experiment_template = "{username}-experiments"
+        """,
+    )
+
+    mlflow_timeout = Float(
+        5.0,
+        config=True,
+        help="""
+        Seconds to wait for MLflow per request when making sure the user's experiment exists.
+        If MLflow cannot be reached the server starts anyway and the progress page says that
+        tracking is unavailable.
+        """,
+    )
+
+    llamaboard_url = Unicode(
+        "/llamaboard/",
+        config=True,
+        help="""
+        Path of LlamaBoard under the user's server (jupyter-server-proxy's ``llamaboard``
+        entry). It is the default URL unless ``default_url`` is set.
+        """,
+    )
+
+    bind_pod_ip = Bool(
+        False,
+        config=True,
+        help="""
+        Make the user's server listen on the pod's IP (from the downward API, ``status.podIP``)
+        instead of all interfaces. Needed on the emulated dev cluster, where pods share one
+        network namespace and each has its own loopback address; harmless on a real cluster.
+        """,
+    )
+
+    @default("default_url")
+    def _default_url_default(self):
+        return self.llamaboard_url
+
+    @validate("mlflow_experiment_template")
+    def _validate_template(self, proposal):
+        try:
+            return tracking.check_experiment_template(proposal["value"])
+        except ValueError as e:
+            raise TraitError(f"LLMSpawner.mlflow_experiment_template: {e}") from None
+
+    @validate("mig_strategy")
+    def _validate_mig_strategy(self, proposal):
+        if proposal["value"] not in ("mixed", "single"):
+            raise TraitError(
+                f"LLMSpawner.mig_strategy must be one of mixed, single; not {proposal['value']!r}"
+            )
+        return proposal["value"]
+
+    @property
+    def gpu_cluster(self) -> profiles_mod.ClusterGPUConfig:
+        """The cluster's GPU configuration built from this spawner's traits."""
+        return profiles_mod.ClusterGPUConfig(
+            shared_resource=self.gpu_shared_resource,
+            replica_counts=tuple(self.gpu_replica_counts),
+            mig_strategy=self.mig_strategy,
+        )
+
+    @property
+    def profiles(self) -> list[profiles_mod.Profile]:
+        """The validated profiles of ``profiles_dir`` (re-read when the files change)."""
+        return load_profiles_cached(self.profiles_dir, self.gpu_cluster)
+
+    @default("profile_list")
+    def _profile_list_default(self):
+        return [profile_list_entry(p, self.gpu_cluster) for p in self.profiles]
+
+    @property
+    def experiment_name(self) -> str:
+        """The user's MLflow experiment name, e.g. ``alice-experiments``."""
+        return tracking.experiment_name(self.user.name, self.mlflow_experiment_template)
+
+    # --- per spawn --------------------------------------------------------------------
+
+    _configured: dict | None = None
+    _tracking_task: asyncio.Future | None = None
+
+    def _restore_configured(self):
+        """Reset every per-spawn trait to its configured value (snapshot on first use)."""
+        if self._configured is None:
+            self._configured = {
+                name: copy.deepcopy(getattr(self, name)) for name in PER_SPAWN_TRAITS
+            }
+        for name, value in self._configured.items():
+            setattr(self, name, copy.deepcopy(value))
+
+    async def load_user_options(self):
+        """Apply the chosen profile (default: the default profile) and the user's storage.
+
+        Called by kubespawner at the start of every spawn. Settings of an earlier spawn on
+        this spawner object never leak into this one.
+
+        Raises:
+            ValueError: for an unknown profile, listing the valid ones (kubespawner's check).
+        """
+        self._restore_configured()
+        await super().load_user_options()
+        user_storage = storage.build_user_storage(
+            username=self.user.name, claim_name=self.storage_claim_name
+        )
+        self.volumes = [*self._sorted_dict_values(self.volumes), *user_storage.volumes]
+        self.volume_mounts = [
+            *self._sorted_dict_values(self.volume_mounts),
+            *user_storage.volume_mounts,
+        ]
+        self.working_dir = user_storage.home
+
+    def get_env(self):
+        """kubespawner's environment plus ``HOME`` (the user's folder) and ``MLFLOW_*``."""
+        env = super().get_env()
+        if self.bind_pod_ip and env.get("JUPYTERHUB_SERVICE_URL"):
+            # $(POD_IP) is expanded by the kubelet; kubespawner orders env vars by reference.
+            # https://kubernetes.io/docs/tasks/inject-data-application/define-interdependent-environment-variables/
+            env["POD_IP"] = {"valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+            url = urlsplit(env["JUPYTERHUB_SERVICE_URL"])
+            netloc = f"$(POD_IP):{url.port}" if url.port else "$(POD_IP)"
+            env["JUPYTERHUB_SERVICE_URL"] = urlunsplit(url._replace(netloc=netloc))
+        env["HOME"] = storage.user_home(self.user.name)
+        env.update(
+            tracking.tracking_env(
+                tracking_uri=self.mlflow_tracking_uri, experiment=self.experiment_name
+            )
+        )
+        return env
+
+    async def _ensure_tracking(self) -> str:
+        """Make sure the user's experiment exists; return a sentence for the progress page.
+
+        Never raises: when MLflow cannot be reached the spawn goes on.
+        """
+        if not self.mlflow_tracking_uri:
+            return "Experiment tracking is off (no MLflow server configured)."
+        name = self.experiment_name
+        try:
+            experiment_id = await tracking.ensure_experiment(
+                self.mlflow_tracking_uri, name, timeout=self.mlflow_timeout
+            )
+        except tracking.TrackingUnavailable as e:
+            self.log.warning("MLflow experiment %s for %s not ensured: %s", name, self.user.name, e)
+            return (
+                f"Experiment tracking is unavailable: {e}. Your server starts anyway; runs are "
+                f"reported to experiment {name!r} once MLflow is back."
+            )
+        self.log.info(
+            "MLflow experiment %s (id %s) ready for %s", name, experiment_id, self.user.name
+        )
+        return f"MLflow experiment {name!r} is ready."
+
+    def start(self):
+        """Make sure the user's MLflow experiment exists, then start the pod (kubespawner)."""
+        self._tracking_task = asyncio.ensure_future(self._ensure_tracking())
+
+        async def start_after_tracking():
+            await self._tracking_task
+            return await self._start()
+
+        self._start_future = asyncio.ensure_future(start_after_tracking())
+        return self._start_future
+
+    async def progress(self):
+        """kubespawner's progress events, preceded by the state of experiment tracking."""
+        if self._tracking_task is not None:
+            message = await asyncio.shield(self._tracking_task)
+            yield {"progress": 2, "message": message}
+        async for event in super().progress():
+            yield event

@@ -1,0 +1,127 @@
+"""A user's place on the shared PVC: the one slug function, subPaths, volumes and mounts.
+
+Every user works in their own folder ``users/<slug>`` of one shared PersistentVolumeClaim
+(default ``llm-storage``) and sees only that folder, mounted at ``/storage/users/<slug>``, plus
+the shared base models, read-only, at ``/storage/models``. The user's server (``spawner``) and
+the batch queue's Jobs (``queue``) both build their volumes here, so both see the same folder.
+
+All functions are pure: no I/O, no mutation of their arguments.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from kubespawner.slugs import is_valid_object_name, safe_slug
+
+#: Where the shared PVC's folders appear inside a pod.
+STORAGE_ROOT = "/storage"
+#: Folder (relative to the PVC root) that holds one sub-folder per user.
+USERS_DIR = "users"
+#: Folder (relative to the PVC root) with base models shared read-only by everyone.
+MODELS_DIR = "models"
+#: Name of the pod volume that refers to the shared PVC.
+VOLUME_NAME = "llm-storage"
+
+
+def user_slug(username: str) -> str:
+    """Return the Kubernetes-safe, stable slug of a JupyterHub username.
+
+    This is the only place where a user's name becomes a name in Kubernetes (folder, label
+    value, object-name part). It is kubespawner's ``safe_slug`` (the ``slug_scheme="safe"``
+    of kubespawner >= 7): a name that already is a valid DNS-1123 label (lower-case
+    letters, digits and ``-``, starting with a letter, at most 63 characters, no ``--``) is
+    kept as it is; any other name is lower-cased, stripped to ``[a-z0-9-]`` and given a
+    ``---<8 hex digits of sha256>`` suffix, so that two different names never share a slug.
+    See https://jupyterhub-kubespawner.readthedocs.io/en/latest/templates.html#safe-scheme
+
+    Args:
+        username: the hub's (already normalised) username, any Unicode string.
+
+    Returns:
+        A valid DNS-1123 label (also a valid label value), never empty, ``.`` or ``..``.
+        The value for a given name never changes between releases (tests pin it).
+
+    Raises:
+        ValueError: if ``username`` is empty.
+    """
+    if not username:
+        raise ValueError("username must not be empty")
+    slug = safe_slug(username)
+    # kubespawner guarantees this; a broken upgrade must never let a bad name through.
+    if not is_valid_object_name(slug):  # pragma: no cover - guarded by pinned tests
+        raise ValueError(f"slug {slug!r} of {username!r} is not a DNS-1123 label")
+    return slug
+
+
+def user_subpath(username: str) -> str:
+    """Return the user's folder relative to the root of the shared PVC, ``users/<slug>``."""
+    return posixpath.join(USERS_DIR, user_slug(username))
+
+
+def user_home(username: str) -> str:
+    """Return the user's folder as seen inside a pod, ``/storage/users/<slug>``.
+
+    It is the working directory and ``HOME`` of the user's server and of the user's Jobs.
+    """
+    return posixpath.join(STORAGE_ROOT, user_subpath(username))
+
+
+def models_path() -> str:
+    """Return where the shared base models appear inside a pod, ``/storage/models``."""
+    return posixpath.join(STORAGE_ROOT, MODELS_DIR)
+
+
+@dataclass(frozen=True)
+class UserStorage:
+    """What a pod needs to see one user's folder on the shared PVC.
+
+    Attributes:
+        volumes: Kubernetes ``Volume`` dicts (one, referring to the shared PVC).
+        volume_mounts: ``VolumeMount`` dicts: the user's subPath read-write at
+            :func:`user_home`, and ``models/`` read-only at :func:`models_path`.
+        home: the user's folder inside the pod (working directory and ``HOME``).
+    """
+
+    volumes: list[dict]
+    volume_mounts: list[dict]
+    home: str
+
+
+def build_user_storage(*, username: str, claim_name: str) -> UserStorage:
+    """Build the volumes and mounts that show one user their own folder of the shared PVC.
+
+    The PVC is mounted twice through ``subPath`` (never whole), so the user's processes cannot
+    reach another user's folder: https://kubernetes.io/docs/concepts/storage/volumes/#using-subpath
+
+    Args:
+        username: the hub's normalised username.
+        claim_name: name of the shared PersistentVolumeClaim (ReadWriteMany), e.g. ``llm-storage``.
+
+    Returns:
+        A :class:`UserStorage` with fresh lists (safe to extend).
+
+    Raises:
+        ValueError: if ``claim_name`` is not a valid Kubernetes object name, or ``username`` is
+            empty.
+    """
+    if not is_valid_object_name(claim_name):
+        raise ValueError(
+            f"claim_name {claim_name!r} is not a valid PVC name (a DNS-1123 label: lower-case "
+            "letters, digits and '-', starting with a letter, at most 63 characters)"
+        )
+    home = user_home(username)
+    return UserStorage(
+        volumes=[{"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim_name}}],
+        volume_mounts=[
+            {"name": VOLUME_NAME, "mountPath": home, "subPath": user_subpath(username)},
+            {
+                "name": VOLUME_NAME,
+                "mountPath": models_path(),
+                "subPath": MODELS_DIR,
+                "readOnly": True,
+            },
+        ],
+        home=home,
+    )
