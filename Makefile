@@ -1,0 +1,17 @@
+# The two commands of the README. Both install what they need first (scripts/install.sh).
+.PHONY: install dev smoke test lint
+
+install:
+	./scripts/install.sh
+
+dev: install
+	.venv/bin/llmspawner dev
+
+smoke: install
+	.venv/bin/llmspawner dev --smoke
+
+test: install
+	.venv/bin/pytest
+
+lint: install
+	.venv/bin/ruff check .

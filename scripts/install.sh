@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install everything llmspawner needs to run its stack and its tests on this machine, into
+# ./.venv (Python packages, llamafactory included) and ./.venv/chp (configurable-http-proxy).
+# Idempotent: a second run with an unchanged pyproject.toml returns at once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+CHP_VERSION=${CHP_VERSION:-5.3.0}
+
+for tool in "$PYTHON" node npm; do
+    command -v "$tool" >/dev/null || { echo "install.sh: '$tool' is required (Python >= 3.10, Node.js >= 18 with npm)" >&2; exit 1; }
+done
+
+stamp="$VENV/.llmspawner-installed-$( (cat pyproject.toml; echo "$CHP_VERSION") | sha256sum | cut -c1-16)"
+if [ -e "$stamp" ]; then
+    echo "install.sh: $VENV is up to date"
+    exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+echo "install.sh: installing llmspawner[test] and its dependencies (LLaMA-Factory and PyTorch: a few GB, minutes)"
+"$VENV/bin/python" -m pip install --quiet -e '.[test]'
+
+echo "install.sh: installing configurable-http-proxy $CHP_VERSION (npm)"
+npm install --silent --no-audit --no-fund --prefix "$VENV/chp" "configurable-http-proxy@$CHP_VERSION"
+ln -sf "$PWD/$VENV/chp/node_modules/.bin/configurable-http-proxy" "$VENV/bin/configurable-http-proxy"
+"$VENV/bin/configurable-http-proxy" --version >/dev/null
+
+rm -f "$VENV"/.llmspawner-installed-*
+touch "$stamp"
+echo "install.sh: done"

@@ -1,0 +1,60 @@
+"""Fixtures for pure unit tests: no cluster, no network, no hub process."""
+
+import pytest
+from kubernetes_asyncio.client import ApiClient
+from traitlets.config import Config
+
+from llmspawner.hubconfig import REPO_PROFILES
+
+# KubeSpawner's constructor loads a kubeconfig (kubespawner/clients.py: load_config), even
+# though building a manifest needs no cluster. This one points at a closed port and is never
+# contacted by these tests.
+_STUB_KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: stub, cluster: {server: "http://127.0.0.1:9"}}]
+users: [{name: stub, user: {}}]
+contexts: [{name: stub, context: {cluster: stub, user: stub, namespace: default}}]
+current-context: stub
+"""
+
+
+@pytest.fixture
+def stub_kubeconfig(tmp_path, monkeypatch):
+    path = tmp_path / "kubeconfig"
+    path.write_text(_STUB_KUBECONFIG)
+    # kubernetes_asyncio reads $KUBECONFIG once, at import; its default location is read at
+    # call time.
+    from kubernetes_asyncio.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    return path
+
+
+@pytest.fixture
+def make_spawner(stub_kubeconfig):
+    """Return ``make(username, config=None) -> LLMSpawner`` with the shipped profiles."""
+    from llmspawner.spawner import LLMSpawner
+
+    def make(username: str, config: Config | None = None) -> LLMSpawner:
+        c = Config()
+        c.LLMSpawner.profiles_dir = str(REPO_PROFILES)
+        c.LLMSpawner.mlflow_tracking_uri = "http://mlflow.llm.svc:5000"
+        if config is not None:
+            c.merge(config)
+        # _mock is kubespawner's own test hook: a stand-in user and hub object.
+        spawner = LLMSpawner(config=c, _mock=True)
+        spawner.user.name = username
+        return spawner
+
+    return make
+
+
+async def pod_for(spawner, options: dict) -> dict:
+    """Apply ``options`` as user options and return the pod as the API server receives it."""
+    spawner.user_options = options
+    await spawner.load_user_options()
+    pod = await spawner.get_pod_manifest()
+    # kubernetes_asyncio's own serializer, as used when kubespawner creates the pod.
+    async with ApiClient() as api:
+        return api.sanitize_for_serialization(pod)

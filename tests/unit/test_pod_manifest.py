@@ -1,0 +1,175 @@
+"""The user's pod as LLMSpawner builds it, for every shipped profile and two users."""
+
+import kubernetes_validate
+import pytest
+from kubernetes_validate.utils import latest_version
+from traitlets.config import Config
+
+from .conftest import pod_for
+
+TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+# profile -> (GPU limits, node selector, GPU tolerations, cpu request/limit, memory request/limit)
+EXPECTED = {
+    "cpu": ({}, None, None, (1.0, 4.0), (4 * 2**30, 16 * 2**30)),
+    "small": (
+        {"nvidia.com/gpu": 1},
+        {"nvidia.com/gpu.replicas": "4"},
+        [TOLERATION],
+        (2.0, 8.0),
+        (8 * 2**30, 32 * 2**30),
+    ),
+    "medium": (
+        {"nvidia.com/gpu": 1},
+        {"nvidia.com/gpu.replicas": "2"},
+        [TOLERATION],
+        (4.0, 8.0),
+        (16 * 2**30, 48 * 2**30),
+    ),
+    "large": (
+        {"nvidia.com/gpu": 1},
+        {"nvidia.com/gpu.replicas": "1"},
+        [TOLERATION],
+        (8.0, 16.0),
+        (32 * 2**30, 64 * 2**30),
+    ),
+}
+USERS = {"alice": "alice", "Bob.Smith@example.org": "bob-smith-example-org---da50e6af"}
+
+
+def env_of(pod):
+    return {
+        e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]
+    }
+
+
+@pytest.mark.parametrize("profile", sorted(EXPECTED))
+@pytest.mark.parametrize("username", sorted(USERS))
+async def test_pod_for_profile_and_user(make_spawner, profile, username):
+    slug = USERS[username]
+    pod = await pod_for(make_spawner(username), {"profile": profile})
+    gpu, selector, tolerations, (cpu_req, cpu_lim), (mem_req, mem_lim) = EXPECTED[profile]
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    assert container["resources"] == {
+        "limits": {"cpu": cpu_lim, "memory": mem_lim, **gpu},
+        "requests": {"cpu": cpu_req, "memory": mem_req, **gpu},
+    }
+    assert spec.get("nodeSelector") == selector
+    assert spec.get("tolerations") == tolerations
+    assert spec["volumes"] == [
+        {"name": "llm-storage", "persistentVolumeClaim": {"claimName": "llm-storage"}}
+    ]
+    assert container["volumeMounts"] == [
+        {"name": "llm-storage", "mountPath": f"/storage/users/{slug}", "subPath": f"users/{slug}"},
+        {
+            "name": "llm-storage",
+            "mountPath": "/storage/models",
+            "subPath": "models",
+            "readOnly": True,
+        },
+    ]
+    assert container["workingDir"] == f"/storage/users/{slug}"
+    env = env_of(pod)
+    assert env["HOME"] == f"/storage/users/{slug}"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.llm.svc:5000"
+    assert env["MLFLOW_EXPERIMENT_NAME"] == f"{username}-experiments"
+    assert env["JUPYTERHUB_DEFAULT_URL"] == "/llamaboard/"
+    assert env["JUPYTERHUB_USER"] == username
+    # The raw name never reaches a label; kubespawner keeps it in an annotation.
+    assert pod["metadata"]["annotations"]["hub.jupyter.org/username"] == username
+    for version in ("1.32", latest_version()):
+        kubernetes_validate.validate(pod, version, strict=True)
+
+
+async def test_cpu_after_gpu_on_the_same_spawner(make_spawner):
+    """kubespawner merges profile overrides into the spawner; a GPU spawn must not leak."""
+    spawner = make_spawner("alice")
+    gpu_pod = await pod_for(spawner, {"profile": "large"})
+    assert gpu_pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    cpu_pod = await pod_for(spawner, {"profile": "cpu"})
+    spec = cpu_pod["spec"]
+    assert "nvidia.com/gpu" not in spec["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in spec["containers"][0]["resources"]["requests"]
+    assert spec.get("nodeSelector") is None
+    assert spec.get("tolerations") is None
+    assert len(spec["containers"][0]["volumeMounts"]) == 2
+
+
+async def test_no_options_gives_default_profile(make_spawner):
+    """The admin panel's "start server" sends no options: the default profile (cpu)."""
+    no_options = await pod_for(make_spawner("alice"), {})
+    explicit = await pod_for(make_spawner("alice"), {"profile": "cpu"})
+    assert no_options["spec"] == explicit["spec"]
+
+
+async def test_configured_selector_and_tolerations_are_kept(make_spawner):
+    """Settings of the chart (z2jh's user scheduling) stay; the profile adds to them."""
+    c = Config()
+    dedicated = {
+        "key": "hub.jupyter.org/dedicated",
+        "operator": "Equal",
+        "value": "user",
+        "effect": "NoSchedule",
+    }
+    c.LLMSpawner.node_selector = {"hub.jupyter.org/node-purpose": "user"}
+    c.LLMSpawner.tolerations = [dedicated]
+    c.LLMSpawner.volumes = [{"name": "extra", "emptyDir": {}}]
+    c.LLMSpawner.volume_mounts = [{"name": "extra", "mountPath": "/extra"}]
+    spawner = make_spawner("alice", c)
+    for _ in range(2):  # twice: nothing accumulates across spawns
+        pod = await pod_for(spawner, {"profile": "medium"})
+        spec = pod["spec"]
+        assert spec["nodeSelector"] == {
+            "hub.jupyter.org/node-purpose": "user",
+            "nvidia.com/gpu.replicas": "2",
+        }
+        assert spec["tolerations"] == [dedicated, TOLERATION]
+        assert [v["name"] for v in spec["volumes"]] == ["extra", "llm-storage"]
+        assert [m["mountPath"] for m in spec["containers"][0]["volumeMounts"]] == [
+            "/extra",
+            "/storage/users/alice",
+            "/storage/models",
+        ]
+    pod = await pod_for(spawner, {"profile": "cpu"})
+    assert pod["spec"]["nodeSelector"] == {"hub.jupyter.org/node-purpose": "user"}
+    assert pod["spec"]["tolerations"] == [dedicated]
+
+
+async def test_unknown_profile_is_refused(make_spawner):
+    with pytest.raises(
+        ValueError, match="No such profile: huge. Options include: cpu, small, medium, large"
+    ):
+        await pod_for(make_spawner("alice"), {"profile": "huge"})
+
+
+async def test_bind_pod_ip(make_spawner):
+    c = Config()
+    c.LLMSpawner.bind_pod_ip = True
+    pod = await pod_for(make_spawner("alice", c), {"profile": "cpu"})
+    env = pod["spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in env
+    by_name = env_of(pod)
+    assert by_name["JUPYTERHUB_SERVICE_URL"] == "http://$(POD_IP):8888/"
+    # A variable must be defined before the one that refers to it.
+    assert names.index("POD_IP") < names.index("JUPYTERHUB_SERVICE_URL")
+    kubernetes_validate.validate(pod, "1.32", strict=True)
+
+
+async def test_experiment_template(make_spawner):
+    c = Config()
+    c.LLMSpawner.mlflow_experiment_template = "team/{slug}"
+    pod = await pod_for(make_spawner("Bob.Smith@example.org", c), {"profile": "cpu"})
+    assert env_of(pod)["MLFLOW_EXPERIMENT_NAME"] == "team/bob-smith-example-org---da50e6af"
+
+
+def test_bad_experiment_template(make_spawner):
+    from traitlets import TraitError
+
+    c = Config()
+    c.LLMSpawner.mlflow_experiment_template = "{user}-runs"
+    with pytest.raises(
+        TraitError, match=r"unknown field\(s\) user; allowed: \{username\}, \{slug\}"
+    ):
+        make_spawner("alice", c)
