@@ -199,8 +199,7 @@ class KubeClient:
             return self._json("GET", f"{path}/{quote(name)}")
         if response.status_code >= 400:
             raise KubeError(
-                f"creating PVC {namespace}/{name} -> {response.status_code}: "
-                f"{response.text[:500]}",
+                f"creating PVC {namespace}/{name} -> {response.status_code}: {response.text[:500]}",
                 response.status_code,
             )
         return response.json()

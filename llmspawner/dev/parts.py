@@ -9,6 +9,7 @@ The hub's environment is the contract with this repository's ``jupyterhub_config
 ``LLMSPAWNER_DEV``                  ``1``: add the settings only a dev cluster needs
 ``LLMSPAWNER_OIDC_ISSUER``          the OIDC provider's issuer URL (discovery document below it)
 ``LLMSPAWNER_ALLOW_ALL``            ``1``: every user who logs in is allowed
+``LLMSPAWNER_OIDC_USERNAME_CLAIM``  ``sub``: any name typed on the provider's page works
 ``OAUTH2_AUTHORIZE_URL``,           the provider's endpoints, read from its discovery document
 ``OAUTH2_TOKEN_URL``,               (GenericOAuthenticator's own environment variables)
 ``OAUTH2_USERDATA_URL``
@@ -120,6 +121,11 @@ def mlflow_command(*, workdir: Path, host: str, port: int) -> list[str]:
     ]
 
 
+def mlflow_environment() -> dict[str, str]:
+    """Extra environment of the MLflow server: no job runner (its ~7 worker processes)."""
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def oidc_command(*, host: str, port: int, users: Iterable[Mapping] = DEFAULT_USERS) -> list[str]:
     """Command line of the mock OIDC provider (``oidc-provider-mock``) with ``users``.
 
@@ -183,6 +189,8 @@ def hub_environment(
         "LLMSPAWNER_DEV": "1",
         "LLMSPAWNER_ALLOW_ALL": "1",
         "LLMSPAWNER_OIDC_ISSUER": oidc_issuer,
+        # Any name typed on the mock provider's page logs in: only "sub" is always there.
+        "LLMSPAWNER_OIDC_USERNAME_CLAIM": "sub",
         "OAUTH2_AUTHORIZE_URL": oidc_endpoints["authorization_endpoint"],
         "OAUTH2_TOKEN_URL": oidc_endpoints["token_endpoint"],
         "OAUTH2_USERDATA_URL": oidc_endpoints["userinfo_endpoint"],

@@ -182,7 +182,9 @@ class DevStack:
         )
         mlflow_port = free_port(host)
         mlflow = self._child(
-            "mlflow", parts.mlflow_command(workdir=self.workdir, host=host, port=mlflow_port), env
+            "mlflow",
+            parts.mlflow_command(workdir=self.workdir, host=host, port=mlflow_port),
+            {**env, **parts.mlflow_environment()},
         )
         oidc_port = free_port(host)
         oidc = self._child(
