@@ -45,9 +45,12 @@ async def test_ensure_experiment_creates_once(mlflow_url):
 
 async def test_ensure_experiment_restores_a_deleted_one(mlflow_url):
     experiment_id = await tracking.ensure_experiment(mlflow_url, "bob-experiments")
-    httpx.post(
-        f"{mlflow_url}/api/2.0/mlflow/experiments/delete", json={"experiment_id": experiment_id}
-    ).raise_for_status()
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            f"{mlflow_url}/api/2.0/mlflow/experiments/delete",
+            json={"experiment_id": experiment_id},
+        )
+    r.raise_for_status()
     assert get_experiment(mlflow_url, "bob-experiments")["lifecycle_stage"] == "deleted"
     assert await tracking.ensure_experiment(mlflow_url, "bob-experiments") == experiment_id
     assert get_experiment(mlflow_url, "bob-experiments")["lifecycle_stage"] == "active"
