@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from kubespawner import KubeSpawner
+from tornado import web
 from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
 
 from . import profiles as profiles_mod
@@ -261,7 +262,59 @@ class LLMSpawner(KubeSpawner):
 
     @default("profile_list")
     def _profile_list_default(self):
-        return [profile_list_entry(p, self.gpu_cluster) for p in self.profiles]
+        # A callable, so that each user is offered only the profiles their groups allow.
+        def allowed_profiles(spawner):
+            return [profile_list_entry(p, spawner.gpu_cluster) for p in spawner.allowed_profiles]
+
+        return allowed_profiles
+
+    @property
+    def user_groups(self) -> list[str]:
+        """Names of the user's JupyterHub groups (managed from the login's groups claim)."""
+        return sorted(g.name for g in (getattr(self.user, "groups", None) or []))
+
+    @property
+    def allowed_profiles(self) -> list[profiles_mod.Profile]:
+        """The profiles this user may start (``allowed_groups`` empty, or a group in common)."""
+        groups = self.user_groups
+        return [p for p in self.profiles if p.allows(groups)]
+
+    @default("apply_user_options")
+    def _apply_user_options_default(self):
+        return self.check_user_options
+
+    def check_user_options(self, spawner, user_options: dict) -> None:
+        """Refuse bad user options before anything is created (JupyterHub's
+        ``Spawner.apply_user_options`` hook, JupyterHub >= 5.3, which runs before ``start``).
+
+        The same check applies to the spawn form, the REST API (``{"profile": "medium"}``) and
+        the admin panel (no options: the default profile).
+
+        Raises:
+            tornado.web.HTTPError: 400 for an unknown option or profile, listing the valid
+                ones; 403 for a profile the user's groups do not allow.
+        """
+        unknown = sorted(set(user_options) - {"profile"})
+        if unknown:
+            raise web.HTTPError(
+                400, f"Unknown option {', '.join(map(repr, unknown))}; the only option is 'profile'"
+            )
+        slug = user_options.get("profile")
+        allowed = self.allowed_profiles
+        valid = ", ".join(p.slug for p in allowed)
+        if slug is not None and not isinstance(slug, str):
+            raise web.HTTPError(400, f"Option 'profile' must be a string, one of: {valid}")
+        try:
+            profile = profiles_mod.find_profile(self.profiles, slug)
+        except KeyError:
+            raise web.HTTPError(400, f"Unknown profile {slug!r}; valid profiles: {valid}") from None
+        if profile not in allowed:
+            groups = ", ".join(profile.allowed_groups)
+            raise web.HTTPError(
+                403,
+                f"Profile {profile.slug!r} is only for members of the group(s) {groups}; "
+                f"your profiles: {valid}",
+            )
 
     @property
     def experiment_name(self) -> str:

@@ -1,0 +1,93 @@
+"""User options from the form, the REST API and the admin panel: one check, 400/403."""
+
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+from tornado import web
+from traitlets.config import Config
+
+from .conftest import pod_for
+
+
+@pytest.fixture
+def restricted_profiles(tmp_path):
+    """The shipped layout plus a profile only for the group ``gpu-power``."""
+    files = {
+        "cpu.yaml": "slug: cpu\ndisplay_name: CPU\ndefault: true\n",
+        "medium.yaml": "slug: medium\ndisplay_name: Half\ngpu: {fraction: 1/2}\n",
+        "large.yaml": textwrap.dedent(
+            """\
+            slug: large
+            display_name: Whole
+            gpu: {count: 1}
+            allowed_groups: [gpu-power, admins]
+            """
+        ),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    c = Config()
+    c.LLMSpawner.profiles_dir = str(tmp_path)
+    return c
+
+
+def with_groups(spawner, *names):
+    spawner.user.groups = [SimpleNamespace(name=n) for n in names]
+    return spawner
+
+
+def refusal(spawner, options) -> tuple[int, str]:
+    with pytest.raises(web.HTTPError) as e:
+        spawner.apply_user_options(spawner, options)
+    return e.value.status_code, e.value.log_message
+
+
+async def test_valid_options_pass(make_spawner):
+    spawner = with_groups(make_spawner("alice"))
+    for options in ({}, {"profile": "cpu"}, {"profile": "medium"}, {"profile": "large"}):
+        assert spawner.apply_user_options(spawner, options) is None
+
+
+async def test_unknown_profile_is_400_listing_valid(make_spawner):
+    spawner = with_groups(make_spawner("alice"))
+    assert refusal(spawner, {"profile": "huge"}) == (
+        400,
+        "Unknown profile 'huge'; valid profiles: cpu, small, medium, large",
+    )
+
+
+async def test_unknown_option_is_400(make_spawner):
+    spawner = with_groups(make_spawner("alice"))
+    assert refusal(spawner, {"profile": "cpu", "image": "evil:latest"}) == (
+        400,
+        "Unknown option 'image'; the only option is 'profile'",
+    )
+    assert refusal(spawner, {"profile": ["cpu"]}) == (
+        400,
+        "Option 'profile' must be a string, one of: cpu, small, medium, large",
+    )
+
+
+async def test_group_restricted_profile(make_spawner, restricted_profiles):
+    outsider = with_groups(make_spawner("bob", restricted_profiles), "users")
+    assert [p.slug for p in outsider.allowed_profiles] == ["cpu", "medium"]
+    assert refusal(outsider, {"profile": "large"}) == (
+        403,
+        "Profile 'large' is only for members of the group(s) gpu-power, admins; your profiles: cpu, medium",
+    )
+    member = with_groups(make_spawner("carol", restricted_profiles), "users", "gpu-power")
+    assert [p.slug for p in member.allowed_profiles] == ["cpu", "medium", "large"]
+    assert member.apply_user_options(member, {"profile": "large"}) is None
+
+
+async def test_form_offers_only_allowed_profiles(make_spawner, restricted_profiles):
+    outsider = with_groups(make_spawner("bob", restricted_profiles), "users")
+    entries = outsider.profile_list(outsider)
+    assert [e["slug"] for e in entries] == ["cpu", "medium"]
+    form = await outsider._render_options_form_dynamically(outsider)
+    assert 'value="medium"' in form
+    assert 'value="large"' not in form
+    member = with_groups(make_spawner("carol", restricted_profiles), "gpu-power")
+    pod = await pod_for(member, {"profile": "large"})
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
