@@ -1,0 +1,196 @@
+"""GPU slices per profile: how many the cluster has and how many are free now.
+
+A pure function of Nodes and Pods (:func:`profile_capacity`), used by the spawn form and, with
+the same counts, by the batch queue's admission. Counting follows the scheduler's rules for
+extended resources: a node offers ``status.allocatable[resource]`` units, and every pod bound
+to it that has not terminated uses its containers' requests (an extended resource's request
+defaults to its limit)
+(https://kubernetes.io/docs/concepts/configuration/manage-resources-containers/#extended-resources).
+
+:class:`CapacityCache` is the I/O edge: it lists Nodes and Pods at most once per ``ttl``
+seconds, whatever the number of page views.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from .profiles import ClusterGPUConfig, GPUResources, Profile, gpu_resources
+
+_TERMINATED = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Slices of one profile's GPU share.
+
+    Attributes:
+        total: how many pods of this profile the matching nodes can hold at once.
+        free: how many more can start now.
+        resource: the extended resource the profile requests, e.g. ``nvidia.com/gpu``.
+    """
+
+    total: int
+    free: int
+    resource: str
+
+    @property
+    def full(self) -> bool:
+        """No slice is free now (a spawn waits, Pending, until one frees up)."""
+        return self.free <= 0
+
+
+def _quantity(value) -> int:
+    """An extended resource quantity as an integer (they are whole numbers by definition)."""
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+def _tolerates(taints: Iterable[Mapping], tolerations: Iterable[Mapping]) -> bool:
+    """Whether ``tolerations`` tolerate every NoSchedule/NoExecute taint (simplified rules)."""
+    for taint in taints:
+        if taint.get("effect") not in ("NoSchedule", "NoExecute"):
+            continue
+        if not any(
+            t.get("key") in (None, "", taint.get("key"))
+            and t.get("effect") in (None, "", taint.get("effect"))
+            and (
+                t.get("operator") == "Exists"
+                or (t.get("value") or "") == (taint.get("value") or "")
+            )
+            for t in tolerations
+        ):
+            return False
+    return True
+
+
+def pod_requests(pod: Mapping) -> dict[str, int]:
+    """Sum of a pod's containers' integer requests of extended resources (``x/y`` names).
+
+    A resource with a limit and no request counts its limit, as Kubernetes defaults it.
+    """
+    total: dict[str, int] = {}
+    for container in pod.get("spec", {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        for name, value in merged.items():
+            if "/" in name:
+                total[name] = total.get(name, 0) + _quantity(value)
+    return total
+
+
+def profile_capacity(
+    profile: Profile,
+    cluster: ClusterGPUConfig,
+    nodes: Iterable[Mapping],
+    pods: Iterable[Mapping],
+) -> Capacity | None:
+    """Count the slices of ``profile`` on ``nodes``, given the ``pods`` already bound.
+
+    Args:
+        profile: a GPU profile (``None`` is returned for a profile with no GPU).
+        cluster: the cluster's GPU configuration.
+        nodes: Node objects as dicts (``metadata.labels``, ``spec.taints``,
+            ``status.allocatable``); unschedulable nodes are skipped.
+        pods: Pod objects as dicts; only pods bound to a node (``spec.nodeName``) and not
+            terminated count.
+
+    Returns:
+        A :class:`Capacity`, or ``None`` for a CPU-only profile.
+    """
+    gpu: GPUResources = gpu_resources(profile.gpu, cluster)
+    if not gpu.limits:
+        return None
+    selector = {**profile.node_selector, **gpu.node_selector}
+    tolerations = [*gpu.tolerations, *profile.tolerations]
+    used_by_node: dict[str, dict[str, int]] = {}
+    for pod in pods:
+        node_name = pod.get("spec", {}).get("nodeName")
+        if not node_name or pod.get("status", {}).get("phase") in _TERMINATED:
+            continue
+        used = used_by_node.setdefault(node_name, {})
+        for name, n in pod_requests(pod).items():
+            used[name] = used.get(name, 0) + n
+    total = free = 0
+    for node in nodes:
+        if node.get("spec", {}).get("unschedulable"):
+            continue
+        labels = node.get("metadata", {}).get("labels") or {}
+        if any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        if not _tolerates(node.get("spec", {}).get("taints") or [], tolerations):
+            continue
+        allocatable = node.get("status", {}).get("allocatable") or {}
+        used = used_by_node.get(node["metadata"]["name"], {})
+        fits_total = fits_free = None
+        for name, per_pod in gpu.limits.items():
+            have = _quantity(allocatable.get(name, 0))
+            n_total = have // per_pod
+            n_free = max(0, have - used.get(name, 0)) // per_pod
+            fits_total = n_total if fits_total is None else min(fits_total, n_total)
+            fits_free = n_free if fits_free is None else min(fits_free, n_free)
+        total += fits_total or 0
+        free += fits_free or 0
+    return Capacity(total=total, free=free, resource=", ".join(gpu.limits))
+
+
+def capacities(
+    profiles: Iterable[Profile],
+    cluster: ClusterGPUConfig,
+    nodes: list[Mapping],
+    pods: list[Mapping],
+) -> dict[str, Capacity]:
+    """:func:`profile_capacity` of every GPU profile, by slug (CPU profiles are left out)."""
+    out = {}
+    for p in profiles:
+        c = profile_capacity(p, cluster, nodes, pods)
+        if c is not None:
+            out[p.slug] = c
+    return out
+
+
+class CapacityCache:
+    """Nodes and Pods listed at most once per ``ttl`` seconds, shared by all page views.
+
+    Args:
+        list_nodes: ``async () -> list[dict]`` of Node objects.
+        list_pods: ``async () -> list[dict]`` of Pod objects (all namespaces that hold GPU
+            users: user servers and queue Jobs).
+        ttl: seconds a listing is reused.
+        clock: monotonic clock in seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        list_nodes: Callable,
+        list_pods: Callable,
+        *,
+        ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._list_nodes = list_nodes
+        self._list_pods = list_pods
+        self.ttl = ttl
+        self._clock = clock
+        self._at: float | None = None
+        self._snapshot: tuple[list, list] = ([], [])
+        self._lock = asyncio.Lock()
+
+    async def snapshot(self) -> tuple[list, list]:
+        """Return ``(nodes, pods)``, listing them again only when older than ``ttl``.
+
+        Raises:
+            Exception: whatever the listing functions raise (the caller decides).
+        """
+        async with self._lock:
+            now = self._clock()
+            if self._at is None or now - self._at >= self.ttl:
+                nodes, pods = await asyncio.gather(self._list_nodes(), self._list_pods())
+                self._snapshot = (nodes, pods)
+                self._at = now
+            return self._snapshot
