@@ -18,6 +18,7 @@ from kubespawner import KubeSpawner
 from tornado import web
 from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
 
+from . import capacity as capacity_mod
 from . import profiles as profiles_mod
 from . import storage, tracking
 
@@ -98,15 +99,90 @@ def kubespawner_override(profile: profiles_mod.Profile, cluster: profiles_mod.Cl
     return override
 
 
-def profile_list_entry(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUConfig):
+def _duration(seconds: int) -> str:
+    """``1800`` → ``30 minutes``, ``28800`` → ``8 hours``, ``90`` → ``90 seconds``."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
+
+
+def describe_profile(profile: profiles_mod.Profile, capacity: capacity_mod.Capacity | None) -> str:
+    """The spawn form's text for a profile: its description, GPU share, free slices and idle
+    timeout, as plain sentences (the form is readable without JavaScript).
+
+    Args:
+        profile: the profile.
+        capacity: its slices now, or ``None`` (CPU profile, or capacity unknown).
+
+    Returns:
+        One line of text; kubespawner's form template escapes it.
+    """
+    parts = [profile.description.rstrip(".") + "." if profile.description else ""]
+    gpu = profile.gpu
+    if gpu.kind == "fraction":
+        parts.append(
+            f"GPU: {gpu.label} by time-slicing; a slice shares the GPU's memory with the other "
+            "users of that GPU."
+        )
+    elif gpu.kind != "none":
+        parts.append(f"GPU: {gpu.label}.")
+    if capacity is not None:
+        if capacity.full:
+            parts.append(
+                f"Full: all {capacity.total} slices are in use; choose it to wait for the next "
+                "free slot."
+            )
+        else:
+            parts.append(f"Free now: {capacity.free} of {capacity.total} slices.")
+    if profile.idle_timeout:
+        parts.append(f"Stops after {_duration(profile.idle_timeout)} without activity.")
+    return " ".join(p for p in parts if p)
+
+
+def profile_list_entry(
+    profile: profiles_mod.Profile,
+    cluster: profiles_mod.ClusterGPUConfig,
+    capacity: capacity_mod.Capacity | None = None,
+):
     """Return one KubeSpawner ``profile_list`` entry for a profile (pure)."""
     return {
         "slug": profile.slug,
         "display_name": profile.display_name,
-        "description": profile.description,
+        "description": describe_profile(profile, capacity),
         "default": profile.default,
         "kubespawner_override": kubespawner_override(profile, cluster),
     }
+
+
+def waiting_message(
+    profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUConfig, scheduler_message: str
+) -> str:
+    """Turn a ``FailedScheduling`` Event's text into one plain sentence for the user (pure).
+
+    Args:
+        profile: the profile being started.
+        cluster: the cluster's GPU configuration.
+        scheduler_message: the Event's message, e.g. ``0/4 nodes are available: 2
+            Insufficient nvidia.com/gpu, ...``.
+
+    Returns:
+        A sentence naming the profile and the resource when the pod waits for a GPU slice,
+        else a generic sentence (the scheduler's text stays in the hub's log).
+    """
+    gpu = profiles_mod.gpu_resources(profile.gpu, cluster)
+    for resource in gpu.limits:
+        if f"Insufficient {resource}" in scheduler_message:
+            return (
+                f"Waiting for a free {profile.gpu.label} slice ({resource}) for profile "
+                f"{profile.display_name!r}: all of them are in use. Your server starts by "
+                "itself as soon as one is free."
+            )
+    return (
+        f"Waiting for a node for profile {profile.display_name!r}: no node can run it right "
+        "now. Your server starts by itself as soon as one can."
+    )
 
 
 class LLMSpawner(KubeSpawner):
@@ -260,13 +336,61 @@ class LLMSpawner(KubeSpawner):
         """The validated profiles of ``profiles_dir`` (re-read when the files change)."""
         return load_profiles_cached(self.profiles_dir, self.gpu_cluster)
 
+    capacity_ttl = Float(
+        5.0,
+        config=True,
+        help="""
+        Seconds the listing of Nodes and Pods behind the spawn form's free-slice counts is
+        reused: at most one pair of Kubernetes API calls per this many seconds, whatever the
+        number of page views. Needs ``list`` on Nodes (cluster-wide) and Pods (in the
+        namespace); without them the form shows no counts.
+        """,
+    )
+
     @default("profile_list")
     def _profile_list_default(self):
-        # A callable, so that each user is offered only the profiles their groups allow.
-        def allowed_profiles(spawner):
-            return [profile_list_entry(p, spawner.gpu_cluster) for p in spawner.allowed_profiles]
+        # A callable, so that each user is offered only the profiles their groups allow,
+        # with the free slices of now.
+        async def allowed_profiles(spawner):
+            caps = await spawner.current_capacity()
+            return [
+                profile_list_entry(p, spawner.gpu_cluster, caps.get(p.slug))
+                for p in spawner.allowed_profiles
+            ]
 
         return allowed_profiles
+
+    _capacity_cache: capacity_mod.CapacityCache | None = None
+
+    async def current_capacity(self) -> dict[str, capacity_mod.Capacity]:
+        """Slices per GPU profile now (cached ``capacity_ttl`` seconds, shared by all users).
+
+        Returns:
+            ``{slug: Capacity}``; empty when Nodes or Pods cannot be listed (logged).
+        """
+        cls = LLMSpawner
+        if cls._capacity_cache is None:
+            api, namespace = self.api, self.namespace
+
+            async def list_nodes():
+                nodes = await api.list_node(_request_timeout=self.k8s_api_request_timeout)
+                return api.api_client.sanitize_for_serialization(nodes)["items"]
+
+            async def list_pods():
+                pods = await api.list_namespaced_pod(
+                    namespace, _request_timeout=self.k8s_api_request_timeout
+                )
+                return api.api_client.sanitize_for_serialization(pods)["items"]
+
+            cls._capacity_cache = capacity_mod.CapacityCache(
+                list_nodes, list_pods, ttl=self.capacity_ttl
+            )
+        try:
+            nodes, pods = await cls._capacity_cache.snapshot()
+        except Exception as e:  # an API error must not break the spawn form
+            self.log.warning("Cannot list Nodes/Pods for free GPU slices: %s", e)
+            return {}
+        return capacity_mod.capacities(self.profiles, self.gpu_cluster, nodes, pods)
 
     @property
     def user_groups(self) -> list[str]:
@@ -315,6 +439,11 @@ class LLMSpawner(KubeSpawner):
                 f"Profile {profile.slug!r} is only for members of the group(s) {groups}; "
                 f"your profiles: {valid}",
             )
+
+    @property
+    def current_profile(self) -> profiles_mod.Profile:
+        """The profile of the current or last spawn (the default before any)."""
+        return profiles_mod.find_profile(self.profiles, (self.user_options or {}).get("profile"))
 
     @property
     def experiment_name(self) -> str:
@@ -397,21 +526,67 @@ class LLMSpawner(KubeSpawner):
         )
         return f"MLflow experiment {name!r} is ready."
 
+    _last_scheduling_reason: str = ""
+
     def start(self):
-        """Make sure the user's MLflow experiment exists, then start the pod (kubespawner)."""
+        """Make sure the user's MLflow experiment exists, then start the pod (kubespawner).
+
+        When ``start_timeout`` ends the wait for a pod that could not be scheduled, the error
+        names the last scheduling reason.
+        """
         self._tracking_task = asyncio.ensure_future(self._ensure_tracking())
+        self._last_scheduling_reason = ""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
 
         async def start_after_tracking():
             await self._tracking_task
-            return await self._start()
+            # End a second before JupyterHub's own timeout, so that this message is the one
+            # the user sees rather than a bare "timeout".
+            left = max(1.0, self.start_timeout - (loop.time() - started) - 1.0)
+            try:
+                return await asyncio.wait_for(self._start(), timeout=left)
+            except (asyncio.TimeoutError, TimeoutError):
+                reason = self._last_scheduling_reason
+                if not reason:
+                    raise
+                raise TimeoutError(
+                    f"Your server did not start within {self.start_timeout} seconds. {reason}"
+                ) from None
 
         self._start_future = asyncio.ensure_future(start_after_tracking())
         return self._start_future
 
+    def _current_pod_uid(self) -> str | None:
+        ref_key = f"{self.namespace}/{self.pod_name}"
+        pod = self.pod_reflector.pods.get(ref_key) if self.pod_reflector else None
+        return (pod or {}).get("metadata", {}).get("uid")
+
+    @property
+    def events(self):
+        """Events of the current pod only: an earlier pod with the same name has another uid."""
+        events = super().events
+        uid = self._current_pod_uid()
+        if uid is None:
+            return events
+        return [e for e in events if e["involvedObject"].get("uid") in (None, uid)]
+
     async def progress(self):
-        """kubespawner's progress events, preceded by the state of experiment tracking."""
+        """kubespawner's progress events, preceded by the state of experiment tracking, with
+        the scheduler's ``FailedScheduling`` text replaced by one plain sentence (the raw
+        text goes to the hub's log)."""
         if self._tracking_task is not None:
             message = await asyncio.shield(self._tracking_task)
             yield {"progress": 2, "message": message}
         async for event in super().progress():
+            raw = event.get("raw_event") or {}
+            if raw.get("reason") == "FailedScheduling":
+                self.log.info(
+                    "Pod %s/%s unschedulable: %s", self.namespace, self.pod_name, raw.get("message")
+                )
+                sentence = waiting_message(
+                    self.current_profile, self.gpu_cluster, raw.get("message") or ""
+                )
+                self._last_scheduling_reason = sentence
+                event = {**event, "message": sentence}
             yield event

@@ -83,7 +83,7 @@ async def test_group_restricted_profile(make_spawner, restricted_profiles):
 
 async def test_form_offers_only_allowed_profiles(make_spawner, restricted_profiles):
     outsider = with_groups(make_spawner("bob", restricted_profiles), "users")
-    entries = outsider.profile_list(outsider)
+    entries = await outsider.profile_list(outsider)
     assert [e["slug"] for e in entries] == ["cpu", "medium"]
     form = await outsider._render_options_form_dynamically(outsider)
     assert 'value="medium"' in form
