@@ -1,0 +1,38 @@
+"""A real ``jupyterhub`` process refuses to start on a broken profile, naming file and field."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_hub_exits_with_the_profile_error(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "cpu.yaml").write_text("slug: cpu\ndisplay_name: CPU\ndefault: true\n")
+    (profiles / "half.yaml").write_text("slug: half\ndisplay_name: Half\ngpu: {fraction: 1/3}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMSPAWNER_", "OAUTH"))}
+    env["LLMSPAWNER_PROFILES_DIR"] = str(profiles)
+    jupyterhub = Path(sys.executable).parent / "jupyterhub"
+    result = subprocess.run(
+        [
+            str(jupyterhub),
+            "-f",
+            str(ROOT / "jupyterhub_config.py"),
+            "--JupyterHub.db_url=sqlite://",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert (
+        "llmspawner: invalid GPU profile: half.yaml: gpu.fraction: '1/3' is not offered by the "
+        "cluster; allowed: 1/2, 1/4" in result.stderr + result.stdout
+    )
+    # It stopped while loading its config: no proxy was started, no database written.
+    assert not (tmp_path / "jupyterhub.sqlite").exists()
