@@ -175,6 +175,9 @@ def configure_dev(c, env: Mapping[str, str] = os.environ) -> None:
     _set_default(s, "image_pull_policy", "IfNotPresent")
     # The image stands for a local Python environment, whose bin/ the kubelet puts on PATH.
     _set_default(s, "cmd", ["jupyterhub-singleuser"])
+    # The emulated kubelet runs pod processes as the user running it (root in CI), and
+    # Jupyter Server refuses to run as root unless told.
+    _set_default(s, "args", ["--ServerApp.allow_root=True"])
     _set_default(s, "start_timeout", 300)
     _set_default(s, "http_timeout", 120)
     # A test or a demo needs no grace: the process gets SIGTERM and a second to stop.

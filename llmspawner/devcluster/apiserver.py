@@ -253,6 +253,7 @@ class ApiServer:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout else None
+        as_table, first = "as=Table" in request.headers.get("Accept", ""), True
         try:
             await response.prepare(request)
             while not self._closing.is_set():
@@ -262,6 +263,14 @@ class ApiServer:
                 wait = 1.0 if left is None else min(left, 1.0)
                 event = await watcher.next(wait)
                 if event is not None:
+                    if as_table:  # kubectl get -w: one-row Tables, columns only in the first
+                        obj = event["object"]
+                        rv = obj["metadata"]["resourceVersion"]
+                        row_table = tables.table(res, [obj], rv)
+                        if not first:
+                            row_table["columnDefinitions"] = []
+                        event = {"type": event["type"], "object": row_table}
+                        first = False
                     await response.write(json.dumps(event).encode() + b"\n")
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
@@ -321,7 +330,9 @@ class ApiServer:
         for obj in items:
             meta = obj["metadata"]
             try:
-                deleted.append(self.store.delete(res, meta.get("namespace"), meta["name"], grace, policy))
+                deleted.append(
+                    self.store.delete(res, meta.get("namespace"), meta["name"], grace, policy)
+                )
             except ApiError:
                 continue
         return _json_response(
@@ -350,9 +361,7 @@ class ApiServer:
                 )
             container = names[0]
         if container not in names + inits:
-            raise ApiError(
-                400, "BadRequest", f"container {container} is not valid for pod {name}"
-            )
+            raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
         if self.logs is None:
             raise ApiError(400, "BadRequest", "no kubelet serves logs in this cluster")
         follow = _truthy(request.query.get("follow"))

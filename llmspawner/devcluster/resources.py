@@ -52,7 +52,9 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "nodes", "Node", False, ("status",), ("no",)),
     Resource("", "v1", "pods", "Pod", True, ("status", "log"), ("po",), ("all",)),
     Resource("", "v1", "events", "Event", True, (), ("ev",)),
-    Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("status",), ("pvc",)),
+    Resource(
+        "", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("status",), ("pvc",)
+    ),
     Resource("", "v1", "configmaps", "ConfigMap", True, (), ("cm",)),
     Resource("", "v1", "secrets", "Secret", True),
     Resource("", "v1", "services", "Service", True, ("status",), ("svc",), ("all",)),

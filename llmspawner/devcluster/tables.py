@@ -74,8 +74,10 @@ def _node_row(node: dict) -> list:
 
 def _event_row(event: dict) -> list:
     inv = event.get("involvedObject") or {}
-    when = event.get("lastTimestamp") or event.get("eventTime") or event["metadata"].get(
-        "creationTimestamp"
+    when = (
+        event.get("lastTimestamp")
+        or event.get("eventTime")
+        or event["metadata"].get("creationTimestamp")
     )
     return [
         _age(when),
@@ -118,7 +120,11 @@ def table(res: Resource, items: list[dict], resource_version: str) -> dict:
     """A Table of ``items`` of resource ``res``; columns after the first ``n`` are wide-only."""
     names, row, shown = _COLUMNS.get(
         res.plural,
-        (["Name", "Age"], lambda o: [o["metadata"]["name"], _age(o["metadata"].get("creationTimestamp"))], 2),
+        (
+            ["Name", "Age"],
+            lambda o: [o["metadata"]["name"], _age(o["metadata"].get("creationTimestamp"))],
+            2,
+        ),
     )
     columns = [
         {

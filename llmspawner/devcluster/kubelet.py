@@ -1,0 +1,664 @@
+"""The kubelet: runs bound pods' containers as local processes and reports their status.
+
+One kubelet serves every node. For each pod bound to a node (``spec.nodeName``) it:
+
+- gives the pod its own loopback address (``127.0.10.1`` upward, never ``127.0.0.1``) as
+  ``status.podIP``/``podIPs``; processes bind it, so servers of several pods share a port;
+- prepares the volumes (`containers.prepare_volumes`), runs the init containers one after
+  the other, then the containers, each through `sandbox.py` (private mount/PID namespace,
+  volumes at their mountPath, nothing outlives it);
+- reports phase (Pending → Running → Succeeded/Failed), ``containerStatuses`` (``ready``
+  once started, or once an ``httpGet``/``tcpSocket`` readinessProbe passes; ``started``;
+  ``terminated.reason`` Completed/Error/StartError with ``exitCode``), conditions
+  (PodScheduled, Initialized, ContainersReady, Ready), restarts per ``restartPolicy`` with a
+  back-off, and Events (Pulled, Created, Started, Killing, BackOff, Failed, FailedMount);
+- keeps each container instance's output (stdout+stderr) for ``pods/<name>/log``;
+- on deletion: SIGTERM to the container, SIGKILL to what is left after the grace period,
+  then removes the pod object.
+
+Pod lifecycle rules: https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/
+Not emulated: liveness/startup probes, resource limits (no cgroups), securityContext (the
+processes run as the devcluster's user), image pulls, networking namespaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import containers
+from .events import record_event
+from .resources import PODS
+from .scheduler import set_condition
+from .store import ApiError, Event, Store, now_iso
+
+log = logging.getLogger(__name__)
+
+SANDBOX = str(Path(__file__).with_name("sandbox.py"))
+START_ERROR = 128
+NAMESPACE_FAILURE = "cannot create the container's mount/PID namespaces"
+
+
+@dataclass
+class KubeletConfig:
+    """Timing knobs and environment of the kubelet (seconds).
+
+    ``images`` maps image → local environment prefix (``"*"``: any other image).
+    ``pass_env`` names variables copied from the devcluster's environment into every
+    container; ``extra_env`` are set in every container (both before the pod's own env).
+    """
+
+    images: dict[str, str] = field(default_factory=lambda: {"*": sys.prefix})
+    interval: float = 1.0
+    probe_period: float = 0.5
+    restart_backoff: float = 1.0
+    max_restart_backoff: float = 30.0
+    retry_interval: float = 1.0
+    shutdown_grace: float = 2.0
+    first_ip: str = "127.0.10.1"
+    pass_env: tuple[str, ...] = (
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "HF_HOME",
+        "HF_ENDPOINT",
+        "HF_HUB_OFFLINE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+    )
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class IpPool:
+    """Loopback addresses for pods: from ``first`` upward, skipping those in use and any
+    ``x.y.z.0``/``x.y.z.255``; raises RuntimeError when 127/8 is exhausted."""
+
+    def __init__(self, first: str = "127.0.10.1"):
+        self._next = int(ipaddress.IPv4Address(first))
+        self._first = self._next
+        self._used: set[int] = set()
+
+    def allocate(self) -> str:
+        """A free address, as a string."""
+        last = int(ipaddress.IPv4Address("127.255.255.254"))
+        for _ in range(last - self._first + 1):
+            candidate = self._next
+            self._next = self._next + 1 if self._next < last else self._first
+            if candidate in self._used or candidate % 256 in (0, 255):
+                continue
+            self._used.add(candidate)
+            return str(ipaddress.IPv4Address(candidate))
+        raise RuntimeError("no free loopback address for a pod")
+
+    def release(self, address: str) -> None:
+        """Give an address back."""
+        self._used.discard(int(ipaddress.IPv4Address(address)))
+
+
+class ContainerRun:
+    """One container of a pod: spec, current state and its running process."""
+
+    def __init__(self, spec: dict, init: bool):
+        self.spec = spec
+        self.name = spec["name"]
+        self.init = init
+        self.restart_count = 0
+        self.state: dict = {
+            "waiting": {"reason": "PodInitializing" if init else "ContainerCreating"}
+        }
+        self.last_state: dict = {}
+        self.ready = False
+        self.started = False
+        self.done = False
+        self.exit_code: int | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log_path: Path | None = None
+        self.container_id = ""
+
+    def status(self) -> dict:
+        """The ``containerStatuses`` entry."""
+        return {
+            "name": self.name,
+            "image": self.spec.get("image", ""),
+            "imageID": "",
+            "containerID": self.container_id,
+            "ready": self.ready,
+            "started": self.started,
+            "restartCount": self.restart_count,
+            "state": self.state,
+            "lastState": self.last_state,
+        }
+
+
+def _port_number(port: object, spec: dict) -> int:
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)  # type: ignore[arg-type]
+    for p in spec.get("ports") or []:
+        if p.get("name") == port:
+            return int(p["containerPort"])
+    raise ValueError(f"unknown named port {port!r}")
+
+
+async def probe_once(probe: dict, spec: dict, pod_ip: str, timeout: float) -> bool:
+    """Run an ``httpGet`` or ``tcpSocket`` probe once; other kinds count as success.
+
+    https://kubernetes.io/docs/tasks/configure-pod-container/configure-liveness-readiness-startup-probes/
+    """
+    try:
+        if "httpGet" in probe:
+            hg = probe["httpGet"]
+            host = hg.get("host") or pod_ip
+            port = _port_number(hg.get("port", 80), spec)
+            path = hg.get("path") or "/"
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            try:
+                request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+                for header in hg.get("httpHeaders") or []:
+                    request += f"{header['name']}: {header['value']}\r\n"
+                writer.write((request + "\r\n").encode())
+                await writer.drain()
+                line = await asyncio.wait_for(reader.readline(), timeout)
+            finally:
+                writer.close()
+            parts = line.split()
+            return len(parts) >= 2 and 200 <= int(parts[1]) < 400
+        if "tcpSocket" in probe:
+            port = _port_number(probe["tcpSocket"].get("port"), spec)
+            host = probe["tcpSocket"].get("host") or pod_ip
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            writer.close()
+            return True
+        return True
+    except (OSError, ValueError, asyncio.TimeoutError):
+        return False
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    """The bytes of ``path`` from ``offset`` on (b"" if the file is gone)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+class PodWorker:
+    """Runs one pod (by uid) from start to removal."""
+
+    def __init__(self, kubelet: Kubelet, pod: dict):
+        self.kubelet = kubelet
+        self.store = kubelet.store
+        self.uid = pod["metadata"]["uid"]
+        self.namespace = pod["metadata"]["namespace"]
+        self.name = pod["metadata"]["name"]
+        self.ip = kubelet.ips.allocate()
+        self.dir = kubelet.data_dir / "pods" / f"{self.namespace}_{self.name}_{self.uid}"
+        spec = pod.get("spec") or {}
+        self.restart_policy = spec.get("restartPolicy", "Always")
+        self.inits = [ContainerRun(c, True) for c in spec.get("initContainers") or []]
+        self.containers = [ContainerRun(c, False) for c in spec.get("containers") or []]
+        self.initialized = not self.inits
+        self.failure: tuple[str, str] | None = None  # (reason, message) of a pod-level failure
+        self.init_failed = False
+        self.start_time = now_iso()
+        self.stopping = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.terminating: asyncio.Task | None = None
+
+    # -- status ----------------------------------------------------------------------------
+
+    def pod(self) -> dict | None:
+        """The stored pod if it is still this pod (same uid), else None."""
+        pod = self.store.peek(PODS, self.namespace, self.name)
+        return pod if pod and pod["metadata"]["uid"] == self.uid else None
+
+    def phase(self) -> str:
+        """The pod phase from the container states."""
+        if self.failure or self.init_failed:
+            return "Failed"
+        if not self.initialized:
+            return "Pending"
+        if all(c.done for c in self.containers):
+            return "Succeeded" if all(c.exit_code == 0 for c in self.containers) else "Failed"
+        if any(c.started or c.restart_count or c.done for c in self.containers):
+            return "Running"
+        return "Pending"
+
+    def publish(self) -> None:
+        """Write the current status into the stored pod."""
+        phase = self.phase()
+        ready = phase == "Running" and all(c.ready for c in self.containers)
+        now = now_iso()
+
+        def change(pod: dict) -> None:
+            if pod["metadata"]["uid"] != self.uid:
+                return
+            status = pod.setdefault("status", {})
+            status.update(
+                {
+                    "phase": phase,
+                    "hostIP": "127.0.0.1",
+                    "hostIPs": [{"ip": "127.0.0.1"}],
+                    "podIP": self.ip,
+                    "podIPs": [{"ip": self.ip}],
+                    "startTime": self.start_time,
+                    "containerStatuses": [c.status() for c in self.containers],
+                }
+            )
+            if self.inits:
+                status["initContainerStatuses"] = [c.status() for c in self.inits]
+            if self.failure:
+                status["reason"], status["message"] = self.failure
+            terminal = phase in ("Succeeded", "Failed")
+            for type_, ok in (
+                ("PodReadyToStartContainers", not terminal),
+                ("Initialized", self.initialized),
+                ("ContainersReady", ready),
+                ("Ready", ready),
+            ):
+                cond = {
+                    "type": type_,
+                    "status": "True" if ok else "False",
+                    "lastProbeTime": None,
+                    "lastTransitionTime": now,
+                }
+                if not ok and type_ in ("ContainersReady", "Ready"):
+                    cond["reason"] = "PodCompleted" if terminal else "ContainersNotReady"
+                if not ok and type_ == "Initialized":
+                    cond["reason"] = "ContainersNotInitialized"
+                set_condition(pod, cond)
+
+        self.store.mutate(PODS, self.namespace, self.name, change)
+
+    def event(self, reason: str, message: str, type_: str = "Normal") -> None:
+        """Record an Event about this pod."""
+        pod = self.pod()
+        if pod is not None:
+            record_event(
+                self.store, pod, reason, message, type_, "kubelet", pod["spec"].get("nodeName")
+            )
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Prepare volumes, run init containers, then the containers, until all are done."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.publish()
+        sources = await self._prepare_volumes()
+        if sources is None:
+            return
+        for run in self.inits:
+            await self._run_container(run, sources)
+            if self.stopping.is_set() or run.exit_code != 0:
+                self.init_failed = not self.stopping.is_set()
+                self.publish()
+                return
+        self.initialized = True
+        self.publish()
+        await asyncio.gather(*(self._run_container(c, sources) for c in self.containers))
+        self.publish()
+
+    async def _prepare_volumes(self) -> dict[str, str] | None:
+        lookup = self.store.peek
+        while not self.stopping.is_set():
+            pod = self.pod()
+            if pod is None:
+                return None
+            try:
+                return containers.prepare_volumes(pod, self.kubelet.data_dir, self.dir, lookup)
+            except (containers.VolumeError, OSError) as exc:
+                self.event("FailedMount", f"MountVolume.SetUp failed: {exc}", "Warning")
+            await self._sleep(self.kubelet.config.retry_interval)
+        return None
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    def _will_restart(self, run: ContainerRun, code: int) -> bool:
+        if self.stopping.is_set() or self.failure:
+            return False
+        if run.init:
+            return self.restart_policy != "Never" and code != 0
+        if self.restart_policy == "Always":
+            return True
+        return self.restart_policy == "OnFailure" and code != 0
+
+    async def _run_container(self, run: ContainerRun, sources: dict[str, str]) -> None:
+        cfg = self.kubelet.config
+        backoff = cfg.restart_backoff
+        while not self.stopping.is_set():
+            pod = self.pod()
+            if pod is None:
+                return
+            try:
+                spec_path = self._write_spec(pod, run, sources)
+            except (containers.ContainerConfigError, containers.VolumeError, KeyError) as exc:
+                message = str(exc) if not isinstance(exc, KeyError) else f"no image mapping: {exc}"
+                run.state = {
+                    "waiting": {"reason": "CreateContainerConfigError", "message": message}
+                }
+                self.publish()
+                self.event("Failed", f"Error: {message}", "Warning")
+                await self._sleep(cfg.retry_interval)
+                continue
+            code = await self._start_and_wait(run, spec_path)
+            if code is None:
+                return
+            if not self._will_restart(run, code):
+                run.done = True
+                self.publish()
+                return
+            run.last_state, run.restart_count = run.state, run.restart_count + 1
+            run.state = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off {backoff:g}s restarting failed container={run.name} "
+                    f"pod={self.name}_{self.namespace}({self.uid})",
+                }
+            }
+            self.publish()
+            self.event(
+                "BackOff",
+                "Back-off restarting failed container "
+                f"{run.name} in pod {self.name}_{self.namespace}({self.uid})",
+                "Warning",
+            )
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, cfg.max_restart_backoff)
+
+    def _write_spec(self, pod: dict, run: ContainerRun, sources: dict[str, str]) -> Path:
+        cfg = self.kubelet.config
+        prefix = containers.resolve_prefix(run.spec.get("image", ""), cfg.images)
+        base = {k: os.environ[k] for k in cfg.pass_env if k in os.environ}
+        base.update(self.kubelet.base_env)
+        base.update(cfg.extra_env)
+        env = containers.build_env(pod, run.spec, self.store.peek, self.ip, prefix, base)
+        argv = containers.build_argv(run.spec, env)
+        mounts = containers.container_mounts(run.spec, sources)
+        instance = f"{run.name}-{run.restart_count}"
+        run.log_path = self.dir / "logs" / f"{instance}.log"
+        run.log_path.parent.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "argv": argv,
+            "env": env,
+            "cwd": run.spec.get("workingDir") or "/",
+            "hostname": self.name,
+            "mounts": mounts,
+            "hide": [str(self.kubelet.data_dir / "pvc"), str(self.kubelet.data_dir / "pods")],
+            "error_file": str(self.dir / f"{instance}.error"),
+            "parent_pid": os.getpid(),
+        }
+        path = self.dir / f"{instance}.json"
+        path.write_text(json.dumps(spec))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(spec["error_file"])
+        return path
+
+    async def _start_and_wait(self, run: ContainerRun, spec_path: Path) -> int | None:
+        assert run.log_path is not None
+        if run.restart_count == 0:
+            self.event(
+                "Pulled", f'Container image "{run.spec.get("image")}" already present on machine'
+            )
+        logfd = os.open(run.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            run.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                SANDBOX,
+                str(spec_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfd,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            os.close(logfd)
+        started_at = now_iso()
+        run.container_id = f"devcluster://{run.proc.pid}"
+        run.state = {"running": {"startedAt": started_at}}
+        run.started = True
+        probe = run.spec.get("readinessProbe")
+        run.ready = probe is None and not run.init
+        self.publish()
+        self.event("Created", f"Created container {run.name}")
+        self.event("Started", f"Started container {run.name}")
+        prober = None
+        if probe is not None and not run.init:
+            prober = asyncio.create_task(self._probe(run, probe))
+        code = await run.proc.wait()
+        if prober is not None:
+            prober.cancel()
+        run.ready, run.started, run.exit_code = False, False, code
+        error_file = spec_path.with_suffix(".error")
+        message = error_file.read_text().strip() if error_file.exists() else ""
+        reason = "StartError" if message else ("Completed" if code == 0 else "Error")
+        terminated = {
+            "exitCode": code,
+            "reason": reason,
+            "startedAt": started_at,
+            "finishedAt": now_iso(),
+            "containerID": run.container_id,
+        }
+        if message:
+            terminated["message"] = message
+            self.event("Failed", f"Error: {message}", "Warning")
+            if NAMESPACE_FAILURE in message:
+                self.failure = ("StartError", message)
+        run.state = {"terminated": terminated}
+        return code
+
+    async def _probe(self, run: ContainerRun, probe: dict) -> None:
+        cfg = self.kubelet.config
+        period = min(float(probe.get("periodSeconds", 10)), cfg.probe_period)
+        timeout = float(probe.get("timeoutSeconds", 1))
+        successes = failures = 0
+        await asyncio.sleep(min(float(probe.get("initialDelaySeconds", 0)), cfg.probe_period))
+        while True:
+            ok = await probe_once(probe, run.spec, self.ip, timeout)
+            successes, failures = (successes + 1, 0) if ok else (0, failures + 1)
+            if ok and successes >= int(probe.get("successThreshold", 1)) and not run.ready:
+                run.ready = True
+                self.publish()
+            elif not ok and failures >= int(probe.get("failureThreshold", 3)) and run.ready:
+                run.ready = False
+                self.publish()
+            await asyncio.sleep(period)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def running(self) -> list[ContainerRun]:
+        """The container runs whose process has not exited."""
+        return [
+            r
+            for r in self.inits + self.containers
+            if r.proc is not None and r.proc.returncode is None
+        ]
+
+    async def kill(self, grace: float) -> None:
+        """SIGTERM every container process, SIGKILL what is left after ``grace`` seconds."""
+        self.stopping.set()
+        procs = [r.proc for r in self.running() if r.proc is not None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+        if procs and grace > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), grace)
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if procs:
+            await asyncio.gather(*(p.wait() for p in procs))
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self.task, 5)
+
+    async def terminate(self, grace: float) -> None:
+        """Graceful deletion: Killing events, `kill`, then remove the pod object."""
+        for run in self.running():
+            self.event("Killing", f"Stopping container {run.name}")
+        await self.kill(grace)
+        pod = self.pod()
+        if pod is not None:
+            self.store.remove(PODS, self.namespace, self.name)
+
+    def cleanup(self) -> None:
+        """Release the IP and the pod's folder (logs, emptyDir, configMap/secret files)."""
+        self.kubelet.ips.release(self.ip)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- logs ------------------------------------------------------------------------------
+
+    async def stream_log(
+        self, container: str, follow: bool, tail_lines: int | None
+    ) -> AsyncIterator[bytes]:
+        """The output of the container's current instance, then (``follow``) what it
+        writes until it exits. Raises `ApiError` 400 if it has not started yet."""
+        run = next((r for r in self.inits + self.containers if r.name == container), None)
+        if run is None or run.log_path is None or not run.log_path.exists():
+            reason = "ContainerCreating"
+            if run is not None and "waiting" in run.state:
+                reason = run.state["waiting"].get("reason", reason)
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'container "{container}" in pod "{self.name}" is waiting to start: {reason}',
+            )
+        path, proc = run.log_path, run.proc
+
+        async def chunks() -> AsyncIterator[bytes]:
+            data = _read_from(path, 0)
+            offset = len(data)
+            if tail_lines is not None:
+                lines = data.splitlines(keepends=True)
+                data = b"".join(lines[-tail_lines:]) if tail_lines > 0 else b""
+            if data:
+                yield data
+            while follow:
+                ended = proc is None or proc.returncode is not None or self.stopping.is_set()
+                more = _read_from(path, offset)
+                offset += len(more)
+                if more:
+                    yield more
+                elif ended:
+                    return
+                else:
+                    await asyncio.sleep(0.1)
+
+        return chunks()
+
+
+class Kubelet:
+    """Starts a `PodWorker` for every bound pod and stops it when the pod is deleted."""
+
+    def __init__(self, store: Store, data_dir: Path, config: KubeletConfig | None = None):
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.config = config or KubeletConfig()
+        self.ips = IpPool(self.config.first_ip)
+        self.workers: dict[str, PodWorker] = {}
+        self.base_env: dict[str, str] = {}
+        self._wake = asyncio.Event()
+        store.add_listener(self._on_event)
+
+    def set_api_address(self, host: str, port: int) -> None:
+        """Tell containers where the API server is (KUBERNETES_SERVICE_HOST/PORT)."""
+        self.base_env = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": str(port)}
+
+    def _on_event(self, event: Event) -> None:
+        if event.resource == PODS:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Reconcile until cancelled."""
+        while True:
+            self._wake.clear()
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("devcluster kubelet pass failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.interval)
+
+    def reconcile(self) -> None:
+        """Start workers for new bound pods; stop those of deleted pods."""
+        live = set()
+        for pod in list(self.store.iter(PODS)):
+            meta, spec = pod["metadata"], pod.get("spec") or {}
+            if not spec.get("nodeName"):
+                continue
+            uid = meta["uid"]
+            live.add(uid)
+            worker = self.workers.get(uid)
+            if worker is None:
+                if meta.get("deletionTimestamp"):
+                    self.store.remove(PODS, meta["namespace"], meta["name"])
+                    continue
+                if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                    continue
+                worker = PodWorker(self, pod)
+                self.workers[uid] = worker
+                worker.task = asyncio.create_task(self._guard(worker.run(), worker))
+            elif meta.get("deletionTimestamp") and worker.terminating is None:
+                grace = float(meta.get("deletionGracePeriodSeconds") or 0)
+                worker.terminating = asyncio.create_task(worker.terminate(grace))
+        for uid, worker in list(self.workers.items()):
+            if uid not in live:
+                del self.workers[uid]
+                asyncio.create_task(self._finish(worker))
+
+    async def _guard(self, coro, worker: PodWorker) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception(
+                "devcluster pod %s/%s failed in the kubelet", worker.namespace, worker.name
+            )
+            worker.failure = ("KubeletError", f"devcluster kubelet error: {exc!r}")
+            worker.publish()
+
+    async def _finish(self, worker: PodWorker) -> None:
+        await worker.kill(0)
+        worker.cleanup()
+
+    async def stream_log(
+        self, pod: dict, container: str, follow: bool, tail_lines: int | None
+    ) -> AsyncIterator[bytes]:
+        """`apiserver.LogSource`: the log of a container of ``pod``."""
+        worker = self.workers.get(pod["metadata"]["uid"])
+        if worker is None:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'container "{container}" in pod "{pod["metadata"]["name"]}" is waiting to '
+                "start: ContainerCreating",
+            )
+        return await worker.stream_log(container, follow, tail_lines)
+
+    async def shutdown(self) -> None:
+        """Stop every pod's processes (SIGTERM, then SIGKILL after ``shutdown_grace``)."""
+        workers = list(self.workers.values())
+        await asyncio.gather(
+            *(w.kill(self.config.shutdown_grace) for w in workers), return_exceptions=True
+        )
+        for worker in workers:
+            if worker.task is not None:
+                worker.task.cancel()
+            if worker.terminating is not None:
+                worker.terminating.cancel()

@@ -1,0 +1,283 @@
+"""Runs one container's process in a private mount, PID and UTS namespace (Linux, root).
+
+Run by the kubelet as ``python sandbox.py SPEC.json`` (this file only, no package imports, so
+it starts fast). SPEC is ``{"argv": [...], "env": {...}, "cwd": "/", "hostname": "pod",
+"mounts": [{"source", "target", "readOnly"}], "hide": [paths], "error_file": path,
+"parent_pid": pid}``.
+
+Layout of processes, so that nothing outlives the container:
+
+- this process (the *supervisor*, started by the kubelet in its own session): dies with the
+  kubelet (``PR_SET_PDEATHSIG``), creates the namespaces, bind-mounts the volumes, forks
+- the *init* (PID 1 of the new PID namespace): dies with the supervisor, mounts a private
+  ``/proc``, forks and forwards SIGTERM/SIGINT/SIGHUP to the container process, reaps orphans,
+  exits with its status; when it exits, the kernel kills everything left in the namespace
+- the *container process*: ``chdir(cwd)`` and ``execvpe(argv)`` with exactly ``env``.
+
+Volume mounts: a target that exists is bind-mounted over. Else its mount point is made
+without touching the host's folders: under an existing folder, that folder is *shadowed* (a
+private tmpfs on it, its entries bind-mounted back) and the path created inside; a missing
+top-level folder (``/storage``) is created empty on the host and gets a private tmpfs; inside
+an already mounted volume the mount point is created in the volume (as runc does).
+``readOnly`` remounts read-only. Sources are opened before any mount, so a mount cannot hide
+another's source. Then the ``hide`` folders (the
+kubelet's PVC and pod folders) are covered with an empty tmpfs: a container reaches volumes
+only at their mountPath.
+
+On any failure before ``exec`` the message goes to ``error_file`` and the exit status is 128
+(as a container runtime's StartError). Exit status otherwise: the process's, or 128+signal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWPID = 0x20000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
+START_ERROR = 128
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SandboxError(Exception):
+    """A failure to set up the container; the message is reported as the StartError."""
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise SandboxError(f"{what}: {os.strerror(err)} (errno {err})")
+
+
+def _mount(source, target, fstype, flags, data=None) -> None:
+    enc = [None if v is None else v.encode() for v in (source, target, fstype, data)]
+    _check(
+        _libc.mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]),
+        f"mount {source or fstype} on {target}",
+    )
+
+
+def _die_with_parent(expected_parent: int | None) -> None:
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    # The parent died before prctl took effect (PID 1 of a new namespace sees ppid 0: skip).
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(START_ERROR)
+
+
+def _inside(path: str, roots: set) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _shadow(parent: str) -> None:
+    """Make ``parent`` privately writable, its entries still visible: a tmpfs on it, with each
+    original entry bind-mounted (or its symlink recreated) at its old name."""
+    entries = []
+    for name in os.listdir(parent):
+        full = os.path.join(parent, name)
+        if os.path.islink(full):
+            entries.append((name, "link", os.readlink(full)))
+        else:
+            kind = "dir" if os.path.isdir(full) else "file"
+            entries.append((name, kind, os.open(full, os.O_PATH | os.O_CLOEXEC)))
+    mode = os.stat(parent).st_mode & 0o7777
+    _mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode:o}")
+    for name, kind, ref in entries:
+        full = os.path.join(parent, name)
+        if kind == "link":
+            os.symlink(ref, full)
+            continue
+        if kind == "dir":
+            os.mkdir(full)
+        else:
+            open(full, "a").close()
+        _mount(f"/proc/self/fd/{ref}", full, None, MS_BIND | MS_REC)
+        os.close(ref)
+
+
+def _prepare_target(target: str, is_dir: bool, private: set, volumes: set) -> None:
+    """Create the mount point ``target`` (see the module docstring); ``private`` are the
+    folders already private to this namespace, ``volumes`` the targets already mounted."""
+    if os.path.lexists(target):
+        return
+    parts = target.strip("/").split("/")
+    path = ""
+    for i, part in enumerate(parts):
+        parent, path = path or "/", path + "/" + part
+        if os.path.lexists(path):
+            continue
+        if not _inside(parent, private) and not _inside(parent, volumes):
+            if parent == "/":  # a new top-level folder: created (empty) on the host
+                os.mkdir(path)
+                _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+                private.add(path)
+            else:
+                _shadow(parent)
+                private.add(parent)
+        # Inside a volume, the mount point is created in the volume, as runc does.
+        if i == len(parts) - 1 and not is_dir:
+            open(path, "a").close()
+        elif not os.path.lexists(path):
+            os.mkdir(path)
+
+
+def setup_mounts(mounts: list) -> None:
+    """Bind-mount every ``{"source","target","readOnly"}`` (see the module docstring)."""
+    opened = []
+    for m in mounts:
+        try:
+            fd = os.open(m["source"], os.O_PATH | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SandboxError(f"volume source {m['source']}: {exc.strerror}") from None
+        opened.append((fd, m))
+    private: set = set()
+    volumes: set = set()
+    for fd, m in sorted(opened, key=lambda x: x[1]["target"].count("/")):
+        target = os.path.normpath(m["target"])
+        is_dir = os.path.isdir(f"/proc/self/fd/{fd}")
+        _prepare_target(target, is_dir, private, volumes)
+        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        if m.get("readOnly"):
+            _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+        volumes.add(target)
+        os.close(fd)
+
+
+def _status_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+_error_fd: int | None = None
+
+
+def _write_error(spec: dict, message: str) -> None:
+    try:
+        if _error_fd is not None:
+            os.write(_error_fd, message.encode())
+        else:
+            with open(spec["error_file"], "w") as f:
+                f.write(message)
+    except OSError:
+        pass
+    sys.stderr.write(f"devcluster: {message}\n")
+    sys.stderr.flush()
+
+
+def hide_paths(paths: list) -> None:
+    """Mount an empty read-only tmpfs on each existing path (the kubelet's data folders), so
+    that a container cannot reach other pods' volumes by their host path."""
+    for path in paths:
+        if os.path.isdir(path):
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=0555")
+
+
+def _exec_container(spec: dict) -> None:
+    try:
+        os.chdir(spec.get("cwd") or "/")
+    except OSError as exc:
+        _write_error(spec, f'chdir to cwd ("{spec.get("cwd")}") failed: {exc.strerror}')
+        os._exit(START_ERROR)
+    argv = spec["argv"]
+    try:
+        os.execvpe(argv[0], argv, spec["env"])
+    except OSError as exc:
+        if exc.errno == 2:
+            msg = f'exec: "{argv[0]}": executable file not found in $PATH'
+        else:
+            msg = f'exec: "{argv[0]}": {exc.strerror}'
+        _write_error(spec, msg)
+        os._exit(START_ERROR)
+
+
+def _run_init(spec: dict) -> None:
+    _die_with_parent(None)
+    try:
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV)
+    except SandboxError as exc:
+        _write_error(spec, str(exc))
+        os._exit(START_ERROR)
+    child = os.fork()
+    if child == 0:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        _exec_container(spec)
+
+    def forward(signum, frame):
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(0)
+        except InterruptedError:
+            continue
+        if pid == child:
+            os._exit(_status_code(status))
+
+
+def main(argv: list) -> None:
+    """Supervisor entry point: ``sandbox.py SPEC.json`` (see the module docstring)."""
+    global _error_fd
+    with open(argv[1]) as f:
+        spec = json.load(f)
+    _die_with_parent(int(spec["parent_pid"]))
+    _error_fd = os.open(spec["error_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        _check(
+            _libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS),
+            "cannot create the container's mount/PID namespaces (unshare needs root or "
+            "CAP_SYS_ADMIN)",
+        )
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        if spec.get("hostname"):
+            name = spec["hostname"].encode()[:64]
+            _check(_libc.sethostname(name, len(name)), "sethostname")
+        setup_mounts(spec.get("mounts") or [])
+        hide_paths(spec.get("hide") or [])
+    except SandboxError as exc:
+        _write_error(spec, str(exc))
+        sys.exit(START_ERROR)
+    init = os.fork()
+    if init == 0:
+        _run_init(spec)
+
+    def forward(signum, frame):
+        try:
+            os.kill(init, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            _, status = os.waitpid(init, 0)
+            break
+        except InterruptedError:
+            continue
+    sys.stdout.flush()
+    os._exit(_status_code(status))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
