@@ -159,6 +159,17 @@ class KubeClient:
             raise KubeError(f"GET {path} -> {response.status_code}", response.status_code)
         return response.json()
 
+    def pod_logs(
+        self, namespace: str, name: str, *, container: str | None = None, tail_lines: int = 50
+    ) -> str:
+        """Return the last ``tail_lines`` lines of a pod's log ('' if the pod is gone)."""
+        params: dict = {"tailLines": tail_lines}
+        if container:
+            params["container"] = container
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/log"
+        response = self.request("GET", path, params=params)
+        return response.text if response.status_code == 200 else ""
+
     def list_pods(self, namespace: str, label_selector: str | None = None) -> list[dict]:
         """Return the Pods of ``namespace`` (optionally filtered by a label selector)."""
         params = {"labelSelector": label_selector} if label_selector else None

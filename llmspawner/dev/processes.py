@@ -243,7 +243,7 @@ def wait_until(
             return result
         if time.monotonic() >= deadline:
             tail = process.log_tail() if process else ""
-            raise StartupError(name, f"{what} not ready after {timeout:.0f} s", tail)
+            raise StartupError(name, f"{what} not ready after {timeout:g} s", tail)
         time.sleep(interval)
 
 

@@ -16,6 +16,7 @@ import atexit
 import logging
 import os
 import secrets
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from .processes import (
     wait_http,
     wait_json_line,
 )
+from .reaper import start_reaper
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,7 @@ class DevStack:
         self.kubeconfig = self.cluster_url = ""
         self.data_dir: Path | None = None
         self._started = False
+        self._reaper = None
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -172,6 +175,8 @@ class DevStack:
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
+        # Ends the parts even if this process is killed with SIGKILL (see reaper.py).
+        self._reaper = start_reaper(marker=self.marker, under=self.workdir, env=self.environ)
         env = parts.base_environment(self.environ, marker=self.marker)
         host = self.host
         t0 = time.monotonic()
@@ -270,6 +275,14 @@ class DevStack:
         strays = kill_strays(marker=self.marker, under=self.workdir)
         if strays:
             log.warning("ended %d stray process(es) of the dev stack: %s", len(strays), strays)
+        if self._reaper is not None:
+            self._reaper.stdin.close()
+            try:
+                self._reaper.wait(30)
+            except subprocess.TimeoutExpired:  # pragma: no cover - it has nothing left to do
+                self._reaper.kill()
+                self._reaper.wait()
+            self._reaper = None
 
     def log_tails(self, lines: int = 30) -> str:
         """Return the last ``lines`` lines of every part's log, each under a header."""
@@ -280,6 +293,25 @@ class DevStack:
         return "\n".join(out)
 
     # -- conveniences for tests and the smoke check ----------------------------------------
+
+    def pod_log_tails(self, lines: int = 30) -> str:
+        """Return the last ``lines`` log lines of every pod in the namespace ('' if none).
+
+        Never raises: when the cluster cannot be asked, the reason is returned instead.
+        """
+        if not self.kubeconfig:
+            return ""
+        out = []
+        try:
+            with self.kube() as kube:
+                for pod in kube.list_pods(self.namespace):
+                    name = pod["metadata"]["name"]
+                    phase = (pod.get("status") or {}).get("phase")
+                    text = kube.pod_logs(self.namespace, name, tail_lines=lines)
+                    out.append(f"--- pod {self.namespace}/{name} ({phase}) ---\n{text.rstrip()}")
+        except Exception as e:  # diagnostics only: never hide the original failure
+            return f"(pod logs unavailable: {e})"
+        return "\n".join(out)
 
     def kube(self) -> KubeClient:
         """Return a new :class:`KubeClient` for the emulated cluster (close it after use)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import platform
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -195,11 +196,19 @@ def node_object(node: dict) -> dict:
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": node["name"]},
             ],
+            # Every field the NodeSystemInfo schema requires, so that clients that build
+            # models (kubernetes_asyncio's V1NodeSystemInfo) accept the Node.
             "nodeInfo": {
-                "kubeletVersion": "v1.31.0-llmspawner-devcluster",
+                "machineID": node["name"],
+                "systemUUID": node["name"],
+                "bootID": node["name"],
+                "kernelVersion": platform.release(),
+                "osImage": "llmspawner devcluster",
+                "containerRuntimeVersion": "llmspawner-devcluster://processes",
+                "kubeletVersion": "v1.32.0-llmspawner-devcluster",
+                "kubeProxyVersion": "",
                 "operatingSystem": "linux",
                 "architecture": "amd64",
-                "containerRuntimeVersion": "llmspawner-devcluster://processes",
             },
         },
     }

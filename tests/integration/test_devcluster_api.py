@@ -347,3 +347,16 @@ async def test_kubectl_get_logs_events_apply(cluster, api, namespace, tmp_path):
         kubectl, cluster, "delete", "pod", "hello", "-n", namespace
     )
     assert (code, out) == (0, 'pod "hello" deleted\n')
+
+
+async def test_nodes_deserialize_as_client_models(api):
+    """kubernetes_asyncio validates required fields (e.g. nodeInfo.bootID) when it builds
+    V1Node models; the default layout must pass, with its GPU labels and allocatable."""
+    nodes = (await client.CoreV1Api(api).list_node()).items
+    by_name = {n.metadata.name: n for n in nodes}
+    assert sorted(by_name) == ["cpu-1", "gpu-ts2", "gpu-ts4", "gpu-whole"]
+    assert by_name["gpu-ts2"].metadata.labels["nvidia.com/gpu.replicas"] == "2"
+    assert by_name["gpu-ts4"].status.allocatable["nvidia.com/gpu"] == "4"
+    assert by_name["gpu-whole"].status.allocatable["nvidia.com/gpu"] == "2"
+    assert "nvidia.com/gpu" not in by_name["cpu-1"].status.allocatable
+    assert by_name["cpu-1"].status.node_info.operating_system == "linux"

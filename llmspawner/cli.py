@@ -1,0 +1,85 @@
+"""The ``llmspawner`` command: a thin dispatcher to each subcommand's own module.
+
+Each subcommand lives where its code is; this file only maps names to modules::
+
+    llmspawner dev [--smoke]          run the whole stack locally (llmspawner.dev.command)
+    llmspawner profiles check|render  GPU profiles (llmspawner.profiles_cli)
+    llmspawner devcluster ...         the emulated cluster alone (llmspawner.devcluster)
+
+A subcommand module in :data:`COMMANDS` provides ``add_arguments(parser)`` and
+``run(args) -> int``; add a line there for a new one. ``devcluster`` has its own parser and
+gets the remaining arguments as ``main(argv)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Subcommands with ``add_arguments(parser)`` and ``run(args) -> int``: name -> (module, help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "dev": (
+        "llmspawner.dev.command",
+        "run hub, emulated cluster, MLflow and OIDC provider locally (--smoke: check them)",
+    ),
+    "profiles": (
+        "llmspawner.profiles_cli",
+        "check the GPU profile files, or render the pod a user would get",
+    ),
+}
+
+
+def _add_module_command(subparsers, name: str, module_name: str, help_text: str) -> None:
+    module = importlib.import_module(module_name)
+    parser = subparsers.add_parser(
+        name, help=help_text, description=(module.__doc__ or help_text).split("\n\n")[0]
+    )
+    module.add_arguments(parser)
+    parser.set_defaults(func=module.run)
+
+
+def _run_devcluster(args: argparse.Namespace) -> int:
+    from .devcluster.__main__ import main as devcluster_main
+
+    return devcluster_main(list(args.rest)) or 0
+
+
+def _add_devcluster(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "devcluster",
+        help="run the emulated Kubernetes cluster alone",
+        add_help=False,
+        description="Run the emulated Kubernetes cluster (see 'llmspawner devcluster --help').",
+    )
+    # Everything after "devcluster" is the emulated cluster's own (see main()).
+    parser.set_defaults(func=_run_devcluster, rest=[])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``llmspawner`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="llmspawner", description="Shared GPUs for LLM fine-tuning on JupyterHub."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    subparsers.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        _add_module_command(subparsers, name, module_name, help_text)
+    _add_devcluster(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``llmspawner <command> ...``; return the exit status."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "devcluster":
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

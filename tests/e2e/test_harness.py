@@ -1,0 +1,279 @@
+"""The e2e harness itself (llmspawner.dev): child processes, builders, CLI. Fast, no stack."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmspawner import cli
+from llmspawner.dev import parts
+from llmspawner.dev.kube import KubeClient
+from llmspawner.dev.processes import (
+    ChildProcess,
+    StartupError,
+    find_strays,
+    free_port,
+    kill_strays,
+    wait_http,
+    wait_json_line,
+)
+from llmspawner.dev.reaper import start_reaper
+from llmspawner.dev.smoke import gradio_config
+from llmspawner.dev.stack import MARKER_ENV, DevStack
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_free_port_can_be_bound():
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_stop_ends_the_whole_process_group(tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    child = ChildProcess(
+        "sleepers",
+        ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"],
+        log_path=tmp_path / "logs" / "sleepers.log",
+    ).start()
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    grandchild = int(pidfile.read_text())
+    assert child.running and _alive(grandchild)
+
+    assert child.stop(grace=5) == -signal.SIGTERM
+    assert not child.running
+    time.sleep(0.2)
+    assert not _alive(grandchild)
+    assert child.stop() == -signal.SIGTERM  # a second stop is harmless
+
+
+def test_stop_kills_a_child_that_ignores_sigterm(tmp_path):
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ign' + 'oring', flush=True); time.sleep(300)"
+    )
+    child = ChildProcess(
+        "stubborn", [sys.executable, "-c", code], log_path=tmp_path / "stubborn.log"
+    ).start()
+    deadline = time.monotonic() + 10
+    while "\nignoring" not in child.log_tail():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    assert child.stop(grace=0.5) == -signal.SIGKILL
+    assert time.monotonic() - t0 < 5
+
+
+def test_wait_json_line_returns_the_ready_line(tmp_path):
+    line = json.dumps({"url": "http://127.0.0.1:1", "kubeconfig": "/k", "data_dir": "/d"})
+    child = ChildProcess(
+        "printer",
+        ["sh", "-c", f"echo starting >&2; echo '{line}'; sleep 300"],
+        log_path=tmp_path / "printer.log",
+    ).start()
+    try:
+        info = wait_json_line(
+            child.log_path, keys=("url", "kubeconfig", "data_dir"), timeout=10, process=child
+        )
+        assert info == {"url": "http://127.0.0.1:1", "kubeconfig": "/k", "data_dir": "/d"}
+    finally:
+        child.stop(grace=2)
+
+
+def test_a_part_that_exits_fails_with_its_log_tail(tmp_path):
+    child = ChildProcess(
+        "broken",
+        ["sh", "-c", "echo 'the reason it broke'; exit 3"],
+        log_path=tmp_path / "broken.log",
+    ).start()
+    with pytest.raises(StartupError) as info:
+        wait_http(f"http://127.0.0.1:{free_port()}/health", timeout=10, process=child)
+    assert info.value.part == "broken"
+    assert "exited with status 3" in str(info.value)
+    assert "the reason it broke" in info.value.log_tail
+
+
+def test_a_part_that_is_not_ready_in_time_fails(tmp_path):
+    child = ChildProcess("slow", ["sleep", "300"], log_path=tmp_path / "slow.log").start()
+    try:
+        with pytest.raises(StartupError, match=r"slow: GET .* not ready after 1 s"):
+            wait_http(f"http://127.0.0.1:{free_port()}/", timeout=1, process=child)
+    finally:
+        child.stop(grace=2)
+
+
+def test_kill_strays_ends_processes_in_their_own_session(tmp_path):
+    marker = (MARKER_ENV, "test-strays")
+    env = parts.base_environment({"PATH": "/usr/bin:/bin"}, marker=marker)
+    # A process that left its parent's group, as configurable-http-proxy or a pod does.
+    stray = ChildProcess("stray", ["sleep", "300"], log_path=tmp_path / "stray.log", env=env)
+    stray.start()
+    assert find_strays(marker=marker) == [stray.pid]
+    assert kill_strays(marker=marker) == [stray.pid]
+    assert stray.popen.wait(5) == -signal.SIGTERM
+    assert find_strays(marker=marker) == []
+
+
+def test_oidc_command_offers_the_users_with_their_claims():
+    argv = parts.oidc_command(host="127.0.0.1", port=9400, users=[{"sub": "alice", "x": [1]}])
+    assert argv[1:] == [
+        "-m",
+        "oidc_provider_mock",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "9400",
+        "--user-claims",
+        '{"sub":"alice","x":[1]}',
+    ]
+    with pytest.raises(ValueError, match="has no 'sub'"):
+        parts.oidc_command(host="127.0.0.1", port=1, users=[{"name": "x"}])
+
+
+def test_hub_environment_is_the_config_contract():
+    env = parts.hub_environment(
+        kubeconfig="/w/cluster/kubeconfig",
+        namespace="default",
+        mlflow_url="http://127.0.0.1:5000",
+        oidc_issuer="http://127.0.0.1:9400",
+        oidc_endpoints={
+            "authorization_endpoint": "http://127.0.0.1:9400/oauth2/authorize",
+            "token_endpoint": "http://127.0.0.1:9400/oauth2/token",
+            "userinfo_endpoint": "http://127.0.0.1:9400/userinfo",
+        },
+        hub_url="http://127.0.0.1:8000",
+    )
+    assert env == {
+        "KUBECONFIG": "/w/cluster/kubeconfig",
+        "LLMSPAWNER_NAMESPACE": "default",
+        "LLMSPAWNER_MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+        "LLMSPAWNER_DEV": "1",
+        "LLMSPAWNER_ALLOW_ALL": "1",
+        "LLMSPAWNER_OIDC_ISSUER": "http://127.0.0.1:9400",
+        "LLMSPAWNER_OIDC_USERNAME_CLAIM": "sub",
+        "OAUTH2_AUTHORIZE_URL": "http://127.0.0.1:9400/oauth2/authorize",
+        "OAUTH2_TOKEN_URL": "http://127.0.0.1:9400/oauth2/token",
+        "OAUTH2_USERDATA_URL": "http://127.0.0.1:9400/userinfo",
+        "OAUTH_CLIENT_ID": "llmspawner-dev",
+        "OAUTH_CLIENT_SECRET": "llmspawner-dev-secret",
+        "OAUTH_CALLBACK_URL": "http://127.0.0.1:8000/hub/oauth_callback",
+    }
+
+
+def test_hub_command_keeps_state_in_the_workdir():
+    argv = parts.hub_command(
+        config_file=Path("/repo/jupyterhub_config.py"),
+        workdir=Path("/w"),
+        host="127.0.0.1",
+        port=8000,
+        hub_port=8081,
+        proxy_api_port=8001,
+        extra_args=["--debug"],
+    )
+    assert argv[0].endswith("/jupyterhub")
+    assert argv[1:] == [
+        "-f",
+        "/repo/jupyterhub_config.py",
+        "--JupyterHub.bind_url=http://127.0.0.1:8000",
+        "--JupyterHub.hub_bind_url=http://127.0.0.1:8081",
+        "--JupyterHub.db_url=sqlite:////w/jupyterhub.sqlite",
+        "--JupyterHub.cookie_secret_file=/w/jupyterhub_cookie_secret",
+        "--JupyterHub.pid_file=/w/jupyterhub.pid",
+        "--ConfigurableHTTPProxy.api_url=http://127.0.0.1:8001",
+        "--ConfigurableHTTPProxy.pid_file=/w/jupyterhub-proxy.pid",
+        "--debug",
+    ]
+
+
+def test_kube_client_reads_a_kubeconfig(tmp_path):
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: dev\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:6443/'}}]\n"
+        "contexts: [{name: dev, context: {cluster: c, user: u}}]\n"
+        "users: [{name: u, user: {token: abc}}]\n"
+    )
+    with KubeClient.from_kubeconfig(path) as kube:
+        assert kube.server == "http://127.0.0.1:6443"
+        assert kube._client.headers["Authorization"] == "Bearer abc"
+
+
+def test_gradio_config_is_read_from_the_page():
+    html = (
+        '<script>window.gradio_config = {"root": "http://h/user/a/llamaboard", "title": "T"};'
+        "</script>"
+    )
+    assert gradio_config(html) == {"root": "http://h/user/a/llamaboard", "title": "T"}
+    assert gradio_config("<html></html>") is None
+
+
+def test_cli_dispatches_dev_and_devcluster(monkeypatch):
+    args = cli.build_parser().parse_args(["dev", "--smoke", "--workdir", "/tmp/x"])
+    assert (args.command, args.smoke, args.workdir, args.timeout) == (
+        "dev",
+        True,
+        Path("/tmp/x"),
+        120.0,
+    )
+    seen = []
+    monkeypatch.setattr(cli, "_run_devcluster", lambda args: seen.append(args.rest) or 0)
+    assert cli.main(["devcluster", "--data-dir", "/d", "--port", "0"]) == 0
+    assert seen == [["--data-dir", "/d", "--port", "0"]]
+    for argv in ([], ["dev", "--nope"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+
+
+def test_stack_refuses_a_missing_config_file_before_starting_anything(tmp_path):
+    stack = DevStack(tmp_path / "w", config_file=tmp_path / "nope.py")
+    with pytest.raises(RuntimeError, match="nope.py does not exist"):
+        stack.start()
+    assert stack.processes == {}
+
+
+def test_stack_that_fails_to_start_leaves_no_process(tmp_path):
+    stack = DevStack(tmp_path / "w", timeout=0.5)
+    with pytest.raises(StartupError) as info:
+        stack.start()
+    # The first part not ready within half a second (MLflow takes seconds, the others less).
+    assert info.value.part in {"cluster", "oidc", "mlflow"}
+    assert "not ready after 0.5 s" in str(info.value)
+    assert set(stack.processes) == {"cluster", "mlflow", "oidc"}
+    assert not any(child.running for child in stack.processes.values())
+    assert find_strays(marker=stack.marker, under=stack.workdir) == []
+    assert (stack.logs_dir / "mlflow.log").is_file()
+
+
+def test_reaper_ends_the_stack_when_its_pipe_closes(tmp_path):
+    # The pipe closes when the stack stops, and also when its process is killed with SIGKILL.
+    marker = (MARKER_ENV, "test-reaper")
+    env = {"PATH": "/usr/bin:/bin"}
+    reaper = start_reaper(marker=marker, under=tmp_path, env=env)
+    part = ChildProcess(
+        "part",
+        ["sleep", "300"],
+        log_path=tmp_path / "part.log",
+        env=parts.base_environment(env, marker=marker),
+    ).start()
+    time.sleep(0.5)
+    assert reaper.poll() is None and part.running
+    reaper.stdin.close()
+    assert reaper.wait(15) == 0
+    assert part.popen.wait(5) == -signal.SIGTERM
