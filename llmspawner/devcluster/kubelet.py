@@ -2,7 +2,7 @@
 
 One kubelet serves every node. For each pod bound to a node (``spec.nodeName``) it:
 
-- gives the pod its own loopback address (``127.0.10.1`` upward, never ``127.0.0.1``) as
+- gives the pod its own loopback address (``127.A.B.1`` upward, A.B random per cluster) as
   ``status.podIP``/``podIPs``; processes bind it, so servers of several pods share a port;
 - prepares the volumes (`containers.prepare_volumes`), runs the init containers one after
   the other, then the containers, each through `sandbox.py` (private mount/PID namespace,
@@ -29,6 +29,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import sys
@@ -65,7 +66,9 @@ class KubeletConfig:
     max_restart_backoff: float = 30.0
     retry_interval: float = 1.0
     shutdown_grace: float = 2.0
-    first_ip: str = "127.0.10.1"
+    #: First pod address; empty: a random ``127.A.B.1`` per cluster, so that two clusters on
+    #: one machine (a dev stack and a test run) do not hand out the same addresses.
+    first_ip: str = ""
     pass_env: tuple[str, ...] = (
         "HOME",
         "LANG",
@@ -85,7 +88,9 @@ class IpPool:
     """Loopback addresses for pods: from ``first`` upward, skipping those in use and any
     ``x.y.z.0``/``x.y.z.255``; raises RuntimeError when 127/8 is exhausted."""
 
-    def __init__(self, first: str = "127.0.10.1"):
+    def __init__(self, first: str = ""):
+        if not first:
+            first = f"127.{random.randint(16, 254)}.{random.randint(0, 255)}.1"
         self._next = int(ipaddress.IPv4Address(first))
         self._first = self._next
         self._used: set[int] = set()

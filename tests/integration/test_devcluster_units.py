@@ -307,3 +307,12 @@ def test_subpath_must_stay_inside_the_volume(tmp_path):
     )
     assert mounts == [{"source": f"{tmp_path}/users/alice", "target": "/s", "readOnly": True}]
     assert (tmp_path / "users" / "alice").is_dir()
+
+
+def test_ip_pool_default_is_random_per_cluster():
+    """Two clusters on one machine (a dev stack and a test run) must not share pod IPs."""
+    firsts = {IpPool().allocate() for _ in range(20)}
+    assert len(firsts) >= 18
+    for address in firsts:
+        a, b, c, d = map(int, address.split("."))
+        assert (a, d) == (127, 1) and 16 <= b <= 254 and 0 <= c <= 255
