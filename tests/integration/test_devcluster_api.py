@@ -194,7 +194,7 @@ async def test_kubespawner_reflectors(cluster, api, namespace):
             return pod if pod and pod["status"].get("phase") == "Running" else None
 
         pod = await wait_for(running)
-        assert pod["status"]["podIP"].startswith("127.0.")
+        assert pod["status"]["podIP"].startswith("127.") and pod["status"]["podIP"] != "127.0.0.1"
         assert [c["ready"] for c in pod["status"]["containerStatuses"]] == [True]
         await wait_for(lambda: any(e["reason"] == "Started" for e in events.events))
         reasons = [e["reason"] for e in events.events]
