@@ -141,11 +141,15 @@ async def _pod_manifest(config, username: str, profile: str, groups: list[str]) 
             "contexts: [{name: none, context: {cluster: none, user: none}}]\n"
         )
         kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(stub)
-        # _mock: kubespawner's stand-in user and hub objects (no hub is running here).
-        spawner = LLMSpawner(config=config, _mock=True)
-        spawner.user.name = username
-        spawner.user.groups = [SimpleNamespace(name=g) for g in groups]
-        spawner.pod_name = spawner._expand_user_properties(spawner.pod_name_template)
+        # The user is given at construction (KubeSpawner expands its name templates there);
+        # _mock: kubespawner's stand-in hub object (no hub is running here).
+        user = SimpleNamespace(
+            name=username,
+            id=0,
+            url=f"/user/{username}/",
+            groups=[SimpleNamespace(name=g) for g in groups],
+        )
+        spawner = LLMSpawner(config=config, user=user, _mock=True)
         options = {"profile": profile} if profile else {}
         try:
             spawner.apply_user_options(spawner, options)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import math
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,11 +25,11 @@ from . import capacity as capacity_mod
 from . import profiles as profiles_mod
 from . import storage, tracking
 
-#: kubespawner traits that a profile or the user's storage may set for one spawn. Their
-#: configured values are restored before each spawn: kubespawner's profile overrides *merge*
-#: dicts and keep earlier values, so a CPU spawn after a GPU spawn on the same spawner object
-#: would otherwise keep the GPU request (kubespawner ``_apply_overrides``).
-PER_SPAWN_TRAITS = (
+#: kubespawner traits that a profile may set for one spawn. Their configured values are
+#: restored before each spawn: kubespawner's profile overrides *merge* dicts and keep earlier
+#: values, so a CPU spawn after a GPU spawn on the same spawner object would otherwise keep
+#: the GPU request (kubespawner ``_apply_overrides``).
+PROFILE_TRAITS = (
     "extra_resource_limits",
     "extra_resource_guarantees",
     "node_selector",
@@ -37,34 +39,67 @@ PER_SPAWN_TRAITS = (
     "mem_guarantee",
     "mem_limit",
     "image",
-    "volumes",
-    "volume_mounts",
-    "working_dir",
 )
+#: kubespawner traits set from the user's storage for one spawn, computed from their
+#: configured values each time.
+STORAGE_TRAITS = ("volumes", "volume_mounts", "working_dir")
 
-_PROFILE_CACHE: dict[tuple, list[profiles_mod.Profile]] = {}
 
+class ProfileCache:
+    """The validated profiles of a folder, re-read when its files change.
 
-def load_profiles_cached(directory: str, cluster: profiles_mod.ClusterGPUConfig):
-    """Load a profiles folder once per (folder, cluster config, file names and mtimes).
+    File names and modification times are checked at most once per ``recheck`` seconds, so a
+    spawn or a page view costs no file system calls in between. When the files change into an
+    invalid state while the hub runs, the last valid profiles stay in use (and the error is
+    logged): a typo in a ConfigMap must not stop every spawn. At hub start, an invalid folder
+    stops the hub instead (:func:`llmspawner.hubconfig.check_profiles`).
 
-    Returns:
-        The validated profiles (shared list: do not mutate).
-
-    Raises:
-        profiles.ProfileError: as :func:`llmspawner.profiles.load_profiles`.
+    Args:
+        recheck: seconds between checks of the folder.
+        clock: monotonic clock in seconds (injectable for tests).
     """
-    folder = Path(directory)
-    stamp = (
-        tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.y*ml")))
-        if folder.is_dir()
-        else ()
-    )
-    key = (str(folder), cluster, stamp)
-    if key not in _PROFILE_CACHE:
-        _PROFILE_CACHE.clear()
-        _PROFILE_CACHE[key] = profiles_mod.load_profiles(folder, cluster)
-    return _PROFILE_CACHE[key]
+
+    def __init__(self, recheck: float = 2.0, clock=time.monotonic):
+        self.recheck = recheck
+        self._clock = clock
+        self._key: tuple | None = None
+        self._stamp: tuple | None = None
+        self._checked = -math.inf
+        self._profiles: list[profiles_mod.Profile] | None = None
+
+    def get(self, directory: str, cluster: profiles_mod.ClusterGPUConfig, log=None):
+        """Return the profiles of ``directory`` (a shared list: do not mutate).
+
+        Raises:
+            profiles.ProfileError: when no valid profiles of this folder were loaded before.
+        """
+        key = (str(directory), cluster)
+        now = self._clock()
+        if key == self._key and now - self._checked < self.recheck:
+            return self._profiles
+        folder = Path(directory)
+        stamp = (
+            tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.y*ml")))
+            if folder.is_dir()
+            else ()
+        )
+        self._checked = now
+        if key == self._key and stamp == self._stamp:
+            return self._profiles
+        try:
+            loaded = profiles_mod.load_profiles(folder, cluster)
+        except profiles_mod.ProfileError as e:
+            if key != self._key or self._profiles is None:
+                raise
+            if log is not None and stamp != self._stamp:
+                log.error("Profiles in %s are invalid, keeping the last valid ones: %s", folder, e)
+            self._stamp = stamp
+            return self._profiles
+        self._key, self._stamp, self._profiles = key, stamp, loaded
+        return loaded
+
+
+_PROFILES = ProfileCache()
 
 
 def kubespawner_override(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUConfig):
@@ -335,7 +370,7 @@ class LLMSpawner(KubeSpawner):
     @property
     def profiles(self) -> list[profiles_mod.Profile]:
         """The validated profiles of ``profiles_dir`` (re-read when the files change)."""
-        return load_profiles_cached(self.profiles_dir, self.gpu_cluster)
+        return _PROFILES.get(self.profiles_dir, self.gpu_cluster, self.log)
 
     capacity_ttl = Float(
         5.0,
@@ -353,7 +388,7 @@ class LLMSpawner(KubeSpawner):
         # A callable, so that each user is offered only the profiles their groups allow,
         # with the free slices of now.
         async def allowed_profiles(spawner):
-            caps = await spawner.current_capacity()
+            caps = {} if spawner._loading_options else await spawner.current_capacity()
             return [
                 profile_list_entry(p, spawner.gpu_cluster, caps.get(p.slug))
                 for p in spawner.allowed_profiles
@@ -362,6 +397,7 @@ class LLMSpawner(KubeSpawner):
         return allowed_profiles
 
     _capacity_cache: capacity_mod.CapacityCache | None = None
+    _capacity_counts: tuple = (None, None, None, {})
 
     async def current_capacity(self) -> dict[str, capacity_mod.Capacity]:
         """Slices per GPU profile now (cached ``capacity_ttl`` seconds, shared by all users).
@@ -391,11 +427,20 @@ class LLMSpawner(KubeSpawner):
                 list_nodes, list_pods, ttl=self.capacity_ttl
             )
         try:
-            nodes, pods = await cls._capacity_cache.snapshot()
+            snapshot = await cls._capacity_cache.snapshot()
         except Exception as e:  # an API error must not break the spawn form
             self.log.warning("Cannot list Nodes/Pods for free GPU slices: %s", e)
             return {}
-        return capacity_mod.capacities(self.profiles, self.gpu_cluster, nodes, pods)
+        # Counted once per listing (and profile set), not once per page view.
+        memo_snapshot, memo_profiles, memo_cluster, counts = cls._capacity_counts
+        profiles, cluster = self.profiles, self.gpu_cluster
+        if not (
+            memo_snapshot is snapshot and memo_profiles is profiles and memo_cluster == cluster
+        ):
+            nodes, pods = snapshot
+            counts = capacity_mod.capacities(profiles, cluster, nodes, pods)
+            cls._capacity_counts = (snapshot, profiles, cluster, counts)
+        return counts
 
     @property
     def user_groups(self) -> list[str]:
@@ -458,16 +503,20 @@ class LLMSpawner(KubeSpawner):
     # --- per spawn --------------------------------------------------------------------
 
     _configured: dict | None = None
+    _loading_options = False
     _tracking_task: asyncio.Future | None = None
 
     def _restore_configured(self):
         """Reset every per-spawn trait to its configured value (snapshot on first use)."""
         if self._configured is None:
             self._configured = {
-                name: copy.deepcopy(getattr(self, name)) for name in PER_SPAWN_TRAITS
+                name: copy.deepcopy(getattr(self, name))
+                for name in (*PROFILE_TRAITS, *STORAGE_TRAITS)
             }
-        for name, value in self._configured.items():
-            setattr(self, name, copy.deepcopy(value))
+        for name in PROFILE_TRAITS:
+            value = self._configured[name]
+            if getattr(self, name) != value:
+                setattr(self, name, copy.deepcopy(value))
 
     async def load_user_options(self):
         """Apply the chosen profile (default: the default profile) and the user's storage.
@@ -479,13 +528,21 @@ class LLMSpawner(KubeSpawner):
             ValueError: for an unknown profile, listing the valid ones (kubespawner's check).
         """
         self._restore_configured()
-        await super().load_user_options()
+        self._loading_options = True  # the profile list needs no free-slice counts now
+        try:
+            await super().load_user_options()
+        finally:
+            self._loading_options = False
         user_storage = storage.build_user_storage(
             username=self.user.name, claim_name=self.storage_claim_name
         )
-        self.volumes = [*self._sorted_dict_values(self.volumes), *user_storage.volumes]
+        configured = self._configured
+        self.volumes = [
+            *copy.deepcopy(self._sorted_dict_values(configured["volumes"])),
+            *user_storage.volumes,
+        ]
         self.volume_mounts = [
-            *self._sorted_dict_values(self.volume_mounts),
+            *copy.deepcopy(self._sorted_dict_values(configured["volume_mounts"])),
             *user_storage.volume_mounts,
         ]
         self.working_dir = user_storage.home

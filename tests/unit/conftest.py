@@ -1,5 +1,7 @@
 """Fixtures for pure unit tests: no cluster, no network, no hub process."""
 
+from types import SimpleNamespace
+
 import pytest
 from kubernetes_asyncio.client import ApiClient
 from traitlets.config import Config
@@ -42,10 +44,10 @@ def make_spawner(stub_kubeconfig):
         c.LLMSpawner.mlflow_tracking_uri = "http://mlflow.llm.svc:5000"
         if config is not None:
             c.merge(config)
-        # _mock is kubespawner's own test hook: a stand-in user and hub object.
-        spawner = LLMSpawner(config=c, _mock=True)
-        spawner.user.name = username
-        return spawner
+        # The user is given at construction (KubeSpawner expands its name templates there);
+        # _mock is kubespawner's own test hook for a stand-in hub object.
+        user = SimpleNamespace(name=username, id=1, url=f"/user/{username}/", groups=[])
+        return LLMSpawner(config=c, user=user, _mock=True)
 
     return make
 

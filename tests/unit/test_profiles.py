@@ -229,3 +229,34 @@ def test_allows():
     assert p.allows(["staff", "gpu-users"]) is True
     assert p.allows(["staff"]) is False
     assert profiles.Profile(slug="b", display_name="B").allows([]) is True
+
+
+def test_profile_cache_rereads_changed_files_and_keeps_last_valid(tmp_path):
+    from llmspawner.spawner import ProfileCache
+
+    now = [0.0]
+    cache = ProfileCache(recheck=2.0, clock=lambda: now[0])
+    write(tmp_path, "a.yaml", GOOD.format(slug="a", default="true"))
+    first = cache.get(tmp_path, ClusterGPUConfig())
+    assert [p.slug for p in first] == ["a"]
+    write(tmp_path, "b.yaml", GOOD.format(slug="b", default="false"))
+    assert cache.get(tmp_path, ClusterGPUConfig()) is first  # not re-checked within 2 s
+    now[0] = 2.0
+    second = cache.get(tmp_path, ClusterGPUConfig())
+    assert [p.slug for p in second] == ["a", "b"]
+    write(tmp_path, "c.yaml", "slug: c\ndisplay_name: C\ngpu: {count: 0}\n")  # broken
+
+    class Log:
+        errors = []
+
+        def error(self, *args):
+            self.errors.append(args[0] % args[1:])
+
+    now[0] = 4.0
+    assert cache.get(tmp_path, ClusterGPUConfig(), Log()) is second
+    assert Log.errors == [
+        f"Profiles in {tmp_path} are invalid, keeping the last valid ones: c.yaml: gpu.count: must be >= 1, not 0"
+    ]
+    # A folder never loaded successfully raises.
+    with pytest.raises(ProfileError, match="gpu.count: must be >= 1"):
+        ProfileCache().get(tmp_path, ClusterGPUConfig())

@@ -1,0 +1,206 @@
+"""Spawn overhead of LLMSpawner against plain KubeSpawner, measured in the same run.
+
+Both spawners run in this process against the emulated cluster (``llmspawner.devcluster``),
+configured equivalently: the same image, command, CPU/memory, the user's subPath of the shared
+PVC at the same mountPath, the same working directory and ``HOME``. LLMSpawner additionally
+does what it exists for: reads and validates the profile, lists Nodes and Pods for the form's
+free slices (cached), restores its per-spawn settings. MLflow is off for both (its cost is one
+HTTP round trip to a server that is not part of the spawner).
+
+Two figures, each the median of ``--rounds`` rounds, alternating the two spawners:
+
+- manifest: seconds to apply user options and build one pod manifest (mean of ``--manifests``);
+- start: seconds to start ``--servers`` servers concurrently, until every pod is Running
+  and ready (each pod runs ``sleep``, so the figure is the spawner's and the cluster's, not
+  a Jupyter server's start-up).
+
+Run: ``.venv/bin/python benchmarks/spawn_overhead.py`` (about a minute on 2 cores). Prints a
+table and the ratios LLMSpawner / KubeSpawner. Uses kubespawner's ``_mock`` user and hub
+stand-ins: no hub process is involved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+BENCH_PROFILE = """\
+slug: bench
+display_name: Bench
+default: true
+cpu: {guarantee: 0.1, limit: 1}
+memory: {guarantee: 64M, limit: 256M}
+"""
+
+
+def configs(profiles_dir: Path):
+    from traitlets.config import Config
+
+    common = {
+        "image": "bench/singleuser:1",
+        "cmd": ["sleep", "600"],
+        "namespace": "default",
+        "start_timeout": 120,
+        "k8s_api_request_timeout": 10,
+    }
+    llm = Config()
+    for key, value in common.items():
+        setattr(llm.LLMSpawner, key, value)
+    llm.LLMSpawner.profiles_dir = str(profiles_dir)
+    llm.LLMSpawner.mlflow_tracking_uri = ""
+
+    plain = Config()
+    for key, value in common.items():
+        setattr(plain.KubeSpawner, key, value)
+    # The same one-profile list that LLMSpawner builds from bench.yaml.
+    plain.KubeSpawner.profile_list = [
+        {
+            "slug": "bench",
+            "display_name": "Bench",
+            "default": True,
+            "kubespawner_override": {
+                "cpu_guarantee": 0.1,
+                "cpu_limit": 1.0,
+                "mem_guarantee": "64M",
+                "mem_limit": "256M",
+            },
+        }
+    ]
+    plain.KubeSpawner.volumes = [
+        {"name": "llm-storage", "persistentVolumeClaim": {"claimName": "llm-storage"}}
+    ]
+    plain.KubeSpawner.volume_mounts = [
+        {
+            "name": "llm-storage",
+            "mountPath": "/storage/users/{username}",
+            "subPath": "users/{username}",
+        },
+        {
+            "name": "llm-storage",
+            "mountPath": "/storage/models",
+            "subPath": "models",
+            "readOnly": True,
+        },
+    ]
+    plain.KubeSpawner.working_dir = "/storage/users/{username}"
+    plain.KubeSpawner.environment = {"HOME": "/storage/users/{username}"}
+    plain.KubeSpawner.default_url = "/llamaboard/"
+    return llm, plain
+
+
+def make(cls, config, username: str):
+    # The user is given at construction: KubeSpawner expands templates (pod name, working
+    # directory) in its constructor. _mock: kubespawner's stand-in hub object.
+    user = SimpleNamespace(name=username, id=1, url=f"/user/{username}/", groups=[])
+    spawner = cls(config=config, user=user, _mock=True)
+    spawner.user_options = {}
+    return spawner
+
+
+async def time_manifests(cls, config, n: int) -> float:
+    spawner = make(cls, config, "bench-manifest")
+    started = time.perf_counter()
+    for _ in range(n):
+        spawner.user_options = {}
+        await spawner.load_user_options()
+        await spawner.get_pod_manifest()
+    return (time.perf_counter() - started) / n
+
+
+async def time_starts(cls, config, n: int, tag: str, api) -> float:
+    spawners = [make(cls, config, f"bench-{tag}-{i}") for i in range(n)]
+    started = time.perf_counter()
+    await asyncio.gather(*(s.start() for s in spawners))
+    elapsed = time.perf_counter() - started
+    await asyncio.gather(*(s.stop(now=True) for s in spawners))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pods = await api.list_namespaced_pod(
+            "default", label_selector="component=singleuser-server"
+        )
+        if not pods.items:
+            break
+        await asyncio.sleep(0.2)
+    return elapsed
+
+
+async def run(args) -> list[tuple[str, float, float]]:
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.config import kube_config
+
+    from llmspawner.devcluster.testing import fast_cluster
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        profiles_dir = tmp / "profiles"
+        profiles_dir.mkdir()
+        (profiles_dir / "bench.yaml").write_text(BENCH_PROFILE)
+        async with fast_cluster(tmp / "cluster") as cluster:
+            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(cluster.kubeconfig_path)
+            from kubespawner import KubeSpawner
+
+            from llmspawner.spawner import LLMSpawner
+
+            llm_config, plain_config = configs(profiles_dir)
+            api_client = await kube_config.new_client_from_config(str(cluster.kubeconfig_path))
+            api = client.CoreV1Api(api_client)
+            await api.create_namespaced_persistent_volume_claim(
+                "default",
+                {
+                    "metadata": {"name": "llm-storage"},
+                    "spec": {
+                        "accessModes": ["ReadWriteMany"],
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                },
+            )
+            results = {"KubeSpawner": ([], []), "LLMSpawner": ([], [])}
+            for r in range(args.rounds):
+                for name, cls, config in (
+                    ("KubeSpawner", KubeSpawner, plain_config),
+                    ("LLMSpawner", LLMSpawner, llm_config),
+                ):
+                    manifest = await time_manifests(cls, config, args.manifests)
+                    start = await time_starts(cls, config, args.servers, f"{name.lower()}-{r}", api)
+                    results[name][0].append(manifest)
+                    results[name][1].append(start)
+                    print(
+                        f"round {r + 1}: {name:<12} manifest {manifest * 1e3:7.2f} ms  "
+                        f"start {args.servers} servers {start:6.2f} s",
+                        flush=True,
+                    )
+            await api_client.close()
+            # kubespawner's reflectors are shared by the class; stop them before the cluster.
+            for reflector in list(KubeSpawner.reflectors.values()):
+                await reflector.stop()
+            KubeSpawner.reflectors.clear()
+    return [(name, statistics.median(m), statistics.median(s)) for name, (m, s) in results.items()]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--manifests", type=int, default=200)
+    parser.add_argument("--servers", type=int, default=20)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    rows = asyncio.run(run(args))
+    base = dict((name, (m, s)) for name, m, s in rows)
+    print()
+    print(f"{'spawner':<12} {'manifest (ms)':>14} {f'start {args.servers} (s)':>14}")
+    for name, m, s in rows:
+        print(f"{name:<12} {m * 1e3:14.2f} {s:14.2f}")
+    (km, ks), (lm, ls) = base["KubeSpawner"], base["LLMSpawner"]
+    note = "(LLMSpawner / KubeSpawner, target <= 1.10)"
+    print(f"{'ratio':<12} {lm / km:14.2f} {ls / ks:14.2f}   {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
