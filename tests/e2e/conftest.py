@@ -58,7 +58,9 @@ def stack(request, tmp_path_factory):
     if missing:
         pytest.fail(missing)
     workdir = tmp_path_factory.mktemp("dev-stack")
-    dev_stack = DevStack(workdir, timeout=STACK_TIMEOUT, hub_args=["--debug"])
+    # Free-slice counts in the spawn form are re-listed every second (default 5 s).
+    hub_args = ["--debug", "--LLMSpawner.capacity_ttl=1"]
+    dev_stack = DevStack(workdir, timeout=STACK_TIMEOUT, hub_args=hub_args)
     request.config.stash[_STACK_KEY] = dev_stack
     try:
         dev_stack.start()
