@@ -588,7 +588,14 @@ class LLMSpawner(KubeSpawner):
         )
         return f"MLflow experiment {name!r} is ready."
 
-    _last_scheduling_reason: str = ""
+    def last_scheduling_reason(self) -> str:
+        """The plain sentence for the current pod's latest ``FailedScheduling`` Event, or ``""``."""
+        failed = [e for e in self.events if e.get("reason") == "FailedScheduling"]
+        if not failed:
+            return ""
+        return waiting_message(
+            self.current_profile, self.gpu_cluster, failed[-1].get("message") or ""
+        )
 
     def start(self):
         """Make sure the user's MLflow experiment exists, then start the pod (kubespawner).
@@ -597,7 +604,6 @@ class LLMSpawner(KubeSpawner):
         names the last scheduling reason.
         """
         self._tracking_task = asyncio.ensure_future(self._ensure_tracking())
-        self._last_scheduling_reason = ""
         loop = asyncio.get_running_loop()
         started = loop.time()
 
@@ -609,7 +615,7 @@ class LLMSpawner(KubeSpawner):
             try:
                 return await asyncio.wait_for(self._start(), timeout=left)
             except (asyncio.TimeoutError, TimeoutError):
-                reason = self._last_scheduling_reason
+                reason = self.last_scheduling_reason()
                 if not reason:
                     raise
                 raise TimeoutError(
@@ -649,6 +655,5 @@ class LLMSpawner(KubeSpawner):
                 sentence = waiting_message(
                     self.current_profile, self.gpu_cluster, raw.get("message") or ""
                 )
-                self._last_scheduling_reason = sentence
                 event = {**event, "message": sentence}
             yield event
