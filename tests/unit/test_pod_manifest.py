@@ -173,3 +173,44 @@ def test_bad_experiment_template(make_spawner):
         TraitError, match=r"unknown field\(s\) user; allowed: \{username\}, \{slug\}"
     ):
         make_spawner("alice", c)
+
+
+@pytest.mark.parametrize(
+    ("gpu", "cluster", "limits", "selector"),
+    [
+        ("{mig: 1g.10gb}", {}, {"nvidia.com/mig-1g.10gb": 1}, None),
+        (
+            "{mig: 3g.40gb}",
+            {"mig_strategy": "single"},
+            {"nvidia.com/gpu": 1},
+            {"nvidia.com/mig.config": "all-3g.40gb"},
+        ),
+        ("{count: 2}", {}, {"nvidia.com/gpu": 2}, {"nvidia.com/gpu.replicas": "1"}),
+        (
+            "{fraction: 1/4}",
+            {"gpu_shared_resource": "nvidia.com/gpu.shared"},
+            {"nvidia.com/gpu.shared": 1},
+            {"nvidia.com/gpu.replicas": "4"},
+        ),
+        (
+            "{count: 1}",
+            {"gpu_shared_resource": "nvidia.com/gpu.shared"},
+            {"nvidia.com/gpu": 1},
+            None,
+        ),
+    ],
+)
+async def test_every_gpu_kind_validates(make_spawner, tmp_path, gpu, cluster, limits, selector):
+    (tmp_path / "p.yaml").write_text(f"slug: p\ndisplay_name: P\ndefault: true\ngpu: {gpu}\n")
+    c = Config()
+    c.LLMSpawner.profiles_dir = str(tmp_path)
+    for key, value in cluster.items():
+        setattr(c.LLMSpawner, key, value)
+    pod = await pod_for(make_spawner("alice", c), {"profile": "p"})
+    resources = pod["spec"]["containers"][0]["resources"]
+    assert resources == {"limits": limits, "requests": limits}
+    assert all(type(v) is int for v in resources["limits"].values())
+    assert pod["spec"].get("nodeSelector") == selector
+    assert pod["spec"]["tolerations"] == [TOLERATION]
+    for version in ("1.32", latest_version()):
+        kubernetes_validate.validate(pod, version, strict=True)
