@@ -15,13 +15,14 @@ Environment variables (all optional):
 ``LLMSPAWNER_OIDC_ISSUER``                OIDC issuer; endpoints read from its discovery document
 ``OAUTH2_AUTHORIZE_URL`` etc.             or the endpoints directly (GenericOAuthenticator's names:
                                           ``OAUTH2_TOKEN_URL``, ``OAUTH2_USERDATA_URL``)
-``OAUTH_CLIENT_ID``/``OAUTH_CLIENT_SECRET`` OAuth client credentials
+``OAUTH_CLIENT_ID``, ``_SECRET``          OAuth client id and secret
 ``OAUTH_CALLBACK_URL``                    ``https://<hub>/hub/oauth_callback``
 ``LLMSPAWNER_OIDC_USERNAME_CLAIM``        claim holding the username (``preferred_username``)
 ``LLMSPAWNER_OIDC_GROUPS_CLAIM``          claim holding the user's groups (default ``groups``)
 ``LLMSPAWNER_ALLOWED_GROUPS``             comma-separated groups allowed to log in
 ``LLMSPAWNER_ADMIN_GROUPS``               comma-separated groups whose members are hub admins
 ``LLMSPAWNER_ALLOW_ALL``                  ``1``: every user the provider authenticates may log in
+``LLMSPAWNER_CULL_*``                     the idle culler, see :func:`configure_culler`
 ``LLMSPAWNER_DEV``                        ``1``: settings for the emulated dev cluster
 ========================================  ======================================================
 """
@@ -34,6 +35,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import culling
 from . import profiles as profiles_mod
 
 REPO_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
@@ -184,8 +186,89 @@ def configure_dev(c, env: Mapping[str, str] = os.environ) -> None:
     _set_default(s, "delete_grace_period", 1)
 
 
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"llmspawner: {name} must be a whole number of seconds, not {raw!r}"
+        ) from None
+
+
+def add_service(c, service: dict, roles: list[dict]) -> None:
+    """Append a hub service and its roles, keeping every service and role set before.
+
+    Raises:
+        ConfigError: if a service or role of the same name is already configured.
+    """
+    services = c.JupyterHub.services if "services" in c.JupyterHub else []
+    roles_before = c.JupyterHub.load_roles if "load_roles" in c.JupyterHub else []
+    names = {s.get("name") for s in services}
+    if service["name"] in names:
+        raise ConfigError(
+            f"llmspawner: a hub service named {service['name']!r} is already configured"
+        )
+    role_names = {r.get("name") for r in roles_before}
+    for role in roles:
+        if role["name"] in role_names:
+            raise ConfigError(
+                f"llmspawner: a hub role named {role['name']!r} is already configured"
+            )
+    c.JupyterHub.services = [*services, service]
+    c.JupyterHub.load_roles = [*roles_before, *roles]
+
+
+def configure_culler(c, env: Mapping[str, str] = os.environ) -> None:
+    """Run ``jupyterhub-idle-culler`` as a hub service with per-profile idle timeouts.
+
+    ``LLMSPAWNER_CULL`` (``0``: off), ``LLMSPAWNER_CULL_TIMEOUT`` (seconds, default 3600, for
+    profiles without ``idle_timeout``), ``LLMSPAWNER_CULL_EVERY`` (seconds, default 300),
+    ``LLMSPAWNER_CULL_MAX_AGE`` (seconds, default 0: none), ``LLMSPAWNER_CULL_USERS`` (``1``:
+    also delete inactive users). Skipped when a culler service is configured already (z2jh's
+    ``cull.enabled``).
+
+    The hub's own activity polling of the proxy is switched off
+    (``JupyterHub.last_activity_interval = 0``): configurable-http-proxy counts every request,
+    so LlamaBoard's background polling would keep an idle server alive forever. Activity then
+    comes from the user's server, which leaves that polling out (see
+    ``llmspawner.singleuser``).
+    """
+    if env.get("LLMSPAWNER_CULL", "1") in ("0", "false", "no"):
+        return
+    existing = c.JupyterHub.services if "services" in c.JupyterHub else []
+    if any(
+        s.get("name") in ("idle-culler", "jupyterhub-idle-culler", "cull-idle") for s in existing
+    ):
+        return
+    s = c.LLMSpawner
+    environment = {
+        "LLMSPAWNER_PROFILES_DIR": s.profiles_dir,
+        "LLMSPAWNER_GPU_SHARED_RESOURCE": s.get("gpu_shared_resource", "nvidia.com/gpu"),
+        "LLMSPAWNER_GPU_REPLICA_COUNTS": ",".join(
+            str(n) for n in s.get("gpu_replica_counts", (2, 4))
+        ),
+        "LLMSPAWNER_MIG_STRATEGY": s.get("mig_strategy", "mixed"),
+    }
+    try:
+        service, role = culling.culler_service(
+            timeout=_int(env, "LLMSPAWNER_CULL_TIMEOUT", 3600),
+            cull_every=_int(env, "LLMSPAWNER_CULL_EVERY", 300),
+            max_age=_int(env, "LLMSPAWNER_CULL_MAX_AGE", 0),
+            cull_users=env.get("LLMSPAWNER_CULL_USERS", "") in ("1", "true", "yes"),
+            environment=environment,
+        )
+    except ValueError as e:
+        raise ConfigError(f"llmspawner: {e}") from None
+    add_service(c, service, [role])
+    _set_default(c.JupyterHub, "last_activity_interval", 0)
+
+
 def configure(c, env: Mapping[str, str] = os.environ) -> None:
     """Configure the whole hub for llmspawner from ``env`` (see the module docstring)."""
     configure_spawner(c, env)
     configure_auth(c, env)
+    configure_culler(c, env)
     configure_dev(c, env)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -508,3 +509,61 @@ def _seconds(data: dict, key: str, file: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ProfileError(file, key, f"must be a positive whole number of seconds, not {value!r}")
     return value
+
+
+class ProfileCache:
+    """The validated profiles of a folder, re-read when its files change.
+
+    File names and modification times are checked at most once per ``recheck`` seconds, so a
+    spawn or a page view costs no file system calls in between. When the files change into an
+    invalid state while the hub runs, the last valid profiles stay in use (and the error is
+    logged): a typo in a ConfigMap must not stop every spawn. At hub start, an invalid folder
+    stops the hub instead (:func:`llmspawner.hubconfig.check_profiles`).
+
+    Args:
+        recheck: seconds between checks of the folder.
+        clock: monotonic clock in seconds (injectable for tests).
+    """
+
+    def __init__(self, recheck: float = 2.0, clock=time.monotonic):
+        self.recheck = recheck
+        self._clock = clock
+        self._key: tuple | None = None
+        self._stamp: tuple | None = None
+        self._checked = -math.inf
+        self._profiles: list[Profile] | None = None
+
+    def get(self, directory: str, cluster: ClusterGPUConfig, log=None):
+        """Return the profiles of ``directory`` (a shared list: do not mutate).
+
+        Raises:
+            profiles.ProfileError: when no valid profiles of this folder were loaded before.
+        """
+        key = (str(directory), cluster)
+        now = self._clock()
+        if key == self._key and now - self._checked < self.recheck:
+            return self._profiles
+        folder = Path(directory)
+        stamp = (
+            tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.y*ml")))
+            if folder.is_dir()
+            else ()
+        )
+        self._checked = now
+        if key == self._key and stamp == self._stamp:
+            return self._profiles
+        try:
+            loaded = load_profiles(folder, cluster)
+        except ProfileError as e:
+            if key != self._key or self._profiles is None:
+                raise
+            if log is not None and stamp != self._stamp:
+                log.error("Profiles in %s are invalid, keeping the last valid ones: %s", folder, e)
+            self._stamp = stamp
+            return self._profiles
+        self._key, self._stamp, self._profiles = key, stamp, loaded
+        return loaded
+
+
+#: The process-wide cache used by the spawner and the culler's hook.
+PROFILES = ProfileCache()

@@ -12,9 +12,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import math
-import time
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from kubespawner import KubeSpawner
@@ -43,63 +40,6 @@ PROFILE_TRAITS = (
 #: kubespawner traits set from the user's storage for one spawn, computed from their
 #: configured values each time.
 STORAGE_TRAITS = ("volumes", "volume_mounts", "working_dir")
-
-
-class ProfileCache:
-    """The validated profiles of a folder, re-read when its files change.
-
-    File names and modification times are checked at most once per ``recheck`` seconds, so a
-    spawn or a page view costs no file system calls in between. When the files change into an
-    invalid state while the hub runs, the last valid profiles stay in use (and the error is
-    logged): a typo in a ConfigMap must not stop every spawn. At hub start, an invalid folder
-    stops the hub instead (:func:`llmspawner.hubconfig.check_profiles`).
-
-    Args:
-        recheck: seconds between checks of the folder.
-        clock: monotonic clock in seconds (injectable for tests).
-    """
-
-    def __init__(self, recheck: float = 2.0, clock=time.monotonic):
-        self.recheck = recheck
-        self._clock = clock
-        self._key: tuple | None = None
-        self._stamp: tuple | None = None
-        self._checked = -math.inf
-        self._profiles: list[profiles_mod.Profile] | None = None
-
-    def get(self, directory: str, cluster: profiles_mod.ClusterGPUConfig, log=None):
-        """Return the profiles of ``directory`` (a shared list: do not mutate).
-
-        Raises:
-            profiles.ProfileError: when no valid profiles of this folder were loaded before.
-        """
-        key = (str(directory), cluster)
-        now = self._clock()
-        if key == self._key and now - self._checked < self.recheck:
-            return self._profiles
-        folder = Path(directory)
-        stamp = (
-            tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.y*ml")))
-            if folder.is_dir()
-            else ()
-        )
-        self._checked = now
-        if key == self._key and stamp == self._stamp:
-            return self._profiles
-        try:
-            loaded = profiles_mod.load_profiles(folder, cluster)
-        except profiles_mod.ProfileError as e:
-            if key != self._key or self._profiles is None:
-                raise
-            if log is not None and stamp != self._stamp:
-                log.error("Profiles in %s are invalid, keeping the last valid ones: %s", folder, e)
-            self._stamp = stamp
-            return self._profiles
-        self._key, self._stamp, self._profiles = key, stamp, loaded
-        return loaded
-
-
-_PROFILES = ProfileCache()
 
 
 def kubespawner_override(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUConfig):
@@ -339,6 +279,26 @@ class LLMSpawner(KubeSpawner):
         """,
     )
 
+    activity_report_interval = Integer(
+        300,
+        config=True,
+        help="""
+        Seconds between the user's server's activity reports to the hub
+        (``JUPYTERHUB_ACTIVITY_INTERVAL`` of jupyterhub-singleuser). The idle culler judges by
+        these reports; keep it well below the shortest profile ``idle_timeout``.
+        """,
+    )
+
+    training_check_interval = Integer(
+        30,
+        config=True,
+        help="""
+        Seconds between checks, in the user's server, for a running ``llamafactory-cli train``
+        (``LLMSPAWNER_TRAINING_CHECK_INTERVAL``). While one runs, the server counts as active
+        and is not culled. See ``llmspawner.singleuser.activity``.
+        """,
+    )
+
     @default("default_url")
     def _default_url_default(self):
         return self.llamaboard_url
@@ -370,7 +330,7 @@ class LLMSpawner(KubeSpawner):
     @property
     def profiles(self) -> list[profiles_mod.Profile]:
         """The validated profiles of ``profiles_dir`` (re-read when the files change)."""
-        return _PROFILES.get(self.profiles_dir, self.gpu_cluster, self.log)
+        return profiles_mod.PROFILES.get(self.profiles_dir, self.gpu_cluster, self.log)
 
     capacity_ttl = Float(
         5.0,
@@ -558,6 +518,8 @@ class LLMSpawner(KubeSpawner):
             netloc = f"$(POD_IP):{url.port}" if url.port else "$(POD_IP)"
             env["JUPYTERHUB_SERVICE_URL"] = urlunsplit(url._replace(netloc=netloc))
         env["HOME"] = storage.user_home(self.user.name)
+        env["JUPYTERHUB_ACTIVITY_INTERVAL"] = str(self.activity_report_interval)
+        env["LLMSPAWNER_TRAINING_CHECK_INTERVAL"] = str(self.training_check_interval)
         env.update(
             tracking.tracking_env(
                 tracking_uri=self.mlflow_tracking_uri, experiment=self.experiment_name

@@ -55,6 +55,15 @@ LAUNCHER_TITLE = "LlamaBoard"
 ICON_PATH = Path(__file__).parent / "icons" / "llamaboard.svg"
 #: Program that starts LlamaBoard, looked up on the Jupyter server's ``PATH``.
 LLAMAFACTORY_CLI = "llamafactory-cli"
+#: Request paths of Gradio's background traffic (regular expressions, matched from the start
+#: of the path): the heartbeat every Gradio page keeps open (``/gradio_api/heartbeat/<session>``,
+#: gradio/routes.py) and the queue's event stream and status polling (``/gradio_api/queue/data``,
+#: ``/gradio_api/queue/status``). A real user action (loading the page, clicking a button: a
+#: ``POST /gradio_api/queue/join``, an upload) still counts as activity.
+BACKGROUND_TRAFFIC = (
+    r".*/llamaboard/gradio_api/heartbeat/",
+    r".*/llamaboard/gradio_api/queue/(data|status)",
+)
 #: Environment variable overriding :data:`DEFAULT_TIMEOUT` (seconds, a positive number).
 TIMEOUT_ENV = "LLMSPAWNER_LLAMABOARD_TIMEOUT"
 #: Seconds LlamaBoard may take to answer HTTP after start. Measured on 2 CPU cores: 8.5-12 s
@@ -209,6 +218,10 @@ def setup_llamaboard() -> dict[str, Any]:
       would depend on that behaviour, which has changed across Starlette releases.
     - ``new_browser_tab``: False — LlamaBoard opens as a tab inside JupyterLab (an iframe
       of the same origin; Gradio sends no ``X-Frame-Options``/``frame-ancestors``).
+    - ``exclude_last_activity_patterns``: :data:`BACKGROUND_TRAFFIC`, Gradio's own polling,
+      which an open but idle LlamaBoard tab keeps sending; it does not count as activity, so
+      such a tab does not hold a GPU forever (jupyter-server-proxy >= 4.2,
+      https://jupyter-server-proxy.readthedocs.io/en/latest/server-process.html).
     - ``launcher_entry``: title "LlamaBoard" and the shipped SVG icon.
 
     Returns:
@@ -220,6 +233,7 @@ def setup_llamaboard() -> dict[str, Any]:
         "timeout": startup_timeout(os.environ),
         "absolute_url": False,
         "new_browser_tab": False,
+        "exclude_last_activity_patterns": list(BACKGROUND_TRAFFIC),
         "launcher_entry": {
             "enabled": True,
             "title": LAUNCHER_TITLE,

@@ -355,3 +355,43 @@ def test_unauthenticated_requests_do_not_reach_llamaboard(server, page):
     r = httpx.get(f"{server.origin}{BOARD}", follow_redirects=False, timeout=30)
     assert r.status_code in (302, 403)
     assert urlsplit(r.headers.get("location", "/login")).path.endswith("login")
+
+
+def _last_activity(client: httpx.Client) -> str:
+    # no_track_activity: reading the status must not itself count as activity.
+    r = client.get(PREFIX + "api/status", params={"no_track_activity": "1"})
+    r.raise_for_status()
+    return r.json()["last_activity"]
+
+
+def test_background_traffic_is_not_activity_but_a_click_is(server, page):
+    """An open but idle LlamaBoard tab keeps polling; that must not keep the server alive."""
+    config = _gradio_config(page.text)
+    (load,) = [
+        d
+        for d in config["dependencies"]
+        if any(t[1] == "load" for t in d["targets"]) and d.get("queue") is not False
+    ]
+    session = secrets.token_hex(6)
+    api = BOARD + "gradio_api/"
+    with server.client() as c:
+        before = _last_activity(c)
+        time.sleep(0.05)
+        for path in (f"heartbeat/{session}", f"queue/data?session_hash={session}"):
+            with c.stream(
+                "GET", api + path, headers={"Accept": "text/event-stream"}, timeout=5
+            ) as r:
+                assert r.status_code in (200, 404), (path, r.status_code)
+        assert _last_activity(c) == before
+        join = c.post(
+            api + "queue/join",
+            json={
+                "data": [],
+                "event_data": None,
+                "fn_index": load["id"],
+                "trigger_id": None,
+                "session_hash": session,
+            },
+        )
+        assert join.status_code == 200, join.text
+        assert _last_activity(c) > before

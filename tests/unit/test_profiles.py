@@ -232,10 +232,8 @@ def test_allows():
 
 
 def test_profile_cache_rereads_changed_files_and_keeps_last_valid(tmp_path):
-    from llmspawner.spawner import ProfileCache
-
     now = [0.0]
-    cache = ProfileCache(recheck=2.0, clock=lambda: now[0])
+    cache = profiles.ProfileCache(recheck=2.0, clock=lambda: now[0])
     write(tmp_path, "a.yaml", GOOD.format(slug="a", default="true"))
     first = cache.get(tmp_path, ClusterGPUConfig())
     assert [p.slug for p in first] == ["a"]
@@ -259,4 +257,4 @@ def test_profile_cache_rereads_changed_files_and_keeps_last_valid(tmp_path):
     ]
     # A folder never loaded successfully raises.
     with pytest.raises(ProfileError, match="gpu.count: must be >= 1"):
-        ProfileCache().get(tmp_path, ClusterGPUConfig())
+        profiles.ProfileCache().get(tmp_path, ClusterGPUConfig())
