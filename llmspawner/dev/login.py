@@ -95,11 +95,12 @@ class HubSession:
             response = self.client.get(url)
         raise LoginError(f"too many redirects, last at {response.url}")
 
-    def oidc_login(self) -> None:
-        """Log in through ``/hub/oauth_login`` and the provider's authorize form.
+    def oidc_callback(self) -> httpx.Response:
+        """Go through ``/hub/oauth_login`` and the provider's authorize form; return the hub's
+        answer to the provider's redirect back (``/hub/oauth_callback``), not followed.
 
         Raises:
-            LoginError: naming the step that failed.
+            LoginError: naming the step before the callback that failed.
         """
         hub = self.hub_url
         response = self.client.get(f"{hub}/hub/oauth_login")
@@ -126,7 +127,15 @@ class HubSession:
         callback = urljoin(authorize_url, response.headers["location"])
         if not _same_origin(callback, hub) or "/hub/oauth_callback" not in callback:
             raise LoginError(f"the OIDC provider redirected to {callback}, not the hub's callback")
-        response = self.client.get(callback)
+        return self.client.get(callback)
+
+    def oidc_login(self) -> None:
+        """Log in through ``/hub/oauth_login`` and the provider's authorize form.
+
+        Raises:
+            LoginError: naming the step that failed.
+        """
+        response = self.oidc_callback()
         if not response.is_redirect:
             raise LoginError(
                 f"the hub's oauth_callback answered {response.status_code}: {response.text[:500]!r}"
