@@ -1,0 +1,126 @@
+"""The queue's database connection: create or migrate the schema, then hand out sessions.
+
+SQLite (a file, the default) or PostgreSQL, by SQLAlchemy URL
+(https://docs.sqlalchemy.org/en/20/core/engines.html#database-urls). As in JupyterHub
+(``jupyterhub/orm.py``: ``check_db_revision``), a fresh database gets the current schema
+(``create_all``) and is stamped with the newest alembic revision; a database at an older
+revision is upgraded (``alembic upgrade head``) when the service connects, since the queue
+service is the database's only user.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, create_engine, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from .models import Base
+
+#: Folder of the alembic environment and migrations.
+ALEMBIC_DIR = Path(__file__).resolve().parent / "alembic"
+
+log = logging.getLogger(__name__)
+
+
+def alembic_config(connection: Connection | None = None, url: str = "") -> Config:
+    """Return the alembic configuration of the queue's migrations (no ``alembic.ini``).
+
+    Args:
+        connection: an open connection the migrations run on (the usual case).
+        url: the database URL, for commands run without a connection.
+    """
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration's revision id, e.g. ``"0001"``."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision a database is stamped with, or ``None`` if it has none."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> str:
+    """Bring a database to the newest schema; return what was done.
+
+    Returns:
+        ``"current"`` (nothing to do), ``"created"`` (fresh: tables created and stamped) or
+        ``"upgraded"`` (migrations run).
+
+    Raises:
+        RuntimeError: the database has a revision this version of llmspawner does not know
+            (written by a newer version?), naming it.
+    """
+    head = head_revision()
+    with engine.begin() as connection:
+        current = current_revision(connection)
+        if current == head:
+            return "current"
+        cfg = alembic_config(connection)
+        if current is None:
+            ours = set(Base.metadata.tables)
+            if not ours & set(inspect(connection).get_table_names()):
+                Base.metadata.create_all(connection)
+                command.stamp(cfg, "head")
+                log.info("Created the queue database schema (revision %s)", head)
+                return "created"
+            # Tables without a stamp can only come from the first revision.
+            command.stamp(cfg, "0001")
+            current = "0001"
+        try:
+            command.upgrade(cfg, "head")
+        except CommandError as e:
+            raise RuntimeError(
+                f"the queue database is at revision {current!r}, which this version of "
+                f"llmspawner does not know (newest: {head!r}); was it written by a newer "
+                f"version? ({e})"
+            ) from e
+        log.info("Upgraded the queue database from revision %s to %s", current, head)
+        return "upgraded"
+
+
+def connect(url: str, **engine_kwargs) -> sessionmaker[Session]:
+    """Open the queue's database, create or upgrade its schema, and return a session factory.
+
+    Args:
+        url: a SQLAlchemy URL: ``sqlite:///path/queue.sqlite`` (the folder is created),
+            ``sqlite://`` (in memory, one shared connection; for tests), or
+            ``postgresql://user:password@host/db``.
+        engine_kwargs: passed to :func:`sqlalchemy.create_engine` (e.g. ``echo=True``).
+
+    Returns:
+        A ``sessionmaker``; its sessions do not expire objects on commit
+        (``expire_on_commit=False``), so rows can be read after the session closes.
+
+    Raises:
+        RuntimeError: see :func:`upgrade`.
+        sqlalchemy.exc.ArgumentError: the URL is not a database URL.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            engine_kwargs.setdefault("poolclass", StaticPool)
+            engine_kwargs.setdefault("connect_args", {"check_same_thread": False})
+        elif not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **engine_kwargs)
+    upgrade(engine)
+    return sessionmaker(engine, expire_on_commit=False)

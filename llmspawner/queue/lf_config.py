@@ -1,0 +1,461 @@
+"""Validate a user's LLaMA-Factory training config and prepare it to run as a queue job.
+
+A job runs ``llamafactory-cli train config.yaml`` in a pod that sees only the user's own folder
+(``/storage/users/<slug>``, read-write) and the shared base models (``/storage/models``,
+read-only); see :mod:`llmspawner.storage`. That pod is what keeps users apart; this module
+refuses, when the job is submitted, every config that could only fail or surprise later, and
+lists all its problems at once, each naming the field and what is allowed.
+
+The rules (decisions are marked *decided*):
+
+- **Keys** must be arguments of ``llamafactory-cli train``: LLaMA-Factory parses the config with
+  ``HfArgumentParser.parse_dict`` and refuses other keys ("Some specified arguments are not used
+  by the HfArgumentParser", ``llamafactory/hparams/parser.py``: ``_parse_args``). The names come
+  from a snapshot of llamafactory 0.9.5 (:mod:`.lf_arguments`), so the hub need not import it.
+- **stage** is one of LLaMA-Factory's stages except ``ppo`` (*decided*): PPO refuses any logger
+  but wandb, tensorboard and trackio ("PPO only accepts wandb, tensorboard, or trackio logger.",
+  ``hparams/parser.py`` in ``get_train_args``), and every queue job reports to MLflow.
+- **Paths** (:data:`READ_PATH_KEYS`, :data:`WRITE_PATH_KEYS`) are resolved inside the user's
+  folder; relative paths are relative to it and ``~`` is it. Models, adapters, datasets and
+  other inputs may also be in the shared ``/storage/models`` (read-only); outputs never. Any
+  other absolute path, ``~user`` and any ``..`` component are refused. ``output_dir`` is
+  required and must be a sub-folder, not the user's folder itself.
+- **Only paths, no hub ids** (*decided*): the cluster is often offline, so a job never downloads.
+  ``model_name_or_path`` and the other ``*_name_or_path``/model keys (:data:`MODEL_KEYS`) that
+  look like a Hugging Face Hub id ``org/name`` (two parts, not starting with ``.``, ``/`` or
+  ``~``) are refused with a hint to write ``./org/name`` for a folder of that name; any other
+  value is a path. ``dataset_dir: ONLINE`` and ``REMOTE:<repo>`` (hub datasets,
+  ``llamafactory/data/parser.py``: ``get_dataset_list``) are refused for the same reason, as are
+  ``push_to_hub: true`` and ``reward_model_type: api``.
+- **Secrets** (:data:`SECRET_KEYS`: hub tokens, API keys) are refused (*decided*): the config is
+  stored in the queue's database, in a ConfigMap and shown with the job.
+- **Tracking**: ``report_to`` becomes ``mlflow`` (the pod's ``MLFLOW_*`` environment names the
+  user's experiment). ``none`` or no value is replaced; ``tensorboard`` (local files) is kept next
+  to it; any other reporter (``wandb``, ``all``, ...) is refused (*decided*: it needs a network
+  and an account, and a silent replacement would hide that); ``use_swanlab: true`` likewise.
+  ``run_name`` is always the job's name.
+- **Retries**: ``overwrite_output_dir`` is set to ``true`` (*decided*). Without it LLaMA-Factory
+  raises "Output directory already exists and is not empty. Please set `overwrite_output_dir`."
+  when ``output_dir`` holds a finished model and no ``checkpoint-*`` folder
+  (``hparams/parser.py``, ``get_train_args``; the check is skipped when
+  ``getattr(training_args, "overwrite_output_dir", False)``; transformers >= 5 dropped the
+  argument and LLaMA-Factory's ``TrainingArguments`` re-adds it). To continue from a checkpoint
+  set ``resume_from_checkpoint`` to its folder.
+- **do_train** defaults to ``true`` (*decided*): it is the ``train`` command; without it
+  LLaMA-Factory's stages load the model and skip training. An explicit ``false`` is kept.
+- ``trust_remote_code`` is allowed (*decided*): code can only come from a model folder that
+  passed the path rules, and the job's pod runs with exactly the rights of the user's own
+  server, where the user can run any code anyway.
+- Values must be plain YAML/JSON data (strings, numbers, booleans, null, lists, mappings);
+  YAML aliases are refused (an alias bomb would blow up when the config is stored as JSON).
+
+All functions are pure: no I/O, no mutation of their arguments.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import posixpath
+import re
+from typing import Any, NamedTuple
+
+import yaml
+
+from ..storage import models_path, user_home
+from .lf_arguments import LLAMAFACTORY_VERSION, STAGES, TRAIN_ARGUMENTS
+
+#: Stages a queue job may run (LLaMA-Factory's, without ``ppo``; see the module docstring).
+ALLOWED_STAGES = tuple(s for s in STAGES if s != "ppo")
+
+#: Inputs: a path inside the user's folder or, read-only, inside ``/storage/models``.
+READ_PATH_KEYS = (
+    "model_name_or_path",
+    "adapter_name_or_path",
+    "adapter_folder",
+    "dataset_dir",
+    "media_dir",
+    "ref_model",
+    "ref_model_adapters",
+    "reward_model",
+    "reward_model_adapters",
+    "new_special_tokens_config",
+    "export_quantization_dataset",
+    "kt_weight_path",
+    "kt_expert_checkpoint_path",
+    "hyper_parallel_args",
+    "deepspeed",
+    "fsdp_config",
+    "accelerator_config",
+    "generation_config",
+)
+#: Outputs (and ``resume_from_checkpoint``): a path inside the user's folder only.
+WRITE_PATH_KEYS = (
+    "output_dir",
+    "logging_dir",
+    "cache_dir",
+    "tokenized_path",
+    "export_dir",
+    "offload_folder",
+    "profiler_output_dir",
+    "swanlab_logdir",
+    "resume_from_checkpoint",
+)
+#: Keys whose value may also be an inline mapping instead of a path to a JSON/YAML file.
+MAPPING_OR_PATH_KEYS = ("deepspeed", "fsdp_config", "accelerator_config")
+#: Keys that name models; a value shaped like a hub id ``org/name`` is refused.
+MODEL_KEYS = ("model_name_or_path", "adapter_name_or_path", "ref_model", "reward_model")
+#: Keys holding comma-separated lists of paths (``ModelArguments.__post_init__`` splits them).
+COMMA_LIST_KEYS = ("adapter_name_or_path",)
+#: Keys that hold secrets; refused with any non-empty value.
+SECRET_KEYS = (
+    "hf_hub_token",
+    "ms_hub_token",
+    "om_hub_token",
+    "hub_token",
+    "swanlab_api_key",
+    "swanlab_lark_secret",
+    "swanlab_lark_webhook_url",
+)
+#: Keys a config must have.
+REQUIRED_KEYS = ("model_name_or_path", "output_dir")
+#: Reporters kept next to MLflow (they write local files only).
+EXTRA_REPORTERS = ("tensorboard",)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")
+
+
+class ConfigProblem(NamedTuple):
+    """One problem of a training config.
+
+    Attributes:
+        field: the config key (``config`` for the whole document).
+        message: a sentence saying what is wrong and what is allowed.
+    """
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class ConfigInvalid(ValueError):
+    """A training config has problems; ``str()`` lists them all, one per line.
+
+    Attributes:
+        problems: every :class:`ConfigProblem`, in the order of the config's keys, then the
+            missing required keys.
+    """
+
+    def __init__(self, problems: list[ConfigProblem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses aliases (``*name``), so no alias bomb gets in."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+_NOT_JSON = object()
+
+
+def parse_config(text: str) -> dict:
+    """Parse a training config written as YAML or JSON.
+
+    Args:
+        text: the file's contents (JSON is read as JSON when it starts with ``{``).
+
+    Returns:
+        A new dict of the config's keys and values, in file order.
+
+    Raises:
+        ConfigInvalid: with one problem on field ``config`` when the text is not YAML/JSON, is
+            empty or is not a mapping.
+    """
+    try:
+        data = json.loads(text) if text.lstrip().startswith("{") else _NOT_JSON
+    except ValueError:
+        data = _NOT_JSON  # a YAML flow mapping, or broken: YAML says which
+    try:
+        if data is _NOT_JSON:
+            data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader
+    except yaml.YAMLError as e:
+        detail = " ".join(str(getattr(e, "problem", None) or e).split())
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            detail += f" (line {mark.line + 1}, column {mark.column + 1})"
+        raise ConfigInvalid(
+            [ConfigProblem("config", f"is not valid YAML or JSON: {detail}")]
+        ) from None
+    if data is None:
+        raise ConfigInvalid(
+            [ConfigProblem("config", "is empty; it must be a mapping of LLaMA-Factory arguments")]
+        )
+    if not isinstance(data, dict):
+        raise ConfigInvalid(
+            [
+                ConfigProblem(
+                    "config",
+                    f"must be a mapping of LLaMA-Factory arguments (key: value), not {_kind(data)}",
+                )
+            ]
+        )
+    return dict(data)
+
+
+def prepare_config(config: dict, *, username: str, job_name: str) -> dict:
+    """Check a parsed training config and return the config the job runs.
+
+    See the module docstring for the rules.
+
+    Args:
+        config: the parsed config (see :func:`parse_config`); not modified.
+        username: the hub's normalised name of the job's owner (their folder is
+            :func:`llmspawner.storage.user_home`).
+        job_name: the job's name (:func:`llmspawner.queue.k8s_objects.job_name`), the MLflow
+            run's name.
+
+    Returns:
+        A new dict, in the config's key order: paths made absolute, ``report_to``,
+        ``run_name``, ``overwrite_output_dir`` and ``do_train`` set. It can be stored as JSON.
+
+    Raises:
+        ConfigInvalid: listing every problem (see :class:`ConfigInvalid`).
+    """
+    if not isinstance(config, dict):
+        raise ConfigInvalid(
+            [
+                ConfigProblem(
+                    "config", f"must be a mapping of LLaMA-Factory arguments, not {_kind(config)}"
+                )
+            ]
+        )
+    home = user_home(username)
+    problems: list[ConfigProblem] = []
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if not isinstance(key, str):
+            problems.append(ConfigProblem(str(key), "keys must be strings (argument names)"))
+            continue
+        message = _check_data(value)
+        if message is None:
+            message, value = _check_key(key, value, config, home)
+        if message is not None:
+            problems.append(ConfigProblem(key, message))
+        elif value is not None or key not in SECRET_KEYS:
+            out[key] = value
+    for key in REQUIRED_KEYS:
+        if config.get(key) is None:
+            problems.append(ConfigProblem(key, _REQUIRED_HINTS[key].format(home=home)))
+    if problems:
+        raise ConfigInvalid(problems)
+    out["report_to"] = _reporters(config.get("report_to"))
+    out["run_name"] = job_name
+    out["overwrite_output_dir"] = True
+    out.setdefault("do_train", True)
+    return out
+
+
+_REQUIRED_HINTS = {
+    "model_name_or_path": "is required: the folder of the base model, e.g. "
+    "/storage/models/<name> (shared) or a folder in {home}/",
+    "output_dir": "is required: a folder in {home}/ for the results, e.g. saves/my-run",
+}
+
+
+def _check_key(key: str, value: Any, config: dict, home: str) -> tuple[str | None, Any]:
+    """Return ``(problem message or None, value to run with)`` for one key."""
+    if key not in TRAIN_ARGUMENTS:
+        close = difflib.get_close_matches(key, TRAIN_ARGUMENTS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return (
+            (
+                f"is not an argument of llamafactory-cli train (LLaMA-Factory "
+                f"{LLAMAFACTORY_VERSION}); {hint}see llamafactory-cli train -h for the allowed ones"
+            ),
+            value,
+        )
+    if key == "stage":
+        allowed = ", ".join(ALLOWED_STAGES)
+        if value == "ppo":
+            return (
+                (
+                    "ppo cannot run in the queue: LLaMA-Factory's PPO reports only to wandb, "
+                    f"tensorboard or trackio, and queue jobs report to MLflow; allowed: {allowed}"
+                ),
+                value,
+            )
+        if value not in ALLOWED_STAGES:
+            return f"{value!r} is not a LLaMA-Factory stage; allowed: {allowed}", value
+        return None, value
+    if key in SECRET_KEYS:
+        if value in (None, ""):
+            return None, None
+        return (
+            (
+                "must not be set: the config is stored and shown with the job, so it must not hold "
+                "tokens or keys (jobs cannot reach the network anyway)"
+            ),
+            value,
+        )
+    if key == "report_to":
+        return _check_reporters(value), value
+    if key == "use_swanlab" and value:
+        return "must be false: queue jobs report to MLflow only", value
+    if key == "push_to_hub" and value:
+        return (
+            (
+                "must be false: queue jobs cannot reach the Hugging Face Hub; the results stay in "
+                "output_dir"
+            ),
+            value,
+        )
+    if key == "reward_model_type" and value == "api":
+        return (
+            "api calls a network service that queue jobs cannot reach; allowed: lora, full",
+            value,
+        )
+    if key == "resume_from_checkpoint" and isinstance(value, bool):
+        return None, value
+    if key in READ_PATH_KEYS or key in WRITE_PATH_KEYS:
+        if value is None:
+            return None, value
+        if key in MAPPING_OR_PATH_KEYS and isinstance(value, dict):
+            return None, value
+        if (
+            key == "dataset_dir"
+            and isinstance(value, str)
+            and (value == "ONLINE" or value.startswith("REMOTE:"))
+        ):
+            return (
+                (
+                    f"{value!r} loads datasets from the Hugging Face Hub, which queue jobs cannot "
+                    f"reach; allowed: a folder with dataset_info.json in {home}/ or "
+                    f"{models_path()}/"
+                ),
+                value,
+            )
+        return _check_path(key, value, home)
+    return None, value
+
+
+def _check_path(key: str, value: Any, home: str) -> tuple[str | None, Any]:
+    read_only_ok = key in READ_PATH_KEYS
+    what = "a path (a string)"
+    if key in MAPPING_OR_PATH_KEYS:
+        what += " or a mapping"
+    if not isinstance(value, str) or not value.strip():
+        return f"must be {what}, not {value!r}", value
+    items = [v.strip() for v in value.split(",")] if key in COMMA_LIST_KEYS else [value]
+    resolved = []
+    for item in items:
+        message, path = _resolve(key, item, home, read_only_ok)
+        if message is not None:
+            return message, value
+        resolved.append(path)
+    if key == "output_dir" and resolved[0] == home:
+        return (
+            (
+                f"must be a sub-folder of your folder {home}/, e.g. saves/my-run, not the "
+                "folder itself"
+            ),
+            value,
+        )
+    return None, ",".join(resolved)
+
+
+def _resolve(key: str, value: str, home: str, read_only_ok: bool) -> tuple[str | None, str]:
+    """Resolve one path; return ``(problem message or None, absolute path)``."""
+    models = models_path()
+    allowed = f"a path in your folder {home}/ (relative paths are relative to it)"
+    if read_only_ok:
+        allowed += f" or, read-only, in {models}/"
+    if not value:
+        return f"must be a path, not an empty item; allowed: {allowed}", value
+    if key in MODEL_KEYS and _HUB_ID.match(value):
+        return (
+            (
+                f"{value!r} looks like a Hugging Face Hub id, but queue jobs cannot download "
+                f"models; allowed: {allowed} (write ./{value} for a folder of that name in "
+                "your folder)"
+            ),
+            value,
+        )
+    path = value
+    if path == "~" or path.startswith("~/"):
+        path = home + path[1:]
+    elif path.startswith("~"):
+        return f"{value!r}: ~user paths are not allowed; allowed: {allowed}", value
+    if ".." in path.split("/"):
+        return f"{value!r} must not contain '..'; allowed: {allowed}", value
+    if not path.startswith("/"):
+        path = posixpath.join(home, path)
+    path = "/" + posixpath.normpath(path).lstrip("/")
+    if path == home or path.startswith(home + "/"):
+        return None, path
+    if path == models or path.startswith(models + "/"):
+        if read_only_ok:
+            return None, path
+        return (
+            f"{value!r} is in the shared models folder, which is read-only; allowed: {allowed}",
+            value,
+        )
+    return f"{value!r} is outside your folder; allowed: {allowed}", value
+
+
+def _check_reporters(value: Any) -> str | None:
+    names = value if isinstance(value, list) else [value]
+    allowed = f"mlflow, none, {', '.join(EXTRA_REPORTERS)} (jobs always report to MLflow)"
+    for name in names:
+        if name is None:
+            continue
+        if not isinstance(name, str):
+            return f"must be a reporter name or a list of them, not {value!r}; allowed: {allowed}"
+        if name not in ("mlflow", "none", *EXTRA_REPORTERS):
+            return f"{name!r} is not available to queue jobs; allowed: {allowed}"
+    return None
+
+
+def _reporters(value: Any) -> str | list[str]:
+    names = value if isinstance(value, list) else [value]
+    extra = [n for n in EXTRA_REPORTERS if n in names]
+    return ["mlflow", *extra] if extra else "mlflow"
+
+
+def _check_data(value: Any) -> str | None:
+    """Return a problem message when ``value`` is not plain JSON data."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return None
+    if isinstance(value, list):
+        for item in value:
+            message = _check_data(item)
+            if message is not None:
+                return message
+        return None
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                return f"mapping keys must be strings, not {k!r}"
+            message = _check_data(item)
+            if message is not None:
+                return message
+        return None
+    return (
+        "must be plain data (a string, number, boolean, list or mapping), not a "
+        f"{type(value).__name__}; quote it to make it a string"
+    )
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(
+        type(value), f"a {type(value).__name__}"
+    )

@@ -1,0 +1,122 @@
+"""The queue's database tables (SQLAlchemy 2 ORM): jobs and per-user limits.
+
+The schema is created and migrated by :func:`llmspawner.queue.db.connect` with alembic
+(``llmspawner/queue/alembic/versions/``); a change here needs a new migration there, and
+``tests/integration/test_queue_db.py`` fails until the migrations produce this schema.
+
+Times are stored as naive datetimes in UTC, as JupyterHub's ``orm`` does: an aware datetime
+given to a column is converted to UTC first; values read back are naive UTC.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from sqlalchemy import CheckConstraint, DateTime, Integer, MetaData, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Every state of a job, in lifecycle order.
+STATES = ("queued", "admitted", "running", "succeeded", "failed", "cancelled")
+#: States that hold a GPU slice (admission counts them per user and per profile).
+ACTIVE_STATES = ("admitted", "running")
+#: States a job never leaves.
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+#: Allowed priorities (same as :data:`llmspawner.queue.admission.PRIORITIES`).
+PRIORITIES = ("high", "normal", "low")
+
+# Stable constraint names, so that alembic migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime.datetime:
+    """The current time as a naive UTC datetime (the form stored in the database)."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+class UTCDateTime(TypeDecorator):
+    """A ``DateTime`` stored as naive UTC; aware values are converted to UTC on the way in."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        return value
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the queue's tables."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Job(Base):
+    """One training job handed in by a user.
+
+    Columns:
+        id: never reused (SQLite ``AUTOINCREMENT``), as it names the Kubernetes Job.
+        user: the owner's hub name (raw, not the slug).
+        profile: the GPU profile slug.
+        priority: ``high``, ``normal`` or ``low``.
+        state: one of :data:`STATES`.
+        reason: a plain sentence for the state (why it waits, why it failed); ``""`` if none.
+        config: the prepared LLaMA-Factory config as JSON text
+            (:func:`llmspawner.queue.lf_config.prepare_config`).
+        submitted_at, admitted_at, started_at, finished_at: naive UTC datetimes.
+        k8s_name: the Job's (and ConfigMap's) name, :func:`llmspawner.queue.k8s_objects.job_name`.
+        mlflow_experiment_id, mlflow_run_id: the job's MLflow run, once known.
+        attempts: how many times a Kubernetes Job was created for it (0 while queued), so that a
+            restart of the service can tell a Job it created from one it did not.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_one_of("state", STATES), name="state"),
+        CheckConstraint(_one_of("priority", PRIORITIES), name="priority"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    profile: Mapped[str] = mapped_column(String(63))
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    config: Mapped[str] = mapped_column(Text, default="{}")
+    submitted_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    admitted_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+    k8s_name: Mapped[str | None] = mapped_column(String(63), unique=True)
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.user!r} {self.profile} {self.state}>"
+
+
+class UserLimit(Base):
+    """A per-user maximum of active (admitted or running) jobs, set by an admin.
+
+    Users without a row get the service's default limit.
+    """
+
+    __tablename__ = "user_limits"
+    __table_args__ = (CheckConstraint("max_running >= 0", name="max_running"),)
+
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    max_running: Mapped[int] = mapped_column(Integer)
+
+    def __repr__(self) -> str:
+        return f"<UserLimit {self.user!r} {self.max_running}>"

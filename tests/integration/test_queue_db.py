@@ -1,0 +1,207 @@
+"""The queue's database on real SQLite files: schema creation, alembic migrations, columns.
+
+PostgreSQL: set ``LLMSPAWNER_TEST_POSTGRES_URL`` (an empty database the test may fill and
+drop) and install a driver (``psycopg``) to run the same checks there.
+"""
+
+import datetime
+import os
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+
+from llmspawner.queue import db
+from llmspawner.queue.models import Base, Job, UserLimit
+
+POSTGRES = os.environ.get("LLMSPAWNER_TEST_POSTGRES_URL", "")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state/queue.sqlite"  # the folder does not exist yet
+    if not POSTGRES:
+        pytest.skip("LLMSPAWNER_TEST_POSTGRES_URL is not set")
+    engine = create_engine(POSTGRES)
+    Base.metadata.drop_all(engine)
+    with engine.begin() as c:
+        c.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    engine.dispose()
+    return POSTGRES
+
+
+def schema_diff(engine):
+    with engine.connect() as c:
+        return compare_metadata(MigrationContext.configure(c), Base.metadata)
+
+
+def revision(engine):
+    with engine.connect() as c:
+        return db.current_revision(c)
+
+
+def test_fresh_database_is_created_and_stamped_and_a_second_connect_is_a_noop(url):
+    sessions = db.connect(url)
+    engine = sessions.kw["bind"]
+    assert revision(engine) == db.head_revision() == "0001"
+    assert set(inspect(engine).get_table_names()) == {"alembic_version", "jobs", "user_limits"}
+    assert schema_diff(engine) == []
+    with sessions() as s:
+        s.add(Job(user="alice", profile="medium", priority="normal", config="{}"))
+        s.commit()
+    assert db.upgrade(engine) == "current"
+    again = db.connect(url)
+    with again() as s:
+        (job,) = s.scalars(select(Job)).all()
+        assert (job.id, job.user, job.state, job.reason, job.attempts) == (
+            1,
+            "alice",
+            "queued",
+            "",
+            0,
+        )
+        assert job.k8s_name is None and job.mlflow_run_id is None
+
+
+def test_alembic_upgrade_from_empty_builds_the_models_schema(url):
+    if url.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")), exist_ok=True)
+    engine = create_engine(url)
+    with engine.begin() as c:
+        command.upgrade(db.alembic_config(c), "head")
+    assert revision(engine) == "0001"
+    assert schema_diff(engine) == []  # columns, types, nullability, indexes, unique
+    # What compare_metadata does not compare: check constraints and AUTOINCREMENT.
+    assert db.upgrade(engine) == "current"
+    sessions = sessionmaker(engine)
+    with sessions() as s:
+        s.add(Job(user="a", profile="cpu", state="paused"))
+        with pytest.raises(IntegrityError):
+            s.commit()
+    if url.startswith("sqlite"):
+        with engine.connect() as c:
+            ddl = c.execute(text("SELECT sql FROM sqlite_master WHERE name = 'jobs'")).scalar()
+        assert "AUTOINCREMENT" in ddl
+    # and back down, and up again
+    with engine.begin() as c:
+        command.downgrade(db.alembic_config(c), "base")
+    assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    with engine.begin() as c:
+        command.upgrade(db.alembic_config(c), "head")
+    assert schema_diff(engine) == []
+
+
+def test_tables_without_a_stamp_are_stamped(tmp_path):
+    url = f"sqlite:///{tmp_path}/q.sqlite"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    assert revision(engine) is None
+    assert db.upgrade(engine) == "upgraded"
+    assert revision(engine) == "0001"
+
+
+def test_a_newer_database_is_refused_with_its_revision(tmp_path):
+    url = f"sqlite:///{tmp_path}/q.sqlite"
+    db.connect(url)
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    with pytest.raises(
+        RuntimeError,
+        match="the queue database is at revision '0099', which this version of llmspawner does not know",
+    ):
+        db.connect(url)
+
+
+def test_job_ids_are_never_reused(url):
+    sessions = db.connect(url)
+    with sessions() as s:
+        s.add_all([Job(user="a", profile="cpu", config="{}") for _ in range(2)])
+        s.commit()
+        s.delete(s.get(Job, 2))
+        s.commit()
+        job = Job(user="a", profile="cpu", config="{}")
+        s.add(job)
+        s.commit()
+        assert job.id == 3  # names of Kubernetes Jobs are made of it
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"state": "paused"},
+        {"priority": "urgent"},
+    ],
+)
+def test_check_constraints(url, bad):
+    sessions = db.connect(url)
+    with sessions() as s:
+        s.add(Job(user="a", profile="cpu", config="{}", **bad))
+        with pytest.raises(IntegrityError):
+            s.commit()
+
+
+def test_unique_job_names_and_limits(url):
+    sessions = db.connect(url)
+    with sessions() as s:
+        s.add_all(
+            [
+                Job(user="a", profile="cpu", k8s_name="llm-job-a-1"),
+                Job(user="a", profile="cpu", k8s_name="llm-job-a-1"),
+            ]
+        )
+        with pytest.raises(IntegrityError):
+            s.commit()
+        s.rollback()
+        s.add(UserLimit(user="a", max_running=-1))
+        with pytest.raises(IntegrityError):
+            s.commit()
+        s.rollback()
+        s.add(UserLimit(user="Bob.Smith@example.org", max_running=3))
+        s.commit()
+    with sessions() as s:
+        assert s.get(UserLimit, "Bob.Smith@example.org").max_running == 3
+
+
+def test_times_are_naive_utc(url):
+    sessions = db.connect(url)
+    cest = datetime.timezone(datetime.timedelta(hours=2))
+    with sessions() as s:
+        job = Job(
+            user="a",
+            profile="cpu",
+            admitted_at=datetime.datetime(2026, 1, 2, 12, 0, tzinfo=cest),
+            started_at=datetime.datetime(2026, 1, 2, 10, 30),
+        )
+        s.add(job)
+        s.commit()
+        job_id = job.id
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job.admitted_at == datetime.datetime(2026, 1, 2, 10, 0)
+        assert job.started_at == datetime.datetime(2026, 1, 2, 10, 30)
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        assert abs((now - job.submitted_at).total_seconds()) < 60
+
+
+def test_rows_stay_readable_after_the_session(url):
+    sessions = db.connect(url)
+    with sessions() as s:
+        job = Job(user="a", profile="cpu")
+        s.add(job)
+        s.commit()
+    assert (job.id, job.state) == (1, "queued")
+
+
+def test_in_memory_database_is_shared_by_sessions():
+    sessions = db.connect("sqlite://")
+    with sessions() as s:
+        s.add(Job(user="a", profile="cpu"))
+        s.commit()
+    with sessions() as s:
+        assert s.scalars(select(Job.user)).all() == ["a"]
