@@ -50,6 +50,17 @@ async def core(cluster):
         yield core
 
 
+def _forget_kubespawner_clients():
+    """kubespawner shares its reflectors (per class) and API clients (per event loop, which is
+    session-wide here) across spawners: an earlier test's, pointing at a cluster that is gone,
+    must not be reused."""
+    from kubespawner import KubeSpawner, clients
+
+    KubeSpawner.reflectors.clear()
+    clients._client_cache.clear()
+    clients.load_config.cache_clear()  # the kubeconfig is read again, for this cluster
+
+
 @pytest.fixture
 async def spawner_for(cluster, monkeypatch):
     from kubespawner import KubeSpawner
@@ -58,6 +69,7 @@ async def spawner_for(cluster, monkeypatch):
 
     # kubespawner loads the kubeconfig once per process (lru_cache): point it here first.
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig_path))
+    _forget_kubespawner_clients()
     made = []
 
     def make(username, **traits):
@@ -75,7 +87,7 @@ async def spawner_for(cluster, monkeypatch):
     # kubespawner's reflectors are shared by the class: stop them with this test's cluster.
     for reflector in list(KubeSpawner.reflectors.values()):
         await reflector.stop()
-    KubeSpawner.reflectors.clear()
+    _forget_kubespawner_clients()
 
 
 async def test_start_timeout_names_the_scheduling_reason(core, spawner_for):
