@@ -29,6 +29,16 @@ npm install --silent --no-audit --no-fund --prefix "$VENV/chp" "configurable-htt
 ln -sf "$PWD/$VENV/chp/node_modules/.bin/configurable-http-proxy" "$VENV/bin/configurable-http-proxy"
 "$VENV/bin/configurable-http-proxy" --version >/dev/null
 
+# Chromium for the browser tests (Playwright cannot download its own browser here).
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "install.sh: installing Debian's chromium (browser tests)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "install.sh: no chromium; browser tests will be skipped (install Debian's chromium package)" >&2
+    fi
+fi
+
 rm -f "$VENV"/.llmspawner-installed-*
 touch "$stamp"
 echo "install.sh: done"

@@ -45,6 +45,8 @@ from typing import Any
 
 from jupyter_server.utils import url_path_join
 
+from . import gradio_activity
+
 log = logging.getLogger(__name__)
 
 #: The URL path segment and jupyter-server-proxy server name (the entry point's name).
@@ -55,15 +57,6 @@ LAUNCHER_TITLE = "LlamaBoard"
 ICON_PATH = Path(__file__).parent / "icons" / "llamaboard.svg"
 #: Program that starts LlamaBoard, looked up on the Jupyter server's ``PATH``.
 LLAMAFACTORY_CLI = "llamafactory-cli"
-#: Request paths of Gradio's background traffic (regular expressions, matched from the start
-#: of the path): the heartbeat every Gradio page keeps open (``/gradio_api/heartbeat/<session>``,
-#: gradio/routes.py) and the queue's event stream and status polling (``/gradio_api/queue/data``,
-#: ``/gradio_api/queue/status``). A real user action (loading the page, clicking a button: a
-#: ``POST /gradio_api/queue/join``, an upload) still counts as activity.
-BACKGROUND_TRAFFIC = (
-    r".*/llamaboard/gradio_api/heartbeat/",
-    r".*/llamaboard/gradio_api/queue/(data|status)",
-)
 #: Environment variable overriding :data:`DEFAULT_TIMEOUT` (seconds, a positive number).
 TIMEOUT_ENV = "LLMSPAWNER_LLAMABOARD_TIMEOUT"
 #: Seconds LlamaBoard may take to answer HTTP after start. Measured on 2 CPU cores: 8.5-12 s
@@ -218,10 +211,9 @@ def setup_llamaboard() -> dict[str, Any]:
       would depend on that behaviour, which has changed across Starlette releases.
     - ``new_browser_tab``: False — LlamaBoard opens as a tab inside JupyterLab (an iframe
       of the same origin; Gradio sends no ``X-Frame-Options``/``frame-ancestors``).
-    - ``exclude_last_activity_patterns``: :data:`BACKGROUND_TRAFFIC`, Gradio's own polling,
-      which an open but idle LlamaBoard tab keeps sending; it does not count as activity, so
-      such a tab does not hold a GPU forever (jupyter-server-proxy >= 4.2,
-      https://jupyter-server-proxy.readthedocs.io/en/latest/server-process.html).
+    - ``update_last_activity``: :func:`llmspawner.singleuser.gradio_activity.update_last_activity`:
+      Gradio's heartbeat, queue polling and LlamaBoard's 5-second GPU-memory timer do not count
+      as activity, so an open but idle LlamaBoard tab does not hold a GPU forever; a click does.
     - ``launcher_entry``: title "LlamaBoard" and the shipped SVG icon.
 
     Returns:
@@ -233,7 +225,7 @@ def setup_llamaboard() -> dict[str, Any]:
         "timeout": startup_timeout(os.environ),
         "absolute_url": False,
         "new_browser_tab": False,
-        "exclude_last_activity_patterns": list(BACKGROUND_TRAFFIC),
+        "update_last_activity": gradio_activity.update_last_activity,
         "launcher_entry": {
             "enabled": True,
             "title": LAUNCHER_TITLE,
