@@ -23,6 +23,7 @@ Environment variables (all optional):
 ``LLMSPAWNER_ADMIN_GROUPS``               comma-separated groups whose members are hub admins
 ``LLMSPAWNER_ALLOW_ALL``                  ``1``: every user the provider authenticates may log in
 ``LLMSPAWNER_CULL_*``                     the idle culler, see :func:`configure_culler`
+``LLMSPAWNER_QUEUE*``                     the batch queue, see ``llmspawner.queue.hubservice``
 ``LLMSPAWNER_DEV``                        ``1``: settings for the emulated dev cluster
 ========================================  ======================================================
 """
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from . import culling
 from . import profiles as profiles_mod
+from .queue.hubservice import configure_queue
 
 REPO_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -272,3 +274,5 @@ def configure(c, env: Mapping[str, str] = os.environ) -> None:
     configure_auth(c, env)
     configure_culler(c, env)
     configure_dev(c, env)
+    # Last: the queue copies the spawner's settings (profiles, storage, MLflow, image).
+    configure_queue(c, env)

@@ -176,6 +176,20 @@ class KubeClient:
         data = self._json("GET", f"/api/v1/namespaces/{quote(namespace)}/pods", params=params)
         return data.get("items") or []
 
+    def ensure_object(self, path: str, body: dict) -> None:
+        """Create ``body`` by ``POST path`` unless it exists (409 is not an error).
+
+        Raises:
+            KubeError: the API refused the object.
+        """
+        response = self.request("POST", path, json=body)
+        if response.status_code not in (200, 201, 409):
+            raise KubeError(
+                f"creating {body.get('kind')} {body['metadata']['name']} answered "
+                f"{response.status_code}: {response.text[:300]}",
+                response.status_code,
+            )
+
     def ensure_pvc(
         self,
         namespace: str,

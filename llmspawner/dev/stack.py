@@ -255,9 +255,14 @@ class DevStack:
         self.on_step(f"hub ready at {self.hub_url} ({time.monotonic() - t0:.1f} s)")
 
     def _create_storage(self) -> None:
-        """Create the shared PVC through the Kubernetes API, and ``models/`` in it."""
+        """Create the shared PVC through the Kubernetes API, ``models/`` in it, and the batch
+        queue's PriorityClasses (an operator's one-time set-up on a real cluster)."""
+        from ..queue.k8s_objects import build_priority_classes
+
         with KubeClient.from_kubeconfig(self.kubeconfig) as kube:
             kube.ensure_pvc(self.namespace, self.pvc_name, access_modes=("ReadWriteMany",))
+            for priority_class in build_priority_classes():
+                kube.ensure_object("/apis/scheduling.k8s.io/v1/priorityclasses", priority_class)
         (self.pvc_path() / "models").mkdir(parents=True, exist_ok=True)
 
     def stop(self) -> None:

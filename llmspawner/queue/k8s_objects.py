@@ -304,3 +304,30 @@ def build_job(
         },
         "spec": spec,
     }
+
+
+#: Values of the queue's PriorityClasses (higher runs first when the scheduler must choose).
+#: Below the default of 0 for nothing: interactive servers have no class (priority 0), so
+#: a queued training never preempts a user's LlamaBoard (``preemptionPolicy: Never``).
+PRIORITY_CLASS_VALUES = {"llm-high": 1000, "llm-normal": 100, "llm-low": 10}
+
+
+def build_priority_classes() -> list[dict]:
+    """The ``llm-high``, ``llm-normal`` and ``llm-low`` PriorityClasses the queue's Jobs use
+    (https://kubernetes.io/docs/concepts/scheduling-eviction/pod-priority-preemption/) (pure).
+
+    Returns:
+        New ``scheduling.k8s.io/v1`` PriorityClass dicts, highest first.
+    """
+    return [
+        {
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "llm-queue"}},
+            "value": value,
+            "preemptionPolicy": "Never",
+            "globalDefault": False,
+            "description": f"llm-queue training jobs of priority {name.removeprefix('llm-')}",
+        }
+        for name, value in PRIORITY_CLASS_VALUES.items()
+    ]

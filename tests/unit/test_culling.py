@@ -135,7 +135,8 @@ def test_config_culling_users_adds_admin_users(monkeypatch):
 
 def test_config_culler_off(monkeypatch):
     c = load_config_file({"LLMSPAWNER_CULL": "0"}, monkeypatch)
-    assert "services" not in c.JupyterHub
+    assert [s["name"] for s in c.JupyterHub.services] == ["llm-queue"]
+    assert "idle-culler" not in {r["name"] for r in c.JupyterHub.load_roles}
     assert "last_activity_interval" not in c.JupyterHub
 
 

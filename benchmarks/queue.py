@@ -1,0 +1,464 @@
+"""The batch queue's two figures: submit throughput through the REST API, and admission time.
+
+Targets (issue 4): at least 200 submits per second, and one admission pass over 10,000 queued
+jobs from 100 users in at most 50 ms.
+
+**Admission** (``--only admission``): :func:`llmspawner.queue.admission.decide`, the pure
+policy, on ``--queued`` jobs (default 10,000) of ``--users`` users (100), spread over the
+shipped profiles (cpu, small, medium, large) and the three priorities, with one active job
+per fifth user, a few per-user limits, and free slices on some profiles only (so that the
+policy both admits and explains why the others wait). The figure is the median of
+``--passes`` calls (min and max too). A second figure, the *service's pass*
+(:meth:`llmspawner.queue.reconcile.JobQueue.run_pass`), adds what the service does around the
+policy: it reads the same jobs from its SQLite database, lists the cluster (here a stand-in
+that answers from memory, so that the figure is the service's, not an API server's) and
+writes the decisions back.
+
+**Submits** (``--only submit``): the real service process (``python -m llmspawner.queue``)
+against the emulated cluster (``python -m llmspawner.devcluster``), with its SQLite database,
+and a stand-in for the hub's ``GET /hub/api/user`` (the only hub call the service makes per
+token; JupyterHub's ``HubAuth`` then caches the answer for 5 minutes, as it does in
+production). ``--concurrency`` clients (default 16) post ``--submits`` LoRA SFT configs
+(YAML, as the CLI sends them) to ``POST /services/llm-queue/api/jobs`` round-robin with the
+tokens of ``--users`` users; an admin first sets every user's limit of running jobs to 0, so
+that every job stays queued (no training pod competes for the CPU) while the service still runs
+an admission pass after every burst of submits, over a queue that grows to ``--submits``
+jobs. The figure is submits per second over the whole burst, with latency percentiles;
+every answer must be ``201``. The hub's proxy (configurable-http-proxy) is not in the path:
+it adds the same ~1 ms to every service behind it.
+
+Run: ``.venv/bin/python benchmarks/queue.py`` (about a minute on 2 cores). Prints one line per
+figure with its target; exits 0 (these are measurements, not tests) unless ``--check`` is
+given and a target is missed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, where "queue" is this file and
+# hides the standard library's queue module (which asyncio needs): drop that folder.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = ("cpu", "small", "medium", "large")
+PREFIX = "/services/llm-queue/"
+ACCESS_SCOPE = "access:services!service=llm-queue"
+ADMIN_SCOPE = "custom:llm-queue:admin"
+
+TARGET_SUBMITS_PER_S = 200.0
+TARGET_PASS_MS = 50.0
+
+
+def usernames(n: int) -> list[str]:
+    return [f"user{i:03d}" for i in range(n)]
+
+
+# -- admission ---------------------------------------------------------------------------
+
+
+def admission_input(*, queued: int, users: int, seed: int = 0):
+    """Return ``(queued_jobs, active_jobs, free, user_limits)`` for :func:`decide`."""
+    from llmspawner.queue import admission
+
+    rng = random.Random(seed)
+    names = usernames(users)
+    t0 = 1_700_000_000.0
+    jobs = [
+        admission.QueuedJob(
+            id=i + 1,
+            user=rng.choice(names),
+            profile=rng.choice(PROFILES),
+            priority=rng.choices(admission.PRIORITIES, weights=(1, 6, 3))[0],
+            submitted_at=t0 + i * 0.5,
+        )
+        for i in range(queued)
+    ]
+    active = [
+        admission.ActiveJob(
+            id=queued + 1 + k, user=name, profile=PROFILES[1 + k % 3], has_pod=k % 2 == 0
+        )
+        for k, name in enumerate(names[::5])
+    ]
+    # Some room on two profiles, none on "large"; "cpu" has no GPU limit.
+    free = {"cpu": None, "small": 3, "medium": 1, "large": 0}
+    limits = {name: 2 for name in names[:10]}
+    return jobs, active, free, limits
+
+
+def bench_decide(*, queued: int, users: int, passes: int) -> dict:
+    """Time :func:`admission.decide`; return ``{"median_ms", "min_ms", "max_ms", "admitted"}``."""
+    from llmspawner.queue import admission
+
+    jobs, active, free, limits = admission_input(queued=queued, users=users)
+    times = []
+    decision = None
+    for _ in range(passes):
+        t = time.perf_counter()
+        decision = admission.decide(jobs, active, free=free, user_limits=limits, default_limit=1)
+        times.append((time.perf_counter() - t) * 1000)
+    assert len(decision.positions) + len(decision.admit) == queued, "a queued job got lost"
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "admitted": len(decision.admit),
+    }
+
+
+class MemoryCluster:
+    """Stands in for :class:`~llmspawner.queue.backend.KubeBackend` in the service's pass.
+
+    Nodes are the emulated cluster's default layout; Jobs "created" are kept in memory and
+    listed back; no pod ever starts.
+    """
+
+    namespace = "default"
+
+    def __init__(self):
+        from llmspawner.capacity import CapacityCache
+        from llmspawner.devcluster.nodes import default_layout, node_object, validate_layout
+
+        self.nodes = [node_object(spec) for spec in validate_layout(default_layout())]
+        self.jobs: dict[str, dict] = {}
+        self.capacity = CapacityCache(self.list_nodes, self.list_all_pods, ttl=0)
+
+    async def list_nodes(self):
+        return self.nodes
+
+    async def list_all_pods(self):
+        return []
+
+    async def list_jobs(self):
+        return list(self.jobs.values())
+
+    async def list_job_pods(self):
+        return []
+
+    async def create_job(self, *, config_map, job, owner_reference):
+        from llmspawner.queue.backend import Created
+
+        existed = job["metadata"]["name"] in self.jobs
+        self.jobs.setdefault(job["metadata"]["name"], job)
+        return Created(job=self.jobs[job["metadata"]["name"]], existed=existed)
+
+    async def delete_job(self, name, *, config_map=None):
+        return self.jobs.pop(name, None) is not None
+
+
+async def bench_service_pass(*, queued: int, users: int, passes: int, workdir: Path) -> dict:
+    """Time :meth:`JobQueue.run_pass` over a SQLite database of ``queued`` queued jobs."""
+    from llmspawner.profiles import ClusterGPUConfig, load_profiles
+    from llmspawner.queue import db as queue_db
+    from llmspawner.queue.models import Job, UserLimit
+    from llmspawner.queue.reconcile import JobQueue, Settings
+
+    jobs, active, free, limits = admission_input(queued=queued, users=users)
+    sessions = queue_db.connect(f"sqlite:///{workdir / 'bench-queue.sqlite'}")
+    epoch, start = datetime.datetime(2024, 1, 1), jobs[0].submitted_at
+    with sessions() as session:
+        session.add_all(
+            Job(
+                id=j.id,
+                user=j.user,
+                profile=j.profile,
+                priority=j.priority,
+                state="queued",
+                reason="",
+                config="{}",
+                submitted_at=epoch + datetime.timedelta(seconds=j.submitted_at - start),
+                k8s_name=f"bench-{j.id}",
+            )
+            for j in jobs
+        )
+        session.add_all(UserLimit(user=u, max_running=n) for u, n in limits.items())
+        session.commit()
+    cluster = ClusterGPUConfig()
+    profiles = load_profiles(REPO / "profiles", cluster)
+    queue = JobQueue(sessions, MemoryCluster(), profiles, cluster, Settings(image="bench"))
+    # The first pass admits what fits; later passes see those as active, as in service.
+    t = time.perf_counter()
+    await queue.run_pass()
+    first = (time.perf_counter() - t) * 1000
+    times = []
+    for _ in range(passes):
+        t = time.perf_counter()
+        await queue.run_pass()
+        times.append((time.perf_counter() - t) * 1000)
+    return {
+        "first_ms": first,
+        "median_ms": statistics.median(times),
+        "max_ms": max(times),
+        "waiting": len(queue.waiting.positions),
+    }
+
+
+# -- submits -----------------------------------------------------------------------------
+
+
+def tiny_config_yaml() -> str:
+    import yaml
+
+    from llmspawner.dev.tiny_model import TINY_MODEL_NAME, lora_sft_config
+
+    return yaml.safe_dump(
+        lora_sft_config(
+            model=f"/storage/models/{TINY_MODEL_NAME}", dataset_dir="data", output_dir="out/bench"
+        )
+    )
+
+
+def make_hub_stub(models: dict[str, dict]):
+    """A tornado app answering the hub's ``GET /hub/api/user`` for the tokens in ``models``."""
+    from tornado import web
+
+    class UserHandler(web.RequestHandler):
+        def get(self):
+            auth = self.request.headers.get("Authorization", "")
+            token = auth.split(None, 1)[1] if " " in auth else ""
+            model = models.get(token)
+            if model is None:
+                self.set_status(403)
+                self.finish({"status": 403, "message": "invalid token"})
+                return
+            self.finish(model)
+
+    return web.Application([(r"/hub/api/user", UserHandler)])
+
+
+async def bench_submits(
+    *, submits: int, users: int, concurrency: int, workdir: Path, timeout: float = 120.0
+) -> dict:
+    """Start the emulated cluster and the service; post ``submits`` jobs; return figures."""
+    import httpx
+    from tornado.httpserver import HTTPServer
+
+    from llmspawner.dev.processes import ChildProcess, free_port, wait_json_line
+
+    names = usernames(users)
+    tokens = {name: f"bench-token-{name}" for name in names}
+    models = {
+        token: {
+            "kind": "user",
+            "name": name,
+            "admin": False,
+            "groups": [],
+            "scopes": [ACCESS_SCOPE],
+            "session_id": None,
+        }
+        for name, token in tokens.items()
+    }
+    models["bench-admin-token"] = {
+        "kind": "user",
+        "name": "bench-admin",
+        "admin": True,
+        "groups": [],
+        "scopes": [ACCESS_SCOPE, ADMIN_SCOPE],
+        "session_id": None,
+    }
+    hub_port, service_port = free_port(), free_port()
+    hub = HTTPServer(make_hub_stub(models))
+    hub.listen(hub_port, "127.0.0.1")
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cluster = ChildProcess(
+        "cluster",
+        [sys.executable, "-m", "llmspawner.devcluster", "--data-dir", str(workdir / "cluster")],
+        log_path=workdir / "cluster.log",
+        env=env,
+    ).start()
+    service = None
+    try:
+        info = await asyncio.to_thread(
+            wait_json_line,
+            cluster.log_path,
+            keys=("kubeconfig",),
+            timeout=timeout,
+            process=cluster,
+        )
+        service_url = f"http://127.0.0.1:{service_port}"
+        service_env = {
+            **env,
+            "KUBECONFIG": info["kubeconfig"],
+            "LLMSPAWNER_NAMESPACE": "default",
+            "LLMSPAWNER_PROFILES_DIR": str(REPO / "profiles"),
+            "LLMSPAWNER_QUEUE_DB_URL": f"sqlite:///{workdir / 'llm-queue.sqlite'}",
+            "LLMSPAWNER_MLFLOW_TRACKING_URI": "",
+            "JUPYTERHUB_SERVICE_NAME": "llm-queue",
+            "JUPYTERHUB_SERVICE_URL": service_url,
+            "JUPYTERHUB_SERVICE_PREFIX": PREFIX,
+            "JUPYTERHUB_BASE_URL": "/",
+            "JUPYTERHUB_API_URL": f"http://127.0.0.1:{hub_port}/hub/api",
+            "JUPYTERHUB_API_TOKEN": "bench-service-token",
+            "JUPYTERHUB_CLIENT_ID": "service-llm-queue",
+            "JUPYTERHUB_HOST": "",
+            "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{PREFIX}oauth_callback",
+            "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps([ACCESS_SCOPE]),
+        }
+        service = ChildProcess(
+            "llm-queue",
+            [sys.executable, "-m", "llmspawner.queue"],
+            log_path=workdir / "llm-queue.log",
+            env=service_env,
+            cwd=workdir,
+        ).start()
+        api = f"{service_url}{PREFIX}api"
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
+            admin = {"Authorization": "token bench-admin-token"}
+            deadline = time.monotonic() + timeout
+            while True:
+                service.check_running()
+                try:
+                    r = await client.get(f"{api}/jobs", headers=admin)
+                    if r.status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the service did not answer:\n{service.log_tail()}")
+                await asyncio.sleep(0.25)
+            for name in names:
+                r = await client.put(
+                    f"{api}/users/{name}/limit", json={"max_running": 0}, headers=admin
+                )
+                assert r.status_code in (200, 204), (r.status_code, r.text)
+
+            body = {"config": tiny_config_yaml(), "profile": "medium", "priority": "normal"}
+            latencies: list[float] = []
+            statuses: dict[int, int] = {}
+
+            async def post(i: int) -> None:
+                headers = {"Authorization": f"token {tokens[names[i % users]]}"}
+                t = time.perf_counter()
+                r = await client.post(f"{api}/jobs", json=body, headers=headers)
+                latencies.append(time.perf_counter() - t)
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                if r.status_code != 201 and statuses[r.status_code] == 1:
+                    print(f"  unexpected answer {r.status_code}: {r.text[:300]}", file=sys.stderr)
+
+            # Warm-up: every token once (fills HubAuth's cache, as in a running service).
+            await asyncio.gather(*(post(i) for i in range(users)))
+            latencies.clear()
+            warm = dict(statuses)
+            statuses.clear()
+
+            queue_: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(submits):
+                queue_.put_nowait(i)
+
+            async def worker() -> None:
+                while True:
+                    try:
+                        i = queue_.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    await post(i)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - t0
+            r = await client.get(
+                f"{api}/jobs", params={"state": "queued", "limit": "1000"}, headers=admin
+            )
+            queued_now = len(r.json()["jobs"]) if r.status_code == 200 else None
+    finally:
+        if service is not None:
+            service.stop(grace=10)
+        cluster.stop(grace=10)
+        hub.stop()
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    return {
+        "per_s": submits / elapsed,
+        "seconds": elapsed,
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+        "statuses": statuses,
+        "warmup_statuses": warm,
+        "queued_after": queued_now,
+    }
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "meets the target" if ok else "MISSES the target"
+
+
+async def main_async(args) -> int:
+    missed = []
+    with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp:
+        workdir = Path(tmp)
+        if args.only in (None, "admission"):
+            d = bench_decide(queued=args.queued, users=args.users, passes=args.passes)
+            ok = d["median_ms"] <= TARGET_PASS_MS
+            missed += [] if ok else ["admission"]
+            print(
+                f"admission.decide, {args.queued} queued jobs of {args.users} users: "
+                f"median {d['median_ms']:.1f} ms (min {d['min_ms']:.1f}, max {d['max_ms']:.1f}; "
+                f"{d['admitted']} admitted) -- target <= {TARGET_PASS_MS:.0f} ms: {verdict(ok)}",
+                flush=True,
+            )
+            s = await bench_service_pass(
+                queued=args.queued, users=args.users, passes=args.passes, workdir=workdir
+            )
+            print(
+                f"service pass (SQLite + cluster listing from memory + decide + write): "
+                f"median {s['median_ms']:.1f} ms (first pass {s['first_ms']:.1f} ms, "
+                f"max {s['max_ms']:.1f}; {s['waiting']} waiting)",
+                flush=True,
+            )
+        if args.only in (None, "submit"):
+            r = await bench_submits(
+                submits=args.submits,
+                users=args.users,
+                concurrency=args.concurrency,
+                workdir=workdir,
+            )
+            ok = r["per_s"] >= TARGET_SUBMITS_PER_S and set(r["statuses"]) == {201}
+            missed += [] if ok else ["submit"]
+            print(
+                f"submits through the REST API ({args.concurrency} concurrent clients, "
+                f"{args.users} users): {r['per_s']:.0f}/s ({args.submits} in "
+                f"{r['seconds']:.1f} s; latency p50 {r['p50_ms']:.0f} ms, "
+                f"p95 {r['p95_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms; answers {r['statuses']}; "
+                f"{r['queued_after']} queued after) -- target >= {TARGET_SUBMITS_PER_S:.0f}/s: "
+                f"{verdict(ok)}",
+                flush=True,
+            )
+    return 1 if (args.check and missed) else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=("admission", "submit"), help="run one benchmark")
+    parser.add_argument("--queued", type=int, default=10_000, help="admission: queued jobs")
+    parser.add_argument("--users", type=int, default=100, help="users (both benchmarks)")
+    parser.add_argument("--passes", type=int, default=30, help="admission: timed passes")
+    parser.add_argument("--submits", type=int, default=2000, help="submit: jobs to post")
+    parser.add_argument("--concurrency", type=int, default=16, help="submit: parallel clients")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,556 @@
+"""The ``llm-queue`` web application: the REST API (``api/``) and the pages, on tornado.
+
+Who is calling comes only from the hub, never from the request: a hub API token
+(``Authorization: token <t>`` or ``Bearer <t>``) or, in a browser, the OAuth cookie this
+service sets after the hub's login (:class:`jupyterhub.services.auth.HubOAuth`). The hub
+answers with the token owner's model and the token's scopes; a caller is let in only if the
+token holds one of ``access_scopes`` (explicit: with none configured, JupyterHub's
+``HubAuth`` would accept any valid token). A *queue admin* is a hub admin (when
+``admins_from_hub``) or a token holding ``admin_scope`` (``custom:llm-queue:admin``); admins
+see and act on every job, everyone else only on their own, and another user's job answers
+``404`` exactly as a job that does not exist.
+
+Errors are JSON ``{"error": <sentence>, "field": <request field or null>}`` (an invalid
+training config adds ``"problems": [{"field", "message"}, ...]``); tokens never appear in
+logs or answers. The API is documented in ``API.md`` next to this file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import markupsafe
+import yaml
+from jupyterhub.services.auth import (
+    HubOAuth,
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+    check_scopes,
+)
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from .admission import PRIORITIES
+from .backend import KubeError
+from .reconcile import STATES, JobQueue, QueueError
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+#: Largest request body accepted (bytes): a training config is a few kB.
+MAX_BODY = 1024 * 1024
+#: Most jobs one list call returns.
+MAX_LIST = 1000
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, from the hub's answer for their token.
+
+    Attributes:
+        name: the hub username (or service name).
+        kind: ``user`` or ``service``.
+        admin: a queue admin (sees and acts on every job).
+        groups: the user's hub groups.
+    """
+
+    name: str
+    kind: str
+    admin: bool
+    groups: tuple[str, ...]
+
+
+def caller_from_model(model: dict, *, admin_scope: str, admins_from_hub: bool) -> Caller:
+    """Build the :class:`Caller` from the hub's ``/hub/api/user`` answer for a token.
+
+    ``model["admin"]`` is the owner's hub admin flag (readable with the token's identify
+    scopes); ``model["scopes"]`` are the token's own scopes, checked with JupyterHub's
+    :func:`~jupyterhub.services.auth.check_scopes` (filters such as ``!user=`` honoured).
+    """
+    kind = model.get("kind") or "user"
+    scopes = set(model.get("scopes") or [])
+    admin = bool(check_scopes({admin_scope}, scopes)) or (
+        admins_from_hub and kind == "user" and model.get("admin") is True
+    )
+    return Caller(
+        name=model["name"], kind=kind, admin=admin, groups=tuple(model.get("groups") or ())
+    )
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    """Authentication shared by API and pages (see the module docstring)."""
+
+    def initialize(self):
+        self.hub_auth = self.settings["hub_auth"]
+
+    @property
+    def queue(self) -> JobQueue:
+        return self.settings["queue"]
+
+    @property
+    def hub_scopes(self) -> set[str]:
+        """The scopes that let a token in (never empty; see ``make_app``)."""
+        return self.settings["access_scopes"]
+
+    @property
+    def caller(self) -> Caller:
+        return self.current_user
+
+    def get_current_user(self):
+        # Set by prepare(); tornado's synchronous lookup is never used.
+        return None
+
+    async def authenticate(self) -> dict | None:
+        """Return the hub's model of the caller, ``None`` if no valid credential came.
+
+        Raises:
+            web.HTTPError: 403 when the token is valid but lacks ``access_scopes``.
+        """
+        model = await self.hub_auth.get_user(self, sync=False)
+        if not model:
+            return None
+        try:
+            self.check_hub_user(model)
+        except UserNotAllowed:
+            raise web.HTTPError(
+                403,
+                "this token may not use the queue: it needs the scope "
+                + " or ".join(sorted(self.hub_scopes)),
+            ) from None
+        return model
+
+    async def prepare(self):
+        model = await self.authenticate()
+        if model is None:
+            await self.no_user()
+            return
+        self.current_user = caller_from_model(
+            model,
+            admin_scope=self.settings["admin_scope"],
+            admins_from_hub=self.settings["admins_from_hub"],
+        )
+        if self.request.method not in ("GET", "HEAD", "OPTIONS"):
+            # Cookie-authenticated changes need JupyterHub's XSRF token; token-
+            # authenticated ones do not (HubOAuth.check_xsrf_cookie).
+            self.check_xsrf_cookie()
+
+    async def no_user(self):
+        raise web.HTTPError(401, "log in to the hub, or send 'Authorization: token <API token>'")
+
+    def scope_user(self, requested: str | None = None) -> str | None:
+        """The user whose jobs the caller may act on: ``None`` (all) for admins.
+
+        Raises:
+            QueueError: 403 when a non-admin asks for another user's jobs.
+        """
+        if self.caller.admin:
+            return requested or None
+        if requested and requested != self.caller.name:
+            raise QueueError(403, "only queue admins may see other users' jobs", "user")
+        return self.caller.name
+
+
+class APIHandler(BaseHandler):
+    """JSON in, JSON out; errors as ``{"error", "field"}``."""
+
+    def get_login_url(self):
+        raise web.HTTPError(401, "log in to the hub first")
+
+    def write_json(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(data))
+
+    def body_json(self) -> dict:
+        """The request body as a JSON object.
+
+        Raises:
+            QueueError: 400 (not JSON, not an object) or 413 (larger than :data:`MAX_BODY`).
+        """
+        if len(self.request.body) > MAX_BODY:
+            raise QueueError(413, f"the body is larger than {MAX_BODY} bytes", "body")
+        try:
+            data = json.loads(self.request.body or b"null")
+        except ValueError as e:
+            raise QueueError(400, f"the body is not valid JSON: {e}", "body") from None
+        if not isinstance(data, dict):
+            raise QueueError(400, "the body must be a JSON object", "body")
+        return data
+
+    def _handle_request_exception(self, e):
+        if isinstance(e, QueueError):
+            if not self._finished:
+                body = {"error": e.message, "field": e.field}
+                if e.problems:
+                    body["problems"] = e.problems
+                self.clear()
+                self.write_json(body, e.status)
+            return
+        super()._handle_request_exception(e)
+
+    def write_error(self, status_code: int, **kwargs):
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = "internal error of the queue service; see its log"
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"error": message, "field": None}))
+
+
+def _job_id(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise QueueError(404, f"no job {value}", "id") from None
+
+
+class JobListAPIHandler(APIHandler):
+    """``GET api/jobs[?user=&state=&limit=]`` (list), ``POST api/jobs`` (submit)."""
+
+    async def get(self):
+        user = self.scope_user(self.get_argument("user", None))
+        state = self.get_argument("state", None) or None
+        limit = self.get_argument("limit", "200")
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIST:
+            raise QueueError(400, f"limit must be a whole number 1..{MAX_LIST}", "limit")
+        rows = self.queue.list(user=user, state=state, limit=int(limit))
+        self.write_json({"jobs": [self.queue.view(r) for r in rows]})
+
+    async def post(self):
+        if self.caller.kind != "user":
+            raise QueueError(403, "only users can submit jobs (a service has no folder)")
+        body = self.body_json()
+        unknown = sorted(set(body) - {"config", "profile", "priority"})
+        if unknown:
+            raise QueueError(400, "unknown field; allowed: config, profile, priority", unknown[0])
+        if "config" not in body:
+            raise QueueError(400, "the training config is required", "config")
+        config = body["config"]
+        if not isinstance(config, str | dict):
+            raise QueueError(400, "must be YAML/JSON text or an object", "config")
+        profile = body.get("profile")
+        if not isinstance(profile, str) or not profile:
+            allowed = ", ".join(p.slug for p in self.queue.profiles.values())
+            raise QueueError(400, f"a profile is required; allowed: {allowed}", "profile")
+        priority = body.get("priority", "normal")
+        if not isinstance(priority, str):
+            raise QueueError(400, "must be high, normal or low", "priority")
+        view = await self.queue.submit(
+            user=self.caller.name,
+            groups=self.caller.groups,
+            config=config,
+            profile=profile,
+            priority=priority,
+        )
+        self.set_header("Location", url_path_join(self.request.path, str(view["id"])))
+        self.write_json(view, 201)
+
+
+class JobAPIHandler(APIHandler):
+    """``GET api/jobs/<id>`` (show, with the prepared config), ``DELETE`` (cancel)."""
+
+    async def get(self, job_id):
+        row = self.queue.get(_job_id(job_id), user=self.scope_user())
+        self.write_json(self.queue.view(row, with_config=True))
+
+    async def delete(self, job_id):
+        view = await self.queue.cancel(_job_id(job_id), user=self.scope_user(), by=self.caller.name)
+        self.write_json(view)
+
+
+class JobLogsAPIHandler(APIHandler):
+    """``GET api/jobs/<id>/logs[?follow=1&tail=N]``: the newest pod's log, ``text/plain``."""
+
+    async def get(self, job_id):
+        row = self.queue.get(_job_id(job_id), user=self.scope_user())
+        follow = self.get_argument("follow", "") in ("1", "true", "yes")
+        tail = self.get_argument("tail", "")
+        if tail and not tail.isdigit():
+            raise QueueError(400, "tail must be a whole number of lines", "tail")
+        try:
+            pod = await self.queue.backend.latest_pod(row.id)
+        except KubeError as e:
+            raise QueueError(503, f"cannot reach the cluster: {e.message}") from None
+        if pod is None:
+            hint = (
+                "it has not started yet"
+                if row.state in ("queued", "admitted")
+                else ("its pod was removed (finished Jobs are deleted after a while)")
+            )
+            raise QueueError(409, f"job {row.id} has no log: {hint} (state: {row.state})", "id")
+        stream = self.queue.backend.stream_log(
+            pod["metadata"]["name"], follow=follow, tail_lines=int(tail) if tail else None
+        )
+        started = False
+        try:
+            async for chunk in stream:
+                if not started:
+                    self.set_header("Content-Type", "text/plain; charset=utf-8")
+                    self.set_header("Cache-Control", "no-cache")
+                    started = True
+                self.write(chunk)
+                if follow:
+                    await self.flush()
+        except KubeError as e:
+            if started:
+                return
+            raise QueueError(409, f"job {row.id} has no log yet: {e.message}", "id") from None
+        except StreamClosedError:
+            return
+        finally:
+            await stream.aclose()
+        if not started:
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish()
+
+
+class UserLimitAPIHandler(APIHandler):
+    """``GET``/``PUT api/users/<name>/limit``: a user's limit of running jobs."""
+
+    async def get(self, name):
+        self.scope_user(name)
+        self.write_json({"user": name, "max_running": self.queue.limit_of(name)})
+
+    async def put(self, name):
+        if not self.caller.admin:
+            raise QueueError(403, "only queue admins may set limits", "user")
+        body = self.body_json()
+        unknown = sorted(set(body) - {"max_running"})
+        if unknown:
+            raise QueueError(400, "unknown field; allowed: max_running", unknown[0])
+        self.queue.set_limit(name, body.get("max_running"))
+        log.info("%s set the running-job limit of %s to %s", self.caller.name, name, body)
+        self.write_json({"user": name, "max_running": self.queue.limit_of(name)})
+
+
+class ProfilesAPIHandler(APIHandler):
+    """``GET api/profiles``: the profiles the caller may submit to."""
+
+    async def get(self):
+        self.write_json(
+            {
+                "profiles": [
+                    {"slug": p.slug, "display_name": p.display_name, "default": p.default}
+                    for p in self.queue.profiles.values()
+                    if p.allows(self.caller.groups)
+                ]
+            }
+        )
+
+
+class CallbackHandler(HubOAuthCallbackHandler):
+    """``oauth_callback``: completes the hub's OAuth login and sets the service's cookie."""
+
+    def initialize(self):
+        self.hub_auth = self.settings["hub_auth"]
+
+
+def api_routes(prefix: str) -> list[tuple]:
+    """The API's URL patterns below ``prefix`` (e.g. ``/services/llm-queue/``)."""
+    api = url_path_join(prefix, "api")
+    return [
+        (url_path_join(api, "jobs") + "/?", JobListAPIHandler),
+        (url_path_join(api, "jobs", r"([^/]+)") + "/?", JobAPIHandler),
+        (url_path_join(api, "jobs", r"([^/]+)", "logs"), JobLogsAPIHandler),
+        (url_path_join(api, "users", r"([^/]+)", "limit"), UserLimitAPIHandler),
+        (url_path_join(api, "profiles"), ProfilesAPIHandler),
+        (url_path_join(prefix, "oauth_callback"), CallbackHandler),
+    ]
+
+
+class PageHandler(BaseHandler):
+    """HTML pages in the hub's look; not logged in: through the hub's OAuth login."""
+
+    async def no_user(self):
+        if self.request.method in ("GET", "HEAD"):
+            self.redirect(self.get_login_url())
+            return
+        raise web.HTTPError(403, "log in to the hub first, then submit the form again")
+
+    def render_page(self, name: str, http_status: int = 200, **context) -> None:
+        env = self.settings["jinja_env"]
+        html = env.get_template(name).render(
+            prefix=self.settings["prefix"],
+            hub_prefix=self.settings["hub_prefix"],
+            caller=self.current_user,
+            xsrf_form_html=lambda: markupsafe.Markup(self.xsrf_form_html()),
+            **context,
+        )
+        self.set_status(http_status)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(html)
+
+    def _handle_request_exception(self, e):
+        if isinstance(e, QueueError) and self.current_user is not None and not self._finished:
+            self.clear()
+            self.render_page("error.html", e.status, status=e.status, message=e.message)
+            return
+        super()._handle_request_exception(e)
+
+    def write_error(self, status_code: int, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = self._reason
+        if isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        if self.current_user is None:
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(f"{status_code}: {message}\n")
+            return
+        self.render_page("error.html", status_code, status=status_code, message=message)
+
+
+class JobsPage(PageHandler):
+    """``GET /`` the jobs (admins: everyone's, filtered), ``POST /`` the submit form."""
+
+    def _page(self, status: int = 200, *, error=None, form=None) -> None:
+        filters = {
+            "user": self.get_query_argument("user", "") or None,
+            "state": self.get_query_argument("state", "") or None,
+        }
+        rows = self.queue.list(
+            user=self.scope_user(filters["user"]), state=filters["state"], limit=500
+        )
+        self.render_page(
+            "jobs.html",
+            status,
+            jobs=[self.queue.view(r) for r in rows],
+            profiles=[p for p in self.queue.profiles.values() if p.allows(self.caller.groups)],
+            priorities=PRIORITIES,
+            states=STATES,
+            filters=filters,
+            error=error,
+            form=form or {},
+        )
+
+    async def get(self):
+        self._page()
+
+    async def post(self):
+        form = {
+            "config": self.get_body_argument("config", ""),
+            "profile": self.get_body_argument("profile", ""),
+            "priority": self.get_body_argument("priority", "normal"),
+        }
+        upload = self.request.files.get("config_file")
+        if upload and upload[0]["body"]:
+            try:
+                form["config"] = upload[0]["body"].decode("utf-8")
+            except UnicodeDecodeError:
+                error = QueueError(400, "the uploaded file is not UTF-8 text", "config_file")
+                self._page(400, error=error, form=form)
+                return
+        try:
+            view = await self.queue.submit(
+                user=self.caller.name,
+                groups=self.caller.groups,
+                config=form["config"],
+                profile=form["profile"],
+                priority=form["priority"],
+            )
+        except QueueError as e:
+            self._page(e.status, error=e, form=form)
+            return
+        self.redirect(url_path_join(self.settings["prefix"], "jobs", str(view["id"])))
+
+
+class JobPage(PageHandler):
+    """``GET /jobs/<id>``: one job, its log's tail and its config."""
+
+    TAIL = 200
+
+    async def get(self, job_id):
+        row = self.queue.get(_job_id(job_id), user=self.scope_user())
+        log_text = "(no log yet)"
+        try:
+            pod = await self.queue.backend.latest_pod(row.id)
+            if pod is not None:
+                chunks = [
+                    c
+                    async for c in self.queue.backend.stream_log(
+                        pod["metadata"]["name"], tail_lines=self.TAIL
+                    )
+                ]
+                log_text = b"".join(chunks).decode("utf-8", "replace") or "(empty)"
+        except KubeError as e:
+            log_text = f"(no log: {e.message})"
+        view = self.queue.view(row, with_config=True)
+        self.render_page(
+            "job.html",
+            job=view,
+            log=log_text,
+            tail=self.TAIL,
+            config_yaml=yaml.safe_dump(view["config"], sort_keys=False, allow_unicode=True),
+        )
+
+
+class CancelPage(PageHandler):
+    """``POST /jobs/<id>/cancel`` from the pages' cancel buttons."""
+
+    async def post(self, job_id):
+        job_id = _job_id(job_id)
+        await self.queue.cancel(job_id, user=self.scope_user(), by=self.caller.name)
+        self.redirect(url_path_join(self.settings["prefix"], "jobs", str(job_id)))
+
+
+def page_routes(prefix: str) -> list[tuple]:
+    """The pages' URL patterns below ``prefix``."""
+    return [
+        (prefix.rstrip("/") + "/?", JobsPage),
+        (url_path_join(prefix, "jobs", r"([^/]+)") + "/?", JobPage),
+        (url_path_join(prefix, "jobs", r"([^/]+)", "cancel"), CancelPage),
+    ]
+
+
+def make_app(
+    *,
+    queue: JobQueue,
+    hub_auth: HubOAuth,
+    prefix: str,
+    access_scopes: set[str],
+    admin_scope: str = "custom:llm-queue:admin",
+    admins_from_hub: bool = True,
+    cookie_secret: bytes,
+    extra_routes: list[tuple] = (),
+    **settings,
+) -> web.Application:
+    """Return the tornado application of the service.
+
+    Args:
+        queue: the :class:`~llmspawner.queue.reconcile.JobQueue`.
+        hub_auth: a configured :class:`~jupyterhub.services.auth.HubOAuth`.
+        prefix: the service's URL prefix (``JUPYTERHUB_SERVICE_PREFIX``).
+        access_scopes: scopes a token needs to use the service, e.g.
+            ``{"access:services!service=llm-queue"}``.
+        admin_scope: the scope that makes a token a queue admin.
+        admins_from_hub: hub admins are queue admins.
+        cookie_secret: signs the OAuth cookie (random per start is fine: users are sent
+            through the hub's login again, without a prompt).
+        extra_routes: more ``(pattern, handler)`` pairs (the pages).
+
+    Raises:
+        ValueError: ``access_scopes`` is empty (it would let any hub token in).
+    """
+    if not access_scopes:
+        raise ValueError("access_scopes must not be empty: HubAuth would accept any token")
+    return web.Application(
+        [*extra_routes, *api_routes(prefix)],
+        hub_auth=hub_auth,
+        queue=queue,
+        access_scopes=set(access_scopes),
+        admin_scope=admin_scope,
+        admins_from_hub=admins_from_hub,
+        cookie_secret=cookie_secret,
+        prefix=prefix,
+        jinja_env=jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True
+        ),
+        **{"hub_prefix": "/hub/", **settings},
+    )

@@ -1,0 +1,281 @@
+"""Use the batch training queue from a terminal: ``llmspawner queue submit|list|show|logs|cancel``.
+
+::
+
+    llmspawner queue submit train.yaml --profile medium [--priority high|normal|low]
+    llmspawner queue list [--state running] [--user NAME]      (--user: admins)
+    llmspawner queue show 12
+    llmspawner queue logs 12 [-f] [--tail 100]
+    llmspawner queue cancel 12
+    llmspawner queue limit alice 2                             (admins)
+
+Inside a user's server it works with no set-up: the hub gives every server
+``JUPYTERHUB_API_TOKEN`` (allowed to use the queue) and ``LLMSPAWNER_QUEUE_URL``. Elsewhere,
+set ``JUPYTERHUB_API_TOKEN`` to a token from the hub's token page, and
+``LLMSPAWNER_QUEUE_URL`` to ``https://<hub>/services/llm-queue/`` (or ``JUPYTERHUB_API_URL``
+to ``https://<hub>/hub/api``, from which that URL is derived). Exit status: 0 done, 1 the
+queue refused (its message is printed), 2 bad usage or no connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import quote
+
+PRIORITIES = ("high", "normal", "low")
+STATES = ("queued", "admitted", "running", "succeeded", "failed", "cancelled")
+
+
+class CLIError(Exception):
+    """A problem to print as ``error: ...``; ``status`` is the exit status."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+def queue_url(env: Mapping[str, str], override: str | None = None) -> str:
+    """Return the queue service's URL (ending with ``/``).
+
+    Order: ``override`` (``--url``), ``LLMSPAWNER_QUEUE_URL``, then ``JUPYTERHUB_API_URL``
+    with its ``/hub/api`` replaced by ``/services/llm-queue/``.
+
+    Raises:
+        CLIError: none of them is set (status 2).
+    """
+    url = override or env.get("LLMSPAWNER_QUEUE_URL")
+    if not url:
+        api = (env.get("JUPYTERHUB_API_URL") or "").rstrip("/")
+        if not api:
+            raise CLIError(
+                "set LLMSPAWNER_QUEUE_URL (https://<hub>/services/llm-queue/) or "
+                "JUPYTERHUB_API_URL (https://<hub>/hub/api)",
+                2,
+            )
+        base = api[: -len("/hub/api")] if api.endswith("/hub/api") else api
+        url = f"{base}/services/llm-queue/"
+    return url.rstrip("/") + "/"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``queue`` subcommands to ``parser``."""
+    parser.add_argument("--url", help="the queue's URL (default: $LLMSPAWNER_QUEUE_URL)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    sub = parser.add_subparsers(dest="action", metavar="<action>")
+    sub.required = True
+    p = sub.add_parser("submit", help="submit a LLaMA-Factory training config")
+    p.add_argument("config", help="the training config, YAML or JSON ('-': standard input)")
+    p.add_argument("--profile", required=True, help="GPU profile slug, e.g. medium")
+    p.add_argument("--priority", choices=PRIORITIES, default="normal")
+    p = sub.add_parser("list", help="list your jobs (admins: everyone's)")
+    p.add_argument("--state", choices=STATES)
+    p.add_argument("--user", help="only this user's jobs (admins)")
+    p.add_argument("--limit", type=int, default=200, help="at most this many (newest first)")
+    p = sub.add_parser("show", help="show one job")
+    p.add_argument("id", type=int)
+    p = sub.add_parser("logs", help="print a job's log")
+    p.add_argument("id", type=int)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
+    p.add_argument("--tail", type=int, help="only the last N lines")
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("id", type=int)
+    p = sub.add_parser("limit", help="set a user's limit of running jobs (admins)")
+    p.add_argument("user")
+    p.add_argument("max_running", type=int)
+
+
+class QueueClient:
+    """A small HTTP client of the queue's REST API (``API.md``).
+
+    Args:
+        url: the service's URL, ending with ``/``.
+        token: a hub API token; sent as ``Authorization: token ...`` only.
+        transport: an ``httpx`` transport (tests).
+    """
+
+    def __init__(self, url: str, token: str, *, transport=None, timeout: float = 30.0):
+        import httpx
+
+        self._http = httpx.Client(
+            base_url=url,
+            headers={"Authorization": f"token {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs):
+        """Send a request; return the decoded JSON answer.
+
+        Raises:
+            CLIError: the queue answered an error (its message and field), or could not be
+                reached (status 2).
+        """
+        import httpx
+
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise CLIError(f"cannot reach the queue at {self._http.base_url}: {e}", 2) from None
+        if resp.status_code >= 400:
+            raise CLIError(_error_text(resp))
+        return resp.json()
+
+    def stream_logs(self, job_id: int, *, follow: bool, tail: int | None, out) -> None:
+        """Write a job's log to ``out`` (a binary stream) as it comes."""
+        import httpx
+
+        params = {"follow": "1" if follow else "0"}
+        if tail:
+            params["tail"] = str(tail)
+        try:
+            timeout = httpx.Timeout(30.0, read=None) if follow else None
+            kwargs = {"timeout": timeout} if timeout else {}
+            with self._http.stream("GET", f"api/jobs/{job_id}/logs", params=params, **kwargs) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise CLIError(_error_text(r))
+                for chunk in r.iter_bytes():
+                    out.write(chunk)
+                    out.flush()
+        except httpx.HTTPError as e:
+            raise CLIError(f"cannot reach the queue at {self._http.base_url}: {e}", 2) from None
+
+
+def _error_text(resp) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        # Not the queue's JSON: the hub's proxy answered (e.g. 503 while the service restarts).
+        hint = " (the service is not running; the hub restarts it: retry shortly)"
+        return (
+            f"the queue answered {resp.status_code} {resp.reason_phrase}"
+            f"{hint if resp.status_code in (502, 503) else ''}"
+        )
+    message = str(data.get("error") or f"the queue answered {resp.status_code}")
+    if data.get("field") and data.get("field") not in message:
+        message += f" (field: {data['field']})"
+    for problem in data.get("problems") or []:
+        message += f"\n  {problem.get('field')}: {problem.get('message')}"
+    return message
+
+
+def _read_config(path: str) -> str:
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CLIError(f"cannot read {path}: {e.strerror}", 2) from None
+
+
+def format_job(job: dict) -> str:
+    """A job as ``key: value`` lines, for ``show`` and ``submit``."""
+    lines = [f"job {job['id']} of {job['user']}: {job['state']}"]
+    if job.get("position"):
+        lines[0] += f" (position {job['position']} in the {job['profile']} line)"
+    for key in (
+        "reason",
+        "profile",
+        "priority",
+        "submitted_at",
+        "admitted_at",
+        "started_at",
+        "finished_at",
+        "k8s_job",
+        "mlflow_experiment",
+        "mlflow_run_url",
+    ):
+        if job.get(key):
+            lines.append(f"  {key}: {job[key]}")
+    return "\n".join(lines)
+
+
+def format_table(jobs: list[dict]) -> str:
+    """Jobs as a fixed-width table, for ``list``."""
+    header = ("ID", "USER", "STATE", "POS", "PROFILE", "PRIORITY", "SUBMITTED", "REASON")
+    rows = [
+        (
+            str(j["id"]),
+            j["user"],
+            j["state"],
+            str(j.get("position") or ""),
+            j["profile"],
+            j["priority"],
+            (j.get("submitted_at") or "")[:19].replace("T", " "),
+            (j.get("reason") or "")[:60],
+        )
+        for j in jobs
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def execute(args: argparse.Namespace, client: QueueClient, out=None) -> int:
+    """Run one action with ``client``; print to ``out`` (default stdout); return 0."""
+    out = out or sys.stdout
+    if args.action == "submit":
+        body = {
+            "config": _read_config(args.config),
+            "profile": args.profile,
+            "priority": args.priority,
+        }
+        job = client.request("POST", "api/jobs", json=body)
+        print(json.dumps(job, indent=2) if args.json else format_job(job), file=out)
+    elif args.action == "list":
+        params = {"limit": str(args.limit)}
+        if args.state:
+            params["state"] = args.state
+        if args.user:
+            params["user"] = args.user
+        jobs = client.request("GET", "api/jobs", params=params)["jobs"]
+        print(json.dumps(jobs, indent=2) if args.json else format_table(jobs), file=out)
+    elif args.action == "show":
+        job = client.request("GET", f"api/jobs/{args.id}")
+        print(json.dumps(job, indent=2) if args.json else format_job(job), file=out)
+    elif args.action == "logs":
+        binary = getattr(out, "buffer", out)
+        client.stream_logs(args.id, follow=args.follow, tail=args.tail, out=binary)
+    elif args.action == "cancel":
+        job = client.request("DELETE", f"api/jobs/{args.id}")
+        print(json.dumps(job, indent=2) if args.json else format_job(job), file=out)
+    elif args.action == "limit":
+        data = client.request(
+            "PUT",
+            f"api/users/{quote(args.user, safe='')}/limit",
+            json={"max_running": args.max_running},
+        )
+        print(json.dumps(data) if args.json else f"{data['user']}: {data['max_running']}", file=out)
+    return 0
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str] | None = None, transport=None) -> int:
+    """Run ``llmspawner queue ...``; return the exit status (errors go to stderr)."""
+    env = os.environ if env is None else env
+    try:
+        url = queue_url(env, args.url)
+        token = env.get("JUPYTERHUB_API_TOKEN")
+        if not token:
+            raise CLIError(
+                "set JUPYTERHUB_API_TOKEN to a hub API token (inside your server it is set)", 2
+            )
+        client = QueueClient(url, token, transport=transport)
+        try:
+            return execute(args, client)
+        finally:
+            client.close()
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        return 130

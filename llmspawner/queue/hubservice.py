@@ -1,0 +1,214 @@
+"""The ``llm-queue`` service's entry in the hub's configuration, and the roles it needs.
+
+:func:`queue_service` returns the ``c.JupyterHub.services`` entry (a managed service: the hub
+starts ``python -m llmspawner.queue``, restarts it when it exits, and proxies
+``/services/llm-queue/`` to it) and the roles; :func:`configure_queue` applies both to a
+hub config, merging with what is there (z2jh's or the operator's roles are never replaced).
+
+Who may use the queue (JupyterHub 6 scopes, https://jupyterhub.readthedocs.io/en/stable/rbac/scopes.html):
+
+- every user: ``access:services!service=llm-queue`` is added to the ``user`` role through
+  ``c.JupyterHub.extra_user_scopes`` (the browser login to the service needs it);
+- every user's server: the ``server`` role (the scopes of ``$JUPYTERHUB_API_TOKEN`` in the
+  user's pod) gets the same scope next to its defaults, so ``llmspawner queue ...`` works in
+  the pod with no set-up. A server token only gets scopes its owner holds, so this gives a
+  pod nothing its user could not do;
+- queue admins: hub admins, and whoever holds the custom scope ``custom:llm-queue:admin``
+  (role ``llm-queue-admin``, given to the groups in ``LLMSPAWNER_QUEUE_ADMIN_GROUPS``). The
+  service's OAuth client may ask for that scope, so an admin's browser login carries it;
+- the service itself: role ``llm-queue-service`` with no scope at all. It identifies callers
+  with *their* tokens (``GET /hub/api/user``) and never acts on the hub.
+
+Environment (all optional):
+
+==================================  ============================================================
+``LLMSPAWNER_QUEUE``                ``0``: no queue service
+``LLMSPAWNER_QUEUE_SERVICE_URL``    where the service listens, as the proxy reaches it
+                                    (default ``http://127.0.0.1:<free port>``; under z2jh e.g.
+                                    ``http://hub:10101``)
+``LLMSPAWNER_QUEUE_CLIENT_URL``     the service's URL as the users' pods reach it, given to them
+                                    as ``LLMSPAWNER_QUEUE_URL`` for the CLI (default: the service
+                                    URL + ``/services/llm-queue/``)
+``LLMSPAWNER_QUEUE_ADMIN_GROUPS``   comma-separated hub groups whose members are queue admins
+``LLMSPAWNER_QUEUE_*``, others      passed to the service (see :mod:`llmspawner.queue.service`),
+                                    with ``KUBECONFIG``, ``KUBERNETES_SERVICE_*``,
+                                    ``MLFLOW_TRACKING_*``
+==================================  ============================================================
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping
+
+#: The service's name: its URL is ``/services/llm-queue/``.
+SERVICE_NAME = "llm-queue"
+#: The scope that lets a token use the service.
+ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
+#: The scope that makes a token a queue admin.
+ADMIN_SCOPE = "custom:llm-queue:admin"
+#: ``c.JupyterHub.custom_scopes`` entries the service defines.
+CUSTOM_SCOPES = {
+    ADMIN_SCOPE: {
+        "description": "See and cancel every user's jobs in the llm-queue service, and set "
+        "per-user limits of running jobs.",
+    }
+}
+#: JupyterHub 6's default ``server`` role scopes (``jupyterhub.roles.get_default_roles``):
+#: a role defined in config replaces a default role's scopes, so they are repeated.
+DEFAULT_SERVER_SCOPES = ("users:activity!user", "access:servers!server")
+
+_PASS_PREFIXES = ("LLMSPAWNER_", "KUBERNETES_SERVICE_", "MLFLOW_TRACKING_")
+_PASS_NAMES = ("KUBECONFIG",)
+# LLMSpawner trait -> the environment variable the service reads it from.
+_SPAWNER_TRAITS = {
+    "profiles_dir": "LLMSPAWNER_PROFILES_DIR",
+    "namespace": "LLMSPAWNER_NAMESPACE",
+    "image": "LLMSPAWNER_SINGLEUSER_IMAGE",
+    "storage_claim_name": "LLMSPAWNER_STORAGE_CLAIM",
+    "mlflow_tracking_uri": "LLMSPAWNER_MLFLOW_TRACKING_URI",
+    "mlflow_experiment_template": "LLMSPAWNER_MLFLOW_EXPERIMENT_TEMPLATE",
+    "gpu_shared_resource": "LLMSPAWNER_GPU_SHARED_RESOURCE",
+    "gpu_replica_counts": "LLMSPAWNER_GPU_REPLICA_COUNTS",
+    "mig_strategy": "LLMSPAWNER_MIG_STRATEGY",
+}
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _csv(value: str | None) -> list[str]:
+    return sorted({v.strip() for v in (value or "").split(",") if v.strip()})
+
+
+def service_environment(env: Mapping[str, str], spawner: Mapping | None = None) -> dict[str, str]:
+    """Return the service's environment: the passed-through variables of ``env`` plus the
+    spawner's settings (``c.LLMSpawner``) as ``LLMSPAWNER_*`` variables, so that the queue
+    and the spawner agree on profiles, storage, namespace and MLflow.
+
+    A managed service gets only a few of the hub's variables (``Spawner.env_keep``), so
+    ``KUBECONFIG`` and the in-cluster ``KUBERNETES_SERVICE_HOST``/``_PORT`` must be passed.
+    """
+    out = {k: v for k, v in env.items() if k in _PASS_NAMES or k.startswith(_PASS_PREFIXES)}
+    for trait, name in _SPAWNER_TRAITS.items():
+        if spawner is not None and trait in spawner:
+            value = spawner[trait]
+            if isinstance(value, list | tuple):
+                value = ",".join(str(v) for v in value)
+            out[name] = str(value)
+    return out
+
+
+def queue_service(
+    env: Mapping[str, str] = os.environ, spawner: Mapping | None = None
+) -> tuple[dict, list[dict]]:
+    """Return the ``c.JupyterHub.services`` entry of ``llm-queue`` and the roles it needs.
+
+    Args:
+        env: the hub's environment (see the module docstring).
+        spawner: the hub config's ``c.LLMSpawner`` section, whose settings the service
+            copies (profiles folder, namespace, image, PVC, MLflow, GPU advertising).
+
+    Returns:
+        ``(service, roles)``: ``service`` for ``c.JupyterHub.services``; ``roles`` to merge
+        into ``c.JupyterHub.load_roles`` with :func:`merge_roles` (the ``server`` role
+        among them must be merged, not appended).
+    """
+    url = (env.get("LLMSPAWNER_QUEUE_SERVICE_URL") or "").rstrip("/")
+    if not url:
+        url = f"http://127.0.0.1:{_free_port()}"
+    service = {
+        "name": SERVICE_NAME,
+        "url": url,
+        "command": [sys.executable, "-m", "llmspawner.queue"],
+        "environment": service_environment(env, spawner),
+        "display": True,
+        "info": {"description": "Batch training queue: LLaMA-Factory configs as Kubernetes Jobs"},
+        # An internal service of this hub: no "authorize access" page after the hub's login.
+        "oauth_no_confirm": True,
+        # A queue admin's browser login carries the admin scope (only if they hold it).
+        "oauth_client_allowed_scopes": [ADMIN_SCOPE],
+    }
+    roles = [
+        {
+            "name": "llm-queue-service",
+            "description": "The llm-queue service: identifies callers by their own tokens, "
+            "needs no hub permission",
+            "scopes": [],
+            "services": [SERVICE_NAME],
+        },
+        {
+            "name": "server",
+            "description": "Post activity only; use the llm-queue service",
+            "scopes": [*DEFAULT_SERVER_SCOPES, ACCESS_SCOPE],
+        },
+    ]
+    admin_groups = _csv(env.get("LLMSPAWNER_QUEUE_ADMIN_GROUPS"))
+    if admin_groups:
+        roles.append(
+            {
+                "name": "llm-queue-admin",
+                "description": "See and cancel every job of llm-queue, set per-user limits",
+                "scopes": [ADMIN_SCOPE, ACCESS_SCOPE],
+                "groups": admin_groups,
+            }
+        )
+    return service, roles
+
+
+def merge_roles(existing: list[dict], new: list[dict]) -> list[dict]:
+    """Return ``existing`` + ``new`` where a role of the same name is merged, not duplicated.
+
+    Merged: the union of ``scopes``, ``users``, ``groups`` and ``services`` (in order, no
+    duplicates); the other keys of ``existing`` win. JupyterHub refuses a role defined twice
+    ("Role ... multiply defined"), and replacing one would drop someone else's scopes.
+    Pure: the inputs are not changed.
+    """
+    out = [dict(r) for r in existing]
+    index = {r["name"]: i for i, r in enumerate(out)}
+    for role in new:
+        if role["name"] not in index:
+            index[role["name"]] = len(out)
+            out.append(dict(role))
+            continue
+        merged = out[index[role["name"]]]
+        for key in ("scopes", "users", "groups", "services"):
+            if key in role or key in merged:
+                values = [*merged.get(key, []), *role.get(key, [])]
+                merged[key] = list(dict.fromkeys(values))
+        for key, value in role.items():
+            merged.setdefault(key, value)
+    return out
+
+
+def configure_queue(c, env: Mapping[str, str] = os.environ) -> None:
+    """Add the ``llm-queue`` service to a hub config ``c``; call it after the spawner's.
+
+    Appends the service, merges its roles into ``load_roles``, declares
+    ``custom:llm-queue:admin``, adds ``access:services!service=llm-queue`` to
+    ``extra_user_scopes``, and gives the users' pods ``LLMSPAWNER_QUEUE_URL`` (unless set).
+    Does nothing when ``LLMSPAWNER_QUEUE=0`` or a service named ``llm-queue`` exists already.
+    """
+    if env.get("LLMSPAWNER_QUEUE", "1").lower() in ("0", "false", "no"):
+        return
+    hub = c.JupyterHub
+    services = list(hub.get("services", []))
+    if any(s.get("name") == SERVICE_NAME for s in services):
+        return
+    service, roles = queue_service(env, c.LLMSpawner)
+    hub.services = [*services, service]
+    hub.load_roles = merge_roles(list(hub.get("load_roles", [])), roles)
+    hub.custom_scopes = {**hub.get("custom_scopes", {}), **CUSTOM_SCOPES}
+    hub.extra_user_scopes = {*hub.get("extra_user_scopes", set()), ACCESS_SCOPE}
+    base_url = "/" + str(hub.get("base_url", "/")).strip("/")
+    client_url = env.get("LLMSPAWNER_QUEUE_CLIENT_URL") or (
+        f"{service['url']}{base_url.rstrip('/')}/services/{SERVICE_NAME}/"
+    )
+    environment = dict(c.LLMSpawner.get("environment", {}))
+    environment.setdefault("LLMSPAWNER_QUEUE_URL", client_url)
+    c.LLMSpawner.environment = environment

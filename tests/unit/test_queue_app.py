@@ -1,0 +1,450 @@
+"""The queue's REST API: who may do what, and the errors, over real HTTP.
+
+The service runs in-process with JupyterHub's real ``HubOAuth`` against a stand-in hub API
+(``GET /hub/api/user`` answers the token owner's model and the token's scopes, as the hub
+does), a real :class:`JobQueue` on SQLite and a fake Kubernetes backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import httpx
+import pytest
+from jupyterhub.services.auth import HubOAuth
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.web import create_signed_value
+
+from llmspawner.profiles import ClusterGPUConfig, load_profiles
+from llmspawner.queue import db as queue_db
+from llmspawner.queue.app import make_app, page_routes
+from llmspawner.queue.backend import KubeError
+from llmspawner.queue.reconcile import JobQueue, Settings
+
+PREFIX = "/services/llm-queue/"
+ACCESS = "access:services!service=llm-queue"
+ADMIN_SCOPE = "custom:llm-queue:admin"
+COOKIE_SECRET = b"x" * 32
+CLIENT_ID = "service-llm-queue"
+
+CONFIG = (
+    "stage: sft\ndo_train: true\nmodel_name_or_path: /storage/models/tiny\n"
+    "dataset: demo\ntemplate: default\nfinetuning_type: lora\noutput_dir: out/run\n"
+)
+
+
+def _model(name, scopes, *, admin=False, groups=(), kind="user"):
+    return {"kind": kind, "name": name, "admin": admin, "groups": list(groups), "scopes": scopes}
+
+
+#: token -> what the hub answers for it.
+TOKENS = {
+    "alice-token": _model("alice", [ACCESS], groups=["users"]),
+    "bob-token": _model("bob", [ACCESS], groups=["users"]),
+    "carol-no-scope": _model("carol", ["read:users:name!user=carol"]),
+    "hub-admin-token": _model("root", [ACCESS], admin=True),
+    "queue-admin-token": _model("dana", [ACCESS, ADMIN_SCOPE]),
+    "service-token": _model("culler", [ACCESS], kind="service"),
+    "gpu-group-token": _model("erin", [ACCESS], groups=["gpu"]),
+}
+
+
+class FakeHubUser(web.RequestHandler):
+    def get(self):
+        header = self.request.headers.get("Authorization", "")
+        model = TOKENS.get(header.partition(" ")[2])
+        if model is None:
+            raise web.HTTPError(403)
+        self.write(model)
+
+
+class FakeBackend:
+    """The backend's interface, in memory: pods and logs per job id."""
+
+    namespace = "default"
+
+    def __init__(self):
+        self.pods: dict[int, dict] = {}
+        self.logs: dict[str, bytes] = {}
+        self.deleted: list[str] = []
+
+    async def latest_pod(self, job_id):
+        return self.pods.get(job_id)
+
+    async def stream_log(self, name, *, follow=False, tail_lines=None):
+        if name not in self.logs:
+            raise KubeError(400, "BadRequest", "container train is waiting to start")
+        for line in self.logs[name].splitlines(keepends=True):
+            yield line
+
+    async def delete_job(self, name, *, config_map=None):
+        self.deleted.append(name)
+        return True
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def profiles(tmp_path):
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "cpu.yaml").write_text("slug: cpu\ndisplay_name: CPU\ndefault: true\n")
+    (folder / "medium.yaml").write_text("slug: medium\ndisplay_name: Half\ngpu: {fraction: 1/2}\n")
+    (folder / "big.yaml").write_text(
+        "slug: big\ndisplay_name: Big\ngpu: {count: 1}\nallowed_groups: [gpu]\n"
+    )
+    return load_profiles(folder, ClusterGPUConfig())
+
+
+@pytest.fixture
+async def service(tmp_path, profiles):
+    hub_port, port = _free_port(), _free_port()
+    hub = HTTPServer(web.Application([("/hub/api/user", FakeHubUser)]))
+    hub.listen(hub_port, "127.0.0.1")
+    backend = FakeBackend()
+    queue = JobQueue(
+        queue_db.connect(f"sqlite:///{tmp_path / 'q.sqlite'}"),
+        backend,
+        profiles,
+        ClusterGPUConfig(),
+        Settings(image="trainer", tracking_uri="http://mlflow:5000"),
+    )
+    hub_auth = HubOAuth(
+        api_url=f"http://127.0.0.1:{hub_port}/hub/api",
+        api_token="service-secret-token",
+        oauth_client_id=CLIENT_ID,
+        base_url=PREFIX,
+        cache_max_age=0,
+    )
+    app = make_app(
+        queue=queue,
+        hub_auth=hub_auth,
+        prefix=PREFIX,
+        access_scopes={ACCESS},
+        cookie_secret=COOKIE_SECRET,
+        extra_routes=page_routes(PREFIX),
+        hub_prefix="/hub/",
+    )
+    server = HTTPServer(app)
+    server.listen(port, "127.0.0.1")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}{PREFIX}") as http:
+        http.queue, http.backend = queue, backend
+        yield http
+    server.stop()
+    hub.stop()
+
+
+def auth(token):
+    return {"Authorization": f"token {token}"}
+
+
+async def submit(http, token="alice-token", **body):
+    body = {"config": CONFIG, "profile": "cpu", **body}
+    return await http.post("api/jobs", json=body, headers=auth(token))
+
+
+async def test_no_credentials_is_401_and_a_token_without_the_scope_is_403(service):
+    r = await service.get("api/jobs")
+    assert r.status_code == 401
+    assert r.json()["error"].startswith("log in to the hub")
+    r = await service.get("api/jobs", headers=auth("carol-no-scope"))
+    assert r.status_code == 403
+    assert r.json() == {
+        "error": f"this token may not use the queue: it needs the scope {ACCESS}",
+        "field": None,
+    }
+    r = await service.get("api/jobs", headers=auth("made-up"))
+    assert r.status_code == 401
+
+
+async def test_make_app_refuses_empty_access_scopes():
+    with pytest.raises(ValueError, match="access_scopes must not be empty"):
+        make_app(queue=None, hub_auth=None, prefix=PREFIX, access_scopes=set(), cookie_secret=b"")
+
+
+async def test_submit_returns_the_queued_job(service):
+    r = await submit(service, priority="high", profile="medium")
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert r.headers["Location"] == f"{PREFIX}api/jobs/{job['id']}"
+    assert {k: job[k] for k in ("user", "profile", "priority", "state", "k8s_job")} == {
+        "user": "alice",
+        "profile": "medium",
+        "priority": "high",
+        "state": "queued",
+        "k8s_job": None,
+    }
+    assert job["mlflow_experiment"] == "alice-experiments"
+    assert job["submitted_at"].endswith("Z")
+    shown = (await service.get(f"api/jobs/{job['id']}", headers=auth("alice-token"))).json()
+    assert shown["config"]["run_name"] == f"llm-job-alice-{job['id']}"
+    assert shown["config"]["report_to"] == "mlflow"
+    assert shown["config"]["output_dir"] == "/storage/users/alice/out/run"
+
+
+async def test_identity_comes_from_the_token_not_the_body(service):
+    r = await service.post(
+        "api/jobs",
+        json={"config": CONFIG, "profile": "cpu", "user": "bob"},
+        headers=auth("alice-token"),
+    )
+    assert r.status_code == 400
+    assert r.json() == {
+        "error": "unknown field; allowed: config, profile, priority",
+        "field": "user",
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field", "error"),
+    [
+        ({"profile": "nope"}, 400, "profile", "unknown profile 'nope'; allowed: cpu, medium"),
+        ({"profile": "big"}, 400, "profile", "unknown profile 'big'; allowed: cpu, medium"),
+        ({"profile": None}, 400, "profile", "a profile is required; allowed: cpu, medium, big"),
+        (
+            {"priority": "urgent"},
+            400,
+            "priority",
+            "unknown priority 'urgent'; allowed: high, normal, low",
+        ),
+        ({"config": 5}, 400, "config", "must be YAML/JSON text or an object"),
+    ],
+)
+async def test_bad_submissions_name_the_field(service, body, status, field, error):
+    r = await submit(service, **body)
+    assert (r.status_code, r.json()) == (status, {"error": error, "field": field})
+    assert (await service.get("api/jobs", headers=auth("alice-token"))).json() == {"jobs": []}
+
+
+async def test_a_profile_of_the_users_group(service):
+    assert (await submit(service, token="gpu-group-token", profile="big")).status_code == 201
+
+
+async def test_invalid_config_lists_every_problem_and_stores_nothing(service):
+    bad = "stage: magic\nmodel_name_or_path: /etc/passwd\noutput_dir: ../bob\nfoo: 1\n"
+    r = await submit(service, config=bad)
+    assert r.status_code == 400
+    data = r.json()
+    fields = {p["field"] for p in data["problems"]}
+    assert {"stage", "model_name_or_path", "output_dir", "foo"} <= fields
+    assert data["field"].startswith("config.")
+    assert data["error"] == (
+        f"the training config has {len(data['problems'])} problems (listed in 'problems')"
+    )
+    assert (await service.get("api/jobs", headers=auth("alice-token"))).json() == {"jobs": []}
+
+
+async def test_body_must_be_a_json_object(service):
+    r = await service.post("api/jobs", content=b"stage: sft", headers=auth("alice-token"))
+    assert r.status_code == 400
+    assert r.json()["field"] == "body"
+    r = await service.post("api/jobs", json=[1], headers=auth("alice-token"))
+    assert r.json() == {"error": "the body must be a JSON object", "field": "body"}
+
+
+async def test_services_cannot_submit(service):
+    r = await submit(service, token="service-token")
+    assert r.status_code == 403
+
+
+async def test_users_see_only_their_jobs_and_admins_see_all(service):
+    a = (await submit(service)).json()
+    b = (await submit(service, token="bob-token")).json()
+    mine = (await service.get("api/jobs", headers=auth("alice-token"))).json()["jobs"]
+    assert [j["id"] for j in mine] == [a["id"]]
+    r = await service.get("api/jobs?user=alice", headers=auth("bob-token"))
+    assert r.status_code == 403
+    assert r.json()["field"] == "user"
+    for token in ("hub-admin-token", "queue-admin-token"):
+        everyone = (await service.get("api/jobs", headers=auth(token))).json()["jobs"]
+        assert [j["id"] for j in everyone] == [b["id"], a["id"]]
+        only = (await service.get("api/jobs?user=bob", headers=auth(token))).json()["jobs"]
+        assert [j["id"] for j in only] == [b["id"]]
+    r = await service.get("api/jobs?state=done", headers=auth("hub-admin-token"))
+    assert r.status_code == 400
+    assert r.json()["field"] == "state"
+
+
+async def test_another_users_job_is_404_like_a_missing_one(service):
+    a = (await submit(service)).json()
+    missing = await service.get("api/jobs/999", headers=auth("bob-token"))
+    for method, path in (
+        ("GET", f"api/jobs/{a['id']}"),
+        ("GET", f"api/jobs/{a['id']}/logs"),
+        ("DELETE", f"api/jobs/{a['id']}"),
+    ):
+        r = await service.request(method, path, headers=auth("bob-token"))
+        assert r.status_code == 404, (method, path)
+        assert r.json() == {"error": f"no job {a['id']}", "field": "id"}
+    assert missing.json() == {"error": "no job 999", "field": "id"}
+    assert (
+        await service.get(f"api/jobs/{a['id']}", headers=auth("alice-token"))
+    ).status_code == 200
+
+
+async def test_cancel_a_queued_job_then_again(service):
+    a = (await submit(service)).json()
+    r = await service.delete(f"api/jobs/{a['id']}", headers=auth("alice-token"))
+    assert (r.status_code, r.json()["state"], r.json()["reason"]) == (
+        200,
+        "cancelled",
+        "cancelled by alice",
+    )
+    assert r.json()["finished_at"]
+    r = await service.delete(f"api/jobs/{a['id']}", headers=auth("alice-token"))
+    assert r.status_code == 409
+    assert r.json() == {"error": f"job {a['id']} has already cancelled", "field": "id"}
+    assert service.backend.deleted == []  # a queued job has no Job to delete
+
+
+async def test_admin_cancels_another_users_job(service):
+    a = (await submit(service)).json()
+    r = await service.delete(f"api/jobs/{a['id']}", headers=auth("queue-admin-token"))
+    assert r.json()["reason"] == "cancelled by dana"
+
+
+async def test_logs(service):
+    a = (await submit(service)).json()
+    r = await service.get(f"api/jobs/{a['id']}/logs", headers=auth("alice-token"))
+    assert r.status_code == 409
+    assert r.json()["error"] == f"job {a['id']} has no log: it has not started yet (state: queued)"
+    pod = {"metadata": {"name": "llm-job-alice-1-abcde"}}
+    service.backend.pods[a["id"]] = pod
+    r = await service.get(f"api/jobs/{a['id']}/logs", headers=auth("alice-token"))
+    assert r.status_code == 409
+    assert "waiting to start" in r.json()["error"]
+    service.backend.logs["llm-job-alice-1-abcde"] = b"step 1\nstep 2\n"
+    r = await service.get(f"api/jobs/{a['id']}/logs?follow=1", headers=auth("alice-token"))
+    assert (r.status_code, r.text) == (200, "step 1\nstep 2\n")
+    assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
+
+
+async def test_limits_are_set_by_admins_only(service):
+    r = await service.put("api/users/bob/limit", json={"max_running": 3}, headers=auth("bob-token"))
+    assert r.status_code == 403
+    r = await service.put(
+        "api/users/bob/limit", json={"max_running": -1}, headers=auth("hub-admin-token")
+    )
+    assert r.json() == {"error": "must be a whole number >= 0, not -1", "field": "max_running"}
+    r = await service.put(
+        "api/users/bob/limit", json={"max_running": 3}, headers=auth("hub-admin-token")
+    )
+    assert r.json() == {"user": "bob", "max_running": 3}
+    r = await service.get("api/users/bob/limit", headers=auth("bob-token"))
+    assert r.json() == {"user": "bob", "max_running": 3}
+    r = await service.get("api/users/bob/limit", headers=auth("alice-token"))
+    assert r.status_code == 403
+
+
+async def test_profiles_the_caller_may_use(service):
+    r = await service.get("api/profiles", headers=auth("alice-token"))
+    assert [p["slug"] for p in r.json()["profiles"]] == ["cpu", "medium"]
+
+
+async def test_cookie_login_needs_the_xsrf_token_to_change_anything(service):
+    cookie = create_signed_value(COOKIE_SECRET, CLIENT_ID, "alice-token").decode()
+    service.cookies.set(CLIENT_ID, cookie)
+    try:
+        r = await service.get("api/jobs", headers={"Sec-Fetch-Mode": "navigate"})
+        assert r.status_code == 200
+        # HubOAuth ignores the cookie of a request that needs, and lacks, the XSRF token.
+        r = await service.post("api/jobs", json={"config": CONFIG, "profile": "cpu"})
+        assert r.status_code == 401
+        r = await service.get("api/jobs", headers={"Sec-Fetch-Mode": "cors"})
+        assert r.status_code == 401
+        assert (await service.get("api/jobs")).json() == {"jobs": []}
+    finally:
+        service.cookies.clear()
+
+
+async def test_no_token_in_logs_or_answers(service, caplog):
+    caplog.set_level(logging.DEBUG)
+    answers = []
+    for token in TOKENS:
+        for r in (
+            await submit(service, token=token),
+            await service.get("api/jobs", headers=auth(token)),
+            await service.get("api/jobs/1", headers=auth(token)),
+        ):
+            answers.append(r.text)
+    text = caplog.text + "".join(answers) + json.dumps(answers)
+    for token in [*TOKENS, "service-secret-token"]:
+        assert token not in text
+
+
+# -- pages ---------------------------------------------------------------------------------
+
+
+async def test_pages_send_the_browser_through_the_hub_login(service):
+    r = await service.get("")
+    assert r.status_code == 302
+    assert r.headers["Location"].startswith("/hub/api/oauth2/authorize?")
+    assert f"client_id={CLIENT_ID}" in r.headers["Location"]
+
+
+async def test_jobs_page_lists_jobs_and_offers_the_allowed_profiles(service):
+    a = (await submit(service)).json()
+    r = await service.get("", headers=auth("alice-token"))
+    assert r.status_code == 200
+    assert 'href="/hub/static/css/style.min.css"' in r.text
+    assert f'id="job-{a["id"]}"' in r.text
+    assert '<option value="medium"' in r.text and '<option value="big"' not in r.text
+    assert "<th>User</th>" not in r.text  # only admins see the user column
+    r = await service.get("?user=alice&state=queued", headers=auth("hub-admin-token"))
+    assert "<th>User</th>" in r.text and f'id="job-{a["id"]}"' in r.text
+    r = await service.get("?state=failed", headers=auth("hub-admin-token"))
+    assert f'id="job-{a["id"]}"' not in r.text
+
+
+async def test_submit_form_errors_keep_the_text_and_list_problems(service):
+    r = await service.post(
+        "",
+        data={"config": "stage: magic\n", "profile": "cpu", "priority": "normal"},
+        headers=auth("alice-token"),
+    )
+    assert r.status_code == 400
+    assert "Not submitted" in r.text and "<code>stage</code>" in r.text
+    assert "stage: magic" in r.text
+
+
+async def test_browser_flow_with_cookie_and_xsrf(service):
+    cookie = create_signed_value(COOKIE_SECRET, CLIENT_ID, "alice-token").decode()
+    service.cookies.set(CLIENT_ID, cookie)
+    try:
+        page = await service.get("", headers={"Sec-Fetch-Mode": "navigate"})
+        xsrf = page.text.split('name="_xsrf" value="', 1)[1].split('"', 1)[0]
+        r = await service.post(
+            "",
+            files={"config_file": ("train.yaml", CONFIG.encode())},
+            data={"profile": "cpu", "priority": "low", "_xsrf": xsrf},
+        )
+        assert r.status_code == 302, r.text
+        job_url = r.headers["Location"]
+        job_id = int(job_url.rsplit("/", 1)[1])
+        page = await service.get(f"jobs/{job_id}", headers={"Sec-Fetch-Mode": "navigate"})
+        assert page.status_code == 200
+        assert 'id="state">queued<' in page.text and "(no log yet)" in page.text
+        assert f"run_name: llm-job-alice-{job_id}" in page.text
+        r = await service.post(f"jobs/{job_id}/cancel", data={"_xsrf": xsrf})
+        assert r.status_code == 302
+        # Without the XSRF token, the cookie does not count.
+        r = await service.post(f"jobs/{job_id}/cancel", data={})
+        assert r.status_code == 403
+    finally:
+        service.cookies.clear()
+    job = (await service.get(f"api/jobs/{job_id}", headers=auth("alice-token"))).json()
+    assert (job["state"], job["priority"]) == ("cancelled", "low")
+
+
+async def test_job_page_of_another_user_is_404(service):
+    a = (await submit(service)).json()
+    r = await service.get(f"jobs/{a['id']}", headers=auth("bob-token"))
+    assert r.status_code == 404
+    assert f"no job {a['id']}" in r.text

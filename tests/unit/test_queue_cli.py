@@ -1,0 +1,204 @@
+"""``llmspawner queue ...``: URLs, requests sent, what is printed, exit statuses."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from llmspawner.cli import build_parser
+from llmspawner.queue import cli
+
+ENV = {
+    "JUPYTERHUB_API_TOKEN": "secret-token",
+    "LLMSPAWNER_QUEUE_URL": "http://hub:8000/services/llm-queue",
+}
+JOB = {
+    "id": 12,
+    "user": "alice",
+    "state": "queued",
+    "position": 2,
+    "profile": "medium",
+    "priority": "normal",
+    "reason": "waiting for a free ½ GPU slice",
+    "submitted_at": "2026-01-01T10:00:00Z",
+    "k8s_job": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("env", "override", "url"),
+    [
+        (
+            {"LLMSPAWNER_QUEUE_URL": "http://q/services/llm-queue"},
+            None,
+            "http://q/services/llm-queue/",
+        ),
+        (
+            {"JUPYTERHUB_API_URL": "https://hub.example.org/hub/api"},
+            None,
+            "https://hub.example.org/services/llm-queue/",
+        ),
+        (
+            {"JUPYTERHUB_API_URL": "https://h/base/hub/api/"},
+            None,
+            "https://h/base/services/llm-queue/",
+        ),
+        ({"LLMSPAWNER_QUEUE_URL": "http://q/"}, "http://other/x/", "http://other/x/"),
+    ],
+)
+def test_queue_url(env, override, url):
+    assert cli.queue_url(env, override) == url
+
+
+def test_queue_url_needs_something():
+    with pytest.raises(cli.CLIError, match="set LLMSPAWNER_QUEUE_URL") as e:
+        cli.queue_url({})
+    assert e.value.status == 2
+
+
+def run(argv, handler, env=ENV):
+    """Run ``llmspawner queue <argv>`` against ``handler(request) -> httpx.Response``."""
+    seen = []
+
+    def record(request):
+        seen.append(request)
+        return handler(request)
+
+    args = build_parser().parse_args(["queue", *argv])
+    status = cli.run(args, env=env, transport=httpx.MockTransport(record))
+    return status, seen
+
+
+def test_submit_sends_the_file_and_prints_the_job(tmp_path, capsys):
+    path = tmp_path / "train.yaml"
+    path.write_text("stage: sft\n")
+    status, [request] = run(
+        ["submit", str(path), "--profile", "medium", "--priority", "high"],
+        lambda r: httpx.Response(201, json=JOB),
+    )
+    assert status == 0
+    assert (request.method, str(request.url)) == (
+        "POST",
+        "http://hub:8000/services/llm-queue/api/jobs",
+    )
+    assert request.headers["Authorization"] == "token secret-token"
+    assert json.loads(request.content) == {
+        "config": "stage: sft\n",
+        "profile": "medium",
+        "priority": "high",
+    }
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "job 12 of alice: queued (position 2 in the medium line)"
+    assert "  reason: waiting for a free ½ GPU slice" in out
+
+
+def test_errors_print_the_message_field_and_problems(tmp_path, capsys):
+    path = tmp_path / "train.yaml"
+    path.write_text("stage: magic\n")
+    body = {
+        "error": "2 problems",
+        "field": "config.stage",
+        "problems": [
+            {"field": "stage", "message": "unknown stage"},
+            {"field": "output_dir", "message": "is required"},
+        ],
+    }
+    status, _ = run(
+        ["submit", str(path), "--profile", "cpu"], lambda r: httpx.Response(400, json=body)
+    )
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "error: 2 problems (field: config.stage)\n"
+        "  stage: unknown stage\n  output_dir: is required\n"
+    )
+    assert "secret-token" not in err
+
+
+def test_list_prints_a_table(capsys):
+    status, [request] = run(
+        ["list", "--state", "queued", "--user", "alice"],
+        lambda r: httpx.Response(200, json={"jobs": [JOB]}),
+    )
+    assert status == 0
+    assert dict(request.url.params) == {"state": "queued", "user": "alice", "limit": "200"}
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "ID",
+        "USER",
+        "STATE",
+        "POS",
+        "PROFILE",
+        "PRIORITY",
+        "SUBMITTED",
+        "REASON",
+    ]
+    assert lines[1].split()[:6] == ["12", "alice", "queued", "2", "medium", "normal"]
+
+
+def test_show_json_cancel_and_limit(capsys):
+    status, [request] = run(["--json", "show", "12"], lambda r: httpx.Response(200, json=JOB))
+    assert (status, request.url.path) == (0, "/services/llm-queue/api/jobs/12")
+    assert json.loads(capsys.readouterr().out) == JOB
+    status, [request] = run(["cancel", "12"], lambda r: httpx.Response(200, json=JOB))
+    assert (status, request.method) == (0, "DELETE")
+    capsys.readouterr()
+    status, [request] = run(
+        ["limit", "a b/c", "2"],
+        lambda r: httpx.Response(200, json={"user": "a b/c", "max_running": 2}),
+    )
+    assert request.url.raw_path == b"/services/llm-queue/api/users/a%20b%2Fc/limit"
+    assert json.loads(request.content) == {"max_running": 2}
+    assert capsys.readouterr().out == "a b/c: 2\n"
+
+
+def test_logs_stream_to_stdout(capsysbinary):
+    status, [request] = run(
+        ["logs", "12", "-f", "--tail", "5"],
+        lambda r: httpx.Response(200, content=b"step 1\nstep 2\n"),
+    )
+    assert status == 0
+    assert dict(request.url.params) == {"follow": "1", "tail": "5"}
+    assert capsysbinary.readouterr().out == b"step 1\nstep 2\n"
+
+
+def test_logs_error(capsys):
+    status, _ = run(
+        ["logs", "12"],
+        lambda r: httpx.Response(409, json={"error": "job 12 has no log", "field": "id"}),
+    )
+    assert (status, capsys.readouterr().err) == (1, "error: job 12 has no log (field: id)\n")
+
+
+def test_proxy_errors_are_one_line(capsys):
+    status, _ = run(["list"], lambda r: httpx.Response(503, text="<!DOCTYPE HTML><html>..."))
+    assert status == 1
+    assert capsys.readouterr().err == (
+        "error: the queue answered 503 Service Unavailable (the service is not running; "
+        "the hub restarts it: retry shortly)\n"
+    )
+
+
+def test_missing_token_and_unreachable(capsys):
+    status, seen = run(
+        ["list"], lambda r: httpx.Response(200), env={"LLMSPAWNER_QUEUE_URL": "http://q/"}
+    )
+    assert (status, seen) == (2, [])
+    assert "JUPYTERHUB_API_TOKEN" in capsys.readouterr().err
+
+    def refuse(request):
+        raise httpx.ConnectError("connection refused")
+
+    status, _ = run(["list"], refuse)
+    assert status == 2
+    assert capsys.readouterr().err.startswith(
+        "error: cannot reach the queue at http://hub:8000/services/llm-queue/"
+    )
+
+
+def test_unreadable_config(capsys):
+    status, seen = run(["submit", "/no/such.yaml", "--profile", "cpu"], lambda r: None)
+    assert (status, seen) == (2, [])
+    assert capsys.readouterr().err.startswith("error: cannot read /no/such.yaml")

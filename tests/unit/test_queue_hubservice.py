@@ -1,0 +1,114 @@
+"""The ``llm-queue`` service entry and roles, and how they merge into a hub config."""
+
+from __future__ import annotations
+
+import sys
+
+from jupyterhub.roles import get_default_roles
+from traitlets.config import Config
+
+from llmspawner.queue.hubservice import (
+    ACCESS_SCOPE,
+    ADMIN_SCOPE,
+    DEFAULT_SERVER_SCOPES,
+    configure_queue,
+    merge_roles,
+    queue_service,
+)
+
+
+def test_the_default_server_scopes_are_jupyterhubs():
+    [server] = [r for r in get_default_roles() if r["name"] == "server"]
+    assert tuple(server["scopes"]) == DEFAULT_SERVER_SCOPES
+
+
+def test_service_entry():
+    env = {
+        "LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101/",
+        "KUBECONFIG": "/k",
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "LLMSPAWNER_NAMESPACE": "jh",
+        "HOME": "/root",
+        "OAUTH_CLIENT_SECRET": "secret",
+    }
+    spawner = {"profiles_dir": "/p", "gpu_replica_counts": [2, 4], "image": "img:1"}
+    service, roles = queue_service(env, spawner)
+    assert service["name"] == "llm-queue"
+    assert service["url"] == "http://hub:10101"
+    assert service["command"] == [sys.executable, "-m", "llmspawner.queue"]
+    assert service["environment"] == {
+        "KUBECONFIG": "/k",
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "LLMSPAWNER_NAMESPACE": "jh",
+        "LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101/",
+        "LLMSPAWNER_PROFILES_DIR": "/p",
+        "LLMSPAWNER_GPU_REPLICA_COUNTS": "2,4",
+        "LLMSPAWNER_SINGLEUSER_IMAGE": "img:1",
+    }
+    assert service["oauth_no_confirm"] is True
+    assert service["oauth_client_allowed_scopes"] == [ADMIN_SCOPE]
+    assert [r["name"] for r in roles] == ["llm-queue-service", "server"]
+    assert roles[0] == {**roles[0], "scopes": [], "services": ["llm-queue"]}
+    assert roles[1]["scopes"] == [*DEFAULT_SERVER_SCOPES, ACCESS_SCOPE]
+
+
+def test_free_port_by_default_and_admin_groups():
+    service, roles = queue_service({"LLMSPAWNER_QUEUE_ADMIN_GROUPS": "ops, admins,ops"})
+    assert service["url"].startswith("http://127.0.0.1:")
+    assert roles[-1] == {
+        "name": "llm-queue-admin",
+        "description": roles[-1]["description"],
+        "scopes": [ADMIN_SCOPE, ACCESS_SCOPE],
+        "groups": ["admins", "ops"],
+    }
+
+
+def test_merge_roles_merges_same_names_and_keeps_others():
+    existing = [
+        {"name": "server", "scopes": ["inherit"], "description": "mine"},
+        {"name": "teacher", "scopes": ["users"], "users": ["t"]},
+    ]
+    new = [
+        {"name": "server", "scopes": ["inherit", ACCESS_SCOPE], "description": "theirs"},
+        {"name": "llm-queue-service", "scopes": [], "services": ["llm-queue"]},
+    ]
+    merged = merge_roles(existing, new)
+    assert merged == [
+        {"name": "server", "scopes": ["inherit", ACCESS_SCOPE], "description": "mine"},
+        {"name": "teacher", "scopes": ["users"], "users": ["t"]},
+        {"name": "llm-queue-service", "scopes": [], "services": ["llm-queue"]},
+    ]
+    assert existing[0]["scopes"] == ["inherit"]  # inputs untouched
+
+
+def test_configure_queue_appends_to_what_is_configured():
+    c = Config()
+    c.JupyterHub.services = [{"name": "idle-culler", "command": ["x"]}]
+    c.JupyterHub.load_roles = [{"name": "server", "scopes": ["users:activity!user"]}]
+    c.JupyterHub.custom_scopes = {"custom:x": {"description": "x"}}
+    c.JupyterHub.extra_user_scopes = {"read:users:name"}
+    c.JupyterHub.base_url = "/jh/"
+    c.LLMSpawner.environment = {"FOO": "1"}
+    configure_queue(c, {"LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101"})
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "llm-queue"]
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["server"]["scopes"] == [
+        "users:activity!user",
+        "access:servers!server",
+        ACCESS_SCOPE,
+    ]
+    assert set(c.JupyterHub.custom_scopes) == {"custom:x", ADMIN_SCOPE}
+    assert c.JupyterHub.extra_user_scopes == {"read:users:name", ACCESS_SCOPE}
+    assert c.LLMSpawner.environment == {
+        "FOO": "1",
+        "LLMSPAWNER_QUEUE_URL": "http://hub:10101/jh/services/llm-queue/",
+    }
+    # Twice is once.
+    configure_queue(c, {"LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101"})
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "llm-queue"]
+
+
+def test_configure_queue_can_be_switched_off():
+    c = Config()
+    configure_queue(c, {"LLMSPAWNER_QUEUE": "0"})
+    assert "services" not in c.JupyterHub
