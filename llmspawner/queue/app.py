@@ -12,7 +12,7 @@ see and act on every job, everyone else only on their own, and another user's jo
 
 Errors are JSON ``{"error": <sentence>, "field": <request field or null>}`` (an invalid
 training config adds ``"problems": [{"field", "message"}, ...]``); tokens never appear in
-logs or answers. The API is documented in ``API.md`` next to this file.
+logs or answers. The API is documented in ``docs/queue-api.md``.
 """
 
 from __future__ import annotations

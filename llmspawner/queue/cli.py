@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class QueueClient:
-    """A small HTTP client of the queue's REST API (``API.md``).
+    """A small HTTP client of the queue's REST API (``docs/queue-api.md``).
 
     Args:
         url: the service's URL, ending with ``/``.

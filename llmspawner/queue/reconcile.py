@@ -318,7 +318,7 @@ class JobQueue:
             return self.settings.default_limit if row is None else row.max_running
 
     def view(self, row: Job, *, with_config: bool = False) -> dict:
-        """Return the API's JSON object of a job (see ``API.md``)."""
+        """Return the API's JSON object of a job (see ``docs/queue-api.md``)."""
         queued = row.state == "queued"
         profile = self.profiles.get(row.profile)
         out = {
