@@ -27,6 +27,7 @@ from llmspawner.hubconfig import REPO_PROFILES
 
 from .browser import chromium, chromium_path, oidc_login
 from .conftest import STACK_TIMEOUT
+from .polling import wait_until
 from .procs import processes_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.llamaboard]
@@ -74,17 +75,6 @@ def cull_stack(tmp_path_factory):
 
 def server_of(session: HubSession) -> dict | None:
     return session.server_model()
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
 
 
 def last_activity(server: dict) -> datetime:

@@ -2,11 +2,12 @@
 by itself when a slice frees; bad options are refused before anything is created."""
 
 import re
-import time
 
 import pytest
 
 from llmspawner.dev.login import HubSession
+
+from .polling import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -47,17 +48,6 @@ def pods_on(stack, node: str) -> list[str]:
             for p in kube.list_pods("default")
             if p["spec"].get("nodeName") == node
         )
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout} s")
-        time.sleep(interval)
 
 
 def test_third_medium_user_waits_then_starts_by_itself(stack, users, timeouts):
