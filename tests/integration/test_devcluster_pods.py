@@ -297,7 +297,7 @@ async def test_delete_kills_the_process_group_after_the_grace_period(core, names
 
     await wait_for(gone)
     elapsed = time.monotonic() - started
-    assert 0.9 <= elapsed < 3, elapsed  # SIGTERM ignored: SIGKILL after 1 s
+    assert 0.9 <= elapsed < 10, elapsed  # SIGTERM ignored: SIGKILL after the 1 s grace
     assert alive(pids) == []
 
 
