@@ -106,7 +106,8 @@ class KeepActive:
         while not self.stop.wait(2):
             for session in self.sessions:
                 try:
-                    session.get(f"/user/{session.username}/api/status")
+                    # Any tracked API call counts (not /api/status, which is never tracked).
+                    session.get(f"/user/{session.username}/api/contents?content=0")
                 except Exception:
                     pass
 
