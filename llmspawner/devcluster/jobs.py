@@ -26,6 +26,7 @@ import datetime
 import logging
 import time
 
+from .controller import reconcile_loop
 from .events import record_event
 from .resources import JOBS, PODS
 from .scheduler import set_condition
@@ -132,14 +133,7 @@ class JobController:
 
     async def run(self) -> None:
         """Reconcile until cancelled."""
-        while True:
-            self._wake.clear()
-            try:
-                self.reconcile()
-            except Exception:
-                log.exception("devcluster job controller pass failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+        await reconcile_loop(self.reconcile, self._wake, self.interval, "job controller")
 
     def reconcile(self) -> None:
         """One pass over every Job."""

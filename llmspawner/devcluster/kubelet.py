@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import containers
+from .controller import reconcile_loop
 from .events import record_event
 from .resources import PODS
 from .scheduler import set_condition
@@ -590,14 +591,7 @@ class Kubelet:
 
     async def run(self) -> None:
         """Reconcile until cancelled."""
-        while True:
-            self._wake.clear()
-            try:
-                self.reconcile()
-            except Exception:
-                log.exception("devcluster kubelet pass failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.interval)
+        await reconcile_loop(self.reconcile, self._wake, self.config.interval, "kubelet")
 
     def reconcile(self) -> None:
         """Start workers for new bound pods; stop those of deleted pods."""

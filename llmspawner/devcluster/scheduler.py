@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from .controller import reconcile_loop
 from .events import record_event
 from .nodes import parse_quantity
 from .resources import NODES, PODS
@@ -264,16 +265,7 @@ class Scheduler:
 
     async def run(self) -> None:
         """Reconcile until cancelled."""
-        while True:
-            self._wake.clear()
-            try:
-                self.reconcile()
-            except Exception:
-                log.exception("devcluster scheduler pass failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            except asyncio.TimeoutError:
-                pass
+        await reconcile_loop(self.reconcile, self._wake, self.interval, "scheduler")
 
     def reconcile(self) -> None:
         """One pass over the pending pods, highest priority first, then oldest."""
