@@ -56,6 +56,19 @@ class SandboxError(Exception):
     """A failure to set up the container; the message is reported as the StartError."""
 
 
+def _forward_signals(pid: int) -> None:
+    """Pass SIGTERM, SIGINT and SIGHUP received by this process on to ``pid``."""
+
+    def forward(signum, frame):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+
+
 def _check(result: int, what: str) -> None:
     if result != 0:
         err = ctypes.get_errno()
@@ -216,14 +229,7 @@ def _run_init(spec: dict) -> None:
             signal.signal(sig, signal.SIG_DFL)
         _exec_container(spec)
 
-    def forward(signum, frame):
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    _forward_signals(child)
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
@@ -261,14 +267,7 @@ def main(argv: list) -> None:
     if init == 0:
         _run_init(spec)
 
-    def forward(signum, frame):
-        try:
-            os.kill(init, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    _forward_signals(init)
     while True:
         try:
             _, status = os.waitpid(init, 0)

@@ -9,30 +9,9 @@ import pytest
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.rest import ApiException
 
-from llmspawner.devcluster.testing import fast_cluster, wait_for
+from llmspawner.devcluster.testing import wait_for
 
 SLEEPER = {"name": "main", "image": "python", "command": ["sleep", "60"]}
-
-
-@pytest.fixture(scope="module")
-async def cluster(tmp_path_factory):
-    async with fast_cluster(tmp_path_factory.mktemp("devcluster-api")) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-async def api(cluster):
-    api_client = await config.new_client_from_config(config_file=str(cluster.kubeconfig_path))
-    async with api_client:
-        yield api_client
-
-
-@pytest.fixture
-async def namespace(api, request):
-    name = request.node.name.replace("_", "-").lower()[:50]
-    await client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
-    yield name
-    await client.CoreV1Api(api).delete_namespace(name)
 
 
 def kubectl(cluster, *args):

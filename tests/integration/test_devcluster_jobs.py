@@ -1,31 +1,10 @@
 """The devcluster's Job controller, driven through kubernetes_asyncio's BatchV1Api."""
 
 import pytest
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from llmspawner.devcluster.testing import fast_cluster, wait_for
-
-
-@pytest.fixture(scope="module")
-async def cluster(tmp_path_factory):
-    async with fast_cluster(tmp_path_factory.mktemp("devcluster-jobs")) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-async def api(cluster):
-    api_client = await config.new_client_from_config(config_file=str(cluster.kubeconfig_path))
-    async with api_client:
-        yield api_client
-
-
-@pytest.fixture
-async def namespace(api, request):
-    name = request.node.name.replace("_", "-").lower()[:50]
-    await client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
-    yield name
-    await client.CoreV1Api(api).delete_namespace(name)
+from llmspawner.devcluster.testing import wait_for
 
 
 def job_manifest(name, script, **spec):

@@ -1,0 +1,32 @@
+"""Fixtures shared by integration tests of the emulated cluster (a module may define its own)."""
+
+import pytest
+from kubernetes_asyncio import client, config
+
+from llmspawner.devcluster.testing import fast_cluster
+
+
+@pytest.fixture(scope="module")
+async def cluster(tmp_path_factory, request):
+    """A fast emulated cluster for the test module."""
+    async with fast_cluster(
+        tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    ) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def api(cluster):
+    """A kubernetes_asyncio ``ApiClient`` configured from the cluster's kubeconfig."""
+    api_client = await config.new_client_from_config(config_file=str(cluster.kubeconfig_path))
+    async with api_client:
+        yield api_client
+
+
+@pytest.fixture
+async def namespace(api, request):
+    """A fresh namespace named after the test, deleted afterwards."""
+    name = request.node.name.replace("_", "-").lower()[:50]
+    await client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+    yield name
+    await client.CoreV1Api(api).delete_namespace(name)
