@@ -91,6 +91,7 @@ def culler_service(
     max_age: int = 0,
     cull_users: bool = False,
     environment: Mapping[str, str] | None = None,
+    api_url: str | None = None,
 ) -> tuple[dict, dict]:
     """The ``c.JupyterHub.services`` entry and the role of the idle culler (pure).
 
@@ -101,6 +102,10 @@ def culler_service(
         max_age: seconds after which a server is culled even if active; 0: never.
         cull_users: also delete users who have been inactive (needs ``admin:users``).
         environment: variables for the culler's process (e.g. ``LLMSPAWNER_PROFILES_DIR``).
+        api_url: the hub's API URL as the culler reaches it (``--url``); default the hub's
+            ``$JUPYTERHUB_API_URL``. Under z2jh that names the hub's Service, which a pod may
+            not reach through its own network policy, so the chart's culler uses
+            ``http://localhost:8081/hub/api`` (z2jh's ``jupyterhub_config.py``).
 
     Returns:
         ``(service, role)``; the role holds exactly the scopes the culler needs.
@@ -128,6 +133,8 @@ def culler_service(
     ]
     if cull_users:
         command.append("--cull-users")
+    if api_url:
+        command.append(f"--url={api_url}")
     service = {"name": "idle-culler", "command": command}
     if environment:
         service["environment"] = dict(environment)

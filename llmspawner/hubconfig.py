@@ -23,6 +23,8 @@ Environment variables (all optional):
 ``LLMSPAWNER_ADMIN_GROUPS``               comma-separated groups whose members are hub admins
 ``LLMSPAWNER_ALLOW_ALL``                  ``1``: every user the provider authenticates may log in
 ``LLMSPAWNER_CULL_*``                     the idle culler, see :func:`configure_culler`
+``LLMSPAWNER_HUB_API_URL``                the hub's API as services in the hub's pod reach it
+                                          (z2jh: ``http://localhost:8081/hub/api``)
 ``LLMSPAWNER_QUEUE*``                     the batch queue, see ``llmspawner.queue.hubservice``
 ``LLMSPAWNER_DEV``                        ``1``: settings for the emulated dev cluster
 ========================================  ======================================================
@@ -61,11 +63,24 @@ def configure_spawner(c, env: Mapping[str, str] = os.environ) -> None:
     """Use :class:`~llmspawner.spawner.LLMSpawner` and configure it from ``env``.
 
     Validates the profile files now, so that the hub refuses to start on a broken profile.
+    Drops an empty ``profile_list`` (z2jh's ``singleuser.profileList: []`` default), which
+    would hide the profiles.
 
     Raises:
-        ConfigError: naming the profile file, the field and the allowed values.
+        ConfigError: naming the profile file, the field and the allowed values; or when a
+            kubespawner ``profile_list`` is configured (profiles are files here).
     """
     _set_default(c.JupyterHub, "spawner_class", "llm")
+    # z2jh sets c.KubeSpawner.profile_list from singleuser.profileList, [] by default; that
+    # would replace LLMSpawner's own list (built from the profile files) with nothing.
+    for section in (c.KubeSpawner, c.LLMSpawner):
+        if "profile_list" in section:
+            if section.profile_list:
+                raise ConfigError(
+                    "llmspawner: GPU profiles are files in LLMSpawner.profiles_dir; remove "
+                    "singleuser.profileList (KubeSpawner.profile_list)"
+                )
+            del section["profile_list"]
     s = c.LLMSpawner
     if env.get("LLMSPAWNER_PROFILES_DIR"):
         s.profiles_dir = env["LLMSPAWNER_PROFILES_DIR"]
@@ -229,8 +244,8 @@ def configure_culler(c, env: Mapping[str, str] = os.environ) -> None:
     ``LLMSPAWNER_CULL`` (``0``: off), ``LLMSPAWNER_CULL_TIMEOUT`` (seconds, default 3600, for
     profiles without ``idle_timeout``), ``LLMSPAWNER_CULL_EVERY`` (seconds, default 300),
     ``LLMSPAWNER_CULL_MAX_AGE`` (seconds, default 0: none), ``LLMSPAWNER_CULL_USERS`` (``1``:
-    also delete inactive users). Skipped when a culler service is configured already (z2jh's
-    ``cull.enabled``).
+    also delete inactive users), ``LLMSPAWNER_HUB_API_URL`` (the culler's ``--url``).
+    Skipped when a culler service is configured already (z2jh's ``cull.enabled``).
 
     The hub's own activity polling of the proxy is switched off
     (``JupyterHub.last_activity_interval = 0``): configurable-http-proxy counts every request,
@@ -261,6 +276,7 @@ def configure_culler(c, env: Mapping[str, str] = os.environ) -> None:
             max_age=_int(env, "LLMSPAWNER_CULL_MAX_AGE", 0),
             cull_users=env.get("LLMSPAWNER_CULL_USERS", "") in ("1", "true", "yes"),
             environment=environment,
+            api_url=env.get("LLMSPAWNER_HUB_API_URL") or None,
         )
     except ValueError as e:
         raise ConfigError(f"llmspawner: {e}") from None

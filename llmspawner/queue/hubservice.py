@@ -26,6 +26,8 @@ Environment (all optional):
 ``LLMSPAWNER_QUEUE_SERVICE_URL``    where the service listens, as the proxy reaches it
                                     (default ``http://127.0.0.1:<free port>``; under z2jh e.g.
                                     ``http://hub:10101``)
+``LLMSPAWNER_QUEUE_BIND_URL``       where the service binds, when the service URL names
+                                    something else (z2jh: ``http://0.0.0.0:10101``)
 ``LLMSPAWNER_QUEUE_CLIENT_URL``     the service's URL as the users' pods reach it, given to them
                                     as ``LLMSPAWNER_QUEUE_URL`` for the CLI (default: the service
                                     URL + ``/services/llm-queue/``)
@@ -192,6 +194,8 @@ def configure_queue(c, env: Mapping[str, str] = os.environ) -> None:
     Appends the service, merges its roles into ``load_roles``, declares
     ``custom:llm-queue:admin``, adds ``access:services!service=llm-queue`` to
     ``extra_user_scopes``, and gives the users' pods ``LLMSPAWNER_QUEUE_URL`` (unless set).
+    The service copies the spawner's settings from ``c.KubeSpawner`` (where z2jh puts the
+    namespace and image) overridden by ``c.LLMSpawner``.
     Does nothing when ``LLMSPAWNER_QUEUE=0`` or a service named ``llm-queue`` exists already.
     """
     if env.get("LLMSPAWNER_QUEUE", "1").lower() in ("0", "false", "no"):
@@ -200,7 +204,10 @@ def configure_queue(c, env: Mapping[str, str] = os.environ) -> None:
     services = list(hub.get("services", []))
     if any(s.get("name") == SERVICE_NAME for s in services):
         return
-    service, roles = queue_service(env, c.LLMSpawner)
+    # z2jh configures the spawner as c.KubeSpawner (namespace, image); LLMSpawner inherits
+    # those, and its own section wins, as in traitlets.
+    spawner = {**c.KubeSpawner, **c.LLMSpawner}
+    service, roles = queue_service(env, spawner)
     hub.services = [*services, service]
     hub.load_roles = merge_roles(list(hub.get("load_roles", [])), roles)
     hub.custom_scopes = {**hub.get("custom_scopes", {}), **CUSTOM_SCOPES}
@@ -209,6 +216,8 @@ def configure_queue(c, env: Mapping[str, str] = os.environ) -> None:
     client_url = env.get("LLMSPAWNER_QUEUE_CLIENT_URL") or (
         f"{service['url']}{base_url.rstrip('/')}/services/{SERVICE_NAME}/"
     )
-    environment = dict(c.LLMSpawner.get("environment", {}))
+    # LLMSpawner's section replaces KubeSpawner's (z2jh's singleuser.extraEnv) for the same
+    # trait, so both are merged here.
+    environment = {**c.KubeSpawner.get("environment", {}), **c.LLMSpawner.get("environment", {})}
     environment.setdefault("LLMSPAWNER_QUEUE_URL", client_url)
     c.LLMSpawner.environment = environment

@@ -289,13 +289,29 @@ class LLMQueue(Application):
 
     bind_url = Unicode(
         config=True,
-        help="Where to listen. Default ``$JUPYTERHUB_SERVICE_URL``, else "
-        "``http://127.0.0.1:10101``.",
+        help="Where to listen. Default ``$LLMSPAWNER_QUEUE_BIND_URL``, else "
+        "``$JUPYTERHUB_SERVICE_URL``, else ``http://127.0.0.1:10101``. Under z2jh the "
+        "service's URL names the hub's Service (``http://hub:10101``), which the pod cannot "
+        "bind: set ``LLMSPAWNER_QUEUE_BIND_URL=http://0.0.0.0:10101`` there.",
     )
 
     @default("bind_url")
     def _bind_default(self):
-        return _env("JUPYTERHUB_SERVICE_URL", default="http://127.0.0.1:10101")
+        return _env(
+            "LLMSPAWNER_QUEUE_BIND_URL", "JUPYTERHUB_SERVICE_URL", default="http://127.0.0.1:10101"
+        )
+
+    hub_api_url = Unicode(
+        config=True,
+        help="The hub's API URL for identifying callers. Default "
+        "``$LLMSPAWNER_HUB_API_URL``, else ``$JUPYTERHUB_API_URL`` (HubOAuth's own default). "
+        "Under z2jh that names the hub's Service, which the hub's pod may not reach through "
+        "its own network policy; ``http://localhost:8081/hub/api`` always works there.",
+    )
+
+    @default("hub_api_url")
+    def _hub_api_url_default(self):
+        return _env("LLMSPAWNER_HUB_API_URL")
 
     service_prefix = Unicode(
         config=True,
@@ -380,7 +396,8 @@ class LLMQueue(Application):
             interval=self.admission_interval,
         )
         queue = JobQueue(sessions, backend, profiles, cluster, settings, mlflow=mlflow)
-        hub_auth = HubOAuth(parent=self, access_scopes=set(self.access_scopes))
+        api_url = {"api_url": self.hub_api_url} if self.hub_api_url else {}
+        hub_auth = HubOAuth(parent=self, access_scopes=set(self.access_scopes), **api_url)
         app = make_app(
             queue=queue,
             hub_auth=hub_auth,

@@ -93,3 +93,34 @@ def test_values_set_before_win():
     assert c.GenericOAuthenticator.username_claim == "email"
     assert c.GenericOAuthenticator.allowed_groups == {"from-chart"}
     assert c.GenericOAuthenticator.allow_all is True
+
+
+def test_charts_empty_profile_list_is_dropped():
+    """z2jh sets ``KubeSpawner.profile_list = []`` (singleuser.profileList's default); kept,
+    it would replace LLMSpawner's list and the spawn form would offer no profile."""
+    c = Config()
+    c.KubeSpawner.profile_list = []
+    c.LLMSpawner.profiles_dir = str(ROOT / "profiles")
+    hubconfig.configure_spawner(c, {})
+    assert "profile_list" not in c.KubeSpawner
+
+
+def test_a_kubespawner_profile_list_is_refused():
+    c = Config()
+    c.KubeSpawner.profile_list = [{"display_name": "GPU", "slug": "gpu"}]
+    with pytest.raises(hubconfig.ConfigError) as e:
+        hubconfig.configure_spawner(c, {})
+    assert str(e.value) == (
+        "llmspawner: GPU profiles are files in LLMSpawner.profiles_dir; remove "
+        "singleuser.profileList (KubeSpawner.profile_list)"
+    )
+
+
+def test_culler_reaches_the_hub_api_given(monkeypatch):
+    c = Config()
+    c.LLMSpawner.profiles_dir = str(ROOT / "profiles")
+    hubconfig.configure_culler(c, {"LLMSPAWNER_HUB_API_URL": "http://localhost:8081/hub/api"})
+    (culler,) = c.JupyterHub.services
+    assert culler["command"][-1] == "--url=http://localhost:8081/hub/api"
+    hubconfig.configure_culler(c2 := Config(), {})
+    assert not any(a.startswith("--url") for a in c2.JupyterHub.services[0]["command"])

@@ -112,3 +112,22 @@ def test_configure_queue_can_be_switched_off():
     c = Config()
     configure_queue(c, {"LLMSPAWNER_QUEUE": "0"})
     assert "services" not in c.JupyterHub
+
+
+def test_configure_queue_reads_the_charts_kubespawner_section():
+    """z2jh puts namespace, image and singleuser.extraEnv in ``c.KubeSpawner``."""
+    c = Config()
+    c.KubeSpawner.namespace = "llm"
+    c.KubeSpawner.image = "ghcr.io/llmspawner/singleuser:0.1.0"
+    c.KubeSpawner.environment = {"FROM_CHART": "1", "BOTH": "chart"}
+    c.LLMSpawner.environment = {"BOTH": "llmspawner"}
+    c.LLMSpawner.image = "registry.example/singleuser:2"
+    configure_queue(c, {"LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101"})
+    env = c.JupyterHub.services[0]["environment"]
+    assert env["LLMSPAWNER_NAMESPACE"] == "llm"
+    assert env["LLMSPAWNER_SINGLEUSER_IMAGE"] == "registry.example/singleuser:2"
+    assert c.LLMSpawner.environment == {
+        "FROM_CHART": "1",
+        "BOTH": "llmspawner",
+        "LLMSPAWNER_QUEUE_URL": "http://hub:10101/services/llm-queue/",
+    }
