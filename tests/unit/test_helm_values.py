@@ -40,4 +40,4 @@ def test_values_use_llmspawner():
     values = yaml.safe_load((ROOT / "helm-values.yaml").read_text())
     assert values["hub"]["config"]["JupyterHub"]["spawner_class"] == "llm"
     assert values["singleuser"]["storage"]["type"] == "none"
-    assert "configure_spawner(c)" in values["hub"]["extraConfig"]["llmspawner"]
+    assert "configure(c)" in values["hub"]["extraConfig"]["llmspawner"]

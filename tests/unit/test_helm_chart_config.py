@@ -1,0 +1,224 @@
+"""helm-values.yaml loaded the way the z2jh chart's hub loads it, and what the hub builds.
+
+The chart's own steps are repeated by ``tests/unit/z2jh_chart.py``. Stand-ins, because no
+cluster runs here: the ConfigMap ``llm-profiles`` mounted in the hub is the repository's
+``profiles/`` folder, the Secret ``llm-oidc`` is a dict, and the OIDC issuer's discovery
+document is served by a local HTTP server.
+"""
+
+import json
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import latest_version
+
+from llmspawner.hubconfig import REPO_PROFILES
+from llmspawner.queue.hubservice import ACCESS_SCOPE, ADMIN_SCOPE
+
+from .conftest import pod_for
+from .z2jh_chart import apply_chart_config, deep_merge, hub_environment
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART_DEFAULTS = ROOT.parent / "shared" / "z2jh" / "values.yaml"
+VENDORED_DEFAULTS = ROOT / "llmspawner" / "deploy" / "z2jh" / "values.yaml"
+SINGLEUSER_IMAGE = "ghcr.io/llmspawner/singleuser:0.1.0"
+MLFLOW = "http://mlflow.llm.svc.cluster.local:5000"
+
+
+def chart_defaults() -> dict:
+    for path in (VENDORED_DEFAULTS, CHART_DEFAULTS):
+        if path.is_file():
+            return yaml.safe_load(path.read_text())
+    pytest.skip(f"z2jh chart defaults not found at {VENDORED_DEFAULTS} or {CHART_DEFAULTS}")
+
+
+@pytest.fixture(scope="module")
+def issuer():
+    """A local OIDC issuer: only its discovery document, which the hub reads at start."""
+    doc = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/realms/lab/.well-known/openid-configuration":
+                self.send_error(404)
+                return
+            body = json.dumps(doc).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    url = f"http://127.0.0.1:{server.server_port}/realms/lab"
+    doc.update(
+        issuer=url,
+        authorization_endpoint=f"{url}/auth",
+        token_endpoint=f"{url}/token",
+        userinfo_endpoint=f"{url}/userinfo",
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield url
+    server.shutdown()
+
+
+@pytest.fixture
+def chart_config(issuer, monkeypatch):
+    """The hub's config as the chart builds it from helm-values.yaml, in namespace ``llm``."""
+    values = deep_merge(chart_defaults(), yaml.safe_load((ROOT / "helm-values.yaml").read_text()))
+    # Stand-in for the ConfigMap mounted at hub.extraVolumeMounts' mountPath.
+    mounted = values["hub"]["extraVolumeMounts"][0]["mountPath"]
+    assert values["hub"]["config"]["LLMSpawner"]["profiles_dir"] == mounted
+    values["hub"]["config"]["LLMSpawner"]["profiles_dir"] = str(REPO_PROFILES)
+    secrets = {"llm-oidc": {"issuer": issuer, "client-id": "llm-hub", "client-secret": "s3cret"}}
+    env = hub_environment(values, secrets, namespace="llm")
+    for name in [n for n in os.environ if n.startswith(("LLMSPAWNER_", "OAUTH"))]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return apply_chart_config(values)
+
+
+def test_hub_settings(chart_config, issuer):
+    hub = chart_config.JupyterHub
+    assert hub.spawner_class == "llm"
+    assert hub.authenticator_class == "generic-oauth"
+    # The chart sets 60; proxy activity would count LlamaBoard's polling.
+    assert hub.last_activity_interval == 0
+    auth = chart_config.GenericOAuthenticator
+    assert (auth.authorize_url, auth.token_url, auth.userdata_url) == (
+        f"{issuer}/auth",
+        f"{issuer}/token",
+        f"{issuer}/userinfo",
+    )
+    assert auth.allowed_groups == {"llm-users"}
+    assert auth.admin_groups == {"llm-admins"}
+    assert auth.manage_groups is True
+    # Client id and secret stay in the environment (from the Secret), read by oauthenticator.
+    assert "client_secret" not in auth
+
+
+def test_culler_service(chart_config):
+    services = {s["name"]: s for s in chart_config.JupyterHub.services}
+    assert sorted(services) == ["idle-culler", "llm-queue"]
+    culler = services["idle-culler"]
+    assert culler["command"] == [
+        sys.executable,
+        "-m",
+        "jupyterhub_idle_culler",
+        "--timeout=3600",
+        "--cull-every=300",
+        "--max-age=0",
+        "--config=" + str(ROOT / "llmspawner" / "culler_config.py"),
+        "--url=http://localhost:8081/hub/api",
+    ]
+    assert culler["environment"] == {
+        "LLMSPAWNER_PROFILES_DIR": str(REPO_PROFILES),
+        "LLMSPAWNER_GPU_SHARED_RESOURCE": "nvidia.com/gpu",
+        "LLMSPAWNER_GPU_REPLICA_COUNTS": "2,4",
+        "LLMSPAWNER_MIG_STRATEGY": "mixed",
+    }
+    roles = {r["name"]: r for r in chart_config.JupyterHub.load_roles}
+    assert roles["idle-culler"]["services"] == ["idle-culler"]
+    assert roles["idle-culler"]["scopes"] == [
+        "list:users",
+        "read:users:activity",
+        "read:servers",
+        "delete:servers",
+    ]
+
+
+def test_queue_service(chart_config):
+    services = {s["name"]: s for s in chart_config.JupyterHub.services}
+    queue = services["llm-queue"]
+    assert queue["url"] == "http://hub:10101"
+    assert queue["command"] == [sys.executable, "-m", "llmspawner.queue"]
+    env = queue["environment"]
+    assert {k: v for k, v in env.items() if k.startswith("LLMSPAWNER_QUEUE")} == {
+        "LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101",
+        "LLMSPAWNER_QUEUE_BIND_URL": "http://0.0.0.0:10101",
+        "LLMSPAWNER_QUEUE_DB_URL": "sqlite:////srv/jupyterhub/llm-queue.sqlite",
+        "LLMSPAWNER_QUEUE_ADMIN_GROUPS": "llm-admins",
+    }
+    # The chart's namespace and image (c.KubeSpawner) reach the queue's Jobs.
+    assert env["LLMSPAWNER_NAMESPACE"] == "llm"
+    assert env["LLMSPAWNER_SINGLEUSER_IMAGE"] == SINGLEUSER_IMAGE
+    assert env["LLMSPAWNER_STORAGE_CLAIM"] == "llm-storage"
+    assert env["LLMSPAWNER_MLFLOW_TRACKING_URI"] == MLFLOW
+    assert env["LLMSPAWNER_HUB_API_URL"] == "http://localhost:8081/hub/api"
+    # Secrets of the hub's environment are not handed to the service.
+    assert "OAUTH_CLIENT_SECRET" not in env
+    roles = {r["name"]: r for r in chart_config.JupyterHub.load_roles}
+    assert roles["llm-queue-service"]["scopes"] == []
+    assert roles["llm-queue-admin"]["groups"] == ["llm-admins"]
+    assert roles["llm-queue-admin"]["scopes"] == [ADMIN_SCOPE, ACCESS_SCOPE]
+    assert ACCESS_SCOPE in chart_config.JupyterHub.extra_user_scopes
+
+
+async def test_alice_on_medium(chart_config, stub_kubeconfig):
+    from llmspawner.spawner import LLMSpawner
+
+    user = SimpleNamespace(name="alice", id=1, url="/user/alice/", groups=[])
+    spawner = LLMSpawner(config=chart_config, user=user, _mock=True)
+    pod = await pod_for(spawner, {"profile": "medium"})
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    assert container["image"] == SINGLEUSER_IMAGE
+    assert container["args"] == ["jupyterhub-singleuser"]
+    assert container["resources"] == {
+        "limits": {"cpu": 8.0, "memory": 48 * 2**30, "nvidia.com/gpu": 1},
+        "requests": {"cpu": 4.0, "memory": 16 * 2**30, "nvidia.com/gpu": 1},
+    }
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.replicas": "2"}
+    # The chart's user-pod tolerations stay; the GPU toleration is added.
+    assert spec["tolerations"] == [
+        {
+            "key": "hub.jupyter.org/dedicated",
+            "operator": "Equal",
+            "value": "user",
+            "effect": "NoSchedule",
+        },
+        {
+            "key": "hub.jupyter.org_dedicated",
+            "operator": "Equal",
+            "value": "user",
+            "effect": "NoSchedule",
+        },
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    ]
+    assert spec["schedulerName"] == "user-scheduler"
+    assert spec["securityContext"] == {"fsGroup": 100}
+    assert container["securityContext"]["runAsUser"] == 1000
+    assert spec["volumes"] == [
+        {"name": "llm-storage", "persistentVolumeClaim": {"claimName": "llm-storage"}}
+    ]
+    assert container["volumeMounts"] == [
+        {"name": "llm-storage", "mountPath": "/storage/users/alice", "subPath": "users/alice"},
+        {
+            "name": "llm-storage",
+            "mountPath": "/storage/models",
+            "subPath": "models",
+            "readOnly": True,
+        },
+    ]
+    assert [c["name"] for c in spec["initContainers"]] == ["block-cloud-metadata"]
+    # The chart's label that lets the pod reach the hub (and, through our rules, the queue).
+    assert pod["metadata"]["labels"]["hub.jupyter.org/network-access-hub"] == "true"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == MLFLOW
+    assert env["MLFLOW_EXPERIMENT_NAME"] == "alice-experiments"
+    assert env["LLMSPAWNER_QUEUE_URL"] == "http://hub:10101/services/llm-queue/"
+    assert env["HOME"] == "/storage/users/alice"
+    for version in ("1.32", latest_version()):
+        kubernetes_validate.validate(pod, version, strict=True)
