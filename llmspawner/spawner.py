@@ -39,7 +39,7 @@ PROFILE_TRAITS = (
 )
 #: kubespawner traits set from the user's storage for one spawn, computed from their
 #: configured values each time.
-STORAGE_TRAITS = ("volumes", "volume_mounts", "working_dir")
+STORAGE_TRAITS = ("volumes", "volume_mounts", "working_dir", "init_containers")
 
 
 def kubespawner_override(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUConfig):
@@ -481,6 +481,9 @@ class LLMSpawner(KubeSpawner):
     async def load_user_options(self):
         """Apply the chosen profile (default: the default profile) and the user's storage.
 
+        With a ``uid`` configured (z2jh: ``singleuser.uid``), an init container gives the
+        user's folder to that uid first (:func:`llmspawner.storage.build_owner_init_container`).
+
         Called by kubespawner at the start of every spawn. Settings of an earlier spawn on
         this spawner object never leak into this one.
 
@@ -506,6 +509,17 @@ class LLMSpawner(KubeSpawner):
             *user_storage.volume_mounts,
         ]
         self.working_dir = user_storage.home
+        init_containers = copy.deepcopy(self._sorted_dict_values(configured["init_containers"]))
+        if self.uid is not None:
+            init_containers.append(
+                storage.build_owner_init_container(
+                    username=self.user.name,
+                    image=self.image,
+                    uid=self.uid,
+                    gid=self.fs_gid if self.fs_gid is not None else self.uid,
+                )
+            )
+        self.init_containers = init_containers
 
     def get_env(self):
         """kubespawner's environment plus ``HOME`` (the user's folder) and ``MLFLOW_*``."""

@@ -125,3 +125,63 @@ def build_user_storage(*, username: str, claim_name: str) -> UserStorage:
         ],
         home=home,
     )
+
+
+#: Name of the init container that gives the user's folder to the user.
+OWNER_INIT_CONTAINER = "llm-storage-owner"
+_OWNER_MOUNT = "/mnt/user-folder"
+
+
+def build_owner_init_container(*, username: str, image: str, uid: int, gid: int) -> dict:
+    """Build the init container that makes the user's folder belong to ``uid:gid``.
+
+    The kubelet creates a missing ``subPath`` folder itself, owned by root and mode 0755,
+    whatever the pod's ``runAsUser``/``fsGroup``
+    (https://github.com/kubernetes/kubernetes/issues/41638), so on a user's first start their
+    home would not be writable. This container mounts only that folder and, when its owner
+    is not yet ``uid:gid``, changes it (not recursively: the user's files are never touched).
+    It runs as root with only the ``CHOWN`` capability. On NFS with ``root_squash`` the
+    change is refused and the pod stops with chown's message in this container's log.
+
+    Args:
+        username: the hub's normalised username.
+        image: an image with ``sh``, ``stat`` and ``chown`` (the user's own image is already
+            pulled on the node).
+        uid, gid: numeric owner and group of the user's processes (z2jh's ``singleuser.uid``
+            and ``fsGid``: 1000 and 100).
+
+    Returns:
+        A container dict for ``spec.initContainers``.
+
+    Raises:
+        ValueError: if ``uid`` or ``gid`` is not a whole number >= 0.
+    """
+    for name, value in (("uid", uid), ("gid", gid)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, not {value!r}")
+    owner = f"{uid}:{gid}"
+    return {
+        "name": OWNER_INIT_CONTAINER,
+        "image": image,
+        "command": [
+            "sh",
+            "-c",
+            'test "$(stat -c %u:%g "$1")" = "$2" || chown "$2" "$1"',
+            "sh",
+            _OWNER_MOUNT,
+            owner,
+        ],
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+        },
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+        "volumeMounts": [
+            {"name": VOLUME_NAME, "mountPath": _OWNER_MOUNT, "subPath": user_subpath(username)}
+        ],
+    }

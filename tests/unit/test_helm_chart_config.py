@@ -212,7 +212,15 @@ async def test_alice_on_medium(chart_config, stub_kubeconfig):
             "readOnly": True,
         },
     ]
-    assert [c["name"] for c in spec["initContainers"]] == ["block-cloud-metadata"]
+    blocker, owner = spec["initContainers"]
+    assert blocker["name"] == "block-cloud-metadata"
+    # The kubelet creates users/alice owned by root; the chart's uid 1000, gid 100 get it.
+    assert owner["name"] == "llm-storage-owner"
+    assert owner["image"] == SINGLEUSER_IMAGE
+    assert owner["command"][-2:] == ["/mnt/user-folder", "1000:100"]
+    assert owner["volumeMounts"] == [
+        {"name": "llm-storage", "mountPath": "/mnt/user-folder", "subPath": "users/alice"}
+    ]
     # The chart's label that lets the pod reach the hub (and, through our rules, the queue).
     assert pod["metadata"]["labels"]["hub.jupyter.org/network-access-hub"] == "true"
     env = {e["name"]: e.get("value") for e in container["env"]}

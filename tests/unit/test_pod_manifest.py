@@ -214,3 +214,31 @@ async def test_every_gpu_kind_validates(make_spawner, tmp_path, gpu, cluster, li
     assert pod["spec"]["tolerations"] == [TOLERATION]
     for version in ("1.32", latest_version()):
         kubernetes_validate.validate(pod, version, strict=True)
+
+
+async def test_owner_init_container_with_a_uid(make_spawner):
+    """With z2jh's uid/fsGid the user's folder is given to them before the server starts."""
+    no_uid = await pod_for(make_spawner("alice"), {"profile": "cpu"})
+    assert no_uid["spec"].get("initContainers") is None
+    c = Config()
+    c.LLMSpawner.uid = 1000
+    c.LLMSpawner.fs_gid = 100
+    c.LLMSpawner.image = "ghcr.io/llmspawner/singleuser:0.1.0"
+    c.LLMSpawner.init_containers = [{"name": "configured", "image": "busybox:1.37"}]
+    spawner = make_spawner("Bob.Smith@example.org", c)
+    for _ in range(2):  # twice: nothing accumulates across spawns
+        pod = await pod_for(spawner, {"profile": "small"})
+        configured, owner = pod["spec"]["initContainers"]
+        assert configured == {"name": "configured", "image": "busybox:1.37"}
+        assert owner["name"] == "llm-storage-owner"
+        assert owner["image"] == "ghcr.io/llmspawner/singleuser:0.1.0"
+        assert owner["command"][-2:] == ["/mnt/user-folder", "1000:100"]
+        assert owner["volumeMounts"] == [
+            {
+                "name": "llm-storage",
+                "mountPath": "/mnt/user-folder",
+                "subPath": "users/bob-smith-example-org---da50e6af",
+            }
+        ]
+    for version in ("1.32", latest_version()):
+        kubernetes_validate.validate(pod, version, strict=True)

@@ -84,3 +84,46 @@ def test_build_user_storage_returns_fresh_lists():
 def test_build_user_storage_refuses_bad_claim(claim):
     with pytest.raises(ValueError, match="is not a valid PVC name"):
         storage.build_user_storage(username="bob", claim_name=claim)
+
+
+def test_owner_init_container():
+    container = storage.build_owner_init_container(
+        username="alice", image="img:1", uid=1000, gid=100
+    )
+    assert container == {
+        "name": "llm-storage-owner",
+        "image": "img:1",
+        "command": [
+            "sh",
+            "-c",
+            'test "$(stat -c %u:%g "$1")" = "$2" || chown "$2" "$1"',
+            "sh",
+            "/mnt/user-folder",
+            "1000:100",
+        ],
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+        },
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+        "volumeMounts": [
+            {"name": "llm-storage", "mountPath": "/mnt/user-folder", "subPath": "users/alice"}
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("uid", "gid", "message"),
+    [
+        (-1, 100, "uid must be a whole number >= 0, not -1"),
+        (1000, "100", "gid must be a whole number >= 0, not '100'"),
+    ],
+)
+def test_owner_init_container_refuses_bad_ids(uid, gid, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        storage.build_owner_init_container(username="alice", image="i", uid=uid, gid=gid)
