@@ -5,6 +5,7 @@ Each subcommand lives where its code is; this file only maps names to modules::
     llmspawner dev [--smoke]          run the whole stack locally (llmspawner.dev.command)
     llmspawner profiles check|render  GPU profiles (llmspawner.profiles_cli)
     llmspawner queue submit|list|...  the batch training queue (llmspawner.queue.cli)
+    llmspawner deploy check           a deployment's files, offline (llmspawner.deploy.cli)
     llmspawner devcluster ...         the emulated cluster alone (llmspawner.devcluster)
 
 A subcommand module in :data:`COMMANDS` provides ``add_arguments(parser)`` and
@@ -30,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "check the GPU profile files, or render the pod a user would get",
     ),
     "queue": ("llmspawner.queue.cli", "submit, list, show, follow and cancel batch training jobs"),
+    "deploy": (
+        "llmspawner.deploy.cli",
+        "check helm values, GPU profiles and manifests offline, before installing",
+    ),
 }
 
 

@@ -1,0 +1,310 @@
+"""What llmspawner needs from the zero-to-jupyterhub values, beyond the chart's own schema.
+
+Each check is a pure function ``check_x(values, *, file) -> list[Problem]`` of the values
+*merged over the chart's defaults* (:func:`llmspawner.deploy.values.helm_merge`), so a
+setting left out is judged by the chart's default. :data:`CHECKS` lists them in the order
+they run. The z2jh configuration reference is https://z2jh.jupyter.org/en/stable/resources/reference.html
+(below: "reference"); the chart's hub configuration is ``jupyterhub/files/hub/jupyterhub_config.py``
+in https://github.com/jupyterhub/zero-to-jupyterhub-k8s.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import Any
+
+from .problems import Problem, format_path
+
+#: ``JupyterHub.spawner_class`` values that load :class:`llmspawner.spawner.LLMSpawner`: the
+#: ``jupyterhub.spawners`` entry point name (pyproject.toml) and the import paths.
+SPAWNER_CLASSES = ("llm", "llmspawner.spawner.LLMSpawner", "llmspawner.LLMSpawner")
+#: The module whose functions ``hub.extraConfig`` must call.
+HUBCONFIG = "llmspawner.hubconfig"
+#: ``hub.extraEnv`` names whose value is a secret (matched anywhere in the name, any case).
+SECRET_ENV = re.compile(r"SECRET|PASSWORD|TOKEN", re.IGNORECASE)
+#: ``hub.config.<Class>.<trait>`` traits whose value is a secret.
+SECRET_TRAITS = ("client_secret",)
+
+
+def _get(values: dict, *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if not isinstance(values, dict) or key not in values:
+            return default
+        values = values[key]
+    return values
+
+
+def check_spawner_class(values: dict, *, file: str) -> list[Problem]:
+    """``hub.config.JupyterHub.spawner_class`` must load LLMSpawner.
+
+    Why: the chart's hub configuration sets ``c.JupyterHub.spawner_class`` to KubeSpawner
+    and then applies ``hub.config`` over it (reference: ``hub.config``);
+    :func:`llmspawner.hubconfig.configure_spawner` only fills in a spawner class when none is
+    set, so under z2jh the values must name it. Allowed: :data:`SPAWNER_CLASSES`.
+    """
+    path = "hub.config.JupyterHub.spawner_class"
+    value = _get(values, "hub", "config", "JupyterHub", "spawner_class")
+    if value in SPAWNER_CLASSES:
+        return []
+    allowed = ", ".join(SPAWNER_CLASSES)
+    if value is None:
+        msg = f"is not set (the chart then uses KubeSpawner); set it to one of {allowed}"
+    else:
+        msg = f"must be one of {allowed}; got {value!r}"
+    return [Problem(file, path, msg)]
+
+
+def check_storage_off(values: dict, *, file: str) -> list[Problem]:
+    """``singleuser.storage.type`` must be ``none``.
+
+    Why: LLMSpawner mounts each user's own subPath of one shared PVC
+    (:mod:`llmspawner.storage`); the chart's ``dynamic`` (its default) or ``static`` storage
+    makes KubeSpawner create or mount per-user home volumes as well (reference:
+    ``singleuser.storage.type``).
+    """
+    value = _get(values, "singleuser", "storage", "type")
+    if value == "none":
+        return []
+    return [
+        Problem(
+            file,
+            "singleuser.storage.type",
+            f"must be none (LLMSpawner mounts each user's folder of the shared PVC itself); "
+            f"got {value!r}",
+        )
+    ]
+
+
+def check_chart_culler_off(values: dict, *, file: str) -> list[Problem]:
+    """``cull.enabled`` must be false.
+
+    Why: llmspawner runs its own ``jupyterhub-idle-culler`` service with each profile's
+    ``idle_timeout`` and counts a running training as activity (:mod:`llmspawner.culling`,
+    started by :func:`llmspawner.hubconfig.configure_culler`). The chart's culler (on by
+    default, one ``cull.timeout`` for everyone; reference: ``cull``) would run beside it and
+    stop GPU servers on its own clock.
+    """
+    value = _get(values, "cull", "enabled")
+    if value is False:
+        return []
+    return [
+        Problem(
+            file,
+            "cull.enabled",
+            "must be false: llmspawner's own culler (per-profile idle_timeout) replaces the "
+            f"chart's; got {value!r}",
+        )
+    ]
+
+
+def check_extra_config_calls_llmspawner(values: dict, *, file: str) -> list[Problem]:
+    """``hub.extraConfig`` must call llmspawner's hub configuration.
+
+    Why: the spawner's profiles are checked, and the idle culler and the batch queue are
+    added, only by :func:`llmspawner.hubconfig.configure` (or, for the first two,
+    ``configure_spawner`` and ``configure_culler``); ``hub.extraConfig`` is the chart's way to
+    run Python in the hub's configuration (reference: ``hub.extraConfig``). Accepted: a call
+    of ``configure(c)``, or of both ``configure_spawner(c)`` and ``configure_culler(c)``,
+    imported from :data:`HUBCONFIG`. A snippet that is not valid Python is reported.
+    """
+    snippets = _get(values, "hub", "extraConfig", default={}) or {}
+    problems = []
+    called: set[str] = set()
+    for name, code in snippets.items() if isinstance(snippets, dict) else []:
+        path = format_path(["hub", "extraConfig", name])
+        if not isinstance(code, str):
+            continue  # the chart's schema reports it
+        try:
+            tree = ast.parse(code)
+        except SyntaxError as e:
+            problems.append(Problem(file, path, f"is not valid Python: {e.msg} (line {e.lineno})"))
+            continue
+        called |= _hubconfig_calls(tree)
+    if "configure" in called or {"configure_spawner", "configure_culler"} <= called:
+        return problems
+    have = f" (it calls only {', '.join(sorted(called))})" if called else ""
+    problems.append(
+        Problem(
+            file,
+            "hub.extraConfig",
+            f"must call {HUBCONFIG}.configure(c) (the spawner's profiles, the idle culler and "
+            f"the batch queue){have}",
+        )
+    )
+    return problems
+
+
+def _hubconfig_calls(tree: ast.AST) -> set[str]:
+    """Names of :data:`HUBCONFIG` functions called in ``tree``, through any import form."""
+    functions: dict[str, str] = {}  # local name -> function name
+    modules: set[str] = set()  # local names bound to the module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == HUBCONFIG:
+            for a in node.names:
+                functions[a.asname or a.name] = a.name
+        elif isinstance(node, ast.ImportFrom) and node.module == "llmspawner":
+            modules |= {a.asname or a.name for a in node.names if a.name == "hubconfig"}
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name == HUBCONFIG:
+                    modules.add(a.asname or HUBCONFIG)
+    called = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Name) and f.id in functions:
+            called.add(functions[f.id])
+        elif isinstance(f, ast.Attribute) and ast.unparse(f.value) in modules:
+            called.add(f.attr)
+    return called
+
+
+def check_profiles_mounted(values: dict, *, file: str) -> list[Problem]:
+    """``hub.config.LLMSpawner.profiles_dir`` must be set and inside a ``hub.extraVolumeMounts``
+    entry whose volume is in ``hub.extraVolumes``.
+
+    Why: the hub reads the GPU profiles from that folder when it starts and refuses to start
+    without them (:func:`llmspawner.hubconfig.check_profiles`); the hub image has no profiles
+    of its own, so they come from a volume (a ConfigMap) mounted into the hub pod (reference:
+    ``hub.extraVolumes``, ``hub.extraVolumeMounts``).
+    """
+    path = "hub.config.LLMSpawner.profiles_dir"
+    folder = _get(values, "hub", "config", "LLMSpawner", "profiles_dir")
+    if not isinstance(folder, str) or not folder.startswith("/"):
+        got = "is not set" if folder is None else f"must be an absolute path; got {folder!r}"
+        return [
+            Problem(
+                file,
+                path,
+                f"{got}: set it to the mountPath of the profiles' volume in hub.extraVolumeMounts",
+            )
+        ]
+    mounts = _get(values, "hub", "extraVolumeMounts", default=[]) or []
+    volumes = _get(values, "hub", "extraVolumes", default=[]) or []
+    volume_names = [v.get("name") for v in volumes if isinstance(v, dict)]
+    for i, mount in enumerate(mounts):
+        if not isinstance(mount, dict) or not isinstance(mount.get("mountPath"), str):
+            continue
+        if PurePosixPath(folder).is_relative_to(PurePosixPath(mount["mountPath"])):
+            if mount.get("name") in volume_names:
+                return []
+            return [
+                Problem(
+                    file,
+                    f"hub.extraVolumeMounts[{i}].name",
+                    f"no hub.extraVolumes entry is named {mount.get('name')!r} "
+                    f"(volumes: {', '.join(map(str, volume_names)) or 'none'})",
+                )
+            ]
+    mounted = ", ".join(str(m.get("mountPath")) for m in mounts if isinstance(m, dict)) or "none"
+    return [
+        Problem(
+            file,
+            path,
+            f"{folder} is not inside any hub.extraVolumeMounts mountPath (mounted: {mounted}); "
+            "mount the profiles' ConfigMap there",
+        )
+    ]
+
+
+def check_no_inline_secrets(values: dict, *, file: str) -> list[Problem]:
+    """No secret value written into the values file.
+
+    Why: the values file is kept in version control. A secret belongs in a Kubernetes Secret,
+    read with ``valueFrom.secretKeyRef`` in ``hub.extraEnv`` (reference: ``hub.extraEnv``;
+    GenericOAuthenticator reads ``OAUTH_CLIENT_SECRET`` from the environment). Checked:
+    ``hub.extraEnv`` entries whose name matches :data:`SECRET_ENV` (both the mapping and the
+    list notation) and ``hub.config.<Class>.client_secret``.
+    """
+    problems = []
+    env = _get(values, "hub", "extraEnv", default={}) or {}
+    entries: list[tuple[list, str, Any]] = []
+    if isinstance(env, dict):
+        for key, spec in env.items():
+            name = spec.get("name", key) if isinstance(spec, dict) else key
+            entries.append((["hub", "extraEnv", key], str(name), spec))
+    elif isinstance(env, list):
+        for i, spec in enumerate(env):
+            if isinstance(spec, dict):
+                entries.append((["hub", "extraEnv", i], str(spec.get("name", "")), spec))
+    for where, name, spec in entries:
+        if not SECRET_ENV.search(name):
+            continue
+        source = spec.get("valueFrom") if isinstance(spec, dict) else None
+        if isinstance(source, dict) and "secretKeyRef" in source:
+            continue
+        if isinstance(source, dict):
+            how = f"from {', '.join(source)}"
+        else:
+            how = "as a literal value"
+        problems.append(
+            Problem(
+                file,
+                format_path(where),
+                f"secret {name} is set {how}; read it from a Kubernetes Secret with "
+                "valueFrom.secretKeyRef",
+            )
+        )
+    config = _get(values, "hub", "config", default={}) or {}
+    for cls, traits in config.items() if isinstance(config, dict) else []:
+        for trait in SECRET_TRAITS:
+            if isinstance(traits, dict) and traits.get(trait):
+                problems.append(
+                    Problem(
+                        file,
+                        format_path(["hub", "config", cls, trait]),
+                        "a secret written in the values file; remove it and set "
+                        "OAUTH_CLIENT_SECRET in hub.extraEnv with valueFrom.secretKeyRef",
+                    )
+                )
+    return problems
+
+
+#: The checks, in the order they run.
+CHECKS: tuple[Callable[..., list[Problem]], ...] = (
+    check_spawner_class,
+    check_storage_off,
+    check_chart_culler_off,
+    check_extra_config_calls_llmspawner,
+    check_profiles_mounted,
+    check_no_inline_secrets,
+)
+
+
+def llmspawner_problems(values: dict, *, file: str) -> list[Problem]:
+    """Run every check of :data:`CHECKS` on merged values; return their problems in order."""
+    return [p for check in CHECKS for p in check(values, file=file)]
+
+
+#: ``hub.config.LLMSpawner`` traits -> :class:`~llmspawner.profiles.ClusterGPUConfig` fields.
+_CLUSTER_TRAITS = {
+    "gpu_shared_resource": "shared_resource",
+    "gpu_replica_counts": "replica_counts",
+    "mig_strategy": "mig_strategy",
+}
+
+
+def cluster_gpu_config(values: dict, *, file: str):
+    """Return the cluster's GPU configuration the hub will use, from ``hub.config.LLMSpawner``.
+
+    The traits left out keep :class:`~llmspawner.profiles.ClusterGPUConfig`'s defaults, as
+    :func:`llmspawner.hubconfig.check_profiles` does at hub start.
+
+    Returns:
+        ``(config, problems)``: the configuration (the defaults when the values are wrong) and
+        a list with one :class:`Problem` naming ``hub.config.LLMSpawner`` when they are.
+    """
+    from ..profiles import ClusterGPUConfig
+
+    spawner = _get(values, "hub", "config", "LLMSpawner", default={}) or {}
+    given = {f: spawner[t] for t, f in _CLUSTER_TRAITS.items() if t in spawner}
+    if isinstance(given.get("replica_counts"), list):
+        given["replica_counts"] = tuple(given["replica_counts"])
+    try:
+        return ClusterGPUConfig(**given), []
+    except (TypeError, ValueError) as e:
+        return ClusterGPUConfig(), [Problem(file, "hub.config.LLMSpawner", str(e))]

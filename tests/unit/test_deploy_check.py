@@ -1,0 +1,551 @@
+"""``llmspawner deploy check``: the shipped files pass; broken copies give the exact lines."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmspawner.cli import main
+from llmspawner.deploy import check, llm_values, manifests, values
+from llmspawner.deploy.problems import Problem, format_path
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_Z2JH = ROOT.parent / "shared" / "z2jh"
+VENDORED_Z2JH = ROOT / "llmspawner" / "deploy" / "z2jh"
+VERSIONS = manifests.kubernetes_versions()
+K8S = " and ".join(VERSIONS)
+
+# A small kustomize tree shaped like deploy/manifests: two files, three objects.
+SAMPLE_TREE = {
+    "kustomization.yaml": """\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: llm
+resources:
+  - storage.yaml
+  - priorities.yaml
+""",
+    "storage.yaml": """\
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: llm-storage}
+spec:
+  accessModes: [ReadWriteMany]
+  resources: {requests: {storage: 500Gi}}
+""",
+    "priorities.yaml": """\
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: llm-high}
+value: 1000
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: llm-low}
+value: 10
+""",
+}
+
+# Two invalid objects: accessModes must be a list; a Deployment needs a selector.
+BROKEN_MANIFEST = """\
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: scratch}
+spec:
+  accessModes: ReadWriteMany
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: nginx}]
+"""
+
+
+def write_tree(folder: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.fixture
+def deployment(tmp_path, monkeypatch):
+    """A copy of helm-values.yaml and profiles/ with the sample manifests, as the cwd."""
+    shutil.copy(ROOT / "helm-values.yaml", tmp_path / "helm-values.yaml")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    write_tree(tmp_path / "deploy" / "manifests", SAMPLE_TREE)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_check(capsys, *args: str) -> tuple[int, list[str], str]:
+    code = main(["deploy", "check", *args])
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err
+
+
+# --- the vendored chart data -------------------------------------------------------------
+
+
+@pytest.mark.skipif(not SHARED_Z2JH.is_dir(), reason=f"no shared chart data at {SHARED_Z2JH}")
+@pytest.mark.parametrize("name", ["values.schema.yaml", "values.yaml", "LICENSE"])
+def test_vendored_chart_data_is_identical_to_shared(name):
+    assert (VENDORED_Z2JH / name).read_bytes() == (SHARED_Z2JH / name).read_bytes()
+
+
+def test_chart_data_loads_from_the_package():
+    assert values.chart_schema()["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert values.chart_defaults()["cull"]["enabled"] is True
+
+
+# --- the shipped files ---------------------------------------------------------------------
+
+
+def test_shipped_files_pass(capsys, monkeypatch):
+    if not (ROOT / "deploy" / "manifests").is_dir():
+        pytest.skip("deploy/manifests is not in this checkout yet")
+    monkeypatch.chdir(ROOT)
+    code, lines, err = run_check(capsys)
+    assert [line for line in lines if ": warning: " not in line][:-1] == []
+    assert (code, err) == (0, "")
+
+
+def test_shipped_values_and_profiles_pass_with_sample_manifests(deployment, capsys):
+    code, lines, err = run_check(capsys)
+    assert lines == [
+        (
+            "deploy check: no problems (helm-values.yaml against the z2jh chart schema; "
+            f"4 profiles in profiles; 3 objects in 2 files of deploy/manifests against Kubernetes {K8S})"
+        )
+    ]
+    assert (code, err) == (0, "")
+
+
+def test_broken_copy_gives_one_exact_line_per_problem(deployment, capsys):
+    helm = deployment / "helm-values.yaml"
+    data = yaml.safe_load(helm.read_text())
+    data["singleuser"]["storage"]["type"] = "bogus"
+    helm.write_text(yaml.safe_dump(data))
+    (deployment / "profiles" / "broken.yaml").write_text(
+        "slug: broken\ndisplay_name: Broken\nidle_timeout: soon\n"
+    )
+    tree = deployment / "deploy" / "manifests"
+    (tree / "broken.yaml").write_text(BROKEN_MANIFEST)
+    kustomization = yaml.safe_load((tree / "kustomization.yaml").read_text())
+    kustomization["resources"].append("broken.yaml")
+    (tree / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+
+    code, lines, err = run_check(capsys)
+
+    assert lines == [
+        "helm-values.yaml: singleuser.storage.type: must be one of dynamic, static, none; got 'bogus'",
+        "profiles/broken.yaml: idle_timeout: must be a positive whole number of seconds, not 'soon'",
+        "deploy/manifests/broken.yaml: PersistentVolumeClaim/scratch: spec.accessModes: must be an array or null, not 'ReadWriteMany'",
+        "deploy/manifests/broken.yaml: Deployment/web: spec.selector: is required",
+        (
+            "deploy check: 4 problems (helm-values.yaml against the z2jh chart schema; "
+            f"5 profiles in profiles; 5 objects in 3 files of deploy/manifests against Kubernetes {K8S})"
+        ),
+    ]
+    assert (code, err) == (1, "")
+
+
+def test_missing_path_is_a_usage_error(deployment, capsys):
+    code, lines, err = run_check(capsys, "--manifests", "nowhere")
+    assert (code, lines) == (2, [])
+    assert err == "llmspawner deploy check: nowhere: no such file or folder\n"
+
+
+def test_deploy_without_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["deploy"])
+    assert e.value.code == 2
+    assert "the following arguments are required: <check>" in capsys.readouterr().err
+
+
+def test_paths_are_options(deployment, capsys, tmp_path_factory):
+    other = tmp_path_factory.mktemp("other")
+    shutil.move(deployment / "profiles", other / "gpu-profiles")
+    shutil.move(deployment / "helm-values.yaml", other / "values.yaml")
+    (other / "objects.yaml").write_text(SAMPLE_TREE["priorities.yaml"])
+    code, lines, _ = run_check(
+        capsys,
+        "--values",
+        str(other / "values.yaml"),
+        "--profiles",
+        str(other / "gpu-profiles"),
+        "--manifests",
+        str(other / "objects.yaml"),
+    )
+    assert lines == [
+        (
+            f"deploy check: no problems ({other}/values.yaml against the z2jh chart schema; "
+            f"4 profiles in {other}/gpu-profiles; 2 objects in 1 file of {other}/objects.yaml "
+            f"against Kubernetes {K8S})"
+        )
+    ]
+    assert code == 0
+
+
+# --- values: Helm's merge and the chart's schema ------------------------------------------
+
+
+def test_helm_merge_merges_maps_replaces_lists_and_null_deletes():
+    defaults = {"a": {"b": 1, "c": [1, 2]}, "d": 1, "e": {"f": 1}}
+    merged = values.helm_merge(defaults, {"a": {"c": [3]}, "d": None, "g": 2})
+    assert merged == {"a": {"b": 1, "c": [3]}, "e": {"f": 1}, "g": 2}
+    assert defaults == {"a": {"b": 1, "c": [1, 2]}, "d": 1, "e": {"f": 1}}
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        (
+            {"cull": {"enabled": "yes"}},
+            ["v.yaml: cull.enabled: must be a boolean, not 'yes'"],
+        ),
+        (
+            {"hub": {"db": {"type": "sqlite"}}},
+            [
+                "v.yaml: hub.db.type: must be one of sqlite-pvc, sqlite-memory, mysql, postgres, other; got 'sqlite'"
+            ],
+        ),
+        (
+            {"singleuser": {"image": {"pullPolicy": "Sometimes"}}},
+            [
+                "v.yaml: singleuser.image.pullPolicy: must be one of null, \"\", IfNotPresent, Always, Never; got 'Sometimes'"
+            ],
+        ),
+        (
+            {"cull": {"enabled": False, "sometimes": 1}},
+            [
+                "v.yaml: cull.sometimes: unknown key; allowed keys: enabled, users, adminUsers, removeNamedServers, timeout, every, concurrency, maxAge"
+            ],
+        ),
+        (
+            {"cull": None},
+            ["v.yaml: cull: is required"],
+        ),
+    ],
+)
+def test_schema_problems_name_the_path_and_the_allowed_values(user, expected):
+    merged = values.helm_merge(values.chart_defaults(), user)
+    problems = values.schema_problems(merged, values.chart_schema(), file="v.yaml")
+    assert [p.line() for p in problems] == expected
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        ([], ""),
+        (["hub", "extraEnv", 0, "name"], "hub.extraEnv[0].name"),
+        (
+            ["spec", "nodeSelector", "nvidia.com/gpu.replicas"],
+            'spec.nodeSelector["nvidia.com/gpu.replicas"]',
+        ),
+        ([0, "a"], "[0].a"),
+    ],
+)
+def test_format_path(parts, expected):
+    assert format_path(parts) == expected
+
+
+# --- values: what llmspawner needs ---------------------------------------------------------
+
+
+def shipped_values() -> dict:
+    user = yaml.safe_load((ROOT / "helm-values.yaml").read_text())
+    return values.helm_merge(values.chart_defaults(), user)
+
+
+def test_shipped_values_meet_llmspawner_checks():
+    assert llm_values.llmspawner_problems(shipped_values(), file="v.yaml") == []
+
+
+_DELETE = object()
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    """Set (or with ``_DELETE`` remove) the key at a dotted path, creating maps on the way."""
+    *parents, last = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    if value is _DELETE:
+        tree.pop(last, None)
+    else:
+        tree[last] = value
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"hub.config.JupyterHub.spawner_class": "kubespawner.KubeSpawner"},
+            "v.yaml: hub.config.JupyterHub.spawner_class: must be one of llm, llmspawner.spawner.LLMSpawner, llmspawner.LLMSpawner; got 'kubespawner.KubeSpawner'",
+        ),
+        (
+            {"hub.config.JupyterHub.spawner_class": _DELETE},
+            "v.yaml: hub.config.JupyterHub.spawner_class: is not set (the chart then uses KubeSpawner); set it to one of llm, llmspawner.spawner.LLMSpawner, llmspawner.LLMSpawner",
+        ),
+        (
+            {"singleuser.storage.type": "dynamic"},
+            "v.yaml: singleuser.storage.type: must be none (LLMSpawner mounts each user's folder of the shared PVC itself); got 'dynamic'",
+        ),
+        (
+            {"cull.enabled": True},
+            "v.yaml: cull.enabled: must be false: llmspawner's own culler (per-profile idle_timeout) replaces the chart's; got True",
+        ),
+        (
+            {
+                "hub.extraConfig": {
+                    "x": "from llmspawner.hubconfig import configure_spawner\nconfigure_spawner(c)\n"
+                }
+            },
+            "v.yaml: hub.extraConfig: must call llmspawner.hubconfig.configure(c) (the spawner's profiles, the idle culler and the batch queue) (it calls only configure_spawner)",
+        ),
+        (
+            {"hub.extraConfig": {"x": "import llmspawner\n"}},
+            "v.yaml: hub.extraConfig: must call llmspawner.hubconfig.configure(c) (the spawner's profiles, the idle culler and the batch queue)",
+        ),
+        (
+            {"hub.config.LLMSpawner.profiles_dir": _DELETE},
+            "v.yaml: hub.config.LLMSpawner.profiles_dir: is not set: set it to the mountPath of the profiles' volume in hub.extraVolumeMounts",
+        ),
+        (
+            {"hub.config.LLMSpawner.profiles_dir": "/etc/profiles"},
+            "v.yaml: hub.config.LLMSpawner.profiles_dir: /etc/profiles is not inside any hub.extraVolumeMounts mountPath (mounted: /usr/local/etc/llmspawner/profiles); mount the profiles' ConfigMap there",
+        ),
+        (
+            {"hub.extraVolumes": []},
+            "v.yaml: hub.extraVolumeMounts[0].name: no hub.extraVolumes entry is named 'llm-profiles' (volumes: none)",
+        ),
+        (
+            {"hub.extraEnv.OAUTH_CLIENT_SECRET": "hunter2"},
+            "v.yaml: hub.extraEnv.OAUTH_CLIENT_SECRET: secret OAUTH_CLIENT_SECRET is set as a literal value; read it from a Kubernetes Secret with valueFrom.secretKeyRef",
+        ),
+        (
+            {
+                "hub.extraEnv.OAUTH_CLIENT_SECRET": {
+                    "valueFrom": {"configMapKeyRef": {"name": "a", "key": "b"}}
+                }
+            },
+            "v.yaml: hub.extraEnv.OAUTH_CLIENT_SECRET: secret OAUTH_CLIENT_SECRET is set from configMapKeyRef; read it from a Kubernetes Secret with valueFrom.secretKeyRef",
+        ),
+        (
+            {"hub.config.GenericOAuthenticator.client_secret": "hunter2"},
+            "v.yaml: hub.config.GenericOAuthenticator.client_secret: a secret written in the values file; remove it and set OAUTH_CLIENT_SECRET in hub.extraEnv with valueFrom.secretKeyRef",
+        ),
+    ],
+)
+def test_each_llmspawner_check_names_the_setting(changes, expected):
+    merged = shipped_values()
+    for dotted, value in changes.items():
+        _set(merged, dotted, value)
+    assert [p.line() for p in llm_values.llmspawner_problems(merged, file="v.yaml")] == [expected]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "from llmspawner.hubconfig import configure as setup\nsetup(c)",
+        "import llmspawner.hubconfig\nllmspawner.hubconfig.configure(c)",
+        "from llmspawner import hubconfig as h\nh.configure_spawner(c)\nh.configure_culler(c)",
+    ],
+)
+def test_extra_config_may_import_configure_any_way(code):
+    merged = shipped_values()
+    merged["hub"]["extraConfig"] = {"llmspawner": code}
+    assert llm_values.check_extra_config_calls_llmspawner(merged, file="v.yaml") == []
+
+
+def test_extra_config_that_is_not_python_is_named():
+    merged = shipped_values()
+    merged["hub"]["extraConfig"]["broken"] = "def (:\n"
+    assert [
+        p.line() for p in llm_values.check_extra_config_calls_llmspawner(merged, file="v.yaml")
+    ] == ["v.yaml: hub.extraConfig.broken: is not valid Python: invalid syntax (line 1)"]
+
+
+def test_secret_in_list_notation_of_extra_env():
+    merged = shipped_values()
+    merged["hub"]["extraEnv"] = [
+        {"name": "DB_PASSWORD", "value": "x"},
+        {"name": "OTHER", "value": "y"},
+    ]
+    assert [p.line() for p in llm_values.check_no_inline_secrets(merged, file="v.yaml")] == [
+        "v.yaml: hub.extraEnv[0]: secret DB_PASSWORD is set as a literal value; read it from a Kubernetes Secret with valueFrom.secretKeyRef"
+    ]
+
+
+def test_schema_problem_hides_the_same_path_from_llmspawner_checks(deployment):
+    data = yaml.safe_load((deployment / "helm-values.yaml").read_text())
+    data["cull"]["enabled"] = "no"
+    (deployment / "helm-values.yaml").write_text(yaml.safe_dump(data))
+    part, _ = check.check_values("helm-values.yaml")
+    assert [p.line() for p in part.problems] == [
+        "helm-values.yaml: cull.enabled: must be a boolean, not 'no'"
+    ]
+
+
+def test_profiles_use_the_gpu_settings_of_the_values(deployment):
+    data = yaml.safe_load((deployment / "helm-values.yaml").read_text())
+    data["hub"]["config"]["LLMSpawner"]["gpu_replica_counts"] = [4]
+    (deployment / "helm-values.yaml").write_text(yaml.safe_dump(data))
+    report = check.check_all("helm-values.yaml", "deploy/manifests", "profiles")
+    assert [p.line() for p in report.problems] == [
+        "profiles/medium.yaml: gpu.fraction: '1/2' is not offered by the cluster; allowed: 1/4 (1/N for a replica count the GPU nodes are labelled with)"
+    ]
+
+
+def test_bad_gpu_settings_in_values_are_named():
+    merged = shipped_values()
+    merged["hub"]["config"]["LLMSpawner"]["mig_strategy"] = "both"
+    _, problems = llm_values.cluster_gpu_config(merged, file="v.yaml")
+    assert [p.line() for p in problems] == [
+        "v.yaml: hub.config.LLMSpawner: mig_strategy must be one of mixed, single; not 'both'"
+    ]
+
+
+# --- profiles ----------------------------------------------------------------------------
+
+
+def test_every_broken_profile_is_reported(deployment):
+    (deployment / "profiles" / "a.yaml").write_text("slug: a\ndisplay_name: A\ncolour: red\n")
+    (deployment / "profiles" / "b.yml").write_text("slug: [b\n")
+    part = check.check_profiles("profiles", check.profiles_mod.ClusterGPUConfig())
+    assert [p.line() for p in part.problems] == [
+        "profiles/a.yaml: colour: unknown field; allowed fields: slug, display_name, description, default, gpu, cpu, memory, node_selector, tolerations, image, idle_timeout, max_runtime, allowed_groups",
+        "profiles/b.yml: is not valid YAML: expected ',' or ']', but got '<stream end>' (line 2, column 1)",
+    ]
+
+
+def test_rules_across_profiles_name_the_folder(deployment):
+    (deployment / "profiles" / "cpu2.yaml").write_text(
+        (deployment / "profiles" / "cpu.yaml").read_text().replace("slug: cpu", "slug: cpu2")
+    )
+    part = check.check_profiles("profiles", check.profiles_mod.ClusterGPUConfig())
+    assert [p.line() for p in part.problems] == [
+        "profiles: default: exactly one profile must have 'default: true'; found 2 (cpu.yaml, cpu2.yaml)"
+    ]
+
+
+# --- manifests ---------------------------------------------------------------------------
+
+
+def test_kustomization_problems(tmp_path):
+    write_tree(
+        tmp_path,
+        {
+            "outside.yaml": SAMPLE_TREE["storage.yaml"],
+            "m/kustomization.yaml": """\
+resources:
+  - base
+  - plain
+  - ../outside.yaml
+  - missing.yaml
+  - https://github.com/example/repo//deploy?ref=v1
+patches:
+  - path: patch.yaml
+configMapGenerator:
+  - name: x
+""",
+            "m/base/kustomization.yml": "resources: [pc.yaml, ../base]\n",
+            "m/base/pc.yaml": SAMPLE_TREE["priorities.yaml"],
+            "m/plain/pvc.yaml": SAMPLE_TREE["storage.yaml"],
+        },
+    )
+    documents, problems = manifests.collect(str(tmp_path / "m"))
+    render = (
+        "cannot be rendered offline by this check; the objects in resources are checked as "
+        f"written. Render and check the result: kubectl kustomize {tmp_path}/m > all.yaml && "
+        "llmspawner deploy check --manifests all.yaml"
+    )
+    k = f"{tmp_path}/m/kustomization.yaml"
+    assert [p.line() for p in problems] == [
+        f"{k}: patches: {render}",
+        f"{k}: configMapGenerator: {render}",
+        f"{k}: resources[1]: plain is a folder without kustomization.yaml, kustomization.yml, Kustomization",
+        f"{k}: resources[2]: ../outside.yaml is outside this kustomization's folder; kustomize refuses to load it (move it below the folder, or list a folder with its own kustomization.yaml)",
+        f"{k}: resources[3]: missing.yaml does not exist",
+        f"{k}: resources[4]: https://github.com/example/repo//deploy?ref=v1 is remote; this check reads local files only",
+    ]
+    assert [(d.file, d.index, manifests.object_name(d)) for d in documents] == [
+        (f"{tmp_path}/m/base/pc.yaml", 0, "PriorityClass/llm-high"),
+        (f"{tmp_path}/m/base/pc.yaml", 1, "PriorityClass/llm-low"),
+    ]
+
+
+def test_folder_without_kustomization_is_read_like_kubectl_apply_f(tmp_path):
+    write_tree(
+        tmp_path,
+        {
+            "b.yaml": SAMPLE_TREE["storage.yaml"],
+            "a.yml": SAMPLE_TREE["priorities.yaml"],
+            "notes.txt": "x",
+        },
+    )
+    documents, problems = manifests.collect(str(tmp_path))
+    assert problems == []
+    assert [(Path(d.file).name, manifests.object_name(d)) for d in documents] == [
+        ("a.yml", "PriorityClass/llm-high"),
+        ("a.yml", "PriorityClass/llm-low"),
+        ("b.yaml", "PersistentVolumeClaim/llm-storage"),
+    ]
+
+
+def test_unreadable_manifest_names_the_line(tmp_path):
+    (tmp_path / "x.yaml").write_text("kind: Pod\nmetadata: {name: [x}\n")
+    _, problems = manifests.collect(str(tmp_path / "x.yaml"))
+    assert [p.line() for p in problems] == [
+        f"{tmp_path}/x.yaml: is not valid YAML: expected ',' or ']', but got '}}' (line 2, column 20)"
+    ]
+
+
+def _object_lines(text: str) -> list[str]:
+    docs = [manifests.Document("x.yaml", i, o) for i, o in enumerate(yaml.safe_load_all(text))]
+    return [p.line() for d in docs for p in manifests.object_problems(d, VERSIONS)]
+
+
+def test_custom_resources_are_a_warning_unknown_kinds_and_removed_apis_a_problem():
+    assert _object_lines(
+        """\
+apiVersion: kueue.x-k8s.io/v1beta1
+kind: ClusterQueue
+metadata: {name: llm}
+---
+apiVersion: apps/v1
+kind: Deploymnet
+metadata: {name: typo}
+---
+apiVersion: flowcontrol.apiserver.k8s.io/v1beta3
+kind: FlowSchema
+metadata: {name: old}
+---
+kind: ConfigMap
+metadata: {name: no-api}
+"""
+    ) == [
+        "x.yaml: ClusterQueue/llm: warning: not validated: kueue.x-k8s.io/v1beta1 is not a Kubernetes API (a custom resource?); kubernetes-validate has schemas for built-in kinds only",
+        "x.yaml: Deploymnet/typo: kind: Kubernetes has no kind Deploymnet in apps/v1",
+        f"x.yaml: FlowSchema/old: apiVersion: flowcontrol.apiserver.k8s.io/v1beta3 is not served (Kubernetes {', '.join(VERSIONS)})",
+        "x.yaml: ConfigMap/no-api: apiVersion: is required",
+    ]
+
+
+def test_unknown_field_lists_the_allowed_ones():
+    assert _object_lines(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\nspec: {}\n"
+    ) == [
+        "x.yaml: ConfigMap/c: spec: unknown key; allowed keys: apiVersion, binaryData, data, immutable, kind, metadata"
+    ]
+
+
+def test_warnings_do_not_fail_the_check():
+    report = check.Report([check.Part("x", [Problem("f", "p", "m", warning=True)])])
+    assert (report.ok, report.summary()) == (True, "deploy check: no problems, 1 warning (x)")
