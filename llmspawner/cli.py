@@ -10,12 +10,14 @@ Each subcommand lives where its code is; this file only maps names to modules::
 
 A subcommand module in :data:`COMMANDS` provides ``add_arguments(parser)`` and
 ``run(args) -> int``; add a line there for a new one. ``devcluster`` has its own parser and
-gets the remaining arguments as ``main(argv)``.
+gets the remaining arguments as ``main(argv)``. A subcommand whose module cannot be imported
+(its extra is not installed) stays listed and exits 2 naming the missing module.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Sequence
@@ -39,12 +41,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _add_module_command(subparsers, name: str, module_name: str, help_text: str) -> None:
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        # Installed without the extra this command needs (e.g. `dev` in the hub image, which
+        # has llmspawner[hub] only): the others still work, and this one says what is missing.
+        parser = subparsers.add_parser(name, help=help_text, add_help=False)
+        parser.set_defaults(func=functools.partial(_unavailable, name, e), unavailable=True)
+        return
     parser = subparsers.add_parser(
         name, help=help_text, description=(module.__doc__ or help_text).split("\n\n")[0]
     )
     module.add_arguments(parser)
     parser.set_defaults(func=module.run)
+
+
+def _unavailable(name: str, error: ImportError, args: argparse.Namespace) -> int:
+    print(
+        f"llmspawner {name}: not available in this installation ({error}); install the "
+        "llmspawner extra that provides it (pyproject.toml: [project.optional-dependencies])",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _run_devcluster(args: argparse.Namespace) -> int:
@@ -83,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "devcluster":
         args.rest = rest
-    elif rest:
+    elif rest and not getattr(args, "unavailable", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
