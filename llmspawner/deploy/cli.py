@@ -27,7 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``check`` subcommand and its options to ``parser``."""
     sub = parser.add_subparsers(dest="deploy_command", metavar="<check>")
     sub.required = True
-    check = sub.add_parser("check", help="validate helm values, GPU profiles and manifests offline")
+    check = sub.add_parser(
+        "check",
+        help="validate helm values, GPU profiles and manifests offline",
+        description="Validate the z2jh values, the GPU profiles and the Kubernetes manifests "
+        "offline; print one line per problem (FILE: PATH: message), then a summary.",
+        epilog="Exit status: 0 no problems (warnings allowed), 1 problems, 2 usage error.",
+    )
     check.add_argument(
         "--values", default="helm-values.yaml", help="z2jh values file (default: %(default)s)"
     )
