@@ -57,6 +57,32 @@ def check_spawner_class(values: dict, *, file: str) -> list[Problem]:
     return [Problem(file, path, msg)]
 
 
+#: Authenticators that let anyone in; the chart's default is ``dummy``.
+OPEN_AUTHENTICATORS = ("dummy", "null", "jupyterhub.auth.DummyAuthenticator")
+
+
+def check_real_login(values: dict, *, file: str) -> list[Problem]:
+    """``hub.config.JupyterHub.authenticator_class`` must not be the chart's ``dummy``.
+
+    Why: the chart's default values set ``authenticator_class: dummy`` (any name and password
+    logs in; reference: ``hub.config``), and :func:`llmspawner.hubconfig.configure_auth`
+    never replaces a class that is set, so the OIDC login must be named in the values
+    (``generic-oauth``).
+    """
+    path = "hub.config.JupyterHub.authenticator_class"
+    value = _get(values, "hub", "config", "JupyterHub", "authenticator_class")
+    if value not in OPEN_AUTHENTICATORS:
+        return []
+    return [
+        Problem(
+            file,
+            path,
+            f"must name a real login, e.g. generic-oauth (OIDC, see hubconfig); got {value!r}, "
+            "with which anyone logs in",
+        )
+    ]
+
+
 def check_storage_off(values: dict, *, file: str) -> list[Problem]:
     """``singleuser.storage.type`` must be ``none``.
 
@@ -267,6 +293,7 @@ def check_no_inline_secrets(values: dict, *, file: str) -> list[Problem]:
 #: The checks, in the order they run.
 CHECKS: tuple[Callable[..., list[Problem]], ...] = (
     check_spawner_class,
+    check_real_login,
     check_storage_off,
     check_chart_culler_off,
     check_extra_config_calls_llmspawner,

@@ -311,6 +311,11 @@ def _set(tree: dict, dotted: str, value) -> None:
             "v.yaml: hub.config.JupyterHub.spawner_class: is not set (the chart then uses KubeSpawner); set it to one of llm, llmspawner.spawner.LLMSpawner, llmspawner.LLMSpawner",
         ),
         (
+            # Deleted from our values, the chart's default `dummy` comes back.
+            {"hub.config.JupyterHub.authenticator_class": "dummy"},
+            "v.yaml: hub.config.JupyterHub.authenticator_class: must name a real login, e.g. generic-oauth (OIDC, see hubconfig); got 'dummy', with which anyone logs in",
+        ),
+        (
             {"singleuser.storage.type": "dynamic"},
             "v.yaml: singleuser.storage.type: must be none (LLMSpawner mounts each user's folder of the shared PVC itself); got 'dynamic'",
         ),

@@ -19,24 +19,16 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from llmspawner.deploy.values import chart_defaults, helm_merge
 from llmspawner.hubconfig import REPO_PROFILES
 from llmspawner.queue.hubservice import ACCESS_SCOPE, ADMIN_SCOPE
 
 from .conftest import pod_for
-from .z2jh_chart import apply_chart_config, deep_merge, hub_environment
+from .z2jh_chart import apply_chart_config, hub_environment
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART_DEFAULTS = ROOT.parent / "shared" / "z2jh" / "values.yaml"
-VENDORED_DEFAULTS = ROOT / "llmspawner" / "deploy" / "z2jh" / "values.yaml"
 SINGLEUSER_IMAGE = "ghcr.io/llmspawner/singleuser:0.1.0"
 MLFLOW = "http://mlflow.llm.svc.cluster.local:5000"
-
-
-def chart_defaults() -> dict:
-    for path in (VENDORED_DEFAULTS, CHART_DEFAULTS):
-        if path.is_file():
-            return yaml.safe_load(path.read_text())
-    pytest.skip(f"z2jh chart defaults not found at {VENDORED_DEFAULTS} or {CHART_DEFAULTS}")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +68,7 @@ def issuer():
 @pytest.fixture
 def chart_config(issuer, monkeypatch):
     """The hub's config as the chart builds it from helm-values.yaml, in namespace ``llm``."""
-    values = deep_merge(chart_defaults(), yaml.safe_load((ROOT / "helm-values.yaml").read_text()))
+    values = helm_merge(chart_defaults(), yaml.safe_load((ROOT / "helm-values.yaml").read_text()))
     # Stand-in for the ConfigMap mounted at hub.extraVolumeMounts' mountPath.
     mounted = values["hub"]["extraVolumeMounts"][0]["mountPath"]
     assert values["hub"]["config"]["LLMSpawner"]["profiles_dir"] == mounted

@@ -25,17 +25,6 @@ HUB_SERVICE = "hub"
 HUB_PORT = 8081
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """Merge as Helm merges user values onto the chart's defaults (maps merge, rest replaces)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def _camel(name: str) -> str:
     return re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
 
