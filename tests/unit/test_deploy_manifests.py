@@ -1,0 +1,545 @@
+"""deploy/: the kustomize tree, the storage helper pod and the two images, checked offline.
+
+The manifests are read as plain YAML by following the kustomization ``resources:`` tree (no
+kustomize binary), validated against the Kubernetes schemas of 1.32 and of the newest version
+kubernetes-validate knows (strict: unknown fields fail), and compared with what the code
+builds and calls: PriorityClasses, time-slicing replica counts, the RBAC verbs of every API
+call, the MLflow URL. The Dockerfiles and their constraints files are checked statically
+(Docker cannot build here).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import tomllib
+import yaml
+from kubernetes_validate.utils import latest_version
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from llmspawner.hubconfig import REPO_PROFILES
+from llmspawner.profiles import ClusterGPUConfig, gpu_resources, load_profiles
+from llmspawner.queue.k8s_objects import build_priority_classes
+from llmspawner.spawner import LLMSpawner
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+MANIFESTS = DEPLOY / "manifests"
+HUB_DOCKERFILE = DEPLOY / "images" / "hub" / "Dockerfile"
+SINGLEUSER_DOCKERFILE = DEPLOY / "images" / "singleuser" / "Dockerfile"
+VERSIONS = ["1.32", latest_version()]
+LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/part-of")
+CLUSTER_SCOPED = {"PriorityClass", "ClusterRole", "ClusterRoleBinding"}
+HUB_SERVICE_ACCOUNT = {"kind": "ServiceAccount", "name": "hub", "namespace": "llm"}
+
+# Every Kubernetes API call of the llm-queue service and of the spawner's capacity listing:
+# client method -> (API group, resource, verb, namespaced). Where each is called:
+API_CALLS = {
+    # llmspawner/queue/backend.py, KubeBackend.create_job
+    "create_namespaced_job": ("batch", "jobs", "create", True),
+    "read_namespaced_job": ("batch", "jobs", "get", True),  # the Job existed (409)
+    "create_namespaced_config_map": ("", "configmaps", "create", True),
+    "replace_namespaced_config_map": ("", "configmaps", "update", True),  # existed (409)
+    "patch_namespaced_config_map": ("", "configmaps", "patch", True),  # ownerReferences
+    # KubeBackend.create_job (Job refused) and KubeBackend.delete_job
+    "delete_namespaced_config_map": ("", "configmaps", "delete", True),
+    "delete_namespaced_job": ("batch", "jobs", "delete", True),  # KubeBackend.delete_job
+    "list_namespaced_job": ("batch", "jobs", "list", True),  # KubeBackend.list_jobs
+    # KubeBackend.list_job_pods, latest_pod, list_all_pods; LLMSpawner.current_capacity
+    "list_namespaced_pod": ("", "pods", "list", True),
+    "read_namespaced_pod_log": ("", "pods/log", "get", True),  # KubeBackend.stream_log
+    # KubeBackend.list_nodes; LLMSpawner.current_capacity (llmspawner/spawner.py)
+    "list_node": ("", "nodes", "list", False),
+    # KubeBackend.missing_priority_classes
+    "list_priority_class": ("scheduling.k8s.io", "priorityclasses", "list", False),
+}
+# KubeBackend.watch_changes -> _watch_one(method_name, ..., watch=True).
+WATCHED = {"list_namespaced_job", "list_namespaced_pod"}
+# Beyond the code: read-only Nodes is get/list/watch by the deployment contract.
+CONTRACT_EXTRA = {("", "nodes"): {"get", "watch"}}
+_CALL = re.compile(r"(?:\bcore|\bbatch|\bapi|\))\.((?:create|read|replace|patch|delete|list)_\w+)")
+
+
+# -- reading the tree ------------------------------------------------------------------------
+
+
+def _kustomization(directory: Path) -> dict:
+    return yaml.safe_load((directory / "kustomization.yaml").read_text())
+
+
+def _resource_files(directory: Path) -> list[Path]:
+    """The YAML files the kustomization of ``directory`` lists, following sub-folders."""
+    files = []
+    for entry in _kustomization(directory)["resources"]:
+        path = directory / entry
+        files.extend(_resource_files(path) if path.is_dir() else [path])
+    return files
+
+
+@functools.cache
+def _objects() -> list[tuple[str, dict]]:
+    """``(path relative to deploy/manifests, object)`` of every manifest, in tree order."""
+    out = []
+    for path in _resource_files(MANIFESTS):
+        for obj in yaml.safe_load_all(path.read_text()):
+            out.append((str(path.relative_to(MANIFESTS)), obj))
+    return out
+
+
+def _find(kind: str, name: str) -> dict:
+    found = [o for _, o in _objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def _helm_values() -> dict:
+    return yaml.safe_load((ROOT / "helm-values.yaml").read_text())
+
+
+# -- the tree ----------------------------------------------------------------------------------
+
+
+def test_kustomizations_are_plain_resource_lists_inside_the_tree():
+    folders = sorted(p.parent for p in MANIFESTS.rglob("kustomization.yaml"))
+    assert [str(f.relative_to(MANIFESTS)) for f in folders] == [
+        ".",
+        "gpu-operator",
+        "mlflow",
+        "queue",
+        "storage",
+    ]
+    for folder in folders:
+        k = _kustomization(folder)
+        # No namespace override (it would move time-slicing-config out of gpu-operator), no
+        # generators or patches reading files from elsewhere.
+        assert set(k) == {"apiVersion", "kind", "resources"}, folder
+        assert (k["apiVersion"], k["kind"]) == ("kustomize.config.k8s.io/v1beta1", "Kustomization")
+        for entry in k["resources"]:
+            target = (folder / entry).resolve()
+            assert target.is_relative_to(MANIFESTS) and target.exists(), f"{folder}: {entry}"
+
+
+def test_resources_list_every_yaml_file_once():
+    listed = [p.resolve() for p in _resource_files(MANIFESTS)]
+    on_disk = sorted(
+        p.resolve()
+        for p in MANIFESTS.rglob("*")
+        if p.suffix in (".yaml", ".yml") and p.name != "kustomization.yaml"
+    )
+    assert sorted(listed) == on_disk
+    assert len(set(listed)) == len(listed)
+
+
+def test_inventory_names_and_namespaces():
+    inventory = sorted(
+        (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])
+        for _, o in _objects()
+    )
+    assert inventory == [
+        ("ClusterRole", "", "llm-capacity"),
+        ("ClusterRoleBinding", "", "llm-capacity"),
+        ("ConfigMap", "gpu-operator", "time-slicing-config"),
+        ("Deployment", "llm", "mlflow"),
+        ("PersistentVolumeClaim", "llm", "llm-storage"),
+        ("PersistentVolumeClaim", "llm", "mlflow-data"),
+        ("PriorityClass", "", "llm-high"),
+        ("PriorityClass", "", "llm-low"),
+        ("PriorityClass", "", "llm-normal"),
+        ("Role", "llm", "llm-queue"),
+        ("RoleBinding", "llm", "llm-queue"),
+        ("Service", "llm", "mlflow"),
+    ]
+    for _, obj in _objects():
+        assert ("namespace" in obj["metadata"]) == (obj["kind"] not in CLUSTER_SCOPED)
+
+
+@pytest.mark.parametrize(
+    "path, obj",
+    _objects(),
+    ids=[f"{p}:{o['kind']}/{o['metadata']['name']}" for p, o in _objects()],
+)
+def test_every_object_validates_and_is_labelled(path, obj):
+    for version in VERSIONS:
+        kubernetes_validate.validate(obj, version, strict=True)
+    labels = obj["metadata"]["labels"]
+    assert labels["app.kubernetes.io/part-of"] == "llmspawner"
+    assert labels["app.kubernetes.io/name"]
+
+
+def test_strict_validation_refuses_an_unknown_field():
+    pvc = yaml.safe_load((MANIFESTS / "storage" / "llm-storage.yaml").read_text())
+    pvc["spec"]["accesModes"] = ["ReadWriteMany"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pvc, "1.32", strict=True)
+
+
+# -- what the code builds ----------------------------------------------------------------------
+
+
+def test_priority_classes_are_the_builders_with_our_labels():
+    expected = build_priority_classes()
+    for pc in expected:
+        pc["metadata"]["labels"].update(
+            {
+                "app.kubernetes.io/name": "llm-queue",
+                "app.kubernetes.io/component": "queue",
+                "app.kubernetes.io/part-of": "llmspawner",
+            }
+        )
+    assert [o for _, o in _objects() if o["kind"] == "PriorityClass"] == expected
+
+
+def test_generated_priority_classes_validate():
+    # The user pod, and the queue's Job and ConfigMap, are validated in test_pod_manifest.py
+    # and test_queue_k8s_objects.py; the PriorityClasses of the builder are validated here.
+    for pc in build_priority_classes():
+        for version in VERSIONS:
+            kubernetes_validate.validate(pc, version, strict=True)
+
+
+def test_time_slicing_matches_profiles_and_spawner():
+    cm = _find("ConfigMap", "time-slicing-config")
+    cluster = ClusterGPUConfig()
+    replicas = {}
+    for key, text in cm["data"].items():
+        config = yaml.safe_load(text)
+        sharing = config["sharing"]["timeSlicing"]
+        assert config["version"] == "v1"
+        assert sharing["renameByDefault"] is False
+        assert sharing["failRequestsGreaterThanOne"] is True
+        [resource] = sharing["resources"]
+        assert resource["name"] == cluster.shared_resource == "nvidia.com/gpu"
+        replicas[key] = resource["replicas"]
+    assert replicas == {"replicas-4": 4, "replicas-2": 2}
+
+    shipped = {
+        p.slug: p.gpu.replicas
+        for p in load_profiles(REPO_PROFILES, cluster)
+        if p.gpu.kind == "fraction"
+    }
+    assert shipped == {"small": 4, "medium": 2}
+    assert set(replicas.values()) == set(shipped.values()) == set(cluster.replica_counts)
+    assert LLMSpawner.class_traits()["gpu_replica_counts"].default() == [2, 4]
+    assert LLMSpawner.class_traits()["gpu_shared_resource"].default() == "nvidia.com/gpu"
+    # The label GPU feature discovery puts on a node of that config is the spawner's selector.
+    for profile in load_profiles(REPO_PROFILES, cluster):
+        if profile.gpu.kind == "fraction":
+            assert gpu_resources(profile.gpu, cluster).node_selector == {
+                "nvidia.com/gpu.replicas": str(profile.gpu.replicas)
+            }
+
+
+# -- RBAC --------------------------------------------------------------------------------------
+
+
+def _calls_in(module: str) -> set[str]:
+    return set(_CALL.findall((ROOT / "llmspawner" / module).read_text()))
+
+
+def test_api_call_table_lists_every_call_of_the_code():
+    backend = (ROOT / "llmspawner" / "queue" / "backend.py").read_text()
+    assert _calls_in("queue/backend.py") | _calls_in("spawner.py") == set(API_CALLS)
+    assert set(re.findall(r'"(list_namespaced_\w+)"', backend)) == WATCHED
+    assert "watch=True" in backend
+
+
+def _rules(obj: dict) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in obj["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def _expected(namespaced: bool) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for method, (group, resource, verb, in_namespace) in API_CALLS.items():
+        if in_namespace == namespaced:
+            out.setdefault((group, resource), set()).add(verb)
+            if method in WATCHED:
+                out[(group, resource)].add("watch")
+    return out
+
+
+def test_queue_role_has_exactly_the_verbs_of_the_code():
+    assert _rules(_find("Role", "llm-queue")) == _expected(namespaced=True)
+    assert _expected(namespaced=True) == {
+        ("batch", "jobs"): {"create", "delete", "get", "list", "watch"},
+        ("", "configmaps"): {"create", "delete", "patch", "update"},
+        ("", "pods"): {"list", "watch"},
+        ("", "pods/log"): {"get"},
+    }
+
+
+def test_capacity_cluster_role_reads_nodes_and_priority_classes():
+    expected = _expected(namespaced=False)
+    for key, verbs in CONTRACT_EXTRA.items():
+        expected[key] |= verbs
+    assert (
+        _rules(_find("ClusterRole", "llm-capacity"))
+        == expected
+        == {
+            ("", "nodes"): {"get", "list", "watch"},
+            ("scheduling.k8s.io", "priorityclasses"): {"list"},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, name, role_kind",
+    [("RoleBinding", "llm-queue", "Role"), ("ClusterRoleBinding", "llm-capacity", "ClusterRole")],
+)
+def test_bindings_give_the_roles_to_the_hub_service_account(kind, name, role_kind):
+    binding = _find(kind, name)
+    assert binding["subjects"] == [HUB_SERVICE_ACCOUNT]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": role_kind,
+        "name": name,
+    }
+
+
+# -- storage and MLflow ------------------------------------------------------------------------
+
+
+def test_shared_pvc_is_read_write_many_and_the_spawners_claim():
+    pvc = _find("PersistentVolumeClaim", "llm-storage")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert LLMSpawner.class_traits()["storage_claim_name"].default() == "llm-storage"
+    assert _helm_values()["hub"]["config"]["LLMSpawner"]["storage_claim_name"] == "llm-storage"
+
+
+def test_mlflow_service_reaches_the_deployment_at_the_configured_url():
+    service, deployment = _find("Service", "mlflow"), _find("Deployment", "mlflow")
+    template = deployment["spec"]["template"]
+    pod_labels = template["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    [port] = service["spec"]["ports"]
+    [container] = template["spec"]["containers"]
+    [container_port] = container["ports"]
+    assert port == {"name": "http", "port": 5000, "targetPort": "http", "protocol": "TCP"}
+    assert container_port == {"name": "http", "containerPort": 5000, "protocol": "TCP"}
+    meta = service["metadata"]
+    url = f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local:{port['port']}"
+    assert url == "http://mlflow.llm.svc.cluster.local:5000"
+    assert _helm_values()["hub"]["config"]["LLMSpawner"]["mlflow_tracking_uri"] == url
+
+
+def _env(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_mlflow_deployment_settings():
+    deployment = _find("Deployment", "mlflow")
+    pod = deployment["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    [server] = pod["containers"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert init["image"] == server["image"] == "ghcr.io/mlflow/mlflow:v3.17.2-full"
+    assert init["args"] == [
+        'exec mlflow db upgrade "${MLFLOW_DB_URL:-sqlite:////mlflow/mlflow.db}"'
+    ]
+    assert server["args"][0].split() == [
+        "exec",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        '"${MLFLOW_DB_URL:-sqlite:////mlflow/mlflow.db}"',
+        "--artifacts-destination",
+        "/mlflow/artifacts",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "5000",
+        "--workers",
+        "2",
+    ]
+    secret = {"secretKeyRef": {"name": "mlflow-db", "key": "url", "optional": True}}
+    assert _env(init)["MLFLOW_DB_URL"] == _env(server)["MLFLOW_DB_URL"] == secret
+    hosts = _env(server)["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert {"mlflow.llm.svc.cluster.local:5000", "mlflow:5000", "localhost:*"} <= set(hosts)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
+    for container in (init, server):
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert set(container["resources"]) == {"requests", "limits"}
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == ["mlflow-data"]
+    # The server and the users' client are the same MLflow version.
+    assert _pins(SINGLEUSER_DOCKERFILE.parent)["mlflow-skinny"] == "3.17.2"
+
+
+def test_storage_helper_pod():
+    pod = yaml.safe_load((DEPLOY / "storage-helper.yaml").read_text())
+    for version in VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+    assert pod["metadata"]["namespace"] == "llm"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == "llmspawner"
+    assert pod["spec"]["volumes"] == [
+        {"name": "llm-storage", "persistentVolumeClaim": {"claimName": "llm-storage"}}
+    ]
+    assert pod["spec"]["containers"][0]["volumeMounts"] == [
+        {"name": "llm-storage", "mountPath": "/storage"}
+    ]
+    assert (
+        pod["spec"]["securityContext"]["runAsUser"],
+        pod["spec"]["securityContext"]["runAsGroup"],
+    ) == (1000, 100)
+
+
+# -- images ------------------------------------------------------------------------------------
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` of a Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            instruction, _, args = line.partition(" ")
+            out.append((instruction.upper(), args.strip()))
+    return out
+
+
+def _only(dockerfile: Path, instruction: str) -> list[str]:
+    return [args for ins, args in _instructions(dockerfile) if ins == instruction]
+
+
+def _pins(folder: Path) -> dict[str, str]:
+    pins = {}
+    for line in (folder / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            m = re.fullmatch(r"([a-z0-9][a-z0-9.-]*)==([0-9][^\s=;]*)", line)
+            assert m, f"{folder.name}/constraints.txt: not pinned with ==: {line!r}"
+            assert m[1] == canonicalize_name(m[1]) and m[1] not in pins, line
+            pins[m[1]] = m[2]
+    return pins
+
+
+def _pip_install_args(dockerfile: Path) -> list[str]:
+    """The requirement arguments of every ``pip install`` (options left out)."""
+    args = []
+    for run in _only(dockerfile, "RUN"):
+        tokens = shlex.split(run)
+        for i, token in enumerate(tokens[:-1]):
+            if token == "pip" and tokens[i + 1] == "install":
+                end = tokens.index("&&", i) if "&&" in tokens[i:] else len(tokens)
+                args += [t for t in tokens[i + 2 : end] if not t.startswith("-")]
+    return args
+
+
+def _chart_versions_in_docs() -> set[str]:
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    return set(
+        re.findall(
+            r"helm upgrade --install llm jupyterhub/jupyterhub --version (\S+) -n llm -f helm-values\.yaml",
+            docs,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "dockerfile", [HUB_DOCKERFILE, SINGLEUSER_DOCKERFILE], ids=["hub", "singleuser"]
+)
+def test_base_image_is_pinned(dockerfile):
+    [base] = _only(dockerfile, "FROM")
+    image, _, tag = base.rpartition(":")
+    assert image and tag and tag != "latest" and "$" not in base and " " not in base
+
+
+def test_hub_base_is_the_chart_version_of_the_docs():
+    assert _chart_versions_in_docs() == {"4.3.3"}
+    assert _only(HUB_DOCKERFILE, "FROM") == ["quay.io/jupyterhub/k8s-hub:4.3.3"]
+    assert _only(HUB_DOCKERFILE, "USER")[-1] == "1000"
+
+
+@pytest.mark.parametrize(
+    "dockerfile, extra",
+    [(HUB_DOCKERFILE, "hub"), (SINGLEUSER_DOCKERFILE, "singleuser")],
+    ids=["hub", "singleuser"],
+)
+def test_every_requirement_is_pinned_and_satisfies_pyproject(dockerfile, extra):
+    pins = _pins(dockerfile.parent)
+    args = _pip_install_args(dockerfile)
+    assert f"/tmp/llmspawner/src[{extra}]" in args
+    for arg in args:
+        if arg == f"/tmp/llmspawner/src[{extra}]":
+            continue
+        name, _, version = arg.partition("==")
+        assert version and pins[canonicalize_name(name)] == version, arg
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for line in project["dependencies"] + project["optional-dependencies"][extra]:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{line} has no pin"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{line} != {pins[name]}"
+    # The build backend is pinned too (PIP_CONSTRAINT reaches pip's build environment).
+    [backend] = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert Requirement(backend).specifier.contains(pins["hatchling"])
+    assert "PIP_CONSTRAINT=/tmp/llmspawner/constraints.txt" in " ".join(_only(dockerfile, "RUN"))
+
+
+def test_hub_and_user_images_agree():
+    hub, user = _pins(HUB_DOCKERFILE.parent), _pins(SINGLEUSER_DOCKERFILE.parent)
+    # jupyterhub-singleuser talks to the hub; JupyterHub 6.0 added extra_user_scopes, which
+    # llmspawner.queue.hubservice sets.
+    assert hub["jupyterhub"] == user["jupyterhub"] == "6.1.1"
+    assert hub["oauthenticator"] == "17.4.0"  # what k8s-hub:4.3.3 ships (z2jh changelog)
+
+
+def test_singleuser_image():
+    dockerfile = SINGLEUSER_DOCKERFILE
+    [base] = _only(dockerfile, "FROM")
+    pins = _pins(dockerfile.parent)
+    m = re.fullmatch(r"pytorch/pytorch:([0-9.]+)-cuda[0-9.]+-cudnn[0-9]+-runtime", base)
+    assert m and pins["torch"] == m[1] == "2.9.1"
+    assert pins["llamafactory"] == "0.9.5"
+    assert "useradd --uid 1000 --gid 100 --create-home --home-dir /home/jovyan" in " ".join(
+        _only(dockerfile, "RUN")
+    )
+    assert _only(dockerfile, "USER")[-1] == "1000"
+    assert _only(dockerfile, "WORKDIR") == ["/home/jovyan"]
+    assert "HOME=/home/jovyan" in _only(dockerfile, "ENV")[0].split()
+    assert _only(dockerfile, "EXPOSE") == ["8888"]
+    assert _only(dockerfile, "CMD") == ['["jupyterhub-singleuser"]']
+
+
+def test_dockerignore_keeps_out_the_bulk_and_in_what_the_images_copy():
+    patterns = [
+        line
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert {".venv", "test-artifacts", "node_modules", "**/node_modules", ".git"} <= set(patterns)
+    copied = set()
+    for dockerfile in (HUB_DOCKERFILE, SINGLEUSER_DOCKERFILE):
+        for args in _only(dockerfile, "COPY"):
+            copied.update(args.split()[:-1])
+    assert copied == {
+        "pyproject.toml",
+        "README.md",
+        "jupyter-config",
+        "llmspawner",
+        "deploy/images/hub/constraints.txt",
+        "deploy/images/singleuser/constraints.txt",
+    }
+    for source in copied:
+        parts = Path(source).parts
+        prefixes = {"/".join(parts[: i + 1]) for i in range(len(parts))}
+        assert not prefixes & set(patterns), source
