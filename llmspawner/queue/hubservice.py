@@ -8,7 +8,9 @@ hub config, merging with what is there (z2jh's or the operator's roles are never
 Who may use the queue (JupyterHub 6 scopes, https://jupyterhub.readthedocs.io/en/stable/rbac/scopes.html):
 
 - every user: ``access:services!service=llm-queue`` is added to the ``user`` role through
-  ``c.JupyterHub.extra_user_scopes`` (the browser login to the service needs it);
+  ``c.JupyterHub.extra_user_scopes`` (the browser login to the service needs it); that
+  setting is new in JupyterHub 6.0, so on 5.x (z2jh 4.x's hub image) the ``user`` role is
+  defined in ``load_roles`` instead, with its default scope ``self`` kept;
 - every user's server: the ``server`` role (the scopes of ``$JUPYTERHUB_API_TOKEN`` in the
   user's pod) gets the same scope next to its defaults, so ``llmspawner queue ...`` works in
   the pod with no set-up. A server token only gets scopes its owner holds, so this gives a
@@ -61,6 +63,16 @@ CUSTOM_SCOPES = {
 #: JupyterHub 6's default ``server`` role scopes (``jupyterhub.roles.get_default_roles``):
 #: a role defined in config replaces a default role's scopes, so they are repeated.
 DEFAULT_SERVER_SCOPES = ("users:activity!user", "access:servers!server")
+#: JupyterHub's default ``user`` role scopes (the same in 5.x and 6.x).
+DEFAULT_USER_SCOPES = ("self",)
+
+
+def _hub_has_extra_user_scopes() -> bool:
+    """Whether the installed JupyterHub has ``JupyterHub.extra_user_scopes`` (6.0+)."""
+    import jupyterhub
+
+    return jupyterhub.version_info >= (6,)
+
 
 _PASS_PREFIXES = ("LLMSPAWNER_", "KUBERNETES_SERVICE_", "MLFLOW_TRACKING_")
 _PASS_NAMES = ("KUBECONFIG",)
@@ -188,12 +200,16 @@ def merge_roles(existing: list[dict], new: list[dict]) -> list[dict]:
     return out
 
 
-def configure_queue(c, env: Mapping[str, str] = os.environ) -> None:
+def configure_queue(
+    c, env: Mapping[str, str] = os.environ, *, extra_user_scopes: bool | None = None
+) -> None:
     """Add the ``llm-queue`` service to a hub config ``c``; call it after the spawner's.
 
     Appends the service, merges its roles into ``load_roles``, declares
     ``custom:llm-queue:admin``, adds ``access:services!service=llm-queue`` to
-    ``extra_user_scopes``, and gives the users' pods ``LLMSPAWNER_QUEUE_URL`` (unless set).
+    ``extra_user_scopes`` (``extra_user_scopes=False``, or JupyterHub < 6 when ``None``: to
+    a ``user`` role in ``load_roles``), and gives the users' pods ``LLMSPAWNER_QUEUE_URL``
+    (unless set).
     The service copies the spawner's settings from ``c.KubeSpawner`` (where z2jh puts the
     namespace and image) overridden by ``c.LLMSpawner``.
     Does nothing when ``LLMSPAWNER_QUEUE=0`` or a service named ``llm-queue`` exists already.
@@ -211,7 +227,13 @@ def configure_queue(c, env: Mapping[str, str] = os.environ) -> None:
     hub.services = [*services, service]
     hub.load_roles = merge_roles(list(hub.get("load_roles", [])), roles)
     hub.custom_scopes = {**hub.get("custom_scopes", {}), **CUSTOM_SCOPES}
-    hub.extra_user_scopes = {*hub.get("extra_user_scopes", set()), ACCESS_SCOPE}
+    if extra_user_scopes is None:
+        extra_user_scopes = _hub_has_extra_user_scopes()
+    if extra_user_scopes:
+        hub.extra_user_scopes = {*hub.get("extra_user_scopes", set()), ACCESS_SCOPE}
+    else:
+        user_role = {"name": "user", "scopes": [*DEFAULT_USER_SCOPES, ACCESS_SCOPE]}
+        hub.load_roles = merge_roles(hub.load_roles, [user_role])
     base_url = "/" + str(hub.get("base_url", "/")).strip("/")
     client_url = env.get("LLMSPAWNER_QUEUE_CLIENT_URL") or (
         f"{service['url']}{base_url.rstrip('/')}/services/{SERVICE_NAME}/"

@@ -11,6 +11,7 @@ from llmspawner.queue.hubservice import (
     ACCESS_SCOPE,
     ADMIN_SCOPE,
     DEFAULT_SERVER_SCOPES,
+    DEFAULT_USER_SCOPES,
     configure_queue,
     merge_roles,
     queue_service,
@@ -131,3 +132,27 @@ def test_configure_queue_reads_the_charts_kubespawner_section():
         "BOTH": "llmspawner",
         "LLMSPAWNER_QUEUE_URL": "http://hub:10101/services/llm-queue/",
     }
+
+
+def test_the_default_user_scopes_are_jupyterhubs():
+    (user,) = [r for r in get_default_roles() if r["name"] == "user"]
+    assert tuple(user["scopes"]) == DEFAULT_USER_SCOPES
+
+
+def test_configure_queue_on_jupyterhub_5_defines_the_user_role():
+    """JupyterHub 5.x (z2jh 4.x's hub image) has no extra_user_scopes: the ``user`` role is
+    defined in load_roles, keeping its default scope and what the config gave it."""
+    c = Config()
+    c.JupyterHub.load_roles = [{"name": "user", "scopes": ["read:groups"]}]
+    configure_queue(
+        c, {"LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101"}, extra_user_scopes=False
+    )
+    assert "extra_user_scopes" not in c.JupyterHub
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["user"]["scopes"] == ["read:groups", "self", ACCESS_SCOPE]
+    c = Config()
+    configure_queue(
+        c, {"LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101"}, extra_user_scopes=False
+    )
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["user"] == {"name": "user", "scopes": ["self", ACCESS_SCOPE]}
