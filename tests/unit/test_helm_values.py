@@ -31,3 +31,37 @@ def test_values_use_llmspawner():
     assert values["hub"]["config"]["JupyterHub"]["spawner_class"] == "llm"
     assert values["singleuser"]["storage"]["type"] == "none"
     assert "configure(c)" in values["hub"]["extraConfig"]["llmspawner"]
+
+
+def _egress_to(rules: list[dict], labels: dict) -> list[int]:
+    """Ports that egress rules open towards pods carrying ``labels``."""
+    return [
+        port["port"]
+        for rule in rules
+        for peer in rule["to"]
+        if peer["podSelector"]["matchLabels"].items() <= labels.items()
+        for port in rule["ports"]
+    ]
+
+
+def test_network_rules_match_mlflow_and_the_queue():
+    """User pods may reach exactly MLflow's pod port and the queue's port in the hub's pod;
+    the hub's Service publishes that port, and the queue listens on it."""
+    values = yaml.safe_load((ROOT / "helm-values.yaml").read_text())
+    docs = list(yaml.safe_load_all((ROOT / "deploy/manifests/mlflow/deployment.yaml").read_text()))
+    (mlflow,) = [d for d in docs if d and d["kind"] == "Deployment"]
+    pod_labels = mlflow["spec"]["template"]["metadata"]["labels"]
+    (container,) = mlflow["spec"]["template"]["spec"]["containers"]
+    mlflow_ports = [p["containerPort"] for p in container["ports"]]
+    egress = values["singleuser"]["networkPolicy"]["egress"]
+    assert _egress_to(egress, pod_labels) == mlflow_ports == [5000]
+    hub_pod = {"app": "jupyterhub", "component": "hub", "release": "llm"}
+    assert _egress_to(egress, hub_pod) == [10101]
+    assert _egress_to(values["proxy"]["chp"]["networkPolicy"]["egress"], hub_pod) == [10101]
+    (ingress,) = values["hub"]["networkPolicy"]["ingress"]
+    assert [p["port"] for p in ingress["ports"]] == [10101]
+    (extra_port,) = values["hub"]["service"]["extraPorts"]
+    assert (extra_port["port"], extra_port["targetPort"]) == (10101, 10101)
+    env = values["hub"]["extraEnv"]
+    assert env["LLMSPAWNER_QUEUE_SERVICE_URL"] == "http://hub:10101"
+    assert env["LLMSPAWNER_QUEUE_BIND_URL"] == "http://0.0.0.0:10101"
