@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from llmspawner.dev.login import HubSession
-from llmspawner.dev.parts import venv_bin
+from llmspawner.dev.parts import DEFAULT_USERS, venv_bin
 from llmspawner.dev.stack import DevStack
 
 STACK_TIMEOUT = float(os.environ.get("LLMSPAWNER_E2E_TIMEOUT", "120"))
@@ -29,6 +29,16 @@ SERVER_TIMEOUT = float(os.environ.get("LLMSPAWNER_E2E_SERVER_TIMEOUT", "600"))
 LLAMABOARD_TIMEOUT = float(os.environ.get("LLMSPAWNER_E2E_LLAMABOARD_TIMEOUT", "300"))
 
 _STACK_KEY = pytest.StashKey[DevStack]()
+
+#: The user who walks the whole path in a real browser (test_user_path.py), offered by the
+#: OIDC provider next to the dev defaults; no other test logs in as ``ivan``.
+BROWSER_USER = {
+    "sub": "ivan",
+    "preferred_username": "ivan",
+    "email": "ivan@example.org",
+    "name": "Ivan",
+    "groups": ["users"],
+}
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +70,9 @@ def stack(request, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("dev-stack")
     # Free-slice counts in the spawn form are re-listed every second (default 5 s).
     hub_args = ["--debug", "--LLMSpawner.capacity_ttl=1"]
-    dev_stack = DevStack(workdir, timeout=STACK_TIMEOUT, hub_args=hub_args)
+    dev_stack = DevStack(
+        workdir, timeout=STACK_TIMEOUT, hub_args=hub_args, users=(*DEFAULT_USERS, BROWSER_USER)
+    )
     request.config.stash[_STACK_KEY] = dev_stack
     try:
         dev_stack.start()
