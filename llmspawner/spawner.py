@@ -105,13 +105,18 @@ def describe_profile(profile: profiles_mod.Profile, capacity: capacity_mod.Capac
     elif gpu.kind != "none":
         parts.append(f"GPU: {gpu.label}.")
     if capacity is not None:
+        # What one server of this profile takes: a slice, a GPU, or a set of GPUs.
+        if gpu.kind == "count":
+            unit = "GPUs" if gpu.count == 1 else f"sets of {gpu.count} GPUs"
+        else:
+            unit = "slices"
         if capacity.full:
             parts.append(
-                f"Full: all {capacity.total} slices are in use; choose it to wait for the next "
-                "free slot."
+                f"Full: all {capacity.total} {unit} are in use; choose it to wait for the next "
+                "free one."
             )
         else:
-            parts.append(f"Free now: {capacity.free} of {capacity.total} slices.")
+            parts.append(f"Free now: {capacity.free} of {capacity.total} {unit}.")
     if profile.idle_timeout:
         parts.append(f"Stops after {_duration(profile.idle_timeout)} without activity.")
     return " ".join(p for p in parts if p)
@@ -260,15 +265,6 @@ class LLMSpawner(KubeSpawner):
         """,
     )
 
-    llamaboard_url = Unicode(
-        "/llamaboard/",
-        config=True,
-        help="""
-        Path of LlamaBoard under the user's server (jupyter-server-proxy's ``llamaboard``
-        entry). It is the default URL unless ``default_url`` is set.
-        """,
-    )
-
     bind_pod_ip = Bool(
         False,
         config=True,
@@ -301,7 +297,10 @@ class LLMSpawner(KubeSpawner):
 
     @default("default_url")
     def _default_url_default(self):
-        return self.llamaboard_url
+        # JupyterLab, whose launcher has the LlamaBoard tile (jupyter-server-proxy's
+        # ``llamaboard`` entry): LlamaBoard opens in a JupyterLab tab, beside the user's files
+        # and a terminal. LlamaBoard alone is at ``/user/<name>/llamaboard/``.
+        return "/lab"
 
     @validate("mlflow_experiment_template")
     def _validate_template(self, proposal):

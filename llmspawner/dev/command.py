@@ -73,7 +73,8 @@ llmspawner dev stack is running (logs in {stack.logs_dir}/)
   Shared PVC:  {stack.pvc_path()}
 
 Log in: open the hub, and on the OIDC provider's page type any username (or click alice,
-bob or admin). Pick a profile; LlamaBoard opens at {stack.hub_url}/user/<name>/llamaboard/
+bob or admin). Pick a profile; JupyterLab opens, with a LlamaBoard tile in its launcher
+(LlamaBoard alone: {stack.hub_url}/user/<name>/llamaboard/)
 
 Press Ctrl-C to stop everything."""
 

@@ -65,7 +65,7 @@ def test_third_medium_user_waits_then_starts_by_itself(stack, users, timeouts):
         return block if "Full:" in block else None
 
     block = wait_until(form_says_full, 10, "the spawn form shows medium as full")
-    assert "Full: all 2 slices are in use; choose it to wait for the next free slot." in block
+    assert "Full: all 2 slices are in use; choose it to wait for the next free one." in block
     assert "a slice shares the GPU's memory with the other users of that GPU" in block
     assert "Free now: 4 of 4 slices." in profile_block(frank.get("/hub/spawn").text, "small")
 

@@ -74,7 +74,7 @@ async def test_pod_for_profile_and_user(make_spawner, profile, username):
     assert env["HOME"] == f"/storage/users/{slug}"
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.llm.svc:5000"
     assert env["MLFLOW_EXPERIMENT_NAME"] == f"{username}-experiments"
-    assert env["JUPYTERHUB_DEFAULT_URL"] == "/llamaboard/"
+    assert env["JUPYTERHUB_DEFAULT_URL"] == "/lab"
     assert env["JUPYTERHUB_USER"] == username
     # The raw name never reaches a label; kubespawner keeps it in an annotation.
     assert pod["metadata"]["annotations"]["hub.jupyter.org/username"] == username
@@ -154,7 +154,8 @@ async def test_bind_pod_ip(make_spawner):
     assert by_name["JUPYTERHUB_SERVICE_URL"] == "http://$(POD_IP):8888/"
     # A variable must be defined before the one that refers to it.
     assert names.index("POD_IP") < names.index("JUPYTERHUB_SERVICE_URL")
-    kubernetes_validate.validate(pod, "1.32", strict=True)
+    for version in ("1.32", latest_version()):
+        kubernetes_validate.validate(pod, version, strict=True)
 
 
 async def test_experiment_template(make_spawner):

@@ -16,8 +16,7 @@ def test_describe_time_sliced_profile_with_free_slices():
     medium = profiles.find_profile(SHIPPED, "medium")
     text = describe_profile(medium, capacity.Capacity(total=2, free=1, resource="nvidia.com/gpu"))
     assert text == (
-        "Half of a GPU by time-slicing: fine-tune 7B models with QLoRA. The GPU's memory is "
-        "shared with the other user of that GPU. GPU: ½ GPU by time-slicing; a slice shares the "
+        "For fine-tuning 7B models with QLoRA. GPU: ½ GPU by time-slicing; a slice shares the "
         "GPU's memory with the other users of that GPU. Free now: 1 of 2 slices. Stops after 30 "
         "minutes without activity."
     )
@@ -27,7 +26,7 @@ def test_describe_full_profile_can_still_be_chosen():
     large = profiles.find_profile(SHIPPED, "large")
     text = describe_profile(large, capacity.Capacity(total=2, free=0, resource="nvidia.com/gpu"))
     assert (
-        "GPU: 1 GPU. Full: all 2 slices are in use; choose it to wait for the next free slot."
+        "GPU: 1 GPU. Full: all 2 GPUs are in use; choose it to wait for the next free one."
         in text
     )
 
@@ -85,8 +84,8 @@ async def test_form_shows_free_slices_and_full(make_spawner, fake_cluster):
     for slug in ("cpu", "small", "medium", "large"):
         assert f'value="{slug}"' in form
     assert "Free now: 4 of 4 slices." in form
-    assert "Full: all 2 slices are in use; choose it to wait for the next free slot." in form
-    assert "Free now: 2 of 2 slices." in form
+    assert "Full: all 2 slices are in use; choose it to wait for the next free one." in form
+    assert "Free now: 2 of 2 GPUs." in form
     # A second page view within the TTL lists nothing again.
     await spawner._render_options_form_dynamically(spawner)
     assert calls == ["nodes"]
