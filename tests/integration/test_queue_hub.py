@@ -4,7 +4,7 @@ A real ``jupyterhub`` (dummy login, local-process spawner) with :func:`configure
 ``python -m llmspawner.queue`` against the emulated cluster and proxies it. Checked through
 the proxy: a user's *server* token can use the queue (the ``server`` role), any token of a
 user that holds ``access:services!service=llm-queue`` can, one without it cannot; another
-user's job is 404; a hub admin sees every job.
+user's job is 404; a hub admin sees every job; an ordinary user logs in to the pages by browser.
 """
 
 from __future__ import annotations
@@ -170,7 +170,8 @@ async def test_server_token_and_user_tokens(hub):
     job = r.json()
     assert job["user"] == "alice"
 
-    # Every user holds the access scope (extra_user_scopes), so may put it in a token.
+    # Every user holds the access scope (JupyterHub 6: extra_user_scopes; 5.x: the user
+    # role), so may put it in a token.
     bob = await user_token(hub, "bob", [ACCESS_SCOPE])
     r = await hub.get(f"/services/llm-queue/api/jobs/{job['id']}", headers=q(bob))
     assert (r.status_code, r.json()) == (404, {"error": f"no job {job['id']}", "field": "id"})
@@ -186,3 +187,23 @@ async def test_server_token_and_user_tokens(hub):
     assert [j["id"] for j in jobs] == [job["id"]]
     assert json.dumps(jobs).count(server_token) == 0
     await admin_api(hub, "DELETE", "/users/alice/server")
+
+
+async def test_an_ordinary_user_logs_in_to_the_queue_pages(hub):
+    """A browser: the hub's login, then the service's OAuth login, with no admin involved.
+
+    The authorization needs ``access:services!service=llm-queue`` on the user (JupyterHub 6:
+    extra_user_scopes; 5.x: the ``user`` role); without it the hub answers 403.
+    """
+    base = str(hub.base_url)
+    async with httpx.AsyncClient(base_url=base, timeout=10, follow_redirects=True) as browser:
+        await browser.get("/hub/login")
+        form = {"username": "carol", "password": "any", "_xsrf": browser.cookies["_xsrf"]}
+        r = await browser.post("/hub/login?next=/services/llm-queue/", data=form)
+        assert r.status_code == 200, r.text
+        assert str(r.url) == f"{base}/services/llm-queue/"
+        assert "/hub/api/oauth2/authorize" in str(r.history[-2].url)
+        r = await browser.get("/services/llm-queue/api/jobs")
+        assert (r.status_code, r.json()) == (200, {"jobs": []})
+    carol = (await admin_api(hub, "GET", "/users/carol")).json()
+    assert (carol["admin"], carol["roles"]) == (False, ["user"])

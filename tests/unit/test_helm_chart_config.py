@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
+import jupyterhub
 import kubernetes_validate
 import pytest
 import yaml
@@ -155,7 +156,13 @@ def test_queue_service(chart_config):
     assert roles["llm-queue-service"]["scopes"] == []
     assert roles["llm-queue-admin"]["groups"] == ["llm-admins"]
     assert roles["llm-queue-admin"]["scopes"] == [ADMIN_SCOPE, ACCESS_SCOPE]
-    assert ACCESS_SCOPE in chart_config.JupyterHub.extra_user_scopes
+    # Every user may use the queue: JupyterHub 6 has extra_user_scopes; the hub image's
+    # JupyterHub 5.4.4 (deploy/images/hub/constraints.txt) gets the user role instead.
+    if jupyterhub.version_info >= (6,):
+        assert ACCESS_SCOPE in chart_config.JupyterHub.extra_user_scopes
+    else:
+        assert "extra_user_scopes" not in chart_config.JupyterHub
+        assert roles["user"]["scopes"] == ["self", ACCESS_SCOPE]
 
 
 async def test_alice_on_medium(chart_config, stub_kubeconfig):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import jupyterhub
 from jupyterhub.roles import get_default_roles
 from traitlets.config import Config
 
@@ -90,7 +91,9 @@ def test_configure_queue_appends_to_what_is_configured():
     c.JupyterHub.extra_user_scopes = {"read:users:name"}
     c.JupyterHub.base_url = "/jh/"
     c.LLMSpawner.environment = {"FOO": "1"}
-    configure_queue(c, {"LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101"})
+    # JupyterHub 6's extra_user_scopes, whichever JupyterHub runs the tests.
+    env = {"LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101"}
+    configure_queue(c, env, extra_user_scopes=True)
     assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "llm-queue"]
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles["server"]["scopes"] == [
@@ -98,6 +101,7 @@ def test_configure_queue_appends_to_what_is_configured():
         "access:servers!server",
         ACCESS_SCOPE,
     ]
+    assert "user" not in roles
     assert set(c.JupyterHub.custom_scopes) == {"custom:x", ADMIN_SCOPE}
     assert c.JupyterHub.extra_user_scopes == {"read:users:name", ACCESS_SCOPE}
     assert c.LLMSpawner.environment == {
@@ -105,7 +109,7 @@ def test_configure_queue_appends_to_what_is_configured():
         "LLMSPAWNER_QUEUE_URL": "http://hub:10101/jh/services/llm-queue/",
     }
     # Twice is once.
-    configure_queue(c, {"LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101"})
+    configure_queue(c, env, extra_user_scopes=True)
     assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "llm-queue"]
 
 
@@ -132,6 +136,19 @@ def test_configure_queue_reads_the_charts_kubespawner_section():
         "BOTH": "llmspawner",
         "LLMSPAWNER_QUEUE_URL": "http://hub:10101/services/llm-queue/",
     }
+
+
+def test_configure_queue_asks_the_installed_jupyterhub():
+    """Left to itself, configure_queue picks the way the installed JupyterHub has."""
+    c = Config()
+    configure_queue(c, {"LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101"})
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    if jupyterhub.version_info >= (6,):
+        assert c.JupyterHub.extra_user_scopes == {ACCESS_SCOPE}
+        assert "user" not in roles
+    else:  # the hub image's JupyterHub 5.4.4 (deploy/images/hub/constraints.txt)
+        assert "extra_user_scopes" not in c.JupyterHub
+        assert roles["user"] == {"name": "user", "scopes": ["self", ACCESS_SCOPE]}
 
 
 def test_the_default_user_scopes_are_jupyterhubs():
