@@ -497,10 +497,17 @@ def test_every_requirement_is_pinned_and_satisfies_pyproject(dockerfile, extra):
 
 def test_hub_and_user_images_agree():
     hub, user = _pins(HUB_DOCKERFILE.parent), _pins(SINGLEUSER_DOCKERFILE.parent)
-    # jupyterhub-singleuser talks to the hub; JupyterHub 6.0 added extra_user_scopes, which
-    # llmspawner.queue.hubservice sets.
-    assert hub["jupyterhub"] == user["jupyterhub"] == "6.1.1"
-    assert hub["oauthenticator"] == "17.4.0"  # what k8s-hub:4.3.3 ships (z2jh changelog)
+    # Kept as k8s-hub:4.3.3 ships them (z2jh changelog), the pairing the chart is tested with;
+    # jupyterhub-singleuser in the user's pod talks to the hub, so it is the same version.
+    assert hub["jupyterhub"] == user["jupyterhub"] == "5.4.4"
+    assert hub["oauthenticator"] == "17.4.0"
+    # Moved to pyproject.toml's minimums.
+    assert (hub["jupyterhub-kubespawner"], hub["jupyterhub-idle-culler"]) == ("7.1.0", "2.0.0")
+    # The hub image installs no jupyterhub of its own over the base image's.
+    assert all(
+        canonicalize_name(a.partition("==")[0]) != "jupyterhub"
+        for a in _pip_install_args(HUB_DOCKERFILE)
+    )
 
 
 def test_singleuser_image():
