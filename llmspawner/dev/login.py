@@ -4,8 +4,9 @@
 ``/hub/oauth_login`` redirects to the OIDC provider's authorize page, the page's form is
 submitted with the user's ``sub`` (as clicking the provider's button does), the provider
 redirects to the hub's ``/hub/oauth_callback``, and the hub sets its login cookies. The session
-then asks the hub for an API token (``POST /hub/api/users/<name>/tokens``, authenticated by the
-login cookie and its ``_xsrf`` token), which every later call uses.
+then opens the hub's token page, as a browser would, and asks the hub for an API token
+(``POST /hub/api/users/<name>/tokens``, authenticated by the login cookie and the ``_xsrf``
+token of that page), which every later call uses.
 
 Usage::
 
@@ -155,6 +156,10 @@ class HubSession:
         Raises:
             LoginError: the hub refused (e.g. not logged in).
         """
+        # A page first, as in a browser: on it the hub sets the _xsrf cookie of the logged-in
+        # session. JupyterHub 5.4 sets a stale one at login when the session cookie is new
+        # (the login does not see its own new session id; 6.1 does); the first page replaces it.
+        self.client.get(f"{self.hub_url}/hub/token")
         xsrf = self._xsrf()
         response = self.client.post(
             f"{self.hub_url}/hub/api/users/{quote(self.username)}/tokens",
