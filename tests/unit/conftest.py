@@ -30,7 +30,14 @@ def stub_kubeconfig(tmp_path, monkeypatch):
     from kubernetes_asyncio.config import kube_config
 
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
-    return path
+    yield path
+    # kubespawner caches its kubeconfig and API clients process-wide: a later test (an
+    # integration test, in the same process) must not get this stub's closed port.
+    from kubespawner import KubeSpawner, clients
+
+    KubeSpawner.reflectors.clear()
+    clients._client_cache.clear()
+    clients.load_config.cache_clear()
 
 
 @pytest.fixture

@@ -26,8 +26,7 @@ def test_describe_full_profile_can_still_be_chosen():
     large = profiles.find_profile(SHIPPED, "large")
     text = describe_profile(large, capacity.Capacity(total=2, free=0, resource="nvidia.com/gpu"))
     assert (
-        "GPU: 1 GPU. Full: all 2 GPUs are in use; choose it to wait for the next free one."
-        in text
+        "GPU: 1 GPU. Full: all 2 GPUs are in use; choose it to wait for the next free one." in text
     )
 
 
