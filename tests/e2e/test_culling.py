@@ -120,6 +120,23 @@ class KeepActive:
         self.thread.join()
 
 
+def fill_until_kept(field, value: str, timeout: float = 30, settle: float = 1.5) -> None:
+    """Type ``value`` into a Gradio field until it keeps it for ``settle`` seconds: an event
+    handler still in flight (e.g. of another field's change) may overwrite what was typed.
+
+    Raises:
+        AssertionError: if the field does not keep ``value`` within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        field.fill(value)
+        field.press("Tab")
+        time.sleep(settle)
+        if field.input_value() == value:
+            return
+    raise AssertionError(f"the field does not keep {value!r}: it shows {field.input_value()!r}")
+
+
 def start_training_in_llamaboard(browser, stack, username: str, timeouts, artifacts) -> None:
     """Log in, open LlamaBoard, fill in the tiny model and dataset, click Start, close."""
     context = browser.new_context()
@@ -134,8 +151,9 @@ def start_training_in_llamaboard(browser, stack, username: str, timeouts, artifa
         name.click()
         name.fill("Custom")
         page.keyboard.press("Enter")
-        page.get_by_label("Model path").fill("/storage/models/tiny-llama")
-        page.get_by_label("Model path").press("Tab")
+        # LlamaBoard answers the model name's change by setting the model path (empty for
+        # "Custom"), a server round trip that can land after our typing on a busy machine.
+        fill_until_kept(page.get_by_label("Model path"), "/storage/models/tiny-llama")
         dataset = page.get_by_label("Dataset").first
         dataset.click()
         page.get_by_role("option", name=TINY_DATASET_NAME).click()
