@@ -290,10 +290,72 @@ def check_no_inline_secrets(values: dict, *, file: str) -> list[Problem]:
     return problems
 
 
+def check_proxy_activity_off(values: dict, *, file: str) -> list[Problem]:
+    """``hub.config.JupyterHub.last_activity_interval`` must be 0.
+
+    Why: the chart's hub configuration sets it to 60 (the hub polls the proxy's routes for
+    activity every minute), and :func:`llmspawner.hubconfig.configure_culler` never replaces
+    a value that is set. The proxy counts LlamaBoard's background polling as activity, so an
+    idle server would never be culled; llmspawner's activity comes from the user's server
+    (:mod:`llmspawner.singleuser`) instead.
+    """
+    value = _get(values, "hub", "config", "JupyterHub", "last_activity_interval")
+    if value == 0:
+        return []
+    shown = "not set (the chart then uses 60)" if value is None else f"{value!r}"
+    return [
+        Problem(
+            file,
+            "hub.config.JupyterHub.last_activity_interval",
+            "must be 0: the proxy counts LlamaBoard's polling as activity, so idle servers "
+            f"would never be culled; got {shown}",
+        )
+    ]
+
+
+#: ``hub.extraEnv`` names of which one must be set for anyone to log in (hubconfig).
+LOGIN_RULE_ENV = ("LLMSPAWNER_ALLOWED_GROUPS", "LLMSPAWNER_ALLOW_ALL")
+#: ``hub.config.GenericOAuthenticator`` traits that are a login rule as well.
+LOGIN_RULE_TRAITS = ("allowed_groups", "allowed_users", "allow_all")
+
+
+def check_login_rule(values: dict, *, file: str) -> list[Problem]:
+    """Someone must be allowed to log in, on purpose.
+
+    Why: :func:`llmspawner.hubconfig.configure_auth` stops the hub ("set
+    LLMSPAWNER_ALLOWED_GROUPS ... or LLMSPAWNER_ALLOW_ALL=1") when no login rule is set, and
+    OAuthenticator 16.0 and later let nobody in without one (its changelog, 16.0,
+    https://oauthenticator.readthedocs.io/en/latest/reference/changelog.html). Allowed:
+    one of :data:`LOGIN_RULE_ENV` in ``hub.extraEnv`` (either notation), or one of
+    :data:`LOGIN_RULE_TRAITS` in ``hub.config.GenericOAuthenticator``.
+    """
+    env = _get(values, "hub", "extraEnv", default={}) or {}
+    if isinstance(env, dict):
+        names = {spec.get("name", k) if isinstance(spec, dict) else k for k, spec in env.items()}
+    else:
+        names = {spec.get("name") for spec in env if isinstance(spec, dict)}
+    auth = _get(values, "hub", "config", "GenericOAuthenticator", default={}) or {}
+    if names & set(LOGIN_RULE_ENV) or (
+        isinstance(auth, dict) and auth.keys() & set(LOGIN_RULE_TRAITS)
+    ):
+        return []
+    return [
+        Problem(
+            file,
+            "hub.extraEnv",
+            f"sets no login rule: set {' or '.join(LOGIN_RULE_ENV)} (or "
+            "hub.config.GenericOAuthenticator.allowed_groups); without one the hub refuses to "
+            "start",
+        )
+    ]
+
+
 #: The checks, in the order they run.
 CHECKS: tuple[Callable[..., list[Problem]], ...] = (
     check_spawner_class,
     check_real_login,
+    check_login_rule,
+    check_proxy_activity_off,
     check_storage_off,
     check_chart_culler_off,
     check_extra_config_calls_llmspawner,

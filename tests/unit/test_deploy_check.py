@@ -316,6 +316,14 @@ def _set(tree: dict, dotted: str, value) -> None:
             "v.yaml: hub.config.JupyterHub.authenticator_class: must name a real login, e.g. generic-oauth (OIDC, see hubconfig); got 'dummy', with which anyone logs in",
         ),
         (
+            {"hub.config.JupyterHub.last_activity_interval": _DELETE},
+            "v.yaml: hub.config.JupyterHub.last_activity_interval: must be 0: the proxy counts LlamaBoard's polling as activity, so idle servers would never be culled; got not set (the chart then uses 60)",
+        ),
+        (
+            {"hub.extraEnv.LLMSPAWNER_ALLOWED_GROUPS": _DELETE},
+            "v.yaml: hub.extraEnv: sets no login rule: set LLMSPAWNER_ALLOWED_GROUPS or LLMSPAWNER_ALLOW_ALL (or hub.config.GenericOAuthenticator.allowed_groups); without one the hub refuses to start",
+        ),
+        (
             {"singleuser.storage.type": "dynamic"},
             "v.yaml: singleuser.storage.type: must be none (LLMSpawner mounts each user's folder of the shared PVC itself); got 'dynamic'",
         ),
