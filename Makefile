@@ -1,4 +1,4 @@
-# The two commands of the README. Both install what they need first (scripts/install.sh).
+# The README's commands (dev, test; smoke). Each installs what it needs first (scripts/install.sh).
 .PHONY: install dev smoke test lint
 
 install:
