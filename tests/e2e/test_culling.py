@@ -120,21 +120,32 @@ class KeepActive:
         self.thread.join()
 
 
-def fill_until_kept(field, value: str, timeout: float = 30, settle: float = 1.5) -> None:
-    """Type ``value`` into a Gradio field until it keeps it for ``settle`` seconds: an event
-    handler still in flight (e.g. of another field's change) may overwrite what was typed.
+def preview_until_sent(page, model_path: str, timeout: float = 60) -> None:
+    """Type the model path until LlamaBoard's "Preview command" shows it: the command the
+    Start button runs is built from the same values, so Start then sends this path.
+
+    The model name's change handler sets the model path (empty for "Custom") in a server
+    round trip; on a busy machine its answer can land after the path was typed, and Start
+    then fails with "Model not found." (seen in clean-clone CI runs).
 
     Raises:
-        AssertionError: if the field does not keep ``value`` within ``timeout`` seconds.
+        AssertionError: if the preview does not show the path within ``timeout`` seconds.
     """
+    from playwright.sync_api import expect
+
+    field = page.get_by_label("Model path")
+    shown = f"--model_name_or_path {model_path}"
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        field.fill(value)
+    while True:
+        field.fill(model_path)
         field.press("Tab")
-        time.sleep(settle)
-        if field.input_value() == value:
+        page.get_by_role("button", name="Preview command").click()
+        try:
+            expect(page.locator("body")).to_contain_text(shown, timeout=10_000)
             return
-    raise AssertionError(f"the field does not keep {value!r}: it shows {field.input_value()!r}")
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
 
 
 def start_training_in_llamaboard(browser, stack, username: str, timeouts, artifacts) -> None:
@@ -151,9 +162,8 @@ def start_training_in_llamaboard(browser, stack, username: str, timeouts, artifa
         name.click()
         name.fill("Custom")
         page.keyboard.press("Enter")
-        # LlamaBoard answers the model name's change by setting the model path (empty for
-        # "Custom"), a server round trip that can land after our typing on a busy machine.
-        fill_until_kept(page.get_by_label("Model path"), "/storage/models/tiny-llama")
+        page.get_by_label("Model path").fill("/storage/models/tiny-llama")
+        page.get_by_label("Model path").press("Tab")
         dataset = page.get_by_label("Dataset").first
         dataset.click()
         page.get_by_role("option", name=TINY_DATASET_NAME).click()
@@ -166,6 +176,7 @@ def start_training_in_llamaboard(browser, stack, username: str, timeouts, artifa
         # epoch is ~0.1 s; starting the training takes ~25 s), so longer than twice IDLE.
         epochs.fill("800")
         epochs.press("Tab")
+        preview_until_sent(page, "/storage/models/tiny-llama")
         page.get_by_role("button", name="Start").click()
         wait_until(lambda: training_pids(stack, username), 60, f"{username}'s training starts")
     except Exception:
