@@ -317,6 +317,19 @@ class HubSession:
         """Close the HTTP connections (the token stays valid until it expires)."""
         self.client.close()
 
+    def stop_and_close(self) -> None:
+        """Stop the user's server if one exists (e.g. left by a test that failed halfway),
+        then close the connections, even when stopping fails.
+
+        Raises:
+            SpawnError, TimeoutError: as :meth:`stop_server`.
+        """
+        try:
+            if self.server_model() is not None:
+                self.stop_server()
+        finally:
+            self.close()
+
     def __enter__(self) -> HubSession:
         return self
 

@@ -102,11 +102,7 @@ def _login(stack: DevStack, username: str):
     session = HubSession.login(stack.hub_url, username)
     yield session
     # A test that failed halfway may have left the server running.
-    try:
-        if session.server_model() is not None:
-            session.stop_server()
-    finally:
-        session.close()
+    session.stop_and_close()
 
 
 @pytest.fixture(scope="session")

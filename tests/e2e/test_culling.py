@@ -265,8 +265,4 @@ def test_training_keeps_alive_background_traffic_does_not(cull_stack, timeouts, 
         assert server_of(dave)["ready"] is True
     finally:
         for session in sessions.values():
-            try:
-                if session.server_model() is not None:
-                    session.stop_server()
-            finally:
-                session.close()
+            session.stop_and_close()

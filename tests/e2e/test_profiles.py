@@ -27,11 +27,7 @@ def users(stack):
 
     yield login
     for session in sessions.values():
-        try:
-            if session.server_model() is not None:
-                session.stop_server()
-        finally:
-            session.close()
+        session.stop_and_close()
 
 
 def profile_block(form_html: str, slug: str) -> str:

@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -44,6 +43,8 @@ from llmspawner.dev.tiny_model import (
 from llmspawner.queue.k8s_objects import LABEL_JOB_ID
 from llmspawner.storage import models_path
 
+from .polling import wait_until
+
 pytestmark = pytest.mark.e2e
 
 API = "/services/llm-queue/api"
@@ -52,19 +53,6 @@ API = "/services/llm-queue/api"
 JOB_TIMEOUT = float(os.environ.get("LLMSPAWNER_E2E_JOB_TIMEOUT", "300"))
 #: Training steps of alice's job (each logs its loss).
 STEPS = 3
-
-
-def wait_for(predicate, *, timeout: float, what: str, interval: float = 0.5):
-    """Return ``predicate()``'s first truthy value; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout:.0f} s")
-        time.sleep(interval)
 
 
 def get_job(session: HubSession, job_id: int, *, tolerate_outage: bool = False) -> dict | None:
@@ -100,7 +88,7 @@ def wait_state(
         return None
 
     try:
-        return wait_for(check, timeout=JOB_TIMEOUT, what=f"job {job_id} in {sorted(states)}")
+        return wait_until(check, timeout=JOB_TIMEOUT, what=f"job {job_id} in {sorted(states)}")
     except AssertionError as e:
         raise AssertionError(f"{e} (states seen: {' -> '.join(seen)})") from None
 
@@ -195,7 +183,7 @@ def queue_up(stack, alice, timeouts):
         return r.status_code == 200
 
     try:
-        wait_for(answers, timeout=timeouts.stack, what="the llm-queue service answers")
+        wait_until(answers, timeout=timeouts.stack, what="the llm-queue service answers")
     except AssertionError as e:
         pytest.fail(
             f"{e}; GET {API}/jobs last answered {last}. Is "
@@ -261,7 +249,7 @@ def test_alice_fine_tunes_through_the_queue_after_waiting_and_a_service_crash(
         assert current["state"] == "queued", f"medium is full, yet alice's job is {current}"
         return current if current["position"] is not None else None
 
-    job = wait_for(waiting, timeout=JOB_TIMEOUT, what="alice's job has a position")
+    job = wait_until(waiting, timeout=JOB_TIMEOUT, what="alice's job has a position")
     assert job["state"] == "queued"
     assert job["position"] == 1
     assert job["reason"].startswith("waiting for a free"), job["reason"]
@@ -305,7 +293,7 @@ def test_alice_fine_tunes_through_the_queue_after_waiting_and_a_service_crash(
     (k8s_job,), _ = k8s_jobs(stack, job_id)
     finished = [c["type"] for c in k8s_job["status"].get("conditions") or []]
     assert k8s_job["status"].get("active") == 1 and not finished, k8s_job["status"]
-    wait_for(
+    wait_until(
         lambda: [p for p in queue_service_pids(stack) if p != pid],
         timeout=JOB_TIMEOUT,
         what="the hub restarted the queue service",
@@ -341,7 +329,7 @@ def test_alice_fine_tunes_through_the_queue_after_waiting_and_a_service_crash(
     )["metrics"]
     assert [m["step"] for m in history] == list(range(1, STEPS + 1))
 
-    job = wait_for(
+    job = wait_until(
         lambda: (j := get_job(alice, job_id))["mlflow_run_id"] and j,
         timeout=60,
         what="the queue recorded alice's MLflow run",

@@ -330,11 +330,7 @@ def test_ivan_walks_from_login_to_llamaboard_and_the_queue(stack, timeouts):
             if job_of(api, job["id"])["state"] in ("queued", "admitted", "running"):
                 api.request("DELETE", f"{API}/jobs/{job['id']}")
         for session in (api, neighbour):
-            try:
-                if session.server_model() is not None:
-                    session.stop_server()
-            finally:
-                session.close()
+            session.stop_and_close()
     steps.done("servers stopped")
 
 
