@@ -15,7 +15,7 @@ that answers from memory, so that the figure is the service's, not an API server
 writes the decisions back.
 
 **Submits** (``--only submit``): the real service process (``python -m llmspawner.queue``)
-against the emulated cluster (``python -m llmspawner.devcluster``), with its SQLite database,
+against the emulated cluster (``python -m devcluster``), with its SQLite database,
 and a stand-in for the hub's ``GET /hub/api/user`` (the only hub call the service makes per
 token; JupyterHub's ``HubAuth`` then caches the answer for 5 minutes, as it does in
 production). ``--concurrency`` clients (default 16) post ``--submits`` LoRA SFT configs
@@ -129,7 +129,7 @@ class MemoryCluster:
 
     def __init__(self):
         from llmspawner.capacity import CapacityCache
-        from llmspawner.devcluster.nodes import default_layout, node_object, validate_layout
+        from devcluster.nodes import default_layout, node_object, validate_layout
 
         self.nodes = [node_object(spec) for spec in validate_layout(default_layout())]
         self.jobs: dict[str, dict] = {}
@@ -211,7 +211,7 @@ async def bench_service_pass(*, queued: int, users: int, passes: int, workdir: P
 def tiny_config_yaml() -> str:
     import yaml
 
-    from llmspawner.dev.tiny_model import TINY_MODEL_NAME, lora_sft_config
+    from llmspawner_dev.tiny_model import TINY_MODEL_NAME, lora_sft_config
 
     return yaml.safe_dump(
         lora_sft_config(
@@ -245,7 +245,7 @@ async def bench_submits(
     import httpx
     from tornado.httpserver import HTTPServer
 
-    from llmspawner.dev.processes import ChildProcess, free_port, wait_json_line
+    from llmspawner_dev.processes import ChildProcess, free_port, wait_json_line
 
     names = usernames(users)
     tokens = {name: f"bench-token-{name}" for name in names}
@@ -275,7 +275,7 @@ async def bench_submits(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cluster = ChildProcess(
         "cluster",
-        [sys.executable, "-m", "llmspawner.devcluster", "--data-dir", str(workdir / "cluster")],
+        [sys.executable, "-m", "devcluster", "--data-dir", str(workdir / "cluster")],
         log_path=workdir / "cluster.log",
         env=env,
     ).start()

@@ -1,6 +1,6 @@
 """Spawn overhead of LLMSpawner against plain KubeSpawner, measured in the same run.
 
-Both spawners run in this process against the emulated cluster (``llmspawner.devcluster``),
+Both spawners run in this process against the emulated cluster (``devcluster``),
 configured equivalently: the same image, command, CPU/memory, the user's subPath of the shared
 PVC at the same mountPath, the same working directory and ``HOME``. LLMSpawner additionally
 does what it exists for: reads and validates the profile, lists Nodes and Pods for the form's
@@ -134,7 +134,7 @@ async def run(args) -> list[tuple[str, float, float]]:
     from kubernetes_asyncio import client
     from kubernetes_asyncio.config import kube_config
 
-    from llmspawner.devcluster.testing import fast_cluster
+    from devcluster.testing import fast_cluster
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

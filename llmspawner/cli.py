@@ -2,11 +2,11 @@
 
 Each subcommand lives where its code is; this file only maps names to modules::
 
-    llmspawner dev [--smoke]          run the whole stack locally (llmspawner.dev.command)
+    llmspawner dev [--smoke]          run the whole stack locally (llmspawner_dev.command)
     llmspawner profiles check|render  GPU profiles (llmspawner.profiles_cli)
     llmspawner queue submit|list|...  the batch training queue (llmspawner.queue.cli)
     llmspawner deploy check           a deployment's files, offline (llmspawner.deploy.cli)
-    llmspawner devcluster ...         the emulated cluster alone (llmspawner.devcluster)
+    llmspawner devcluster ...         the emulated cluster alone (devcluster)
 
 A subcommand module in :data:`COMMANDS` provides ``add_arguments(parser)`` and
 ``run(args) -> int``; add a line there for a new one. ``devcluster`` has its own parser and
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 #: Subcommands with ``add_arguments(parser)`` and ``run(args) -> int``: name -> (module, help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "dev": (
-        "llmspawner.dev.command",
+        "llmspawner_dev.command",
         "run hub, emulated cluster, MLflow and OIDC provider locally (--smoke: check them)",
     ),
     "profiles": (
@@ -66,7 +66,7 @@ def _unavailable(name: str, error: ImportError, args: argparse.Namespace) -> int
 
 
 def _run_devcluster(args: argparse.Namespace) -> int:
-    from .devcluster.__main__ import main as devcluster_main
+    from devcluster.__main__ import main as devcluster_main
 
     return devcluster_main(list(args.rest)) or 0
 

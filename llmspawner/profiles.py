@@ -78,6 +78,13 @@ class ProfileError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+#: The NVIDIA device plugin's resource of whole GPUs, also its default for time-sliced
+#: replicas and the taint key of GPU nodes (https://github.com/NVIDIA/k8s-device-plugin).
+NVIDIA_GPU = "nvidia.com/gpu"
+#: The device plugin's MIG strategies (its ``migStrategy``; ``none`` means no MIG).
+MIG_STRATEGIES = ("mixed", "single")
+
+
 @dataclass(frozen=True)
 class ClusterGPUConfig:
     """How the cluster's GPUs are advertised: configured once for all profiles.
@@ -97,17 +104,18 @@ class ClusterGPUConfig:
         toleration_key: the taint key of GPU nodes that GPU pods tolerate.
     """
 
-    whole_resource: str = "nvidia.com/gpu"
-    shared_resource: str = "nvidia.com/gpu"
+    whole_resource: str = NVIDIA_GPU
+    shared_resource: str = NVIDIA_GPU
     replicas_label: str = "nvidia.com/gpu.replicas"
     replica_counts: tuple[int, ...] = (2, 4)
-    mig_strategy: str = "mixed"
-    toleration_key: str = "nvidia.com/gpu"
+    mig_strategy: str = MIG_STRATEGIES[0]
+    toleration_key: str = NVIDIA_GPU
 
     def __post_init__(self):
-        if self.mig_strategy not in ("mixed", "single"):
+        if self.mig_strategy not in MIG_STRATEGIES:
             raise ValueError(
-                f"mig_strategy must be one of mixed, single; not {self.mig_strategy!r}"
+                f"mig_strategy must be one of {', '.join(MIG_STRATEGIES)}; "
+                f"not {self.mig_strategy!r}"
             )
         bad = [n for n in self.replica_counts if not isinstance(n, int) or n < 2]
         if bad:

@@ -13,7 +13,7 @@ for tool in "$PYTHON" node npm; do
     command -v "$tool" >/dev/null || { echo "install.sh: '$tool' is required (Python >= 3.10, Node.js >= 18 with npm)" >&2; exit 1; }
 done
 
-stamp="$VENV/.llmspawner-installed-$( (cat pyproject.toml; echo "$CHP_VERSION") | sha256sum | cut -c1-16)"
+stamp="$VENV/.llmspawner-installed-$( (cat pyproject.toml devtools/pyproject.toml; echo "$CHP_VERSION") | sha256sum | cut -c1-16)"
 if [ -e "$stamp" ]; then
     echo "install.sh: $VENV is up to date"
     exit 0
@@ -22,7 +22,9 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 echo "install.sh: installing llmspawner[test] and its dependencies (LLaMA-Factory and PyTorch: a few GB, minutes)"
-"$VENV/bin/python" -m pip install --quiet -e '.[test]'
+# devtools/ is its own distribution (the emulated cluster and the dev stack): never part of
+# the llmspawner wheel that the hub and user images install.
+"$VENV/bin/python" -m pip install --quiet -e '.[test]' -e ./devtools
 
 echo "install.sh: installing configurable-http-proxy $CHP_VERSION (npm)"
 npm install --silent --no-audit --no-fund --prefix "$VENV/chp" "configurable-http-proxy@$CHP_VERSION"

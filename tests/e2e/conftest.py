@@ -1,6 +1,6 @@
 """The e2e harness: one dev stack per test session, and users logged in through OIDC.
 
-The ``stack`` fixture starts the same :class:`~llmspawner.dev.stack.DevStack` as
+The ``stack`` fixture starts the same :class:`~llmspawner_dev.stack.DevStack` as
 ``llmspawner dev`` (emulated cluster, MLflow, mock OIDC provider, hub with this repository's
 ``jupyterhub_config.py``) in a temporary folder, and stops it at the end of the session. When an
 e2e test fails, the last lines of every part's log are added to its report.
@@ -20,9 +20,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmspawner.dev.login import HubSession
-from llmspawner.dev.parts import DEFAULT_USERS, venv_bin
-from llmspawner.dev.stack import DevStack
+from llmspawner_dev.login import HubSession
+from llmspawner_dev.parts import DEFAULT_USERS, venv_bin
+from llmspawner_dev.stack import DevStack
 
 STACK_TIMEOUT = float(os.environ.get("LLMSPAWNER_E2E_TIMEOUT", "120"))
 SERVER_TIMEOUT = float(os.environ.get("LLMSPAWNER_E2E_SERVER_TIMEOUT", "600"))

@@ -1,4 +1,4 @@
-"""The e2e harness itself (llmspawner.dev): child processes, builders, CLI. Fast, no stack."""
+"""The e2e harness itself (llmspawner_dev): child processes, builders, CLI. Fast, no stack."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from llmspawner import cli
-from llmspawner.dev import parts
-from llmspawner.dev.kube import KubeClient
-from llmspawner.dev.processes import (
+from llmspawner_dev import parts
+from llmspawner_dev.kube import KubeClient
+from llmspawner_dev.processes import (
     ChildProcess,
     StartupError,
     find_strays,
@@ -23,9 +23,9 @@ from llmspawner.dev.processes import (
     wait_http,
     wait_json_line,
 )
-from llmspawner.dev.reaper import start_reaper
-from llmspawner.dev.smoke import gradio_config
-from llmspawner.dev.stack import MARKER_ENV, DevStack
+from llmspawner_dev.reaper import start_reaper
+from llmspawner_dev.smoke import gradio_config
+from llmspawner_dev.stack import MARKER_ENV, DevStack
 
 
 def _alive(pid: int) -> bool:

@@ -4,8 +4,8 @@ would be: no allow_all, allowed and admin groups from the groups claim."""
 
 import pytest
 
-from llmspawner.dev.login import HubSession, LoginError
-from llmspawner.dev.stack import DevStack
+from llmspawner_dev.login import HubSession, LoginError
+from llmspawner_dev.stack import DevStack
 
 from .conftest import STACK_TIMEOUT
 

@@ -14,7 +14,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from llmspawner.dev.smoke import fetch_llamaboard, gradio_config
+from llmspawner_dev.smoke import fetch_llamaboard, gradio_config
 
 from .procs import processes_of
 

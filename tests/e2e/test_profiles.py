@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from llmspawner.dev.login import HubSession
+from llmspawner_dev.login import HubSession
 
 from .polling import wait_until
 

@@ -3,7 +3,7 @@ Job, survives a crash of the queue service, and lands in her folder and her MLfl
 
 Everything is real except the Kubernetes cluster (emulated: the Job's pod is a local process
 that really runs ``llamafactory-cli train`` on the CPU) and the identity provider. The model
-is the tiny random LLaMA of :mod:`llmspawner.dev.tiny_model`, written into the shared
+is the tiny random LLaMA of :mod:`llmspawner_dev.tiny_model`, written into the shared
 ``models/`` folder by this module: nothing is downloaded.
 
 The scenario (one test, since each step builds on the previous one):
@@ -32,9 +32,9 @@ import httpx
 import pytest
 import yaml
 
-from llmspawner.dev.login import HubSession
-from llmspawner.dev.parts import venv_bin
-from llmspawner.dev.tiny_model import (
+from llmspawner_dev.login import HubSession
+from llmspawner_dev.parts import venv_bin
+from llmspawner_dev.tiny_model import (
     TINY_MODEL_NAME,
     lora_sft_config,
     write_tiny_dataset,

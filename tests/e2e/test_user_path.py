@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from llmspawner.dev.login import HubSession
-from llmspawner.dev.tiny_model import (
+from llmspawner_dev.login import HubSession
+from llmspawner_dev.tiny_model import (
     TINY_MODEL_NAME,
     lora_sft_config,
     write_tiny_dataset,

@@ -3,7 +3,7 @@
 import pytest
 from kubernetes_asyncio import client, config
 
-from llmspawner.devcluster.testing import fast_cluster
+from devcluster.testing import fast_cluster
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.rest import ApiException
 
-from llmspawner.devcluster.testing import wait_for
+from devcluster.testing import wait_for
 
 SLEEPER = {"name": "main", "image": "python", "command": ["sleep", "60"]}
 

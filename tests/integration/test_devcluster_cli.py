@@ -1,4 +1,4 @@
-"""``python -m llmspawner.devcluster``: ready line, shutdown leaves no process behind."""
+"""``python -m devcluster``: ready line, shutdown leaves no process behind."""
 
 import json
 import os
@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from llmspawner.devcluster.__main__ import main
+from devcluster.__main__ import main
 
 
 def start_cluster(data_dir, *extra):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmspawner.devcluster", "--data-dir", str(data_dir), *extra],
+        [sys.executable, "-m", "devcluster", "--data-dir", str(data_dir), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -4,7 +4,7 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from llmspawner.devcluster.testing import wait_for
+from devcluster.testing import wait_for
 
 
 def job_manifest(name, script, **spec):

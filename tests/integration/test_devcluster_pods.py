@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from kubernetes_asyncio import client, config
 
-from llmspawner.devcluster.testing import fast_cluster, wait_for
+from devcluster.testing import fast_cluster, wait_for
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 POD_IP_ENV = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]

@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from llmspawner.devcluster import containers, nodes, patching, scheduler, selectors
-from llmspawner.devcluster.kubelet import IpPool
+from devcluster import containers, nodes, patching, scheduler, selectors
+from devcluster.kubelet import IpPool
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 

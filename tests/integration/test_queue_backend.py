@@ -13,7 +13,7 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.config import new_client_from_config
 
-from llmspawner.devcluster.testing import fast_cluster, wait_for
+from devcluster.testing import fast_cluster, wait_for
 from llmspawner.profiles import ClusterGPUConfig, load_profiles
 from llmspawner.queue import db as queue_db
 from llmspawner.queue import k8s_objects

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmspawner.dev.parts import base_environment, hub_command
-from llmspawner.dev.processes import ChildProcess, free_port
-from llmspawner.devcluster.testing import fast_cluster
+from llmspawner_dev.parts import base_environment, hub_command
+from llmspawner_dev.processes import ChildProcess, free_port
+from devcluster.testing import fast_cluster
 from llmspawner.hubconfig import REPO_PROFILES
 from llmspawner.queue.hubservice import ACCESS_SCOPE
 

@@ -8,7 +8,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.config import kube_config, new_client_from_config
 from traitlets.config import Config
 
-from llmspawner.devcluster.testing import fast_cluster, wait_for
+from devcluster.testing import fast_cluster, wait_for
 from llmspawner.hubconfig import REPO_PROFILES
 
 HALF_GPU = {

@@ -1,6 +1,6 @@
 """A real LoRA SFT run of LLaMA-Factory on the CPU, on the tiny model, into a real MLflow.
 
-The tiny model, tokenizer and dataset come from :mod:`llmspawner.dev.tiny_model` (written
+The tiny model, tokenizer and dataset come from :mod:`llmspawner_dev.tiny_model` (written
 offline, nothing downloaded: ``HF_HUB_OFFLINE=1``). ``llamafactory-cli train`` runs as a child
 process, as in a queue Job, with the MLflow environment the spawner and the queue give a user
 (``tracking.tracking_env``); the run must land in that user's experiment with a ``loss``
@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from llmspawner import tracking
-from llmspawner.dev import parts
-from llmspawner.dev.processes import ChildProcess, free_port, wait_http
-from llmspawner.dev.tiny_model import (
+from llmspawner_dev import parts
+from llmspawner_dev.processes import ChildProcess, free_port, wait_http
+from llmspawner_dev.tiny_model import (
     TINY_DATASET_NAME,
     lora_sft_config,
     tiny_examples,

@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from llmspawner import tracking
-from llmspawner.dev import parts
-from llmspawner.dev.processes import ChildProcess, free_port, wait_http
+from llmspawner_dev import parts
+from llmspawner_dev.processes import ChildProcess, free_port, wait_http
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ JupyterHub 5.4 does: the cookie set at login can be stale, the first page view r
 import httpx
 import pytest
 
-from llmspawner.dev.login import HubSession, LoginError
+from llmspawner_dev.login import HubSession, LoginError
 
 HUB = "http://hub.test"
 

@@ -89,7 +89,7 @@ def devcluster_command(*, data_dir: Path, port: int = 0) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "llmspawner.devcluster",
+        "devcluster",
         "--data-dir",
         str(data_dir),
         "--port",

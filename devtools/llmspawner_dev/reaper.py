@@ -1,6 +1,6 @@
 """A watchdog that ends a dev stack's processes when the process that started it dies.
 
-``DevStack.start`` starts ``python -m llmspawner.dev.reaper MARKER_NAME MARKER_VALUE WORKDIR``
+``DevStack.start`` starts ``python -m llmspawner_dev.reaper MARKER_NAME MARKER_VALUE WORKDIR``
 in a session of its own, with a pipe as its stdin. The reaper blocks reading that pipe; it
 reads end-of-file when the stack is stopped normally (the pipe is closed) and also when the
 starting process is killed (``kill -9``, a test runner's timeout), which no signal handler can
@@ -33,7 +33,7 @@ def start_reaper(
     Close ``popen.stdin`` after stopping the stack, then ``wait()`` for it.
     """
     return subprocess.Popen(
-        [sys.executable, "-m", "llmspawner.dev.reaper", marker[0], marker[1], str(under)],
+        [sys.executable, "-m", "llmspawner_dev.reaper", marker[0], marker[1], str(under)],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""``python -m llmspawner.devcluster``: run an emulated Kubernetes cluster until SIGINT/SIGTERM.
+"""``python -m devcluster``: run an emulated Kubernetes cluster until SIGINT/SIGTERM.
 
 Prints one line of JSON to stdout once ready (``{"url", "kubeconfig", "data_dir"}``), then
 logs to stderr. On SIGINT/SIGTERM it kills every pod process and exits 0.
@@ -21,7 +21,7 @@ from .nodes import NodeConfigError
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; ``--image`` may repeat (``NAME=PREFIX``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m llmspawner.devcluster",
+        prog="python -m devcluster",
         description="Emulated Kubernetes cluster for development and tests (never production).",
     )
     parser.add_argument("--data-dir", required=True, help="folder for PVC data, pods, kubeconfig")

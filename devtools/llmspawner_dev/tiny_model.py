@@ -18,7 +18,7 @@ Both writers are deterministic (fixed seed, fixed training text), so two calls w
 files. Nothing is downloaded; run LLaMA-Factory with ``HF_HUB_OFFLINE=1`` to be sure it does
 not try either.
 
-It lives in :mod:`llmspawner.dev` (not under ``tests/``) because ``llmspawner dev`` may seed the
+It lives in :mod:`llmspawner_dev` (not under ``tests/``) because ``llmspawner dev`` may seed the
 demo stack's shared ``models/`` folder with it, as the e2e tests do. ``transformers``,
 ``tokenizers`` and ``torch`` come with the ``dev`` extra (LLaMA-Factory) and are imported only
 when a writer is called.

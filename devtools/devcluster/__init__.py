@@ -12,7 +12,7 @@ It lets the real client code (kubespawner, kubernetes_asyncio, kubectl) run with
 - a kubelet (`kubelet`, `sandbox`) running pods' containers as local processes, each pod on
   its own loopback IP, volumes bind-mounted in a private mount namespace;
 - a Job controller (`jobs`), garbage collection by ownerReferences (`store`);
-- a kubeconfig file (`kubeconfig`) and `DevCluster` / ``python -m llmspawner.devcluster``.
+- a kubeconfig file (`kubeconfig`) and `DevCluster` / ``python -m devcluster``.
 
 Not emulated: network namespaces, Services' virtual IPs, DNS and kube-proxy (pods share the
 host network, on distinct loopback addresses); cgroups, resource limits and GPU isolation

@@ -6,7 +6,7 @@ uses, so that both exercise the same stack::
     with DevStack(Path(".dev")) as stack:
         print(stack.hub_url)
 
-Every part is a child process (see :mod:`llmspawner.dev.processes`) with its log in
+Every part is a child process (see :mod:`llmspawner_dev.processes`) with its log in
 ``<workdir>/logs/<part>.log``.
 """
 
@@ -257,7 +257,7 @@ class DevStack:
     def _create_storage(self) -> None:
         """Create the shared PVC through the Kubernetes API, ``models/`` in it, and the batch
         queue's PriorityClasses (an operator's one-time set-up on a real cluster)."""
-        from ..queue.k8s_objects import build_priority_classes
+        from llmspawner.queue.k8s_objects import build_priority_classes
 
         with KubeClient.from_kubeconfig(self.kubeconfig) as kube:
             kube.ensure_pvc(self.namespace, self.pvc_name, access_modes=("ReadWriteMany",))
