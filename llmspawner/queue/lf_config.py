@@ -11,7 +11,8 @@ The rules (decisions are marked *decided*):
 - **Keys** must be arguments of ``llamafactory-cli train``: LLaMA-Factory parses the config with
   ``HfArgumentParser.parse_dict`` and refuses other keys ("Some specified arguments are not used
   by the HfArgumentParser", ``llamafactory/hparams/parser.py``: ``_parse_args``). The names come
-  from a snapshot of llamafactory 0.9.5 (:mod:`.lf_arguments`), so the hub need not import it.
+  from a table generated from the installed llamafactory (:mod:`.lf_arguments`, written by
+  ``scripts/generate_lf_arguments.py``), so the hub need not import it.
 - **stage** is one of LLaMA-Factory's stages except ``ppo`` (*decided*): PPO refuses any logger
   but wandb, tensorboard and trackio ("PPO only accepts wandb, tensorboard, or trackio logger.",
   ``hparams/parser.py`` in ``get_train_args``), and every queue job reports to MLflow.
