@@ -1,6 +1,14 @@
-"""Helpers for tests that use the devcluster: fast timing knobs and polling.
+"""Helpers for tests and the dev stack: a fast devcluster, and the one way to wait.
 
 Example: ``async with fast_cluster(tmp_path) as cluster: await wait_for(predicate)``.
+
+Waiting: :func:`wait_until` (synchronous) and :func:`wait_for` (its asynchronous twin, for
+sync or async predicates) are the only polling helpers of the tests and the dev stack
+(``tests/e2e/polling.py`` re-exports :func:`wait_until`; ``llmspawner_dev.processes`` builds
+its start-up waits on it). One policy for both: the predicate is called at once and then
+every ``interval`` seconds until it returns something truthy, which is returned; exceptions
+of the types in ``ignore`` count as "not yet" (the last one is named in the error); after
+``timeout`` seconds :class:`WaitTimeout` says what was awaited.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .cluster import DevCluster
 from .kubelet import KubeletConfig
@@ -37,21 +46,82 @@ def fast_cluster(data_dir: str | Path, **kwargs) -> DevCluster:
     return DevCluster(data_dir=data_dir, **options)
 
 
-async def wait_for(
-    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05
-) -> object:
-    """Poll ``predicate`` (sync or async) until it returns a truthy value; return it.
+class WaitTimeout(AssertionError, TimeoutError):
+    """A wait ran out of time: ``"<what>: not within <timeout> s"`` (and the last ignored
+    error). Both an ``AssertionError`` (a test failure, as pytest reports it) and a
+    ``TimeoutError`` (what ``asyncio``-style callers catch)."""
 
-    Raises TimeoutError after ``timeout`` seconds, naming the predicate.
+
+def _describe(predicate: Callable, what: str | None) -> str:
+    return what or f"condition {getattr(predicate, '__name__', repr(predicate))}"
+
+
+def _timed_out(what: str, timeout: float, last: BaseException | None) -> WaitTimeout:
+    message = f"{what}: not within {timeout:g} s"
+    if last is not None:
+        message += f" (last error: {type(last).__name__}: {last})"
+    return WaitTimeout(message)
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    what: str | None = None,
+    interval: float = 0.5,
+    *,
+    ignore: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """Call ``predicate()`` until it returns something truthy; return that value.
+
+    Args:
+        predicate: called at once, then every ``interval`` seconds. Exceptions not in
+            ``ignore`` propagate at once.
+        timeout: seconds until :class:`WaitTimeout`.
+        what: what is awaited, for the error message (default: the predicate's name).
+        interval: seconds between calls.
+        ignore: exception types that count as "not yet" (e.g. ``httpx.TransportError``).
+
+    Raises:
+        WaitTimeout: ``timeout`` seconds passed; the message names ``what``.
     """
     deadline = time.monotonic() + timeout
+    last: BaseException | None = None
     while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
+        try:
+            value = predicate()
+        except ignore as e:
+            value, last = None, e
         if value:
             return value
-        if time.monotonic() > deadline:
-            name = getattr(predicate, "__name__", repr(predicate))
-            raise TimeoutError(f"condition {name} not met within {timeout} s")
+        if time.monotonic() >= deadline:
+            raise _timed_out(_describe(predicate, what), timeout, last)
+        time.sleep(interval)
+
+
+async def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    what: str | None = None,
+    interval: float = 0.05,
+    *,
+    ignore: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """The asynchronous :func:`wait_until`: ``predicate`` may be sync or return an awaitable.
+
+    Same arguments, result and errors as :func:`wait_until` (default ``interval`` 0.05 s);
+    sleeps with ``asyncio.sleep``.
+    """
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+        except ignore as e:
+            value, last = None, e
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise _timed_out(_describe(predicate, what), timeout, last)
         await asyncio.sleep(interval)

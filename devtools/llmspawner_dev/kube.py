@@ -1,123 +1,131 @@
-"""A small synchronous Kubernetes REST client for the dev stack and the e2e tests.
+"""A small synchronous Kubernetes client for the dev stack and the e2e tests.
 
-It reads a kubeconfig (the emulated cluster's, or a real one), and makes plain HTTP calls with
-httpx: enough to create the shared PVC and to read pods. The hub itself talks to Kubernetes
-through kubespawner's own client, never through this one.
+It is a facade over ``kubernetes_asyncio`` (the client the hub and the queue use): the
+kubeconfig is loaded by ``kubernetes_asyncio.config`` (contexts, tokens, certificates, CA,
+``insecure-skip-tls-verify``), and the calls go through its ``ApiClient``. The callers (the
+stack's set-up, the smoke check, tests) are synchronous, some inside Playwright's sync API
+(which keeps an event loop running in the calling thread), so the client runs its coroutines
+on a private event loop in a thread of its own. Enough to create the shared PVC and the
+PriorityClasses and to read pods; the hub talks to Kubernetes through kubespawner's client,
+never through this one.
+
+Results are the API server's JSON as plain dicts (``_preload_content=False``: no model
+classes, so no field is dropped or renamed).
 """
 
 from __future__ import annotations
 
-import base64
-import tempfile
+import asyncio
+import json as jsonlib
+import threading
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from typing import Any, TypeVar
 
-import httpx
-import yaml
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config import ConfigException
+
+T = TypeVar("T")
 
 
 class KubeError(RuntimeError):
-    """The Kubernetes API refused a request; ``status`` is the HTTP status (0: unreachable)."""
+    """The Kubernetes API refused a request; ``status`` is the HTTP status (0: unreachable or
+    a bad kubeconfig)."""
 
     def __init__(self, message: str, status: int = 0):
         self.status = status
         super().__init__(message)
 
 
-def _materialise(value: str | None, data: str | None, tmpdir: Path, name: str) -> str | None:
-    """Return a file path for a kubeconfig ``*-data`` (base64) or path field."""
-    if data:
-        path = tmpdir / name
-        path.write_bytes(base64.b64decode(data))
-        return str(path)
-    return value
+@dataclass(frozen=True)
+class Response:
+    """One API answer: ``status_code`` (HTTP status) and ``text`` (the body, UTF-8)."""
+
+    status_code: int
+    text: str
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises ``ValueError`` when it is not JSON)."""
+        return jsonlib.loads(self.text)
+
+
+class _LoopThread:
+    """An event loop running in a daemon thread; :meth:`run` executes a coroutine on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="llmspawner-dev-kube", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and return its result (its exception propagates)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        """Stop the loop, join the thread and close the loop."""
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
 
 
 class KubeClient:
-    """Kubernetes API calls over HTTP, configured from one kubeconfig context.
+    """Synchronous Kubernetes API calls through a ``kubernetes_asyncio`` ``ApiClient``.
 
-    Args:
-        server: the API server's base URL, e.g. ``http://127.0.0.1:34567``.
-        token: a bearer token, or ``None``.
-        verify: httpx's ``verify`` (a CA file path, or ``False`` for insecure-skip-tls-verify).
-        cert: a ``(certfile, keyfile)`` client certificate, or ``None``.
+    Build it with :meth:`from_kubeconfig`; use it as a context manager (or call
+    :meth:`close`) so that its connections and thread end.
+
+    Attributes:
+        server: the API server's base URL, e.g. ``http://127.0.0.1:34567`` (no trailing ``/``).
+        api_client: the underlying ``kubernetes_asyncio.client.ApiClient``.
         timeout: per-request timeout in seconds.
-
-    No I/O happens until the first call.
     """
 
-    def __init__(
-        self,
-        server: str,
-        *,
-        token: str | None = None,
-        verify: str | bool = True,
-        cert: tuple[str, str] | None = None,
-        timeout: float = 10.0,
-    ):
-        self.server = server.rstrip("/")
-        headers = {"Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._client = httpx.Client(
-            base_url=self.server, headers=headers, verify=verify, cert=cert, timeout=timeout
-        )
+    def __init__(self, api_client: client.ApiClient, loop: _LoopThread, *, timeout: float = 10.0):
+        self.api_client = api_client
+        self.server = api_client.configuration.host.rstrip("/")
+        self.timeout = timeout
+        self._loop = loop
+        self._core = client.CoreV1Api(api_client)
 
     @classmethod
-    def from_kubeconfig(cls, path: str | Path, *, context: str | None = None) -> KubeClient:
+    def from_kubeconfig(
+        cls, path: str | Path, *, context: str | None = None, timeout: float = 10.0
+    ) -> KubeClient:
         """Build a client from a kubeconfig file (its current context unless ``context``).
 
+        Loaded by ``kubernetes_asyncio.config.new_client_from_config``.
+
         Raises:
-            KubeError: the file has no such context, cluster or user.
+            KubeError: (status 0) the file is missing or has no such context, cluster or user.
         """
-        config = yaml.safe_load(Path(path).read_text()) or {}
-        context_name = context or config.get("current-context")
-        contexts = {c["name"]: c["context"] for c in config.get("contexts") or []}
-        clusters = {c["name"]: c["cluster"] for c in config.get("clusters") or []}
-        users = {u["name"]: u.get("user") or {} for u in config.get("users") or []}
-        if context_name not in contexts:
-            if len(contexts) == 1 and context is None:
-                context_name = next(iter(contexts))
-            elif not contexts and len(clusters) == 1:
-                cluster = next(iter(clusters.values()))
-                return cls(cluster["server"])
-            else:
-                raise KubeError(f"kubeconfig {path} has no context {context_name!r}")
-        ctx = contexts[context_name]
+        loop = _LoopThread()
         try:
-            cluster = clusters[ctx["cluster"]]
-        except KeyError:
-            raise KubeError(f"kubeconfig {path} has no cluster {ctx.get('cluster')!r}") from None
-        user = users.get(ctx.get("user"), {})
-        tmpdir = Path(tempfile.mkdtemp(prefix="llmspawner-kube-"))
-        verify: str | bool = True
-        if cluster.get("insecure-skip-tls-verify"):
-            verify = False
-        else:
-            ca = _materialise(
-                cluster.get("certificate-authority"),
-                cluster.get("certificate-authority-data"),
-                tmpdir,
-                "ca.crt",
+            api_client = loop.run(
+                config.new_client_from_config(config_file=str(path), context=context)
             )
-            if ca:
-                verify = ca
-        cert_file = _materialise(
-            user.get("client-certificate"), user.get("client-certificate-data"), tmpdir, "tls.crt"
-        )
-        key_file = _materialise(
-            user.get("client-key"), user.get("client-key-data"), tmpdir, "tls.key"
-        )
-        return cls(
-            cluster["server"],
-            token=user.get("token"),
-            verify=verify,
-            cert=(cert_file, key_file) if cert_file and key_file else None,
-        )
+        except (ConfigException, OSError) as e:
+            loop.stop()
+            raise KubeError(f"kubeconfig {path}: {e}") from e
+        except BaseException:
+            loop.stop()
+            raise
+        return cls(api_client, loop, timeout=timeout)
 
     def close(self) -> None:
-        """Close the HTTP connections."""
-        self._client.close()
+        """Close the HTTP connections and end the client's thread. Safe to call twice."""
+        if self._loop.loop.is_closed():
+            return
+        try:
+            self._loop.run(self.api_client.close(), timeout=10)
+        finally:
+            self._loop.stop()
 
     def __enter__(self) -> KubeClient:
         return self
@@ -125,23 +133,68 @@ class KubeClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        """Make one API call; return the response whatever its status.
+    # -- calls ------------------------------------------------------------------------------
+
+    def _call(self, method, *args, **kwargs) -> Response:
+        """Run one ``kubernetes_asyncio`` API method raw; return the answer whatever its status.
 
         Raises:
             KubeError: (status 0) the API server cannot be reached.
         """
-        try:
-            return self._client.request(method, path, **kwargs)
-        except httpx.TransportError as e:
-            raise KubeError(f"{method} {self.server}{path}: {e}") from e
 
-    def _json(self, method: str, path: str, **kwargs) -> dict:
-        response = self.request(method, path, **kwargs)
+        async def call() -> Response:
+            resp = await method(
+                *args, _preload_content=False, _request_timeout=self.timeout, **kwargs
+            )
+            try:
+                body = await resp.read()
+            finally:
+                resp.release()
+            return Response(resp.status, body.decode("utf-8", errors="replace"))
+
+        try:
+            return self._loop.run(call())
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise KubeError(f"{self.server}: {type(e).__name__}: {e}") from e
+        except ApiException as e:  # raised before the request: e.g. a bad argument
+            raise KubeError(f"{self.server}: {e.reason}", e.status or 0) from e
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+    ) -> Response:
+        """Make one API call to ``path`` (e.g. ``/apis/batch/v1/namespaces/ns/jobs``).
+
+        Args:
+            method: HTTP method.
+            params: query parameters.
+            json: a JSON body.
+
+        Returns:
+            The :class:`Response`, whatever its status.
+
+        Raises:
+            KubeError: (status 0) the API server cannot be reached.
+        """
+        return self._call(
+            self.api_client.call_api,
+            path,
+            method.upper(),
+            query_params=list((params or {}).items()),
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            body=json,
+            auth_settings=["BearerToken"],
+        )
+
+    @staticmethod
+    def _ok(response: Response, what: str) -> dict:
         if response.status_code >= 400:
             raise KubeError(
-                f"{method} {path} -> {response.status_code}: {response.text[:500]}",
-                response.status_code,
+                f"{what} -> {response.status_code}: {response.text[:500]}", response.status_code
             )
         return response.json()
 
@@ -151,30 +204,31 @@ class KubeClient:
         Raises:
             KubeError: any other error.
         """
-        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}"
-        response = self.request("GET", path)
+        response = self._call(self._core.read_namespaced_pod, name, namespace)
         if response.status_code == 404:
             return None
-        if response.status_code >= 400:
-            raise KubeError(f"GET {path} -> {response.status_code}", response.status_code)
-        return response.json()
+        return self._ok(response, f"GET pod {namespace}/{name}")
 
     def pod_logs(
         self, namespace: str, name: str, *, container: str | None = None, tail_lines: int = 50
     ) -> str:
-        """Return the last ``tail_lines`` lines of a pod's log ('' if the pod is gone)."""
-        params: dict = {"tailLines": tail_lines}
+        """Return the last ``tail_lines`` lines of a pod's log ('' if the pod is gone or has
+        no log yet)."""
+        kwargs: dict = {"tail_lines": tail_lines}
         if container:
-            params["container"] = container
-        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/log"
-        response = self.request("GET", path, params=params)
+            kwargs["container"] = container
+        response = self._call(self._core.read_namespaced_pod_log, name, namespace, **kwargs)
         return response.text if response.status_code == 200 else ""
 
     def list_pods(self, namespace: str, label_selector: str | None = None) -> list[dict]:
-        """Return the Pods of ``namespace`` (optionally filtered by a label selector)."""
-        params = {"labelSelector": label_selector} if label_selector else None
-        data = self._json("GET", f"/api/v1/namespaces/{quote(namespace)}/pods", params=params)
-        return data.get("items") or []
+        """Return the Pods of ``namespace`` (optionally filtered by a label selector).
+
+        Raises:
+            KubeError: the API refused the listing.
+        """
+        kwargs = {"label_selector": label_selector} if label_selector else {}
+        response = self._call(self._core.list_namespaced_pod, namespace, **kwargs)
+        return self._ok(response, f"GET pods of {namespace}").get("items") or []
 
     def ensure_object(self, path: str, body: dict) -> None:
         """Create ``body`` by ``POST path`` unless it exists (409 is not an error).
@@ -206,7 +260,6 @@ class KubeClient:
         Raises:
             KubeError: the API refused the claim.
         """
-        path = f"/api/v1/namespaces/{quote(namespace)}/persistentvolumeclaims"
         spec: dict = {
             "accessModes": list(access_modes),
             "resources": {"requests": {"storage": size}},
@@ -219,12 +272,10 @@ class KubeClient:
             "metadata": {"name": name, "namespace": namespace},
             "spec": spec,
         }
-        response = self.request("POST", path, json=body)
+        what = f"PVC {namespace}/{name}"
+        response = self._call(self._core.create_namespaced_persistent_volume_claim, namespace, body)
         if response.status_code == 409:
-            return self._json("GET", f"{path}/{quote(name)}")
-        if response.status_code >= 400:
-            raise KubeError(
-                f"creating PVC {namespace}/{name} -> {response.status_code}: {response.text[:500]}",
-                response.status_code,
+            response = self._call(
+                self._core.read_namespaced_persistent_volume_claim, name, namespace
             )
-        return response.json()
+        return self._ok(response, what)

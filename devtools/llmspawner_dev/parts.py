@@ -1,12 +1,14 @@
 """Command lines and environments of the dev stack's parts: pure builders, no I/O.
 
-The hub's environment is the contract with this repository's ``jupyterhub_config.py``:
+The hub runs ``jupyterhub -f llmspawner_dev/jupyterhub_config.py`` (:data:`DEV_HUB_CONFIG`),
+which applies the dev cluster's settings (:mod:`llmspawner_dev.hubconfig`) and then the
+repository's ``jupyterhub_config.py``. The hub's environment is the contract with them:
 
 ==================================  ===========================================================
 ``KUBECONFIG``                      the emulated cluster's kubeconfig (kubespawner loads it)
 ``LLMSPAWNER_NAMESPACE``            ``default``
 ``LLMSPAWNER_MLFLOW_TRACKING_URI``  the MLflow server's URL
-``LLMSPAWNER_DEV``                  ``1``: add the settings only a dev cluster needs
+``LLMSPAWNER_DEV_BASE_CONFIG``      the production config the dev config runs after its own
 ``LLMSPAWNER_OIDC_ISSUER``          the OIDC provider's issuer URL (discovery document below it)
 ``LLMSPAWNER_ALLOW_ALL``            ``1``: every user who logs in is allowed
 ``LLMSPAWNER_OIDC_USERNAME_CLAIM``  ``sub``: any name typed on the provider's page works
@@ -29,6 +31,11 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+from .hubconfig import BASE_CONFIG_ENV, DEV_CONFIG_FILE
+
+#: The hub config file the dev stack gives ``jupyterhub -f`` (see the module docstring).
+DEV_HUB_CONFIG = DEV_CONFIG_FILE
 
 #: Users the OIDC provider offers with one click; any other ``sub`` typed on its page works
 #: too, with the claims ``{"sub": name, "email": name}`` only.
@@ -174,10 +181,12 @@ def hub_environment(
     oidc_issuer: str,
     oidc_endpoints: Mapping[str, str],
     hub_url: str,
+    base_config: Path,
 ) -> dict[str, str]:
     """Return the hub's contract variables (see the module docstring).
 
     Args:
+        base_config: the production hub config that :data:`DEV_HUB_CONFIG` runs.
         oidc_endpoints: the provider's discovery document (``authorization_endpoint``,
             ``token_endpoint``, ``userinfo_endpoint`` are used).
         hub_url: the hub's public URL, without a trailing ``/``.
@@ -186,7 +195,7 @@ def hub_environment(
         "KUBECONFIG": kubeconfig,
         "LLMSPAWNER_NAMESPACE": namespace,
         "LLMSPAWNER_MLFLOW_TRACKING_URI": mlflow_url,
-        "LLMSPAWNER_DEV": "1",
+        BASE_CONFIG_ENV: str(base_config),
         "LLMSPAWNER_ALLOW_ALL": "1",
         "LLMSPAWNER_OIDC_ISSUER": oidc_issuer,
         # Any name typed on the mock provider's page logs in: only "sub" is always there.

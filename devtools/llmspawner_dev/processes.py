@@ -10,7 +10,8 @@ gets ``PR_SET_PDEATHSIG`` (``SIGTERM``), so that it does not outlive a ``kill -9
 of their own (configurable-http-proxy, the pods of the emulated cluster) and that survived their
 parent, recognised by a marker in their environment or by their working directory.
 
-Only the standard library is used here, except for :func:`wait_http` (httpx).
+Only the standard library is used here, except for :func:`wait_http` (httpx) and the polling
+helper of :mod:`devcluster.testing`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+
+from devcluster.testing import WaitTimeout
+from devcluster.testing import wait_until as _wait_until
 
 T = TypeVar("T")
 
@@ -224,6 +228,8 @@ def wait_until(
 ) -> T:
     """Call ``check()`` until it returns something other than ``None``; return that.
 
+    Built on the one polling helper, :func:`devcluster.testing.wait_until`.
+
     Args:
         check: called every ``interval`` seconds; exceptions it raises propagate.
         timeout: total seconds to wait.
@@ -233,18 +239,20 @@ def wait_until(
     Raises:
         StartupError: the child exited, or ``timeout`` passed (with the child's log tail).
     """
-    deadline = time.monotonic() + timeout
-    name = process.name if process else what
-    while True:
+
+    def ready() -> tuple[T] | None:
         if process is not None:
             process.check_running()
         result = check()
-        if result is not None:
-            return result
-        if time.monotonic() >= deadline:
-            tail = process.log_tail() if process else ""
-            raise StartupError(name, f"{what} not ready after {timeout:g} s", tail)
-        time.sleep(interval)
+        return None if result is None else (result,)  # a falsy result counts as ready too
+
+    try:
+        (result,) = _wait_until(ready, timeout, what, interval)
+    except WaitTimeout:
+        name = process.name if process else what
+        tail = process.log_tail() if process else ""
+        raise StartupError(name, f"{what} not ready after {timeout:g} s", tail) from None
+    return result
 
 
 def wait_http(

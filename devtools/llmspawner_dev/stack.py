@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from . import parts
+from .hubconfig import REPO_ROOT
 from .kube import KubeClient
 from .processes import (
     ChildProcess,
@@ -37,8 +38,6 @@ from .reaper import start_reaper
 
 log = logging.getLogger(__name__)
 
-#: The repository root (where ``jupyterhub_config.py`` and ``profiles/`` are).
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: Name of the environment variable that marks every process of one stack.
 MARKER_ENV = "LLMSPAWNER_DEV_STACK_ID"
@@ -53,7 +52,9 @@ class DevStack:
     Args:
         workdir: folder for state and logs (created). Holds ``cluster/`` (the emulated
             cluster's data dir), ``mlflow.db``, ``jupyterhub.sqlite``, ``logs/``.
-        config_file: the hub's config; default ``<repo>/jupyterhub_config.py``.
+        config_file: the hub's production config; default ``<repo>/jupyterhub_config.py``.
+            The hub runs ``jupyterhub -f`` :data:`parts.DEV_HUB_CONFIG`, which applies the
+            dev cluster's settings and then runs this file (``LLMSPAWNER_DEV_BASE_CONFIG``).
         namespace: the Kubernetes namespace of the user pods.
         pvc_name: the shared ReadWriteMany PVC created at start.
         timeout: seconds each part may take to become ready.
@@ -234,13 +235,14 @@ class DevStack:
                 oidc_issuer=self.oidc_issuer,
                 oidc_endpoints=discovery,
                 hub_url=self.hub_url,
+                base_config=self.config_file,
             )
         )
         hub_env.update(self.hub_env)
         hub = self._child(
             "hub",
             parts.hub_command(
-                config_file=self.config_file,
+                config_file=parts.DEV_HUB_CONFIG,
                 workdir=self.workdir,
                 host=host,
                 port=port,

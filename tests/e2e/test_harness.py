@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import kubernetes_asyncio.client
 import pytest
 
+from devcluster.testing import WaitTimeout, wait_for, wait_until
 from llmspawner import cli
 from llmspawner_dev import parts
-from llmspawner_dev.kube import KubeClient
+from llmspawner_dev.kube import KubeClient, KubeError
 from llmspawner_dev.processes import (
     ChildProcess,
     StartupError,
@@ -49,10 +51,7 @@ def test_stop_ends_the_whole_process_group(tmp_path):
         ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"],
         log_path=tmp_path / "logs" / "sleepers.log",
     ).start()
-    deadline = time.monotonic() + 10
-    while not pidfile.exists() or not pidfile.read_text().strip():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "the pid file", 0.05)
     grandchild = int(pidfile.read_text())
     assert child.running and _alive(grandchild)
 
@@ -71,10 +70,7 @@ def test_stop_kills_a_child_that_ignores_sigterm(tmp_path):
     child = ChildProcess(
         "stubborn", [sys.executable, "-c", code], log_path=tmp_path / "stubborn.log"
     ).start()
-    deadline = time.monotonic() + 10
-    while "\nignoring" not in child.log_tail():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: "\nignoring" in child.log_tail(), 10, "the child ignores SIGTERM", 0.05)
     t0 = time.monotonic()
     assert child.stop(grace=0.5) == -signal.SIGKILL
     assert time.monotonic() - t0 < 5
@@ -158,12 +154,13 @@ def test_hub_environment_is_the_config_contract():
             "userinfo_endpoint": "http://127.0.0.1:9400/userinfo",
         },
         hub_url="http://127.0.0.1:8000",
+        base_config=Path("/repo/jupyterhub_config.py"),
     )
     assert env == {
         "KUBECONFIG": "/w/cluster/kubeconfig",
         "LLMSPAWNER_NAMESPACE": "default",
         "LLMSPAWNER_MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
-        "LLMSPAWNER_DEV": "1",
+        "LLMSPAWNER_DEV_BASE_CONFIG": "/repo/jupyterhub_config.py",
         "LLMSPAWNER_ALLOW_ALL": "1",
         "LLMSPAWNER_OIDC_ISSUER": "http://127.0.0.1:9400",
         "LLMSPAWNER_OIDC_USERNAME_CLAIM": "sub",
@@ -201,7 +198,7 @@ def test_hub_command_keeps_state_in_the_workdir():
     ]
 
 
-def test_kube_client_reads_a_kubeconfig(tmp_path):
+def test_kube_client_reads_a_kubeconfig_with_kubernetes_asyncio(tmp_path):
     path = tmp_path / "kubeconfig"
     path.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: dev\n"
@@ -211,7 +208,58 @@ def test_kube_client_reads_a_kubeconfig(tmp_path):
     )
     with KubeClient.from_kubeconfig(path) as kube:
         assert kube.server == "http://127.0.0.1:6443"
-        assert kube._client.headers["Authorization"] == "Bearer abc"
+        assert isinstance(kube.api_client, kubernetes_asyncio.client.ApiClient)
+        assert kube.api_client.configuration.api_key["BearerToken"] == "Bearer abc"
+    with pytest.raises(KubeError, match="kubeconfig .*nope"):
+        KubeClient.from_kubeconfig(path, context="nope")
+
+
+def test_kube_client_says_when_the_cluster_is_unreachable(tmp_path):
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: dev\n"
+        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{free_port()}'}}}}]\n"
+        "contexts: [{name: dev, context: {cluster: c, user: u}}]\n"
+        "users: [{name: u, user: {token: abc}}]\n"
+    )
+    with KubeClient.from_kubeconfig(path) as kube, pytest.raises(KubeError) as info:
+        kube.list_pods("default")
+    assert info.value.status == 0
+
+
+def test_wait_until_returns_the_first_truthy_value():
+    calls = []
+    assert wait_until(lambda: calls.append(1) or len(calls) >= 3 and "done", 5, "x", 0.01) == "done"
+    assert len(calls) == 3
+
+
+def test_wait_until_names_what_it_awaited_and_the_last_ignored_error():
+    def flaky():
+        raise ConnectionError("refused")
+
+    with pytest.raises(WaitTimeout) as info:
+        wait_until(flaky, 0.05, "the service answers", 0.01, ignore=(ConnectionError,))
+    assert str(info.value) == (
+        "the service answers: not within 0.05 s (last error: ConnectionError: refused)"
+    )
+    # A test failure and a timeout alike.
+    assert isinstance(info.value, AssertionError) and isinstance(info.value, TimeoutError)
+    with pytest.raises(ValueError):
+        wait_until(lambda: int("x"), 1, "an error not ignored propagates")
+
+
+async def test_wait_for_takes_sync_and_async_predicates():
+    async def later():
+        return "async"
+
+    assert await wait_for(later, 1) == "async"
+    assert await wait_for(lambda: "sync", 1) == "sync"
+
+    def never():
+        return None
+
+    with pytest.raises(WaitTimeout, match="condition never: not within 0.05 s"):
+        await wait_for(never, 0.05)
 
 
 def test_gradio_config_is_read_from_the_page():

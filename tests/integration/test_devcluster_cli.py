@@ -5,11 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from devcluster.__main__ import main
+from devcluster.testing import wait_until
 
 
 def start_cluster(data_dir, *extra):
@@ -48,16 +48,6 @@ def pids_with(marker):
     return found
 
 
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"{predicate} not met within {timeout} s")
-
-
 def start_sleeper(ready, seconds):
     manifest = {
         "apiVersion": "v1",
@@ -71,7 +61,7 @@ def start_sleeper(ready, seconds):
     }
     kubectl(ready, "create", "--validate=false", "-f", "-", stdin=json.dumps(manifest))
     marker = f"sleep\0{seconds}".encode()
-    return wait_until(lambda: pids_with(marker))
+    return wait_until(lambda: pids_with(marker), 10, "the sleeper's process", interval=0.05)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -99,7 +89,12 @@ def test_sigkill_of_the_cluster_kills_its_pods(tmp_path):
     pids = start_sleeper(ready, f"201.{os.getpid()}")
     proc.kill()
     proc.wait(timeout=10)
-    wait_until(lambda: not [p for p in pids if os.path.exists(f"/proc/{p}")])
+    wait_until(
+        lambda: not [p for p in pids if os.path.exists(f"/proc/{p}")],
+        10,
+        "the pods' processes end",
+        interval=0.05,
+    )
     assert pids_with(str(tmp_path).encode()) == []
 
 

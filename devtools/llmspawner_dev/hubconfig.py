@@ -1,0 +1,66 @@
+"""The hub settings that only the emulated dev cluster needs (never a production hub's).
+
+Applied by ``llmspawner_dev/jupyterhub_config.py`` *before* the repository's
+``jupyterhub_config.py``; see there. Until issue 11 these lived in
+``llmspawner.hubconfig.configure_dev`` behind ``LLMSPAWNER_DEV=1``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+#: The repository root (where ``jupyterhub_config.py`` and ``profiles/`` are).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: This folder's hub config file, the one ``jupyterhub -f`` is given by the dev stack.
+DEV_CONFIG_FILE = Path(__file__).resolve().with_name("jupyterhub_config.py")
+
+#: Environment variable naming the production config the dev config loads after its own.
+BASE_CONFIG_ENV = "LLMSPAWNER_DEV_BASE_CONFIG"
+
+#: The spawner of the dev stack (import string, as JupyterHub takes it).
+DEV_SPAWNER = "llmspawner_dev.spawner.DevSpawner"
+
+
+def base_config(env: Mapping[str, str] = os.environ) -> Path:
+    """Return the production hub config to load after the dev settings.
+
+    ``env[BASE_CONFIG_ENV]`` when set, else ``<repo>/jupyterhub_config.py``.
+
+    Raises:
+        FileNotFoundError: that file does not exist (message names it and the variable).
+    """
+    path = Path(env.get(BASE_CONFIG_ENV) or REPO_ROOT / "jupyterhub_config.py").resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{BASE_CONFIG_ENV}: the hub config {path} does not exist")
+    return path
+
+
+def _set_default(section, key: str, value) -> None:
+    """Set ``section.key`` unless set already (e.g. by a test's config or command line)."""
+    if key not in section:
+        section[key] = value
+
+
+def configure_dev(c) -> None:
+    """Put the emulated cluster's settings into the traitlets config ``c`` (unset keys only).
+
+    The user's server binds its pod IP (pods share one network namespace there:
+    :class:`~llmspawner_dev.spawner.DevSpawner`), starts with the same Python environment
+    as the hub, and the hub waits long enough for a LlamaBoard-sized start on a CPU.
+    """
+    _set_default(c.JupyterHub, "spawner_class", DEV_SPAWNER)
+    s = c.LLMSpawner
+    _set_default(s, "image", "llmspawner/singleuser:dev")
+    _set_default(s, "image_pull_policy", "IfNotPresent")
+    # The image stands for a local Python environment, whose bin/ the kubelet puts on PATH.
+    _set_default(s, "cmd", ["jupyterhub-singleuser"])
+    # The emulated kubelet runs pod processes as the user running it (root in CI), and
+    # Jupyter Server refuses to run as root unless told.
+    _set_default(s, "args", ["--ServerApp.allow_root=True"])
+    _set_default(s, "start_timeout", 300)
+    _set_default(s, "http_timeout", 120)
+    # A test or a demo needs no grace: the process gets SIGTERM and a second to stop.
+    _set_default(s, "delete_grace_period", 1)
