@@ -7,18 +7,29 @@ to it that has not terminated uses its containers' requests (an extended resourc
 defaults to its limit)
 (https://kubernetes.io/docs/concepts/configuration/manage-resources-containers/#extended-resources).
 
-:class:`CapacityCache` is the I/O edge: it lists Nodes and Pods at most once per ``ttl``
-seconds, whatever the number of page views.
+:class:`ClusterLister` is the I/O edge, the one Node/Pod lister of the product: the spawn
+form's counts and the queue's admission both use it. It lists Nodes and Pods at most once per
+``ttl`` seconds, whatever the number of page views (through :class:`CapacityCache`).
+
+Which nodes a profile may use (selector, tolerations) and which GPU resources it takes come
+from :func:`llmspawner.workload.placement`, the same rule the server pod and the Job pod are
+built with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .profiles import ClusterGPUConfig, GPUResources, Profile, gpu_resources
+from .profiles import ClusterGPUConfig, Profile
+from .workload import placement
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from kubernetes_asyncio.client import CoreV1Api
 
 _TERMINATED = ("Succeeded", "Failed")
 
@@ -103,11 +114,10 @@ def profile_capacity(
     Returns:
         A :class:`Capacity`, or ``None`` for a CPU-only profile.
     """
-    gpu: GPUResources = gpu_resources(profile.gpu, cluster)
-    if not gpu.limits:
+    place = placement(profile, cluster)
+    if not place.gpu:
         return None
-    selector = {**profile.node_selector, **gpu.node_selector}
-    tolerations = [*gpu.tolerations, *profile.tolerations]
+    selector, tolerations = place.node_selector, place.tolerations
     used_by_node: dict[str, dict[str, int]] = {}
     for pod in pods:
         node_name = pod.get("spec", {}).get("nodeName")
@@ -128,7 +138,7 @@ def profile_capacity(
         allocatable = node.get("status", {}).get("allocatable") or {}
         used = used_by_node.get(node["metadata"]["name"], {})
         fits_total = fits_free = None
-        for name, per_pod in gpu.limits.items():
+        for name, per_pod in place.gpu.items():
             have = _quantity(allocatable.get(name, 0))
             n_total = have // per_pod
             n_free = max(0, have - used.get(name, 0)) // per_pod
@@ -136,7 +146,7 @@ def profile_capacity(
             fits_free = n_free if fits_free is None else min(fits_free, n_free)
         total += fits_total or 0
         free += fits_free or 0
-    return Capacity(total=total, free=free, resource=", ".join(gpu.limits))
+    return Capacity(total=total, free=free, resource=", ".join(place.gpu))
 
 
 def capacities(
@@ -155,7 +165,8 @@ def capacities(
 
 
 class CapacityCache:
-    """Nodes and Pods listed at most once per ``ttl`` seconds, shared by all page views.
+    """Nodes and Pods listed at most once per ``ttl`` seconds, shared by all page views: the
+    TTL cache behind :class:`ClusterLister` (use that one to list a cluster).
 
     Args:
         list_nodes: ``async () -> list[dict]`` of Node objects.
@@ -194,3 +205,65 @@ class CapacityCache:
                 self._snapshot = (nodes, pods)
                 self._at = now
             return self._snapshot
+
+
+class ClusterLister:
+    """The one Node/Pod lister: all Nodes and the namespace's Pods, cached ``ttl`` seconds.
+
+    Used by the spawn form's free-slice counts
+    (:meth:`llmspawner.spawner.LLMSpawner.current_capacity`) and by the queue's admission.
+    Objects are read as plain JSON dicts (``_preload_content=False``), not client models:
+    faster for large lists, and no model validation of fields the counts do not read. Needs
+    ``list`` on Nodes (cluster-wide) and on Pods (in ``namespace``).
+
+    Args:
+        core_v1: ``async () -> CoreV1Api``, called once per listing (e.g. kubespawner's
+            ``shared_client("CoreV1Api")`` wrapped in a coroutine, or the queue's client).
+        namespace: the namespace whose Pods are listed (users' servers and queue Jobs share it).
+        ttl: seconds a listing is reused.
+        request_timeout: seconds per Kubernetes API request.
+        clock: monotonic clock in seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        core_v1: Callable[[], Awaitable[CoreV1Api]],
+        namespace: str,
+        *,
+        ttl: float,
+        request_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._core_v1 = core_v1
+        self.namespace = namespace
+        self.request_timeout = request_timeout
+        self._cache = CapacityCache(self.list_nodes, self.list_pods, ttl=ttl, clock=clock)
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a listing is reused."""
+        return self._cache.ttl
+
+    async def list_nodes(self) -> list[dict]:
+        """All Nodes now, uncached (``GET /api/v1/nodes``)."""
+        api = await self._core_v1()
+        resp = await api.list_node(_request_timeout=self.request_timeout, _preload_content=False)
+        return json.loads(await resp.read())["items"]
+
+    async def list_pods(self) -> list[dict]:
+        """The namespace's Pods now, uncached (``GET /api/v1/namespaces/<ns>/pods``)."""
+        api = await self._core_v1()
+        resp = await api.list_namespaced_pod(
+            self.namespace, _request_timeout=self.request_timeout, _preload_content=False
+        )
+        return json.loads(await resp.read())["items"]
+
+    async def snapshot(self) -> tuple[list[dict], list[dict]]:
+        """``(all Nodes, Pods of the namespace)`` as JSON dicts, listed again only when older
+        than ``ttl`` seconds; concurrent callers share one listing. The same tuple object is
+        returned while it is fresh (callers may memoise on its identity).
+
+        Raises:
+            Exception: whatever the Kubernetes client raises (the caller decides).
+        """
+        return await self._cache.snapshot()

@@ -1,8 +1,11 @@
 """LLMSpawner: KubeSpawner with GPU profiles, a per-user folder, MLflow and LlamaBoard.
 
-Glue only: the rules live in :mod:`llmspawner.profiles` (profile → GPU resources),
-:mod:`llmspawner.storage` (user → subPath mounts) and :mod:`llmspawner.tracking`
-(user → MLflow experiment). This module turns them into kubespawner settings once per spawn.
+Glue only: the platform's settings are :class:`llmspawner.settings.LLMPlatform` (config section
+``c.LLMPlatform``), and what a user's pod gets for a profile (resources, node selector,
+tolerations, storage, owner init container, env, security context, labels) is the
+:class:`llmspawner.workload.Workload` of :func:`llmspawner.workload.build_workload`, the same
+one the queue's Jobs are built from. This module maps it onto kubespawner's traits once per
+spawn (:func:`kubespawner_traits`, :meth:`LLMSpawner.apply_workload`).
 
 Entry point: ``c.JupyterHub.spawner_class = "llm"``.
 """
@@ -11,22 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Mapping
+from typing import Any
 
+from jupyterhub.utils import maybe_future
 from kubespawner import KubeSpawner
+from kubespawner.clients import shared_client
 from tornado import web
-from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
+from traitlets import Float, Integer, default
 
 from . import capacity as capacity_mod
 from . import profiles as profiles_mod
-from . import storage, tracking
+from . import tracking
+from .settings import LLMPlatform
+from .workload import CPU, MEMORY, Workload, build_workload, parse_quantity, placement
 
-#: kubespawner traits that a profile may set for one spawn. Their configured values are
-#: restored before each spawn: kubespawner's profile overrides *merge* dicts and keep earlier
-#: values, so a CPU spawn after a GPU spawn on the same spawner object would otherwise keep
-#: the GPU request (kubespawner ``_apply_overrides``).
-PROFILE_TRAITS = (
+#: kubespawner traits set from the user's workload for each spawn. Their configured values
+#: are snapshot once and each spawn's values computed from that snapshot, so nothing of an
+#: earlier profile leaks into a later spawn on the same spawner object (kubespawner's
+#: ``_apply_overrides`` *merges* dicts in place and keeps earlier values).
+WORKLOAD_TRAITS = (
     "extra_resource_limits",
     "extra_resource_guarantees",
     "node_selector",
@@ -36,43 +43,111 @@ PROFILE_TRAITS = (
     "mem_guarantee",
     "mem_limit",
     "image",
+    "volumes",
+    "volume_mounts",
+    "working_dir",
+    "init_containers",
+    "extra_labels",
+    "extra_annotations",
+    "uid",
+    "gid",
+    "fs_gid",
 )
-#: kubespawner traits set from the user's storage for one spawn, computed from their
-#: configured values each time.
-STORAGE_TRAITS = ("volumes", "volume_mounts", "working_dir", "init_containers")
+
+#: Settings that moved from ``c.LLMSpawner`` to ``c.LLMPlatform`` (issue 11).
+MOVED_SETTINGS = (
+    "profiles_dir",
+    "gpu_shared_resource",
+    "gpu_replica_counts",
+    "mig_strategy",
+    "storage_claim_name",
+    "mlflow_tracking_uri",
+    "mlflow_experiment_template",
+    "mlflow_timeout",
+)
 
 
-def kubespawner_override(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUConfig):
-    """Return the ``kubespawner_override`` of one profile (pure).
+def _listed(value) -> list:
+    """kubespawner's list-or-dict traits (``volumes``, ``tolerations``, ...) as a new list:
+    a dict's values sorted by key, as kubespawner's ``_sorted_dict_values``."""
+    if isinstance(value, dict):
+        return [copy.deepcopy(value[k]) for k in sorted(value)]
+    return copy.deepcopy(list(value or []))
 
-    Dict values are merged by kubespawner onto the configured ones (so the chart's own node
-    selector stays); the tolerations are a callable that appends to the configured list.
+
+def _literal(value: str) -> str:
+    """A string kubespawner must not expand as a template (it ``str.format``s label and
+    annotation values): braces doubled."""
+    return value.replace("{", "{{").replace("}", "}}")
+
+
+def kubespawner_traits(workload: Workload, configured: Mapping[str, Any]) -> dict[str, Any]:
+    """The kubespawner trait values of one spawn: ``workload`` on top of ``configured`` (pure).
+
+    The one mapping of a :class:`~llmspawner.workload.Workload` onto KubeSpawner:
+
+    - resources: ``cpu`` → ``cpu_guarantee``/``cpu_limit`` (cores, float), ``memory`` →
+      ``mem_guarantee``/``mem_limit`` (bytes, int), GPU extended resources →
+      ``extra_resource_guarantees``/``extra_resource_limits`` (whole counts, int), merged onto
+      the configured dicts; a quantity the workload does not set keeps its configured value;
+    - ``node_selector``, ``extra_labels``, ``extra_annotations``: the configured dict with the
+      workload's keys on top (the chart's own node selector stays);
+    - ``tolerations``, ``volumes``, ``volume_mounts``, ``init_containers``: the configured
+      ones first, the workload's appended;
+    - ``image``, ``working_dir``: the workload's;
+    - ``uid``/``gid``/``fs_gid``: the workload's ``runAsUser``/``runAsGroup``/``fsGroup``
+      (``None`` when unset). ``allowPrivilegeEscalation`` stays kubespawner's own trait
+      (default ``False``, as the workload's).
 
     Args:
-        profile: a validated profile.
-        cluster: the cluster's GPU configuration.
+        workload: the user's workload for the chosen profile.
+        configured: the configured value of every name in :data:`WORKLOAD_TRAITS`.
 
     Returns:
-        A new dict of KubeSpawner trait names to values or callables.
+        A new dict ``{trait name: value}`` for every name in :data:`WORKLOAD_TRAITS`
+        (``configured`` and ``workload`` are not modified).
     """
-    gpu = profiles_mod.gpu_resources(profile.gpu, cluster)
-    extra_tolerations = [*gpu.tolerations, *profile.tolerations]
-    override = {
-        "extra_resource_limits": dict(gpu.limits),
-        "extra_resource_guarantees": dict(gpu.limits),
-        "node_selector": {**profile.node_selector, **gpu.node_selector},
-        "tolerations": lambda spawner: [
-            *spawner._sorted_dict_values(spawner.tolerations),
-            *copy.deepcopy(extra_tolerations),
-        ],
+    requests = workload.resources.get("requests", {})
+    limits = workload.resources.get("limits", {})
+    out: dict[str, Any] = {}
+    for trait, source, key, convert in (
+        ("cpu_guarantee", requests, CPU, lambda q: float(parse_quantity(q))),
+        ("cpu_limit", limits, CPU, lambda q: float(parse_quantity(q))),
+        ("mem_guarantee", requests, MEMORY, lambda q: int(parse_quantity(q))),
+        ("mem_limit", limits, MEMORY, lambda q: int(parse_quantity(q))),
+    ):
+        out[trait] = convert(source[key]) if key in source else configured[trait]
+    for trait, source in (
+        ("extra_resource_guarantees", requests),
+        ("extra_resource_limits", limits),
+    ):
+        extra = {k: int(parse_quantity(v)) for k, v in source.items() if k not in (CPU, MEMORY)}
+        out[trait] = {**copy.deepcopy(dict(configured[trait] or {})), **extra}
+    out["node_selector"] = {
+        **copy.deepcopy(dict(configured["node_selector"] or {})),
+        **workload.node_selector,
     }
-    for name in ("cpu_guarantee", "cpu_limit", "mem_guarantee", "mem_limit"):
-        value = getattr(profile, name)
-        if value is not None:
-            override[name] = value
-    if profile.image:
-        override["image"] = profile.image
-    return override
+    for trait, extra in (
+        ("extra_labels", workload.labels),
+        ("extra_annotations", workload.annotations),
+    ):
+        out[trait] = {
+            **copy.deepcopy(dict(configured[trait] or {})),
+            **{k: _literal(v) for k, v in extra.items()},
+        }
+    for trait, extra in (
+        ("tolerations", workload.tolerations),
+        ("volumes", workload.volumes),
+        ("volume_mounts", workload.volume_mounts),
+        ("init_containers", workload.init_containers),
+    ):
+        out[trait] = [*_listed(configured[trait]), *copy.deepcopy(extra)]
+    out["image"] = workload.image
+    out["working_dir"] = workload.working_dir
+    out["uid"] = workload.container_security_context.get("runAsUser")
+    out["gid"] = workload.container_security_context.get("runAsGroup")
+    out["fs_gid"] = workload.pod_security_context.get("fsGroup")
+    return out
 
 
 def _duration(seconds: int) -> str:
@@ -123,17 +198,18 @@ def describe_profile(profile: profiles_mod.Profile, capacity: capacity_mod.Capac
 
 
 def profile_list_entry(
-    profile: profiles_mod.Profile,
-    cluster: profiles_mod.ClusterGPUConfig,
-    capacity: capacity_mod.Capacity | None = None,
+    profile: profiles_mod.Profile, capacity: capacity_mod.Capacity | None = None
 ):
-    """Return one KubeSpawner ``profile_list`` entry for a profile (pure)."""
+    """Return one KubeSpawner ``profile_list`` entry for a profile (pure).
+
+    The entry has no ``kubespawner_override``: the chosen profile's settings are applied
+    from its workload (:meth:`LLMSpawner.apply_workload`), not by kubespawner.
+    """
     return {
         "slug": profile.slug,
         "display_name": profile.display_name,
         "description": describe_profile(profile, capacity),
         "default": profile.default,
-        "kubespawner_override": kubespawner_override(profile, cluster),
     }
 
 
@@ -152,8 +228,7 @@ def waiting_message(
         A sentence naming the profile and the resource when the pod waits for a GPU slice,
         else a generic sentence (the scheduler's text stays in the hub's log).
     """
-    gpu = profiles_mod.gpu_resources(profile.gpu, cluster)
-    for resource in gpu.limits:
+    for resource in placement(profile, cluster).gpu:
         if f"Insufficient {resource}" in scheduler_message:
             return (
                 f"Waiting for a free {profile.gpu.label} slice ({resource}) for profile "
@@ -174,106 +249,6 @@ class LLMSpawner(KubeSpawner):
     environment and makes sure the user's experiment exists (see :mod:`llmspawner.tracking`),
     and opens LlamaBoard.
     """
-
-    profiles_dir = Unicode(
-        "/usr/local/etc/llmspawner/profiles",
-        config=True,
-        help="""
-        Folder of GPU profile files (``*.yaml``, one profile each), offered at spawn.
-
-        Under zero-to-jupyterhub the folder is mounted from a ConfigMap. The files are
-        validated when the hub starts (see ``llmspawner profiles check``) and re-read when
-        they change.
-
-            c.LLMSpawner.profiles_dir = "/etc/llmspawner/profiles"
-        """,
-    )
-
-    gpu_shared_resource = Unicode(
-        "nvidia.com/gpu",
-        config=True,
-        help="""
-        Extended resource of time-sliced GPU replicas: ``nvidia.com/gpu``, or
-        ``nvidia.com/gpu.shared`` when the NVIDIA device plugin's ``renameByDefault`` is on.
-
-            c.LLMSpawner.gpu_shared_resource = "nvidia.com/gpu.shared"
-        """,
-    )
-
-    gpu_replica_counts = List(
-        Integer(),
-        default_value=[2, 4],
-        config=True,
-        help="""
-        Replica counts that time-sliced GPU nodes are labelled with
-        (``nvidia.com/gpu.replicas``). A profile's ``gpu.fraction`` must be ``1/N`` for one
-        of them.
-
-            c.LLMSpawner.gpu_replica_counts = [2, 4]
-        """,
-    )
-
-    mig_strategy = Unicode(
-        "mixed",
-        config=True,
-        help="""
-        The NVIDIA device plugin's MIG strategy, ``mixed`` or ``single``; decides which
-        resource a ``gpu.mig`` profile requests.
-        """,
-    )
-
-    storage_claim_name = Unicode(
-        "llm-storage",
-        config=True,
-        help="""
-        Name of the shared PersistentVolumeClaim (ReadWriteMany) holding ``users/<slug>``
-        folders and the shared ``models/`` folder. Each user's pod mounts only its own folder.
-
-            c.LLMSpawner.storage_claim_name = "llm-storage"
-        """,
-    )
-
-    mlflow_tracking_uri = Unicode(
-        "",
-        config=True,
-        help="""
-        URL of the MLflow tracking server, set as ``MLFLOW_TRACKING_URI`` in the user's pod and
-        used by the hub to create the user's experiment. Empty: no tracking.
-
-            c.LLMSpawner.mlflow_tracking_uri = "http://mlflow.llm.svc:5000"
-        """,
-    )
-
-    mlflow_experiment_template = Unicode(
-        tracking.DEFAULT_EXPERIMENT_TEMPLATE,
-        config=True,
-        help="""
-        Template of the user's MLflow experiment name (``MLFLOW_EXPERIMENT_NAME``); fields
-        ``{username}`` and ``{slug}``.
-
-            c.LLMSpawner.mlflow_experiment_template = "{username}-experiments"
-        """,
-    )
-
-    mlflow_timeout = Float(
-        5.0,
-        config=True,
-        help="""
-        Seconds to wait for MLflow per request when making sure the user's experiment exists.
-        If MLflow cannot be reached the server starts anyway and the progress page says that
-        tracking is unavailable.
-        """,
-    )
-
-    bind_pod_ip = Bool(
-        False,
-        config=True,
-        help="""
-        Make the user's server listen on the pod's IP (from the downward API, ``status.podIP``)
-        instead of all interfaces. Needed on the emulated dev cluster, where pods share one
-        network namespace and each has its own loopback address; harmless on a real cluster.
-        """,
-    )
 
     activity_report_interval = Integer(
         300,
@@ -302,34 +277,57 @@ class LLMSpawner(KubeSpawner):
         # and a terminal. LlamaBoard alone is at ``/user/<name>/llamaboard/``.
         return "/lab"
 
-    @validate("mlflow_experiment_template")
-    def _validate_template(self, proposal):
-        try:
-            return tracking.check_experiment_template(proposal["value"])
-        except ValueError as e:
-            raise TraitError(f"LLMSpawner.mlflow_experiment_template: {e}") from None
+    _platform: LLMPlatform | None = None
 
-    @validate("mig_strategy")
-    def _validate_mig_strategy(self, proposal):
-        if proposal["value"] not in ("mixed", "single"):
-            raise TraitError(
-                f"LLMSpawner.mig_strategy must be one of mixed, single; not {proposal['value']!r}"
-            )
-        return proposal["value"]
+    def __init__(self, *args, **kwargs):
+        """As KubeSpawner's; the platform settings are read (and checked) here.
+
+        Raises:
+            llmspawner.settings.SettingError: a ``c.LLMPlatform`` setting (or its environment
+                variable) has a bad value; the message names it.
+        """
+        super().__init__(*args, **kwargs)
+        self.platform  # noqa: B018 - read now: a bad setting fails here, not at spawn
+
+    @property
+    def platform(self) -> LLMPlatform:
+        """The platform's settings (``c.LLMPlatform``), made once per spawner.
+
+        Settings it leaves empty are resolved from this spawner as the hub resolves them for
+        its services: ``image`` from the configured ``image`` (z2jh's ``singleuser.image``),
+        ``namespace`` from ``namespace``.
+
+        Raises:
+            llmspawner.settings.SettingError: a setting has a bad value (names it).
+        """
+        if self._platform is None:
+            platform = LLMPlatform(parent=self)
+            if not platform.image:
+                platform.image = self._configured_values()["image"]
+            if not platform.namespace:
+                platform.namespace = self.namespace
+            section = self.config.get("LLMSpawner") or {}
+            moved = [name for name in MOVED_SETTINGS if name in section]
+            if moved:
+                self.log.warning(
+                    "LLMSpawner.%s moved to the LLMPlatform section (c.LLMPlatform.%s); "
+                    "the LLMSpawner value is ignored",
+                    ", LLMSpawner.".join(moved),
+                    ", c.LLMPlatform.".join(moved),
+                )
+            self._platform = platform
+        return self._platform
 
     @property
     def gpu_cluster(self) -> profiles_mod.ClusterGPUConfig:
-        """The cluster's GPU configuration built from this spawner's traits."""
-        return profiles_mod.ClusterGPUConfig(
-            shared_resource=self.gpu_shared_resource,
-            replica_counts=tuple(self.gpu_replica_counts),
-            mig_strategy=self.mig_strategy,
-        )
+        """How the cluster advertises GPUs (``LLMPlatform.gpu_cluster``)."""
+        return self.platform.gpu_cluster
 
     @property
     def profiles(self) -> list[profiles_mod.Profile]:
-        """The validated profiles of ``profiles_dir`` (re-read when the files change)."""
-        return profiles_mod.PROFILES.get(self.profiles_dir, self.gpu_cluster, self.log)
+        """The validated profiles of ``LLMPlatform.profiles_dir`` (the process-wide cache:
+        re-read when the files change, the last valid set kept on a broken edit)."""
+        return self.platform.profiles(self.log)
 
     capacity_ttl = Float(
         5.0,
@@ -348,45 +346,43 @@ class LLMSpawner(KubeSpawner):
         # with the free slices of now.
         async def allowed_profiles(spawner):
             caps = {} if spawner._loading_options else await spawner.current_capacity()
-            return [
-                profile_list_entry(p, spawner.gpu_cluster, caps.get(p.slug))
-                for p in spawner.allowed_profiles
-            ]
+            return [profile_list_entry(p, caps.get(p.slug)) for p in spawner.allowed_profiles]
 
         return allowed_profiles
 
-    _capacity_cache: capacity_mod.CapacityCache | None = None
+    #: The Node/Pod lister shared by every spawner of the hub (one listing per
+    #: ``capacity_ttl`` seconds, whatever the number of users and page views).
+    _cluster_lister: capacity_mod.ClusterLister | None = None
     _capacity_counts: tuple = (None, None, None, {})
 
+    def cluster_lister(self) -> capacity_mod.ClusterLister:
+        """The hub's one :class:`~llmspawner.capacity.ClusterLister` (made on first use, with
+        kubespawner's shared ``CoreV1Api`` client, this spawner's namespace, ``capacity_ttl``
+        and ``k8s_api_request_timeout``)."""
+        cls = LLMSpawner
+        if cls._cluster_lister is None:
+
+            async def core_v1():
+                return shared_client("CoreV1Api")
+
+            cls._cluster_lister = capacity_mod.ClusterLister(
+                core_v1,
+                self.namespace,
+                ttl=self.capacity_ttl,
+                request_timeout=self.k8s_api_request_timeout,
+            )
+        return cls._cluster_lister
+
     async def current_capacity(self) -> dict[str, capacity_mod.Capacity]:
-        """Slices per GPU profile now (cached ``capacity_ttl`` seconds, shared by all users).
+        """Slices per GPU profile now (listed at most every ``capacity_ttl`` seconds, shared
+        by all users).
 
         Returns:
             ``{slug: Capacity}``; empty when Nodes or Pods cannot be listed (logged).
         """
         cls = LLMSpawner
-        if cls._capacity_cache is None:
-            api, namespace = self.api, self.namespace
-
-            timeout = self.k8s_api_request_timeout
-
-            # Plain JSON, not client models: faster for large lists, and no model validation
-            # of fields the capacity count does not read.
-            async def list_nodes():
-                resp = await api.list_node(_request_timeout=timeout, _preload_content=False)
-                return json.loads(await resp.read())["items"]
-
-            async def list_pods():
-                resp = await api.list_namespaced_pod(
-                    namespace, _request_timeout=timeout, _preload_content=False
-                )
-                return json.loads(await resp.read())["items"]
-
-            cls._capacity_cache = capacity_mod.CapacityCache(
-                list_nodes, list_pods, ttl=self.capacity_ttl
-            )
         try:
-            snapshot = await cls._capacity_cache.snapshot()
+            snapshot = await self.cluster_lister().snapshot()
         except Exception as e:  # an API error must not break the spawn form
             self.log.warning("Cannot list Nodes/Pods for free GPU slices: %s", e)
             return {}
@@ -457,34 +453,76 @@ class LLMSpawner(KubeSpawner):
     @property
     def experiment_name(self) -> str:
         """The user's MLflow experiment name, e.g. ``alice-experiments``."""
-        return tracking.experiment_name(self.user.name, self.mlflow_experiment_template)
+        return self.platform.experiment_name(self.user.name)
 
     # --- per spawn --------------------------------------------------------------------
 
     _configured: dict | None = None
+    _workload: Workload | None = None
     _loading_options = False
     _tracking_task: asyncio.Future | None = None
 
-    def _restore_configured(self):
-        """Reset every per-spawn trait to its configured value (snapshot on first use)."""
+    def _configured_values(self) -> dict[str, Any]:
+        """The configured value of every :data:`WORKLOAD_TRAITS` name (snapshot on first use,
+        before any spawn changed them)."""
         if self._configured is None:
             self._configured = {
-                name: copy.deepcopy(getattr(self, name))
-                for name in (*PROFILE_TRAITS, *STORAGE_TRAITS)
+                name: copy.deepcopy(getattr(self, name)) for name in WORKLOAD_TRAITS
             }
-        for name in PROFILE_TRAITS:
-            value = self._configured[name]
+        return self._configured
+
+    def _restore_configured(self):
+        """Reset every per-spawn trait to its configured value."""
+        for name, value in self._configured_values().items():
             if getattr(self, name) != value:
                 setattr(self, name, copy.deepcopy(value))
 
+    async def _resolved(self, name: str):
+        """A trait that kubespawner allows to be a callable (``uid``, ``gid``, ``fs_gid``),
+        resolved for this spawn."""
+        value = self._configured_values()[name]
+        if callable(value):
+            value = await maybe_future(value(self))
+        return value
+
+    async def build_workload(self, profile: profiles_mod.Profile) -> Workload:
+        """This user's :class:`~llmspawner.workload.Workload` for ``profile``, with this
+        spawner's ``uid``/``gid``/``fs_gid`` (z2jh: ``singleuser.uid``/``fsGid``) where set,
+        else ``LLMPlatform``'s.
+
+        Raises:
+            ValueError: see :func:`llmspawner.workload.build_workload`.
+        """
+        return build_workload(
+            username=self.user.name,
+            profile=profile,
+            settings=self.platform,
+            uid=await self._resolved("uid"),
+            gid=await self._resolved("gid"),
+            fs_gid=await self._resolved("fs_gid"),
+        )
+
+    def apply_workload(self, workload: Workload) -> None:
+        """Set this spawner's kubespawner traits from ``workload`` on top of their configured
+        values (:func:`kubespawner_traits`); remembered as :attr:`workload` for ``get_env``."""
+        for name, value in kubespawner_traits(workload, self._configured_values()).items():
+            setattr(self, name, value)
+        self._workload = workload
+
+    @property
+    def workload(self) -> Workload | None:
+        """The workload of the current or last spawn (``None`` before any)."""
+        return self._workload
+
     async def load_user_options(self):
-        """Apply the chosen profile (default: the default profile) and the user's storage.
+        """Apply the chosen profile (default: the default profile) as the user's workload.
 
-        With a ``uid`` configured (z2jh: ``singleuser.uid``), an init container gives the
-        user's folder to that uid first (:func:`llmspawner.storage.build_owner_init_container`).
-
-        Called by kubespawner at the start of every spawn. Settings of an earlier spawn on
-        this spawner object never leak into this one.
+        Called by kubespawner at the start of every spawn: kubespawner picks the profile
+        from the user options (refusing an unknown one), then this spawner builds the
+        user's workload for it (:meth:`build_workload`: resources, selector, tolerations,
+        storage, owner init container when a uid is set, env, security context, labels) and
+        maps it onto kubespawner's traits (:meth:`apply_workload`). Settings of an earlier
+        spawn on this spawner object never leak into this one.
 
         Raises:
             ValueError: for an unknown profile, listing the valid ones (kubespawner's check).
@@ -495,49 +533,19 @@ class LLMSpawner(KubeSpawner):
             await super().load_user_options()
         finally:
             self._loading_options = False
-        user_storage = storage.build_user_storage(
-            username=self.user.name, claim_name=self.storage_claim_name
-        )
-        configured = self._configured
-        self.volumes = [
-            *copy.deepcopy(self._sorted_dict_values(configured["volumes"])),
-            *user_storage.volumes,
-        ]
-        self.volume_mounts = [
-            *copy.deepcopy(self._sorted_dict_values(configured["volume_mounts"])),
-            *user_storage.volume_mounts,
-        ]
-        self.working_dir = user_storage.home
-        init_containers = copy.deepcopy(self._sorted_dict_values(configured["init_containers"]))
-        if self.uid is not None:
-            init_containers.append(
-                storage.build_owner_init_container(
-                    username=self.user.name,
-                    image=self.image,
-                    uid=self.uid,
-                    gid=self.fs_gid if self.fs_gid is not None else self.uid,
-                )
-            )
-        self.init_containers = init_containers
+        self.apply_workload(await self.build_workload(self.current_profile))
 
     def get_env(self):
-        """kubespawner's environment plus ``HOME`` (the user's folder) and ``MLFLOW_*``."""
+        """kubespawner's environment plus the workload's (``HOME``, ``MLFLOW_*``) and the
+        activity settings of the user's server.
+
+        Kept simple so that a subclass (the dev stack's) can extend it.
+        """
         env = super().get_env()
-        if self.bind_pod_ip and env.get("JUPYTERHUB_SERVICE_URL"):
-            # $(POD_IP) is expanded by the kubelet; kubespawner orders env vars by reference.
-            # https://kubernetes.io/docs/tasks/inject-data-application/define-interdependent-environment-variables/
-            env["POD_IP"] = {"valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-            url = urlsplit(env["JUPYTERHUB_SERVICE_URL"])
-            netloc = f"$(POD_IP):{url.port}" if url.port else "$(POD_IP)"
-            env["JUPYTERHUB_SERVICE_URL"] = urlunsplit(url._replace(netloc=netloc))
-        env["HOME"] = storage.user_home(self.user.name)
         env["JUPYTERHUB_ACTIVITY_INTERVAL"] = str(self.activity_report_interval)
         env["LLMSPAWNER_TRAINING_CHECK_INTERVAL"] = str(self.training_check_interval)
-        env.update(
-            tracking.tracking_env(
-                tracking_uri=self.mlflow_tracking_uri, experiment=self.experiment_name
-            )
-        )
+        if self._workload is not None:
+            env.update(self._workload.env)
         return env
 
     async def _ensure_tracking(self) -> str:
@@ -545,12 +553,13 @@ class LLMSpawner(KubeSpawner):
 
         Never raises: when MLflow cannot be reached the spawn goes on.
         """
-        if not self.mlflow_tracking_uri:
+        platform = self.platform
+        if not platform.mlflow_tracking_uri:
             return "Experiment tracking is off (no MLflow server configured)."
         name = self.experiment_name
         try:
             experiment_id = await tracking.ensure_experiment(
-                self.mlflow_tracking_uri, name, timeout=self.mlflow_timeout
+                platform.mlflow_tracking_uri, name, timeout=platform.mlflow_timeout
             )
         except tracking.TrackingUnavailable as e:
             self.log.warning("MLflow experiment %s for %s not ensured: %s", name, self.user.name, e)

@@ -1,10 +1,11 @@
 """The Kubernetes objects of a queue job: its name, its ConfigMap and its Job.
 
 Pure, keyword-only builders in the manner of kubespawner's ``objects.py``: dicts in, manifest
-dicts out, no I/O, inputs never modified. The Job shares the user's server's GPU resources
-(:func:`llmspawner.profiles.gpu_resources`), storage (:func:`llmspawner.storage.build_user_storage`)
-and MLflow environment (:func:`llmspawner.tracking.tracking_env`), so a job sees what the user
-sees in LlamaBoard and reports to the same experiment.
+dicts out, no I/O, inputs never modified. The Job's pod is the user's
+:class:`~llmspawner.workload.Workload`, the same one their server is built from (GPU and
+CPU/memory resources, selector, tolerations, storage, ``HOME`` and MLflow environment,
+security contexts, owner init container), so a job sees what the user sees in LlamaBoard,
+writes files as the same user and reports to the same experiment.
 
 Job fields follow https://kubernetes.io/docs/concepts/workloads/controllers/job/ (pod failure
 handling with ``restartPolicy: Never`` and ``backoffLimit``, ``activeDeadlineSeconds``,
@@ -19,22 +20,33 @@ import json
 
 import yaml
 
-from ..profiles import ClusterGPUConfig, Profile, gpu_resources
-from ..storage import build_user_storage, user_slug
-from ..tracking import tracking_env
-from .admission import PRIORITY_CLASSES
+from ..storage import user_slug
+from ..workload import ANNOTATION_USERNAME, LABEL_PROFILE, LABEL_USER, Workload
+from .states import PRIORITY_CLASSES, SERVICE_NAME
+
+__all__ = [
+    "ANNOTATION_USERNAME",
+    "LABEL_JOB_ID",
+    "LABEL_KUEUE_QUEUE",
+    "LABEL_MANAGED_BY",
+    "LABEL_PROFILE",
+    "LABEL_USER",
+    "MANAGED_BY",
+    "build_config_map",
+    "build_job",
+    "build_priority_classes",
+    "job_name",
+    "owner_reference",
+]
 
 #: ``app.kubernetes.io/managed-by`` of every object the queue creates (list/watch selector).
-MANAGED_BY = "llm-queue"
-#: Label keys and annotation keys.
+MANAGED_BY = SERVICE_NAME
+#: Label keys (the user's and profile's come from :mod:`llmspawner.workload`).
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_USER = "llmspawner.io/user"
 LABEL_JOB_ID = "llmspawner.io/job-id"
-LABEL_PROFILE = "llmspawner.io/profile"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
-ANNOTATION_USERNAME = "llmspawner.io/username"
 #: Where the config is mounted in the pod, and its key in the ConfigMap.
-CONFIG_DIR = "/etc/llm-queue"
+CONFIG_DIR = f"/etc/{SERVICE_NAME}"
 CONFIG_KEY = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 #: The training container's name.
@@ -43,7 +55,7 @@ CONTAINER_NAME = "train"
 NAME_PREFIX = "llm-job-"
 
 _MAX_NAME = 63
-_CONFIG_VOLUME = "llm-queue-config"
+_CONFIG_VOLUME = f"{SERVICE_NAME}-config"
 
 
 def job_name(username: str, job_id: int) -> str:
@@ -70,15 +82,12 @@ def job_name(username: str, job_id: int) -> str:
     return f"{NAME_PREFIX}{slug}{suffix}"
 
 
-def _labels(*, username: str, job_id: int, profile: str | None = None) -> dict[str, str]:
-    labels = {
+def _labels(*, username: str, job_id: int) -> dict[str, str]:
+    return {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_USER: user_slug(username),
         LABEL_JOB_ID: str(job_id),
     }
-    if profile is not None:
-        labels[LABEL_PROFILE] = profile
-    return labels
 
 
 def build_config_map(
@@ -139,158 +148,124 @@ def owner_reference(job: dict) -> dict:
     }
 
 
-def _cpu(cores: float) -> str:
-    """CPU cores as a Kubernetes quantity: ``"4"``, ``"500m"``."""
-    if float(cores).is_integer():
-        return str(int(cores))
-    return f"{round(cores * 1000)}m"
-
-
-def _resources(profile: Profile, cluster: ClusterGPUConfig) -> dict:
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if profile.cpu_guarantee is not None:
-        requests["cpu"] = _cpu(profile.cpu_guarantee)
-    if profile.cpu_limit is not None:
-        limits["cpu"] = _cpu(profile.cpu_limit)
-    if profile.mem_guarantee is not None:
-        requests["memory"] = str(profile.mem_guarantee)
-    if profile.mem_limit is not None:
-        limits["memory"] = str(profile.mem_limit)
-    for name, count in gpu_resources(profile.gpu, cluster).limits.items():
-        requests[name] = limits[name] = str(count)
-    resources = {}
-    if limits:
-        resources["limits"] = limits
-    if requests:
-        resources["requests"] = requests
-    return resources
-
-
 def build_job(
     *,
     name: str,
     namespace: str,
     job_id: int,
-    username: str,
-    profile: Profile,
-    cluster: ClusterGPUConfig,
-    image: str,
-    claim_name: str,
+    workload: Workload,
     config_map: str,
-    tracking_uri: str,
-    experiment: str,
     priority: str,
+    active_deadline_seconds: int | None = None,
     backoff_limit: int = 0,
     ttl_seconds_after_finished: int = 86400,
     kueue_queue: str | None = None,
     service_account: str | None = None,
-    pod_security_context: dict | None = None,
+    tracking: bool = True,
 ) -> dict:
     """Build the Job that runs ``llamafactory-cli train`` on a job's config.
+
+    The Job's pod is the user's workload (:func:`llmspawner.workload.build_workload`, the same
+    one the user's server is built from): image, CPU/memory/GPU resources, node selector,
+    tolerations, the user's storage, working directory, ``HOME`` and MLflow environment, the
+    pod and container security contexts and the owner init container. On top of it come the
+    job's own parts: env ``LLMSPAWNER_JOB_ID``, ``MLFLOW_TAGS`` (``{"llmspawner.job_id": id}``,
+    read by transformers' ``MLflowCallback``, so the run can be found by job id) when tracking
+    is on, the config volume, the ``managed-by``/``job-id`` labels, the command,
+    ``restartPolicy: Never`` and the PriorityClass.
 
     Args:
         name: the Job's name (use :func:`job_name`).
         namespace: its namespace.
         job_id: the job's database id (label ``llmspawner.io/job-id``, env ``LLMSPAWNER_JOB_ID``,
             MLflow tag ``llmspawner.job_id``).
-        username: the owner's hub name: slug label, raw name in an annotation, storage.
-        profile: the job's GPU profile: GPU share, CPU (cores) and memory (bytes) requests and
-            limits, node selector, tolerations, image (when set, it wins over ``image``),
-            ``max_runtime`` (seconds) as ``activeDeadlineSeconds`` when set.
-        cluster: how the cluster's GPUs are advertised.
-        image: the training image (with ``llamafactory-cli``), used unless the profile has one.
-        claim_name: the shared PVC (mounted as in the user's server).
+        workload: the owner's workload for the job's profile.
         config_map: the ConfigMap with the config (:func:`build_config_map`), mounted read-only
             at ``/etc/llm-queue``.
-        tracking_uri: MLflow's URL; empty switches tracking off (no ``MLFLOW_*`` env).
-        experiment: the user's MLflow experiment name (:func:`llmspawner.tracking.experiment_name`).
-        priority: ``high``, ``normal`` or ``low``; the PriorityClass ``llm-<priority>``.
+        priority: ``high``, ``normal`` or ``low``; the PriorityClass ``llm-<priority>``
+            (:data:`llmspawner.queue.states.PRIORITY_CLASSES`).
+        active_deadline_seconds: seconds the Job may run (the profile's ``max_runtime``);
+            ``None`` or ``0``: no deadline.
         backoff_limit: pod retries before the Job fails (``0``: the first failure is final).
         ttl_seconds_after_finished: seconds a finished Job (and its pods, logs) is kept.
         kueue_queue: a Kueue LocalQueue name: the Job is created suspended and labelled with
             it, and Kueue admits it. ``None``: the queue's own admission (not suspended).
         service_account: the pod's ServiceAccount; ``None``: the namespace's default, with its
             token not mounted (training needs no Kubernetes API).
-        pod_security_context: the pod's ``securityContext`` (e.g. ``{"runAsUser": 1000,
-            "fsGroup": 100}``, as z2jh's ``singleuser.uid``/``fsGid``), so that files written
-            by the job belong to the same user as the server's; ``None``: the image's user.
+        tracking: ``False`` leaves out the workload's ``MLFLOW_*`` environment (and the tags).
 
     Returns:
-        A new ``batch/v1`` Job dict.
+        A new ``batch/v1`` Job dict (``workload`` is not modified).
 
     Raises:
-        ValueError: naming the argument, for an unknown priority, a negative ``backoff_limit``
-            or ``ttl_seconds_after_finished``, or a bad ``claim_name``.
+        ValueError: naming the argument, for an unknown priority, a negative ``backoff_limit``,
+            ``ttl_seconds_after_finished`` or ``active_deadline_seconds``.
     """
     if priority not in PRIORITY_CLASSES:
         raise ValueError(f"priority must be one of {', '.join(PRIORITY_CLASSES)}, not {priority!r}")
     for arg, value in (
         ("backoff_limit", backoff_limit),
         ("ttl_seconds_after_finished", ttl_seconds_after_finished),
+        ("active_deadline_seconds", active_deadline_seconds or 0),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{arg} must be a whole number >= 0, not {value!r}")
-    storage = build_user_storage(username=username, claim_name=claim_name)
-    gpu = gpu_resources(profile.gpu, cluster)
-    labels = _labels(username=username, job_id=job_id, profile=profile.slug)
-    annotations = {ANNOTATION_USERNAME: username}
-
-    env = {
-        "HOME": storage.home,
-        "LLMSPAWNER_JOB_ID": str(job_id),
-        **tracking_env(tracking_uri=tracking_uri, experiment=experiment),
-    }
-    if tracking_uri:
-        # Read by transformers' MLflowCallback (set_tags), so the run can be found by job id.
+    w = copy.deepcopy(workload)  # nothing of the workload is shared with the manifest
+    env = dict(w.env)
+    if not tracking:
+        env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_")}
+    env["LLMSPAWNER_JOB_ID"] = str(job_id)
+    if "MLFLOW_TRACKING_URI" in env:
         env["MLFLOW_TAGS"] = json.dumps({"llmspawner.job_id": str(job_id)})
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, **w.labels, LABEL_JOB_ID: str(job_id)}
 
-    container = {
+    container: dict = {
         "name": CONTAINER_NAME,
-        "image": profile.image or image,
+        "image": w.image,
         "command": ["llamafactory-cli", "train", CONFIG_PATH],
-        "workingDir": storage.home,
+        "workingDir": w.working_dir,
         "env": [{"name": k, "value": v} for k, v in env.items()],
         "volumeMounts": [
-            *storage.volume_mounts,
+            *w.volume_mounts,
             {"name": _CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
         ],
     }
-    resources = _resources(profile, cluster)
-    if resources:
-        container["resources"] = resources
+    if w.resources:
+        container["resources"] = w.resources
+    if w.container_security_context:
+        container["securityContext"] = w.container_security_context
     pod_spec: dict = {
         "restartPolicy": "Never",
         "priorityClassName": PRIORITY_CLASSES[priority],
-        "containers": [container],
-        "volumes": [
-            *storage.volumes,
-            {"name": _CONFIG_VOLUME, "configMap": {"name": config_map}},
-        ],
     }
-    node_selector = {**profile.node_selector, **gpu.node_selector}
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    tolerations = [*gpu.tolerations, *profile.tolerations]
-    if tolerations:
-        pod_spec["tolerations"] = copy.deepcopy(tolerations)
+    if w.init_containers:
+        pod_spec["initContainers"] = w.init_containers
+    pod_spec["containers"] = [container]
+    pod_spec["volumes"] = [
+        *w.volumes,
+        {"name": _CONFIG_VOLUME, "configMap": {"name": config_map}},
+    ]
+    if w.node_selector:
+        pod_spec["nodeSelector"] = w.node_selector
+    if w.tolerations:
+        pod_spec["tolerations"] = w.tolerations
     if service_account is None:
         pod_spec["automountServiceAccountToken"] = False
     else:
         pod_spec["serviceAccountName"] = service_account
-    if pod_security_context:
-        pod_spec["securityContext"] = copy.deepcopy(pod_security_context)
+    if w.pod_security_context:
+        pod_spec["securityContext"] = w.pod_security_context
 
     job_labels = dict(labels)
     spec: dict = {"backoffLimit": backoff_limit}
-    if profile.max_runtime:
-        spec["activeDeadlineSeconds"] = profile.max_runtime
+    if active_deadline_seconds:
+        spec["activeDeadlineSeconds"] = active_deadline_seconds
     spec["ttlSecondsAfterFinished"] = ttl_seconds_after_finished
     if kueue_queue is not None:
         job_labels[LABEL_KUEUE_QUEUE] = kueue_queue
         spec["suspend"] = True
     spec["template"] = {
-        "metadata": {"labels": dict(labels), "annotations": dict(annotations)},
+        "metadata": {"labels": dict(labels), "annotations": dict(w.annotations)},
         "spec": pod_spec,
     }
     return {
@@ -300,7 +275,7 @@ def build_job(
             "name": name,
             "namespace": namespace,
             "labels": job_labels,
-            "annotations": dict(annotations),
+            "annotations": dict(w.annotations),
         },
         "spec": spec,
     }
@@ -309,7 +284,7 @@ def build_job(
 #: Values of the queue's PriorityClasses (higher runs first when the scheduler must choose).
 #: Below the default of 0 for nothing: interactive servers have no class (priority 0), so
 #: a queued training never preempts a user's LlamaBoard (``preemptionPolicy: Never``).
-PRIORITY_CLASS_VALUES = {"llm-high": 1000, "llm-normal": 100, "llm-low": 10}
+PRIORITY_CLASS_VALUES = dict(zip(PRIORITY_CLASSES.values(), (1000, 100, 10), strict=True))
 
 
 def build_priority_classes() -> list[dict]:
@@ -323,11 +298,11 @@ def build_priority_classes() -> list[dict]:
         {
             "apiVersion": "scheduling.k8s.io/v1",
             "kind": "PriorityClass",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "llm-queue"}},
-            "value": value,
+            "metadata": {"name": name, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
+            "value": PRIORITY_CLASS_VALUES[name],
             "preemptionPolicy": "Never",
             "globalDefault": False,
-            "description": f"llm-queue training jobs of priority {name.removeprefix('llm-')}",
+            "description": f"{SERVICE_NAME} training jobs of priority {priority}",
         }
-        for name, value in PRIORITY_CLASS_VALUES.items()
+        for priority, name in PRIORITY_CLASSES.items()
     ]

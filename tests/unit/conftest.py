@@ -47,8 +47,8 @@ def make_spawner(stub_kubeconfig):
 
     def make(username: str, config: Config | None = None) -> LLMSpawner:
         c = Config()
-        c.LLMSpawner.profiles_dir = str(REPO_PROFILES)
-        c.LLMSpawner.mlflow_tracking_uri = "http://mlflow.llm.svc:5000"
+        c.LLMPlatform.profiles_dir = str(REPO_PROFILES)
+        c.LLMPlatform.mlflow_tracking_uri = "http://mlflow.llm.svc:5000"
         if config is not None:
             c.merge(config)
         # The user is given at construction (KubeSpawner expands its name templates there);

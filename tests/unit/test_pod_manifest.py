@@ -143,35 +143,52 @@ async def test_unknown_profile_is_refused(make_spawner):
         await pod_for(make_spawner("alice"), {"profile": "huge"})
 
 
-async def test_bind_pod_ip(make_spawner):
+async def test_no_pod_ip_rewrite_and_get_env_is_overridable(make_spawner):
+    """The emulator's $(POD_IP) workaround is the dev stack's (a subclass), not LLMSpawner's."""
+    pod = await pod_for(make_spawner("alice"), {"profile": "cpu"})
+    env = env_of(pod)
+    assert "POD_IP" not in env
+    assert env["JUPYTERHUB_SERVICE_URL"] == "http://0.0.0.0:8888/"
+
+    from llmspawner.spawner import LLMSpawner
+
+    class Dev(LLMSpawner):
+        def get_env(self):
+            env = super().get_env()
+            env["EXTRA"] = "1"
+            return env
+
+    spawner = make_spawner("alice")
+    dev = Dev(config=spawner.config, user=spawner.user, _mock=True)
+    env = env_of(await pod_for(dev, {"profile": "cpu"}))
+    assert env["EXTRA"] == "1"
+    assert env["HOME"] == "/storage/users/alice"
+
+
+async def test_moved_settings_are_named_in_the_log(make_spawner, caplog):
     c = Config()
-    c.LLMSpawner.bind_pod_ip = True
-    pod = await pod_for(make_spawner("alice", c), {"profile": "cpu"})
-    env = pod["spec"]["containers"][0]["env"]
-    names = [e["name"] for e in env]
-    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in env
-    by_name = env_of(pod)
-    assert by_name["JUPYTERHUB_SERVICE_URL"] == "http://$(POD_IP):8888/"
-    # A variable must be defined before the one that refers to it.
-    assert names.index("POD_IP") < names.index("JUPYTERHUB_SERVICE_URL")
-    for version in ("1.32", latest_version()):
-        kubernetes_validate.validate(pod, version, strict=True)
+    c.LLMSpawner.profiles_dir = "/nowhere"
+    spawner = make_spawner("alice", c)
+    assert spawner.platform.profiles_dir != "/nowhere"
+    assert "LLMSpawner.profiles_dir moved to the LLMPlatform section" in caplog.text
 
 
 async def test_experiment_template(make_spawner):
     c = Config()
-    c.LLMSpawner.mlflow_experiment_template = "team/{slug}"
+    c.LLMPlatform.mlflow_experiment_template = "team/{slug}"
     pod = await pod_for(make_spawner("Bob.Smith@example.org", c), {"profile": "cpu"})
     assert env_of(pod)["MLFLOW_EXPERIMENT_NAME"] == "team/bob-smith-example-org---da50e6af"
 
 
-def test_bad_experiment_template(make_spawner):
-    from traitlets import TraitError
+async def test_bad_experiment_template(make_spawner):
+    from llmspawner.settings import SettingError
 
     c = Config()
-    c.LLMSpawner.mlflow_experiment_template = "{user}-runs"
+    c.LLMPlatform.mlflow_experiment_template = "{user}-runs"
     with pytest.raises(
-        TraitError, match=r"unknown field\(s\) user; allowed: \{username\}, \{slug\}"
+        SettingError,
+        match=r"LLMPlatform.mlflow_experiment_template: .*unknown field\(s\) user; "
+        r"allowed: \{username\}, \{slug\}",
     ):
         make_spawner("alice", c)
 
@@ -204,9 +221,9 @@ def test_bad_experiment_template(make_spawner):
 async def test_every_gpu_kind_validates(make_spawner, tmp_path, gpu, cluster, limits, selector):
     (tmp_path / "p.yaml").write_text(f"slug: p\ndisplay_name: P\ndefault: true\ngpu: {gpu}\n")
     c = Config()
-    c.LLMSpawner.profiles_dir = str(tmp_path)
+    c.LLMPlatform.profiles_dir = str(tmp_path)
     for key, value in cluster.items():
-        setattr(c.LLMSpawner, key, value)
+        setattr(c.LLMPlatform, key, value)
     pod = await pod_for(make_spawner("alice", c), {"profile": "p"})
     resources = pod["spec"]["containers"][0]["resources"]
     assert resources == {"limits": limits, "requests": limits}

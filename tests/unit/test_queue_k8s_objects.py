@@ -9,19 +9,34 @@ import pytest
 import yaml
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_validate.utils import latest_version
+from traitlets.config import Config
 
 from llmspawner.capacity import pod_requests
 from llmspawner.hubconfig import REPO_PROFILES
-from llmspawner.profiles import GPU, ClusterGPUConfig, Profile, find_profile, load_profiles
+from llmspawner.profiles import GPU, Profile, find_profile, load_profiles
 from llmspawner.queue.k8s_objects import (
     build_config_map,
     build_job,
+    build_priority_classes,
     job_name,
     owner_reference,
 )
+from llmspawner.settings import LLMPlatform
+from llmspawner.workload import build_workload
 
-CLUSTER = ClusterGPUConfig()
-PROFILES = load_profiles(REPO_PROFILES, CLUSTER)
+
+def platform(**traits) -> LLMPlatform:
+    """The platform settings of these tests (not read from this process's environment)."""
+    c = Config()
+    c.LLMPlatform.image = "llmspawner/singleuser:dev"
+    c.LLMPlatform.mlflow_tracking_uri = "http://mlflow.llm.svc:5000"
+    for key, value in traits.items():
+        setattr(c.LLMPlatform, key, value)
+    return LLMPlatform(config=c, env={})
+
+
+PLATFORM = platform()
+PROFILES = load_profiles(REPO_PROFILES, PLATFORM.gpu_cluster)
 VERSIONS = ["1.32", latest_version()]
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -36,20 +51,29 @@ CONFIG = {
 }
 
 
-def job(profile="medium", username="alice", job_id=7, **kwargs):
+def job(
+    profile="medium",
+    username="alice",
+    job_id=7,
+    *,
+    settings=PLATFORM,
+    uid=None,
+    gid=None,
+    fs_gid=None,
+    **kwargs,
+):
+    """The Job as the queue builds it (contract of issue 11)."""
+    p = find_profile(PROFILES, profile) if isinstance(profile, str) else profile
     args = dict(
         name=job_name(username, job_id),
         namespace="llm",
         job_id=job_id,
-        username=username,
-        profile=find_profile(PROFILES, profile) if isinstance(profile, str) else profile,
-        cluster=CLUSTER,
-        image="llmspawner/singleuser:dev",
-        claim_name="llm-storage",
+        workload=build_workload(
+            username=username, profile=p, settings=settings, uid=uid, gid=gid, fs_gid=fs_gid
+        ),
         config_map=job_name(username, job_id),
-        tracking_uri="http://mlflow.llm.svc:5000",
-        experiment=f"{username}-experiments",
         priority="normal",
+        active_deadline_seconds=p.max_runtime or None,
     )
     args.update(kwargs)
     return build_job(**args)
@@ -219,14 +243,15 @@ def test_medium_job_whole():
                             "workingDir": "/storage/users/alice",
                             "env": [
                                 {"name": "HOME", "value": "/storage/users/alice"},
-                                {"name": "LLMSPAWNER_JOB_ID", "value": "7"},
                                 {
                                     "name": "MLFLOW_TRACKING_URI",
                                     "value": "http://mlflow.llm.svc:5000",
                                 },
                                 {"name": "MLFLOW_EXPERIMENT_NAME", "value": "alice-experiments"},
+                                {"name": "LLMSPAWNER_JOB_ID", "value": "7"},
                                 {"name": "MLFLOW_TAGS", "value": '{"llmspawner.job_id": "7"}'},
                             ],
+                            "securityContext": {"allowPrivilegeEscalation": False},
                             "resources": {
                                 "limits": {
                                     "cpu": "8",
@@ -360,8 +385,11 @@ def test_same_storage_and_tracking_env_as_the_users_server():
     assert {k: env[k] for k in expected} == expected
 
 
-def test_tracking_off():
-    env = job(tracking_uri="")["spec"]["template"]["spec"]["containers"][0]["env"]
+@pytest.mark.parametrize(
+    "kwargs", [{"settings": platform(mlflow_tracking_uri="")}, {"tracking": False}]
+)
+def test_tracking_off(kwargs):
+    env = job(**kwargs)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env == [
         {"name": "HOME", "value": "/storage/users/alice"},
         {"name": "LLMSPAWNER_JOB_ID", "value": "7"},
@@ -382,14 +410,72 @@ def test_options():
         backoff_limit=2,
         ttl_seconds_after_finished=600,
         service_account="trainer",
-        pod_security_context={"runAsUser": 1000, "fsGroup": 100},
+        active_deadline_seconds=60,
     )
     validate(obj)
     pod = obj["spec"]["template"]["spec"]
     assert (obj["spec"]["backoffLimit"], obj["spec"]["ttlSecondsAfterFinished"]) == (2, 600)
+    assert obj["spec"]["activeDeadlineSeconds"] == 60
     assert pod["serviceAccountName"] == "trainer"
     assert "automountServiceAccountToken" not in pod
-    assert pod["securityContext"] == {"runAsUser": 1000, "fsGroup": 100}
+    assert "securityContext" not in pod
+    assert "initContainers" not in pod
+
+
+@pytest.mark.parametrize("where", ["arguments", "settings"])
+def test_uid_and_fs_gid_give_security_contexts_and_the_owner_init_container(where):
+    """Issue 11: a Job writes into the user's folder as the same user as their server."""
+    if where == "arguments":
+        obj = job(username="Bob.Smith@example.org", uid=1000, gid=100, fs_gid=100)
+    else:
+        obj = job(
+            username="Bob.Smith@example.org", settings=platform(uid=1000, gid=100, fs_gid=100)
+        )
+    validate(obj)
+    pod = obj["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"fsGroup": 100}
+    assert pod["containers"][0]["securityContext"] == {
+        "runAsUser": 1000,
+        "runAsGroup": 100,
+        "allowPrivilegeEscalation": False,
+    }
+    (owner,) = pod["initContainers"]
+    assert owner["name"] == "llm-storage-owner"
+    assert owner["image"] == "llmspawner/singleuser:dev"
+    assert owner["command"][-2:] == ["/mnt/user-folder", "1000:100"]
+    assert owner["volumeMounts"] == [
+        {
+            "name": "llm-storage",
+            "mountPath": "/mnt/user-folder",
+            "subPath": "users/bob-smith-example-org---da50e6af",
+        }
+    ]
+
+
+def test_the_workload_is_not_modified_by_the_job():
+    workload = build_workload(
+        username="alice", profile=find_profile(PROFILES, "medium"), settings=PLATFORM, uid=1000
+    )
+    before = copy.deepcopy(workload)
+    obj = build_job(
+        name="n", namespace="llm", job_id=1, workload=workload, config_map="n", priority="low"
+    )
+    obj["spec"]["template"]["spec"]["tolerations"][0]["key"] = "changed"
+    obj["spec"]["template"]["spec"]["containers"][0]["env"].clear()
+    assert workload == before
+
+
+def test_priority_classes():
+    classes = build_priority_classes()
+    assert [(c["metadata"]["name"], c["value"]) for c in classes] == [
+        ("llm-high", 1000),
+        ("llm-normal", 100),
+        ("llm-low", 10),
+    ]
+    assert classes[0]["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "llm-queue"}
+    assert classes[0]["description"] == "llm-queue training jobs of priority high"
+    for c in classes:
+        validate(c)
 
 
 def test_profile_image_wins_and_no_deadline_without_max_runtime():
@@ -416,7 +502,7 @@ def test_mig_profile(strategy, limits, selector):
         cpu_guarantee=0.5,
         tolerations=({"key": "team", "operator": "Equal", "value": "a", "effect": "NoSchedule"},),
     )
-    obj = job(profile, cluster=ClusterGPUConfig(mig_strategy=strategy))
+    obj = job(profile, settings=platform(mig_strategy=strategy))
     validate(obj)
     pod = obj["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"] == {
@@ -442,7 +528,14 @@ def test_mig_profile(strategy, limits, selector):
             {"ttl_seconds_after_finished": 1.5},
             "ttl_seconds_after_finished must be a whole number >= 0, not 1.5",
         ),
-        ({"claim_name": "Bad_Claim"}, "claim_name 'Bad_Claim' is not a valid PVC name"),
+        (
+            {"active_deadline_seconds": -5},
+            "active_deadline_seconds must be a whole number >= 0, not -5",
+        ),
+        (
+            {"settings": platform(storage_claim_name="Bad_Claim")},
+            "claim_name 'Bad_Claim' is not a valid PVC name",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, message):

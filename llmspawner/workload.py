@@ -1,0 +1,315 @@
+"""The user's workload: what a user's server pod and the same user's training Job share.
+
+One pure builder, :func:`build_workload`, turns ``(username, profile, settings, uid/gid)``
+into a :class:`Workload`: the image, CPU/memory/GPU requests and limits, node selector,
+tolerations, the user's storage volumes and mounts, the owner init container, the
+environment (``HOME``, MLflow), the working directory, the security contexts, labels and
+annotations. The spawner maps it onto its kubespawner traits
+(:meth:`llmspawner.spawner.LLMSpawner.apply_workload`), the queue embeds it in its Job
+(:func:`llmspawner.queue.k8s_objects.build_job`), and the capacity count reads the same
+placement (:func:`placement`), so the three never derive these rules separately.
+
+The rules come from:
+
+- GPU share → extended resources, selector, tolerations: :func:`llmspawner.profiles.gpu_resources`;
+- the user's folder: :func:`llmspawner.storage.build_user_storage` and
+  :func:`llmspawner.storage.build_owner_init_container`;
+- MLflow: :func:`llmspawner.tracking.tracking_env` with
+  :meth:`llmspawner.settings.LLMPlatform.experiment_name`;
+- resource quantities: https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/
+
+Everything here is pure: no I/O, and no input is ever modified (every returned list and dict
+is new).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
+
+from . import profiles as profiles_mod
+from . import storage, tracking
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from .settings import LLMPlatform
+
+#: Label of every user workload (server pod, Job, Job pod): the user's slug.
+LABEL_USER = "llmspawner.io/user"
+#: Label of every user workload: the profile's slug.
+LABEL_PROFILE = "llmspawner.io/profile"
+#: Annotation of every user workload: the user's raw hub name (a label cannot hold it).
+ANNOTATION_USERNAME = "llmspawner.io/username"
+
+#: Resource names of CPU and memory in ``resources.requests``/``limits``.
+CPU = "cpu"
+MEMORY = "memory"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a profile's pods may run and which GPU resources they take.
+
+    Attributes:
+        gpu: extended resource name → whole count per pod, e.g. ``{"nvidia.com/gpu": 1}``
+            (``{}`` for a CPU profile). Kubernetes takes an extended resource's request from
+            its limit; both are set to this count.
+        node_selector: the profile's own node selector with the GPU selector on top
+            (e.g. ``{"nvidia.com/gpu.replicas": "2"}``).
+        tolerations: the GPU nodes' toleration first, then the profile's own.
+    """
+
+    gpu: dict[str, int] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict, ...] = ()
+
+
+def placement(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUConfig) -> Placement:
+    """The GPU resources, node selector and tolerations of one profile (pure).
+
+    The one place that merges a profile's own ``node_selector``/``tolerations`` with those of
+    its GPU share (:func:`llmspawner.profiles.gpu_resources`); used by :func:`build_workload`
+    and by the capacity count (:func:`llmspawner.capacity.profile_capacity`).
+
+    Args:
+        profile: a validated profile.
+        cluster: how the cluster advertises GPUs (``LLMPlatform.gpu_cluster``).
+
+    Returns:
+        A new :class:`Placement` (fresh dicts; tolerations deep-copied).
+    """
+    gpu = profiles_mod.gpu_resources(profile.gpu, cluster)
+    return Placement(
+        gpu=dict(gpu.limits),
+        node_selector={**profile.node_selector, **gpu.node_selector},
+        tolerations=tuple(copy.deepcopy([*gpu.tolerations, *profile.tolerations])),
+    )
+
+
+def cpu_quantity(cores: float) -> str:
+    """CPU cores as a Kubernetes quantity: ``4`` → ``"4"``, ``0.5`` → ``"500m"`` (millicores,
+    rounded)."""
+    if float(cores).is_integer():
+        return str(int(cores))
+    return f"{round(cores * 1000)}m"
+
+
+def memory_quantity(size: int) -> str:
+    """A memory size in bytes as a Kubernetes quantity: ``17179869184`` → ``"17179869184"``."""
+    return str(int(size))
+
+
+_SUFFIXES = {
+    "m": Decimal("0.001"),
+    "": Decimal(1),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+}
+
+
+def parse_quantity(value: str | int | float) -> Decimal:
+    """A Kubernetes quantity as a number: ``"500m"`` → ``0.5``, ``"16Gi"`` → ``17179869184``,
+    ``4.0`` → ``4``. Accepts the numbers kubespawner puts in pods as they are.
+
+    Raises:
+        ValueError: for a value that is not a quantity.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    text = str(value).strip()
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if suffix and text.endswith(suffix):
+            number, unit = text[: -len(suffix)], _SUFFIXES[suffix]
+            break
+    else:
+        number, unit = text, Decimal(1)
+    try:
+        return Decimal(number) * unit
+    except InvalidOperation:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}") from None
+
+
+def resources(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUConfig) -> dict:
+    """A profile's container ``resources`` as Kubernetes quantity strings (pure).
+
+    CPU from ``cpu_guarantee``/``cpu_limit`` (cores, :func:`cpu_quantity`), memory from
+    ``mem_guarantee``/``mem_limit`` (bytes, :func:`memory_quantity`), and the GPU share's
+    extended resources (:func:`placement`) in both requests and limits, since Kubernetes
+    requires them equal.
+
+    Returns:
+        ``{"requests": {...}, "limits": {...}}``, each key present only when non-empty, e.g.
+        ``{"requests": {"cpu": "4", "memory": "17179869184", "nvidia.com/gpu": "1"},
+        "limits": {"cpu": "8", "memory": "51539607552", "nvidia.com/gpu": "1"}}``.
+    """
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if profile.cpu_guarantee is not None:
+        requests[CPU] = cpu_quantity(profile.cpu_guarantee)
+    if profile.cpu_limit is not None:
+        limits[CPU] = cpu_quantity(profile.cpu_limit)
+    if profile.mem_guarantee is not None:
+        requests[MEMORY] = memory_quantity(profile.mem_guarantee)
+    if profile.mem_limit is not None:
+        limits[MEMORY] = memory_quantity(profile.mem_limit)
+    for name, count in placement(profile, cluster).gpu.items():
+        requests[name] = limits[name] = str(count)
+    out = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a user's server pod and their Job pods share (see the module docstring).
+
+    Consumers copy what they embed (the dicts and lists are the workload's own).
+
+    Attributes:
+        image: the container image: the profile's ``image``, else ``LLMPlatform.image``.
+        resources: ``{"requests": {...}, "limits": {...}}`` of Kubernetes quantity strings:
+            ``cpu`` (cores, e.g. ``"4"``/``"500m"``), ``memory`` (bytes) and GPU extended
+            resources (whole counts); see :func:`resources`.
+        node_selector: label → value the node must have (profile's, then GPU's).
+        tolerations: Kubernetes toleration dicts (GPU nodes' taint first, then the profile's).
+        volumes: the user's storage volumes (the shared PVC).
+        volume_mounts: the user's folder read-write at their home, shared models read-only.
+        init_containers: the owner init container when a uid is set, else ``[]``.
+        env: ``HOME``, and ``MLFLOW_TRACKING_URI``/``MLFLOW_EXPERIMENT_NAME`` when tracking is
+            on (``LLMPlatform.mlflow_tracking_uri`` set).
+        working_dir: the user's folder in the pod, ``/storage/users/<slug>``.
+        pod_security_context: ``{"fsGroup": fs_gid}``, or ``{}`` when no fs_gid.
+        container_security_context: ``runAsUser``/``runAsGroup`` when set, and
+            ``allowPrivilegeEscalation: False`` (kubespawner's default for servers).
+        labels: ``llmspawner.io/user`` (slug) and ``llmspawner.io/profile`` (profile slug).
+        annotations: ``llmspawner.io/username`` (the raw hub name).
+    """
+
+    image: str
+    resources: dict
+    node_selector: dict[str, str]
+    tolerations: list[dict]
+    volumes: list[dict]
+    volume_mounts: list[dict]
+    init_containers: list[dict]
+    env: dict[str, str]
+    working_dir: str
+    pod_security_context: dict
+    container_security_context: dict
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+    @property
+    def gpu(self) -> dict[str, str]:
+        """The GPU extended resources of the limits, e.g. ``{"nvidia.com/gpu": "1"}``."""
+        return {k: v for k, v in self.resources.get("limits", {}).items() if k not in (CPU, MEMORY)}
+
+
+def _id(name: str, value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a whole number >= 0 or None, not {value!r}")
+    return value
+
+
+def build_workload(
+    *,
+    username: str,
+    profile: profiles_mod.Profile,
+    settings: LLMPlatform,
+    uid: int | None = None,
+    gid: int | None = None,
+    fs_gid: int | None = None,
+) -> Workload:
+    """Build the workload of one user and profile (pure; nothing is read or written).
+
+    Args:
+        username: the hub's normalised username (any Unicode; made safe by
+            :func:`llmspawner.storage.user_slug` where Kubernetes needs a name).
+        profile: a validated profile (GPU share, CPU cores, memory bytes, selector,
+            tolerations, image).
+        settings: the platform settings: ``gpu_cluster``, ``storage_claim_name``,
+            ``mlflow_tracking_uri``, ``mlflow_experiment_template``, ``image``, and
+            ``uid``/``gid``/``fs_gid`` where the arguments are ``None``.
+        uid: the containers' ``runAsUser``; ``None``: ``settings.uid``. When a uid results, the
+            owner init container gives the user's folder to ``uid:<fs_gid, else uid>``
+            (as the spawner always did; :func:`llmspawner.storage.build_owner_init_container`).
+        gid: the containers' ``runAsGroup``; ``None``: ``settings.gid``.
+        fs_gid: the pod's ``fsGroup``; ``None``: ``settings.fs_gid``.
+
+    Returns:
+        A new :class:`Workload`.
+
+    Raises:
+        ValueError: no image (neither the profile's nor ``LLMPlatform.image``), a bad
+            ``storage_claim_name``, an empty ``username``, or a negative/non-integer id.
+    """
+    uid = _id("uid", settings.uid if uid is None else uid)
+    gid = _id("gid", settings.gid if gid is None else gid)
+    fs_gid = _id("fs_gid", settings.fs_gid if fs_gid is None else fs_gid)
+    image = profile.image or settings.image
+    if not image:
+        raise ValueError(
+            f"no image for profile {profile.slug!r}: set LLMPlatform.image (or the spawner's "
+            "image) or the profile's 'image'"
+        )
+    cluster = settings.gpu_cluster
+    place = placement(profile, cluster)
+    user_storage = storage.build_user_storage(
+        username=username, claim_name=settings.storage_claim_name
+    )
+    init_containers = []
+    if uid is not None:
+        init_containers.append(
+            storage.build_owner_init_container(
+                username=username,
+                image=image,
+                uid=uid,
+                gid=fs_gid if fs_gid is not None else uid,
+            )
+        )
+    env = {"HOME": user_storage.home}
+    env.update(
+        tracking.tracking_env(
+            tracking_uri=settings.mlflow_tracking_uri,
+            experiment=settings.experiment_name(username),
+        )
+    )
+    container_security_context: dict = {}
+    if uid is not None:
+        container_security_context["runAsUser"] = uid
+    if gid is not None:
+        container_security_context["runAsGroup"] = gid
+    container_security_context["allowPrivilegeEscalation"] = False
+    return Workload(
+        image=image,
+        resources=resources(profile, cluster),
+        node_selector=dict(place.node_selector),
+        tolerations=list(place.tolerations),
+        volumes=user_storage.volumes,
+        volume_mounts=user_storage.volume_mounts,
+        init_containers=init_containers,
+        env=env,
+        working_dir=user_storage.home,
+        pod_security_context={} if fs_gid is None else {"fsGroup": fs_gid},
+        container_security_context=container_security_context,
+        labels={LABEL_USER: storage.user_slug(username), LABEL_PROFILE: profile.slug},
+        annotations={ANNOTATION_USERNAME: username},
+    )
