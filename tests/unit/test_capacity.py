@@ -1,4 +1,6 @@
-"""Free GPU slices per profile from Nodes and Pods (pure), and the listing cache."""
+"""Free GPU slices per profile from Nodes and Pods (pure), and the one Node/Pod lister."""
+
+import json
 
 import pytest
 
@@ -106,3 +108,74 @@ async def test_cache_lists_once_per_ttl():
     now[0] += 5
     await cache.snapshot()
     assert calls == ["nodes", "pods", "nodes", "pods"]
+
+
+class FakeCoreV1:
+    """A stand-in ``CoreV1Api`` answering ``list_node``/``list_namespaced_pod`` as the real one
+    does with ``_preload_content=False`` (a response whose ``read()`` gives the JSON body)."""
+
+    def __init__(self, nodes, pods, refuse: Exception | None = None):
+        self.nodes, self.pods, self.refuse = nodes, pods, refuse
+        self.calls = []
+
+    class _Response:
+        def __init__(self, items):
+            self._body = json.dumps({"items": items}).encode()
+
+        async def read(self):
+            return self._body
+
+    async def list_node(self, **kwargs):
+        self.calls.append(("list_node", kwargs))
+        if self.refuse:
+            raise self.refuse
+        return self._Response(self.nodes)
+
+    async def list_namespaced_pod(self, namespace, **kwargs):
+        self.calls.append(("list_namespaced_pod", namespace, kwargs))
+        if self.refuse:
+            raise self.refuse
+        return self._Response(list(self.pods))
+
+    def lister(self, namespace="llm", ttl=60.0, **kwargs):
+        async def core_v1():
+            return self
+
+        return capacity.ClusterLister(core_v1, namespace, ttl=ttl, request_timeout=3, **kwargs)
+
+
+async def test_cluster_lister_lists_nodes_and_namespace_pods_once_per_ttl():
+    now = [100.0]
+    core = FakeCoreV1(NODES, [pod("gpu-ts2", 1)])
+    lister = core.lister(ttl=5, clock=lambda: now[0])
+    first = await lister.snapshot()
+    assert first == (NODES, [pod("gpu-ts2", 1)])
+    assert core.calls == [
+        ("list_node", {"_request_timeout": 3, "_preload_content": False}),
+        ("list_namespaced_pod", "llm", {"_request_timeout": 3, "_preload_content": False}),
+    ]
+    for _ in range(10):
+        assert await lister.snapshot() is first
+    assert len(core.calls) == 2
+    now[0] += 5
+    assert await lister.snapshot() is not first
+    assert len(core.calls) == 4
+
+
+async def test_cluster_lister_raises_what_the_api_raises():
+    lister = FakeCoreV1([], [], refuse=PermissionError("nodes is forbidden")).lister()
+    with pytest.raises(PermissionError, match="nodes is forbidden"):
+        await lister.snapshot()
+
+
+def test_capacity_uses_the_workloads_placement(shipped):
+    """The count reads the selector and tolerations of the same rule the pods are built by."""
+    from llmspawner.workload import placement
+
+    medium = profiles.find_profile(shipped, "medium")
+    place = placement(medium, profiles.ClusterGPUConfig())
+    assert place.gpu == {"nvidia.com/gpu": 1}
+    assert place.node_selector == {"nvidia.com/gpu.replicas": "2"}
+    assert place.tolerations == (
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    )

@@ -6,7 +6,7 @@ from llmspawner import capacity, profiles
 from llmspawner.hubconfig import REPO_PROFILES
 from llmspawner.spawner import LLMSpawner, describe_profile, waiting_message
 
-from .test_capacity import NODES, pod
+from .test_capacity import NODES, FakeCoreV1, pod
 
 SHIPPED = profiles.load_profiles(REPO_PROFILES)
 CLUSTER = profiles.ClusterGPUConfig()
@@ -59,20 +59,9 @@ def test_waiting_message_names_profile_and_resource():
 @pytest.fixture
 def fake_cluster(monkeypatch):
     """Replace the Kubernetes listings behind the form with the default node layout."""
-    pods = []
-    calls = []
-
-    async def list_nodes():
-        calls.append("nodes")
-        return NODES
-
-    async def list_pods():
-        return list(pods)
-
-    monkeypatch.setattr(
-        LLMSpawner, "_capacity_cache", capacity.CapacityCache(list_nodes, list_pods, ttl=60)
-    )
-    return pods, calls
+    core = FakeCoreV1(NODES, [])
+    monkeypatch.setattr(LLMSpawner, "_cluster_lister", core.lister(ttl=60))
+    return core.pods, core.calls
 
 
 async def test_form_shows_free_slices_and_full(make_spawner, fake_cluster):
@@ -87,15 +76,22 @@ async def test_form_shows_free_slices_and_full(make_spawner, fake_cluster):
     assert "Free now: 2 of 2 GPUs." in form
     # A second page view within the TTL lists nothing again.
     await spawner._render_options_form_dynamically(spawner)
-    assert calls == ["nodes"]
+    assert [c[0] for c in calls] == ["list_node", "list_namespaced_pod"]
 
 
 async def test_form_without_cluster_access_still_renders(make_spawner, monkeypatch):
-    async def refuse():
-        raise PermissionError("nodes is forbidden")
-
-    monkeypatch.setattr(LLMSpawner, "_capacity_cache", capacity.CapacityCache(refuse, refuse))
+    refusing = FakeCoreV1([], [], refuse=PermissionError("nodes is forbidden"))
+    monkeypatch.setattr(LLMSpawner, "_cluster_lister", refusing.lister())
     spawner = make_spawner("alice")
     form = await spawner._render_options_form_dynamically(spawner)
     assert 'value="medium"' in form
     assert "Free now" not in form
+
+
+async def test_the_spawner_makes_one_lister_for_its_namespace(make_spawner, monkeypatch):
+    monkeypatch.setattr(LLMSpawner, "_cluster_lister", None)
+    spawner = make_spawner("alice")
+    lister = spawner.cluster_lister()
+    assert isinstance(lister, capacity.ClusterLister)
+    assert (lister.namespace, lister.ttl) == (spawner.namespace, spawner.capacity_ttl)
+    assert make_spawner("bob").cluster_lister() is lister

@@ -28,7 +28,7 @@ def restricted_profiles(tmp_path):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     c = Config()
-    c.LLMSpawner.profiles_dir = str(tmp_path)
+    c.LLMPlatform.profiles_dir = str(tmp_path)
     return c
 
 

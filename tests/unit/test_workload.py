@@ -1,0 +1,364 @@
+"""The agreement test of issue 11: a user's server pod and the same user's Job pod are built
+from one workload, so they agree on storage, ids, env, resources and placement.
+
+The server pod is a real LLMSpawner's ``get_pod_manifest`` (as the API server receives it);
+the Job pod is ``build_job(...)['spec']['template']`` as the queue builds it, from the
+settings the hub hands to the queue (``LLMPlatform.to_env``/``from_env``).
+"""
+
+import copy
+
+import pytest
+from traitlets.config import Config
+
+from llmspawner.hubconfig import REPO_PROFILES
+from llmspawner.profiles import find_profile, load_profiles
+from llmspawner.queue.k8s_objects import build_job, job_name
+from llmspawner.settings import LLMPlatform
+from llmspawner.spawner import WORKLOAD_TRAITS, kubespawner_traits
+from llmspawner.workload import build_workload, parse_quantity
+
+from .conftest import pod_for
+
+IMAGE = "ghcr.io/llmspawner/singleuser:0.1.0"
+MLFLOW = "http://mlflow.llm.svc:5000"
+SHIPPED = load_profiles(REPO_PROFILES)
+TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+USERS = {"alice": "alice", "Bob.Smith@example.org": "bob-smith-example-org---da50e6af"}
+GiB = 2**30
+
+# profile -> (requests, limits) as the Job has them (Kubernetes quantity strings),
+# node selector, tolerations. Every shipped profile must be here.
+EXPECTED = {
+    "cpu": (
+        {"cpu": "1", "memory": str(4 * GiB)},
+        {"cpu": "4", "memory": str(16 * GiB)},
+        {},
+        [],
+    ),
+    "small": (
+        {"cpu": "2", "memory": str(8 * GiB), "nvidia.com/gpu": "1"},
+        {"cpu": "8", "memory": str(32 * GiB), "nvidia.com/gpu": "1"},
+        {"nvidia.com/gpu.replicas": "4"},
+        [TOLERATION],
+    ),
+    "medium": (
+        {"cpu": "4", "memory": str(16 * GiB), "nvidia.com/gpu": "1"},
+        {"cpu": "8", "memory": str(48 * GiB), "nvidia.com/gpu": "1"},
+        {"nvidia.com/gpu.replicas": "2"},
+        [TOLERATION],
+    ),
+    "large": (
+        {"cpu": "8", "memory": str(32 * GiB), "nvidia.com/gpu": "1"},
+        {"cpu": "16", "memory": str(64 * GiB), "nvidia.com/gpu": "1"},
+        {"nvidia.com/gpu.replicas": "1"},
+        [TOLERATION],
+    ),
+}
+
+# How the ids are configured: not at all; z2jh's way (c.KubeSpawner.uid/fs_gid, which the
+# hub resolves into the platform settings it hands to the queue); with a gid too; or in
+# c.LLMPlatform only (the spawner then takes them from there).
+ID_MODES = {
+    "none": ({}, {}, (None, None, None)),
+    "z2jh": ({"uid": 1000, "fs_gid": 100}, {}, (1000, None, 100)),
+    "z2jh-gid": ({"uid": 1000, "gid": 100, "fs_gid": 100}, {}, (1000, 100, 100)),
+    "platform": ({}, {"uid": 1000, "gid": 100, "fs_gid": 100}, (1000, 100, 100)),
+}
+
+
+def test_every_shipped_profile_is_checked():
+    assert sorted(p.slug for p in SHIPPED) == sorted(EXPECTED)
+
+
+def queue_platform(ids: dict) -> LLMPlatform:
+    """The queue's settings: what the hub resolves and hands over through the environment."""
+    c = Config()
+    c.LLMPlatform.profiles_dir = str(REPO_PROFILES)
+    c.LLMPlatform.mlflow_tracking_uri = MLFLOW
+    c.LLMPlatform.image = IMAGE
+    for key, value in ids.items():
+        setattr(c.LLMPlatform, key, value)
+    return LLMPlatform.from_env(LLMPlatform(config=c, env={}).to_env())
+
+
+async def server_and_job(make_spawner, username, profile, mode):
+    spawner_ids, platform_ids, _ = ID_MODES[mode]
+    c = Config()
+    c.KubeSpawner.image = IMAGE  # z2jh's singleuser.image
+    for key, value in spawner_ids.items():
+        setattr(c.KubeSpawner, key, value)  # z2jh's singleuser.uid / fsGid
+    for key, value in platform_ids.items():
+        setattr(c.LLMPlatform, key, value)
+    server = await pod_for(make_spawner(username, c), {"profile": profile})
+
+    platform = queue_platform({**spawner_ids, **platform_ids})
+    p = find_profile(platform.profiles(), profile)
+    job = build_job(
+        name=job_name(username, 9),
+        namespace="llm",
+        job_id=9,
+        workload=build_workload(username=username, profile=p, settings=platform),
+        config_map=job_name(username, 9),
+        priority="normal",
+        active_deadline_seconds=p.max_runtime or None,
+    )
+    return server, job["spec"]["template"]
+
+
+def ids_of(pod_spec):
+    """Effective (runAsUser, runAsGroup, fsGroup) of the first container: the container's
+    securityContext wins over the pod's."""
+    psc = pod_spec.get("securityContext") or {}
+    csc = pod_spec["containers"][0].get("securityContext") or {}
+    return (
+        csc.get("runAsUser", psc.get("runAsUser")),
+        csc.get("runAsGroup", psc.get("runAsGroup")),
+        psc.get("fsGroup"),
+    )
+
+
+def env_of(container, names=("HOME", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")):
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    return {n: env.get(n) for n in names}
+
+
+def quantities(resources):
+    return {
+        kind: {k: parse_quantity(v) for k, v in (resources.get(kind) or {}).items()}
+        for kind in ("requests", "limits")
+    }
+
+
+@pytest.mark.parametrize("mode", sorted(ID_MODES))
+@pytest.mark.parametrize("username", sorted(USERS))
+@pytest.mark.parametrize("profile", sorted(EXPECTED))
+async def test_server_pod_and_job_pod_agree(make_spawner, profile, username, mode):
+    slug = USERS[username]
+    home = f"/storage/users/{slug}"
+    server, template = await server_and_job(make_spawner, username, profile, mode)
+    s_spec, j_spec = server["spec"], template["spec"]
+    (s_main,) = s_spec["containers"]
+    (j_main,) = j_spec["containers"]
+    requests, limits, selector, tolerations = EXPECTED[profile]
+    uid, gid, fs_gid = ID_MODES[mode][2]
+
+    # Storage: the user's folder and the shared models, nothing else (the Job adds its config).
+    volumes = [{"name": "llm-storage", "persistentVolumeClaim": {"claimName": "llm-storage"}}]
+    mounts = [
+        {"name": "llm-storage", "mountPath": home, "subPath": f"users/{slug}"},
+        {
+            "name": "llm-storage",
+            "mountPath": "/storage/models",
+            "subPath": "models",
+            "readOnly": True,
+        },
+    ]
+    assert s_spec["volumes"] == volumes
+    assert j_spec["volumes"] == [
+        *volumes,
+        {"name": "llm-queue-config", "configMap": {"name": job_name(username, 9)}},
+    ]
+    assert s_main["volumeMounts"] == mounts
+    assert j_main["volumeMounts"] == [
+        *mounts,
+        {"name": "llm-queue-config", "mountPath": "/etc/llm-queue", "readOnly": True},
+    ]
+    assert s_main["workingDir"] == j_main["workingDir"] == home
+    assert s_main["image"] == j_main["image"] == IMAGE
+
+    # Who the files belong to.
+    assert ids_of(s_spec) == ids_of(j_spec) == (uid, gid, fs_gid)
+    assert s_main["securityContext"]["allowPrivilegeEscalation"] is False
+    assert j_main["securityContext"]["allowPrivilegeEscalation"] is False
+    assert s_spec.get("initContainers") == j_spec.get("initContainers")
+    if uid is None:
+        assert "initContainers" not in j_spec
+        assert s_spec.get("initContainers") is None
+    else:
+        (owner,) = j_spec["initContainers"]
+        assert owner["name"] == "llm-storage-owner"
+        assert owner["image"] == IMAGE
+        assert owner["command"][-2:] == ["/mnt/user-folder", f"{uid}:{fs_gid}"]
+        assert owner["volumeMounts"] == [
+            {"name": "llm-storage", "mountPath": "/mnt/user-folder", "subPath": f"users/{slug}"}
+        ]
+
+    # Environment.
+    expected_env = {
+        "HOME": home,
+        "MLFLOW_TRACKING_URI": MLFLOW,
+        "MLFLOW_EXPERIMENT_NAME": f"{username}-experiments",
+    }
+    assert env_of(s_main) == env_of(j_main) == expected_env
+
+    # Resources: the same quantities (kubespawner writes numbers, the Job strings).
+    assert j_main["resources"] == {"requests": requests, "limits": limits}
+    assert quantities(s_main["resources"]) == quantities(j_main["resources"])
+    gpu = {k: v for k, v in limits.items() if "/" in k}
+    assert {k: v for k, v in s_main["resources"]["limits"].items() if "/" in k} == {
+        k: int(v) for k, v in gpu.items()
+    }
+
+    # Placement.
+    assert (s_spec.get("nodeSelector") or {}) == (j_spec.get("nodeSelector") or {}) == selector
+    assert (s_spec.get("tolerations") or []) == (j_spec.get("tolerations") or []) == tolerations
+
+    # The user's labels and annotations.
+    user_labels = {"llmspawner.io/user": slug, "llmspawner.io/profile": profile}
+    for metadata in (server["metadata"], template["metadata"]):
+        assert {k: metadata["labels"].get(k) for k in user_labels} == user_labels
+        assert metadata["annotations"]["llmspawner.io/username"] == username
+
+
+async def test_medium_exact_values(make_spawner):
+    """Not just two equal (possibly empty) things: the values of 'medium' under z2jh ids."""
+    server, template = await server_and_job(make_spawner, "alice", "medium", "z2jh")
+    job_main = template["spec"]["containers"][0]
+    server_main = server["spec"]["containers"][0]
+    gpu = {k: v for k, v in job_main["resources"]["requests"].items() if "/" in k}
+    assert gpu == {"nvidia.com/gpu": "1"}
+    assert server_main["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert template["spec"]["nodeSelector"] == {"nvidia.com/gpu.replicas": "2"}
+    assert server["spec"]["nodeSelector"] == {"nvidia.com/gpu.replicas": "2"}
+    assert (
+        template["spec"]["securityContext"] == server["spec"]["securityContext"] == {"fsGroup": 100}
+    )
+    assert job_main["securityContext"] == {"runAsUser": 1000, "allowPrivilegeEscalation": False}
+    assert server_main["securityContext"] == {"runAsUser": 1000, "allowPrivilegeEscalation": False}
+
+
+# --- the builder itself ------------------------------------------------------------------
+
+
+def platform(**traits) -> LLMPlatform:
+    c = Config()
+    c.LLMPlatform.image = IMAGE
+    c.LLMPlatform.mlflow_tracking_uri = MLFLOW
+    for key, value in traits.items():
+        setattr(c.LLMPlatform, key, value)
+    return LLMPlatform(config=c, env={})
+
+
+def test_build_workload_is_pure():
+    profile = find_profile(SHIPPED, "medium")
+    before = copy.deepcopy(profile)
+    settings = platform()
+    a = build_workload(username="alice", profile=profile, settings=settings, uid=1000)
+    b = build_workload(username="alice", profile=profile, settings=settings, uid=1000)
+    assert a == b
+    a.tolerations[0]["key"] = "changed"
+    a.env["HOME"] = "/elsewhere"
+    assert profile == before
+    assert b.tolerations[0]["key"] == "nvidia.com/gpu"
+    c = build_workload(username="alice", profile=profile, settings=settings, uid=1000)
+    assert c == b
+
+
+def test_build_workload_fields():
+    w = build_workload(
+        username="Bob.Smith@example.org",
+        profile=find_profile(SHIPPED, "small"),
+        settings=platform(),
+        uid=1000,
+        fs_gid=100,
+    )
+    slug = USERS["Bob.Smith@example.org"]
+    assert w.image == IMAGE
+    assert w.gpu == {"nvidia.com/gpu": "1"}
+    assert w.node_selector == {"nvidia.com/gpu.replicas": "4"}
+    assert w.env == {
+        "HOME": f"/storage/users/{slug}",
+        "MLFLOW_TRACKING_URI": MLFLOW,
+        "MLFLOW_EXPERIMENT_NAME": "Bob.Smith@example.org-experiments",
+    }
+    assert w.pod_security_context == {"fsGroup": 100}
+    assert w.container_security_context == {"runAsUser": 1000, "allowPrivilegeEscalation": False}
+    assert w.labels == {"llmspawner.io/user": slug, "llmspawner.io/profile": "small"}
+    assert w.annotations == {"llmspawner.io/username": "Bob.Smith@example.org"}
+
+
+def test_arguments_win_over_settings_and_tracking_off():
+    w = build_workload(
+        username="alice",
+        profile=find_profile(SHIPPED, "cpu"),
+        settings=platform(uid=5, gid=6, fs_gid=7, mlflow_tracking_uri=""),
+        uid=1000,
+    )
+    assert w.container_security_context == {
+        "runAsUser": 1000,
+        "runAsGroup": 6,
+        "allowPrivilegeEscalation": False,
+    }
+    assert w.pod_security_context == {"fsGroup": 7}
+    assert w.init_containers[0]["command"][-1] == "1000:7"
+    assert w.env == {"HOME": "/storage/users/alice"}
+    assert w.gpu == {}
+    assert (w.node_selector, w.tolerations) == ({}, [])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"settings": platform(image="")}, "no image for profile 'cpu'"),
+        ({"uid": -1}, "uid must be a whole number >= 0 or None, not -1"),
+        ({"fs_gid": True}, "fs_gid must be a whole number >= 0 or None, not True"),
+    ],
+)
+def test_build_workload_refuses(kwargs, message):
+    args = {"username": "alice", "profile": find_profile(SHIPPED, "cpu"), "settings": platform()}
+    with pytest.raises(ValueError, match=message):
+        build_workload(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("value", "number"),
+    [
+        ("500m", 0.5),
+        ("4", 4),
+        (4.0, 4),
+        (17179869184, 17179869184),
+        ("16Gi", 16 * GiB),
+        ("1k", 1000),
+    ],
+)
+def test_parse_quantity(value, number):
+    assert parse_quantity(value) == number
+
+
+def test_kubespawner_traits_keep_the_configured_values():
+    configured = {name: None for name in WORKLOAD_TRAITS}
+    configured.update(
+        node_selector={"hub.jupyter.org/node-purpose": "user"},
+        tolerations={"b": {"key": "b"}, "a": {"key": "a"}},
+        volumes=[{"name": "extra", "emptyDir": {}}],
+        volume_mounts=[],
+        init_containers=[],
+        extra_resource_limits={"example.com/dongle": 1},
+        extra_resource_guarantees={},
+        extra_labels={"team": "a"},
+        extra_annotations={},
+        cpu_guarantee=0.1,
+        mem_limit=None,
+    )
+    before = copy.deepcopy(configured)
+    w = build_workload(
+        username="{odd}", profile=find_profile(SHIPPED, "medium"), settings=platform()
+    )
+    traits = kubespawner_traits(w, configured)
+    assert configured == before
+    assert set(traits) == set(WORKLOAD_TRAITS)
+    assert traits["node_selector"] == {
+        "hub.jupyter.org/node-purpose": "user",
+        "nvidia.com/gpu.replicas": "2",
+    }
+    assert traits["tolerations"] == [{"key": "a"}, {"key": "b"}, TOLERATION]
+    assert [v["name"] for v in traits["volumes"]] == ["extra", "llm-storage"]
+    assert traits["extra_resource_limits"] == {"example.com/dongle": 1, "nvidia.com/gpu": 1}
+    assert traits["extra_resource_guarantees"] == {"nvidia.com/gpu": 1}
+    assert (traits["cpu_guarantee"], traits["cpu_limit"]) == (4.0, 8.0)
+    assert (traits["mem_guarantee"], traits["mem_limit"]) == (16 * GiB, 48 * GiB)
+    assert traits["extra_labels"]["team"] == "a"
+    # kubespawner expands {...} in label and annotation values: the raw name is escaped.
+    assert traits["extra_annotations"] == {"llmspawner.io/username": "{{odd}}"}
+    assert (traits["uid"], traits["gid"], traits["fs_gid"]) == (None, None, None)
