@@ -4,8 +4,9 @@ Both spawners run in this process against the emulated cluster (``devcluster``),
 configured equivalently: the same image, command, CPU/memory, the user's subPath of the shared
 PVC at the same mountPath, the same working directory and ``HOME``. LLMSpawner additionally
 does what it exists for: reads and validates the profile, lists Nodes and Pods for the form's
-free slices (cached), restores its per-spawn settings. MLflow is off for both (its cost is one
-HTTP round trip to a server that is not part of the spawner).
+free slices (cached), builds the user's workload (``llmspawner.workload``) and maps it onto
+its kubespawner settings. MLflow is off for both (its cost is one HTTP round trip to a server
+that is not part of the spawner).
 
 Two figures, each the median of ``--rounds`` rounds, alternating the two spawners:
 
@@ -14,9 +15,10 @@ Two figures, each the median of ``--rounds`` rounds, alternating the two spawner
   and ready (each pod runs ``sleep``, so the figure is the spawner's and the cluster's, not
   a Jupyter server's start-up).
 
-Run: ``.venv/bin/python benchmarks/spawn_overhead.py`` (about a minute on 2 cores). Prints a
-table and the ratios LLMSpawner / KubeSpawner. Uses kubespawner's ``_mock`` user and hub
-stand-ins: no hub process is involved.
+Run: ``.venv/bin/python -P benchmarks/spawn_overhead.py`` (about a minute on 2 cores; ``-P``:
+not ``benchmarks/`` first on the import path, where ``queue.py`` would hide the standard
+library's ``queue``). Prints a table and the ratios LLMSpawner / KubeSpawner. Uses
+kubespawner's ``_mock`` user and hub stand-ins: no hub process is involved.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ def configs(profiles_dir: Path):
     llm = Config()
     for key, value in common.items():
         setattr(llm.LLMSpawner, key, value)
-    llm.LLMSpawner.profiles_dir = str(profiles_dir)
-    llm.LLMSpawner.mlflow_tracking_uri = ""
+    llm.LLMPlatform.profiles_dir = str(profiles_dir)
+    llm.LLMPlatform.mlflow_tracking_uri = ""
 
     plain = Config()
     for key, value in common.items():

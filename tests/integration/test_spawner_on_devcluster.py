@@ -1,5 +1,6 @@
 """LLMSpawner against the emulated cluster, in this process (no hub): a pod that cannot be
-scheduled ends with an error naming the scheduling reason; only the current pod's Events."""
+scheduled ends with an error naming the scheduling reason; only the current pod's Events; the
+spawn form's free slices through the one Node/Pod lister."""
 
 from types import SimpleNamespace
 
@@ -69,12 +70,15 @@ async def spawner_for(cluster, monkeypatch):
 
     # kubespawner loads the kubeconfig once per process (lru_cache): point it here first.
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig_path))
+    # The hub-wide Node/Pod lister of an earlier test lists another cluster.
+    monkeypatch.setattr(LLMSpawner, "_cluster_lister", None)
+    monkeypatch.setattr(LLMSpawner, "_capacity_counts", (None, None, None, {}))
     _forget_kubespawner_clients()
     made = []
 
     def make(username, **traits):
         c = Config()
-        c.LLMSpawner.profiles_dir = str(REPO_PROFILES)
+        c.LLMPlatform.profiles_dir = str(REPO_PROFILES)
         c.LLMSpawner.cmd = ["sleep", "600"]
         for key, value in traits.items():
             setattr(c.LLMSpawner, key, value)
@@ -138,3 +142,28 @@ async def test_events_of_an_earlier_pod_with_the_same_name_are_not_shown(core, s
     assert spawner.events, "the current pod has Events (Scheduled, Started...)"
     assert {e["involvedObject"]["uid"] for e in spawner.events} == {current_uid}
     await spawner.stop(now=True)
+
+
+async def test_free_slices_through_the_cluster_lister(core, spawner_for):
+    """The real client's JSON listing (``_preload_content=False``) of the emulated Nodes and
+    Pods gives the form's counts; a pod holding a ½ GPU slice takes one."""
+    from llmspawner.capacity import ClusterLister
+
+    await core.create_namespaced_pod("default", {"metadata": {"name": "held-3"}, "spec": HALF_GPU})
+
+    async def scheduled():
+        pod = await core.read_namespaced_pod("held-3", "default")
+        return pod.spec.node_name
+
+    await wait_for(scheduled, timeout=10)
+    spawner = spawner_for("kim", capacity_ttl=0.0)
+    assert isinstance(spawner.cluster_lister(), ClusterLister)
+    nodes, pods = await spawner.cluster_lister().snapshot()
+    assert nodes and all(isinstance(n, dict) for n in nodes)
+    assert "held-3" in {p["metadata"]["name"] for p in pods}
+    caps = await spawner.current_capacity()
+    assert set(caps) == {"small", "medium", "large"}
+    medium = caps["medium"]
+    assert medium.resource == "nvidia.com/gpu"
+    assert medium.free == medium.total - 1
+    await core.delete_namespaced_pod("held-3", "default", grace_period_seconds=0)
