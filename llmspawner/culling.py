@@ -14,18 +14,23 @@ purpose (a running training, see :mod:`llmspawner.singleuser.activity`) and leav
 LlamaBoard's background polling. A server that shuts itself down would only be noticed by the
 hub's poll, and jupyter_server's own idea of activity does not see a training run.
 
-Pure except :func:`profile_arbiter`, which reads the profiles folder (cached).
+Pure except :func:`profile_arbiter`, which reads the platform settings the hub hands to the
+culler's process (``LLMSPAWNER_PLATFORM``, :meth:`llmspawner.settings.LLMPlatform.from_env`)
+and the profiles through the process-wide cache.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
 from . import profiles as profiles_mod
+from .settings import LLMPlatform
+
+log = logging.getLogger(__name__)
 
 #: The culler's config file: sets ``c.IdleCuller.cull_arbiter_hook`` to :func:`profile_arbiter`.
 CULLER_CONFIG_FILE = Path(__file__).with_name("culler_config.py")
@@ -67,19 +72,22 @@ def should_cull(
 
 
 def profile_arbiter(*, inactive, inactive_limit, server, **kwargs) -> bool:
-    """``IdleCuller.cull_arbiter_hook``: :func:`should_cull` with the profiles of
-    ``LLMSPAWNER_PROFILES_DIR`` (read by the culler's process; re-read when they change)."""
-    directory = os.environ.get("LLMSPAWNER_PROFILES_DIR", "")
-    cluster = profiles_mod.ClusterGPUConfig(
-        shared_resource=os.environ.get("LLMSPAWNER_GPU_SHARED_RESOURCE", "nvidia.com/gpu"),
-        replica_counts=tuple(
-            int(n) for n in os.environ.get("LLMSPAWNER_GPU_REPLICA_COUNTS", "2,4").split(",") if n
-        ),
-        mig_strategy=os.environ.get("LLMSPAWNER_MIG_STRATEGY", "mixed"),
-    )
+    """``IdleCuller.cull_arbiter_hook``: :func:`should_cull` with the profiles of the
+    platform settings the hub gave the culler's process
+    (:meth:`~llmspawner.settings.LLMPlatform.from_env`), through the shared profiles cache
+    (:meth:`~llmspawner.settings.LLMPlatform.profiles`: re-read within seconds when the files
+    change, the last valid set kept on a broken edit). While no valid set was ever loaded,
+    every server gets the culler's ``--timeout``.
+
+    Raises:
+        llmspawner.settings.SettingError: the settings handed to the process are invalid
+            (then nothing is culled by this hook).
+    """
+    settings = LLMPlatform.from_env()
     try:
-        loaded = profiles_mod.PROFILES.get(directory, cluster) if directory else []
-    except profiles_mod.ProfileError:
+        loaded = settings.profiles(log)
+    except profiles_mod.ProfileError as e:
+        log.warning("idle culler: no valid GPU profiles (%s); using --timeout for all", e)
         loaded = []
     return should_cull(loaded, inactive=inactive, inactive_limit=inactive_limit, server=server)
 
@@ -101,7 +109,8 @@ def culler_service(
         cull_every: seconds between culling passes (``--cull-every``).
         max_age: seconds after which a server is culled even if active; 0: never.
         cull_users: also delete users who have been inactive (needs ``admin:users``).
-        environment: variables for the culler's process (e.g. ``LLMSPAWNER_PROFILES_DIR``).
+        environment: variables for the culler's process: the platform settings
+            (:meth:`llmspawner.settings.LLMPlatform.to_env`), which its hook reads.
         api_url: the hub's API URL as the culler reaches it (``--url``); default the hub's
             ``$JUPYTERHUB_API_URL``. Under z2jh that names the hub's Service, which a pod may
             not reach through its own network policy, so the chart's culler uses

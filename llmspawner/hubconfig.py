@@ -1,17 +1,30 @@
-"""Hub configuration from environment variables, shared by the standalone config and z2jh.
+"""Hub configuration: the platform settings, the login, the idle culler and the batch queue.
 
 ``jupyterhub_config.py`` at the repository root calls :func:`configure`. Under
 zero-to-jupyterhub the chart's own config runs first; then these functions only fill in what
 is not configured yet (the chart's values win), so loading them there never breaks it.
 
+The platform settings (:class:`llmspawner.settings.LLMPlatform`, ``c.LLMPlatform``: profiles
+folder, namespace, image, shared PVC, MLflow, GPU advertising, queue URL) are resolved once by
+:func:`resolve_settings` and written back into ``c.LLMPlatform``; the spawner reads exactly
+them, and the culler and the queue service get them through
+:meth:`~llmspawner.settings.LLMPlatform.to_env` (``LLMSPAWNER_PLATFORM``). Where each comes
+from, first match wins: ``c.LLMPlatform.<setting>``, its ``LLMSPAWNER_*`` variable, the
+spawner's own ``c.LLMSpawner``/``c.KubeSpawner`` value (namespace, image, uid, gid, fs_gid),
+the default.
+
 Environment variables (all optional):
 
 ========================================  ======================================================
-``LLMSPAWNER_PROFILES_DIR``               folder of GPU profile files (``LLMSpawner.profiles_dir``)
-``LLMSPAWNER_MLFLOW_TRACKING_URI``        MLflow URL (``LLMSpawner.mlflow_tracking_uri``)
-``LLMSPAWNER_NAMESPACE``                  Kubernetes namespace of user pods
-``LLMSPAWNER_SINGLEUSER_IMAGE``           image of user pods
+``LLMSPAWNER_PROFILES_DIR``               folder of GPU profile files (``LLMPlatform.profiles_dir``;
+                                          default: the repository's ``profiles/``)
+``LLMSPAWNER_MLFLOW_TRACKING_URI``        MLflow URL (``LLMPlatform.mlflow_tracking_uri``)
+``LLMSPAWNER_NAMESPACE``                  Kubernetes namespace of user pods and Jobs
+``LLMSPAWNER_SINGLEUSER_IMAGE``           image of user pods and Jobs
 ``LLMSPAWNER_STORAGE_CLAIM``              shared PVC name (default ``llm-storage``)
+``LLMSPAWNER_<SETTING>``                  any other setting of ``LLMPlatform`` (``_UID``,
+                                          ``_GPU_REPLICA_COUNTS``, ``_MIG_STRATEGY``, ...;
+                                          :func:`llmspawner.settings.env_name`)
 ``LLMSPAWNER_OIDC_ISSUER``                OIDC issuer; endpoints read from its discovery document
 ``OAUTH2_AUTHORIZE_URL`` etc.             or the endpoints directly (GenericOAuthenticator's names:
                                           ``OAUTH2_TOKEN_URL``, ``OAUTH2_USERDATA_URL``)
@@ -26,7 +39,6 @@ Environment variables (all optional):
 ``LLMSPAWNER_HUB_API_URL``                the hub's API as services in the hub's pod reach it
                                           (z2jh: ``http://localhost:8081/hub/api``)
 ``LLMSPAWNER_QUEUE*``                     the batch queue, see ``llmspawner.queue.hubservice``
-``LLMSPAWNER_DEV``                        ``1``: settings for the emulated dev cluster
 ========================================  ======================================================
 """
 
@@ -36,13 +48,31 @@ import json
 import os
 import urllib.request
 from collections.abc import Mapping
-from pathlib import Path
 
 from . import culling
 from . import profiles as profiles_mod
 from .queue.hubservice import configure_queue
+from .settings import (
+    REPO_PROFILES,
+    LLMPlatform,
+    SettingError,
+    parse_bool,
+    parse_csv,
+    parse_int,
+    resolve_hub_settings,
+)
 
-REPO_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+__all__ = [
+    "REPO_PROFILES",
+    "ConfigError",
+    "add_service",
+    "check_profiles",
+    "configure",
+    "configure_auth",
+    "configure_culler",
+    "configure_spawner",
+    "resolve_settings",
+]
 
 
 class ConfigError(SystemExit):
@@ -55,20 +85,38 @@ def _set_default(section, key: str, value) -> None:
         section[key] = value
 
 
-def _csv(value: str | None) -> set[str]:
-    return {v.strip() for v in (value or "").split(",") if v.strip()}
+def resolve_settings(c, env: Mapping[str, str] = os.environ) -> LLMPlatform:
+    """:func:`llmspawner.settings.resolve_hub_settings` with the repository's profiles as
+    the default folder; a bad setting stops the hub.
+
+    Returns:
+        The resolved settings, also written into ``c.LLMPlatform``.
+
+    Raises:
+        ConfigError: with the :class:`~llmspawner.settings.SettingError` message, which
+            names the setting.
+    """
+    try:
+        return resolve_hub_settings(c, env)
+    except SettingError as e:
+        raise ConfigError(f"llmspawner: {e}") from None
 
 
-def configure_spawner(c, env: Mapping[str, str] = os.environ) -> None:
-    """Use :class:`~llmspawner.spawner.LLMSpawner` and configure it from ``env``.
+def configure_spawner(c, env: Mapping[str, str] = os.environ) -> LLMPlatform:
+    """Use :class:`~llmspawner.spawner.LLMSpawner`, resolve the platform settings
+    (:func:`resolve_settings`) and validate the profiles.
 
     Validates the profile files now, so that the hub refuses to start on a broken profile.
     Drops an empty ``profile_list`` (z2jh's ``singleuser.profileList: []`` default), which
     would hide the profiles.
 
+    Returns:
+        The resolved settings.
+
     Raises:
-        ConfigError: naming the profile file, the field and the allowed values; or when a
-            kubespawner ``profile_list`` is configured (profiles are files here).
+        ConfigError: naming the profile file, the field and the allowed values; naming a bad
+            setting; or when a kubespawner ``profile_list`` is configured (profiles are
+            files here).
     """
     _set_default(c.JupyterHub, "spawner_class", "llm")
     # z2jh sets c.KubeSpawner.profile_list from singleuser.profileList, [] by default; that
@@ -77,43 +125,27 @@ def configure_spawner(c, env: Mapping[str, str] = os.environ) -> None:
         if "profile_list" in section:
             if section.profile_list:
                 raise ConfigError(
-                    "llmspawner: GPU profiles are files in LLMSpawner.profiles_dir; remove "
+                    "llmspawner: GPU profiles are files in LLMPlatform.profiles_dir; remove "
                     "singleuser.profileList (KubeSpawner.profile_list)"
                 )
             del section["profile_list"]
-    s = c.LLMSpawner
-    if env.get("LLMSPAWNER_PROFILES_DIR"):
-        s.profiles_dir = env["LLMSPAWNER_PROFILES_DIR"]
-    else:
-        _set_default(s, "profiles_dir", str(REPO_PROFILES))
-    if env.get("LLMSPAWNER_MLFLOW_TRACKING_URI"):
-        s.mlflow_tracking_uri = env["LLMSPAWNER_MLFLOW_TRACKING_URI"]
-    if env.get("LLMSPAWNER_NAMESPACE"):
-        s.namespace = env["LLMSPAWNER_NAMESPACE"]
-    if env.get("LLMSPAWNER_SINGLEUSER_IMAGE"):
-        s.image = env["LLMSPAWNER_SINGLEUSER_IMAGE"]
-    if env.get("LLMSPAWNER_STORAGE_CLAIM"):
-        s.storage_claim_name = env["LLMSPAWNER_STORAGE_CLAIM"]
-    check_profiles(c)
+    settings = resolve_settings(c, env)
+    check_profiles(settings)
+    return settings
 
 
-def check_profiles(c) -> list[profiles_mod.Profile]:
-    """Load and validate the configured profiles folder.
+def check_profiles(settings: LLMPlatform) -> list[profiles_mod.Profile]:
+    """Load and validate the profiles folder of ``settings`` now (no cache).
 
     Returns:
         The profiles.
 
     Raises:
-        ConfigError: with the :class:`~llmspawner.profiles.ProfileError` message.
+        ConfigError: with the :class:`~llmspawner.profiles.ProfileError` message (file,
+            field, allowed values).
     """
-    s = c.LLMSpawner
-    cluster = profiles_mod.ClusterGPUConfig(
-        shared_resource=s.get("gpu_shared_resource", "nvidia.com/gpu"),
-        replica_counts=tuple(s.get("gpu_replica_counts", (2, 4))),
-        mig_strategy=s.get("mig_strategy", "mixed"),
-    )
     try:
-        return profiles_mod.load_profiles(s.profiles_dir, cluster)
+        return settings.load_profiles()
     except profiles_mod.ProfileError as e:
         raise ConfigError(f"llmspawner: invalid GPU profile: {e}") from None
 
@@ -160,14 +192,14 @@ def configure_auth(c, env: Mapping[str, str] = os.environ) -> None:
     _set_default(a, "manage_groups", True)
     _set_default(a, "auth_state_groups_key", f"oauth_user.{groups_claim}")
     allowed, admins = (
-        _csv(env.get("LLMSPAWNER_ALLOWED_GROUPS")),
-        _csv(env.get("LLMSPAWNER_ADMIN_GROUPS")),
+        set(parse_csv(env.get("LLMSPAWNER_ALLOWED_GROUPS"))),
+        set(parse_csv(env.get("LLMSPAWNER_ADMIN_GROUPS"))),
     )
     if allowed:
         _set_default(a, "allowed_groups", allowed)
     if admins:
         _set_default(a, "admin_groups", admins)
-    allow_all = env.get("LLMSPAWNER_ALLOW_ALL", "") in ("1", "true", "yes")
+    allow_all = _flag(env, "LLMSPAWNER_ALLOW_ALL", default=False)
     if allow_all:
         _set_default(a, "allow_all", True)
     if not (
@@ -179,40 +211,28 @@ def configure_auth(c, env: Mapping[str, str] = os.environ) -> None:
         )
 
 
-def configure_dev(c, env: Mapping[str, str] = os.environ) -> None:
-    """Settings for the emulated dev cluster (``LLMSPAWNER_DEV=1``), never for production.
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    """A boolean variable of ``env`` (:func:`llmspawner.settings.parse_bool`).
 
-    The user's server binds its pod IP (pods share one network namespace there), starts
-    with the same Python environment as the hub, and the hub waits long enough for a
-    LlamaBoard-sized start on a CPU.
+    Raises:
+        ConfigError: naming the variable, for a value that is not a boolean.
     """
-    if env.get("LLMSPAWNER_DEV", "") not in ("1", "true", "yes"):
-        return
-    s = c.LLMSpawner
-    s.bind_pod_ip = True
-    _set_default(s, "image", "llmspawner/singleuser:dev")
-    _set_default(s, "image_pull_policy", "IfNotPresent")
-    # The image stands for a local Python environment, whose bin/ the kubelet puts on PATH.
-    _set_default(s, "cmd", ["jupyterhub-singleuser"])
-    # The emulated kubelet runs pod processes as the user running it (root in CI), and
-    # Jupyter Server refuses to run as root unless told.
-    _set_default(s, "args", ["--ServerApp.allow_root=True"])
-    _set_default(s, "start_timeout", 300)
-    _set_default(s, "http_timeout", 120)
-    # A test or a demo needs no grace: the process gets SIGTERM and a second to stop.
-    _set_default(s, "delete_grace_period", 1)
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "")
-    if not raw:
-        return default
     try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(
-            f"llmspawner: {name} must be a whole number of seconds, not {raw!r}"
-        ) from None
+        return parse_bool(env.get(name), name=name, default=default)
+    except SettingError as e:
+        raise ConfigError(f"llmspawner: {e}") from None
+
+
+def _seconds(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    """A whole number of seconds from ``env`` (:func:`llmspawner.settings.parse_int`).
+
+    Raises:
+        ConfigError: naming the variable, for a non-integer or a value below ``minimum``.
+    """
+    try:
+        return parse_int(env.get(name), name=name, default=default, minimum=minimum, unit="seconds")
+    except SettingError as e:
+        raise ConfigError(f"llmspawner: {e}") from None
 
 
 def add_service(c, service: dict, roles: list[dict]) -> None:
@@ -246,6 +266,8 @@ def configure_culler(c, env: Mapping[str, str] = os.environ) -> None:
     ``LLMSPAWNER_CULL_MAX_AGE`` (seconds, default 0: none), ``LLMSPAWNER_CULL_USERS`` (``1``:
     also delete inactive users), ``LLMSPAWNER_HUB_API_URL`` (the culler's ``--url``).
     Skipped when a culler service is configured already (z2jh's ``cull.enabled``).
+    The culler's process gets the platform settings as ``LLMSPAWNER_PLATFORM``
+    (:meth:`~llmspawner.settings.LLMPlatform.to_env`; its hook reads the profiles with them).
 
     The hub's own activity polling of the proxy is switched off
     (``JupyterHub.last_activity_interval = 0``): configurable-http-proxy counts every request,
@@ -253,29 +275,21 @@ def configure_culler(c, env: Mapping[str, str] = os.environ) -> None:
     comes from the user's server, which leaves that polling out (see
     ``llmspawner.singleuser``).
     """
-    if env.get("LLMSPAWNER_CULL", "1") in ("0", "false", "no"):
+    if not _flag(env, "LLMSPAWNER_CULL", default=True):
         return
     existing = c.JupyterHub.services if "services" in c.JupyterHub else []
     if any(
         s.get("name") in ("idle-culler", "jupyterhub-idle-culler", "cull-idle") for s in existing
     ):
         return
-    s = c.LLMSpawner
-    environment = {
-        "LLMSPAWNER_PROFILES_DIR": s.profiles_dir,
-        "LLMSPAWNER_GPU_SHARED_RESOURCE": s.get("gpu_shared_resource", "nvidia.com/gpu"),
-        "LLMSPAWNER_GPU_REPLICA_COUNTS": ",".join(
-            str(n) for n in s.get("gpu_replica_counts", (2, 4))
-        ),
-        "LLMSPAWNER_MIG_STRATEGY": s.get("mig_strategy", "mixed"),
-    }
+    settings = resolve_settings(c, env)
     try:
         service, role = culling.culler_service(
-            timeout=_int(env, "LLMSPAWNER_CULL_TIMEOUT", 3600),
-            cull_every=_int(env, "LLMSPAWNER_CULL_EVERY", 300),
-            max_age=_int(env, "LLMSPAWNER_CULL_MAX_AGE", 0),
-            cull_users=env.get("LLMSPAWNER_CULL_USERS", "") in ("1", "true", "yes"),
-            environment=environment,
+            timeout=_seconds(env, "LLMSPAWNER_CULL_TIMEOUT", 3600, minimum=1),
+            cull_every=_seconds(env, "LLMSPAWNER_CULL_EVERY", 300, minimum=1),
+            max_age=_seconds(env, "LLMSPAWNER_CULL_MAX_AGE", 0, minimum=0),
+            cull_users=_flag(env, "LLMSPAWNER_CULL_USERS", default=False),
+            environment=settings.to_env(),
             api_url=env.get("LLMSPAWNER_HUB_API_URL") or None,
         )
     except ValueError as e:
@@ -285,10 +299,20 @@ def configure_culler(c, env: Mapping[str, str] = os.environ) -> None:
 
 
 def configure(c, env: Mapping[str, str] = os.environ) -> None:
-    """Configure the whole hub for llmspawner from ``env`` (see the module docstring)."""
+    """Configure the whole hub for llmspawner from ``env`` (see the module docstring).
+
+    Order: the spawner and the platform settings (validating the profiles), the login, the
+    batch queue (which adds the queue's URL to the settings), then the idle culler, so both
+    services get the same, complete settings.
+
+    Raises:
+        ConfigError: see :func:`configure_spawner`, :func:`configure_auth`,
+            :func:`configure_culler` and :func:`llmspawner.queue.hubservice.configure_queue`.
+    """
     configure_spawner(c, env)
     configure_auth(c, env)
+    try:
+        configure_queue(c, env)
+    except SettingError as e:
+        raise ConfigError(f"llmspawner: {e}") from None
     configure_culler(c, env)
-    configure_dev(c, env)
-    # Last: the queue copies the spawner's settings (profiles, storage, MLflow, image).
-    configure_queue(c, env)

@@ -10,14 +10,17 @@ Where a value comes from, first match wins:
 
 1. the hub's configuration, ``c.LLMPlatform.<trait>`` (z2jh: ``hub.config.LLMPlatform``);
 2. the trait's environment variable (``LLMSPAWNER_PROFILES_DIR``, ...; see :func:`env_name`);
-3. the default below.
+3. the ``defaults`` the constructor is given: the hub passes the spawner's own
+   ``namespace``, ``image``, ``uid``, ``gid`` and ``fs_gid`` (:data:`SPAWNER_TRAITS`, which
+   z2jh sets as ``c.KubeSpawner.*``) and the repository's profiles folder;
+4. the default below.
 
 The hub resolves the settings once (:func:`llmspawner.hubconfig.configure`) and hands them
 to the processes it starts (the queue service, the culler) through **one** serialisation:
 :meth:`LLMPlatform.to_env` writes every trait as JSON into ``LLMSPAWNER_PLATFORM``, and
 :meth:`LLMPlatform.from_env` reads it back, so no setting is renamed or re-defaulted on the
-way. Parsing of booleans and comma-separated lists from the environment lives here only
-(:func:`parse_bool`, :func:`parse_csv`).
+way. Parsing of booleans, comma-separated lists and whole numbers from the environment lives
+here only (:func:`parse_bool`, :func:`parse_csv`, :func:`parse_int`).
 
 A bad value raises :class:`SettingError`, whose message names the setting
 (``LLMPlatform.mig_strategy``), the value and the allowed values.
@@ -25,13 +28,16 @@ A bad value raises :class:`SettingError`, whose message names the setting
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from traitlets import Enum, Float, Integer, List, TraitError, Unicode, validate
 from traitlets.config import Config, Configurable
+from traitlets.config.loader import LazyConfigValue
 
 from . import profiles as profiles_mod
 from . import tracking
@@ -39,7 +45,18 @@ from . import tracking
 #: The environment variable that carries the whole serialised settings (JSON object).
 ENV_VAR = "LLMSPAWNER_PLATFORM"
 
+#: The repository's (a source checkout's) profiles folder: the hub's and the CLI's profiles
+#: folder when neither ``c.LLMPlatform.profiles_dir`` nor ``LLMSPAWNER_PROFILES_DIR`` is set.
+REPO_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
 _DEFAULT_GPU = profiles_mod.ClusterGPUConfig()
+
+#: Settings that the spawner has as traits of its own (``KubeSpawner.namespace``, ``.image``,
+#: ``.uid``, ``.gid``, ``.fs_gid``; z2jh sets them from ``singleuser.*``). The hub takes them
+#: from there when ``c.LLMPlatform`` and the environment leave them unset, and writes the
+#: resolved value back, so that the spawner and the platform agree
+#: (:func:`llmspawner.hubconfig.resolve_settings`). Every other setting lives only here.
+SPAWNER_TRAITS = ("namespace", "image", "uid", "gid", "fs_gid")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -80,21 +97,58 @@ def parse_csv(value: str | None) -> list[str]:
     return list(dict.fromkeys(v.strip() for v in (value or "").split(",") if v.strip()))
 
 
-def parse_int(value: str | None, *, name: str, default: int, minimum: int = 0) -> int:
+def parse_int(
+    value: str | None, *, name: str, default: int, minimum: int = 0, unit: str = ""
+) -> int:
     """Parse a whole number from the environment (``None`` or empty: ``default``).
+
+    Args:
+        value: the raw value.
+        name: the variable's name, for the error message.
+        default: the value when unset.
+        minimum: the smallest value allowed.
+        unit: what the number counts, for the message (``"seconds"``).
 
     Raises:
         SettingError: naming the variable, for a non-integer or a value below ``minimum``.
     """
     if value is None or value.strip() == "":
         return default
+    what = f"a whole number of {unit}" if unit else "a whole number"
     try:
         number = int(value.strip())
     except ValueError:
-        raise SettingError(f"{name} must be a whole number >= {minimum}, not {value!r}") from None
+        raise SettingError(f"{name} must be {what} >= {minimum}, not {value!r}") from None
     if number < minimum:
-        raise SettingError(f"{name} must be a whole number >= {minimum}, not {value!r}")
+        raise SettingError(f"{name} must be {what} >= {minimum}, not {value!r}")
     return number
+
+
+def is_set(section: Mapping, name: str) -> bool:
+    """Whether a traitlets config section really sets ``name``.
+
+    Reading ``c.X.name`` of a config leaves an empty ``LazyConfigValue`` behind, which
+    traitlets ignores; so is it here.
+    """
+    if name not in section:
+        return False
+    value = section[name]
+    return not (isinstance(value, LazyConfigValue) and not value.to_dict())
+
+
+def unknown_settings(names) -> list[str]:
+    """The names in ``names`` that are not settings of :class:`LLMPlatform` (sorted)."""
+    return sorted(set(names) - set(LLMPlatform.class_trait_names(config=True)))
+
+
+def unknown_message(where: str, unknown: list[str]) -> str:
+    """``"<where> names unknown setting(s) x (did you mean y?); known: ..."``."""
+    known = sorted(LLMPlatform.class_trait_names(config=True))
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        named.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return f"{where} names unknown setting(s) {', '.join(named)}; known: {', '.join(known)}"
 
 
 def env_name(trait_name: str) -> str:
@@ -145,8 +199,7 @@ class LLMPlatform(Configurable):
         spawner's own (``KubeSpawner.image``, z2jh's ``singleuser.image``), resolved by the
         hub. Environment: ``LLMSPAWNER_SINGLEUSER_IMAGE``.
         """,
-        env="LLMSPAWNER_SINGLEUSER_IMAGE",
-    )
+    ).tag(env="LLMSPAWNER_SINGLEUSER_IMAGE")
 
     uid = Integer(
         None,
@@ -189,8 +242,7 @@ class LLMPlatform(Configurable):
         folders and the shared ``models/`` folder. Each user's pod mounts only its own folder.
         Environment: ``LLMSPAWNER_STORAGE_CLAIM``.
         """,
-        env="LLMSPAWNER_STORAGE_CLAIM",
-    )
+    ).tag(env="LLMSPAWNER_STORAGE_CLAIM")
 
     mlflow_tracking_uri = Unicode(
         "",
@@ -273,51 +325,83 @@ class LLMPlatform(Configurable):
         read by ``llmspawner queue``). Set by the hub's configuration when the queue service
         is on. Environment: ``LLMSPAWNER_QUEUE_CLIENT_URL``.
         """,
-        env="LLMSPAWNER_QUEUE_CLIENT_URL",
-    )
+    ).tag(env="LLMSPAWNER_QUEUE_CLIENT_URL")
 
-    def __init__(self, *, env: Mapping[str, str] | None = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        defaults: Mapping[str, object] | None = None,
+        **kwargs,
+    ):
         """Args:
             env: where unset traits take their values from (default ``os.environ``).
+            defaults: values for settings that neither the config nor ``env`` sets, above the
+                traits' own defaults (the hub passes the spawner's namespace, image, uid...;
+                the CLI the repository's profiles folder). ``None`` values are skipped.
             **kwargs: ``config=`` or ``parent=`` as for any ``Configurable``.
 
         Raises:
-            SettingError: a value (from the config or the environment) is invalid.
+            SettingError: a value (from the config, the environment or ``defaults``) is
+                invalid, or the config's ``LLMPlatform`` section names an unknown setting.
         """
         self._env = os.environ if env is None else env
+        config = kwargs.get("config")
+        if config is None and kwargs.get("parent") is not None:
+            config = getattr(kwargs["parent"], "config", None)
+        section = config.get(type(self).__name__) if config is not None else None
+        if isinstance(section, Mapping):
+            unknown = unknown_settings(n for n in section if is_set(section, n))
+            if unknown:
+                raise SettingError(unknown_message("c.LLMPlatform", unknown))
         try:
             super().__init__(**kwargs)
-            self._apply_env()
+            set_from_env = self._apply_env()
+            for name, value in (defaults or {}).items():
+                if value is None or name in set_from_env or name in self._configured():
+                    continue
+                setattr(self, name, value)
         except TraitError as e:
             raise SettingError(_trait_message(e)) from None
 
     # -- values from the environment ----------------------------------------------------
 
-    def _apply_env(self) -> None:
-        """Set each trait the config left unset from its environment variable (validated)."""
+    def _configured(self) -> set[str]:
+        """The settings the config's ``LLMPlatform`` section sets."""
         section = self.config.get(type(self).__name__)
-        configured = set(section) if isinstance(section, Config) else set()
+        if not isinstance(section, Config):
+            return set()
+        return {name for name in section if is_set(section, name)}
+
+    def _apply_env(self) -> set[str]:
+        """Set each trait the config left unset from its environment variable (validated).
+
+        Returns:
+            The names of the settings taken from the environment.
+        """
+        configured = self._configured()
+        taken = set()
         for name in sorted(self.trait_names(config=True)):
             raw = self._env.get(env_name(name))
             if raw is None or raw == "" or name in configured:
                 continue
             setattr(self, name, self._parse_env(name, raw))
+            taken.add(name)
+        return taken
 
     def _parse_env(self, name: str, raw: str):
+        """A trait's value from its environment variable's text (lists: comma-separated)."""
         trait = self.traits()[name]
-        kind = {List: "comma-separated whole numbers", Integer: "a whole number", Float: "a number"}
-        for cls, convert in (
-            (List, lambda v: [int(x) for x in parse_csv(v)]),
-            (Integer, int),
-            (Float, float),
-        ):
-            if isinstance(trait, cls):
-                try:
-                    return convert(raw)
-                except ValueError:
-                    raise TraitError(
-                        f"LLMPlatform.{name} ({env_name(name)}) must be {kind[cls]}, not {raw!r}"
-                    ) from None
+        shown = f"LLMPlatform.{name} ({env_name(name)})"
+        if isinstance(trait, List):
+            return [parse_int(v, name=shown, default=0) for v in parse_csv(raw)]
+        if isinstance(trait, Integer):
+            return parse_int(raw, name=shown, default=0)
+        if isinstance(trait, Float):
+            try:
+                return float(raw)
+            except ValueError:
+                raise SettingError(f"{shown} must be a number, not {raw!r}") from None
         return raw
 
     # -- validation ----------------------------------------------------------------------
@@ -336,6 +420,17 @@ class LLMPlatform(Configurable):
             raise TraitError(
                 "LLMPlatform.gpu_replica_counts must list whole numbers >= 2 (the "
                 f"nvidia.com/gpu.replicas values of time-sliced nodes), not {value!r}"
+            )
+        return value
+
+    @validate("uid", "gid", "fs_gid")
+    def _check_ids(self, proposal):
+        value = proposal["value"]
+        if value is not None and (isinstance(value, bool) or value < 0):
+            name = proposal["trait"].name
+            raise TraitError(
+                f"LLMPlatform.{name} ({env_name(name)}) must be a whole number >= 0 or None, "
+                f"not {value!r}"
             )
         return value
 
@@ -401,11 +496,24 @@ class LLMPlatform(Configurable):
         return {ENV_VAR: json.dumps(self.to_dict(), sort_keys=True)}
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> LLMPlatform:
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        overrides: Mapping[str, object] | None = None,
+        defaults: Mapping[str, object] | None = None,
+    ) -> LLMPlatform:
         """The settings in a process started by the hub (queue service, culler, CLI).
 
         Reads ``LLMSPAWNER_PLATFORM`` (see :meth:`to_env`); settings it does not hold (or all,
         when it is unset) come from the traits' own environment variables and defaults.
+
+        Args:
+            env: the environment (default ``os.environ``).
+            overrides: ``{setting: value}`` that win over everything (a command's options);
+                ``None`` values are skipped.
+            defaults: ``{setting: value}`` for settings neither the JSON nor the traits'
+                variables set (see :class:`LLMPlatform`).
 
         Raises:
             SettingError: the JSON is broken, names an unknown setting, or a value is invalid.
@@ -420,16 +528,15 @@ class LLMPlatform(Configurable):
                 raise SettingError(f"{ENV_VAR} is not valid JSON: {e}") from None
             if not isinstance(data, dict):
                 raise SettingError(f"{ENV_VAR} must be a JSON object of settings")
-            known = set(cls.class_trait_names(config=True))
-            unknown = sorted(set(data) - known)
+            unknown = unknown_settings(data)
             if unknown:
-                raise SettingError(
-                    f"{ENV_VAR} names unknown setting(s) {', '.join(unknown)}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
+                raise SettingError(unknown_message(ENV_VAR, unknown))
             for name, value in data.items():
                 config.LLMPlatform[name] = value
-        return cls(config=config, env=env)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                config.LLMPlatform[name] = value
+        return cls(config=config, env=env, defaults=defaults)
 
 
 def _trait_message(e: TraitError) -> str:
@@ -443,3 +550,91 @@ def _trait_message(e: TraitError) -> str:
     if "LLMPlatform." in text:
         return text
     return f"LLMPlatform: {text}"
+
+
+#: Settings that moved from ``LLMSpawner`` to ``LLMPlatform`` (issue 11): every setting that is
+#: not also a spawner trait (:data:`SPAWNER_TRAITS`). Set on the spawner they would be ignored,
+#: so the hub (:func:`resolve_hub_settings`) and ``deploy check`` refuse them.
+MOVED_SETTINGS = tuple(
+    sorted(set(LLMPlatform.class_trait_names(config=True)) - set(SPAWNER_TRAITS))
+)
+
+
+def moved_message(section: str, names) -> str:
+    """``"LLMSpawner.x is now LLMPlatform.x ...; LLMSpawner no longer reads it"``."""
+    moved = "; ".join(f"{section}.{n} is now LLMPlatform.{n}" for n in names)
+    return f"{moved} (z2jh: hub.config.LLMPlatform); {section} no longer reads it"
+
+
+def _kubespawner_default(name: str):
+    """KubeSpawner's own default of ``namespace`` or ``image`` when nothing sets it.
+
+    Its rules (``kubespawner.spawner.KubeSpawner``): the namespace of the service account
+    (``/var/run/secrets/kubernetes.io/serviceaccount/namespace``), else ``default``; the
+    ``image`` trait's default.
+    """
+    if name == "namespace":
+        ns_path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        return ns_path.read_text().strip() if ns_path.exists() else "default"
+    from kubespawner import KubeSpawner
+
+    return KubeSpawner.class_traits()["image"].default()
+
+
+def resolve_hub_settings(c: Config, env: Mapping[str, str] | None = None) -> LLMPlatform:
+    """Resolve the platform settings of the hub's config ``c``; write them into ``c.LLMPlatform``.
+
+    Each setting, first match wins:
+
+    1. ``c.LLMPlatform.<setting>`` (z2jh: ``hub.config.LLMPlatform``);
+    2. its environment variable in ``env`` (:func:`env_name`, e.g. ``LLMSPAWNER_NAMESPACE``);
+    3. for :data:`SPAWNER_TRAITS` (namespace, image, uid, gid, fs_gid): ``c.LLMSpawner``'s
+       value, then ``c.KubeSpawner``'s (z2jh sets ``c.KubeSpawner.namespace``, ``.image``,
+       ``.uid``, ``.fs_gid``); ``profiles_dir``: :data:`REPO_PROFILES`;
+    4. namespace and image: KubeSpawner's own defaults; the others: the trait's default.
+
+    Afterwards ``c.LLMPlatform`` holds every setting, so ``LLMPlatform(parent=spawner)`` in
+    the hub sees exactly these whatever the environment, and ``c.LLMSpawner`` and
+    ``c.KubeSpawner`` hold the resolved namespace and image (and uid, gid, fs_gid when not
+    ``None``), so the spawner's own traits agree. Idempotent.
+
+    Args:
+        c: the hub's traitlets config (changed in place).
+        env: the hub's environment (default ``os.environ``).
+
+    Returns:
+        The resolved settings.
+
+    Raises:
+        SettingError: a setting is invalid or unknown (the message names it), a setting of
+            :data:`MOVED_SETTINGS` is set on ``LLMSpawner``, or the spawner's
+            uid/gid/fs_gid is a callable (it cannot be handed to the queue's Jobs).
+    """
+    env = os.environ if env is None else env
+    moved = [name for name in MOVED_SETTINGS if is_set(c.LLMSpawner, name)]
+    if moved:
+        raise SettingError(moved_message("LLMSpawner", moved))
+    defaults: dict = {"profiles_dir": str(REPO_PROFILES)}
+    for name in SPAWNER_TRAITS:
+        for section_name in ("LLMSpawner", "KubeSpawner"):
+            if is_set(c[section_name], name):
+                value = c[section_name][name]
+                if callable(value):
+                    raise SettingError(
+                        f"{section_name}.{name} is a callable; set LLMPlatform.{name} to a "
+                        "number, so that the queue's Jobs run as the servers do"
+                    )
+                defaults[name] = value
+                break
+        else:
+            if name in ("namespace", "image"):
+                defaults[name] = _kubespawner_default(name)
+    settings = LLMPlatform(config=c, env=env, defaults=defaults)
+    for name, value in settings.to_dict().items():
+        c.LLMPlatform[name] = value
+    for name in SPAWNER_TRAITS:
+        value = getattr(settings, name)
+        if value not in (None, ""):
+            c.LLMSpawner[name] = value
+            c.KubeSpawner[name] = value
+    return settings

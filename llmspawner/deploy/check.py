@@ -174,7 +174,7 @@ def check_all(values_path: str, manifests_path: str, profiles_path: str) -> Repo
             raise FileNotFoundError(path)
     values_part, merged = check_values(values_path)
     cluster, cluster_problems = llm_values.cluster_gpu_config(merged or {}, file=values_path)
-    values_part.problems.extend(cluster_problems)
+    values_part.problems.extend(p for p in cluster_problems if p not in values_part.problems)
     return Report(
         [values_part, check_profiles(profiles_path, cluster), check_manifests(manifests_path)]
     )

@@ -190,16 +190,18 @@ def _hubconfig_calls(tree: ast.AST) -> set[str]:
 
 
 def check_profiles_mounted(values: dict, *, file: str) -> list[Problem]:
-    """``hub.config.LLMSpawner.profiles_dir`` must be set and inside a ``hub.extraVolumeMounts``
-    entry whose volume is in ``hub.extraVolumes``.
+    """``hub.config.LLMPlatform.profiles_dir`` must be set and inside a
+    ``hub.extraVolumeMounts`` entry whose volume is in ``hub.extraVolumes``.
 
     Why: the hub reads the GPU profiles from that folder when it starts and refuses to start
     without them (:func:`llmspawner.hubconfig.check_profiles`); the hub image has no profiles
     of its own, so they come from a volume (a ConfigMap) mounted into the hub pod (reference:
     ``hub.extraVolumes``, ``hub.extraVolumeMounts``).
     """
-    path = "hub.config.LLMSpawner.profiles_dir"
-    folder = _get(values, "hub", "config", "LLMSpawner", "profiles_dir")
+    path = "hub.config.LLMPlatform.profiles_dir"
+    folder = _get(values, "hub", "config", "LLMPlatform", "profiles_dir")
+    if folder is None and _get(values, "hub", "config", "LLMSpawner", "profiles_dir"):
+        return []  # check_platform_settings reports the old place
     if not isinstance(folder, str) or not folder.startswith("/"):
         got = "is not set" if folder is None else f"must be an absolute path; got {folder!r}"
         return [
@@ -350,6 +352,99 @@ def check_login_rule(values: dict, *, file: str) -> list[Problem]:
     ]
 
 
+def _literal_env(values: dict) -> dict[str, str]:
+    """The ``hub.extraEnv`` variables with a literal value (both notations); those read
+    from a Secret or a field are unknown offline and left out."""
+    env = _get(values, "hub", "extraEnv", default={}) or {}
+    items = env.items() if isinstance(env, dict) else ((None, e) for e in env)
+    out = {}
+    for key, spec in items:
+        if isinstance(spec, str | int | float) and key is not None:
+            out[str(key)] = str(spec)
+        elif isinstance(spec, dict) and "value" in spec and spec.get("name", key):
+            out[str(spec.get("name", key))] = str(spec["value"])
+    return out
+
+
+def platform_settings(values: dict, *, file: str):
+    """The platform settings the hub will resolve from the values, as far as known offline.
+
+    ``hub.config.LLMPlatform`` (the hub's ``c.LLMPlatform``), over the literal
+    ``hub.extraEnv`` variables (``LLMSPAWNER_MIG_STRATEGY``, ...), over the defaults; as
+    :func:`llmspawner.settings.resolve_hub_settings` does at hub start. The spawner's
+    namespace and image are not resolved here (they come from the chart).
+
+    Returns:
+        ``(settings, problems)``: the settings (``None`` when invalid) and one
+        :class:`Problem` naming ``hub.config.LLMPlatform[.<setting>]`` when they are invalid.
+    """
+    from traitlets.config import Config
+
+    from ..settings import LLMPlatform, SettingError, unknown_message, unknown_settings
+
+    section = _get(values, "hub", "config", "LLMPlatform", default={}) or {}
+    path = "hub.config.LLMPlatform"
+    if not isinstance(section, dict):
+        return None, [Problem(file, path, f"must be a mapping, not {type(section).__name__}")]
+    unknown = unknown_settings(section)
+    if unknown:
+        return None, [Problem(file, path, unknown_message("it", unknown))]
+    try:
+        return LLMPlatform(config=Config(LLMPlatform=Config(section)), env=_literal_env(values)), []
+    except SettingError as e:
+        text = str(e)
+        named = next(
+            (n for n in section if text.startswith(f"LLMPlatform.{n} ")),
+            next((n for n in section if text.startswith(f"LLMPlatform.{n}:")), None),
+        )
+        return None, [Problem(file, f"{path}.{named}" if named else path, text)]
+
+
+def check_platform_settings(values: dict, *, file: str) -> list[Problem]:
+    """``hub.config.LLMPlatform`` must hold valid settings, and the platform settings must not
+    be under ``hub.config.LLMSpawner``.
+
+    Why: the hub refuses to start on an invalid or unknown setting
+    (:func:`llmspawner.hubconfig.resolve_settings`); and since issue 11 the settings of
+    :data:`llmspawner.settings.MOVED_SETTINGS` (profiles folder, PVC, MLflow, GPU advertising,
+    queue URL) live in ``LLMPlatform``: ``LLMSpawner`` no longer has them, so a value there
+    would be ignored (the hub stops on it too). Namespace, image and ids stay spawner
+    settings (the chart sets them from ``singleuser``).
+    """
+    from ..settings import MOVED_SETTINGS
+
+    problems = []
+    spawner = _get(values, "hub", "config", "LLMSpawner", default={}) or {}
+    if isinstance(spawner, dict):
+        for name in MOVED_SETTINGS:
+            if name in spawner:
+                problems.append(
+                    Problem(
+                        file,
+                        f"hub.config.LLMSpawner.{name}",
+                        f"moved: set hub.config.LLMPlatform.{name} instead; LLMSpawner no "
+                        "longer reads it",
+                    )
+                )
+    problems.extend(platform_settings(values, file=file)[1])
+    return problems
+
+
+def cluster_gpu_config(values: dict, *, file: str):
+    """Return the cluster's GPU configuration the hub will use (:func:`platform_settings`).
+
+    Returns:
+        ``(config, problems)``: the :class:`~llmspawner.profiles.ClusterGPUConfig` (the
+        defaults when the settings are invalid) and the problems of the settings (reported by
+        :func:`check_platform_settings` as well, so :func:`llmspawner.deploy.check.check_all`
+        drops repeats).
+    """
+    from ..profiles import ClusterGPUConfig
+
+    settings, problems = platform_settings(values, file=file)
+    return (settings.gpu_cluster if settings is not None else ClusterGPUConfig()), problems
+
+
 #: The checks, in the order they run.
 CHECKS: tuple[Callable[..., list[Problem]], ...] = (
     check_spawner_class,
@@ -359,6 +454,7 @@ CHECKS: tuple[Callable[..., list[Problem]], ...] = (
     check_storage_off,
     check_chart_culler_off,
     check_extra_config_calls_llmspawner,
+    check_platform_settings,
     check_profiles_mounted,
     check_no_inline_secrets,
 )
@@ -367,33 +463,3 @@ CHECKS: tuple[Callable[..., list[Problem]], ...] = (
 def llmspawner_problems(values: dict, *, file: str) -> list[Problem]:
     """Run every check of :data:`CHECKS` on merged values; return their problems in order."""
     return [p for check in CHECKS for p in check(values, file=file)]
-
-
-#: ``hub.config.LLMSpawner`` traits -> :class:`~llmspawner.profiles.ClusterGPUConfig` fields.
-_CLUSTER_TRAITS = {
-    "gpu_shared_resource": "shared_resource",
-    "gpu_replica_counts": "replica_counts",
-    "mig_strategy": "mig_strategy",
-}
-
-
-def cluster_gpu_config(values: dict, *, file: str):
-    """Return the cluster's GPU configuration the hub will use, from ``hub.config.LLMSpawner``.
-
-    The traits left out keep :class:`~llmspawner.profiles.ClusterGPUConfig`'s defaults, as
-    :func:`llmspawner.hubconfig.check_profiles` does at hub start.
-
-    Returns:
-        ``(config, problems)``: the configuration (the defaults when the values are wrong) and
-        a list with one :class:`Problem` naming ``hub.config.LLMSpawner`` when they are.
-    """
-    from ..profiles import ClusterGPUConfig
-
-    spawner = _get(values, "hub", "config", "LLMSpawner", default={}) or {}
-    given = {f: spawner[t] for t, f in _CLUSTER_TRAITS.items() if t in spawner}
-    if isinstance(given.get("replica_counts"), list):
-        given["replica_counts"] = tuple(given["replica_counts"])
-    try:
-        return ClusterGPUConfig(**given), []
-    except (TypeError, ValueError) as e:
-        return ClusterGPUConfig(), [Problem(file, "hub.config.LLMSpawner", str(e))]

@@ -31,13 +31,21 @@ Environment (all optional):
 ``LLMSPAWNER_QUEUE_BIND_URL``       where the service binds, when the service URL names
                                     something else (z2jh: ``http://0.0.0.0:10101``)
 ``LLMSPAWNER_QUEUE_CLIENT_URL``     the service's URL as the users' pods reach it, given to them
-                                    as ``LLMSPAWNER_QUEUE_URL`` for the CLI (default: the service
-                                    URL + ``/services/llm-queue/``)
+                                    as ``LLMSPAWNER_QUEUE_URL`` for the CLI
+                                    (``LLMPlatform.queue_url``; default: the service URL +
+                                    ``/services/llm-queue/``)
 ``LLMSPAWNER_QUEUE_ADMIN_GROUPS``   comma-separated hub groups whose members are queue admins
-``LLMSPAWNER_QUEUE_*``, others      passed to the service (see :mod:`llmspawner.queue.service`),
-                                    with ``KUBECONFIG``, ``KUBERNETES_SERVICE_*``,
-                                    ``MLFLOW_TRACKING_*``
+``LLMSPAWNER_QUEUE_*``              the service's own settings, passed to it (see
+                                    :mod:`llmspawner.queue.service`), with
+                                    ``LLMSPAWNER_HUB_API_URL``, ``KUBECONFIG``,
+                                    ``KUBERNETES_SERVICE_*`` and ``MLFLOW_TRACKING_*``
 ==================================  ============================================================
+
+The platform settings (profiles, namespace, image, PVC, MLflow, GPU advertising) reach the
+service as one variable, ``LLMSPAWNER_PLATFORM``
+(:meth:`llmspawner.settings.LLMPlatform.to_env`), resolved from the hub's config by
+:func:`llmspawner.settings.resolve_hub_settings`; the service reads them with
+:meth:`~llmspawner.settings.LLMPlatform.from_env`.
 """
 
 from __future__ import annotations
@@ -47,12 +55,20 @@ import socket
 import sys
 from collections.abc import Mapping
 
-#: The service's name: its URL is ``/services/llm-queue/``.
-SERVICE_NAME = "llm-queue"
-#: The scope that lets a token use the service.
-ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
-#: The scope that makes a token a queue admin.
-ADMIN_SCOPE = "custom:llm-queue:admin"
+from ..settings import LLMPlatform, env_name, parse_bool, parse_csv, resolve_hub_settings
+from .states import ACCESS_SCOPE, ADMIN_SCOPE, SERVICE_NAME
+
+__all__ = [
+    "ACCESS_SCOPE",
+    "ADMIN_SCOPE",
+    "CUSTOM_SCOPES",
+    "SERVICE_NAME",
+    "configure_queue",
+    "merge_roles",
+    "queue_service",
+    "service_environment",
+]
+
 #: ``c.JupyterHub.custom_scopes`` entries the service defines.
 CUSTOM_SCOPES = {
     ADMIN_SCOPE: {
@@ -74,20 +90,10 @@ def _hub_has_extra_user_scopes() -> bool:
     return jupyterhub.version_info >= (6,)
 
 
-_PASS_PREFIXES = ("LLMSPAWNER_", "KUBERNETES_SERVICE_", "MLFLOW_TRACKING_")
-_PASS_NAMES = ("KUBECONFIG",)
-# LLMSpawner trait -> the environment variable the service reads it from.
-_SPAWNER_TRAITS = {
-    "profiles_dir": "LLMSPAWNER_PROFILES_DIR",
-    "namespace": "LLMSPAWNER_NAMESPACE",
-    "image": "LLMSPAWNER_SINGLEUSER_IMAGE",
-    "storage_claim_name": "LLMSPAWNER_STORAGE_CLAIM",
-    "mlflow_tracking_uri": "LLMSPAWNER_MLFLOW_TRACKING_URI",
-    "mlflow_experiment_template": "LLMSPAWNER_MLFLOW_EXPERIMENT_TEMPLATE",
-    "gpu_shared_resource": "LLMSPAWNER_GPU_SHARED_RESOURCE",
-    "gpu_replica_counts": "LLMSPAWNER_GPU_REPLICA_COUNTS",
-    "mig_strategy": "LLMSPAWNER_MIG_STRATEGY",
-}
+#: Variables of the hub's environment that the service needs besides the platform settings:
+#: its own ``LLMSPAWNER_QUEUE_*``, the hub's API URL, the cluster's credentials, MLflow's.
+_PASS_PREFIXES = ("LLMSPAWNER_QUEUE_", "KUBERNETES_SERVICE_", "MLFLOW_TRACKING_")
+_PASS_NAMES = ("KUBECONFIG", "LLMSPAWNER_HUB_API_URL")
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -96,51 +102,61 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _csv(value: str | None) -> list[str]:
-    return sorted({v.strip() for v in (value or "").split(",") if v.strip()})
-
-
-def service_environment(env: Mapping[str, str], spawner: Mapping | None = None) -> dict[str, str]:
-    """Return the service's environment: the passed-through variables of ``env`` plus the
-    spawner's settings (``c.LLMSpawner``) as ``LLMSPAWNER_*`` variables, so that the queue
-    and the spawner agree on profiles, storage, namespace and MLflow.
+def service_environment(env: Mapping[str, str], settings: LLMPlatform) -> dict[str, str]:
+    """Return the service's environment: the platform settings (``LLMSPAWNER_PLATFORM``,
+    :meth:`~llmspawner.settings.LLMPlatform.to_env`) and the passed-through variables of
+    ``env`` (the service's own ``LLMSPAWNER_QUEUE_*``, ``LLMSPAWNER_HUB_API_URL``,
+    ``KUBECONFIG``, ``KUBERNETES_SERVICE_*``, ``MLFLOW_TRACKING_*``).
 
     A managed service gets only a few of the hub's variables (``Spawner.env_keep``), so
     ``KUBECONFIG`` and the in-cluster ``KUBERNETES_SERVICE_HOST``/``_PORT`` must be passed.
+    The variables of single platform settings (``LLMSPAWNER_NAMESPACE``, ...) are not: the
+    serialised settings hold their resolved values.
     """
-    out = {k: v for k, v in env.items() if k in _PASS_NAMES or k.startswith(_PASS_PREFIXES)}
-    for trait, name in _SPAWNER_TRAITS.items():
-        if spawner is not None and trait in spawner:
-            value = spawner[trait]
-            if isinstance(value, list | tuple):
-                value = ",".join(str(v) for v in value)
-            out[name] = str(value)
+    platform_vars = {env_name(n) for n in LLMPlatform.class_trait_names(config=True)}
+    out = {
+        k: v
+        for k, v in env.items()
+        if (k in _PASS_NAMES or k.startswith(_PASS_PREFIXES)) and k not in platform_vars
+    }
+    out.update(settings.to_env())
     return out
 
 
+def service_url(env: Mapping[str, str]) -> str:
+    """Where the service listens as the proxy reaches it: ``LLMSPAWNER_QUEUE_SERVICE_URL``
+    (no trailing slash), else ``http://127.0.0.1:<a free port>``."""
+    url = (env.get("LLMSPAWNER_QUEUE_SERVICE_URL") or "").rstrip("/")
+    return url or f"http://127.0.0.1:{_free_port()}"
+
+
 def queue_service(
-    env: Mapping[str, str] = os.environ, spawner: Mapping | None = None
+    env: Mapping[str, str] = os.environ,
+    settings: LLMPlatform | None = None,
+    *,
+    url: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """Return the ``c.JupyterHub.services`` entry of ``llm-queue`` and the roles it needs.
 
     Args:
         env: the hub's environment (see the module docstring).
-        spawner: the hub config's ``c.LLMSpawner`` section, whose settings the service
-            copies (profiles folder, namespace, image, PVC, MLflow, GPU advertising).
+        settings: the resolved platform settings, handed to the service as
+            ``LLMSPAWNER_PLATFORM``; default ``LLMPlatform.from_env(env)``.
+        url: where the service listens; default :func:`service_url`.
 
     Returns:
         ``(service, roles)``: ``service`` for ``c.JupyterHub.services``; ``roles`` to merge
         into ``c.JupyterHub.load_roles`` with :func:`merge_roles` (the ``server`` role
         among them must be merged, not appended).
     """
-    url = (env.get("LLMSPAWNER_QUEUE_SERVICE_URL") or "").rstrip("/")
-    if not url:
-        url = f"http://127.0.0.1:{_free_port()}"
+    if settings is None:
+        settings = LLMPlatform.from_env(env)
+    url = url or service_url(env)
     service = {
         "name": SERVICE_NAME,
         "url": url,
         "command": [sys.executable, "-m", "llmspawner.queue"],
-        "environment": service_environment(env, spawner),
+        "environment": service_environment(env, settings),
         "display": True,
         "info": {"description": "Batch training queue: LLaMA-Factory configs as Kubernetes Jobs"},
         # An internal service of this hub: no "authorize access" page after the hub's login.
@@ -162,7 +178,7 @@ def queue_service(
             "scopes": [*DEFAULT_SERVER_SCOPES, ACCESS_SCOPE],
         },
     ]
-    admin_groups = _csv(env.get("LLMSPAWNER_QUEUE_ADMIN_GROUPS"))
+    admin_groups = sorted(parse_csv(env.get("LLMSPAWNER_QUEUE_ADMIN_GROUPS")))
     if admin_groups:
         roles.append(
             {
@@ -208,22 +224,32 @@ def configure_queue(
     Appends the service, merges its roles into ``load_roles``, declares
     ``custom:llm-queue:admin``, adds ``access:services!service=llm-queue`` to
     ``extra_user_scopes`` (``extra_user_scopes=False``, or JupyterHub < 6 when ``None``: to
-    a ``user`` role in ``load_roles``), and gives the users' pods ``LLMSPAWNER_QUEUE_URL``
-    (unless set).
-    The service copies the spawner's settings from ``c.KubeSpawner`` (where z2jh puts the
-    namespace and image) overridden by ``c.LLMSpawner``.
+    a ``user`` role in ``load_roles``), sets the queue's URL for the users' pods
+    (``c.LLMPlatform.queue_url``, unless set; see the module docstring) and gives it to them
+    as ``LLMSPAWNER_QUEUE_URL`` in the spawner's ``environment`` (unless set there).
+    The platform settings are resolved from ``c`` first
+    (:func:`llmspawner.settings.resolve_hub_settings`: ``c.LLMPlatform``, the environment,
+    then the spawner's ``c.LLMSpawner``/``c.KubeSpawner`` namespace and image, where z2jh puts
+    them) and handed to the service as ``LLMSPAWNER_PLATFORM``.
     Does nothing when ``LLMSPAWNER_QUEUE=0`` or a service named ``llm-queue`` exists already.
+
+    Raises:
+        llmspawner.settings.SettingError: a setting (or ``LLMSPAWNER_QUEUE``) is invalid; the
+            message names it.
     """
-    if env.get("LLMSPAWNER_QUEUE", "1").lower() in ("0", "false", "no"):
+    if not parse_bool(env.get("LLMSPAWNER_QUEUE"), name="LLMSPAWNER_QUEUE", default=True):
         return
     hub = c.JupyterHub
     services = list(hub.get("services", []))
     if any(s.get("name") == SERVICE_NAME for s in services):
         return
-    # z2jh configures the spawner as c.KubeSpawner (namespace, image); LLMSpawner inherits
-    # those, and its own section wins, as in traitlets.
-    spawner = {**c.KubeSpawner, **c.LLMSpawner}
-    service, roles = queue_service(env, spawner)
+    settings = resolve_hub_settings(c, env)
+    url = service_url(env)
+    if not settings.queue_url:
+        base_url = "/" + str(hub.get("base_url", "/")).strip("/")
+        c.LLMPlatform.queue_url = f"{url}{base_url.rstrip('/')}/services/{SERVICE_NAME}/"
+        settings = resolve_hub_settings(c, env)
+    service, roles = queue_service(env, settings, url=url)
     hub.services = [*services, service]
     hub.load_roles = merge_roles(list(hub.get("load_roles", [])), roles)
     hub.custom_scopes = {**hub.get("custom_scopes", {}), **CUSTOM_SCOPES}
@@ -234,12 +260,8 @@ def configure_queue(
     else:
         user_role = {"name": "user", "scopes": [*DEFAULT_USER_SCOPES, ACCESS_SCOPE]}
         hub.load_roles = merge_roles(hub.load_roles, [user_role])
-    base_url = "/" + str(hub.get("base_url", "/")).strip("/")
-    client_url = env.get("LLMSPAWNER_QUEUE_CLIENT_URL") or (
-        f"{service['url']}{base_url.rstrip('/')}/services/{SERVICE_NAME}/"
-    )
     # LLMSpawner's section replaces KubeSpawner's (z2jh's singleuser.extraEnv) for the same
     # trait, so both are merged here.
     environment = {**c.KubeSpawner.get("environment", {}), **c.LLMSpawner.get("environment", {})}
-    environment.setdefault("LLMSPAWNER_QUEUE_URL", client_url)
+    environment.setdefault("LLMSPAWNER_QUEUE_URL", settings.queue_url)
     c.LLMSpawner.environment = environment

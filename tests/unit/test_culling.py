@@ -7,6 +7,7 @@ import pytest
 
 from llmspawner import culling, profiles
 from llmspawner.hubconfig import REPO_PROFILES
+from llmspawner.settings import ENV_VAR, LLMPlatform
 
 from .test_hubconfig import load_config_file
 
@@ -39,6 +40,7 @@ def test_no_activity_known_is_not_culled():
 
 
 def test_profile_arbiter_reads_profiles_dir(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.setenv("LLMSPAWNER_PROFILES_DIR", str(REPO_PROFILES))
     server = {"user_options": {"profile": "small"}}
     assert culling.profile_arbiter(
@@ -46,6 +48,39 @@ def test_profile_arbiter_reads_profiles_dir(monkeypatch):
     )
     assert not culling.profile_arbiter(
         inactive=timedelta(minutes=29), inactive_limit=60, server=server
+    )
+
+
+def test_profile_arbiter_reads_the_hubs_settings(tmp_path, monkeypatch):
+    """The culler's process gets LLMSPAWNER_PLATFORM from the hub; it wins over the single
+    variables, and the profiles come through the shared cache (a later edit is seen)."""
+    (tmp_path / "gpu.yaml").write_text(
+        "slug: gpu\ndisplay_name: GPU\ndefault: true\nidle_timeout: 600\ngpu: {fraction: 1/8}\n"
+    )
+    platform = LLMPlatform.from_env(
+        {}, overrides={"profiles_dir": str(tmp_path), "gpu_replica_counts": [8]}
+    )
+    for name, value in platform.to_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LLMSPAWNER_PROFILES_DIR", str(REPO_PROFILES))  # loses to the JSON
+    server = {"user_options": {"profile": "gpu"}}
+    assert culling.profile_arbiter(
+        inactive=timedelta(seconds=600), inactive_limit=36000, server=server
+    )
+    assert not culling.profile_arbiter(
+        inactive=timedelta(seconds=599), inactive_limit=36000, server=server
+    )
+
+
+def test_profile_arbiter_without_valid_profiles_uses_the_timeout(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv("LLMSPAWNER_PROFILES_DIR", str(tmp_path / "missing"))
+    server = {"user_options": {"profile": "small"}}
+    assert not culling.profile_arbiter(
+        inactive=timedelta(minutes=31), inactive_limit=3600, server=server
+    )
+    assert culling.profile_arbiter(
+        inactive=timedelta(minutes=60), inactive_limit=3600, server=server
     )
 
 
@@ -117,7 +152,16 @@ def test_config_registers_culler_with_exact_scopes(monkeypatch):
         "--cull-every=30",
         "--max-age=86400",
     ]
-    assert services["idle-culler"]["environment"]["LLMSPAWNER_PROFILES_DIR"] == str(REPO_PROFILES)
+    # The platform settings, as the spawner has them, in one variable.
+    assert list(services["idle-culler"]["environment"]) == [ENV_VAR]
+    settings = LLMPlatform.from_env(services["idle-culler"]["environment"])
+    assert settings.profiles_dir == str(REPO_PROFILES)
+    assert settings.to_dict() == dict(c.LLMPlatform)
+    # The queue gets the very same serialisation.
+    assert (
+        services["llm-queue"]["environment"][ENV_VAR]
+        == (services["idle-culler"]["environment"][ENV_VAR])
+    )
     assert c.JupyterHub.last_activity_interval == 0
 
 
@@ -144,9 +188,17 @@ def test_config_bad_timeout(monkeypatch):
     from llmspawner.hubconfig import ConfigError
 
     with pytest.raises(
-        ConfigError, match="LLMSPAWNER_CULL_TIMEOUT must be a whole number of seconds, not '1h'"
+        ConfigError,
+        match="LLMSPAWNER_CULL_TIMEOUT must be a whole number of seconds >= 1, not '1h'",
     ):
         load_config_file({"LLMSPAWNER_CULL_TIMEOUT": "1h"}, monkeypatch)
+
+
+def test_config_bad_culler_flag_is_named(monkeypatch):
+    from llmspawner.hubconfig import ConfigError
+
+    with pytest.raises(ConfigError, match="LLMSPAWNER_CULL_USERS must be one of 1, true"):
+        load_config_file({"LLMSPAWNER_CULL_USERS": "sometimes"}, monkeypatch)
 
 
 def test_roles_set_before_are_kept():
@@ -155,7 +207,7 @@ def test_roles_set_before_are_kept():
     from llmspawner import hubconfig
 
     c = Config()
-    c.LLMSpawner.profiles_dir = str(REPO_PROFILES)
+    c.LLMPlatform.profiles_dir = str(REPO_PROFILES)
     c.JupyterHub.load_roles = [{"name": "server", "scopes": ["inherit"]}]
     c.JupyterHub.services = [{"name": "announcement", "url": "http://127.0.0.1:8888"}]
     hubconfig.configure_culler(c, {})
@@ -163,7 +215,7 @@ def test_roles_set_before_are_kept():
     assert [s["name"] for s in c.JupyterHub.services] == ["announcement", "idle-culler"]
     # A culler configured by the chart (z2jh cull.enabled) is not added twice.
     c2 = Config()
-    c2.LLMSpawner.profiles_dir = str(REPO_PROFILES)
+    c2.LLMPlatform.profiles_dir = str(REPO_PROFILES)
     c2.JupyterHub.services = [{"name": "jupyterhub-idle-culler", "command": ["x"]}]
     hubconfig.configure_culler(c2, {})
     assert [s["name"] for s in c2.JupyterHub.services] == ["jupyterhub-idle-culler"]

@@ -344,12 +344,29 @@ def _set(tree: dict, dotted: str, value) -> None:
             "v.yaml: hub.extraConfig: must call llmspawner.hubconfig.configure(c) (the spawner's profiles, the idle culler and the batch queue)",
         ),
         (
-            {"hub.config.LLMSpawner.profiles_dir": _DELETE},
-            "v.yaml: hub.config.LLMSpawner.profiles_dir: is not set: set it to the mountPath of the profiles' volume in hub.extraVolumeMounts",
+            {"hub.config.LLMPlatform.profiles_dir": _DELETE},
+            "v.yaml: hub.config.LLMPlatform.profiles_dir: is not set: set it to the mountPath of the profiles' volume in hub.extraVolumeMounts",
         ),
         (
-            {"hub.config.LLMSpawner.profiles_dir": "/etc/profiles"},
-            "v.yaml: hub.config.LLMSpawner.profiles_dir: /etc/profiles is not inside any hub.extraVolumeMounts mountPath (mounted: /usr/local/etc/llmspawner/profiles); mount the profiles' ConfigMap there",
+            {"hub.config.LLMPlatform.profiles_dir": "/etc/profiles"},
+            "v.yaml: hub.config.LLMPlatform.profiles_dir: /etc/profiles is not inside any hub.extraVolumeMounts mountPath (mounted: /usr/local/etc/llmspawner/profiles); mount the profiles' ConfigMap there",
+        ),
+        # Before issue 11 these were LLMSpawner's; there they would be ignored now.
+        (
+            {"hub.config.LLMSpawner.storage_claim_name": "llm-storage"},
+            "v.yaml: hub.config.LLMSpawner.storage_claim_name: moved: set hub.config.LLMPlatform.storage_claim_name instead; LLMSpawner no longer reads it",
+        ),
+        (
+            {"hub.config.LLMPlatform.mig_strategy": "both"},
+            "v.yaml: hub.config.LLMPlatform.mig_strategy: LLMPlatform.mig_strategy (LLMSPAWNER_MIG_STRATEGY) expected any of ['mixed', 'single'], not the str 'both'.",
+        ),
+        (
+            {"hub.config.LLMPlatform.profile_dir": "/x"},
+            "v.yaml: hub.config.LLMPlatform: it names unknown setting(s) profile_dir (did you mean profiles_dir?); known: fs_gid, gid, gpu_replica_counts, gpu_shared_resource, image, mig_strategy, mlflow_experiment_template, mlflow_timeout, mlflow_tracking_uri, mlflow_ui_url, namespace, profiles_dir, queue_url, storage_claim_name, uid",
+        ),
+        (
+            {"hub.extraEnv.LLMSPAWNER_GPU_REPLICA_COUNTS": "1"},
+            "v.yaml: hub.config.LLMPlatform: LLMPlatform.gpu_replica_counts must list whole numbers >= 2 (the nvidia.com/gpu.replicas values of time-sliced nodes), not [1]",
         ),
         (
             {"hub.extraVolumes": []},
@@ -425,7 +442,7 @@ def test_schema_problem_hides_the_same_path_from_llmspawner_checks(deployment):
 
 def test_profiles_use_the_gpu_settings_of_the_values(deployment):
     data = yaml.safe_load((deployment / "helm-values.yaml").read_text())
-    data["hub"]["config"]["LLMSpawner"]["gpu_replica_counts"] = [4]
+    data["hub"]["config"]["LLMPlatform"]["gpu_replica_counts"] = [4]
     (deployment / "helm-values.yaml").write_text(yaml.safe_dump(data))
     report = check.check_all("helm-values.yaml", "deploy/manifests", "profiles")
     assert [p.line() for p in report.problems] == [
@@ -435,11 +452,47 @@ def test_profiles_use_the_gpu_settings_of_the_values(deployment):
 
 def test_bad_gpu_settings_in_values_are_named():
     merged = shipped_values()
-    merged["hub"]["config"]["LLMSpawner"]["mig_strategy"] = "both"
+    merged["hub"]["config"]["LLMPlatform"]["mig_strategy"] = "both"
     _, problems = llm_values.cluster_gpu_config(merged, file="v.yaml")
     assert [p.line() for p in problems] == [
-        "v.yaml: hub.config.LLMSpawner: mig_strategy must be one of mixed, single; not 'both'"
+        (
+            "v.yaml: hub.config.LLMPlatform.mig_strategy: LLMPlatform.mig_strategy "
+            "(LLMSPAWNER_MIG_STRATEGY) expected any of ['mixed', 'single'], not the str 'both'."
+        )
     ]
+
+
+def test_gpu_settings_from_literal_hub_env_are_used():
+    """Config wins over the hub's environment, as at hub start."""
+    merged = shipped_values()
+    merged["hub"]["extraEnv"]["LLMSPAWNER_GPU_REPLICA_COUNTS"] = "8"
+    merged["hub"]["extraEnv"]["LLMSPAWNER_MIG_STRATEGY"] = {"value": "single"}
+    cluster, problems = llm_values.cluster_gpu_config(merged, file="v.yaml")
+    assert (cluster.replica_counts, cluster.mig_strategy, problems) == ((8,), "single", [])
+    merged["hub"]["config"]["LLMPlatform"]["gpu_replica_counts"] = [2]
+    cluster, _ = llm_values.cluster_gpu_config(merged, file="v.yaml")
+    assert cluster.replica_counts == (2,)
+
+
+def test_a_values_file_of_before_llmplatform_is_refused(deployment):
+    """Every platform setting left under hub.config.LLMSpawner is named with its new place,
+    once, and the profiles folder is not reported missing besides."""
+    data = yaml.safe_load((deployment / "helm-values.yaml").read_text())
+    data["hub"]["config"]["LLMSpawner"] = data["hub"]["config"].pop("LLMPlatform")
+    data["hub"]["config"]["LLMSpawner"]["namespace"] = "llm"  # still a spawner setting
+    (deployment / "helm-values.yaml").write_text(yaml.safe_dump(data))
+    report = check.check_all("helm-values.yaml", "deploy/manifests", "profiles")
+    assert [p.line() for p in report.problems] == [
+        f"helm-values.yaml: hub.config.LLMSpawner.{name}: moved: set "
+        f"hub.config.LLMPlatform.{name} instead; LLMSpawner no longer reads it"
+        for name in (
+            "mlflow_experiment_template",
+            "mlflow_tracking_uri",
+            "profiles_dir",
+            "storage_claim_name",
+        )
+    ]
+    assert not report.ok
 
 
 # --- profiles ----------------------------------------------------------------------------

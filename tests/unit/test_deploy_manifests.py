@@ -26,7 +26,7 @@ from packaging.utils import canonicalize_name
 from llmspawner.hubconfig import REPO_PROFILES
 from llmspawner.profiles import ClusterGPUConfig, gpu_resources, load_profiles
 from llmspawner.queue.k8s_objects import build_priority_classes
-from llmspawner.spawner import LLMSpawner
+from llmspawner.settings import LLMPlatform
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -51,10 +51,11 @@ API_CALLS = {
     "delete_namespaced_config_map": ("", "configmaps", "delete", True),
     "delete_namespaced_job": ("batch", "jobs", "delete", True),  # KubeBackend.delete_job
     "list_namespaced_job": ("batch", "jobs", "list", True),  # KubeBackend.list_jobs
-    # KubeBackend.list_job_pods, latest_pod, list_all_pods; LLMSpawner.current_capacity
+    # KubeBackend.list_job_pods, latest_pod, list_all_pods; capacity.ClusterLister (the spawn
+    # form's and admission's one Node/Pod lister)
     "list_namespaced_pod": ("", "pods", "list", True),
     "read_namespaced_pod_log": ("", "pods/log", "get", True),  # KubeBackend.stream_log
-    # KubeBackend.list_nodes; LLMSpawner.current_capacity (llmspawner/spawner.py)
+    # KubeBackend.list_nodes; capacity.ClusterLister (llmspawner/capacity.py)
     "list_node": ("", "nodes", "list", False),
     # KubeBackend.missing_priority_classes
     "list_priority_class": ("scheduling.k8s.io", "priorityclasses", "list", False),
@@ -225,8 +226,8 @@ def test_time_slicing_matches_profiles_and_spawner():
     }
     assert shipped == {"small": 4, "medium": 2}
     assert set(replicas.values()) == set(shipped.values()) == set(cluster.replica_counts)
-    assert LLMSpawner.class_traits()["gpu_replica_counts"].default() == [2, 4]
-    assert LLMSpawner.class_traits()["gpu_shared_resource"].default() == "nvidia.com/gpu"
+    assert LLMPlatform.class_traits()["gpu_replica_counts"].default() == [2, 4]
+    assert LLMPlatform.class_traits()["gpu_shared_resource"].default() == "nvidia.com/gpu"
     # The label GPU feature discovery puts on a node of that config is the spawner's selector.
     for profile in load_profiles(REPO_PROFILES, cluster):
         if profile.gpu.kind == "fraction":
@@ -244,7 +245,8 @@ def _calls_in(module: str) -> set[str]:
 
 def test_api_call_table_lists_every_call_of_the_code():
     backend = (ROOT / "llmspawner" / "queue" / "backend.py").read_text()
-    assert _calls_in("queue/backend.py") | _calls_in("spawner.py") == set(API_CALLS)
+    code = _calls_in("queue/backend.py") | _calls_in("spawner.py") | _calls_in("capacity.py")
+    assert code == set(API_CALLS)
     assert set(re.findall(r'"(list_namespaced_\w+)"', backend)) == WATCHED
     assert "watch=True" in backend
 
@@ -312,8 +314,8 @@ def test_bindings_give_the_roles_to_the_hub_service_account(kind, name, role_kin
 def test_shared_pvc_is_read_write_many_and_the_spawners_claim():
     pvc = _find("PersistentVolumeClaim", "llm-storage")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert LLMSpawner.class_traits()["storage_claim_name"].default() == "llm-storage"
-    assert _helm_values()["hub"]["config"]["LLMSpawner"]["storage_claim_name"] == "llm-storage"
+    assert LLMPlatform.class_traits()["storage_claim_name"].default() == "llm-storage"
+    assert _helm_values()["hub"]["config"]["LLMPlatform"]["storage_claim_name"] == "llm-storage"
 
 
 def test_mlflow_service_reaches_the_deployment_at_the_configured_url():
@@ -330,7 +332,7 @@ def test_mlflow_service_reaches_the_deployment_at_the_configured_url():
     meta = service["metadata"]
     url = f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local:{port['port']}"
     assert url == "http://mlflow.llm.svc.cluster.local:5000"
-    assert _helm_values()["hub"]["config"]["LLMSpawner"]["mlflow_tracking_uri"] == url
+    assert _helm_values()["hub"]["config"]["LLMPlatform"]["mlflow_tracking_uri"] == url
 
 
 def _env(container: dict) -> dict:

@@ -22,7 +22,8 @@ from kubernetes_validate.utils import latest_version
 
 from llmspawner.deploy.values import chart_defaults, helm_merge
 from llmspawner.hubconfig import REPO_PROFILES
-from llmspawner.queue.hubservice import ACCESS_SCOPE, ADMIN_SCOPE
+from llmspawner.queue.states import ACCESS_SCOPE, ADMIN_SCOPE
+from llmspawner.settings import ENV_VAR, LLMPlatform
 
 from .conftest import pod_for
 from .z2jh_chart import apply_chart_config, hub_environment
@@ -72,8 +73,8 @@ def chart_config(issuer, monkeypatch):
     values = helm_merge(chart_defaults(), yaml.safe_load((ROOT / "helm-values.yaml").read_text()))
     # Stand-in for the ConfigMap mounted at hub.extraVolumeMounts' mountPath.
     mounted = values["hub"]["extraVolumeMounts"][0]["mountPath"]
-    assert values["hub"]["config"]["LLMSpawner"]["profiles_dir"] == mounted
-    values["hub"]["config"]["LLMSpawner"]["profiles_dir"] = str(REPO_PROFILES)
+    assert values["hub"]["config"]["LLMPlatform"]["profiles_dir"] == mounted
+    values["hub"]["config"]["LLMPlatform"]["profiles_dir"] = str(REPO_PROFILES)
     secrets = {"llm-oidc": {"issuer": issuer, "client-id": "llm-hub", "client-secret": "s3cret"}}
     env = hub_environment(values, secrets, namespace="llm")
     for name in [n for n in os.environ if n.startswith(("LLMSPAWNER_", "OAUTH"))]:
@@ -116,12 +117,16 @@ def test_culler_service(chart_config):
         "--config=" + str(ROOT / "llmspawner" / "culler_config.py"),
         "--url=http://localhost:8081/hub/api",
     ]
-    assert culler["environment"] == {
-        "LLMSPAWNER_PROFILES_DIR": str(REPO_PROFILES),
-        "LLMSPAWNER_GPU_SHARED_RESOURCE": "nvidia.com/gpu",
-        "LLMSPAWNER_GPU_REPLICA_COUNTS": "2,4",
-        "LLMSPAWNER_MIG_STRATEGY": "mixed",
-    }
+    # The platform settings, one serialisation, the same the queue gets.
+    assert list(culler["environment"]) == [ENV_VAR]
+    assert culler["environment"][ENV_VAR] == services["llm-queue"]["environment"][ENV_VAR]
+    settings = LLMPlatform.from_env(culler["environment"])
+    assert settings.profiles_dir == str(REPO_PROFILES)
+    assert (settings.gpu_shared_resource, settings.gpu_replica_counts, settings.mig_strategy) == (
+        "nvidia.com/gpu",
+        [2, 4],
+        "mixed",
+    )
     roles = {r["name"]: r for r in chart_config.JupyterHub.load_roles}
     assert roles["idle-culler"]["services"] == ["idle-culler"]
     assert roles["idle-culler"]["scopes"] == [
@@ -144,11 +149,16 @@ def test_queue_service(chart_config):
         "LLMSPAWNER_QUEUE_DB_URL": "sqlite:////srv/jupyterhub/llm-queue.sqlite",
         "LLMSPAWNER_QUEUE_ADMIN_GROUPS": "llm-admins",
     }
-    # The chart's namespace and image (c.KubeSpawner) reach the queue's Jobs.
-    assert env["LLMSPAWNER_NAMESPACE"] == "llm"
-    assert env["LLMSPAWNER_SINGLEUSER_IMAGE"] == SINGLEUSER_IMAGE
-    assert env["LLMSPAWNER_STORAGE_CLAIM"] == "llm-storage"
-    assert env["LLMSPAWNER_MLFLOW_TRACKING_URI"] == MLFLOW
+    # The chart's namespace, image and ids (c.KubeSpawner) reach the queue's Jobs.
+    settings = LLMPlatform.from_env({ENV_VAR: env[ENV_VAR]})
+    assert settings.namespace == "llm"
+    assert settings.image == SINGLEUSER_IMAGE
+    assert (settings.uid, settings.fs_gid) == (1000, 100)
+    assert settings.storage_claim_name == "llm-storage"
+    assert settings.mlflow_tracking_uri == MLFLOW
+    assert settings.queue_url == "http://hub:10101/services/llm-queue/"
+    # Exactly what the hub's spawner reads (LLMPlatform(parent=spawner)).
+    assert settings.to_dict() == dict(chart_config.LLMPlatform)
     assert env["LLMSPAWNER_HUB_API_URL"] == "http://localhost:8081/hub/api"
     # Secrets of the hub's environment are not handed to the service.
     assert "OAUTH_CLIENT_SECRET" not in env

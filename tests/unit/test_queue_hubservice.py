@@ -9,14 +9,14 @@ from jupyterhub.roles import get_default_roles
 from traitlets.config import Config
 
 from llmspawner.queue.hubservice import (
-    ACCESS_SCOPE,
-    ADMIN_SCOPE,
     DEFAULT_SERVER_SCOPES,
     DEFAULT_USER_SCOPES,
     configure_queue,
     merge_roles,
     queue_service,
 )
+from llmspawner.queue.states import ACCESS_SCOPE, ADMIN_SCOPE
+from llmspawner.settings import ENV_VAR, LLMPlatform
 
 
 def test_the_default_server_scopes_are_jupyterhubs():
@@ -27,26 +27,38 @@ def test_the_default_server_scopes_are_jupyterhubs():
 def test_service_entry():
     env = {
         "LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101/",
+        "LLMSPAWNER_QUEUE_DB_URL": "sqlite:///q.sqlite",
+        "LLMSPAWNER_HUB_API_URL": "http://localhost:8081/hub/api",
         "KUBECONFIG": "/k",
         "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "MLFLOW_TRACKING_TOKEN": "t",
+        # Single platform variables travel inside LLMSPAWNER_PLATFORM, resolved.
         "LLMSPAWNER_NAMESPACE": "jh",
+        "LLMSPAWNER_QUEUE_CLIENT_URL": "http://q/",
+        # Not the service's business.
+        "LLMSPAWNER_ALLOWED_GROUPS": "staff",
         "HOME": "/root",
         "OAUTH_CLIENT_SECRET": "secret",
     }
-    spawner = {"profiles_dir": "/p", "gpu_replica_counts": [2, 4], "image": "img:1"}
-    service, roles = queue_service(env, spawner)
+    settings = LLMPlatform.from_env(
+        {}, overrides={"profiles_dir": "/p", "image": "img:1", "namespace": "llm"}
+    )
+    service, roles = queue_service(env, settings)
     assert service["name"] == "llm-queue"
     assert service["url"] == "http://hub:10101"
     assert service["command"] == [sys.executable, "-m", "llmspawner.queue"]
     assert service["environment"] == {
         "KUBECONFIG": "/k",
         "KUBERNETES_SERVICE_HOST": "10.0.0.1",
-        "LLMSPAWNER_NAMESPACE": "jh",
+        "MLFLOW_TRACKING_TOKEN": "t",
+        "LLMSPAWNER_HUB_API_URL": "http://localhost:8081/hub/api",
         "LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101/",
-        "LLMSPAWNER_PROFILES_DIR": "/p",
-        "LLMSPAWNER_GPU_REPLICA_COUNTS": "2,4",
-        "LLMSPAWNER_SINGLEUSER_IMAGE": "img:1",
+        "LLMSPAWNER_QUEUE_DB_URL": "sqlite:///q.sqlite",
+        **settings.to_env(),
     }
+    back = LLMPlatform.from_env(service["environment"])
+    assert back.to_dict() == settings.to_dict()
+    assert (back.profiles_dir, back.image, back.namespace) == ("/p", "img:1", "llm")
     assert service["oauth_no_confirm"] is True
     assert service["oauth_client_allowed_scopes"] == [ADMIN_SCOPE]
     assert [r["name"] for r in roles] == ["llm-queue-service", "server"]
@@ -128,9 +140,13 @@ def test_configure_queue_reads_the_charts_kubespawner_section():
     c.LLMSpawner.environment = {"BOTH": "llmspawner"}
     c.LLMSpawner.image = "registry.example/singleuser:2"
     configure_queue(c, {"LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101"})
-    env = c.JupyterHub.services[0]["environment"]
-    assert env["LLMSPAWNER_NAMESPACE"] == "llm"
-    assert env["LLMSPAWNER_SINGLEUSER_IMAGE"] == "registry.example/singleuser:2"
+    platform = LLMPlatform.from_env(c.JupyterHub.services[0]["environment"])
+    assert platform.namespace == "llm"
+    assert platform.image == "registry.example/singleuser:2"
+    assert platform.queue_url == "http://hub:10101/services/llm-queue/"
+    assert platform.to_dict() == dict(c.LLMPlatform)
+    # The spawner's namespace and image agree with the platform's.
+    assert (c.LLMSpawner.namespace, c.LLMSpawner.image) == (platform.namespace, platform.image)
     assert c.LLMSpawner.environment == {
         "FROM_CHART": "1",
         "BOTH": "llmspawner",
@@ -173,3 +189,24 @@ def test_configure_queue_on_jupyterhub_5_defines_the_user_role():
     )
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles["user"] == {"name": "user", "scopes": ["self", ACCESS_SCOPE]}
+
+
+def test_configure_queue_keeps_a_configured_queue_url():
+    c = Config()
+    c.LLMPlatform.queue_url = "https://llm.example.org/services/llm-queue/"
+    configure_queue(c, {"LLMSPAWNER_QUEUE_SERVICE_URL": "http://hub:10101"})
+    assert c.LLMSpawner.environment["LLMSPAWNER_QUEUE_URL"] == c.LLMPlatform.queue_url
+    env = {"LLMSPAWNER_QUEUE_CLIENT_URL": "http://q:1/"}
+    configure_queue(c2 := Config(), env)
+    assert c2.LLMPlatform.queue_url == "http://q:1/"
+    assert c2.LLMSpawner.environment["LLMSPAWNER_QUEUE_URL"] == "http://q:1/"
+    assert ENV_VAR in c2.JupyterHub.services[0]["environment"]
+
+
+def test_configure_queue_names_a_bad_switch():
+    import pytest
+
+    from llmspawner.settings import SettingError
+
+    with pytest.raises(SettingError, match="^LLMSPAWNER_QUEUE must be one of 1, true"):
+        configure_queue(Config(), {"LLMSPAWNER_QUEUE": "maybe"})
