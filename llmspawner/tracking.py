@@ -1,30 +1,50 @@
-"""A user's MLflow experiment: its name, the pod environment, and making sure it exists.
+"""The one MLflow module: a user's experiment (name, pod environment, making sure it exists),
+a queue job's run (found by its job-id tag) and the links to both.
 
 Each user reports to their own experiment (default ``{username}-experiments``) on one shared
 MLflow tracking server. The user's server (``spawner``) and the batch queue's Jobs (``queue``)
-both take the name and the environment from here.
+both take the name and the environment from here, and nothing else in llmspawner talks to
+MLflow.
 
-Names and environment are pure functions; :func:`ensure_experiment` is the one I/O call, made
-through MLflow's REST API (https://mlflow.org/docs/latest/api_reference/rest-api.html) with
-tornado's async HTTP client, so that the hub's event loop is never blocked.
+Names, environment and links are pure functions. The I/O goes through MLflow's REST API
+(https://mlflow.org/docs/latest/api_reference/rest-api.html) with tornado's async HTTP client,
+so that the hub's event loop is never blocked. One error policy: every I/O function raises
+:class:`TrackingUnavailable` when MLflow cannot be reached or refuses; the caller decides
+(a server starts anyway, a Job runs anyway). One cache policy: :class:`Tracker` keeps the
+experiment ids it found for the life of the process, and remembers a failure only for
+``retry_after`` seconds (meanwhile it raises at once, without asking MLflow again).
 """
 
 from __future__ import annotations
 
 import json
 import string
+import time
+from collections.abc import Callable
 from urllib.parse import quote, urlencode
 
 from .storage import user_slug
 
 #: The default template of a user's experiment name.
 DEFAULT_EXPERIMENT_TEMPLATE = "{username}-experiments"
+#: The MLflow run tag holding a queue job's id; a queue Job sets it through ``MLFLOW_TAGS``
+#: (read by transformers' ``MLflowCallback``), and :func:`find_job_run` searches by it.
+JOB_ID_TAG = "llmspawner.job_id"
 
 _TEMPLATE_FIELDS = {"username", "slug"}
 
 
 class TrackingUnavailable(Exception):
-    """MLflow could not be reached or refused the request; the message says why."""
+    """MLflow could not be reached or refused the request; the message says why.
+
+    Attributes:
+        cached: ``True`` when :class:`Tracker` raised it without asking MLflow (a failure
+            less than ``retry_after`` seconds ago), so callers may log it more quietly.
+    """
+
+    def __init__(self, message: str, *, cached: bool = False):
+        super().__init__(message)
+        self.cached = cached
 
 
 def check_experiment_template(template: str) -> str:
@@ -88,6 +108,107 @@ def experiment_url(tracking_uri: str, experiment_id: str) -> str:
     return f"{tracking_uri.rstrip('/')}/#/experiments/{quote(str(experiment_id))}"
 
 
+def run_url(ui_url: str, run_id: str) -> str:
+    """Return the MLflow UI link of a run (``<ui>/#/runs/<id>``, which MLflow's UI redirects
+    to the run's page in its experiment)."""
+    return f"{ui_url.rstrip('/')}/#/runs/{quote(str(run_id))}"
+
+
+def job_run_filter(job_id: int | str) -> str:
+    """MLflow's ``runs/search`` filter of the runs tagged with a queue job's id:
+    ``tags."llmspawner.job_id" = '<id>'`` (a tag key with a dot must be quoted,
+    https://mlflow.org/docs/latest/ml/search/search-runs/)."""
+    return f"tags.\"{JOB_ID_TAG}\" = '{int(job_id)}'"
+
+
+async def _call(
+    client, tracking_uri: str, method: str, path: str, body: dict | None, *, timeout, headers
+) -> tuple[int, dict]:
+    """One REST call: ``(HTTP status, JSON body or {})``.
+
+    Raises:
+        TrackingUnavailable: no HTTP response (refused, timed out).
+    """
+    from tornado.httpclient import HTTPClientError
+
+    url = tracking_uri.rstrip("/") + "/api/2.0/mlflow/" + path
+    try:
+        resp = await client.fetch(
+            url,
+            method=method,
+            body=None if body is None else json.dumps(body),
+            headers={"Content-Type": "application/json", **(headers or {})},
+            connect_timeout=timeout,
+            request_timeout=timeout,
+            raise_error=False,
+        )
+    except (OSError, HTTPClientError) as e:
+        raise TrackingUnavailable(f"MLflow at {tracking_uri} is unreachable: {e}") from e
+    if resp.code == 599:  # tornado's code for "no HTTP response" (timeout, refused)
+        raise TrackingUnavailable(
+            f"MLflow at {tracking_uri} is unreachable: {resp.error or 'no response'}"
+        )
+    try:
+        data = json.loads(resp.body or b"{}")
+    except ValueError:
+        data = {}
+    return resp.code, data if isinstance(data, dict) else {}
+
+
+def _client(http_client):
+    from tornado.httpclient import AsyncHTTPClient
+
+    return http_client or AsyncHTTPClient()
+
+
+async def find_job_run(
+    tracking_uri: str,
+    experiment_id: str,
+    job_id: int | str,
+    *,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+    http_client=None,
+) -> str | None:
+    """Return the id of the newest run of queue job ``job_id`` in an experiment, or ``None``.
+
+    Searches ``POST runs/search`` with :func:`job_run_filter` (the tag :data:`JOB_ID_TAG`
+    that the job's pod sets through ``MLFLOW_TAGS``); the run's name is not used.
+
+    Args:
+        tracking_uri: base URL of the MLflow tracking server.
+        experiment_id: the experiment to search (:func:`ensure_experiment`).
+        job_id: the queue job's id.
+        timeout: per-request timeout in seconds.
+        headers: extra HTTP headers.
+        http_client: a ``tornado.httpclient.AsyncHTTPClient``; the shared one when omitted.
+
+    Raises:
+        TrackingUnavailable: MLflow could not be reached in time or answered with an error.
+    """
+    body = {
+        "experiment_ids": [str(experiment_id)],
+        "filter": job_run_filter(job_id),
+        "max_results": 1,
+        "order_by": ["attributes.start_time DESC"],
+    }
+    code, data = await _call(
+        _client(http_client),
+        tracking_uri,
+        "POST",
+        "runs/search",
+        body,
+        timeout=timeout,
+        headers=headers,
+    )
+    if code != 200:
+        raise TrackingUnavailable(
+            f"MLflow at {tracking_uri} refused to search runs ({code}): {_message(data)}"
+        )
+    runs = data.get("runs") or []
+    return str(runs[0]["info"]["run_id"]) if runs else None
+
+
 async def ensure_experiment(
     tracking_uri: str,
     name: str,
@@ -114,34 +235,18 @@ async def ensure_experiment(
     Raises:
         TrackingUnavailable: MLflow could not be reached in time or answered with an error.
     """
-    from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-
-    client = http_client or AsyncHTTPClient()
-    base = tracking_uri.rstrip("/") + "/api/2.0/mlflow/experiments/"
-    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    client = _client(http_client)
 
     async def call(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        try:
-            resp = await client.fetch(
-                base + path,
-                method=method,
-                body=None if body is None else json.dumps(body),
-                headers=hdrs,
-                connect_timeout=timeout,
-                request_timeout=timeout,
-                raise_error=False,
-            )
-        except (OSError, HTTPClientError) as e:
-            raise TrackingUnavailable(f"MLflow at {tracking_uri} is unreachable: {e}") from e
-        if resp.code == 599:  # tornado's code for "no HTTP response" (timeout, refused)
-            raise TrackingUnavailable(
-                f"MLflow at {tracking_uri} is unreachable: {resp.error or 'no response'}"
-            )
-        try:
-            data = json.loads(resp.body or b"{}")
-        except ValueError:
-            data = {}
-        return resp.code, data
+        return await _call(
+            client,
+            tracking_uri,
+            method,
+            "experiments/" + path,
+            body,
+            timeout=timeout,
+            headers=headers,
+        )
 
     async def get() -> dict | None:
         code, data = await call("GET", "get-by-name?" + urlencode({"experiment_name": name}))
@@ -176,3 +281,97 @@ async def ensure_experiment(
 
 def _message(data: dict) -> str:
     return str(data.get("message") or data.get("error_code") or "no details")
+
+
+class Tracker:
+    """The MLflow I/O of a long-running service (the queue), with the one cache policy.
+
+    Experiment ids found are kept for the life of the object (an experiment's id never
+    changes; a deleted one is restored with the same id by :func:`ensure_experiment`). After a
+    failure, calls raise :class:`TrackingUnavailable` at once, without I/O, for
+    ``retry_after`` seconds; then MLflow is asked again. Failures are never cached for longer.
+
+    Args:
+        tracking_uri: the MLflow URL this process can reach.
+        ui_url: MLflow's URL in links shown to users (default ``tracking_uri``).
+        timeout: seconds per request.
+        retry_after: seconds a failure is remembered.
+        clock: monotonic clock in seconds (injectable for tests).
+        http_client: a ``tornado.httpclient.AsyncHTTPClient`` (default: the shared one).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        ui_url: str = "",
+        timeout: float = 5.0,
+        retry_after: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        http_client=None,
+    ):
+        self.tracking_uri = tracking_uri.rstrip("/")
+        self.ui_url = (ui_url or tracking_uri).rstrip("/")
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self._clock = clock
+        self._http_client = http_client
+        self._experiments: dict[str, str] = {}
+        self._failed: tuple[float, str] | None = None
+
+    def _check_backoff(self) -> None:
+        if self._failed is not None:
+            at, message = self._failed
+            if self._clock() - at < self.retry_after:
+                raise TrackingUnavailable(
+                    f"{message} (not retried for {self.retry_after:g} s)", cached=True
+                )
+            self._failed = None
+
+    async def _guarded(self, coro):
+        """Await ``coro`` (made after :meth:`_check_backoff` passed); remember a failure."""
+        try:
+            return await coro
+        except TrackingUnavailable as e:
+            self._failed = (self._clock(), str(e))
+            raise
+
+    async def experiment_id(self, name: str) -> str:
+        """The id of experiment ``name``, made to exist (:func:`ensure_experiment`); cached.
+
+        Raises:
+            TrackingUnavailable: MLflow failed now or less than ``retry_after`` s ago.
+        """
+        if name in self._experiments:
+            return self._experiments[name]
+        self._check_backoff()
+        exp_id = await self._guarded(
+            ensure_experiment(
+                self.tracking_uri, name, timeout=self.timeout, http_client=self._http_client
+            )
+        )
+        self._experiments[name] = exp_id
+        return exp_id
+
+    async def find_job_run(self, experiment: str, job_id: int | str) -> str | None:
+        """The id of queue job ``job_id``'s newest run in experiment ``experiment`` (a name),
+        or ``None`` while it has none (:func:`find_job_run`).
+
+        Raises:
+            TrackingUnavailable: MLflow failed now or less than ``retry_after`` s ago.
+        """
+        exp_id = await self.experiment_id(experiment)
+        self._check_backoff()
+        return await self._guarded(
+            find_job_run(
+                self.tracking_uri,
+                exp_id,
+                job_id,
+                timeout=self.timeout,
+                http_client=self._http_client,
+            )
+        )
+
+    def run_url(self, run_id: str) -> str:
+        """The MLflow UI link of a run (:func:`run_url` with ``ui_url``)."""
+        return run_url(self.ui_url, run_id)

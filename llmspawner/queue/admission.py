@@ -27,7 +27,7 @@ pod wait, Pending, in the scheduler until a slice frees. Under Kueue (``kueue`` 
 module is not used: Kueue admits the suspended Jobs.
 
 Cost: O(n log n) in the queued jobs; about 10 ms of CPU time for 10,000 jobs from 100 users on
-4 profiles (``tests/unit/test_queue_admission.py``, ``benchmarks/queue.py``).
+4 profiles (``tests/unit/test_queue_admission.py``, ``benchmarks/queue_throughput.py``).
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-#: Job priorities, highest first.
-PRIORITIES = ("high", "normal", "low")
-#: PriorityClass of each priority (created by the Helm chart / ``deploy/`` manifests).
-PRIORITY_CLASSES = {"high": "llm-high", "normal": "llm-normal", "low": "llm-low"}
+from .states import PRIORITIES, PRIORITY_CLASSES
+
+__all__ = ["PRIORITIES", "PRIORITY_CLASSES", "ActiveJob", "Decision", "QueuedJob", "decide"]
 
 _RANK = {p: i for i, p in enumerate(PRIORITIES)}
 

@@ -6,13 +6,17 @@ service sets after the hub's login (:class:`jupyterhub.services.auth.HubOAuth`).
 answers with the token owner's model and the token's scopes; a caller is let in only if the
 token holds one of ``access_scopes`` (explicit: with none configured, JupyterHub's
 ``HubAuth`` would accept any valid token). A *queue admin* is a hub admin (when
-``admins_from_hub``) or a token holding ``admin_scope`` (``custom:llm-queue:admin``); admins
+``admins_from_hub``) or a token holding ``admin_scope``
+(:data:`llmspawner.queue.states.ADMIN_SCOPE`); admins
 see and act on every job, everyone else only on their own, and another user's job answers
 ``404`` exactly as a job that does not exist.
 
 Errors are JSON ``{"error": <sentence>, "field": <request field or null>}`` (an invalid
 training config adds ``"problems": [{"field", "message"}, ...]``); tokens never appear in
 logs or answers. The API is documented in ``docs/queue-api.md``.
+
+The handlers only parse requests and write answers: every operation is a method of
+:class:`~llmspawner.queue.operations.QueueOperations` (``settings["ops"]``).
 """
 
 from __future__ import annotations
@@ -36,9 +40,8 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from .admission import PRIORITIES
-from .backend import KubeError
-from .reconcile import STATES, JobQueue, QueueError
+from .operations import QueueError, QueueOperations
+from .states import ADMIN_SCOPE, CANCELLABLE_STATES, DEFAULT_PRIORITY, PRIORITIES, STATES
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,10 @@ TEMPLATES = Path(__file__).parent / "templates"
 MAX_BODY = 1024 * 1024
 #: Most jobs one list call returns.
 MAX_LIST = 1000
+#: Badge colour of each state in the pages.
+STATE_COLORS = dict(
+    zip(STATES, ("#6c757d", "#0dcaf0", "#0d6efd", "#198754", "#dc3545", "#adb5bd"), strict=True)
+)
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.hub_auth = self.settings["hub_auth"]
 
     @property
-    def queue(self) -> JobQueue:
-        return self.settings["queue"]
+    def ops(self) -> QueueOperations:
+        """The service's operations (:class:`~llmspawner.queue.operations.QueueOperations`)."""
+        return self.settings["ops"]
 
     @property
     def hub_scopes(self) -> set[str]:
@@ -221,8 +229,8 @@ class JobListAPIHandler(APIHandler):
         limit = self.get_argument("limit", "200")
         if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIST:
             raise QueueError(400, f"limit must be a whole number 1..{MAX_LIST}", "limit")
-        rows = self.queue.list(user=user, state=state, limit=int(limit))
-        self.write_json({"jobs": [self.queue.view(r) for r in rows]})
+        rows = self.ops.list(user=user, state=state, limit=int(limit))
+        self.write_json({"jobs": self.ops.views(rows)})
 
     async def post(self):
         if self.caller.kind != "user":
@@ -238,12 +246,13 @@ class JobListAPIHandler(APIHandler):
             raise QueueError(400, "must be YAML/JSON text or an object", "config")
         profile = body.get("profile")
         if not isinstance(profile, str) or not profile:
-            allowed = ", ".join(p.slug for p in self.queue.profiles.values())
+            allowed = ", ".join(self.ops.profile_slugs())
             raise QueueError(400, f"a profile is required; allowed: {allowed}", "profile")
-        priority = body.get("priority", "normal")
+        priority = body.get("priority", DEFAULT_PRIORITY)
         if not isinstance(priority, str):
-            raise QueueError(400, "must be high, normal or low", "priority")
-        view = await self.queue.submit(
+            choices = f"{', '.join(PRIORITIES[:-1])} or {PRIORITIES[-1]}"
+            raise QueueError(400, f"must be {choices}", "priority")
+        view = await self.ops.submit(
             user=self.caller.name,
             groups=self.caller.groups,
             config=config,
@@ -258,11 +267,11 @@ class JobAPIHandler(APIHandler):
     """``GET api/jobs/<id>`` (show, with the prepared config), ``DELETE`` (cancel)."""
 
     async def get(self, job_id):
-        row = self.queue.get(_job_id(job_id), user=self.scope_user())
-        self.write_json(self.queue.view(row, with_config=True))
+        row = self.ops.get(_job_id(job_id), user=self.scope_user())
+        self.write_json(self.ops.view(row, with_config=True))
 
     async def delete(self, job_id):
-        view = await self.queue.cancel(_job_id(job_id), user=self.scope_user(), by=self.caller.name)
+        view = await self.ops.cancel(_job_id(job_id), user=self.scope_user(), by=self.caller.name)
         self.write_json(view)
 
 
@@ -270,45 +279,27 @@ class JobLogsAPIHandler(APIHandler):
     """``GET api/jobs/<id>/logs[?follow=1&tail=N]``: the newest pod's log, ``text/plain``."""
 
     async def get(self, job_id):
-        row = self.queue.get(_job_id(job_id), user=self.scope_user())
         follow = self.get_argument("follow", "") in ("1", "true", "yes")
         tail = self.get_argument("tail", "")
         if tail and not tail.isdigit():
             raise QueueError(400, "tail must be a whole number of lines", "tail")
-        try:
-            pod = await self.queue.backend.latest_pod(row.id)
-        except KubeError as e:
-            raise QueueError(503, f"cannot reach the cluster: {e.message}") from None
-        if pod is None:
-            hint = (
-                "it has not started yet"
-                if row.state in ("queued", "admitted")
-                else ("its pod was removed (finished Jobs are deleted after a while)")
-            )
-            raise QueueError(409, f"job {row.id} has no log: {hint} (state: {row.state})", "id")
-        stream = self.queue.backend.stream_log(
-            pod["metadata"]["name"], follow=follow, tail_lines=int(tail) if tail else None
+        stream = await self.ops.open_log(
+            _job_id(job_id),
+            user=self.scope_user(),
+            follow=follow,
+            tail=int(tail) if tail else None,
         )
-        started = False
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
         try:
             async for chunk in stream:
-                if not started:
-                    self.set_header("Content-Type", "text/plain; charset=utf-8")
-                    self.set_header("Cache-Control", "no-cache")
-                    started = True
                 self.write(chunk)
                 if follow:
                     await self.flush()
-        except KubeError as e:
-            if started:
-                return
-            raise QueueError(409, f"job {row.id} has no log yet: {e.message}", "id") from None
         except StreamClosedError:
             return
         finally:
             await stream.aclose()
-        if not started:
-            self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish()
 
 
@@ -317,7 +308,7 @@ class UserLimitAPIHandler(APIHandler):
 
     async def get(self, name):
         self.scope_user(name)
-        self.write_json({"user": name, "max_running": self.queue.limit_of(name)})
+        self.write_json({"user": name, "max_running": self.ops.limit_of(name)})
 
     async def put(self, name):
         if not self.caller.admin:
@@ -326,9 +317,9 @@ class UserLimitAPIHandler(APIHandler):
         unknown = sorted(set(body) - {"max_running"})
         if unknown:
             raise QueueError(400, "unknown field; allowed: max_running", unknown[0])
-        self.queue.set_limit(name, body.get("max_running"))
+        self.ops.set_limit(name, body.get("max_running"))
         log.info("%s set the running-job limit of %s to %s", self.caller.name, name, body)
-        self.write_json({"user": name, "max_running": self.queue.limit_of(name)})
+        self.write_json({"user": name, "max_running": self.ops.limit_of(name)})
 
 
 class ProfilesAPIHandler(APIHandler):
@@ -339,8 +330,7 @@ class ProfilesAPIHandler(APIHandler):
             {
                 "profiles": [
                     {"slug": p.slug, "display_name": p.display_name, "default": p.default}
-                    for p in self.queue.profiles.values()
-                    if p.allows(self.caller.groups)
+                    for p in self.ops.allowed_profiles(self.caller.groups)
                 ]
             }
         )
@@ -381,6 +371,11 @@ class PageHandler(BaseHandler):
             prefix=self.settings["prefix"],
             hub_prefix=self.settings["hub_prefix"],
             caller=self.current_user,
+            states=STATES,
+            cancellable_states=CANCELLABLE_STATES,
+            state_colors=STATE_COLORS,
+            priorities=PRIORITIES,
+            default_priority=DEFAULT_PRIORITY,
             xsrf_form_html=lambda: markupsafe.Markup(self.xsrf_form_html()),
             **context,
         )
@@ -415,16 +410,14 @@ class JobsPage(PageHandler):
             "user": self.get_query_argument("user", "") or None,
             "state": self.get_query_argument("state", "") or None,
         }
-        rows = self.queue.list(
+        rows = self.ops.list(
             user=self.scope_user(filters["user"]), state=filters["state"], limit=500
         )
         self.render_page(
             "jobs.html",
             status,
-            jobs=[self.queue.view(r) for r in rows],
-            profiles=[p for p in self.queue.profiles.values() if p.allows(self.caller.groups)],
-            priorities=PRIORITIES,
-            states=STATES,
+            jobs=self.ops.views(rows),
+            profiles=self.ops.allowed_profiles(self.caller.groups),
             filters=filters,
             error=error,
             form=form or {},
@@ -437,7 +430,7 @@ class JobsPage(PageHandler):
         form = {
             "config": self.get_body_argument("config", ""),
             "profile": self.get_body_argument("profile", ""),
-            "priority": self.get_body_argument("priority", "normal"),
+            "priority": self.get_body_argument("priority", DEFAULT_PRIORITY),
         }
         upload = self.request.files.get("config_file")
         if upload and upload[0]["body"]:
@@ -448,7 +441,7 @@ class JobsPage(PageHandler):
                 self._page(400, error=error, form=form)
                 return
         try:
-            view = await self.queue.submit(
+            view = await self.ops.submit(
                 user=self.caller.name,
                 groups=self.caller.groups,
                 config=form["config"],
@@ -467,21 +460,9 @@ class JobPage(PageHandler):
     TAIL = 200
 
     async def get(self, job_id):
-        row = self.queue.get(_job_id(job_id), user=self.scope_user())
-        log_text = "(no log yet)"
-        try:
-            pod = await self.queue.backend.latest_pod(row.id)
-            if pod is not None:
-                chunks = [
-                    c
-                    async for c in self.queue.backend.stream_log(
-                        pod["metadata"]["name"], tail_lines=self.TAIL
-                    )
-                ]
-                log_text = b"".join(chunks).decode("utf-8", "replace") or "(empty)"
-        except KubeError as e:
-            log_text = f"(no log: {e.message})"
-        view = self.queue.view(row, with_config=True)
+        row = self.ops.get(_job_id(job_id), user=self.scope_user())
+        log_text = await self.ops.log_tail(row, self.TAIL)
+        view = self.ops.view(row, with_config=True)
         self.render_page(
             "job.html",
             job=view,
@@ -496,7 +477,7 @@ class CancelPage(PageHandler):
 
     async def post(self, job_id):
         job_id = _job_id(job_id)
-        await self.queue.cancel(job_id, user=self.scope_user(), by=self.caller.name)
+        await self.ops.cancel(job_id, user=self.scope_user(), by=self.caller.name)
         self.redirect(url_path_join(self.settings["prefix"], "jobs", str(job_id)))
 
 
@@ -511,11 +492,11 @@ def page_routes(prefix: str) -> list[tuple]:
 
 def make_app(
     *,
-    queue: JobQueue,
+    ops: QueueOperations,
     hub_auth: HubOAuth,
     prefix: str,
     access_scopes: set[str],
-    admin_scope: str = "custom:llm-queue:admin",
+    admin_scope: str = ADMIN_SCOPE,
     admins_from_hub: bool = True,
     cookie_secret: bytes,
     extra_routes: list[tuple] = (),
@@ -524,7 +505,7 @@ def make_app(
     """Return the tornado application of the service.
 
     Args:
-        queue: the :class:`~llmspawner.queue.reconcile.JobQueue`.
+        ops: the :class:`~llmspawner.queue.operations.QueueOperations`.
         hub_auth: a configured :class:`~jupyterhub.services.auth.HubOAuth`.
         prefix: the service's URL prefix (``JUPYTERHUB_SERVICE_PREFIX``).
         access_scopes: scopes a token needs to use the service, e.g.
@@ -543,7 +524,7 @@ def make_app(
     return web.Application(
         [*extra_routes, *api_routes(prefix)],
         hub_auth=hub_auth,
-        queue=queue,
+        ops=ops,
         access_scopes=set(access_scopes),
         admin_scope=admin_scope,
         admins_from_hub=admins_from_hub,

@@ -1,4 +1,4 @@
-"""The queue's I/O: Kubernetes (Jobs, pods, logs, capacity) and MLflow (experiments, runs).
+"""The queue's Kubernetes I/O: Jobs, their pods and logs, and the Node/Pod listing for capacity.
 
 Every call goes through :class:`KubeBackend`, which talks to the API server with
 ``kubernetes_asyncio`` and returns plain JSON dicts (``_preload_content=False``): the builders
@@ -7,6 +7,9 @@ client model is ever (de)serialised. As in kubespawner, each call runs under a p
 timeout (``request_timeout`` seconds) inside a total retry budget (``retry_timeout`` seconds)
 for transient failures (no response, 429, 5xx); ``409 Conflict`` on create and ``404 Not
 Found`` on delete are expected outcomes, handled on purpose.
+
+The Node/Pod listing for admission is :class:`llmspawner.capacity.ClusterLister`, the one lister
+that the spawn form uses too (:attr:`KubeBackend.capacity`). MLflow is :mod:`llmspawner.tracking`.
 
 Objects of the queue carry the label ``app.kubernetes.io/managed-by=llm-queue``
 (:data:`MANAGED_SELECTOR`); the service only ever lists, watches and deletes those.
@@ -25,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from ..capacity import CapacityCache
+from ..capacity import ClusterLister
 from .k8s_objects import LABEL_JOB_ID, LABEL_MANAGED_BY, MANAGED_BY
 
 log = logging.getLogger(__name__)
@@ -93,7 +96,7 @@ class KubeBackend:
         retry_timeout: seconds all attempts of one call may take together (transient
             failures only).
         capacity_ttl: seconds a Node/Pod listing for capacity is reused
-            (:class:`~llmspawner.capacity.CapacityCache`).
+            (:attr:`capacity`, a :class:`~llmspawner.capacity.ClusterLister`).
         clock: monotonic clock in seconds (injectable).
     """
 
@@ -113,7 +116,10 @@ class KubeBackend:
         self.request_timeout = request_timeout
         self.retry_timeout = retry_timeout
         self._clock = clock
-        self.capacity = CapacityCache(self.list_nodes, self.list_all_pods, ttl=capacity_ttl)
+        #: Nodes and the namespace's pods (users' servers and Job pods alike), cached.
+        self.capacity = ClusterLister(
+            self._core, namespace, ttl=capacity_ttl, request_timeout=request_timeout
+        )
         self._client_lock = asyncio.Lock()
 
     # -- client -------------------------------------------------------------------------
@@ -309,18 +315,6 @@ class KubeBackend:
         have = {item["metadata"]["name"] for item in data.get("items") or []}
         return [n for n in names if n not in have]
 
-    # -- capacity -----------------------------------------------------------------------
-
-    async def list_nodes(self) -> list[dict]:
-        """Return every Node (for the GPU slices they offer)."""
-        data = await self._json((await self._core()).list_node)
-        return data.get("items") or []
-
-    async def list_all_pods(self) -> list[dict]:
-        """Return every pod of the namespace: users' servers and the queue's Jobs alike."""
-        data = await self._json((await self._core()).list_namespaced_pod, self.namespace)
-        return data.get("items") or []
-
     # -- logs ---------------------------------------------------------------------------
 
     async def latest_pod(self, job_id: int) -> dict | None:
@@ -406,79 +400,3 @@ class KubeBackend:
             except Exception as e:  # a watch is only a trigger; resync covers the gap
                 log.debug("Watch %s ended: %s", method_name, e)
                 await asyncio.sleep(1.0)
-
-
-class MlflowRuns:
-    """The queue's MLflow I/O: make a user's experiment exist, find a job's run.
-
-    Calls MLflow's REST API (https://mlflow.org/docs/latest/api_reference/rest-api.html)
-    with tornado's async HTTP client, like :func:`llmspawner.tracking.ensure_experiment`.
-    Failures are logged and answered with ``None``: tracking never blocks a training.
-
-    Args:
-        tracking_uri: the MLflow URL the service can reach.
-        ui_url: the MLflow URL for links shown to users (default ``tracking_uri``).
-        timeout: seconds per request.
-    """
-
-    def __init__(self, tracking_uri: str, *, ui_url: str = "", timeout: float = 5.0):
-        self.tracking_uri = tracking_uri.rstrip("/")
-        self.ui_url = (ui_url or tracking_uri).rstrip("/")
-        self.timeout = timeout
-        self._experiments: dict[str, str] = {}
-
-    async def ensure(self, experiment: str) -> str | None:
-        """Make sure the experiment exists; return its id (``None`` if MLflow failed)."""
-        from ..tracking import TrackingUnavailable, ensure_experiment
-
-        if experiment in self._experiments:
-            return self._experiments[experiment]
-        try:
-            exp_id = await ensure_experiment(self.tracking_uri, experiment, timeout=self.timeout)
-        except TrackingUnavailable as e:
-            log.warning("Cannot make sure MLflow experiment %s exists: %s", experiment, e)
-            return None
-        self._experiments[experiment] = exp_id
-        return exp_id
-
-    async def find_run(self, experiment: str, run_name: str) -> str | None:
-        """Return the id of the newest run named ``run_name`` in ``experiment``, or ``None``.
-
-        LLaMA-Factory's ``run_name`` (the job's Job name) becomes the run's
-        ``mlflow.runName`` tag through transformers' ``MLflowCallback``.
-        """
-        from tornado.httpclient import AsyncHTTPClient
-
-        exp_id = await self.ensure(experiment)
-        if exp_id is None:
-            return None
-        body = {
-            "experiment_ids": [exp_id],
-            "filter": f"tags.mlflow.runName = '{run_name}'",
-            "max_results": 1,
-            "order_by": ["attributes.start_time DESC"],
-        }
-        try:
-            resp = await AsyncHTTPClient().fetch(
-                f"{self.tracking_uri}/api/2.0/mlflow/runs/search",
-                method="POST",
-                body=json.dumps(body),
-                headers={"Content-Type": "application/json"},
-                request_timeout=self.timeout,
-                connect_timeout=self.timeout,
-                raise_error=False,
-            )
-            runs = json.loads(resp.body or b"{}").get("runs") if resp.code == 200 else None
-        except (OSError, ValueError) as e:
-            log.warning("Cannot search MLflow runs of %s: %s", experiment, e)
-            return None
-        if not runs:
-            return None
-        return runs[0]["info"]["run_id"]
-
-    def run_url(self, run_id: str) -> str:
-        """Return the MLflow UI link of a run (``<ui>/#/runs/<id>``, which MLflow's UI
-        redirects to the run's page in its experiment)."""
-        from urllib.parse import quote
-
-        return f"{self.ui_url}/#/runs/{quote(run_id)}"

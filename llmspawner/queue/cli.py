@@ -27,8 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
-PRIORITIES = ("high", "normal", "low")
-STATES = ("queued", "admitted", "running", "succeeded", "failed", "cancelled")
+# The client imports no server module (no tornado, sqlalchemy, kubernetes_asyncio,
+# jupyterhub): only the standard library, httpx and the queue's names.
+from .states import DEFAULT_PRIORITY, PRIORITIES, SERVICE_NAME, STATES
+
+#: The service's path below the hub's URL.
+SERVICE_PATH = f"/services/{SERVICE_NAME}/"
 
 
 class CLIError(Exception):
@@ -43,7 +47,7 @@ def queue_url(env: Mapping[str, str], override: str | None = None) -> str:
     """Return the queue service's URL (ending with ``/``).
 
     Order: ``override`` (``--url``), ``LLMSPAWNER_QUEUE_URL``, then ``JUPYTERHUB_API_URL``
-    with its ``/hub/api`` replaced by ``/services/llm-queue/``.
+    with its ``/hub/api`` replaced by :data:`SERVICE_PATH` (``/services/llm-queue/``).
 
     Raises:
         CLIError: none of them is set (status 2).
@@ -53,12 +57,12 @@ def queue_url(env: Mapping[str, str], override: str | None = None) -> str:
         api = (env.get("JUPYTERHUB_API_URL") or "").rstrip("/")
         if not api:
             raise CLIError(
-                "set LLMSPAWNER_QUEUE_URL (https://<hub>/services/llm-queue/) or "
+                f"set LLMSPAWNER_QUEUE_URL (https://<hub>{SERVICE_PATH}) or "
                 "JUPYTERHUB_API_URL (https://<hub>/hub/api)",
                 2,
             )
         base = api[: -len("/hub/api")] if api.endswith("/hub/api") else api
-        url = f"{base}/services/llm-queue/"
+        url = f"{base}{SERVICE_PATH}"
     return url.rstrip("/") + "/"
 
 
@@ -71,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("submit", help="submit a LLaMA-Factory training config")
     p.add_argument("config", help="the training config, YAML or JSON ('-': standard input)")
     p.add_argument("--profile", required=True, help="GPU profile slug, e.g. medium")
-    p.add_argument("--priority", choices=PRIORITIES, default="normal")
+    p.add_argument("--priority", choices=PRIORITIES, default=DEFAULT_PRIORITY)
     p = sub.add_parser("list", help="list your jobs (admins: everyone's)")
     p.add_argument("--state", choices=STATES)
     p.add_argument("--user", help="only this user's jobs (admins)")

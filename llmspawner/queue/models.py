@@ -15,14 +15,7 @@ import datetime
 from sqlalchemy import CheckConstraint, DateTime, Integer, MetaData, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: Every state of a job, in lifecycle order.
-STATES = ("queued", "admitted", "running", "succeeded", "failed", "cancelled")
-#: States that hold a GPU slice (admission counts them per user and per profile).
-ACTIVE_STATES = ("admitted", "running")
-#: States a job never leaves.
-FINAL_STATES = ("succeeded", "failed", "cancelled")
-#: Allowed priorities (same as :data:`llmspawner.queue.admission.PRIORITIES`).
-PRIORITIES = ("high", "normal", "low")
+from .states import DEFAULT_PRIORITY, PRIORITIES, QUEUED, STATES
 
 # Stable constraint names, so that alembic migrations can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -67,8 +60,8 @@ class Job(Base):
         id: never reused (SQLite ``AUTOINCREMENT``), as it names the Kubernetes Job.
         user: the owner's hub name (raw, not the slug).
         profile: the GPU profile slug.
-        priority: ``high``, ``normal`` or ``low``.
-        state: one of :data:`STATES`.
+        priority: one of :data:`llmspawner.queue.states.PRIORITIES`.
+        state: one of :data:`llmspawner.queue.states.STATES`.
         reason: a plain sentence for the state (why it waits, why it failed); ``""`` if none.
         config: the prepared LLaMA-Factory config as JSON text
             (:func:`llmspawner.queue.lf_config.prepare_config`).
@@ -89,8 +82,8 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user: Mapped[str] = mapped_column(String(255), index=True)
     profile: Mapped[str] = mapped_column(String(63))
-    priority: Mapped[str] = mapped_column(String(16), default="normal")
-    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    priority: Mapped[str] = mapped_column(String(16), default=DEFAULT_PRIORITY)
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     config: Mapped[str] = mapped_column(Text, default="{}")
     submitted_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime, default=utcnow)

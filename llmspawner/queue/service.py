@@ -6,19 +6,29 @@ The hub starts it as a managed service (``python -m llmspawner.queue``, see
 ``JUPYTERHUB_SERVICE_NAME``, ``JUPYTERHUB_SERVICE_URL`` (where to listen),
 ``JUPYTERHUB_SERVICE_PREFIX`` (its URL prefix), ``JUPYTERHUB_API_URL``,
 ``JUPYTERHUB_API_TOKEN`` (its own token, used as OAuth client secret), ``JUPYTERHUB_CLIENT_ID``
-and ``JUPYTERHUB_OAUTH_CALLBACK_URL``. Every setting below is a trait (``--LLMQueue.x=...``
-on the command line, or a ``llm_queue_config.py`` file); defaults come from the same
-``LLMSPAWNER_*`` environment variables as the hub's configuration (``llmspawner.hubconfig``),
-so that the service and the spawner agree on profiles, storage and MLflow.
+and ``JUPYTERHUB_OAUTH_CALLBACK_URL``.
+
+The platform settings (profiles folder, namespace, image, uid/gid, storage, MLflow, GPUs) are
+the hub's own: :meth:`llmspawner.settings.LLMPlatform.from_env` reads them from
+``LLMSPAWNER_PLATFORM``, which the hub sets for the service, so the queue and the spawner
+agree by construction. The traits below are the queue's own settings (``--LLMQueue.x=...``
+on the command line, or a ``llm_queue_config.py`` file).
 
 Start-up: load the profiles (a broken profile stops the service with the file, field and
 allowed values), open the database (created or migrated), listen, then reconcile the
 database against the cluster (retrying while the cluster is unreachable) and run the loop.
+Afterwards the profiles are re-read through the one cache (an edit is seen within seconds,
+a broken edit keeps the last valid set).
+
+Modules: :mod:`.operations` (what a request does), :mod:`.app` (HTTP), :mod:`.control` (the
+loop), :mod:`.context` (what they share), :mod:`.backend` (Kubernetes), :mod:`.db` and
+:mod:`.models` (storage), :mod:`llmspawner.tracking` (MLflow).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -27,11 +37,12 @@ import sys
 from urllib.parse import urlsplit
 
 from tornado.httpserver import HTTPServer
-from traitlets import Bool, Float, Integer, List, Unicode, default, validate
+from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
-from .. import tracking
-from ..profiles import ClusterGPUConfig, ProfileError, load_profiles
+from ..profiles import ProfileError
+from ..settings import LLMPlatform, SettingError
+from .states import ADMIN_SCOPE, SERVICE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +57,12 @@ def _env(*names: str, default: str = "") -> str:
 class LLMQueue(Application):
     """The batch training queue service (see the module docstring)."""
 
-    name = "llm-queue"
+    name = SERVICE_NAME
     description = "Batch queue of LLaMA-Factory trainings as Kubernetes Jobs (a hub service)."
 
     aliases = {
         "db-url": "LLMQueue.db_url",
-        "namespace": "LLMQueue.namespace",
         "image": "LLMQueue.image",
-        "profiles-dir": "LLMQueue.profiles_dir",
         "log-level": "Application.log_level",
         "config": "LLMQueue.config_file",
     }
@@ -77,131 +86,20 @@ class LLMQueue(Application):
 
     @default("db_url")
     def _db_url_default(self):
-        return _env("LLMSPAWNER_QUEUE_DB_URL", default="sqlite:///llm-queue.sqlite")
-
-    namespace = Unicode(
-        config=True,
-        help="""
-        Kubernetes namespace of the Jobs; the users' servers must be in it too, since their
-        pods use the same GPU slices. Default ``$LLMSPAWNER_NAMESPACE``, else ``default``.
-        """,
-    )
-
-    @default("namespace")
-    def _namespace_default(self):
-        return _env("LLMSPAWNER_NAMESPACE", default="default")
+        return _env("LLMSPAWNER_QUEUE_DB_URL", default=f"sqlite:///{SERVICE_NAME}.sqlite")
 
     image = Unicode(
         config=True,
         help="""
-        Container image of the training Jobs (``llamafactory-cli`` on its ``PATH``); a
-        profile's own ``image`` wins. Default ``$LLMSPAWNER_QUEUE_IMAGE``, else
-        ``$LLMSPAWNER_SINGLEUSER_IMAGE`` (the user's server image has LLaMA-Factory).
+        Container image of the training Jobs only (``llamafactory-cli`` on its ``PATH``), when
+        it must differ from the users' servers' (``LLMPlatform.image``, the default); a
+        profile's own ``image`` wins over both. Default ``$LLMSPAWNER_QUEUE_IMAGE``.
         """,
     )
 
     @default("image")
     def _image_default(self):
-        return _env(
-            "LLMSPAWNER_QUEUE_IMAGE",
-            "LLMSPAWNER_SINGLEUSER_IMAGE",
-            default="llmspawner/singleuser:latest",
-        )
-
-    profiles_dir = Unicode(
-        config=True,
-        help="Folder of GPU profile files, the same as ``LLMSpawner.profiles_dir``. "
-        "Default ``$LLMSPAWNER_PROFILES_DIR``, else ``/usr/local/etc/llmspawner/profiles``.",
-    )
-
-    @default("profiles_dir")
-    def _profiles_dir_default(self):
-        return _env("LLMSPAWNER_PROFILES_DIR", default="/usr/local/etc/llmspawner/profiles")
-
-    gpu_shared_resource = Unicode(
-        config=True,
-        help="As ``LLMSpawner.gpu_shared_resource``; default ``$LLMSPAWNER_GPU_SHARED_RESOURCE``, "
-        "else ``nvidia.com/gpu``.",
-    )
-
-    @default("gpu_shared_resource")
-    def _shared_default(self):
-        return _env("LLMSPAWNER_GPU_SHARED_RESOURCE", default="nvidia.com/gpu")
-
-    gpu_replica_counts = List(
-        Integer(),
-        config=True,
-        help="As ``LLMSpawner.gpu_replica_counts``; default ``$LLMSPAWNER_GPU_REPLICA_COUNTS`` "
-        "(comma-separated), else ``2,4``.",
-    )
-
-    @default("gpu_replica_counts")
-    def _replicas_default(self):
-        value = _env("LLMSPAWNER_GPU_REPLICA_COUNTS", default="2,4")
-        return [int(v) for v in value.split(",") if v.strip()]
-
-    mig_strategy = Unicode(
-        config=True,
-        help="As ``LLMSpawner.mig_strategy``; default ``$LLMSPAWNER_MIG_STRATEGY``, "
-        "else ``mixed``.",
-    )
-
-    @default("mig_strategy")
-    def _mig_default(self):
-        return _env("LLMSPAWNER_MIG_STRATEGY", default="mixed")
-
-    storage_claim_name = Unicode(
-        config=True,
-        help="The shared PVC, as ``LLMSpawner.storage_claim_name``. Default "
-        "``$LLMSPAWNER_STORAGE_CLAIM``, else ``llm-storage``.",
-    )
-
-    @default("storage_claim_name")
-    def _claim_default(self):
-        return _env("LLMSPAWNER_STORAGE_CLAIM", default="llm-storage")
-
-    mlflow_tracking_uri = Unicode(
-        config=True,
-        help="MLflow URL for the Jobs' pods and this service, as "
-        "``LLMSpawner.mlflow_tracking_uri``. Default ``$LLMSPAWNER_MLFLOW_TRACKING_URI``; "
-        "empty: no tracking.",
-    )
-
-    @default("mlflow_tracking_uri")
-    def _mlflow_default(self):
-        return _env("LLMSPAWNER_MLFLOW_TRACKING_URI")
-
-    mlflow_experiment_template = Unicode(
-        config=True,
-        help="A user's experiment name, as ``LLMSpawner.mlflow_experiment_template``; default "
-        "``$LLMSPAWNER_MLFLOW_EXPERIMENT_TEMPLATE``, else ``{username}-experiments``.",
-    )
-
-    @default("mlflow_experiment_template")
-    def _template_default(self):
-        return _env(
-            "LLMSPAWNER_MLFLOW_EXPERIMENT_TEMPLATE", default=tracking.DEFAULT_EXPERIMENT_TEMPLATE
-        )
-
-    @validate("mlflow_experiment_template")
-    def _check_template(self, proposal):
-        try:
-            return tracking.check_experiment_template(proposal["value"])
-        except ValueError as e:
-            from traitlets import TraitError
-
-            raise TraitError(f"LLMQueue.mlflow_experiment_template: {e}") from None
-
-    mlflow_ui_url = Unicode(
-        config=True,
-        help="MLflow URL in links shown to users (default: ``mlflow_tracking_uri``), e.g. "
-        "``https://hub.example.org/mlflow`` when the pods use ``http://mlflow:5000``. "
-        "Default ``$LLMSPAWNER_MLFLOW_UI_URL``.",
-    )
-
-    @default("mlflow_ui_url")
-    def _mlflow_ui_default(self):
-        return _env("LLMSPAWNER_MLFLOW_UI_URL")
+        return _env("LLMSPAWNER_QUEUE_IMAGE")
 
     default_max_running = Integer(
         1,
@@ -252,7 +150,7 @@ class LLMQueue(Application):
     k8s_request_timeout = Float(10.0, config=True, help="Seconds per Kubernetes API request.")
 
     admin_scope = Unicode(
-        "custom:llm-queue:admin",
+        ADMIN_SCOPE,
         config=True,
         help="A token with this scope is a queue admin (declared by ``hubservice``).",
     )
@@ -273,16 +171,13 @@ class LLMQueue(Application):
 
     @default("access_scopes")
     def _access_default(self):
-        import json
-
         if os.environ.get("JUPYTERHUB_OAUTH_ACCESS_SCOPES"):
             return sorted(json.loads(os.environ["JUPYTERHUB_OAUTH_ACCESS_SCOPES"]))
-        return [f"access:services!service={_env('JUPYTERHUB_SERVICE_NAME', default='llm-queue')}"]
+        name = _env("JUPYTERHUB_SERVICE_NAME", default=SERVICE_NAME)
+        return [f"access:services!service={name}"]
 
     @validate("access_scopes")
     def _check_access(self, proposal):
-        from traitlets import TraitError
-
         if not proposal["value"]:
             raise TraitError("LLMQueue.access_scopes must not be empty")
         return proposal["value"]
@@ -320,7 +215,7 @@ class LLMQueue(Application):
 
     @default("service_prefix")
     def _prefix_default(self):
-        return _env("JUPYTERHUB_SERVICE_PREFIX", default="/services/llm-queue/")
+        return _env("JUPYTERHUB_SERVICE_PREFIX", default=f"/services/{SERVICE_NAME}/")
 
     hub_prefix = Unicode(
         config=True,
@@ -344,49 +239,23 @@ class LLMQueue(Application):
                 level=self.log_level, format="[%(levelname)s %(asctime)s %(name)s] %(message)s"
             )
 
-    def cluster_config(self) -> ClusterGPUConfig:
-        return ClusterGPUConfig(
-            shared_resource=self.gpu_shared_resource,
-            replica_counts=tuple(self.gpu_replica_counts),
-            mig_strategy=self.mig_strategy,
-        )
-
-    def build(self):
-        """Build the queue and the web application (no network I/O yet).
-
-        Returns:
-            ``(queue, app)``.
+    def platform(self) -> LLMPlatform:
+        """The platform settings the hub handed over (:meth:`LLMPlatform.from_env`).
 
         Raises:
-            SystemExit: a profile file is invalid (message names file, field, allowed values).
+            SystemExit: a setting is invalid (the message names it).
         """
-        from jupyterhub.services.auth import HubOAuth
-
-        from . import db
-        from .app import make_app, page_routes
-        from .backend import KubeBackend, MlflowRuns
-        from .reconcile import JobQueue, Settings
-
-        cluster = self.cluster_config()
         try:
-            profiles = load_profiles(self.profiles_dir, cluster)
-        except ProfileError as e:
-            self.exit_error(f"llm-queue: invalid GPU profile: {e}")
-        sessions = db.connect(self.db_url)
-        backend = KubeBackend(
-            self.namespace, request_timeout=self.k8s_request_timeout, capacity_ttl=self.capacity_ttl
-        )
-        mlflow = (
-            MlflowRuns(self.mlflow_tracking_uri, ui_url=self.mlflow_ui_url)
-            if self.mlflow_tracking_uri
-            else None
-        )
-        settings = Settings(
+            return LLMPlatform.from_env()
+        except SettingError as e:
+            self.exit_error(f"{SERVICE_NAME}: invalid platform setting: {e}")
+
+    def queue_settings(self):
+        """The queue's own settings as a :class:`~llmspawner.queue.context.QueueSettings`."""
+        from .context import QueueSettings
+
+        return QueueSettings(
             image=self.image,
-            claim_name=self.storage_claim_name,
-            tracking_uri=self.mlflow_tracking_uri,
-            mlflow_ui_url=self.mlflow_ui_url,
-            experiment_template=self.mlflow_experiment_template,
             default_limit=self.default_max_running,
             kueue_queue=self.kueue_queue or None,
             backoff_limit=self.backoff_limit,
@@ -395,11 +264,48 @@ class LLMQueue(Application):
             unschedulable_timeout=self.unschedulable_timeout,
             interval=self.admission_interval,
         )
-        queue = JobQueue(sessions, backend, profiles, cluster, settings, mlflow=mlflow)
+
+    def build(self, platform: LLMPlatform | None = None):
+        """Build the control loop and the web application (no network I/O yet).
+
+        Args:
+            platform: the platform settings (default :meth:`platform`).
+
+        Returns:
+            ``(loop, app)``: the :class:`~llmspawner.queue.control.ControlLoop` and the
+            tornado application.
+
+        Raises:
+            SystemExit: a profile file or a platform setting is invalid (the message names
+                the file, field or setting and what is allowed).
+        """
+        from jupyterhub.services.auth import HubOAuth
+
+        from . import db
+        from .app import make_app, page_routes
+        from .backend import KubeBackend
+        from .context import QueueContext
+        from .control import ControlLoop
+        from .operations import QueueOperations
+
+        platform = platform or self.platform()
+        try:
+            platform.load_profiles()
+            platform.profiles(log)  # the cache starts from the set checked here
+        except ProfileError as e:
+            self.exit_error(f"{SERVICE_NAME}: invalid GPU profile: {e}")
+        sessions = db.connect(self.db_url)
+        backend = KubeBackend(
+            platform.namespace or "default",
+            request_timeout=self.k8s_request_timeout,
+            capacity_ttl=self.capacity_ttl,
+        )
+        ctx = QueueContext(sessions, backend, platform, self.queue_settings())
+        ops = QueueOperations(ctx)
         api_url = {"api_url": self.hub_api_url} if self.hub_api_url else {}
         hub_auth = HubOAuth(parent=self, access_scopes=set(self.access_scopes), **api_url)
         app = make_app(
-            queue=queue,
+            ops=ops,
             hub_auth=hub_auth,
             prefix=self.service_prefix,
             access_scopes=set(self.access_scopes),
@@ -409,7 +315,7 @@ class LLMQueue(Application):
             extra_routes=page_routes(self.service_prefix),
             hub_prefix=self.hub_prefix,
         )
-        return queue, app
+        return ControlLoop(ctx), app
 
     def exit_error(self, message: str):
         log.critical("%s", message)
@@ -419,15 +325,17 @@ class LLMQueue(Application):
         """Listen, reconcile, and run the loop until SIGTERM/SIGINT."""
         from .app import MAX_BODY
 
-        queue, app = self.build()
+        loop_, app = self.build()
+        backend = loop_.ctx.backend
         url = urlsplit(self.bind_url)
         server = HTTPServer(app, xheaders=True, max_body_size=MAX_BODY + 4096)
         server.listen(url.port or 80, url.hostname or "")
         log.info(
-            "llm-queue listening on %s%s (namespace %s, db %s)",
+            "%s listening on %s%s (namespace %s, db %s)",
+            SERVICE_NAME,
             self.bind_url.rstrip("/"),
             self.service_prefix,
-            self.namespace,
+            backend.namespace,
             _redact(self.db_url),
         )
         stop = asyncio.Event()
@@ -435,22 +343,24 @@ class LLMQueue(Application):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         tasks = [
-            asyncio.create_task(self._start_loop(queue), name="llm-queue-loop"),
-            asyncio.create_task(queue.backend.watch_changes(queue.wake), name="llm-queue-watch"),
+            asyncio.create_task(self._start_loop(loop_), name=f"{SERVICE_NAME}-loop"),
+            asyncio.create_task(
+                backend.watch_changes(loop_.ctx.wake), name=f"{SERVICE_NAME}-watch"
+            ),
         ]
         await stop.wait()
-        log.info("llm-queue stopping")
+        log.info("%s stopping", SERVICE_NAME)
         server.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await queue.backend.close()
+        await backend.close()
 
-    async def _start_loop(self, queue) -> None:
+    async def _start_loop(self, loop_) -> None:
         delay = 1.0
         while True:
             try:
-                orphans = await queue.startup()
+                orphans = await loop_.startup()
                 break
             except Exception as e:
                 log.warning("Cannot reconcile with the cluster yet (retry in %.0f s): %s", delay, e)
@@ -458,7 +368,7 @@ class LLMQueue(Application):
                 delay = min(delay * 2, 30.0)
         if orphans:
             log.warning("Jobs without a queue row (left alone): %s", ", ".join(orphans))
-        await queue.run()
+        await loop_.run()
 
     def start(self):
         asyncio.run(self.serve())

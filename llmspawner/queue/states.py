@@ -10,10 +10,14 @@ from __future__ import annotations
 
 #: Every state of a job, in the order of its life.
 STATES = ("queued", "admitted", "running", "succeeded", "failed", "cancelled")
+#: Each state by name, for code that sets or tests one.
+QUEUED, ADMITTED, RUNNING, SUCCEEDED, FAILED, CANCELLED = STATES
 #: States of a job that holds (or is about to hold) a GPU slice: it has a Kubernetes Job.
 ACTIVE_STATES = ("admitted", "running")
 #: States a job never leaves.
 FINAL_STATES = ("succeeded", "failed", "cancelled")
+#: States a job can still be cancelled in (every state but the final ones).
+CANCELLABLE_STATES = tuple(s for s in STATES if s not in FINAL_STATES)
 
 #: Priorities, highest first.
 PRIORITIES = ("high", "normal", "low")

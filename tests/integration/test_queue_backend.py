@@ -1,4 +1,4 @@
-"""The queue's Kubernetes backend and its reconcile loop against the emulated cluster.
+"""The queue's Kubernetes backend, its operations and its control loop on the emulated cluster.
 
 Jobs run a stand-in ``llamafactory-cli`` (a shell script in a fake "image" prefix) whose
 behaviour follows the config's ``output_dir``: ``out/ok`` prints three steps and succeeds,
@@ -12,14 +12,17 @@ import asyncio
 import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.config import new_client_from_config
+from traitlets.config import Config
 
 from devcluster.testing import fast_cluster, wait_for
-from llmspawner.profiles import ClusterGPUConfig, load_profiles
 from llmspawner.queue import db as queue_db
 from llmspawner.queue import k8s_objects
 from llmspawner.queue.backend import MANAGED_SELECTOR, KubeBackend, KubeError
+from llmspawner.queue.context import QueueContext, QueueSettings
+from llmspawner.queue.control import ControlLoop
 from llmspawner.queue.models import Job
-from llmspawner.queue.reconcile import JobQueue, Settings
+from llmspawner.queue.operations import QueueOperations
+from llmspawner.settings import LLMPlatform
 
 NS = "default"
 
@@ -206,14 +209,29 @@ async def test_watch_wakes_on_changes(backend):
         await asyncio.gather(task, return_exceptions=True)
 
 
-# -- the reconcile loop ------------------------------------------------------------------
+# -- the operations and the control loop --------------------------------------------------
+
+
+class Queue:
+    """The service's operations and control loop over one context, wired as the service does."""
+
+    def __init__(self, ctx: QueueContext):
+        self.ctx, self.ops, self.loop = ctx, QueueOperations(ctx), ControlLoop(ctx)
+        self.sessions = ctx.sessions
+        self.submit, self.get, self.view = self.ops.submit, self.ops.get, self.ops.view
+        self.cancel, self.set_limit = self.ops.cancel, self.ops.set_limit
+        self.run_pass, self.startup = self.loop.run_pass, self.loop.startup
 
 
 @pytest.fixture
 def profiles(tmp_path):
+    folder = tmp_path / "profiles"
+    folder.mkdir()
     for name, text in PROFILES.items():
-        (tmp_path / name).write_text(text)
-    return load_profiles(tmp_path, ClusterGPUConfig())
+        (folder / name).write_text(text)
+    return LLMPlatform(
+        config=Config({"LLMPlatform": {"profiles_dir": str(folder), "image": "trainer"}}), env={}
+    )
 
 
 @pytest.fixture
@@ -222,13 +240,13 @@ def make_queue(backend, profiles, tmp_path):
 
     def make(**settings):
         sessions = queue_db.connect(url)
-        options = {"image": "trainer", "interval": 0.2, **settings}
-        return JobQueue(sessions, backend, profiles, ClusterGPUConfig(), Settings(**options))
+        options = {"interval": 0.2, **settings}
+        return Queue(QueueContext(sessions, backend, profiles, QueueSettings(**options)))
 
     return make
 
 
-async def state_of(queue: JobQueue, job_id: int, *states: str, timeout: float = 20) -> Job:
+async def state_of(queue: Queue, job_id: int, *states: str, timeout: float = 20) -> Job:
     async def reached():
         await queue.run_pass()
         row = queue.get(job_id, user=None)
@@ -382,3 +400,30 @@ async def test_kueue_mode_creates_suspended_jobs(make_queue, backend):
     batch = client.BatchV1Api(await backend.api_client())
     await batch.patch_namespaced_job(job["metadata"]["name"], NS, {"spec": {"suspend": False}})
     await state_of(queue, view["id"], "succeeded")
+
+
+async def test_a_profile_added_while_the_queue_runs_is_used_within_seconds(make_queue, profiles):
+    """The queue reads the profiles through the platform's cache on every request and pass."""
+    from pathlib import Path
+
+    from llmspawner.queue.operations import QueueError
+
+    queue = make_queue()
+    late = Path(profiles.profiles_dir) / "late.yaml"
+    with pytest.raises(QueueError, match="unknown profile 'late'"):
+        await queue.submit(
+            user="frank", groups=[], config=config("out/ok"), profile="late", priority="low"
+        )
+    late.write_text("slug: late\ndisplay_name: Late\ngpu: none\ncpu: {guarantee: 0.1}\n")
+
+    async def submitted():
+        try:
+            return await queue.submit(
+                user="frank", groups=[], config=config("out/ok"), profile="late", priority="low"
+            )
+        except QueueError:
+            return None
+
+    view = await wait_for(submitted, timeout=15, interval=0.2)
+    row = await state_of(queue, view["id"], "succeeded")
+    assert row.profile == "late"

@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmspawner_dev.parts import base_environment, hub_command
-from llmspawner_dev.processes import ChildProcess, free_port
 from devcluster.testing import fast_cluster
 from llmspawner.hubconfig import REPO_PROFILES
-from llmspawner.queue.hubservice import ACCESS_SCOPE
+from llmspawner.queue.states import ACCESS_SCOPE
+from llmspawner_dev.parts import base_environment, hub_command
+from llmspawner_dev.processes import ChildProcess, free_port
 
 ADMIN_TOKEN = "test-admin-service-token-0123456789"
 
@@ -51,7 +51,7 @@ c.JupyterHub.load_roles = [
     {{"name": "tester", "scopes": ["admin:users", "admin:servers", "tokens"],
       "services": ["tester"]}},
 ]
-c.LLMSpawner.profiles_dir = {profiles!r}
+c.LLMPlatform.profiles_dir = {profiles!r}
 configure_queue(c)
 """
 

@@ -2,7 +2,7 @@
 
 The service runs in-process with JupyterHub's real ``HubOAuth`` against a stand-in hub API
 (``GET /hub/api/user`` answers the token owner's model and the token's scopes, as the hub
-does), a real :class:`JobQueue` on SQLite and a fake Kubernetes backend.
+does), the real operations (:class:`QueueOperations`) on SQLite and a fake Kubernetes backend.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,16 +18,18 @@ from jupyterhub.services.auth import HubOAuth
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.web import create_signed_value
+from traitlets.config import Config
 
-from llmspawner.profiles import ClusterGPUConfig, load_profiles
 from llmspawner.queue import db as queue_db
 from llmspawner.queue.app import make_app, page_routes
 from llmspawner.queue.backend import KubeError
-from llmspawner.queue.reconcile import JobQueue, Settings
+from llmspawner.queue.context import QueueContext
+from llmspawner.queue.operations import QueueOperations
+from llmspawner.queue.states import ACCESS_SCOPE as ACCESS
+from llmspawner.queue.states import ADMIN_SCOPE, SERVICE_NAME
+from llmspawner.settings import LLMPlatform
 
-PREFIX = "/services/llm-queue/"
-ACCESS = "access:services!service=llm-queue"
-ADMIN_SCOPE = "custom:llm-queue:admin"
+PREFIX = f"/services/{SERVICE_NAME}/"
 COOKIE_SECRET = b"x" * 32
 CLIENT_ID = "service-llm-queue"
 
@@ -100,7 +103,18 @@ def profiles(tmp_path):
     (folder / "big.yaml").write_text(
         "slug: big\ndisplay_name: Big\ngpu: {count: 1}\nallowed_groups: [gpu]\n"
     )
-    return load_profiles(folder, ClusterGPUConfig())
+    return LLMPlatform(
+        config=Config(
+            {
+                "LLMPlatform": {
+                    "profiles_dir": str(folder),
+                    "image": "trainer",
+                    "mlflow_tracking_uri": "http://mlflow:5000",
+                }
+            }
+        ),
+        env={},
+    )
 
 
 @pytest.fixture
@@ -109,12 +123,8 @@ async def service(tmp_path, profiles):
     hub = HTTPServer(web.Application([("/hub/api/user", FakeHubUser)]))
     hub.listen(hub_port, "127.0.0.1")
     backend = FakeBackend()
-    queue = JobQueue(
-        queue_db.connect(f"sqlite:///{tmp_path / 'q.sqlite'}"),
-        backend,
-        profiles,
-        ClusterGPUConfig(),
-        Settings(image="trainer", tracking_uri="http://mlflow:5000"),
+    ops = QueueOperations(
+        QueueContext(queue_db.connect(f"sqlite:///{tmp_path / 'q.sqlite'}"), backend, profiles)
     )
     hub_auth = HubOAuth(
         api_url=f"http://127.0.0.1:{hub_port}/hub/api",
@@ -124,7 +134,7 @@ async def service(tmp_path, profiles):
         cache_max_age=0,
     )
     app = make_app(
-        queue=queue,
+        ops=ops,
         hub_auth=hub_auth,
         prefix=PREFIX,
         access_scopes={ACCESS},
@@ -135,7 +145,7 @@ async def service(tmp_path, profiles):
     server = HTTPServer(app)
     server.listen(port, "127.0.0.1")
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}{PREFIX}") as http:
-        http.queue, http.backend = queue, backend
+        http.ops, http.backend = ops, backend
         yield http
     server.stop()
     hub.stop()
@@ -166,7 +176,7 @@ async def test_no_credentials_is_401_and_a_token_without_the_scope_is_403(servic
 
 async def test_make_app_refuses_empty_access_scopes():
     with pytest.raises(ValueError, match="access_scopes must not be empty"):
-        make_app(queue=None, hub_auth=None, prefix=PREFIX, access_scopes=set(), cookie_secret=b"")
+        make_app(ops=None, hub_auth=None, prefix=PREFIX, access_scopes=set(), cookie_secret=b"")
 
 
 async def test_submit_returns_the_queued_job(service):
@@ -448,3 +458,60 @@ async def test_job_page_of_another_user_is_404(service):
     r = await service.get(f"jobs/{a['id']}", headers=auth("bob-token"))
     assert r.status_code == 404
     assert f"no job {a['id']}" in r.text
+
+
+# -- profiles through the one cache ------------------------------------------------------------
+
+
+async def _until(check, timeout=15.0):
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.2)
+
+
+async def test_a_profile_file_added_changed_broken_is_seen_within_seconds(
+    service, profiles, caplog
+):
+    """The queue reads profiles through the platform's cache on every request: an added file
+    is accepted within seconds (no restart), a broken edit keeps the last valid set."""
+    folder = profiles.profiles_dir
+    r = await submit(service, profile="tiny")
+    assert r.json() == {
+        "error": "unknown profile 'tiny'; allowed: cpu, medium",
+        "field": "profile",
+    }
+    (tmp := Path(folder) / "tiny.yaml").write_text(
+        "slug: tiny\ndisplay_name: Tiny\ngpu: {fraction: 1/4}\n"
+    )
+
+    async def accepted():
+        return (await submit(service, profile="tiny")).status_code == 201
+
+    assert await _until(accepted), "the added profile was not accepted within 15 s"
+    names = await service.get("api/profiles", headers=auth("alice-token"))
+    assert {p["slug"] for p in names.json()["profiles"]} == {"cpu", "medium", "tiny"}
+
+    caplog.set_level(logging.ERROR)
+    tmp.write_text("slug: tiny\ngpu: {fraction: 1/3}\n")  # 3 is not a replica count
+
+    async def logged():
+        await submit(service, profile="tiny")
+        return "keeping the last valid ones" in caplog.text
+
+    assert await _until(logged), "the broken edit was not noticed within 15 s"
+    r = await submit(service, profile="tiny")
+    assert r.status_code == 201, r.text  # the last valid set is still in use
+    assert r.json()["profile_name"] == "Tiny"
+
+    tmp.unlink()
+
+    async def refused():
+        return (await submit(service, profile="tiny")).status_code == 400
+
+    assert await _until(refused), "the removed profile was still accepted after 15 s"

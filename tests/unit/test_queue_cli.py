@@ -202,3 +202,24 @@ def test_unreadable_config(capsys):
     status, seen = run(["submit", "/no/such.yaml", "--profile", "cpu"], lambda r: None)
     assert (status, seen) == (2, [])
     assert capsys.readouterr().err.startswith("error: cannot read /no/such.yaml")
+
+
+def test_the_client_imports_no_server_module():
+    """The in-pod client needs only the standard library, httpx and the queue's names."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import llmspawner.queue.cli as cli\n"
+        "cli.add_arguments(__import__('argparse').ArgumentParser())\n"
+        "cli.QueueClient('http://127.0.0.1:1/', 'token').close()\n"
+        "server = ('tornado', 'sqlalchemy', 'kubernetes_asyncio', 'jupyterhub', 'kubespawner',\n"
+        "          'traitlets', 'alembic', 'yaml')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in server)\n"
+        "assert not loaded, loaded\n"
+        "ours = sorted(m for m in sys.modules if m.startswith('llmspawner'))\n"
+        "assert ours == ['llmspawner', 'llmspawner.queue', 'llmspawner.queue.cli',\n"
+        "                'llmspawner.queue.states'], ours\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,7 +7,13 @@ from llmspawner.queue.service import LLMQueue
 
 @pytest.fixture
 def env(monkeypatch):
-    for name in ("LLMSPAWNER_QUEUE_BIND_URL", "JUPYTERHUB_SERVICE_URL", "LLMSPAWNER_HUB_API_URL"):
+    for name in (
+        "LLMSPAWNER_QUEUE_BIND_URL",
+        "JUPYTERHUB_SERVICE_URL",
+        "LLMSPAWNER_HUB_API_URL",
+        "JUPYTERHUB_SERVICE_PREFIX",
+        "LLMSPAWNER_PLATFORM",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -28,3 +34,34 @@ def test_hub_api_url(env):
     assert LLMQueue().hub_api_url == ""
     env.setenv("LLMSPAWNER_HUB_API_URL", "http://localhost:8081/hub/api")
     assert LLMQueue().hub_api_url == "http://localhost:8081/hub/api"
+
+
+def test_platform_settings_come_from_the_hub_not_from_queue_traits(env, tmp_path):
+    """The queue has no copy of the platform's settings: it reads LLMPlatform.from_env."""
+    from llmspawner.queue import states
+    from llmspawner.settings import LLMPlatform
+
+    for name in ("profiles_dir", "namespace", "storage_claim_name", "mlflow_tracking_uri"):
+        assert name not in LLMQueue.class_trait_names(), name
+    platform = LLMPlatform(env={})
+    platform.profiles_dir = str(tmp_path)
+    platform.namespace = "llm"
+    for key, value in platform.to_env().items():
+        env.setenv(key, value)
+    app = LLMQueue()
+    assert (app.platform().profiles_dir, app.platform().namespace) == (str(tmp_path), "llm")
+    assert app.admin_scope == states.ADMIN_SCOPE
+    assert app.service_prefix.endswith(f"/services/{states.SERVICE_NAME}/")
+
+
+def test_queue_image_overrides_only_the_jobs_image(env):
+    env.delenv("LLMSPAWNER_QUEUE_IMAGE", raising=False)
+    assert LLMQueue().image == ""  # the platform's image (the users' servers')
+    env.setenv("LLMSPAWNER_QUEUE_IMAGE", "trainer:1")
+    assert LLMQueue().queue_settings().image == "trainer:1"
+
+
+def test_a_broken_platform_setting_stops_the_service_naming_it(env):
+    env.setenv("LLMSPAWNER_PLATFORM", '{"mig_strategy": "both"}')
+    with pytest.raises(SystemExit, match="mig_strategy"):
+        LLMQueue().platform()

@@ -1,0 +1,452 @@
+"""The queue's control loop: job states from the cluster, admission, Jobs, MLflow runs.
+
+:class:`ControlLoop` runs in the background of the service (:meth:`~ControlLoop.run`). One
+pass (:meth:`~ControlLoop.run_pass`), under the queue's lock:
+
+1. list the queue's Jobs and pods;
+2. for each admitted or running job: its state and reason from its Job and newest pod
+   (:func:`~llmspawner.queue.status.observe`); an admitted job whose Job does not exist yet
+   is created (again): the database row is committed as ``admitted`` with its Job name
+   *before* the Job is created, and creating is idempotent, so a restart at any point
+   neither loses nor duplicates a Job;
+3. admission (:func:`llmspawner.queue.admission.decide`) of the queued jobs against the free
+   slices of each profile (:func:`llmspawner.capacity.capacities`, which count every bound
+   pod: interactive servers and Job pods alike); the admitted ones get their Job;
+4. the MLflow run of each job that started, found by its job-id tag
+   (:meth:`llmspawner.tracking.Tracker.find_job_run`).
+
+In ``kueue`` mode step 3 is replaced: every queued job gets a suspended Job at once and
+Kueue decides when it runs (https://kueue.sigs.k8s.io/docs/tasks/run/jobs/); the loop only
+tracks states.
+
+No database session is open during an ``await`` (Kubernetes or MLflow): each step reads
+what it needs and closes the session, awaits, then writes in a new session, re-checking
+under the lock that each row is still in the state it was read in.
+
+A failed job's ``reason`` starts with a code: ``BackoffLimitExceeded``,
+``DeadlineExceeded``, ``OOMKilled``, ``Evicted``, ``ImageError``, ``ConfigError``,
+``Unschedulable``, ``Lost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+
+from sqlalchemy import select
+
+from .. import capacity as capacity_mod
+from ..profiles import Profile
+from ..tracking import TrackingUnavailable
+from ..workload import build_workload
+from . import admission, k8s_objects
+from .backend import JOB_ID_LABEL, KubeError
+from .context import QueueContext, Waiting
+from .models import Job, UserLimit
+from .states import (
+    ACTIVE_STATES,
+    ADMITTED,
+    FAILED,
+    FINAL_STATES,
+    PRIORITY_CLASSES,
+    QUEUED,
+    RUNNING,
+)
+from .status import observe, to_epoch, to_utc
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two MLflow look-ups of one job's run.
+RUN_LOOKUP_INTERVAL = 10.0
+#: Seconds after a job finished that its run is still looked for.
+RUN_LOOKUP_MAX_AGE = 3600.0
+
+
+class ControlLoop:
+    """The loop that drives every job's state after submission (see the module docstring).
+
+    Args:
+        ctx: the :class:`~llmspawner.queue.context.QueueContext` shared with the operations.
+    """
+
+    def __init__(self, ctx: QueueContext):
+        self.ctx = ctx
+        self._run_lookups: dict[int, float] = {}
+        #: The last pass's failure, ``None`` after a pass that worked.
+        self.last_pass_error: str | None = None
+
+    # -- running --------------------------------------------------------------------------
+
+    async def startup(self) -> list[str]:
+        """Reconcile the database against the cluster once, before serving.
+
+        Runs one pass (which creates every admitted job's missing Job, idempotently) and
+        reports the queue's Jobs that have no database row (left alone, never deleted: they
+        may belong to another installation sharing the namespace).
+
+        Returns:
+            The names of those orphan Jobs.
+
+        Raises:
+            KubeError: the cluster cannot be reached.
+        """
+        backend = self.ctx.backend
+        jobs = await backend.list_jobs()
+        missing = await backend.missing_priority_classes(sorted(set(PRIORITY_CLASSES.values())))
+        if missing:
+            log.error(
+                "PriorityClass(es) %s do not exist: Jobs using them never get a pod. "
+                "Create them (deploy/ manifests) before submitting.",
+                ", ".join(missing),
+            )
+        with self.ctx.sessions() as db:
+            known = set(db.scalars(select(Job.k8s_name).where(Job.k8s_name.is_not(None))))
+        orphans = sorted(j["metadata"]["name"] for j in jobs if j["metadata"]["name"] not in known)
+        for name in orphans:
+            log.warning("Job %s/%s has no row in the queue's database", self.ctx.namespace, name)
+        await self.run_pass()
+        return orphans
+
+    async def run(self) -> None:
+        """Pass after pass until cancelled: on a wake-up, or every ``interval`` seconds.
+
+        A failed pass (e.g. the cluster unreachable) is logged and retried at the next one.
+        """
+        while True:
+            await self.ctx.wait_for_wake(self.ctx.settings.interval)
+            try:
+                await self.run_pass()
+                self.last_pass_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.last_pass_error = str(e)
+                log.warning(
+                    "Queue pass failed (retrying): %s", e, exc_info=not isinstance(e, KubeError)
+                )
+
+    async def run_pass(self) -> None:
+        """One pass: states from the cluster, then admission, then MLflow runs.
+
+        Raises:
+            KubeError: the cluster cannot be listed (nothing changed).
+        """
+        async with self.ctx.lock:
+            profiles = self.ctx.profiles()
+            backend = self.ctx.backend
+            jobs, pods = await asyncio.gather(backend.list_jobs(), backend.list_job_pods())
+            by_name = {j["metadata"]["name"]: j for j in jobs}
+            await self._sync_states(by_name, _pods_by_job(pods), profiles)
+            if self.ctx.settings.kueue_queue:
+                await self._create_suspended(by_name, profiles)
+            else:
+                await self._admit(profiles)
+            await self._find_runs()
+
+    # -- database helpers -----------------------------------------------------------------
+
+    def _read(self, query) -> list[Job]:
+        """Rows of ``query``, detached (the session is closed on return)."""
+        with self.ctx.sessions() as db:
+            rows = list(db.scalars(query))
+            db.expunge_all()
+            return rows
+
+    def _write(self, changes: dict[int, tuple[str, dict]]) -> None:
+        """Apply ``{job id: (state it was read in, {column: value})}`` in one session; a row
+        whose state changed since it was read is left alone."""
+        if not changes:
+            return
+        with self.ctx.sessions() as db:
+            for job_id, (expected, values) in changes.items():
+                row = db.get(Job, job_id)
+                if row is None or row.state != expected:
+                    log.info("Job %s changed while the pass ran; left for the next", job_id)
+                    continue
+                for key, value in values.items():
+                    setattr(row, key, value)
+            db.commit()
+
+    # -- states ---------------------------------------------------------------------------
+
+    async def _sync_states(self, by_name: dict, pods_of: dict, profiles) -> None:
+        settings = self.ctx.settings
+        states = ACTIVE_STATES + ((QUEUED,) if settings.kueue_queue else ())
+        now = self.ctx.clock()
+        rows = self._read(select(Job).where(Job.state.in_(states)))
+        changes: dict[int, tuple[str, dict]] = {}
+        to_create: list[int] = []
+        for row in rows:
+            job = by_name.get(row.k8s_name)
+            if job is None:
+                if row.state == RUNNING:
+                    reason = "Lost: the Kubernetes Job disappeared before the queue saw it finish"
+                    changes[row.id] = (
+                        row.state,
+                        {"state": FAILED, "finished_at": to_utc(now), "reason": reason},
+                    )
+                    log.warning("Job %s of queue job %s is gone", row.k8s_name, row.id)
+                elif row.state == ADMITTED:
+                    to_create.append(row.id)
+                continue  # kueue mode: a queued job's Job is made by _create_suspended
+            seen = observe(
+                job,
+                pods_of.get(str(row.id), []),
+                now=now,
+                unschedulable_timeout=settings.unschedulable_timeout,
+            )
+            if seen.delete:
+                try:
+                    await self.ctx.backend.delete_job(row.k8s_name, config_map=row.k8s_name)
+                except KubeError as e:
+                    log.warning("Cannot delete failed Job %s: %s", row.k8s_name, e)
+                    continue
+            if seen.state == QUEUED and row.state != QUEUED:
+                continue  # suspended again by Kueue (preempted): keep it active
+            if seen.state != row.state or seen.reason != row.reason:
+                log.info("Job %s: %s -> %s %s", row.id, row.state, seen.state, seen.reason)
+            values: dict = {"state": seen.state, "reason": seen.reason}
+            admitted_at = row.admitted_at
+            if seen.state in ACTIVE_STATES and admitted_at is None:
+                admitted_at = values["admitted_at"] = to_utc(now)
+            # Kubernetes times have whole seconds: never before the admission itself.
+            floor = admitted_at or row.submitted_at
+            started_at = row.started_at
+            if seen.started_at and started_at is None:
+                started_at = values["started_at"] = max(seen.started_at, floor)
+            if seen.finished_at and row.finished_at is None:
+                values["finished_at"] = max(seen.finished_at, started_at or floor)
+            changes[row.id] = (row.state, values)
+        self._write(changes)
+        for job_id in to_create:
+            await self._create(job_id, ADMITTED, profiles)
+
+    # -- admission ------------------------------------------------------------------------
+
+    async def _admit(self, profiles: dict[str, Profile]) -> None:
+        ctx = self.ctx
+        nodes, all_pods = await ctx.backend.capacity.snapshot()
+        caps = capacity_mod.capacities(profiles.values(), ctx.platform.gpu_cluster, nodes, all_pods)
+        free = {slug: (caps[slug].free if slug in caps else None) for slug in profiles}
+        # Whether a job's pod holds a slice must come from the same listing as the free
+        # counts: a pod bound after that listing would otherwise be counted nowhere, and a
+        # job admitted into a full profile.
+        pods_of = _pods_by_job(all_pods)
+        with ctx.sessions() as db:
+            rows = db.execute(
+                select(
+                    Job.id, Job.user, Job.profile, Job.priority, Job.submitted_at, Job.state
+                ).where(Job.state.in_((QUEUED, *ACTIVE_STATES)))
+            ).all()
+            limits = dict(db.execute(select(UserLimit.user, UserLimit.max_running)).all())
+        queued, active, unknown = [], [], []
+        for r in rows:
+            if r.state != QUEUED:
+                pods = pods_of.get(str(r.id), [])
+                bound = any(
+                    (p.get("spec") or {}).get("nodeName")
+                    and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                    for p in pods
+                )
+                active.append(admission.ActiveJob(r.id, r.user, r.profile, bound))
+            elif r.profile not in profiles:
+                unknown.append(r)
+            else:
+                queued.append(
+                    admission.QueuedJob(
+                        r.id, r.user, r.profile, r.priority, to_epoch(r.submitted_at)
+                    )
+                )
+        decision = admission.decide(
+            queued,
+            active,
+            free=free,
+            user_limits=limits,
+            default_limit=ctx.settings.default_limit,
+            labels={slug: p.gpu.label for slug, p in profiles.items()},
+            totals={slug: c.total for slug, c in caps.items()},
+        )
+        now = to_utc(ctx.clock())
+        changes: dict[int, tuple[str, dict]] = {
+            r.id: (
+                QUEUED,
+                {
+                    "state": FAILED,
+                    "finished_at": now,
+                    "reason": f"ConfigError: profile {r.profile!r} no longer exists",
+                },
+            )
+            for r in unknown
+        }
+        for job_id in decision.admit:
+            changes[job_id] = (QUEUED, {"state": ADMITTED, "reason": "", "admitted_at": now})
+        # Committed before any Job exists: a crash from here on is repaired by the next
+        # pass (admitted without a Job -> create), never by admitting twice.
+        self._write(changes)
+        ctx.waiting = Waiting(dict(decision.positions), dict(decision.reasons))
+        for job_id in decision.admit:
+            await self._create(job_id, ADMITTED, profiles)
+
+    async def _create_suspended(self, by_name: dict, profiles) -> None:
+        for row in self._read(select(Job).where(Job.state == QUEUED)):
+            if row.k8s_name not in by_name:
+                await self._create(row.id, QUEUED, profiles)
+
+    # -- Jobs -----------------------------------------------------------------------------
+
+    def manifests(self, row: Job, profile: Profile) -> tuple[dict, dict]:
+        """The ConfigMap and Job of a job (pure, from the row and the platform settings).
+
+        The pod is the user's workload (:func:`llmspawner.workload.build_workload`: the same
+        image, resources, storage, security context, MLflow environment as their server),
+        with the queue's image when ``QueueSettings.image`` is set and the profile has none.
+        """
+        ctx, s = self.ctx, self.ctx.settings
+        config_map = k8s_objects.build_config_map(
+            name=row.k8s_name,
+            namespace=ctx.namespace,
+            job_id=row.id,
+            username=row.user,
+            config=json.loads(row.config),
+        )
+        workload = build_workload(username=row.user, profile=profile, settings=ctx.platform)
+        if s.image and not profile.image:
+            workload = dataclasses.replace(workload, image=s.image)
+        job = k8s_objects.build_job(
+            name=row.k8s_name,
+            namespace=ctx.namespace,
+            job_id=row.id,
+            workload=workload,
+            config_map=row.k8s_name,
+            priority=row.priority,
+            active_deadline_seconds=profile.max_runtime or None,
+            backoff_limit=s.backoff_limit,
+            ttl_seconds_after_finished=s.ttl_seconds_after_finished,
+            kueue_queue=s.kueue_queue,
+            service_account=s.service_account,
+            tracking=bool(ctx.platform.mlflow_tracking_uri),
+        )
+        return config_map, job
+
+    async def _create(self, job_id: int, expected: str, profiles) -> None:
+        """Create the ConfigMap and Job of a job in state ``expected`` (idempotent); fail
+        the row if Kubernetes refuses the Job for good."""
+        ctx = self.ctx
+        [row] = self._read(select(Job).where(Job.id == job_id)) or [None]
+        if row is None or row.state != expected:
+            return
+        profile = profiles.get(row.profile)
+        if profile is None:
+            self._write(
+                {
+                    job_id: (
+                        expected,
+                        {
+                            "state": FAILED,
+                            "finished_at": to_utc(ctx.clock()),
+                            "reason": f"ConfigError: profile {row.profile!r} no longer exists",
+                        },
+                    )
+                }
+            )
+            return
+        experiment_id = None
+        experiment = ctx.experiment(row.user)
+        if ctx.tracker is not None and experiment:
+            try:
+                experiment_id = await ctx.tracker.experiment_id(experiment)
+            except TrackingUnavailable as e:
+                log.warning("Cannot make sure MLflow experiment %s exists: %s", experiment, e)
+        config_map, job = self.manifests(row, profile)
+        try:
+            created = await ctx.backend.create_job(
+                config_map=config_map, job=job, owner_reference=k8s_objects.owner_reference
+            )
+        except KubeError as e:
+            if e.status == 0 or e.status >= 500 or e.status == 429:
+                log.warning("Cannot create Job %s yet (will retry): %s", row.k8s_name, e)
+                return
+            log.warning("Kubernetes refused Job %s: %s", row.k8s_name, e)
+            self._write(
+                {
+                    job_id: (
+                        expected,
+                        {
+                            "state": FAILED,
+                            "finished_at": to_utc(ctx.clock()),
+                            "reason": (
+                                f"ConfigError: Kubernetes refused the Job ({e.status}): {e.message}"
+                            ),
+                        },
+                    )
+                }
+            )
+            return
+        existed = getattr(created, "existed", False)  # a stand-in backend may return None
+        with ctx.sessions() as db:
+            current = db.get(Job, job_id)
+            changed = current is None or current.state != expected
+            if not changed:
+                if not existed:
+                    current.attempts = (current.attempts or 0) + 1
+                if experiment_id:
+                    current.mlflow_experiment_id = experiment_id
+                db.commit()
+        if changed:  # cannot happen under the lock; never leave a Job of a finished row
+            log.warning("Job %s changed while its Job was created; deleting it", job_id)
+            await ctx.backend.delete_job(row.k8s_name, config_map=row.k8s_name)
+
+    # -- MLflow runs ----------------------------------------------------------------------
+
+    async def _find_runs(self) -> None:
+        """Record the MLflow run of jobs that started (looked up at most every
+        :data:`RUN_LOOKUP_INTERVAL` s each, until :data:`RUN_LOOKUP_MAX_AGE` s after the end)."""
+        tracker = self.ctx.tracker
+        if tracker is None:
+            return
+        now = self.ctx.clock()
+        rows = self._read(
+            select(Job).where(
+                Job.mlflow_run_id.is_(None),
+                Job.started_at.is_not(None),
+                Job.state.in_((RUNNING, *FINAL_STATES)),
+            )
+        )
+        found: dict[int, str] = {}
+        for row in rows:
+            if now - self._run_lookups.get(row.id, 0) < RUN_LOOKUP_INTERVAL:
+                continue
+            if row.finished_at and now - to_epoch(row.finished_at) > RUN_LOOKUP_MAX_AGE:
+                continue  # it never reported; stop asking
+            self._run_lookups[row.id] = now
+            try:
+                run_id = await tracker.find_job_run(self.ctx.experiment(row.user), row.id)
+            except TrackingUnavailable as e:
+                log.log(
+                    logging.DEBUG if e.cached else logging.WARNING,
+                    "Cannot look up MLflow runs: %s",
+                    e,
+                )
+                break
+            if run_id:
+                found[row.id] = run_id
+                self._run_lookups.pop(row.id, None)
+        if found:
+            with self.ctx.sessions() as db:
+                for job_id, run_id in found.items():
+                    row = db.get(Job, job_id)
+                    if row is not None and row.mlflow_run_id is None:
+                        row.mlflow_run_id = run_id
+                db.commit()
+
+
+def _pods_by_job(pods: list[dict]) -> dict[str, list[dict]]:
+    """Pods of queue Jobs by their job id label (as a string)."""
+    by_job: dict[str, list[dict]] = {}
+    for pod in pods:
+        job_id = ((pod.get("metadata") or {}).get("labels") or {}).get(JOB_ID_LABEL)
+        if job_id is not None:
+            by_job.setdefault(str(job_id), []).append(pod)
+    return by_job
