@@ -26,6 +26,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
+from devcluster.testing import WaitTimeout, wait_until
+
 
 class LoginError(RuntimeError):
     """The login path did not end logged in; the message names the step and the status."""
@@ -274,23 +276,26 @@ class HubSession:
                 message when there is one.
             TimeoutError: not ready after ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
-        while True:
+
+        last: dict = {}
+
+        def ready() -> dict | None:
             server = self.server_model()
+            last["pending"] = server and server.get("pending")
             if server is None:
                 raise SpawnError(f"the server of {self.username} is gone: the spawn failed")
             if server.get("ready"):
                 return server
-            if server.get("pending") is None and not server.get("ready"):
+            if server.get("pending") is None:
                 raise SpawnError(f"the server of {self.username} is neither ready nor pending")
             if on_poll is not None:
                 on_poll(server)
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"the server of {self.username} is not ready after {timeout:.0f} s "
-                    f"(pending: {server.get('pending')})"
-                )
-            time.sleep(interval)
+            return None
+
+        try:
+            return wait_until(ready, timeout, f"the server of {self.username} is ready", interval)
+        except WaitTimeout as e:
+            raise WaitTimeout(f"{e} (pending: {last.get('pending')})") from None
 
     def stop_server(self, timeout: float = 120.0, *, interval: float = 0.5) -> None:
         """Stop the default server and wait until the hub has no server for the user.
@@ -305,11 +310,12 @@ class HubSession:
                 f"DELETE /hub/api{self._user_path}/server answered {response.status_code}: "
                 f"{response.text[:500]}"
             )
-        deadline = time.monotonic() + timeout
-        while self.server_model() is not None:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"the server of {self.username} still exists after {timeout} s")
-            time.sleep(interval)
+        wait_until(
+            lambda: self.server_model() is None,
+            timeout,
+            f"the server of {self.username} is gone",
+            interval,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 

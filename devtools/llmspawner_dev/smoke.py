@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from devcluster.testing import WaitTimeout, wait_until
+
 from .login import HubSession
 from .stack import DevStack
 
@@ -45,20 +47,24 @@ def fetch_llamaboard(session: HubSession, *, timeout: float, interval: float = 2
         TimeoutError: no LlamaBoard page after ``timeout`` seconds (last status in the message).
     """
     path = f"/user/{session.username}/llamaboard/"
-    deadline = time.monotonic() + timeout
-    last = "no response"
-    while True:
+    last = ["no response"]
+
+    def page():
         try:
             response = session.get(path, timeout=max(10.0, min(120.0, timeout)))
-            config = gradio_config(response.text) if response.status_code == 200 else None
-            if config and str(config.get("title", "")).startswith("LLaMA Factory"):
-                return response
-            last = f"{response.status_code} {response.text[:200]!r}"
         except httpx.HTTPError as e:  # e.g. a read timeout while the proxy starts LlamaBoard
-            last = repr(e)
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"GET {path}: no LlamaBoard page after {timeout:.0f} s: {last}")
-        time.sleep(interval)
+            last[0] = repr(e)
+            return None
+        config = gradio_config(response.text) if response.status_code == 200 else None
+        if config and str(config.get("title", "")).startswith("LLaMA Factory"):
+            return response
+        last[0] = f"{response.status_code} {response.text[:200]!r}"
+        return None
+
+    try:
+        return wait_until(page, timeout, f"GET {path}: a LlamaBoard page", interval)
+    except WaitTimeout as e:
+        raise WaitTimeout(f"{e}: {last[0]}") from None
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 The ``stack`` fixture starts the same :class:`~llmspawner_dev.stack.DevStack` as
 ``llmspawner dev`` (emulated cluster, MLflow, mock OIDC provider, hub with this repository's
-``jupyterhub_config.py``) in a temporary folder, and stops it at the end of the session. When an
+``jupyterhub_config.py``, run after the dev cluster's settings of
+``llmspawner_dev/jupyterhub_config.py``) in a temporary folder, and stops it at the end of the session. When an
 e2e test fails, the last lines of every part's log are added to its report.
 
 Timeouts (seconds) can be raised through the environment on slow machines:

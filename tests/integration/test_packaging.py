@@ -11,10 +11,14 @@ local folders never reach it. Then:
   ``jupyter_server_proxy/api.py: ServersInfoHandler``) with its launcher title and a served
   icon; the activity server extension is enabled from the wheel's shared data; the
   ``llmspawner queue`` command works, as the README promises inside a user's server;
+- the wheel itself (``pip wheel``, what both images install) holds ``llmspawner`` only: no
+  file of the emulated cluster or the dev stack (``devtools/``: ``devcluster``,
+  ``llmspawner_dev``), and the images' Dockerfiles copy and install nothing of ``devtools/``;
 - hub: JupyterHub resolves ``spawner_class = "llm"`` through the ``jupyterhub.spawners``
   entry point to ``llmspawner.spawner.LLMSpawner``; the operator's commands run in the hub
   image (``llmspawner profiles check``; ``llmspawner deploy check`` says which extra it
-  needs); the z2jh chart data is inside the installed package.
+  needs); the z2jh chart data is inside the installed package; the emulator packages are not
+  importable there, and ``llmspawner dev`` says it is not installed (exit 2).
 
 Measured on a 2-core machine with a warm pip cache (2026-11-30): venv 3-4 s, install of
 ``[singleuser]`` about 50 s, of ``[hub]`` about 30 s; the module about 1.5 minutes. When pip
@@ -37,6 +41,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devcluster.testing import WaitTimeout, wait_until
 from llmspawner.singleuser.llamaboard import LAUNCHER_TITLE, SERVER_NAME
 
 pytestmark = pytest.mark.packaging
@@ -161,17 +166,16 @@ def server(singleuser_venv, tmp_path_factory):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
+
+        def up() -> bool:
             assert proc.poll() is None, f"jupyter server exited:\n{_tail(log.read_text())}"
-            try:
-                r = httpx.get(f"{url}/api/status", params={"token": token}, timeout=5)
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"server not up:\n{_tail(log.read_text())}"
-            time.sleep(0.2)
+            r = httpx.get(f"{url}/api/status", params={"token": token}, timeout=5)
+            return r.status_code == 200
+
+        try:
+            wait_until(up, SERVER_START_S, "jupyter server", 0.2, ignore=(httpx.TransportError,))
+        except WaitTimeout as e:
+            raise AssertionError(f"{e}\n{_tail(log.read_text())}") from None
         yield url, token
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -252,3 +256,113 @@ def test_hub_image_runs_the_operator_commands(hub_venv):
         "llmspawner deploy check: No module named 'kubernetes_validate'; install the deploy "
         "extra: pip install 'llmspawner[deploy]'\n"
     )
+
+
+# --- the wheel and the images: no emulator code ----------------------------------------------
+
+#: What the Dockerfiles may COPY from the build context (besides their own constraints.txt).
+IMAGE_SOURCES = {"pyproject.toml", "README.md", "jupyter-config", "llmspawner"}
+EMULATOR_PATHS = ("devtools", "devcluster", "llmspawner_dev")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The llmspawner wheel as pip builds it for the images (``pip wheel --no-deps``)."""
+    out = tmp_path_factory.mktemp("wheel")
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "-w",
+                str(out),
+                str(ROOT),
+            ],
+            env=_clean_env(Path(sys.prefix)),
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"pip wheel took more than {INSTALL_TIMEOUT_S} s")
+    output = result.stdout + result.stderr
+    if result.returncode != 0 and _OFFLINE.search(output):
+        pytest.skip(f"pip cannot reach the package index: {_OFFLINE.search(output).group(0)}")
+    assert result.returncode == 0, f"pip wheel failed:\n{_tail(output)}"
+    (path,) = out.glob("llmspawner-*.whl")
+    return path
+
+
+def test_wheel_holds_the_product_only(wheel):
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        entry_points = whl.read(f"{dist_info}/entry_points.txt").decode()
+    version = dist_info.removeprefix("llmspawner-").removesuffix(".dist-info")
+    assert {n.split("/")[0] for n in names} == {
+        "llmspawner",
+        dist_info,
+        f"llmspawner-{version}.data",
+    }
+    assert [n for n in names if any(p in n for p in EMULATOR_PATHS)] == []
+    assert "llmspawner/spawner.py" in names and "llmspawner/cli.py" in names
+    assert not any(p in entry_points for p in EMULATOR_PATHS), entry_points
+
+
+def _dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` of a Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            instruction, _, rest = line.partition(" ")
+            out.append((instruction.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("image", ["hub", "singleuser"])
+def test_images_copy_and_install_no_emulator_code(image):
+    dockerfile = ROOT / "deploy" / "images" / image / "Dockerfile"
+    instructions = _dockerfile_instructions(dockerfile)
+    sources = set()
+    for instruction, args in instructions:
+        assert instruction != "ADD", f"{dockerfile}: ADD {args}"
+        if instruction == "COPY":
+            *srcs, _dest = [a for a in args.split() if not a.startswith("--")]
+            sources.update(srcs)
+    assert sources == IMAGE_SOURCES | {f"deploy/images/{image}/constraints.txt"}
+    for instruction, args in instructions:
+        if instruction == "RUN":
+            assert not any(p in args for p in EMULATOR_PATHS), f"{dockerfile}: RUN {args}"
+            assert "llmspawner-devtools" not in args
+    installs = [a for i, a in instructions if i == "RUN" and "pip install" in a]
+    assert installs and all(f'"/tmp/llmspawner/src[{image}]"' in a for a in installs)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "devtools" in ignored and "tests" in ignored
+
+
+_FIND_EMULATOR = """
+import importlib.util, json
+print(json.dumps({name: importlib.util.find_spec(name) is not None
+                  for name in ("devcluster", "llmspawner_dev")}))
+"""
+
+
+def test_hub_install_has_no_emulator(hub_venv):
+    r = _run(hub_venv, hub_venv / "bin" / "python", "-c", _FIND_EMULATOR)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"devcluster": False, "llmspawner_dev": False}
+    r = _run(hub_venv, hub_venv / "bin" / "llmspawner", "dev")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert "llmspawner dev: not available in this installation" in r.stderr
+    assert "llmspawner_dev" in r.stderr
+    r = _run(hub_venv, hub_venv / "bin" / "llmspawner", "devcluster", "--help")
+    assert r.returncode != 0
+    assert "devcluster" in r.stderr
