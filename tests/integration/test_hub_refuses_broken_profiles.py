@@ -36,3 +36,29 @@ def test_hub_exits_with_the_profile_error(tmp_path):
     )
     # It stopped while loading its config: no proxy was started, no database written.
     assert not (tmp_path / "jupyterhub.sqlite").exists()
+
+
+def test_hub_exits_naming_a_bad_setting(tmp_path):
+    """A bad platform setting (here from the environment) stops the hub, naming it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMSPAWNER_", "OAUTH"))}
+    env["LLMSPAWNER_MIG_STRATEGY"] = "full"
+    jupyterhub = Path(sys.executable).parent / "jupyterhub"
+    result = subprocess.run(
+        [
+            str(jupyterhub),
+            "-f",
+            str(ROOT / "jupyterhub_config.py"),
+            "--JupyterHub.db_url=sqlite://",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert (
+        "llmspawner: LLMPlatform.mig_strategy (LLMSPAWNER_MIG_STRATEGY) expected any of "
+        "['mixed', 'single'], not the str 'full'." in result.stderr + result.stdout
+    )
+    assert not (tmp_path / "jupyterhub.sqlite").exists()
