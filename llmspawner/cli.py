@@ -2,11 +2,12 @@
 
 Each subcommand lives where its code is; this file only maps names to modules::
 
-    llmspawner dev [--smoke]          run the whole stack locally (llmspawner_dev.command)
+    llmspawner dev [--smoke]          run the whole stack locally (llmspawner_dev.command,
+                                      from the llmspawner-devtools distribution)
     llmspawner profiles check|render  GPU profiles (llmspawner.profiles_cli)
     llmspawner queue submit|list|...  the batch training queue (llmspawner.queue.cli)
     llmspawner deploy check           a deployment's files, offline (llmspawner.deploy.cli)
-    llmspawner devcluster ...         the emulated cluster alone (devcluster)
+    llmspawner devcluster ...         the emulated cluster alone (devcluster, llmspawner-devtools)
 
 A subcommand module in :data:`COMMANDS` provides ``add_arguments(parser)`` and
 ``run(args) -> int``; add a line there for a new one. ``devcluster`` has its own parser and
@@ -56,18 +57,36 @@ def _add_module_command(subparsers, name: str, module_name: str, help_text: str)
     parser.set_defaults(func=module.run)
 
 
+#: Where the modules of the commands that are not part of the ``llmspawner`` wheel come from.
+DEVTOOLS_HINT = (
+    "install the separate distribution llmspawner-devtools (devtools/ in the repository; "
+    "scripts/install.sh does)"
+)
+
+
 def _unavailable(name: str, error: ImportError, args: argparse.Namespace) -> int:
+    if getattr(error, "name", None) and not error.name.startswith("llmspawner."):
+        top = error.name.split(".")[0]
+        hint = DEVTOOLS_HINT if top in ("llmspawner_dev", "devcluster") else None
+    else:
+        hint = None
     print(
-        f"llmspawner {name}: not available in this installation ({error}); install the "
-        "llmspawner extra that provides it (pyproject.toml: [project.optional-dependencies])",
+        f"llmspawner {name}: not available in this installation ({error}); "
+        + (
+            hint
+            or "install the llmspawner extra that provides it "
+            "(pyproject.toml: [project.optional-dependencies])"
+        ),
         file=sys.stderr,
     )
     return 2
 
 
 def _run_devcluster(args: argparse.Namespace) -> int:
-    from devcluster.__main__ import main as devcluster_main
-
+    try:
+        from devcluster.__main__ import main as devcluster_main
+    except ImportError as e:
+        return _unavailable("devcluster", e, args)
     return devcluster_main(list(args.rest)) or 0
 
 

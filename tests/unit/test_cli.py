@@ -22,3 +22,11 @@ def test_other_commands_still_check_their_arguments(monkeypatch, capsys):
         cli.main(["deploy", "check", "--bogus"])
     assert e.value.code == 2
     assert capsys.readouterr().err.endswith("error: unrecognized arguments: --bogus\n")
+
+
+def test_a_devtools_command_without_devtools_says_where_it_comes_from(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "ghost", ("llmspawner_dev.no_such_module", "dev ghost"))
+    assert cli.main(["ghost"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llmspawner ghost: not available in this installation (No module")
+    assert err.endswith(f"; {cli.DEVTOOLS_HINT}\n")
