@@ -244,10 +244,15 @@ def waiting_message(
 class LLMSpawner(KubeSpawner):
     """KubeSpawner for LLM fine-tuning: GPU profiles, the user's own folder, MLflow, LlamaBoard.
 
-    Per spawn it applies the chosen profile (see :mod:`llmspawner.profiles`), mounts only the
-    user's subPath of the shared PVC (see :mod:`llmspawner.storage`), sets the MLflow
-    environment and makes sure the user's experiment exists (see :mod:`llmspawner.tracking`),
-    and opens LlamaBoard.
+    Per spawn it builds the user's workload for the chosen profile
+    (:func:`llmspawner.workload.build_workload`: GPU share, CPU/memory, the user's subPath of
+    the shared PVC, owner init container, ``HOME`` and MLflow env, security context, labels),
+    maps it onto kubespawner's traits (:meth:`apply_workload`), makes sure the user's MLflow
+    experiment exists (:mod:`llmspawner.tracking`), and opens JupyterLab with LlamaBoard.
+
+    Platform settings (profiles folder, claim, MLflow, GPU advertisement) are
+    :attr:`platform`, an :class:`~llmspawner.settings.LLMPlatform` read from
+    ``c.LLMPlatform``; the traits here are the spawner's own.
     """
 
     activity_report_interval = Integer(
@@ -303,7 +308,9 @@ class LLMSpawner(KubeSpawner):
         if self._platform is None:
             platform = LLMPlatform(parent=self)
             if not platform.image:
-                platform.image = self._configured_values()["image"]
+                # The configured image, not a profile's of an earlier spawn.
+                configured = self._configured
+                platform.image = configured["image"] if configured is not None else self.image
             if not platform.namespace:
                 platform.namespace = self.namespace
             section = self.config.get("LLMSpawner") or {}
@@ -463,8 +470,11 @@ class LLMSpawner(KubeSpawner):
     _tracking_task: asyncio.Future | None = None
 
     def _configured_values(self) -> dict[str, Any]:
-        """The configured value of every :data:`WORKLOAD_TRAITS` name (snapshot on first use,
-        before any spawn changed them)."""
+        """The configured value of every :data:`WORKLOAD_TRAITS` name.
+
+        Snapshot on first use, which is the first spawn's :meth:`load_user_options` (after
+        JupyterHub's ``pre_spawn_hook``, whose changes of these traits are kept), before this
+        spawner changed any of them."""
         if self._configured is None:
             self._configured = {
                 name: copy.deepcopy(getattr(self, name)) for name in WORKLOAD_TRAITS
