@@ -66,3 +66,44 @@ def test_render_refuses_what_the_hub_refuses(tmp_path, capsys, stub_kubeconfig):
     assert main([*args, "--group", "gpu-power"]) == 0
     pod = yaml.safe_load(capsys.readouterr().out)
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+
+
+def test_check_reads_the_platform_settings_of_the_environment(tmp_path, monkeypatch, capsys):
+    """In the hub's pod or a service, the folder and GPU settings come from the environment
+    (LLMSPAWNER_PLATFORM, else LLMSPAWNER_*); an option wins over both."""
+    from llmspawner.settings import LLMPlatform
+
+    (tmp_path / "a.yaml").write_text(
+        "slug: a\ndisplay_name: A\ndefault: true\ngpu: {fraction: 1/8}\n"
+    )
+    settings = LLMPlatform.from_env(
+        {}, overrides={"profiles_dir": str(tmp_path), "gpu_replica_counts": [8]}
+    )
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert main(["profiles", "check"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"1 profiles in {tmp_path} are valid"
+    assert main(["profiles", "check", "--replica-counts", "2,4"]) == 1
+    assert "allowed: 1/2, 1/4" in capsys.readouterr().err
+
+
+def test_bad_option_or_setting_is_named(monkeypatch):
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        main(["profiles", "check", "--replica-counts", "2,x"])
+    assert str(e.value) == "error: --replica-counts must be a whole number >= 0, not 'x'"
+    monkeypatch.setenv("LLMSPAWNER_GPU_REPLICA_COUNTS", "1")
+    with pytest.raises(SystemExit) as e:
+        main(["profiles", "check"])
+    assert str(e.value).startswith("error: LLMPlatform.gpu_replica_counts must list whole numbers")
+
+
+def test_render_uses_the_platform_settings(capsys, stub_kubeconfig, monkeypatch):
+    monkeypatch.setenv("LLMSPAWNER_STORAGE_CLAIM", "from-env")
+    monkeypatch.setenv("LLMSPAWNER_NAMESPACE", "env-ns")
+    assert main(["profiles", "render", "--user", "alice", "--image", "reg/img:7"]) == 0
+    pod = yaml.safe_load(capsys.readouterr().out)
+    assert pod["metadata"]["namespace"] == "env-ns"
+    assert pod["spec"]["containers"][0]["image"] == "reg/img:7"
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "from-env"
