@@ -15,10 +15,9 @@ Two figures, each the median of ``--rounds`` rounds, alternating the two spawner
   and ready (each pod runs ``sleep``, so the figure is the spawner's and the cluster's, not
   a Jupyter server's start-up).
 
-Run: ``.venv/bin/python -P benchmarks/spawn_overhead.py`` (about a minute on 2 cores; ``-P``:
-not ``benchmarks/`` first on the import path, where ``queue.py`` would hide the standard
-library's ``queue``). Prints a table and the ratios LLMSpawner / KubeSpawner. Uses
-kubespawner's ``_mock`` user and hub stand-ins: no hub process is involved.
+Run: ``.venv/bin/python benchmarks/spawn_overhead.py`` (about a minute on 2 cores). Prints a
+table and the ratios LLMSpawner / KubeSpawner. Uses kubespawner's ``_mock`` user and hub
+stand-ins: no hub process is involved.
 """
 
 from __future__ import annotations
