@@ -20,7 +20,7 @@ class Problem:
     Attributes:
         file: the file as the operator named it (e.g. ``helm-values.yaml``,
             ``deploy/manifests/hub.yaml``).
-        path: where in the file, e.g. ``hub.config.LLMSpawner.profiles_dir`` or
+        path: where in the file, e.g. ``hub.config.LLMPlatform.profiles_dir`` or
             ``Deployment/hub: spec.template.spec.containers[0].image``; empty for the whole
             file.
         message: what is wrong and what is allowed.
