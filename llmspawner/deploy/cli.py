@@ -8,8 +8,10 @@ Usage::
 Paths are relative to the current folder. Checks, with no cluster, no ``helm`` and no
 network: the values merged over the zero-to-jupyterhub chart's defaults against the chart's
 schema (shipped in the package) and llmspawner's own needs (spawner class, storage off, the
-chart's culler off, ``hub.extraConfig`` calling ``llmspawner.hubconfig.configure``, the
-profiles folder mounted, no inline secrets); every GPU profile file; every object of the
+chart's culler off, ``hub.extraConfig`` calling ``llmspawner.hubconfig.configure``, valid
+``hub.config.LLMPlatform`` settings and none left under ``hub.config.LLMSpawner``, the
+profiles folder mounted, no inline secrets); every GPU profile file, with the values' GPU
+settings; every object of the
 kustomize tree against Kubernetes 1.32 and the newest version kubernetes-validate knows
 (strict). Prints one line per problem, ``FILE: PATH: message``, then a summary line.
 
