@@ -86,8 +86,9 @@ def _set_default(section, key: str, value) -> None:
 
 
 def resolve_settings(c, env: Mapping[str, str] = os.environ) -> LLMPlatform:
-    """:func:`llmspawner.settings.resolve_hub_settings` with the repository's profiles as
-    the default folder; a bad setting stops the hub.
+    """Resolve the platform settings into ``c.LLMPlatform`` and the spawner
+    (:func:`llmspawner.settings.resolve_hub_settings`, which gives the order of the sources);
+    a bad setting stops the hub.
 
     Returns:
         The resolved settings, also written into ``c.LLMPlatform``.
