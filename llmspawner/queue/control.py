@@ -218,10 +218,10 @@ class ControlLoop:
                 started_at = values["started_at"] = max(seen.started_at, floor)
             if seen.finished_at and row.finished_at is None:
                 values["finished_at"] = max(seen.finished_at, started_at or floor)
-            changes[row.id] = (row.state, values)
+            if any(getattr(row, key) != value for key, value in values.items()):
+                changes[row.id] = (row.state, values)
         self._write(changes)
-        for job_id in to_create:
-            await self._create(job_id, ADMITTED, profiles)
+        await self._create(to_create, ADMITTED, profiles)
 
     # -- admission ------------------------------------------------------------------------
 
@@ -286,13 +286,11 @@ class ControlLoop:
         # pass (admitted without a Job -> create), never by admitting twice.
         self._write(changes)
         ctx.waiting = Waiting(dict(decision.positions), dict(decision.reasons))
-        for job_id in decision.admit:
-            await self._create(job_id, ADMITTED, profiles)
+        await self._create(list(decision.admit), ADMITTED, profiles)
 
     async def _create_suspended(self, by_name: dict, profiles) -> None:
-        for row in self._read(select(Job).where(Job.state == QUEUED)):
-            if row.k8s_name not in by_name:
-                await self._create(row.id, QUEUED, profiles)
+        rows = self._read(select(Job).where(Job.state == QUEUED))
+        await self._create([r.id for r in rows if r.k8s_name not in by_name], QUEUED, profiles)
 
     # -- Jobs -----------------------------------------------------------------------------
 
@@ -330,72 +328,82 @@ class ControlLoop:
         )
         return config_map, job
 
-    async def _create(self, job_id: int, expected: str, profiles) -> None:
-        """Create the ConfigMap and Job of a job in state ``expected`` (idempotent); fail
-        the row if Kubernetes refuses the Job for good."""
+    async def _create(self, job_ids: list[int], expected: str, profiles) -> None:
+        """Create the ConfigMap and Job of each job still in state ``expected``
+        (idempotent), then record the outcomes in one session: ``attempts`` and the MLflow
+        experiment id, or ``failed`` when Kubernetes refuses a Job for good (a transient
+        refusal is retried at the next pass)."""
+        if not job_ids:
+            return
         ctx = self.ctx
-        [row] = self._read(select(Job).where(Job.id == job_id)) or [None]
-        if row is None or row.state != expected:
-            return
-        profile = profiles.get(row.profile)
-        if profile is None:
-            self._write(
-                {
-                    job_id: (
-                        expected,
-                        {
-                            "state": FAILED,
-                            "finished_at": to_utc(ctx.clock()),
-                            "reason": f"ConfigError: profile {row.profile!r} no longer exists",
-                        },
+        order = {job_id: i for i, job_id in enumerate(job_ids)}
+        rows = []
+        for start in range(0, len(job_ids), 500):  # within every database's bound parameters
+            chunk = job_ids[start : start + 500]
+            rows += self._read(select(Job).where(Job.id.in_(chunk), Job.state == expected))
+        failed: dict[int, tuple[str, dict]] = {}
+        created: dict[int, tuple[bool, str | None]] = {}  # id -> (existed, experiment id)
+        for row in sorted(rows, key=lambda r: order[r.id]):
+            profile = profiles.get(row.profile)
+            if profile is None:
+                failed[row.id] = (
+                    expected,
+                    {
+                        "state": FAILED,
+                        "finished_at": to_utc(ctx.clock()),
+                        "reason": f"ConfigError: profile {row.profile!r} no longer exists",
+                    },
+                )
+                continue
+            experiment_id = None
+            experiment = ctx.experiment(row.user)
+            if ctx.tracker is not None and experiment:
+                try:
+                    experiment_id = await ctx.tracker.experiment_id(experiment)
+                except TrackingUnavailable as e:
+                    level = logging.DEBUG if e.cached else logging.WARNING
+                    log.log(
+                        level, "Cannot make sure MLflow experiment %s exists: %s", experiment, e
                     )
-                }
-            )
-            return
-        experiment_id = None
-        experiment = ctx.experiment(row.user)
-        if ctx.tracker is not None and experiment:
+            config_map, job = self.manifests(row, profile)
             try:
-                experiment_id = await ctx.tracker.experiment_id(experiment)
-            except TrackingUnavailable as e:
-                log.warning("Cannot make sure MLflow experiment %s exists: %s", experiment, e)
-        config_map, job = self.manifests(row, profile)
-        try:
-            created = await ctx.backend.create_job(
-                config_map=config_map, job=job, owner_reference=k8s_objects.owner_reference
-            )
-        except KubeError as e:
-            if e.status == 0 or e.status >= 500 or e.status == 429:
-                log.warning("Cannot create Job %s yet (will retry): %s", row.k8s_name, e)
-                return
-            log.warning("Kubernetes refused Job %s: %s", row.k8s_name, e)
-            self._write(
-                {
-                    job_id: (
-                        expected,
-                        {
-                            "state": FAILED,
-                            "finished_at": to_utc(ctx.clock()),
-                            "reason": (
-                                f"ConfigError: Kubernetes refused the Job ({e.status}): {e.message}"
-                            ),
-                        },
-                    )
-                }
-            )
-            return
-        existed = getattr(created, "existed", False)  # a stand-in backend may return None
+                outcome = await ctx.backend.create_job(
+                    config_map=config_map, job=job, owner_reference=k8s_objects.owner_reference
+                )
+            except KubeError as e:
+                if e.status == 0 or e.status >= 500 or e.status == 429:
+                    log.warning("Cannot create Job %s yet (will retry): %s", row.k8s_name, e)
+                    continue
+                log.warning("Kubernetes refused Job %s: %s", row.k8s_name, e)
+                failed[row.id] = (
+                    expected,
+                    {
+                        "state": FAILED,
+                        "finished_at": to_utc(ctx.clock()),
+                        "reason": (
+                            f"ConfigError: Kubernetes refused the Job ({e.status}): {e.message}"
+                        ),
+                    },
+                )
+                continue
+            # A stand-in backend may return None.
+            created[row.id] = (getattr(outcome, "existed", False), experiment_id)
+        self._write(failed)
+        stale: set[int] = set()
         with ctx.sessions() as db:
-            current = db.get(Job, job_id)
-            changed = current is None or current.state != expected
-            if not changed:
+            for job_id, (existed, experiment_id) in created.items():
+                current = db.get(Job, job_id)
+                if current is None or current.state != expected:
+                    stale.add(job_id)
+                    continue
                 if not existed:
                     current.attempts = (current.attempts or 0) + 1
                 if experiment_id:
                     current.mlflow_experiment_id = experiment_id
-                db.commit()
-        if changed:  # cannot happen under the lock; never leave a Job of a finished row
-            log.warning("Job %s changed while its Job was created; deleting it", job_id)
+            db.commit()
+        stale_rows = [r for r in rows if r.id in stale]
+        for row in stale_rows:  # cannot happen under the lock; never leave a stray Job
+            log.warning("Job %s changed while its Job was created; deleting it", row.id)
             await ctx.backend.delete_job(row.k8s_name, config_map=row.k8s_name)
 
     # -- MLflow runs ----------------------------------------------------------------------

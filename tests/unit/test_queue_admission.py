@@ -320,7 +320,7 @@ def test_matches_the_reference(seed):
 
 
 def test_one_pass_over_10000_jobs_places_every_job():
-    """The size of benchmarks/queue.py's admission pass (its speed is measured there)."""
+    """The size of benchmarks/queue_throughput.py's admission pass (its speed is measured there)."""
     rng = random.Random(4)
     profiles = ["cpu", "small", "medium", "large"]
     queued = [

@@ -9,7 +9,7 @@ shipped profiles (cpu, small, medium, large) and the three priorities, with one 
 per fifth user, a few per-user limits, and free slices on some profiles only (so that the
 policy both admits and explains why the others wait). The figure is the median of
 ``--passes`` calls (min and max too). A second figure, the *service's pass*
-(:meth:`llmspawner.queue.reconcile.JobQueue.run_pass`), adds what the service does around the
+(:meth:`llmspawner.queue.control.ControlLoop.run_pass`), adds what the service does around the
 policy: it reads the same jobs from its SQLite database, lists the cluster (here a stand-in
 that answers from memory, so that the figure is the service's, not an API server's) and
 writes the decisions back.
@@ -27,36 +27,31 @@ jobs. The figure is submits per second over the whole burst, with latency percen
 every answer must be ``201``. The hub's proxy (configurable-http-proxy) is not in the path:
 it adds the same ~1 ms to every service behind it.
 
-Run: ``.venv/bin/python benchmarks/queue.py`` (about a minute on 2 cores). Prints one line per
-figure with its target; exits 0 (these are measurements, not tests) unless ``--check`` is
-given and a target is missed.
+Run: ``.venv/bin/python benchmarks/queue_throughput.py`` (about a minute on 2 cores). Prints
+one line per figure with its target; exits 0 (these are measurements, not tests) unless
+``--check`` is given and a target is missed. (The file was ``benchmarks/queue.py``, a name that
+shadowed the standard library's ``queue`` module when run as a script.)
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import random
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path, where "queue" is this file and
-# hides the standard library's queue module (which asyncio needs): drop that folder.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+from llmspawner.queue.states import ACCESS_SCOPE, ADMIN_SCOPE, QUEUED, SERVICE_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = ("cpu", "small", "medium", "large")
-PREFIX = "/services/llm-queue/"
-ACCESS_SCOPE = "access:services!service=llm-queue"
-ADMIN_SCOPE = "custom:llm-queue:admin"
+PREFIX = f"/services/{SERVICE_NAME}/"
 
 TARGET_SUBMITS_PER_S = 200.0
 TARGET_PASS_MS = 50.0
@@ -128,18 +123,14 @@ class MemoryCluster:
     namespace = "default"
 
     def __init__(self):
-        from llmspawner.capacity import CapacityCache
         from devcluster.nodes import default_layout, node_object, validate_layout
 
         self.nodes = [node_object(spec) for spec in validate_layout(default_layout())]
         self.jobs: dict[str, dict] = {}
-        self.capacity = CapacityCache(self.list_nodes, self.list_all_pods, ttl=0)
+        self.capacity = self  # as capacity.ClusterLister: snapshot() -> (nodes, pods)
 
-    async def list_nodes(self):
-        return self.nodes
-
-    async def list_all_pods(self):
-        return []
+    async def snapshot(self):
+        return self.nodes, []
 
     async def list_jobs(self):
         return list(self.jobs.values())
@@ -159,11 +150,11 @@ class MemoryCluster:
 
 
 async def bench_service_pass(*, queued: int, users: int, passes: int, workdir: Path) -> dict:
-    """Time :meth:`JobQueue.run_pass` over a SQLite database of ``queued`` queued jobs."""
-    from llmspawner.profiles import ClusterGPUConfig, load_profiles
+    """Time :meth:`ControlLoop.run_pass` over a SQLite database of ``queued`` queued jobs."""
     from llmspawner.queue import db as queue_db
+    from llmspawner.queue.context import QueueContext
+    from llmspawner.queue.control import ControlLoop
     from llmspawner.queue.models import Job, UserLimit
-    from llmspawner.queue.reconcile import JobQueue, Settings
 
     jobs, active, free, limits = admission_input(queued=queued, users=users)
     sessions = queue_db.connect(f"sqlite:///{workdir / 'bench-queue.sqlite'}")
@@ -175,7 +166,7 @@ async def bench_service_pass(*, queued: int, users: int, passes: int, workdir: P
                 user=j.user,
                 profile=j.profile,
                 priority=j.priority,
-                state="queued",
+                state=QUEUED,
                 reason="",
                 config="{}",
                 submitted_at=epoch + datetime.timedelta(seconds=j.submitted_at - start),
@@ -185,9 +176,8 @@ async def bench_service_pass(*, queued: int, users: int, passes: int, workdir: P
         )
         session.add_all(UserLimit(user=u, max_running=n) for u, n in limits.items())
         session.commit()
-    cluster = ClusterGPUConfig()
-    profiles = load_profiles(REPO / "profiles", cluster)
-    queue = JobQueue(sessions, MemoryCluster(), profiles, cluster, Settings(image="bench"))
+    ctx = QueueContext(sessions, MemoryCluster(), platform(image="bench"))
+    queue = ControlLoop(ctx)
     # The first pass admits what fits; later passes see those as active, as in service.
     t = time.perf_counter()
     await queue.run_pass()
@@ -201,8 +191,18 @@ async def bench_service_pass(*, queued: int, users: int, passes: int, workdir: P
         "first_ms": first,
         "median_ms": statistics.median(times),
         "max_ms": max(times),
-        "waiting": len(queue.waiting.positions),
+        "waiting": len(ctx.waiting.positions),
     }
+
+
+def platform(**settings):
+    """The platform settings of the benchmarks: the shipped profiles, no MLflow."""
+    from traitlets.config import Config
+
+    from llmspawner.settings import LLMPlatform
+
+    values = {"profiles_dir": str(REPO / "profiles"), "namespace": "default", **settings}
+    return LLMPlatform(config=Config({"LLMPlatform": values}), env={})
 
 
 # -- submits -----------------------------------------------------------------------------
@@ -292,23 +292,21 @@ async def bench_submits(
         service_env = {
             **env,
             "KUBECONFIG": info["kubeconfig"],
-            "LLMSPAWNER_NAMESPACE": "default",
-            "LLMSPAWNER_PROFILES_DIR": str(REPO / "profiles"),
+            **platform(image="bench").to_env(),
             "LLMSPAWNER_QUEUE_DB_URL": f"sqlite:///{workdir / 'llm-queue.sqlite'}",
-            "LLMSPAWNER_MLFLOW_TRACKING_URI": "",
-            "JUPYTERHUB_SERVICE_NAME": "llm-queue",
+            "JUPYTERHUB_SERVICE_NAME": SERVICE_NAME,
             "JUPYTERHUB_SERVICE_URL": service_url,
             "JUPYTERHUB_SERVICE_PREFIX": PREFIX,
             "JUPYTERHUB_BASE_URL": "/",
             "JUPYTERHUB_API_URL": f"http://127.0.0.1:{hub_port}/hub/api",
             "JUPYTERHUB_API_TOKEN": "bench-service-token",
-            "JUPYTERHUB_CLIENT_ID": "service-llm-queue",
+            "JUPYTERHUB_CLIENT_ID": f"service-{SERVICE_NAME}",
             "JUPYTERHUB_HOST": "",
             "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{PREFIX}oauth_callback",
             "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps([ACCESS_SCOPE]),
         }
         service = ChildProcess(
-            "llm-queue",
+            SERVICE_NAME,
             [sys.executable, "-m", "llmspawner.queue"],
             log_path=workdir / "llm-queue.log",
             env=service_env,
@@ -371,7 +369,7 @@ async def bench_submits(
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             elapsed = time.perf_counter() - t0
             r = await client.get(
-                f"{api}/jobs", params={"state": "queued", "limit": "1000"}, headers=admin
+                f"{api}/jobs", params={"state": QUEUED, "limit": "1000"}, headers=admin
             )
             queued_now = len(r.json()["jobs"]) if r.status_code == 200 else None
     finally:
