@@ -39,21 +39,25 @@ def test_no_activity_known_is_not_culled():
     assert culling.should_cull(SHIPPED, inactive=None, inactive_limit=1, server={}) is False
 
 
+def culled(profile: str, idle_seconds: float, limit: float) -> bool:
+    """The hook's verdict on a server of ``profile`` idle for ``idle_seconds``."""
+    return culling.profile_arbiter(
+        inactive=timedelta(seconds=idle_seconds),
+        inactive_limit=limit,
+        server={"user_options": {"profile": profile}},
+    )
+
+
 def test_profile_arbiter_reads_profiles_dir(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.setenv("LLMSPAWNER_PROFILES_DIR", str(REPO_PROFILES))
-    server = {"user_options": {"profile": "small"}}
-    assert culling.profile_arbiter(
-        inactive=timedelta(minutes=31), inactive_limit=36000, server=server
-    )
-    assert not culling.profile_arbiter(
-        inactive=timedelta(minutes=29), inactive_limit=60, server=server
-    )
+    assert culled("small", 31 * 60, limit=36000)
+    assert not culled("small", 29 * 60, limit=60)
 
 
 def test_profile_arbiter_reads_the_hubs_settings(tmp_path, monkeypatch):
     """The culler's process gets LLMSPAWNER_PLATFORM from the hub; it wins over the single
-    variables, and the profiles come through the shared cache (a later edit is seen)."""
+    variables (here: the profiles folder, and replica counts that allow 1/8)."""
     (tmp_path / "gpu.yaml").write_text(
         "slug: gpu\ndisplay_name: GPU\ndefault: true\nidle_timeout: 600\ngpu: {fraction: 1/8}\n"
     )
@@ -62,26 +66,16 @@ def test_profile_arbiter_reads_the_hubs_settings(tmp_path, monkeypatch):
     )
     for name, value in platform.to_env().items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LLMSPAWNER_PROFILES_DIR", str(REPO_PROFILES))  # loses to the JSON
-    server = {"user_options": {"profile": "gpu"}}
-    assert culling.profile_arbiter(
-        inactive=timedelta(seconds=600), inactive_limit=36000, server=server
-    )
-    assert not culling.profile_arbiter(
-        inactive=timedelta(seconds=599), inactive_limit=36000, server=server
-    )
+    monkeypatch.setenv("LLMSPAWNER_PROFILES_DIR", str(REPO_PROFILES))
+    assert culled("gpu", 600, limit=36000)
+    assert not culled("gpu", 599, limit=36000)
 
 
 def test_profile_arbiter_without_valid_profiles_uses_the_timeout(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.setenv("LLMSPAWNER_PROFILES_DIR", str(tmp_path / "missing"))
-    server = {"user_options": {"profile": "small"}}
-    assert not culling.profile_arbiter(
-        inactive=timedelta(minutes=31), inactive_limit=3600, server=server
-    )
-    assert culling.profile_arbiter(
-        inactive=timedelta(minutes=60), inactive_limit=3600, server=server
-    )
+    assert not culled("small", 31 * 60, limit=3600)
+    assert culled("small", 60 * 60, limit=3600)
 
 
 def test_culler_service():
