@@ -30,6 +30,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
+from devcluster.testing import wait_until
+
 pytestmark = pytest.mark.llamaboard
 
 PREFIX = "/user/alice/"
@@ -136,17 +138,13 @@ def server(tmp_path_factory):
         )
     srv = _Server(proc, port, token, home, log)
     try:
-        deadline = time.monotonic() + SERVER_START_S
         with srv.client() as c:
-            while True:
+
+            def up() -> bool:
                 assert proc.poll() is None, f"jupyter server exited:\n{srv.log_tail()}"
-                try:
-                    if c.get(PREFIX + "api/status", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"server not up:\n{srv.log_tail()}"
-                time.sleep(0.2)
+                return c.get(PREFIX + "api/status", timeout=5).status_code == 200
+
+            wait_until(up, SERVER_START_S, "jupyter server", 0.2, ignore=(httpx.TransportError,))
         yield srv
     finally:
         _stop(proc)
