@@ -1,6 +1,6 @@
 """How a Kubernetes Job and its pods become a queue job's state and reason. Pure.
 
-:func:`observe` is what the reconcile loop (:mod:`llmspawner.queue.reconcile`) applies to each
+:func:`observe` is what the control loop (:mod:`llmspawner.queue.control`) applies to each
 admitted or running job; the time helpers convert between Kubernetes timestamps, the
 database's naive UTC datetimes and the API's ISO 8601 strings.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from .states import ADMITTED, FAILED, QUEUED, RUNNING, SUCCEEDED
 
 #: Waiting reasons of a container that will never start without a change of the manifest.
 _IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -99,7 +101,7 @@ def observe(
     finished = _time(status.get("completionTime"))
     started = _time(status.get("startTime"))
     if _condition(job, "Complete"):
-        return Observed("succeeded", "", started, finished or to_utc(now))
+        return Observed(SUCCEEDED, "", started, finished or to_utc(now))
     failed = _condition(job, "Failed")
     if failed:
         code = failed.get("reason") or "Failed"
@@ -113,19 +115,19 @@ def observe(
             sentence = _exit_sentence(pods)
         else:
             sentence = failed.get("message") or "the Job failed"
-        return Observed("failed", f"{code}: {sentence}", started, to_utc(now))
+        return Observed(FAILED, f"{code}: {sentence}", started, to_utc(now))
     if (job.get("spec") or {}).get("suspend"):
-        return Observed("queued", "waiting for Kueue to admit it")
+        return Observed(QUEUED, "waiting for Kueue to admit it")
     pod = pods[0] if pods else None
     if pod is None:
-        return Observed("admitted", "creating the pod")
+        return Observed(ADMITTED, "creating the pod")
     for state in _container_states(pod):
         waiting = state.get("waiting") or {}
         reason = waiting.get("reason")
         if reason in _IMAGE_ERRORS or reason in _CONFIG_ERRORS:
             code = "ImageError" if reason in _IMAGE_ERRORS else "ConfigError"
             message = waiting.get("message") or reason
-            return Observed("failed", f"{code}: {reason}: {message}", started, to_utc(now), True)
+            return Observed(FAILED, f"{code}: {reason}: {message}", started, to_utc(now), True)
     scheduled = [
         c for c in (pod.get("status") or {}).get("conditions") or [] if c["type"] == "PodScheduled"
     ]
@@ -136,17 +138,17 @@ def observe(
         )
         if since is not None and now - to_epoch(since) > unschedulable_timeout:
             return Observed(
-                "failed",
+                FAILED,
                 f"Unschedulable: no node can run it for {int(unschedulable_timeout)} s: {message}",
                 None,
                 to_utc(now),
                 True,
             )
-        return Observed("admitted", f"waiting to be scheduled: {message}")
+        return Observed(ADMITTED, f"waiting to be scheduled: {message}")
     for state in _container_states(pod):
         if "running" in state:
-            return Observed("running", "", _time(state["running"].get("startedAt")) or to_utc(now))
-    return Observed("admitted", "starting")
+            return Observed(RUNNING, "", _time(state["running"].get("startedAt")) or to_utc(now))
+    return Observed(ADMITTED, "starting")
 
 
 def _exit_sentence(pods: list[dict]) -> str:

@@ -139,6 +139,8 @@ async def test_lora_sft_on_cpu_saves_adapter_and_logs_loss_to_the_users_experime
     env = {
         **os.environ,
         **tracking.tracking_env(tracking_uri=mlflow_url, experiment=experiment),
+        # As a queue Job sets it (k8s_objects.build_job), so the queue finds the run by tag.
+        "MLFLOW_TAGS": json.dumps({tracking.JOB_ID_TAG: "1"}),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     }
@@ -180,6 +182,9 @@ async def test_lora_sft_on_cpu_saves_adapter_and_logs_loss_to_the_users_experime
     (run,) = runs
     assert run["info"]["run_name"] == "job-1"
     assert run["info"]["status"] == "FINISHED"
+    # The queue finds a job's run by the job-id tag that transformers' MLflowCallback set.
+    assert await tracking.find_job_run(mlflow_url, experiment_id, 1) == run["info"]["run_id"]
+    assert await tracking.find_job_run(mlflow_url, experiment_id, 2) is None
     history = _mlflow(
         mlflow_url,
         "GET",
