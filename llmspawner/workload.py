@@ -118,6 +118,10 @@ _SUFFIXES = {
 }
 
 
+#: Suffixes longest first (``Mi`` before ``M``... and ``m``), without the empty one.
+_SUFFIX_ORDER = sorted((k for k in _SUFFIXES if k), key=len, reverse=True)
+
+
 def parse_quantity(value: str | int | float) -> Decimal:
     """A Kubernetes quantity as a number: ``"500m"`` → ``0.5``, ``"16Gi"`` → ``17179869184``,
     ``4.0`` → ``4``. Accepts the numbers kubespawner puts in pods as they are.
@@ -130,8 +134,8 @@ def parse_quantity(value: str | int | float) -> Decimal:
     if isinstance(value, int | float):
         return Decimal(str(value))
     text = str(value).strip()
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if suffix and text.endswith(suffix):
+    for suffix in _SUFFIX_ORDER:
+        if text.endswith(suffix):
             number, unit = text[: -len(suffix)], _SUFFIXES[suffix]
             break
     else:
