@@ -2,8 +2,10 @@
 
 Every user works in their own folder ``users/<slug>`` of one shared PersistentVolumeClaim
 (default ``llm-storage``) and sees only that folder, mounted at ``/storage/users/<slug>``, plus
-the shared base models, read-only, at ``/storage/models``. The user's server (``spawner``) and
-the batch queue's Jobs (``queue``) both build their volumes here, so both see the same folder.
+the shared base models, read-only, at ``/storage/models``. The user's workload
+(:func:`llmspawner.workload.build_workload`), from which both the user's server and the batch
+queue's Jobs are built, takes its volumes, mounts and owner init container from here, so both
+see the same folder as the same user.
 
 All functions are pure: no I/O, no mutation of their arguments.
 """
