@@ -169,6 +169,10 @@ class ControlLoop:
                     setattr(row, key, value)
             db.commit()
 
+    def _failed(self, reason: str) -> dict:
+        """The column values of a job that fails now with ``reason``."""
+        return {"state": FAILED, "finished_at": to_utc(self.ctx.clock()), "reason": reason}
+
     # -- states ---------------------------------------------------------------------------
 
     async def _sync_states(self, by_name: dict, pods_of: dict, profiles) -> None:
@@ -183,10 +187,7 @@ class ControlLoop:
             if job is None:
                 if row.state == RUNNING:
                     reason = "Lost: the Kubernetes Job disappeared before the queue saw it finish"
-                    changes[row.id] = (
-                        row.state,
-                        {"state": FAILED, "finished_at": to_utc(now), "reason": reason},
-                    )
+                    changes[row.id] = (row.state, self._failed(reason))
                     log.warning("Job %s of queue job %s is gone", row.k8s_name, row.id)
                 elif row.state == ADMITTED:
                     to_create.append(row.id)
@@ -269,17 +270,7 @@ class ControlLoop:
             totals={slug: c.total for slug, c in caps.items()},
         )
         now = to_utc(ctx.clock())
-        changes: dict[int, tuple[str, dict]] = {
-            r.id: (
-                QUEUED,
-                {
-                    "state": FAILED,
-                    "finished_at": now,
-                    "reason": f"ConfigError: profile {r.profile!r} no longer exists",
-                },
-            )
-            for r in unknown
-        }
+        changes = {r.id: (QUEUED, self._failed(_gone(r.profile))) for r in unknown}
         for job_id in decision.admit:
             changes[job_id] = (QUEUED, {"state": ADMITTED, "reason": "", "admitted_at": now})
         # Committed before any Job exists: a crash from here on is repaired by the next
@@ -346,14 +337,7 @@ class ControlLoop:
         for row in sorted(rows, key=lambda r: order[r.id]):
             profile = profiles.get(row.profile)
             if profile is None:
-                failed[row.id] = (
-                    expected,
-                    {
-                        "state": FAILED,
-                        "finished_at": to_utc(ctx.clock()),
-                        "reason": f"ConfigError: profile {row.profile!r} no longer exists",
-                    },
-                )
+                failed[row.id] = (expected, self._failed(_gone(row.profile)))
                 continue
             experiment_id = None
             experiment = ctx.experiment(row.user)
@@ -375,16 +359,8 @@ class ControlLoop:
                     log.warning("Cannot create Job %s yet (will retry): %s", row.k8s_name, e)
                     continue
                 log.warning("Kubernetes refused Job %s: %s", row.k8s_name, e)
-                failed[row.id] = (
-                    expected,
-                    {
-                        "state": FAILED,
-                        "finished_at": to_utc(ctx.clock()),
-                        "reason": (
-                            f"ConfigError: Kubernetes refused the Job ({e.status}): {e.message}"
-                        ),
-                    },
-                )
+                reason = f"ConfigError: Kubernetes refused the Job ({e.status}): {e.message}"
+                failed[row.id] = (expected, self._failed(reason))
                 continue
             # A stand-in backend may return None.
             created[row.id] = (getattr(outcome, "existed", False), experiment_id)
@@ -448,6 +424,10 @@ class ControlLoop:
                     if row is not None and row.mlflow_run_id is None:
                         row.mlflow_run_id = run_id
                 db.commit()
+
+
+def _gone(profile: str) -> str:
+    return f"ConfigError: profile {profile!r} no longer exists"
 
 
 def _pods_by_job(pods: list[dict]) -> dict[str, list[dict]]:
