@@ -241,6 +241,7 @@ def build_workload(
     uid: int | None = None,
     gid: int | None = None,
     fs_gid: int | None = None,
+    image: str | None = None,
 ) -> Workload:
     """Build the workload of one user and profile (pure; nothing is read or written).
 
@@ -257,6 +258,9 @@ def build_workload(
             (as the spawner always did; :func:`llmspawner.storage.build_owner_init_container`).
         gid: the containers' ``runAsGroup``; ``None``: ``settings.gid``.
         fs_gid: the pod's ``fsGroup``; ``None``: ``settings.fs_gid``.
+        image: the image when the profile names none, instead of ``settings.image`` (the
+            queue's ``LLMQueue.image``); used by every container, the owner init container
+            included. ``None``: ``settings.image``.
 
     Returns:
         A new :class:`Workload`.
@@ -268,7 +272,7 @@ def build_workload(
     uid = _id("uid", settings.uid if uid is None else uid)
     gid = _id("gid", settings.gid if gid is None else gid)
     fs_gid = _id("fs_gid", settings.fs_gid if fs_gid is None else fs_gid)
-    image = profile.image or settings.image
+    image = profile.image or image or settings.image
     if not image:
         raise ValueError(
             f"no image for profile {profile.slug!r}: set LLMPlatform.image (or the spawner's "

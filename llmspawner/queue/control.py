@@ -31,7 +31,6 @@ A failed job's ``reason`` starts with a code: ``BackoffLimitExceeded``,
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 
@@ -300,9 +299,9 @@ class ControlLoop:
             username=row.user,
             config=json.loads(row.config),
         )
-        workload = build_workload(username=row.user, profile=profile, settings=ctx.platform)
-        if s.image and not profile.image:
-            workload = dataclasses.replace(workload, image=s.image)
+        workload = build_workload(
+            username=row.user, profile=profile, settings=ctx.platform, image=s.image or None
+        )
         job = k8s_objects.build_job(
             name=row.k8s_name,
             namespace=ctx.namespace,

@@ -21,6 +21,7 @@ import json
 import yaml
 
 from ..storage import user_slug
+from ..tracking import JOB_ID_TAG
 from ..workload import ANNOTATION_USERNAME, LABEL_PROFILE, LABEL_USER, Workload
 from .states import PRIORITY_CLASSES, SERVICE_NAME
 
@@ -216,7 +217,7 @@ def build_job(
         env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_")}
     env["LLMSPAWNER_JOB_ID"] = str(job_id)
     if "MLFLOW_TRACKING_URI" in env:
-        env["MLFLOW_TAGS"] = json.dumps({"llmspawner.job_id": str(job_id)})
+        env["MLFLOW_TAGS"] = json.dumps({JOB_ID_TAG: str(job_id)})
     labels = {LABEL_MANAGED_BY: MANAGED_BY, **w.labels, LABEL_JOB_ID: str(job_id)}
 
     container: dict = {

@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 
 import pytest
 
+from llmspawner.hubconfig import REPO_PROFILES
 from llmspawner_dev.login import HubSession
 from llmspawner_dev.smoke import fetch_llamaboard
 from llmspawner_dev.stack import DevStack
 from llmspawner_dev.tiny_model import TINY_DATASET_NAME, write_tiny_dataset, write_tiny_model
-from llmspawner.hubconfig import REPO_PROFILES
 
 from .browser import chromium, chromium_path, oidc_login
 from .conftest import STACK_TIMEOUT

@@ -32,6 +32,8 @@ import httpx
 import pytest
 import yaml
 
+from llmspawner.queue.k8s_objects import LABEL_JOB_ID
+from llmspawner.storage import models_path
 from llmspawner_dev.login import HubSession
 from llmspawner_dev.parts import venv_bin
 from llmspawner_dev.tiny_model import (
@@ -40,8 +42,6 @@ from llmspawner_dev.tiny_model import (
     write_tiny_dataset,
     write_tiny_model,
 )
-from llmspawner.queue.k8s_objects import LABEL_JOB_ID
-from llmspawner.storage import models_path
 
 from .polling import wait_until
 

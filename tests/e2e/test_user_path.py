@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from llmspawner.hubconfig import REPO_PROFILES
+from llmspawner.storage import models_path
 from llmspawner_dev.login import HubSession
 from llmspawner_dev.tiny_model import (
     TINY_MODEL_NAME,
@@ -38,8 +40,6 @@ from llmspawner_dev.tiny_model import (
     write_tiny_dataset,
     write_tiny_model,
 )
-from llmspawner.hubconfig import REPO_PROFILES
-from llmspawner.storage import models_path
 
 from .browser import CHROMIUM_ARGS, chromium_path
 from .conftest import BROWSER_USER

@@ -13,13 +13,12 @@ import asyncio
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from devcluster.testing import fast_cluster
+from devcluster.testing import fast_cluster, wait_for
 from llmspawner.hubconfig import REPO_PROFILES
 from llmspawner.queue.states import ACCESS_SCOPE
 from llmspawner_dev.parts import base_environment, hub_command
@@ -54,20 +53,6 @@ c.JupyterHub.load_roles = [
 c.LLMPlatform.profiles_dir = {profiles!r}
 configure_queue(c)
 """
-
-
-async def _wait(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = await check()
-            if result:
-                return result
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready within {timeout} s")
-        await asyncio.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +95,9 @@ async def hub(tmp_path_factory):
                     r = await http.get("/services/llm-queue/api/jobs")
                     return r.status_code == 401  # the service answers (not the proxy's 503)
 
-                await _wait(queue_up, 60, "the queue behind the hub's proxy")
+                await wait_for(
+                    queue_up, 60, "the queue behind the hub's proxy", 0.2, ignore=(httpx.HTTPError,)
+                )
                 http.work = work
                 yield http
         except BaseException:
@@ -157,7 +144,7 @@ async def test_server_token_and_user_tokens(hub):
         except FileNotFoundError:
             return None
 
-    server_token = await _wait(written, 30, "alice's server")
+    server_token = await wait_for(written, 30, "alice's server", 0.2, ignore=(httpx.HTTPError,))
     whoami = (await hub.get("/hub/api/user", headers=q(server_token))).json()
     assert ACCESS_SCOPE in whoami["scopes"]
 

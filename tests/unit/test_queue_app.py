@@ -20,6 +20,7 @@ from tornado.httpserver import HTTPServer
 from tornado.web import create_signed_value
 from traitlets.config import Config
 
+from devcluster.testing import wait_for
 from llmspawner.queue import db as queue_db
 from llmspawner.queue.app import make_app, page_routes
 from llmspawner.queue.backend import KubeError
@@ -463,18 +464,6 @@ async def test_job_page_of_another_user_is_404(service):
 # -- profiles through the one cache ------------------------------------------------------------
 
 
-async def _until(check, timeout=15.0):
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.2)
-
-
 async def test_a_profile_file_added_changed_broken_is_seen_within_seconds(
     service, profiles, caplog
 ):
@@ -493,7 +482,7 @@ async def test_a_profile_file_added_changed_broken_is_seen_within_seconds(
     async def accepted():
         return (await submit(service, profile="tiny")).status_code == 201
 
-    assert await _until(accepted), "the added profile was not accepted within 15 s"
+    await wait_for(accepted, 15, "the added profile is accepted", 0.2)
     names = await service.get("api/profiles", headers=auth("alice-token"))
     assert {p["slug"] for p in names.json()["profiles"]} == {"cpu", "medium", "tiny"}
 
@@ -504,7 +493,7 @@ async def test_a_profile_file_added_changed_broken_is_seen_within_seconds(
         await submit(service, profile="tiny")
         return "keeping the last valid ones" in caplog.text
 
-    assert await _until(logged), "the broken edit was not noticed within 15 s"
+    await wait_for(logged, 15, "the broken edit is noticed", 0.2)
     r = await submit(service, profile="tiny")
     assert r.status_code == 201, r.text  # the last valid set is still in use
     assert r.json()["profile_name"] == "Tiny"
@@ -514,4 +503,4 @@ async def test_a_profile_file_added_changed_broken_is_seen_within_seconds(
     async def refused():
         return (await submit(service, profile="tiny")).status_code == 400
 
-    assert await _until(refused), "the removed profile was still accepted after 15 s"
+    await wait_for(refused, 15, "the removed profile is refused", 0.2)

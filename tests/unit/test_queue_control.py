@@ -218,7 +218,10 @@ async def test_the_queue_image_wins_over_the_platforms(queue):
     await submit(queue)
     await queue.loop.run_pass()
     [job] = queue.backend.created
-    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "trainer:2"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "trainer:2"
+    # The owner init container runs from the same image, not the servers' one.
+    assert [c["image"] for c in pod["initContainers"]] == ["trainer:2"]
 
 
 async def test_an_admitted_job_without_its_job_is_created_once(queue):
