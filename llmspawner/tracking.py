@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable
 from urllib.parse import quote, urlencode
 
-from .storage import user_slug
-
 #: The default template of a user's experiment name.
 DEFAULT_EXPERIMENT_TEMPLATE = "{username}-experiments"
 #: The MLflow run tag holding a queue job's id; a queue Job sets it through ``MLFLOW_TAGS``
@@ -83,6 +81,10 @@ def experiment_name(username: str, template: str = DEFAULT_EXPERIMENT_TEMPLATE) 
         username: the hub's normalised username.
         template: see :func:`check_experiment_template`.
     """
+    # Imported here: the slug comes from kubespawner, which `llmspawner deploy check`'s
+    # install (the `deploy` extra) does not have; it only validates templates.
+    from .storage import user_slug
+
     check_experiment_template(template)
     return template.format(username=username, slug=user_slug(username))
 
