@@ -52,7 +52,14 @@ WORKLOAD_TRAITS = (
     "uid",
     "gid",
     "fs_gid",
+    "allow_privilege_escalation",
+    "container_security_context",
+    "pod_security_context",
 )
+
+#: Of :data:`WORKLOAD_TRAITS`, those kubespawner also takes as a callable (resolved per spawn,
+#: ``spawner -> value``, before the workload goes on top).
+CALLABLE_TRAITS = ("uid", "gid", "fs_gid", "container_security_context", "pod_security_context")
 
 #: Settings that moved from ``c.LLMSpawner`` to ``c.LLMPlatform`` (issue 11).
 MOVED_SETTINGS = (
@@ -106,8 +113,13 @@ def kubespawner_traits(workload: Workload, configured: Mapping[str, Any]) -> dic
       ones first, the workload's appended;
     - ``image``, ``working_dir``: the workload's;
     - ``uid``/``gid``/``fs_gid``: the workload's ``runAsUser``/``runAsGroup``/``fsGroup``
-      (``None`` when unset). ``allowPrivilegeEscalation`` stays kubespawner's own trait
-      (default ``False``, as the workload's).
+      (``None`` when unset);
+    - ``container_security_context``/``pod_security_context``: the configured dict with the
+      workload's keys on top, and ``allow_privilege_escalation`` the workload's (``False``):
+      a server is hardened by the same rule as a Job
+      (:func:`llmspawner.workload.container_security_context`), whatever z2jh's
+      ``singleuser.allowPrivilegeEscalation`` says. Callable configured values must be
+      resolved first (:data:`CALLABLE_TRAITS`).
 
     Args:
         workload: the user's workload for the chosen profile.
@@ -157,6 +169,17 @@ def kubespawner_traits(workload: Workload, configured: Mapping[str, Any]) -> dic
     out["uid"] = workload.container_security_context.get("runAsUser")
     out["gid"] = workload.container_security_context.get("runAsGroup")
     out["fs_gid"] = workload.pod_security_context.get("fsGroup")
+    for trait, extra in (
+        ("container_security_context", workload.container_security_context),
+        ("pod_security_context", workload.pod_security_context),
+    ):
+        value = configured[trait]
+        if callable(value):
+            raise TypeError(f"{trait}: resolve the callable before mapping the workload")
+        out[trait] = {**_copy(dict(value or {})), **_copy(extra)}
+    out["allow_privilege_escalation"] = workload.container_security_context.get(
+        "allowPrivilegeEscalation", configured["allow_privilege_escalation"]
+    )
     return out
 
 
@@ -493,12 +516,20 @@ class LLMSpawner(KubeSpawner):
         return self._configured
 
     async def _resolved(self, name: str):
-        """A trait that kubespawner allows to be a callable (``uid``, ``gid``, ``fs_gid``),
+        """A trait that kubespawner allows to be a callable (:data:`CALLABLE_TRAITS`),
         resolved for this spawn."""
         value = self._configured_values()[name]
         if callable(value):
             value = await maybe_future(value(self))
         return value
+
+    async def _resolved_configured(self) -> dict[str, Any]:
+        """The configured values with every callable of :data:`CALLABLE_TRAITS` resolved."""
+        configured = dict(self._configured_values())
+        for name in CALLABLE_TRAITS:
+            if callable(configured[name]):
+                configured[name] = await self._resolved(name)
+        return configured
 
     async def build_workload(self, profile: profiles_mod.Profile) -> Workload:
         """This user's :class:`~llmspawner.workload.Workload` for ``profile``, with this
@@ -529,10 +560,21 @@ class LLMSpawner(KubeSpawner):
         self._workload_memo = (key, workload)
         return workload
 
-    def apply_workload(self, workload: Workload) -> None:
+    def apply_workload(
+        self, workload: Workload, configured: Mapping[str, Any] | None = None
+    ) -> None:
         """Set this spawner's kubespawner traits from ``workload`` on top of their configured
-        values (:func:`kubespawner_traits`); remembered as :attr:`workload` for ``get_env``."""
-        for name, value in kubespawner_traits(workload, self._configured_values()).items():
+        values (:func:`kubespawner_traits`); remembered as :attr:`workload` for ``get_env``.
+
+        Args:
+            workload: the workload of this spawn.
+            configured: the configured values with callables resolved
+                (:meth:`_resolved_configured`); ``None``: the snapshot, which then must hold
+                no callable security context.
+        """
+        if configured is None:
+            configured = self._configured_values()
+        for name, value in kubespawner_traits(workload, configured).items():
             if getattr(self, name) != value:  # a trait's set validates and notifies: skip
                 setattr(self, name, value)
         self._workload = workload
@@ -564,7 +606,8 @@ class LLMSpawner(KubeSpawner):
             await super().load_user_options()
         finally:
             self._loading_options = False
-        self.apply_workload(await self.build_workload(self.current_profile))
+        workload = await self.build_workload(self.current_profile)
+        self.apply_workload(workload, await self._resolved_configured())
 
     def get_env(self):
         """kubespawner's environment plus the workload's (``HOME``, ``MLFLOW_*``) and the

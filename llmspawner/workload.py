@@ -3,7 +3,8 @@
 One pure builder, :func:`build_workload`, turns ``(username, profile, settings, uid/gid)``
 into a :class:`Workload`: the image, CPU/memory/GPU requests and limits, node selector,
 tolerations, the user's storage volumes and mounts, the owner init container, the
-environment (``HOME``, MLflow), the working directory, the security contexts, labels and
+environment (``HOME``, MLflow), the working directory, the security contexts (the
+"restricted" Pod Security Standard, never root), ``/dev/shm`` sized per profile, labels and
 annotations. The spawner maps it onto its kubespawner traits
 (:meth:`llmspawner.spawner.LLMSpawner.apply_workload`), the queue embeds it in its Job
 (:func:`llmspawner.queue.k8s_objects.build_job`), and the capacity count reads the same
@@ -41,6 +42,14 @@ LABEL_USER = "llmspawner.io/user"
 LABEL_PROFILE = "llmspawner.io/profile"
 #: Annotation of every user workload: the user's raw hub name (a label cannot hold it).
 ANNOTATION_USERNAME = "llmspawner.io/username"
+
+#: Name of the pod volume mounted at ``/dev/shm`` (:func:`shm_volume`).
+SHM_VOLUME = "dshm"
+#: Where it is mounted.
+SHM_PATH = "/dev/shm"
+#: Bounds of the default ``/dev/shm`` size (bytes): a quarter of the memory, within these.
+SHM_DEFAULT_MIN = 1 << 30
+SHM_DEFAULT_MAX = 16 << 30
 
 #: Resource names of CPU and memory in ``resources.requests``/``limits``.
 CPU = "cpu"
@@ -179,6 +188,77 @@ def resources(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUCon
     return out
 
 
+def shm_size(profile: profiles_mod.Profile) -> int:
+    """The size of a profile's ``/dev/shm`` in bytes (pure).
+
+    The profile's ``shm_size`` when set; else a quarter of its memory limit (or guarantee),
+    at least :data:`SHM_DEFAULT_MIN` (1 GiB) and at most :data:`SHM_DEFAULT_MAX` (16 GiB), but
+    never above the memory limit; 1 GiB when the profile sets no memory. A container
+    runtime's default is 64 MiB, which makes PyTorch's multi-worker data loading die with a
+    bus error (https://github.com/pytorch/pytorch/issues/2244).
+    """
+    if profile.shm_size is not None:
+        return profile.shm_size
+    memory = profile.mem_limit or profile.mem_guarantee
+    if not memory:
+        return SHM_DEFAULT_MIN
+    size = min(max(memory // 4, SHM_DEFAULT_MIN), SHM_DEFAULT_MAX)
+    return min(size, profile.mem_limit) if profile.mem_limit else size
+
+
+def shm_volume(size: int) -> tuple[dict, dict]:
+    """The ``/dev/shm`` volume and its mount: an emptyDir of ``medium: Memory`` (a tmpfs)
+    with ``sizeLimit`` ``size`` bytes (pure). What it holds counts against the container's
+    memory limit (https://kubernetes.io/docs/concepts/storage/volumes/#emptydir).
+
+    Returns:
+        ``(volume, volume_mount)``, new dicts.
+    """
+    return (
+        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": memory_quantity(size)}},
+        {"name": SHM_VOLUME, "mountPath": SHM_PATH},
+    )
+
+
+#: The seccomp profile of every user container: the container runtime's default.
+#: https://kubernetes.io/docs/tutorials/security/seccomp/
+SECCOMP_RUNTIME_DEFAULT = {"type": "RuntimeDefault"}
+
+
+def pod_security_context(*, fs_gid: int | None) -> dict:
+    """The pod ``securityContext`` of a user's server and Job (pure): ``fsGroup`` when
+    ``fs_gid`` is set, and ``seccompProfile: RuntimeDefault`` (which the owner init container
+    gets too). https://kubernetes.io/docs/tasks/configure-pod-container/security-context/
+    """
+    out: dict = {}
+    if fs_gid is not None:
+        out["fsGroup"] = fs_gid
+    out["seccompProfile"] = dict(SECCOMP_RUNTIME_DEFAULT)
+    return out
+
+
+def container_security_context(*, uid: int | None, gid: int | None) -> dict:
+    """The ``securityContext`` of the user's container in a server and in a Job (pure):
+    the Pod Security Standard "restricted" profile
+    (https://kubernetes.io/docs/concepts/security/pod-security-standards/#restricted):
+    ``runAsUser``/``runAsGroup`` when set, ``runAsNonRoot: true`` (with no uid the image's
+    user must not be root), ``allowPrivilegeEscalation: false``, capabilities ``drop: [ALL]``,
+    ``seccompProfile: RuntimeDefault``. The one rule for both; kubespawner's
+    ``allow_privilege_escalation`` and ``container_security_context`` are overridden by it
+    (:func:`llmspawner.spawner.kubespawner_traits`).
+    """
+    out: dict = {}
+    if uid is not None:
+        out["runAsUser"] = uid
+    if gid is not None:
+        out["runAsGroup"] = gid
+    out["runAsNonRoot"] = True
+    out["allowPrivilegeEscalation"] = False
+    out["capabilities"] = {"drop": ["ALL"]}
+    out["seccompProfile"] = dict(SECCOMP_RUNTIME_DEFAULT)
+    return out
+
+
 @dataclass(frozen=True)
 class Workload:
     """What a user's server pod and their Job pods share (see the module docstring).
@@ -192,15 +272,19 @@ class Workload:
             resources (whole counts); see :func:`resources`.
         node_selector: label → value the node must have (profile's, then GPU's).
         tolerations: Kubernetes toleration dicts (GPU nodes' taint first, then the profile's).
-        volumes: the user's storage volumes (the shared PVC).
-        volume_mounts: the user's folder read-write at their home, shared models read-only.
+        volumes: the user's storage volumes (the shared PVC) and the ``/dev/shm`` emptyDir
+            (:func:`shm_volume`).
+        volume_mounts: the user's folder read-write at their home, shared models read-only,
+            ``/dev/shm``.
         init_containers: the owner init container when a uid is set, else ``[]``.
         env: ``HOME``, and ``MLFLOW_TRACKING_URI``/``MLFLOW_EXPERIMENT_NAME`` when tracking is
             on (``LLMPlatform.mlflow_tracking_uri`` set).
         working_dir: the user's folder in the pod, ``/storage/users/<slug>``.
-        pod_security_context: ``{"fsGroup": fs_gid}``, or ``{}`` when no fs_gid.
-        container_security_context: ``runAsUser``/``runAsGroup`` when set, and
-            ``allowPrivilegeEscalation: False`` (kubespawner's default for servers).
+        pod_security_context: :func:`pod_security_context`: ``fsGroup`` (when set) and
+            ``seccompProfile: RuntimeDefault``.
+        container_security_context: :func:`container_security_context`: ``runAsUser``/
+            ``runAsGroup`` when set, ``runAsNonRoot``, ``allowPrivilegeEscalation: False``,
+            all capabilities dropped, ``seccompProfile: RuntimeDefault``.
         labels: ``llmspawner.io/user`` (slug) and ``llmspawner.io/profile`` (profile slug).
         annotations: ``llmspawner.io/username`` (the raw hub name).
     """
@@ -267,9 +351,16 @@ def build_workload(
 
     Raises:
         ValueError: no image (neither the profile's nor ``LLMPlatform.image``), a bad
-            ``storage_claim_name``, an empty ``username``, or a negative/non-integer id.
+            ``storage_claim_name``, an empty ``username``, a negative/non-integer id, or
+            uid 0 (root; the containers have ``runAsNonRoot``).
     """
     uid = _id("uid", settings.uid if uid is None else uid)
+    if uid == 0:
+        raise ValueError(
+            "uid must not be 0: servers and Jobs never run as root (runAsNonRoot); set "
+            "LLMPlatform.uid / KubeSpawner.uid (z2jh: singleuser.uid) to the image's user, "
+            "e.g. 1000"
+        )
     gid = _id("gid", settings.gid if gid is None else gid)
     fs_gid = _id("fs_gid", settings.fs_gid if fs_gid is None else fs_gid)
     image = profile.image or image or settings.image
@@ -300,24 +391,19 @@ def build_workload(
             experiment=settings.experiment_name(username),
         )
     )
-    container_security_context: dict = {}
-    if uid is not None:
-        container_security_context["runAsUser"] = uid
-    if gid is not None:
-        container_security_context["runAsGroup"] = gid
-    container_security_context["allowPrivilegeEscalation"] = False
+    shm_volume_, shm_mount = shm_volume(shm_size(profile))
     return Workload(
         image=image,
         resources=resources(profile, cluster),
         node_selector=dict(place.node_selector),
         tolerations=list(place.tolerations),
-        volumes=user_storage.volumes,
-        volume_mounts=user_storage.volume_mounts,
+        volumes=[*user_storage.volumes, shm_volume_],
+        volume_mounts=[*user_storage.volume_mounts, shm_mount],
         init_containers=init_containers,
         env=env,
         working_dir=user_storage.home,
-        pod_security_context={} if fs_gid is None else {"fsGroup": fs_gid},
-        container_security_context=container_security_context,
+        pod_security_context=pod_security_context(fs_gid=fs_gid),
+        container_security_context=container_security_context(uid=uid, gid=gid),
         labels={LABEL_USER: storage.user_slug(username), LABEL_PROFILE: profile.slug},
         annotations={ANNOTATION_USERNAME: username},
     )

@@ -34,6 +34,13 @@ EXPECTED = {
         (32 * 2**30, 64 * 2**30),
     ),
 }
+# /dev/shm's sizeLimit per profile (bytes): a quarter of the memory limit, 1 to 16 GiB.
+SHM = {
+    "cpu": str(4 * 2**30),
+    "small": str(8 * 2**30),
+    "medium": str(12 * 2**30),
+    "large": str(16 * 2**30),
+}
 USERS = {"alice": "alice", "Bob.Smith@example.org": "bob-smith-example-org---da50e6af"}
 
 
@@ -58,7 +65,8 @@ async def test_pod_for_profile_and_user(make_spawner, profile, username):
     assert spec.get("nodeSelector") == selector
     assert spec.get("tolerations") == tolerations
     assert spec["volumes"] == [
-        {"name": "llm-storage", "persistentVolumeClaim": {"claimName": "llm-storage"}}
+        {"name": "llm-storage", "persistentVolumeClaim": {"claimName": "llm-storage"}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM[profile]}},
     ]
     assert container["volumeMounts"] == [
         {"name": "llm-storage", "mountPath": f"/storage/users/{slug}", "subPath": f"users/{slug}"},
@@ -68,7 +76,16 @@ async def test_pod_for_profile_and_user(make_spawner, profile, username):
             "subPath": "models",
             "readOnly": True,
         },
+        {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+    # Hardened like a Job (the "restricted" Pod Security Standard), whatever the uid.
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert spec["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
     assert container["workingDir"] == f"/storage/users/{slug}"
     env = env_of(pod)
     assert env["HOME"] == f"/storage/users/{slug}"
@@ -93,7 +110,7 @@ async def test_cpu_after_gpu_on_the_same_spawner(make_spawner):
     assert "nvidia.com/gpu" not in spec["containers"][0]["resources"]["requests"]
     assert spec.get("nodeSelector") is None
     assert spec.get("tolerations") is None
-    assert len(spec["containers"][0]["volumeMounts"]) == 2
+    assert len(spec["containers"][0]["volumeMounts"]) == 3  # user folder, models, /dev/shm
 
 
 async def test_no_options_gives_default_profile(make_spawner):
@@ -125,11 +142,12 @@ async def test_configured_selector_and_tolerations_are_kept(make_spawner):
             "nvidia.com/gpu.replicas": "2",
         }
         assert spec["tolerations"] == [dedicated, TOLERATION]
-        assert [v["name"] for v in spec["volumes"]] == ["extra", "llm-storage"]
+        assert [v["name"] for v in spec["volumes"]] == ["extra", "llm-storage", "dshm"]
         assert [m["mountPath"] for m in spec["containers"][0]["volumeMounts"]] == [
             "/extra",
             "/storage/users/alice",
             "/storage/models",
+            "/dev/shm",
         ]
     pod = await pod_for(spawner, {"profile": "cpu"})
     assert pod["spec"]["nodeSelector"] == {"hub.jupyter.org/node-purpose": "user"}

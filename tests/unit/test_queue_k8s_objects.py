@@ -251,7 +251,12 @@ def test_medium_job_whole():
                                 {"name": "LLMSPAWNER_JOB_ID", "value": "7"},
                                 {"name": "MLFLOW_TAGS", "value": '{"llmspawner.job_id": "7"}'},
                             ],
-                            "securityContext": {"allowPrivilegeEscalation": False},
+                            "securityContext": {
+                                "runAsNonRoot": True,
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
                             "resources": {
                                 "limits": {
                                     "cpu": "8",
@@ -276,6 +281,7 @@ def test_medium_job_whole():
                                     "subPath": "models",
                                     "readOnly": True,
                                 },
+                                {"name": "dshm", "mountPath": "/dev/shm"},
                                 {
                                     "name": "llm-queue-config",
                                     "mountPath": "/etc/llm-queue",
@@ -289,11 +295,16 @@ def test_medium_job_whole():
                             "name": "llm-storage",
                             "persistentVolumeClaim": {"claimName": "llm-storage"},
                         },
+                        {
+                            "name": "dshm",
+                            "emptyDir": {"medium": "Memory", "sizeLimit": str(12 * 2**30)},
+                        },
                         {"name": "llm-queue-config", "configMap": {"name": "llm-job-alice-7"}},
                     ],
                     "nodeSelector": {"nvidia.com/gpu.replicas": "2"},
                     "tolerations": [TOLERATION],
                     "automountServiceAccountToken": False,
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                 },
             },
         },
@@ -418,7 +429,7 @@ def test_options():
     assert obj["spec"]["activeDeadlineSeconds"] == 60
     assert pod["serviceAccountName"] == "trainer"
     assert "automountServiceAccountToken" not in pod
-    assert "securityContext" not in pod
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}  # no fsGroup
     assert "initContainers" not in pod
 
 
@@ -433,11 +444,17 @@ def test_uid_and_fs_gid_give_security_contexts_and_the_owner_init_container(wher
         )
     validate(obj)
     pod = obj["spec"]["template"]["spec"]
-    assert pod["securityContext"] == {"fsGroup": 100}
+    assert pod["securityContext"] == {
+        "fsGroup": 100,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert pod["containers"][0]["securityContext"] == {
         "runAsUser": 1000,
         "runAsGroup": 100,
+        "runAsNonRoot": True,
         "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
     (owner,) = pod["initContainers"]
     assert owner["name"] == "llm-storage-owner"

@@ -26,6 +26,15 @@ SHIPPED = load_profiles(REPO_PROFILES)
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 USERS = {"alice": "alice", "Bob.Smith@example.org": "bob-smith-example-org---da50e6af"}
 GiB = 2**30
+# /dev/shm per shipped profile: a quarter of the memory limit, 1 to 16 GiB.
+SHM = {"cpu": 4 * GiB, "small": 8 * GiB, "medium": 12 * GiB, "large": 16 * GiB}
+#: The container hardening of both a server and a Job (besides runAsUser/runAsGroup).
+HARDENED = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 # profile -> (requests, limits) as the Job has them (Kubernetes quantity strings),
 # node selector, tolerations. Every shipped profile must be here.
@@ -143,8 +152,13 @@ async def test_server_pod_and_job_pod_agree(make_spawner, profile, username, mod
     requests, limits, selector, tolerations = EXPECTED[profile]
     uid, gid, fs_gid = ID_MODES[mode][2]
 
-    # Storage: the user's folder and the shared models, nothing else (the Job adds its config).
-    volumes = [{"name": "llm-storage", "persistentVolumeClaim": {"claimName": "llm-storage"}}]
+    # Storage: the user's folder, the shared models and /dev/shm, nothing else (the Job adds
+    # its config).
+    shm = str(SHM[profile])
+    volumes = [
+        {"name": "llm-storage", "persistentVolumeClaim": {"claimName": "llm-storage"}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
+    ]
     mounts = [
         {"name": "llm-storage", "mountPath": home, "subPath": f"users/{slug}"},
         {
@@ -153,6 +167,7 @@ async def test_server_pod_and_job_pod_agree(make_spawner, profile, username, mod
             "subPath": "models",
             "readOnly": True,
         },
+        {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     assert s_spec["volumes"] == volumes
     assert j_spec["volumes"] == [
@@ -167,10 +182,13 @@ async def test_server_pod_and_job_pod_agree(make_spawner, profile, username, mod
     assert s_main["workingDir"] == j_main["workingDir"] == home
     assert s_main["image"] == j_main["image"] == IMAGE
 
-    # Who the files belong to.
+    # Who the files belong to, and the same hardening (never root).
     assert ids_of(s_spec) == ids_of(j_spec) == (uid, gid, fs_gid)
-    assert s_main["securityContext"]["allowPrivilegeEscalation"] is False
-    assert j_main["securityContext"]["allowPrivilegeEscalation"] is False
+    assert s_main["securityContext"] == j_main["securityContext"]
+    ids = ("runAsUser", "runAsGroup")
+    assert {k: v for k, v in s_main["securityContext"].items() if k not in ids} == HARDENED
+    assert s_spec["securityContext"] == j_spec["securityContext"]
+    assert s_spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert s_spec.get("initContainers") == j_spec.get("initContainers")
     if uid is None:
         assert "initContainers" not in j_spec
@@ -222,10 +240,12 @@ async def test_medium_exact_values(make_spawner):
     assert template["spec"]["nodeSelector"] == {"nvidia.com/gpu.replicas": "2"}
     assert server["spec"]["nodeSelector"] == {"nvidia.com/gpu.replicas": "2"}
     assert (
-        template["spec"]["securityContext"] == server["spec"]["securityContext"] == {"fsGroup": 100}
+        template["spec"]["securityContext"]
+        == server["spec"]["securityContext"]
+        == {"fsGroup": 100, "seccompProfile": {"type": "RuntimeDefault"}}
     )
-    assert job_main["securityContext"] == {"runAsUser": 1000, "allowPrivilegeEscalation": False}
-    assert server_main["securityContext"] == {"runAsUser": 1000, "allowPrivilegeEscalation": False}
+    assert job_main["securityContext"] == {"runAsUser": 1000, **HARDENED}
+    assert server_main["securityContext"] == {"runAsUser": 1000, **HARDENED}
 
 
 # --- the builder itself ------------------------------------------------------------------
@@ -272,8 +292,8 @@ def test_build_workload_fields():
         "MLFLOW_TRACKING_URI": MLFLOW,
         "MLFLOW_EXPERIMENT_NAME": "Bob.Smith@example.org-experiments",
     }
-    assert w.pod_security_context == {"fsGroup": 100}
-    assert w.container_security_context == {"runAsUser": 1000, "allowPrivilegeEscalation": False}
+    assert w.pod_security_context == {"fsGroup": 100, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert w.container_security_context == {"runAsUser": 1000, **HARDENED}
     assert w.labels == {"llmspawner.io/user": slug, "llmspawner.io/profile": "small"}
     assert w.annotations == {"llmspawner.io/username": "Bob.Smith@example.org"}
 
@@ -285,12 +305,8 @@ def test_arguments_win_over_settings_and_tracking_off():
         settings=platform(uid=5, gid=6, fs_gid=7, mlflow_tracking_uri=""),
         uid=1000,
     )
-    assert w.container_security_context == {
-        "runAsUser": 1000,
-        "runAsGroup": 6,
-        "allowPrivilegeEscalation": False,
-    }
-    assert w.pod_security_context == {"fsGroup": 7}
+    assert w.container_security_context == {"runAsUser": 1000, "runAsGroup": 6, **HARDENED}
+    assert w.pod_security_context == {"fsGroup": 7, "seccompProfile": {"type": "RuntimeDefault"}}
     assert w.init_containers[0]["command"][-1] == "1000:7"
     assert w.env == {"HOME": "/storage/users/alice"}
     assert w.gpu == {}
@@ -303,6 +319,8 @@ def test_arguments_win_over_settings_and_tracking_off():
         ({"settings": platform(image="")}, "no image for profile 'cpu'"),
         ({"uid": -1}, "uid must be a whole number >= 0 or None, not -1"),
         ({"fs_gid": True}, "fs_gid must be a whole number >= 0 or None, not True"),
+        ({"uid": 0}, "uid must not be 0: servers and Jobs never run as root"),
+        ({"settings": platform(uid=0)}, "uid must not be 0"),
     ],
 )
 def test_build_workload_refuses(kwargs, message):
@@ -353,7 +371,7 @@ def test_kubespawner_traits_keep_the_configured_values():
         "nvidia.com/gpu.replicas": "2",
     }
     assert traits["tolerations"] == [{"key": "a"}, {"key": "b"}, TOLERATION]
-    assert [v["name"] for v in traits["volumes"]] == ["extra", "llm-storage"]
+    assert [v["name"] for v in traits["volumes"]] == ["extra", "llm-storage", "dshm"]
     assert traits["extra_resource_limits"] == {"example.com/dongle": 1, "nvidia.com/gpu": 1}
     assert traits["extra_resource_guarantees"] == {"nvidia.com/gpu": 1}
     assert (traits["cpu_guarantee"], traits["cpu_limit"]) == (4.0, 8.0)
@@ -362,3 +380,75 @@ def test_kubespawner_traits_keep_the_configured_values():
     # kubespawner expands {...} in label and annotation values: the raw name is escaped.
     assert traits["extra_annotations"] == {"llmspawner.io/username": "{{odd}}"}
     assert (traits["uid"], traits["gid"], traits["fs_gid"]) == (None, None, None)
+
+
+def test_kubespawner_traits_harden_over_the_configured_security():
+    """One rule for server and Job: z2jh's allowPrivilegeEscalation or a configured security
+    context cannot loosen the workload's hardening; other configured keys stay."""
+    configured = {name: None for name in WORKLOAD_TRAITS}
+    configured.update(
+        allow_privilege_escalation=True,
+        container_security_context={
+            "allowPrivilegeEscalation": True,
+            "readOnlyRootFilesystem": True,
+        },
+        pod_security_context={"supplementalGroups": [5]},
+    )
+    w = build_workload(
+        username="alice", profile=find_profile(SHIPPED, "cpu"), settings=platform(), uid=1000
+    )
+    traits = kubespawner_traits(w, configured)
+    assert traits["allow_privilege_escalation"] is False
+    assert traits["container_security_context"] == {
+        "readOnlyRootFilesystem": True,
+        "runAsUser": 1000,
+        **HARDENED,
+    }
+    assert traits["pod_security_context"] == {
+        "supplementalGroups": [5],
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    with pytest.raises(TypeError, match="container_security_context: resolve the callable"):
+        kubespawner_traits(w, {**configured, "container_security_context": lambda s: {}})
+
+
+async def test_callable_security_context_resolved_per_spawn(make_spawner):
+    c = Config()
+    c.KubeSpawner.image = IMAGE
+    c.KubeSpawner.uid = 1000
+    c.KubeSpawner.allow_privilege_escalation = True  # z2jh's singleuser.allowPrivilegeEscalation
+    c.KubeSpawner.container_security_context = lambda spawner: {"readOnlyRootFilesystem": True}
+    pod = await pod_for(make_spawner("alice", c), {"profile": "cpu"})
+    (main,) = pod["spec"]["containers"]
+    assert main["securityContext"] == {
+        "readOnlyRootFilesystem": True,
+        "runAsUser": 1000,
+        **HARDENED,
+    }
+
+
+@pytest.mark.parametrize(
+    ("memory", "shm_size", "expected"),
+    [
+        ({}, None, GiB),  # no memory set: 1 GiB
+        ({"limit": "2G"}, None, GiB),  # a quarter would be 512 MiB: at least 1 GiB
+        ({"limit": "512M"}, None, 512 * 2**20),  # never above the memory limit
+        ({"guarantee": "8G"}, None, 2 * GiB),  # a quarter of the guarantee without a limit
+        ({"limit": "48G"}, None, 12 * GiB),
+        ({"limit": "256G"}, None, 16 * GiB),  # at most 16 GiB
+        ({"limit": "48G"}, "2G", 2 * GiB),  # the profile's shm_size wins
+    ],
+)
+def test_shm_size(memory, shm_size, expected):
+    from llmspawner.profiles import ClusterGPUConfig, parse_profile
+
+    data = {"slug": "p", "display_name": "P", "memory": memory}
+    if shm_size is not None:
+        data["shm_size"] = shm_size
+    profile = parse_profile(data, file="p.yaml", cluster=ClusterGPUConfig())
+    w = build_workload(username="alice", profile=profile, settings=platform())
+    assert w.volumes[-1] == {
+        "name": "dshm",
+        "emptyDir": {"medium": "Memory", "sizeLimit": str(expected)},
+    }
+    assert w.volume_mounts[-1] == {"name": "dshm", "mountPath": "/dev/shm"}
