@@ -11,13 +11,23 @@ volume folders).
   ``$(VAR)`` expansion. https://kubernetes.io/docs/tasks/inject-data-application/define-command-argument-container/#use-environment-variables-to-define-arguments
 - Volumes: ``persistentVolumeClaim`` → ``<data_dir>/pvc/<namespace>/<claimName>/``,
   ``emptyDir`` → a per-pod folder, ``configMap``/``secret`` → files written from the object,
-  ``hostPath`` → the path itself; ``subPath`` folders are created as the kubelet does.
+  ``hostPath`` → the path itself; ``subPath`` folders are created as the kubelet does (owned
+  by root, mode 0755: https://github.com/kubernetes/kubernetes/issues/41638). An emptyDir is
+  mode 0777 (``medium: Memory`` is a folder too; ``sizeLimit`` is not enforced). With the
+  pod's ``fsGroup``, emptyDir, configMap and secret volumes are given to that group
+  (:func:`apply_fs_group`, when the kubelet runs as root); a PVC is left as it is, like an NFS
+  volume whose CSI driver does not manage ownership (``fsGroupPolicy: None``), which is what
+  an owner init container is for.
+- Identity (:func:`process_identity`): ``runAsUser``/``runAsGroup`` (container over pod),
+  ``supplementalGroups`` and ``fsGroup`` as supplementary groups; ``runAsNonRoot`` with
+  ``runAsUser: 0`` is refused as a kubelet does. https://kubernetes.io/docs/tasks/configure-pod-container/security-context/
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import pwd
 import re
 import shutil
 from collections.abc import Callable
@@ -196,14 +206,20 @@ def _write_items(folder: Path, data: dict[str, bytes], items: list | None, mode:
         target.chmod(file_mode)
 
 
-def prepare_volumes(pod: dict, data_dir: Path, pod_dir: Path, lookup: Lookup) -> dict[str, str]:
+def prepare_volumes(
+    pod: dict, data_dir: Path, pod_dir: Path, lookup: Lookup, manage_ownership: bool = False
+) -> dict[str, str]:
     """Create the host folders of the pod's volumes; returns volume name → host path.
+
+    ``manage_ownership`` (the kubelet runs as root): emptyDir, configMap and secret volumes
+    are given to the pod's ``fsGroup`` (:func:`apply_fs_group`).
 
     Raises `VolumeError` for an unsupported volume type or a missing PVC, ConfigMap or Secret
     (unless ``optional``).
     """
     ns = pod["metadata"].get("namespace", "default")
     sources: dict[str, str] = {}
+    owned: list[tuple[Path, bool]] = []  # volumes whose ownership follows fsGroup
     for vol in pod.get("spec", {}).get("volumes") or []:
         name = vol["name"]
         if "persistentVolumeClaim" in vol:
@@ -215,6 +231,8 @@ def prepare_volumes(pod: dict, data_dir: Path, pod_dir: Path, lookup: Lookup) ->
         elif "emptyDir" in vol:
             path = pod_dir / "volumes" / "empty-dir" / name
             path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o777)  # as the kubelet makes an emptyDir
+            owned.append((path, False))
         elif "hostPath" in vol:
             path = Path(vol["hostPath"]["path"])
             if vol["hostPath"].get("type") == "DirectoryOrCreate":
@@ -241,10 +259,15 @@ def prepare_volumes(pod: dict, data_dir: Path, pod_dir: Path, lookup: Lookup) ->
                     {k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()}
                 )
             _write_items(path, data, ref.get("items"), ref.get("defaultMode", 0o644))
+            owned.append((path, True))
         else:
             kinds = sorted(k for k in vol if k != "name")
             raise VolumeError(f"volume {name}: unsupported volume type {kinds}")
         sources[name] = str(path)
+    fs_group = ((pod.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
+    if fs_group is not None and manage_ownership:
+        for path, read_only in owned:
+            apply_fs_group(path, int(fs_group), read_only)
     return sources
 
 
@@ -267,3 +290,94 @@ def container_mounts(container: dict, sources: dict[str, str]) -> list[dict]:
                 os.makedirs(source, exist_ok=True)
         mounts.append({"source": source, "target": target, "readOnly": bool(vm.get("readOnly"))})
     return mounts
+
+
+def process_identity(pod: dict, container: dict) -> dict | None:
+    """Who ``container``'s process runs as, from the security contexts (pure but for the
+    ``/etc/passwd`` lookup of a uid's primary group).
+
+    Returns:
+        ``{"uid": int | None, "gid": int | None, "groups": [int, ...], "no_new_privs": bool}``,
+        ``uid``/``gid`` ``None`` where the pod leaves them to the image (here: the kubelet's
+        own user; there is no image metadata). A ``runAsUser`` without ``runAsGroup`` gets
+        that uid's primary group from ``/etc/passwd``, else 0, as containerd does. ``groups``:
+        ``supplementalGroups`` then ``fsGroup``. ``no_new_privs``: not
+        ``allowPrivilegeEscalation: true``. ``None`` when the pod sets none of these.
+
+    Raises:
+        ContainerConfigError: ``runAsNonRoot`` with ``runAsUser: 0`` (the kubelet's message).
+    """
+    psc = (pod.get("spec") or {}).get("securityContext") or {}
+    csc = container.get("securityContext") or {}
+
+    def pick(key):
+        return csc.get(key, psc.get(key))
+
+    uid, gid = pick("runAsUser"), pick("runAsGroup")
+    if pick("runAsNonRoot") and uid == 0:
+        raise ContainerConfigError(
+            "container's runAsUser breaks non-root policy (pod: "
+            f'"{pod["metadata"]["name"]}", container: {container["name"]})'
+        )
+    groups = [int(g) for g in psc.get("supplementalGroups") or []]
+    if psc.get("fsGroup") is not None and int(psc["fsGroup"]) not in groups:
+        groups.append(int(psc["fsGroup"]))
+    no_new_privs = csc.get("allowPrivilegeEscalation") is False
+    if uid is None and gid is None and not groups and not no_new_privs:
+        return None
+    if uid is not None and gid is None:
+        try:
+            gid = pwd.getpwuid(int(uid)).pw_gid
+        except KeyError:
+            gid = 0
+    return {
+        "uid": None if uid is None else int(uid),
+        "gid": None if gid is None else int(gid),
+        "groups": groups,
+        "no_new_privs": no_new_privs,
+    }
+
+
+def apply_fs_group(path: str | Path, gid: int, read_only: bool = False) -> None:
+    """Give a volume to the pod's ``fsGroup`` as the kubelet does (``SetVolumeOwnership``):
+    every file and folder's group becomes ``gid``; files get ``g+rw`` (``g+r`` read-only),
+    folders ``g+rwx`` (``g+rx``) and the set-group-id bit, so new files inherit the group.
+    Needs root. https://github.com/kubernetes/kubernetes/blob/master/pkg/volume/volume_linux.go
+    """
+    file_bits = 0o440 if read_only else 0o660
+    dir_bits = (0o550 if read_only else 0o770) | 0o2000
+    for root, dirs, files in os.walk(path):
+        for name in [None, *files]:
+            full = root if name is None else os.path.join(root, name)
+            if os.path.islink(full):
+                continue
+            st = os.lstat(full)
+            os.chown(full, -1, gid)
+            bits = dir_bits if name is None else file_bits
+            os.chmod(full, (st.st_mode & 0o7777) | bits)
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+
+
+def untraversable(paths: list[str], uid: int, groups: set[int]) -> list[str]:
+    """The folders above (and of) ``paths`` that ``uid`` with ``groups`` cannot enter (no
+    ``x`` for them), shallowest first: the kubelet makes them enterable in the container's
+    mount namespace, so that the "image" (a local Python prefix, whose interpreter may live
+    under root's ``/root``) can run as the pod's user, as an image's files can."""
+    out: list[str] = []
+    for path in paths:
+        parts = Path(path).parts
+        for i in range(1, len(parts) + 1):
+            folder = str(Path(*parts[:i]))
+            try:
+                st = os.stat(folder)
+            except OSError:
+                break
+            if st.st_uid == uid:
+                ok = st.st_mode & 0o100
+            elif st.st_gid in groups:
+                ok = st.st_mode & 0o010
+            else:
+                ok = st.st_mode & 0o001
+            if not ok and folder not in out:
+                out.append(folder)
+    return sorted(out, key=lambda f: f.count("/"))

@@ -17,8 +17,20 @@ One kubelet serves every node. For each pod bound to a node (``spec.nodeName``) 
   then removes the pod object.
 
 Pod lifecycle rules: https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/
-Not emulated: liveness/startup probes, resource limits (no cgroups), securityContext (the
-processes run as the devcluster's user), image pulls, networking namespaces.
+Identity: when the kubelet runs as root (``id -u`` is 0, as the sandbox's namespaces need),
+each container's process runs as its ``runAsUser``/``runAsGroup`` (container's over pod's;
+without ``runAsGroup`` the uid's primary group, else 0, as containerd), with
+``supplementalGroups`` and ``fsGroup`` as supplementary groups and ``no_new_privs`` for
+``allowPrivilegeEscalation: false``; emptyDir/configMap/secret volumes are given to the
+``fsGroup`` (:func:`containers.process_identity`, :func:`containers.prepare_volumes`);
+``runAsNonRoot`` with ``runAsUser: 0`` fails with CreateContainerConfigError. Without
+``runAsUser`` a process runs as the kubelet's own user (the emulated images carry no USER, so
+``runAsNonRoot`` is not checked against it). When the kubelet is *not* root, no identity is
+applied: every process runs as the kubelet's user, as before (logged once).
+
+Not emulated: liveness/startup probes, resource limits (no cgroups), capabilities and seccomp
+profiles (beyond what dropping root does), emptyDir ``sizeLimit``, image pulls, networking
+namespaces.
 """
 
 from __future__ import annotations
@@ -324,7 +336,13 @@ class PodWorker:
             if pod is None:
                 return None
             try:
-                return containers.prepare_volumes(pod, self.kubelet.data_dir, self.dir, lookup)
+                return containers.prepare_volumes(
+                    pod,
+                    self.kubelet.data_dir,
+                    self.dir,
+                    lookup,
+                    manage_ownership=self.kubelet.as_root,
+                )
             except (containers.VolumeError, OSError) as exc:
                 self.event("FailedMount", f"MountVolume.SetUp failed: {exc}", "Warning")
             await self._sleep(self.kubelet.config.retry_interval)
@@ -395,6 +413,18 @@ class PodWorker:
         env = containers.build_env(pod, run.spec, self.store.peek, self.ip, prefix, base)
         argv = containers.build_argv(run.spec, env)
         mounts = containers.container_mounts(run.spec, sources)
+        user = containers.process_identity(pod, run.spec)
+        traversable: list[str] = []
+        if user is not None and not self.kubelet.as_root:
+            self.kubelet.note_not_root()
+            user = None
+        if user is not None and user["uid"] not in (None, 0):
+            python = os.path.realpath(os.path.join(prefix, "bin", "python"))
+            traversable = containers.untraversable(
+                [prefix, os.path.realpath(prefix), os.path.dirname(python)],
+                user["uid"],
+                {g for g in [user["gid"], *user["groups"]] if g is not None},
+            )
         instance = f"{run.name}-{run.restart_count}"
         run.log_path = self.dir / "logs" / f"{instance}.log"
         run.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -407,6 +437,8 @@ class PodWorker:
             "hide": [str(self.kubelet.data_dir / "pvc"), str(self.kubelet.data_dir / "pods")],
             "error_file": str(self.dir / f"{instance}.error"),
             "parent_pid": os.getpid(),
+            "user": user,
+            "traversable": traversable,
         }
         path = self.dir / f"{instance}.json"
         path.write_text(json.dumps(spec))
@@ -578,8 +610,23 @@ class Kubelet:
         self.ips = IpPool(self.config.first_ip)
         self.workers: dict[str, PodWorker] = {}
         self.base_env: dict[str, str] = {}
+        #: Whether pod identities are applied (the kubelet runs as root; see the module
+        #: docstring). Tests may set it to ``False`` to see the non-root behaviour.
+        self.as_root = os.geteuid() == 0
+        self._noted_not_root = False
         self._wake = asyncio.Event()
         store.add_listener(self._on_event)
+
+    def note_not_root(self) -> None:
+        """Log, once, that pods' runAsUser/runAsGroup/fsGroup are not applied (not root)."""
+        if not self._noted_not_root:
+            self._noted_not_root = True
+            log.warning(
+                "devcluster kubelet runs as uid %s, not root: pods' runAsUser, runAsGroup and "
+                "fsGroup are not applied; every container runs as uid %s",
+                os.geteuid(),
+                os.geteuid(),
+            )
 
     def set_api_address(self, host: str, port: int) -> None:
         """Tell containers where the API server is (KUBERNETES_SERVICE_HOST/PORT)."""

@@ -3,7 +3,16 @@
 Run by the kubelet as ``python sandbox.py SPEC.json`` (this file only, no package imports, so
 it starts fast). SPEC is ``{"argv": [...], "env": {...}, "cwd": "/", "hostname": "pod",
 "mounts": [{"source", "target", "readOnly"}], "hide": [paths], "error_file": path,
-"parent_pid": pid}``.
+"parent_pid": pid, "user": {"uid", "gid", "groups", "no_new_privs"} | null,
+"traversable": [paths]}``.
+
+``user`` (the pod's ``runAsUser``/``runAsGroup``, ``supplementalGroups`` + ``fsGroup``, and
+``allowPrivilegeEscalation: false``): the container process sets its supplementary groups,
+group and user (in that order, so root's groups are gone) and ``PR_SET_NO_NEW_PRIVS`` just
+before ``chdir``/``exec``; a uid/gid of ``null`` keeps this process's. Capabilities are not
+emulated beyond what dropping root does. ``traversable`` folders (those above the "image"
+prefix that the user cannot enter, e.g. ``/root`` of a pyenv interpreter) are shadowed with
+``o+x`` added to their mode, in this namespace only.
 
 Layout of processes, so that nothing outlives the container:
 
@@ -47,6 +56,7 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
 START_ERROR = 128
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -94,9 +104,10 @@ def _inside(path: str, roots: set) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def _shadow(parent: str) -> None:
-    """Make ``parent`` privately writable, its entries still visible: a tmpfs on it, with each
-    original entry bind-mounted (or its symlink recreated) at its old name."""
+def _shadow(parent: str, add_mode: int = 0) -> None:
+    """Make ``parent`` privately writable, its entries still visible: a tmpfs on it (mode: the
+    folder's, plus ``add_mode``), with each original entry bind-mounted (or its symlink
+    recreated) at its old name."""
     entries = []
     for name in os.listdir(parent):
         full = os.path.join(parent, name)
@@ -105,7 +116,7 @@ def _shadow(parent: str) -> None:
         else:
             kind = "dir" if os.path.isdir(full) else "file"
             entries.append((name, kind, os.open(full, os.O_PATH | os.O_CLOEXEC)))
-    mode = os.stat(parent).st_mode & 0o7777
+    mode = (os.stat(parent).st_mode & 0o7777) | add_mode
     _mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode:o}")
     for name, kind, ref in entries:
         full = os.path.join(parent, name)
@@ -198,7 +209,27 @@ def hide_paths(paths: list) -> None:
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=0555")
 
 
+def _become_user(user: dict) -> None:
+    """Drop to the pod's user (see the module docstring); raises OSError."""
+    if user.get("gid") is not None or user.get("uid") is not None:
+        os.setgroups(list(user.get("groups") or []))
+    elif user.get("groups"):
+        os.setgroups(sorted({*os.getgroups(), *user["groups"]}))
+    if user.get("gid") is not None:
+        os.setgid(int(user["gid"]))
+    if user.get("uid") is not None:
+        os.setuid(int(user["uid"]))
+    if user.get("no_new_privs"):
+        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
 def _exec_container(spec: dict) -> None:
+    if spec.get("user"):
+        try:
+            _become_user(spec["user"])
+        except (OSError, SandboxError) as exc:
+            _write_error(spec, f"cannot run as {spec['user']}: {exc}")
+            os._exit(START_ERROR)
     try:
         os.chdir(spec.get("cwd") or "/")
     except OSError as exc:
@@ -259,6 +290,8 @@ def main(argv: list) -> None:
             name = spec["hostname"].encode()[:64]
             _check(_libc.sethostname(name, len(name)), "sethostname")
         setup_mounts(spec.get("mounts") or [])
+        for folder in spec.get("traversable") or []:
+            _shadow(folder, 0o111)
         hide_paths(spec.get("hide") or [])
     except SandboxError as exc:
         _write_error(spec, str(exc))
