@@ -1,10 +1,12 @@
 """Child processes for the dev stack: start, wait until ready, stop, and leave nothing behind.
 
-Each part of the stack (emulated cluster, MLflow, OIDC provider, hub) runs as a
-:class:`ChildProcess` in its own process group (a new session), with its stdout and stderr
-appended to one log file. Stopping sends ``SIGTERM`` to the whole group, waits a grace period
-(seconds) and then sends ``SIGKILL``. When started from the main thread on Linux, a child also
-gets ``PR_SET_PDEATHSIG`` (``SIGTERM``), so that it does not outlive a ``kill -9`` of its parent.
+Each part of the stack (emulated cluster, MLflow, OIDC provider, configurable-http-proxy,
+hub) runs as a :class:`ChildProcess` in its own process group (a new session), with its stdout
+and stderr appended to one log file. Stopping sends ``SIGTERM`` to the whole group, waits a
+grace period (seconds) and then sends ``SIGKILL``; :meth:`ChildProcess.restart` stops and
+starts a part again (the e2e tests restart the proxy). When started from the main thread on
+Linux, a child also gets ``PR_SET_PDEATHSIG`` (``SIGTERM``), so that it does not outlive a
+``kill -9`` of its parent.
 
 :func:`kill_strays` is the last safety net: it ends processes that a part started in a session
 of their own (configurable-http-proxy, the pods of the emulated cluster) and that survived their
@@ -181,6 +183,20 @@ class ChildProcess:
             return self.popen.wait(5)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
             return None
+
+    def restart(self, grace: float = 10.0) -> ChildProcess:
+        """Stop the child (:meth:`stop`, its whole group) and start it again with the same
+        command line, environment and log file (appended to); return ``self``.
+
+        Raises:
+            RuntimeError: if it was never started.
+            OSError: if the executable cannot be run any more.
+        """
+        if self.popen is None:
+            raise RuntimeError(f"{self.name} was never started")
+        self.stop(grace)
+        self.popen = None
+        return self.start()
 
     def log_tail(self, lines: int = 40) -> str:
         """Return the last ``lines`` lines of the child's log ('' when there is none yet)."""
