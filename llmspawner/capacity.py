@@ -11,9 +11,10 @@ defaults to its limit)
 form's counts and the queue's admission both use it. It lists Nodes and Pods at most once per
 ``ttl`` seconds, whatever the number of page views (through :class:`CapacityCache`).
 
-Which nodes a profile may use (selector, tolerations) and which GPU resources it takes come
-from :func:`llmspawner.workload.placement`, the same rule the server pod and the Job pod are
-built with.
+Which nodes a profile may use (selector, required node affinity, tolerations) and which GPU
+resources it takes come from :func:`llmspawner.workload.placement`, the same rule the server
+pod and the Job pod are built with: a whole or time-sliced GPU profile counts no node whose
+``nvidia.com/gpu`` are MIG slices (:data:`llmspawner.profiles.NOT_MIG_SLICES`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,42 @@ def _tolerates(taints: Iterable[Mapping], tolerations: Iterable[Mapping]) -> boo
     return True
 
 
+def meets(labels: Mapping[str, str], requirements: Iterable[Mapping]) -> bool:
+    """Whether a node's ``labels`` meet every node selector requirement (pure).
+
+    The scheduler's rules for ``matchExpressions``: ``In``/``NotIn`` a list of ``values``
+    (``NotIn`` also holds when the label is missing), ``Exists``/``DoesNotExist``, ``Gt``/``Lt``
+    comparing integers (false when the label is missing or not an integer)
+    (https://kubernetes.io/docs/concepts/scheduling-eviction/assign-pod-node/#operators).
+
+    Raises:
+        ValueError: for an unknown operator.
+    """
+    for r in requirements:
+        key, op, values = r.get("key"), r.get("operator"), list(r.get("values") or [])
+        value = labels.get(key)
+        if op == "In":
+            ok = value is not None and value in values
+        elif op == "NotIn":
+            ok = value is None or value not in values
+        elif op == "Exists":
+            ok = value is not None
+        elif op == "DoesNotExist":
+            ok = value is None
+        elif op in ("Gt", "Lt"):
+            try:
+                have, limit = int(value), int(values[0])
+            except (TypeError, ValueError, IndexError):
+                ok = False
+            else:
+                ok = have > limit if op == "Gt" else have < limit
+        else:
+            raise ValueError(f"unknown node selector operator {op!r}")
+        if not ok:
+            return False
+    return True
+
+
 def pod_requests(pod: Mapping) -> dict[str, int]:
     """Sum of a pod's containers' integer requests of extended resources (``x/y`` names).
 
@@ -107,7 +144,8 @@ def profile_capacity(
         profile: a GPU profile (``None`` is returned for a profile with no GPU).
         cluster: the cluster's GPU configuration.
         nodes: Node objects as dicts (``metadata.labels``, ``spec.taints``,
-            ``status.allocatable``); unschedulable nodes are skipped.
+            ``status.allocatable``); unschedulable nodes, and nodes that do not match the
+            profile's node selector and required node affinity (:func:`meets`), are skipped.
         pods: Pod objects as dicts; only pods bound to a node (``spec.nodeName``) and not
             terminated count.
 
@@ -132,6 +170,8 @@ def profile_capacity(
             continue
         labels = node.get("metadata", {}).get("labels") or {}
         if any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        if not meets(labels, place.node_affinity):
             continue
         if not _tolerates(node.get("spec", {}).get("taints") or [], tolerations):
             continue

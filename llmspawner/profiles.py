@@ -83,6 +83,20 @@ class ProfileError(ValueError):
 NVIDIA_GPU = "nvidia.com/gpu"
 #: The device plugin's MIG strategies (its ``migStrategy``; ``none`` means no MIG).
 MIG_STRATEGIES = ("mixed", "single")
+#: Node label that GPU Feature Discovery sets only on nodes whose ``nvidia.com/gpu`` devices
+#: are MIG slices, i.e. MIG with the ``single`` strategy: the MIG device's attribute labels
+#: (``slices.gi``, ``slices.ci``, ``multiprocessors``, ``engines.*``) are named after the
+#: resource, and only the single strategy advertises MIG devices as ``nvidia.com/gpu``
+#: (the mixed one as ``nvidia.com/mig-<profile>``, with labels named after that). Such a node
+#: also carries ``nvidia.com/gpu.replicas=1``, like a node of whole GPUs. Not
+#: ``nvidia.com/mig.strategy``: GFD sets that on every GPU node when the strategy is not
+#: ``none``, MIG enabled or not, and the GPU operator's default strategy is ``single``.
+#: Source: k8s-device-plugin ``internal/lm/mig-strategy.go`` (``newMigStrategySingleLabeler``,
+#: ``migStrategyLabeler``) and ``internal/resource/nvml-mig-device.go`` (``GetAttributes``),
+#: https://github.com/NVIDIA/k8s-device-plugin/tree/main/internal
+MIG_SLICE_LABEL = "nvidia.com/gpu.slices.gi"
+#: The node affinity requirement that keeps whole and time-sliced GPU shares off MIG slices.
+NOT_MIG_SLICES = {"key": MIG_SLICE_LABEL, "operator": "DoesNotExist"}
 
 
 @dataclass(frozen=True)
@@ -193,16 +207,21 @@ class Profile:
 
 @dataclass(frozen=True)
 class GPUResources:
-    """What a GPU share adds to a pod: resource limits, node selector and tolerations.
+    """What a GPU share adds to a pod: resource limits, node selector, required node affinity
+    and tolerations.
 
     ``limits`` maps extended-resource names to integer counts; Kubernetes takes an extended
     resource's request from its limit, and requires the two to be equal when both are set
     (https://kubernetes.io/docs/concepts/configuration/manage-resources-containers/#extended-resources).
+    ``node_affinity`` holds node selector requirements (``{"key", "operator", "values"?}``)
+    that a node must all meet, for what a ``nodeSelector`` cannot say (``DoesNotExist``)
+    (https://kubernetes.io/docs/concepts/scheduling-eviction/assign-pod-node/#node-affinity).
     """
 
     limits: dict[str, int] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict, ...] = ()
+    node_affinity: tuple[dict, ...] = ()
 
 
 def gpu_resources(gpu: GPU, cluster: ClusterGPUConfig) -> GPUResources:
@@ -213,6 +232,9 @@ def gpu_resources(gpu: GPU, cluster: ClusterGPUConfig) -> GPUResources:
     - ``count N``: ``{whole_resource: N}``; when whole and shared GPUs share one resource name,
       only on nodes labelled ``replicas_label=1``, so that a whole GPU is never a time-sliced
       replica;
+    - ``count`` and ``fraction`` both only on nodes without :data:`MIG_SLICE_LABEL`
+      (:data:`NOT_MIG_SLICES`): with MIG's ``single`` strategy ``nvidia.com/gpu`` counts MIG
+      slices, on nodes labelled ``replicas=1`` too, and a share of a GPU is not a slice;
     - ``mig P``: ``{nvidia.com/mig-P: 1}`` (mixed strategy) or ``{whole_resource: 1}`` on nodes
       labelled ``nvidia.com/mig.config=all-P`` (single strategy)
       (https://docs.nvidia.com/datacenter/cloud-native/gpu-operator/latest/gpu-operator-mig.html).
@@ -239,6 +261,7 @@ def gpu_resources(gpu: GPU, cluster: ClusterGPUConfig) -> GPUResources:
             limits={cluster.whole_resource: gpu.count},
             node_selector=selector,
             tolerations=toleration,
+            node_affinity=(dict(NOT_MIG_SLICES),),
         )
     if gpu.kind == "mig":
         if cluster.mig_strategy == "mixed":
@@ -247,6 +270,7 @@ def gpu_resources(gpu: GPU, cluster: ClusterGPUConfig) -> GPUResources:
             limits={cluster.whole_resource: 1},
             node_selector={"nvidia.com/mig.config": f"all-{gpu.mig}"},
             tolerations=toleration,
+            node_affinity=(dict(NOT_MIG_SLICES),),
         )
     raise ValueError(f"unknown GPU kind {gpu.kind!r}; allowed: none, {', '.join(_GPU_KINDS)}")
 
