@@ -252,6 +252,7 @@ def gpu_resources(gpu: GPU, cluster: ClusterGPUConfig) -> GPUResources:
             limits={cluster.shared_resource: 1},
             node_selector={cluster.replicas_label: str(gpu.replicas)},
             tolerations=toleration,
+            node_affinity=(dict(NOT_MIG_SLICES),),
         )
     if gpu.kind == "count":
         selector = {}
@@ -270,7 +271,6 @@ def gpu_resources(gpu: GPU, cluster: ClusterGPUConfig) -> GPUResources:
             limits={cluster.whole_resource: 1},
             node_selector={"nvidia.com/mig.config": f"all-{gpu.mig}"},
             tolerations=toleration,
-            node_affinity=(dict(NOT_MIG_SLICES),),
         )
     raise ValueError(f"unknown GPU kind {gpu.kind!r}; allowed: none, {', '.join(_GPU_KINDS)}")
 
