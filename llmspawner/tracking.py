@@ -13,11 +13,21 @@ so that the hub's event loop is never blocked. One error policy: every I/O funct
 (a server starts anyway, a Job runs anyway). One cache policy: :class:`Tracker` keeps the
 experiment ids it found for the life of the process, and remembers a failure only for
 ``retry_after`` seconds (meanwhile it raises at once, without asking MLflow again).
+
+Access control (docs/mlflow.md): MLflow runs its auth app with
+:func:`llmspawner.mlflow_auth.authenticate_request`. The hub and the queue make a user's
+experiment with MLflow's admin credential (:func:`admin_headers`, from
+``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` of their own environment, never a
+pod's) and give the user ``MANAGE`` on it (``owner``); pods get the user's own hub token as
+``MLFLOW_TRACKING_TOKEN``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import secrets
 import string
 import time
 from collections.abc import Callable
@@ -105,6 +115,23 @@ def tracking_env(*, tracking_uri: str, experiment: str) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_NAME": experiment}
 
 
+def admin_headers(env=None) -> dict[str, str]:
+    """The HTTP headers of MLflow's admin credential, from ``MLFLOW_TRACKING_USERNAME`` and
+    ``MLFLOW_TRACKING_PASSWORD`` of ``env`` (default ``os.environ``; MLflow's own client
+    variables, https://mlflow.org/docs/latest/self-hosting/security/basic-http-auth/).
+
+    Returns:
+        ``{"Authorization": "Basic ..."}``, or ``{}`` when either is unset (MLflow without
+        its auth app).
+    """
+    env = os.environ if env is None else env
+    user, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
+    if not user or not password:
+        return {}
+    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
 def experiment_url(tracking_uri: str, experiment_id: str) -> str:
     """Return the MLflow UI link of an experiment (``<uri>/#/experiments/<id>``)."""
     return f"{tracking_uri.rstrip('/')}/#/experiments/{quote(str(experiment_id))}"
@@ -124,16 +151,24 @@ def job_run_filter(job_id: int | str) -> str:
 
 
 async def _call(
-    client, tracking_uri: str, method: str, path: str, body: dict | None, *, timeout, headers
+    client,
+    tracking_uri: str,
+    method: str,
+    path: str,
+    body: dict | None,
+    *,
+    timeout,
+    headers,
+    api: str = "2.0",
 ) -> tuple[int, dict]:
-    """One REST call: ``(HTTP status, JSON body or {})``.
+    """One REST call to ``<uri>/api/<api>/mlflow/<path>``: ``(HTTP status, JSON body or {})``.
 
     Raises:
         TrackingUnavailable: no HTTP response (refused, timed out).
     """
     from tornado.httpclient import HTTPClientError
 
-    url = tracking_uri.rstrip("/") + "/api/2.0/mlflow/" + path
+    url = tracking_uri.rstrip("/") + f"/api/{api}/mlflow/" + path
     try:
         resp = await client.fetch(
             url,
@@ -182,7 +217,7 @@ async def find_job_run(
         experiment_id: the experiment to search (:func:`ensure_experiment`).
         job_id: the queue job's id.
         timeout: per-request timeout in seconds.
-        headers: extra HTTP headers.
+        headers: HTTP headers; default :func:`admin_headers` of this process's environment.
         http_client: a ``tornado.httpclient.AsyncHTTPClient``; the shared one when omitted.
 
     Raises:
@@ -201,7 +236,7 @@ async def find_job_run(
         "runs/search",
         body,
         timeout=timeout,
-        headers=headers,
+        headers=admin_headers() if headers is None else headers,
     )
     if code != 200:
         raise TrackingUnavailable(
@@ -215,6 +250,7 @@ async def ensure_experiment(
     tracking_uri: str,
     name: str,
     *,
+    owner: str | None = None,
     timeout: float = 10.0,
     headers: dict[str, str] | None = None,
     http_client=None,
@@ -223,12 +259,18 @@ async def ensure_experiment(
 
     Idempotent: an existing experiment is reused, a deleted one is restored, and a concurrent
     creation by someone else (``RESOURCE_ALREADY_EXISTS``) is resolved by reading it back.
+    With ``owner``, the MLflow user ``owner`` is made to exist (``users/create``, a random
+    password nobody learns: hub users log in with hub tokens) and is granted ``MANAGE`` on
+    the experiment (``POST /api/3.0/mlflow/users/permissions/grant``, MLflow 3.17's auth app),
+    which needs an admin credential in ``headers``.
 
     Args:
-        tracking_uri: base URL of the MLflow tracking server, e.g. ``http://mlflow:5000``.
+        tracking_uri: base URL of the MLflow tracking server, e.g.
+            ``http://mlflow:5000/services/mlflow``.
         name: the experiment name (see :func:`experiment_name`).
+        owner: the hub username who owns it; ``None``: no permission is granted.
         timeout: per-request timeout in seconds (connect and whole request).
-        headers: extra HTTP headers, e.g. ``{"Authorization": "Bearer ..."}``.
+        headers: HTTP headers; default :func:`admin_headers` of this process's environment.
         http_client: a ``tornado.httpclient.AsyncHTTPClient``; the shared one when omitted.
 
     Returns:
@@ -238,6 +280,8 @@ async def ensure_experiment(
         TrackingUnavailable: MLflow could not be reached in time or answered with an error.
     """
     client = _client(http_client)
+    if headers is None:
+        headers = admin_headers()
 
     async def call(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         return await _call(
@@ -258,11 +302,23 @@ async def ensure_experiment(
             return None
         raise TrackingUnavailable(f"MLflow at {tracking_uri} answered {code}: {_message(data)}")
 
+    async def owned(experiment_id: str) -> str:
+        if owner is not None:
+            await grant_manage(
+                tracking_uri,
+                owner,
+                experiment_id,
+                timeout=timeout,
+                headers=headers,
+                http_client=client,
+            )
+        return experiment_id
+
     experiment = await get()
     if experiment is None:
         code, data = await call("POST", "create", {"name": name})
         if code == 200:
-            return str(data["experiment_id"])
+            return await owned(str(data["experiment_id"]))
         if data.get("error_code") != "RESOURCE_ALREADY_EXISTS":
             raise TrackingUnavailable(
                 f"MLflow at {tracking_uri} refused to create experiment {name!r} "
@@ -278,7 +334,65 @@ async def ensure_experiment(
                 f"MLflow at {tracking_uri} refused to restore deleted experiment {name!r} "
                 f"({code}): {_message(data)}"
             )
-    return str(experiment["experiment_id"])
+    return await owned(str(experiment["experiment_id"]))
+
+
+async def grant_manage(
+    tracking_uri: str,
+    username: str,
+    experiment_id: str,
+    *,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+    http_client=None,
+) -> None:
+    """Make the MLflow user ``username`` exist and give them ``MANAGE`` on an experiment.
+
+    ``POST /api/2.0/mlflow/users/create`` (an existing user is kept) then
+    ``POST /api/3.0/mlflow/users/permissions/grant`` (MLflow 3.17's auth app, which replaces
+    an earlier grant of the user on that experiment). Needs an admin credential.
+
+    Raises:
+        TrackingUnavailable: MLflow could not be reached or refused (e.g. 401/403 without an
+            admin credential).
+    """
+    client = _client(http_client)
+    if headers is None:
+        headers = admin_headers()
+    code, data = await _call(
+        client,
+        tracking_uri,
+        "POST",
+        "users/create",
+        {"username": username, "password": secrets.token_urlsafe(32)},
+        timeout=timeout,
+        headers=headers,
+    )
+    if code != 200 and data.get("error_code") != "RESOURCE_ALREADY_EXISTS":
+        raise TrackingUnavailable(
+            f"MLflow at {tracking_uri} refused to create the user {username!r} "
+            f"({code}): {_message(data)}"
+        )
+    code, data = await _call(
+        client,
+        tracking_uri,
+        "POST",
+        "users/permissions/grant",
+        {
+            "username": username,
+            "resource_type": "experiment",
+            "resource_id": str(experiment_id),
+            "permission": "MANAGE",
+        },
+        timeout=timeout,
+        headers=headers,
+        api="3.0",
+    )
+    if code != 200:
+        raise TrackingUnavailable(
+            f"MLflow at {tracking_uri} refused to give {username!r} MANAGE on experiment "
+            f"{experiment_id} ({code}): {_message(data)}"
+        )
 
 
 def _message(data: dict) -> str:
@@ -338,8 +452,9 @@ class Tracker:
             self._failed = (self._clock(), str(e))
             raise
 
-    async def experiment_id(self, name: str) -> str:
-        """The id of experiment ``name``, made to exist (:func:`ensure_experiment`); cached.
+    async def experiment_id(self, name: str, owner: str | None = None) -> str:
+        """The id of experiment ``name``, made to exist (:func:`ensure_experiment`, with
+        ``owner`` given ``MANAGE``); cached.
 
         Raises:
             TrackingUnavailable: MLflow failed now or less than ``retry_after`` s ago.
@@ -349,7 +464,11 @@ class Tracker:
         self._check_backoff()
         exp_id = await self._guarded(
             ensure_experiment(
-                self.tracking_uri, name, timeout=self.timeout, http_client=self._http_client
+                self.tracking_uri,
+                name,
+                owner=owner,
+                timeout=self.timeout,
+                http_client=self._http_client,
             )
         )
         self._experiments[name] = exp_id
