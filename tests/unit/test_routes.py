@@ -271,3 +271,18 @@ def test_main_needs_a_token_and_a_url(capsys):
         routes.main(["--interval=0"], env={"JUPYTERHUB_API_TOKEN": "t", "JUPYTERHUB_API_URL": "u"})
         == 2
     )
+
+
+def test_helm_values_run_it_in_the_hub_pod_against_localhost():
+    """Under z2jh the service reaches the hub's API on localhost, as the culler does."""
+    import yaml
+
+    values = yaml.safe_load((ROOT / "helm-values.yaml").read_text())
+    env = {k: v for k, v in values["hub"]["extraEnv"].items() if isinstance(v, str)}
+    assert env[routes.INTERVAL_ENV] == "30"
+    c = config_with_profiles()
+    routes.configure_route_repair(c, env)
+    (service,) = c.JupyterHub.services
+    assert service["command"][-2:] == ["--interval=30", "--url=http://localhost:8081/hub/api"]
+    # The chart's hub polls no activity: the route check must come from this service.
+    assert values["hub"]["config"]["JupyterHub"]["last_activity_interval"] == 0
