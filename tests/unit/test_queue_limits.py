@@ -1,0 +1,235 @@
+"""The queue's input limits (:mod:`llmspawner.queue.limits`): each refusal names its limit and
+field, comes before the work it bounds, and the scans stay linear on hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import pytest
+
+from llmspawner.queue import lf_config, limits
+from llmspawner.queue.limits import (
+    MAX_BODY_BYTES,
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_DEPTH,
+    LimitExceeded,
+)
+
+BASE = "model_name_or_path: /storage/models/tiny\noutput_dir: out/run\n"
+
+
+def nested_yaml_block(depth: int) -> str:
+    """``depth`` levels of block mappings (the top-level mapping is level 1)."""
+    return "".join(" " * i + f"k{i}:\n" for i in range(depth - 1)) + " " * (depth - 1) + "k: 1\n"
+
+
+def nested_flow(depth: int) -> str:
+    return "a: " + "[" * (depth - 1) + "1" + "]" * (depth - 1) + "\n"
+
+
+def nested_json(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+def nested_object(depth: int):
+    value = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def refusal(fn, *args) -> LimitExceeded:
+    with pytest.raises(LimitExceeded) as e:
+        fn(*args)
+    return e.value
+
+
+# -- the table of refusals -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "limit", "words"),
+    [
+        (BASE + "x: " + "a" * MAX_CONFIG_BYTES + "\n", 413, "max_config_bytes", "64 KiB"),
+        # 64 Ki characters of two bytes each: the limit is on bytes
+        (BASE + "x: " + "é" * (MAX_CONFIG_BYTES // 2) + "\n", 413, "max_config_bytes", "bytes"),
+        (nested_yaml_block(MAX_CONFIG_DEPTH + 1), 400, "max_config_depth", "32 levels"),
+        (nested_yaml_block(100), 400, "max_config_depth", "at line 33"),
+        (nested_flow(MAX_CONFIG_DEPTH + 1), 400, "max_config_depth", "32 levels"),
+        ("a:\n" + "- " * 5000 + "1\n", 400, "max_config_depth", "32 levels"),
+        ("a: " + "[" * 30000 + "\n", 400, "max_config_depth", "32 levels"),
+        (nested_json(MAX_CONFIG_DEPTH + 1), 400, "max_config_depth", "32 levels"),
+        (nested_json(5000), 400, "max_config_depth", "32 levels"),
+        ('{"a": ' + "[" * 20000 + "]" * 20000 + "}", 400, "max_config_depth", "32 levels"),
+        # the billion laughs: nine anchors of ten aliases each
+        (
+            'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+            + "".join(
+                f"{b}: &{b} [{','.join(['*' + a] * 9)}]\n"
+                for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+            ),
+            400,
+            "yaml_aliases",
+            "*a (line 2, column 8)",
+        ),
+        ("a: &x 1\nb: *x\n", 400, "yaml_aliases", "aliases are not allowed"),
+        ("x: " + "1" * 5000 + "\n", 400, "max_number_chars", "5000 characters"),
+        ("x: " + ":".join(["1"] + ["2"] * 20000) + "\n", 400, "max_number_chars", "(line 1)"),
+        ("x: 1" + "0" * 40 + ".5\n", 400, "max_number_chars", "32"),
+    ],
+    ids=lambda v: v[:24] if isinstance(v, str) else str(v),
+)
+def test_a_config_over_a_limit_is_refused_naming_it(text, status, limit, words):
+    started = time.perf_counter()
+    e = refusal(lf_config.parse_config, text)
+    assert time.perf_counter() - started < 2.0  # linear scans, not the parse of a bomb
+    assert (e.status, e.field, e.limit) == (status, "config", limit)
+    assert f"({limit})" in e.message and words in e.message
+    assert e.to_json() == {"error": e.message, "field": "config", "limit": limit}
+    # the CLI's check refuses the same text the same way
+    assert refusal(limits.check_config_text, text).to_json() == e.to_json()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        BASE + "x: " + "a" * (MAX_CONFIG_BYTES - len(BASE) - 4) + "\n",
+        nested_yaml_block(MAX_CONFIG_DEPTH),
+        nested_flow(MAX_CONFIG_DEPTH),
+        "a:\n" + "- " * (MAX_CONFIG_DEPTH - 1) + "1\n",
+        nested_json(MAX_CONFIG_DEPTH),
+        "a: &x 1\nb: 2\n",  # an anchor alone expands nothing
+        "a: \"*x [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"\nb: '&y {{{{'\n",
+        '{"a": "' + "[" * 100 + '\\"' + "{" * 100 + '"}',
+        "x: " + "1" * 32 + "\n",
+    ],
+    ids=["size", "block", "flow", "compact", "json", "anchor", "quoted", "escapes", "number"],
+)
+def test_a_config_at_the_limits_is_parsed(text):
+    assert len(text.encode()) <= MAX_CONFIG_BYTES
+    limits.check_config_text(text)
+    assert isinstance(limits.load_config_text(text), dict)
+
+
+def test_a_json_object_config_is_bounded_too():
+    limits.check_config_object(nested_object(MAX_CONFIG_DEPTH))
+    e = refusal(limits.check_config_object, nested_object(MAX_CONFIG_DEPTH + 1))
+    assert (e.status, e.limit, e.field) == (400, "max_config_depth", "config")
+    e = refusal(limits.check_config_object, {"x": "a" * MAX_CONFIG_BYTES})
+    assert (e.status, e.limit) == (413, "max_config_bytes")
+    assert "as JSON" in e.message
+    with pytest.raises(LimitExceeded, match="max_config_depth"):
+        lf_config.check_config_now(nested_object(100), username="alice")
+
+
+def test_the_body_limits():
+    limits.check_body_size(MAX_BODY_BYTES)
+    e = refusal(limits.check_body_size, MAX_BODY_BYTES + 1)
+    assert (e.status, e.field, e.limit) == (413, "body", "max_body_bytes")
+    assert e.message == (
+        f"the request body has {MAX_BODY_BYTES + 1} bytes; the limit (max_body_bytes) is "
+        "1 MiB (1048576 bytes)"
+    )
+    assert limits.load_json_body(json.dumps({"config": nested_object(32)}).encode())
+    e = refusal(limits.load_json_body, json.dumps({"config": nested_object(33)}).encode())
+    assert (e.status, e.field, e.limit) == (400, "body", "max_config_depth")
+    e = refusal(limits.load_json_body, b"[" * 500_000 + b"]" * 500_000)
+    assert e.limit == "max_config_depth"
+
+
+# -- the JSON scan against a reference ---------------------------------------------------------
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def test_the_json_scan_agrees_with_the_parsed_depth():
+    rng = random.Random(12)
+    leaves = [1, None, 'a"[\\', "{", "\\", "]]", '\\"{']
+
+    def make(depth):
+        if depth == 0 or rng.random() < 0.2:
+            return rng.choice(leaves)
+        if rng.random() < 0.5:
+            return [make(depth - 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(["k", "[", '"}']): make(depth - 1) for _ in range(rng.randint(0, 3))}
+
+    for _ in range(2000):
+        value = make(rng.randint(0, 12))
+        text = json.dumps(value, ensure_ascii=rng.random() < 0.5)
+        for limit in range(8):
+            assert limits.json_too_deep(text, limit) == (_depth(value) > limit), (text, limit)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'"' + b'\\"' * 400_000,
+        b'"' + b'\\"' * 400_000 + b"\\",
+        b"[" * 600_000 + b"]" * 400_000,
+        b"[]" * 500_000,
+        b'"a' * 500_000,
+        b'{"a":' * 200_000,
+    ],
+    ids=["escapes", "trailing-backslash", "deep", "flat", "quotes", "keys"],
+)
+def test_the_json_scan_is_linear(body):
+    started = time.perf_counter()
+    limits.json_too_deep(body, limits.MAX_BODY_DEPTH)
+    assert time.perf_counter() - started < 2.0  # milliseconds when the machine is idle
+
+
+# -- problems, time ----------------------------------------------------------------------------
+
+
+def test_a_config_with_thousands_of_problems_lists_fifty_quickly():
+    text = BASE + "".join(f"u{i}: 1\n" for i in range(5000))
+    assert len(text) < MAX_CONFIG_BYTES
+    started = time.perf_counter()
+    with pytest.raises(lf_config.ConfigInvalid) as e:
+        lf_config.check_config_now(text, username="alice")
+    assert time.perf_counter() - started < 5.0  # difflib for 50 keys, not for 5000
+    assert len(e.value.problems) == limits.MAX_LISTED_PROBLEMS
+    assert e.value.total == 5000
+    assert str(e.value).endswith("\n... and 4950 more")
+
+
+async def test_off_loop_runs_in_a_thread_within_its_time():
+    loop_thread = asyncio.get_running_loop()
+    assert await limits.off_loop(lambda: 42) == 42
+
+    def slow():
+        time.sleep(0.5)
+
+    started = time.perf_counter()
+    ticks = 0
+
+    async def tick():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    with pytest.raises(LimitExceeded) as e:
+        await limits.off_loop(slow, seconds=0.2)
+    ticker.cancel()
+    assert loop_thread is asyncio.get_running_loop()
+    assert 0.2 <= time.perf_counter() - started < 0.45
+    assert ticks >= 5  # the loop kept running meanwhile
+    assert (e.value.status, e.value.limit, e.value.field) == (503, "check_seconds", "config")
+    await asyncio.sleep(0.4)  # let the worker finish before the next test uses it
+
+
+def test_size_text():
+    assert limits.size_text(64 * 1024) == "64 KiB (65536 bytes)"
+    assert limits.size_text(1024 * 1024) == "1 MiB (1048576 bytes)"
+    assert limits.size_text(1000) == "1000 bytes"
