@@ -47,16 +47,21 @@ The rules (decisions are marked *decided*):
 - ``trust_remote_code`` is allowed (*decided*): code can only come from a model folder that
   passed the path rules, and the job's pod runs with exactly the rights of the user's own
   server, where the user can run any code anyway.
-- Values must be plain YAML/JSON data (strings, numbers, booleans, null, lists, mappings);
-  YAML aliases are refused (an alias bomb would blow up when the config is stored as JSON).
+- Values must be plain YAML/JSON data (strings, numbers, booleans, null, lists, mappings).
+- **Limits** (:mod:`.limits`, the one place): a config's size, its nesting and YAML aliases
+  (refused: an alias bomb would blow up when the config is stored as JSON) are checked before
+  it is parsed, and answered with :class:`~llmspawner.queue.limits.LimitExceeded` (not
+  :class:`ConfigInvalid`); at most :data:`~llmspawner.queue.limits.MAX_LISTED_PROBLEMS`
+  problems are listed (and "did you mean" hints computed), the rest counted.
 
-All functions are pure: no I/O, no mutation of their arguments.
+All functions are pure: no I/O, no mutation of their arguments; :func:`check_config` runs
+them in the queue's worker thread (:func:`llmspawner.queue.limits.off_loop`).
 """
 
 from __future__ import annotations
 
 import difflib
-import json
+import functools
 import posixpath
 import re
 from typing import Any, NamedTuple
@@ -64,6 +69,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from ..storage import models_path, user_home
+from . import limits
 from .lf_arguments import LLAMAFACTORY_VERSION, STAGES, TRAIN_ARGUMENTS
 
 #: Stages a queue job may run (LLaMA-Factory's, without ``ppo``; see the module docstring).
@@ -142,35 +148,25 @@ class ConfigProblem(NamedTuple):
 
 
 class ConfigInvalid(ValueError):
-    """A training config has problems; ``str()`` lists them all, one per line.
+    """A training config has problems; ``str()`` lists them, one per line.
 
     Attributes:
-        problems: every :class:`ConfigProblem`, in the order of the config's keys, then the
-            missing required keys.
+        problems: the :class:`ConfigProblem` s, in the order of the config's keys, then the
+            missing required keys; at most :data:`~llmspawner.queue.limits.MAX_LISTED_PROBLEMS`.
+        total: how many problems there are (``len(problems)`` or more).
     """
 
-    def __init__(self, problems: list[ConfigProblem]):
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that refuses aliases (``*name``), so no alias bomb gets in."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-
-_NOT_JSON = object()
+    def __init__(self, problems: list[ConfigProblem], total: int | None = None):
+        self.problems = list(problems)[: limits.MAX_LISTED_PROBLEMS]
+        self.total = max(total or 0, len(problems))
+        lines = [str(p) for p in self.problems]
+        if self.total > len(self.problems):
+            lines.append(f"... and {self.total - len(self.problems)} more")
+        super().__init__("\n".join(lines))
 
 
 def parse_config(text: str) -> dict:
-    """Parse a training config written as YAML or JSON.
+    """Parse a training config written as YAML or JSON, within the limits of :mod:`.limits`.
 
     Args:
         text: the file's contents (JSON is read as JSON when it starts with ``{``).
@@ -179,21 +175,33 @@ def parse_config(text: str) -> dict:
         A new dict of the config's keys and values, in file order.
 
     Raises:
+        LimitExceeded: larger than ``max_config_bytes``, nested deeper than
+            ``max_config_depth``, a YAML alias, an over-long number (checked before parsing).
         ConfigInvalid: with one problem on field ``config`` when the text is not YAML/JSON, is
             empty or is not a mapping.
     """
     try:
-        data = json.loads(text) if text.lstrip().startswith("{") else _NOT_JSON
-    except ValueError:
-        data = _NOT_JSON  # a YAML flow mapping, or broken: YAML says which
-    try:
-        if data is _NOT_JSON:
-            data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader
+        data = limits.load_config_text(text)
+    except limits.LimitExceeded:
+        raise
     except yaml.YAMLError as e:
         detail = " ".join(str(getattr(e, "problem", None) or e).split())
         mark = getattr(e, "problem_mark", None)
         if mark is not None:
             detail += f" (line {mark.line + 1}, column {mark.column + 1})"
+        raise ConfigInvalid(
+            [ConfigProblem("config", f"is not valid YAML or JSON: {detail}")]
+        ) from None
+    except RecursionError:  # cannot happen below max_config_depth; be sure anyway
+        raise limits.LimitExceeded(
+            400,
+            f"the training config is nested too deeply; the limit (max_config_depth) is "
+            f"{limits.MAX_CONFIG_DEPTH} levels",
+            field="config",
+            limit="max_config_depth",
+        ) from None
+    except ValueError as e:  # e.g. not encodable text, or an integer over 4300 digits
+        detail = " ".join(str(e).split())[:200]
         raise ConfigInvalid(
             [ConfigProblem("config", f"is not valid YAML or JSON: {detail}")]
         ) from None
@@ -245,11 +253,13 @@ def prepare_config(config: dict, *, username: str, job_name: str) -> dict:
     out: dict[str, Any] = {}
     for key, value in config.items():
         if not isinstance(key, str):
-            problems.append(ConfigProblem(str(key), "keys must be strings (argument names)"))
+            problems.append(ConfigProblem(str(key)[:100], "keys must be strings (argument names)"))
             continue
         message = _check_data(value)
         if message is None:
-            message, value = _check_key(key, value, config, home)
+            # "did you mean" hints (difflib: slow) only for the problems that are listed
+            hint = len(problems) < limits.MAX_LISTED_PROBLEMS
+            message, value = _check_key(key, value, config, home, hint=hint)
         if message is not None:
             problems.append(ConfigProblem(key, message))
         elif value is not None or key not in SECRET_KEYS:
@@ -266,6 +276,40 @@ def prepare_config(config: dict, *, username: str, job_name: str) -> dict:
     return out
 
 
+def check_config_now(config: str | dict, *, username: str) -> dict:
+    """Parse (text) or bound (an object), then check a config; return it prepared.
+
+    The same as :func:`parse_config` then :func:`prepare_config`, with ``run_name`` left
+    empty: the job's name is known only once its row exists (:func:`name_run` sets it).
+
+    Raises:
+        LimitExceeded: over a limit of :mod:`.limits` (before any parsing).
+        ConfigInvalid: listing the problems.
+    """
+    if isinstance(config, str):
+        parsed = parse_config(config)
+    else:
+        limits.check_config_object(config)
+        parsed = config
+    return prepare_config(parsed, username=username, job_name="")
+
+
+async def check_config(config: str | dict, *, username: str) -> dict:
+    """:func:`check_config_now` in the queue's worker thread, so the event loop never waits on
+    parsing (:func:`llmspawner.queue.limits.off_loop`, within ``check_seconds``).
+
+    Raises:
+        LimitExceeded: over a limit (503 ``check_seconds`` when the check ran out of time).
+        ConfigInvalid: listing the problems.
+    """
+    return await limits.off_loop(functools.partial(check_config_now, config, username=username))
+
+
+def name_run(prepared: dict, job_name: str) -> dict:
+    """A copy of a config from :func:`check_config` with ``run_name`` set to the job's name."""
+    return {**prepared, "run_name": job_name}
+
+
 _REQUIRED_HINTS = {
     "model_name_or_path": "is required: the folder of the base model, e.g. "
     "/storage/models/<name> (shared) or a folder in {home}/",
@@ -273,10 +317,12 @@ _REQUIRED_HINTS = {
 }
 
 
-def _check_key(key: str, value: Any, config: dict, home: str) -> tuple[str | None, Any]:
+def _check_key(
+    key: str, value: Any, config: dict, home: str, *, hint: bool = True
+) -> tuple[str | None, Any]:
     """Return ``(problem message or None, value to run with)`` for one key."""
     if key not in TRAIN_ARGUMENTS:
-        close = difflib.get_close_matches(key, TRAIN_ARGUMENTS, n=1)
+        close = difflib.get_close_matches(key, TRAIN_ARGUMENTS, n=1) if hint else None
         hint = f"did you mean {close[0]}? " if close else ""
         return (
             (

