@@ -15,6 +15,10 @@ set ``JUPYTERHUB_API_TOKEN`` to a token from the hub's token page, and
 ``LLMSPAWNER_QUEUE_URL`` to ``https://<hub>/services/llm-queue/`` (or ``JUPYTERHUB_API_URL``
 to ``https://<hub>/hub/api``, from which that URL is derived). Exit status: 0 done, 1 the
 queue refused (its message is printed), 2 bad usage or no connection.
+
+``submit`` checks the config against the queue's limits (:mod:`llmspawner.queue.limits`:
+size, nesting, YAML aliases) before sending it, and refuses it with the message the queue
+would answer (exit status 1); everything else is checked by the queue.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 # The client imports no server module (no tornado, sqlalchemy, kubernetes_asyncio,
-# jupyterhub): only the standard library, httpx and the queue's names.
+# jupyterhub): only the standard library, httpx, the queue's names and limits (which imports
+# PyYAML, a dependency of llmspawner, only when it checks a YAML config).
+from . import limits
 from .states import DEFAULT_PRIORITY, PRIORITIES, SERVICE_NAME, STATES
 
 #: The service's path below the hub's URL.
@@ -165,7 +171,12 @@ def _error_text(resp) -> str:
             f"the queue answered {resp.status_code} {resp.reason_phrase}"
             f"{hint if resp.status_code in (502, 503) else ''}"
         )
-    message = str(data.get("error") or f"the queue answered {resp.status_code}")
+    return _format_error(data, resp.status_code)
+
+
+def _format_error(data: dict, status: int) -> str:
+    """The queue's error answer (``{"error", "field", "problems"}``) as printed lines."""
+    message = str(data.get("error") or f"the queue answered {status}")
     if data.get("field") and data.get("field") not in message:
         message += f" (field: {data['field']})"
     for problem in data.get("problems") or []:
@@ -178,6 +189,29 @@ def _read_config(path: str) -> str:
         return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise CLIError(f"cannot read {path}: {e.strerror}", 2) from None
+    except UnicodeDecodeError as e:
+        raise CLIError(f"cannot read {path}: not UTF-8 text ({e.reason})", 2) from None
+
+
+def submit_body(config: str, *, profile: str, priority: str) -> bytes:
+    """The JSON body of ``POST api/jobs``, checked against the queue's limits first.
+
+    Raises:
+        CLIError: the config or the body is over a limit of :mod:`llmspawner.queue.limits`
+            (status 1, the queue's own message); nothing is sent.
+    """
+    try:
+        limits.check_config_text(config)
+    except limits.LimitExceeded as e:
+        raise CLIError(_format_error(e.to_json(), e.status)) from None
+    except Exception:  # not YAML, say: the queue answers that, with its own message
+        pass
+    body = json.dumps({"config": config, "profile": profile, "priority": priority}).encode()
+    try:
+        limits.check_body_size(len(body))
+    except limits.LimitExceeded as e:
+        raise CLIError(_format_error(e.to_json(), e.status)) from None
+    return body
 
 
 def format_job(job: dict) -> str:
@@ -229,12 +263,9 @@ def execute(args: argparse.Namespace, client: QueueClient, out=None) -> int:
     """Run one action with ``client``; print to ``out`` (default stdout); return 0."""
     out = out or sys.stdout
     if args.action == "submit":
-        body = {
-            "config": _read_config(args.config),
-            "profile": args.profile,
-            "priority": args.priority,
-        }
-        job = client.request("POST", "api/jobs", json=body)
+        body = submit_body(_read_config(args.config), profile=args.profile, priority=args.priority)
+        headers = {"Content-Type": "application/json"}
+        job = client.request("POST", "api/jobs", content=body, headers=headers)
         print(json.dumps(job, indent=2) if args.json else format_job(job), file=out)
     elif args.action == "list":
         params = {"limit": str(args.limit)}
