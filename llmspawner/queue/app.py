@@ -12,8 +12,16 @@ see and act on every job, everyone else only on their own, and another user's jo
 ``404`` exactly as a job that does not exist.
 
 Errors are JSON ``{"error": <sentence>, "field": <request field or null>}`` (an invalid
-training config adds ``"problems": [{"field", "message"}, ...]``); tokens never appear in
-logs or answers. The API is documented in ``docs/queue-api.md``.
+training config adds ``"problems": [{"field", "message"}, ...]``, input over a limit of
+:mod:`.limits` adds ``"limit": <its name>``); tokens never appear in logs or answers. The API
+is documented in ``docs/queue-api.md``.
+
+Request bodies are read as a stream (:class:`BoundedBody`): counted as they arrive, kept up to
+:data:`~llmspawner.queue.limits.MAX_BODY_BYTES`, and a larger one is read to its end and
+discarded, then answered ``413`` as JSON. (Tornado's own ``max_body_size`` closes the
+connection instead, while the client may still be sending: a client sees an empty 400 or a
+reset, and the hub's proxy answers its "server appears to be down" 503.) Authentication and
+the XSRF check run once the body is there, since a form's ``_xsrf`` field is in the body.
 
 The handlers only parse requests and write answers: every operation is a method of
 :class:`~llmspawner.queue.operations.QueueOperations` (``settings["ops"]``).
@@ -21,8 +29,10 @@ The handlers only parse requests and write answers: every operation is a method 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,17 +47,19 @@ from jupyterhub.services.auth import (
     check_scopes,
 )
 from jupyterhub.utils import url_path_join
-from tornado import web
+from tornado import httputil, web
 from tornado.iostream import StreamClosedError
 
+from . import limits
+from .limits import LimitExceeded
 from .operations import QueueError, QueueOperations
 from .states import ADMIN_SCOPE, CANCELLABLE_STATES, DEFAULT_PRIORITY, PRIORITIES, STATES
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
-#: Largest request body accepted (bytes): a training config is a few kB.
-MAX_BODY = 1024 * 1024
+#: Largest request body accepted (bytes); :data:`llmspawner.queue.limits.MAX_BODY_BYTES`.
+MAX_BODY = limits.MAX_BODY_BYTES
 #: Most jobs one list call returns.
 MAX_LIST = 1000
 #: Badge colour of each state in the pages.
@@ -90,7 +102,63 @@ def caller_from_model(model: dict, *, admin_scope: str, admins_from_hub: bool) -
     )
 
 
-class BaseHandler(HubOAuthenticated, web.RequestHandler):
+@web.stream_request_body
+class BoundedBody(web.RequestHandler):
+    """A handler that reads its request body as a stream, within :data:`limits.MAX_BODY_BYTES`.
+
+    The body is counted while it arrives and kept only up to the limit; the connection's own
+    limit is lifted for this request, so that tornado never closes it mid-body. Once the whole
+    body is there (tornado then calls the method named after the verb: ``get``, ``post``, ...),
+    a body over the limit raises :class:`~llmspawner.queue.limits.LimitExceeded` (413);
+    otherwise ``request.body`` (and, for a form, ``request.body_arguments`` and
+    ``request.files``) are set as tornado sets them for a buffered body, :meth:`body_received`
+    runs, then the method.
+    """
+
+    _received = 0
+    _chunks: list[bytes] | None = None
+
+    def prepare(self):
+        self.request.connection.set_max_body_size(sys.maxsize)  # counted in data_received
+        self._chunks = []
+        # Tornado looks the method up by the verb's name once the body has arrived; for this
+        # request that name is bound to _with_body, which finishes the body first.
+        verb = self.request.method.lower()
+        setattr(self, verb, functools.partial(self._with_body, getattr(self, verb)))
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received <= limits.MAX_BODY_BYTES:
+            self._chunks.append(chunk)
+        else:
+            self._chunks.clear()  # read on to the end, keep nothing
+
+    async def _with_body(self, method, *args, **kwargs):
+        limits.check_body_size(self._received)
+        request = self.request
+        request.body = b"".join(self._chunks)
+        self._chunks = None
+        if request.body:
+            httputil.parse_body_arguments(
+                request.headers.get("Content-Type", ""),
+                request.body,
+                request.body_arguments,
+                request.files,
+                request.headers,
+            )
+            for name, values in request.body_arguments.items():
+                request.arguments.setdefault(name, []).extend(values)
+        await self.body_received()
+        if not self._finished:
+            result = method(*args, **kwargs)
+            if result is not None:
+                await result
+
+    async def body_received(self) -> None:
+        """Runs once the body is complete, before the verb's method (default: nothing)."""
+
+
+class BaseHandler(HubOAuthenticated, BoundedBody):
     """Authentication shared by API and pages (see the module docstring)."""
 
     def initialize(self):
@@ -133,7 +201,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             ) from None
         return model
 
-    async def prepare(self):
+    async def body_received(self):
         model = await self.authenticate()
         if model is None:
             await self.no_user()
@@ -175,16 +243,19 @@ class APIHandler(BaseHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(data))
 
-    def body_json(self) -> dict:
-        """The request body as a JSON object.
+    async def body_json(self) -> dict:
+        """The request body as a JSON object, decoded off the event loop within the limits.
+
+        (A body over :data:`MAX_BODY` was refused before: see :class:`BoundedBody`.)
 
         Raises:
-            QueueError: 400 (not JSON, not an object) or 413 (larger than :data:`MAX_BODY`).
+            QueueError: 400 (not JSON, not an object).
+            LimitExceeded: nested deeper than :data:`limits.MAX_BODY_DEPTH` (400).
         """
-        if len(self.request.body) > MAX_BODY:
-            raise QueueError(413, f"the body is larger than {MAX_BODY} bytes", "body")
         try:
-            data = json.loads(self.request.body or b"null")
+            data = await limits.off_loop(limits.load_json_body, self.request.body)
+        except LimitExceeded:
+            raise
         except ValueError as e:
             raise QueueError(400, f"the body is not valid JSON: {e}", "body") from None
         if not isinstance(data, dict):
@@ -192,6 +263,11 @@ class APIHandler(BaseHandler):
         return data
 
     def _handle_request_exception(self, e):
+        if isinstance(e, LimitExceeded):
+            if not self._finished:
+                self.clear()
+                self.write_json(e.to_json(), e.status)
+            return
         if isinstance(e, QueueError):
             if not self._finished:
                 body = {"error": e.message, "field": e.field}
@@ -235,7 +311,7 @@ class JobListAPIHandler(APIHandler):
     async def post(self):
         if self.caller.kind != "user":
             raise QueueError(403, "only users can submit jobs (a service has no folder)")
-        body = self.body_json()
+        body = await self.body_json()
         unknown = sorted(set(body) - {"config", "profile", "priority"})
         if unknown:
             raise QueueError(400, "unknown field; allowed: config, profile, priority", unknown[0])
@@ -313,7 +389,7 @@ class UserLimitAPIHandler(APIHandler):
     async def put(self, name):
         if not self.caller.admin:
             raise QueueError(403, "only queue admins may set limits", "user")
-        body = self.body_json()
+        body = await self.body_json()
         unknown = sorted(set(body) - {"max_running"})
         if unknown:
             raise QueueError(400, "unknown field; allowed: max_running", unknown[0])
@@ -336,11 +412,36 @@ class ProfilesAPIHandler(APIHandler):
         )
 
 
-class CallbackHandler(HubOAuthCallbackHandler):
+class CallbackHandler(BoundedBody, HubOAuthCallbackHandler):
     """``oauth_callback``: completes the hub's OAuth login and sets the service's cookie."""
 
     def initialize(self):
         self.hub_auth = self.settings["hub_auth"]
+
+    def write_error(self, status_code: int, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, LimitExceeded):
+            self.set_status(exc.status)
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            self.finish(json.dumps(exc.to_json()))
+            return
+        super().write_error(status_code, **kwargs)
+
+
+class NotFoundHandler(BoundedBody):
+    """Any other path: ``404`` as JSON (its body, too, read within the limit first)."""
+
+    async def body_received(self):
+        raise web.HTTPError(404)
+
+    def write_error(self, status_code: int, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        body = {"error": "no such page or API path", "field": None}
+        if isinstance(exc, LimitExceeded):
+            status_code, body = exc.status, exc.to_json()
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(body))
 
 
 def api_routes(prefix: str) -> list[tuple]:
@@ -384,6 +485,15 @@ class PageHandler(BaseHandler):
         self.finish(html)
 
     def _handle_request_exception(self, e):
+        if isinstance(e, LimitExceeded) and not self._finished:
+            self.clear()
+            self.set_status(e.status)
+            if self.current_user is None:
+                self.set_header("Content-Type", "text/plain; charset=utf-8")
+                self.finish(f"{e.status}: {e.message}\n")
+            else:
+                self.render_page("error.html", e.status, status=e.status, message=e.message)
+            return
         if isinstance(e, QueueError) and self.current_user is not None and not self._finished:
             self.clear()
             self.render_page("error.html", e.status, status=e.status, message=e.message)
@@ -448,7 +558,9 @@ class JobsPage(PageHandler):
                 profile=form["profile"],
                 priority=form["priority"],
             )
-        except QueueError as e:
+        except (QueueError, LimitExceeded) as e:
+            if isinstance(e, LimitExceeded) and e.field == "config":
+                form["config"] = ""  # not echoed into the page
             self._page(e.status, error=e, form=form)
             return
         self.redirect(url_path_join(self.settings["prefix"], "jobs", str(view["id"])))
@@ -523,6 +635,7 @@ def make_app(
         raise ValueError("access_scopes must not be empty: HubAuth would accept any token")
     return web.Application(
         [*extra_routes, *api_routes(prefix)],
+        default_handler_class=NotFoundHandler,
         hub_auth=hub_auth,
         ops=ops,
         access_scopes=set(access_scopes),
