@@ -75,7 +75,8 @@ def read_values(path: str) -> tuple[dict | None, list[Problem]]:
 
 
 def check_values(path: str) -> tuple[Part, dict | None]:
-    """Check a z2jh values file: the chart's schema, then what llmspawner needs.
+    """Check a z2jh values file: the chart's schema (and the settings chart
+    :data:`~.values.CHART_VERSION` lacks), then what llmspawner needs.
 
     A llmspawner check's problem at a path where the chart's schema already found one is left
     out (one line per mistake).
@@ -93,6 +94,7 @@ def check_values(path: str) -> tuple[Part, dict | None]:
         return part, None
     merged = values.helm_merge(values.chart_defaults(), user)
     schema = values.schema_problems(merged, values.chart_schema(), file=path)
+    schema += values.chart_version_problems(user, file=path)
     paths = {p.path for p in schema}
     ours = [p for p in llm_values.llmspawner_problems(merged, file=path) if p.path not in paths]
     part.problems = schema + ours

@@ -445,6 +445,139 @@ def cluster_gpu_config(values: dict, *, file: str):
     return (settings.gpu_cluster if settings is not None else ClusterGPUConfig()), problems
 
 
+def check_one_tls_front_door(values: dict, *, file: str) -> list[Problem]:
+    """The hub's public address: one way in, with TLS, that can get its ports.
+
+    Why: the kit's path (docs/deploy.md) is the chart's own ``proxy-public`` LoadBalancer
+    with ``proxy.https`` (Let's Encrypt, or a TLS Secret), on k3s installed with
+    ``--disable=traefik``: k3s's Traefik holds ports 80 and 443 on every node, and ServiceLB
+    then leaves ``proxy-public`` Pending (https://docs.k3s.io/networking/networking-services).
+    The other path is the chart's ``ingress`` through an ingress controller, with
+    ``proxy.service.type: ClusterIP``. What the values show is checked; whether the cluster
+    still runs Traefik is not (deploy check reads no cluster). Refused:
+
+    - ``proxy.https.enabled`` and ``ingress.enabled`` together (two TLS front doors);
+    - ``ingress.enabled`` with ``proxy.service.type: LoadBalancer`` (the chart's default; it
+      asks for the ports the ingress controller holds);
+    - ``proxy.https`` with Let's Encrypt and ``proxy.service.type`` other than LoadBalancer
+      (the ACME HTTP-01 challenge needs port 80 of the public address; reference:
+      ``proxy.https``);
+    - neither ``proxy.https.enabled`` nor ``ingress.enabled`` (OIDC logins and hub cookies
+      over plain HTTP).
+    """
+    https = _get(values, "proxy", "https", default={}) or {}
+    https_on = isinstance(https, dict) and https.get("enabled") is True
+    ingress_on = _get(values, "ingress", "enabled") is True
+    service_type = _get(values, "proxy", "service", "type", default="LoadBalancer")
+    if https_on and ingress_on:
+        return [
+            Problem(
+                file,
+                "ingress.enabled",
+                "proxy.https and ingress are both enabled: choose one way in (docs/deploy.md: "
+                "proxy.https with the proxy-public LoadBalancer, k3s without Traefik)",
+            )
+        ]
+    if ingress_on and service_type == "LoadBalancer":
+        return [
+            Problem(
+                file,
+                "proxy.service.type",
+                "must be ClusterIP with ingress.enabled: a LoadBalancer asks for ports 80/443, "
+                "which the ingress controller holds (on k3s it stays Pending)",
+            )
+        ]
+    letsencrypt = https_on and https.get("type", "letsencrypt") == "letsencrypt"
+    if letsencrypt and service_type != "LoadBalancer":
+        return [
+            Problem(
+                file,
+                "proxy.service.type",
+                "must be LoadBalancer with proxy.https type letsencrypt: Let's Encrypt must "
+                f"reach port 80 of the public address; got {service_type!r}",
+            )
+        ]
+    if not (https_on or ingress_on):
+        return [
+            Problem(
+                file,
+                "proxy.https.enabled",
+                "is off and so is ingress: the hub would serve logins over plain HTTP; enable "
+                "proxy.https (Let's Encrypt or type secret) or an ingress with TLS",
+            )
+        ]
+    return []
+
+
+def check_one_scheduler(values: dict, *, file: str) -> list[Problem]:
+    """``scheduling.userScheduler.enabled`` must be false.
+
+    Why: the chart's user-scheduler (on by default; reference:
+    ``scheduling.userScheduler``) places users' servers, while the queue's Jobs are placed by
+    the cluster's default scheduler. Two schedulers binding pods to the same GPU nodes each
+    count free GPUs from their own cache, so one can bind a pod to a GPU the other has just
+    given away, and the kubelet rejects that pod (``OutOfnvidia.com/gpu``). The user-scheduler
+    packs pods tightly so an autoscaler can remove nodes; on a fixed-size GPU cluster one
+    scheduler for both is worth more.
+    """
+    if _get(values, "scheduling", "userScheduler", "enabled") is False:
+        return []
+    return [
+        Problem(
+            file,
+            "scheduling.userScheduler.enabled",
+            "must be false: servers and queue Jobs share the GPU nodes and must be placed by "
+            "one scheduler (the default one), or their pods can be rejected in a bind race",
+        )
+    ]
+
+
+def check_hub_requests(values: dict, *, file: str) -> list[Problem]:
+    """``hub.resources.requests`` must set ``cpu`` and ``memory``.
+
+    Why: the chart gives the hub pod no requests (reference: ``hub.resources``), so it is
+    BestEffort, the first pod the kubelet evicts under memory pressure
+    (https://kubernetes.io/docs/concepts/scheduling-eviction/node-pressure-eviction/); here it
+    runs the hub, the idle culler and the batch queue.
+    """
+    requests = _get(values, "hub", "resources", "requests", default={}) or {}
+    missing = [r for r in ("cpu", "memory") if not isinstance(requests, dict) or r not in requests]
+    if not missing:
+        return []
+    return [
+        Problem(
+            file,
+            "hub.resources.requests",
+            f"must set {' and '.join(missing)}: without requests the hub pod (hub, culler, "
+            "queue) is BestEffort and evicted first",
+        )
+    ]
+
+
+def check_image_puller_hook(values: dict, *, file: str) -> list[Problem]:
+    """A warning when ``prePuller.hook.enabled`` is true (the chart's default).
+
+    Why: the hook is a pre-install/pre-upgrade Helm hook that waits until every node has
+    pulled the user image (reference: ``prePuller.hook``); the user image is several GB, so a
+    first install or an image change outlasts ``helm``'s default ``--timeout`` of 5 minutes.
+    The kit turns it off and keeps the continuous puller (``prePuller.continuous``), which pulls
+    in the background. A warning, not a problem: with a long enough ``--timeout`` the hook
+    works.
+    """
+    if _get(values, "prePuller", "hook", "enabled") is False:
+        return []
+    return [
+        Problem(
+            file,
+            "prePuller.hook.enabled",
+            "the image-puller hook makes helm wait for every node to pull the user image "
+            "(several GB), past helm's default 5m timeout: set it to false (the continuous "
+            "puller pulls in the background) or give helm a longer --timeout",
+            warning=True,
+        )
+    ]
+
+
 #: The checks, in the order they run.
 CHECKS: tuple[Callable[..., list[Problem]], ...] = (
     check_spawner_class,
@@ -457,6 +590,10 @@ CHECKS: tuple[Callable[..., list[Problem]], ...] = (
     check_platform_settings,
     check_profiles_mounted,
     check_no_inline_secrets,
+    check_one_tls_front_door,
+    check_one_scheduler,
+    check_hub_requests,
+    check_image_puller_hook,
 )
 
 

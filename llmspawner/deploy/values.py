@@ -20,6 +20,53 @@ import yaml
 
 from .problems import Problem, explain, format_path
 
+#: The chart version the kit installs: ``helm ... --version`` in docs/deploy.md, the header of
+#: ``helm-values.yaml`` and the hub image's base tag ``quay.io/jupyterhub/k8s-hub:<version>``
+#: (tests/unit/test_deploy_manifests.py keeps them equal).
+CHART_VERSION = "4.4.0"
+
+#: Value paths that the shipped chart data accepts but chart :data:`CHART_VERSION` does not.
+#: The data in ``z2jh/`` is the chart's ``jupyterhub/`` folder at a development commit after
+#: 4.4.0 (``z2jh/README.md``); its schema differs from 4.4.0's only by these additions (``git
+#: diff 4.4.0 48ea50e3 -- jupyterhub/values.schema.yaml`` in
+#: https://github.com/jupyterhub/zero-to-jupyterhub-k8s), each under an object that 4.4.0's
+#: schema closes (``additionalProperties: false``), so ``helm install --version 4.4.0``
+#: refuses them.
+NEWER_THAN_CHART = (
+    ("proxy", "chp", "command"),
+    ("proxy", "traefik", "command"),
+    ("proxy", "traefik", "args"),
+    ("httpRoute", "parentRefs"),
+)
+
+
+def chart_version_problems(user: dict, *, file: str) -> list[Problem]:
+    """Values the user set that chart :data:`CHART_VERSION` does not know.
+
+    Args:
+        user: the user's values file as written (not merged: the shipped defaults already
+            hold some of these keys, e.g. ``proxy.chp.command``).
+        file: the values file's name, for the problems.
+
+    Returns:
+        One :class:`Problem` per path of :data:`NEWER_THAN_CHART` present in ``user``.
+    """
+    problems = []
+    for path in NEWER_THAN_CHART:
+        node: Any = user
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            problems.append(
+                Problem(
+                    file,
+                    format_path(path),
+                    f"is not a setting of chart {CHART_VERSION} (newer charts only); "
+                    f"helm install --version {CHART_VERSION} refuses it",
+                )
+            )
+    return problems
+
 
 def _chart_file(name: str) -> Any:
     text = resources.files(__package__).joinpath("z2jh").joinpath(name).read_text(encoding="utf-8")
