@@ -20,6 +20,7 @@ import pytest
 
 from devcluster.testing import fast_cluster, wait_for
 from llmspawner.hubconfig import REPO_PROFILES
+from llmspawner.queue import limits
 from llmspawner.queue.states import ACCESS_SCOPE
 from llmspawner_dev.parts import base_environment, hub_command
 from llmspawner_dev.processes import ChildProcess, free_port
@@ -194,3 +195,31 @@ async def test_an_ordinary_user_logs_in_to_the_queue_pages(hub):
         assert (r.status_code, r.json()) == (200, {"jobs": []})
     carol = (await admin_api(hub, "GET", "/users/carol")).json()
     assert (carol["admin"], carol["roles"]) == (False, ["user"])
+
+
+async def test_oversize_bodies_and_configs_through_the_proxy(hub):
+    """Through configurable-http-proxy, as users reach it: every oversize body gets the
+    service's JSON 413 (not an empty 400, not the proxy's "server appears to be down" 503),
+    a config over a limit a 4xx naming it, and nothing is stored."""
+    r = await admin_api(hub, "POST", "/users/dave")
+    assert r.status_code in (201, 409), r.text
+    dave = await user_token(hub, "dave", [ACCESS_SCOPE])
+    headers = {**q(dave), "Content-Type": "application/json"}
+    for size in (limits.MAX_BODY_BYTES + 1, 2 * 1024 * 1024, 16 * 1024 * 1024):
+        r = await hub.post("/services/llm-queue/api/jobs", content=b"x" * size, headers=headers)
+        assert r.status_code == 413, (size, r.text[:200])
+        assert (r.json()["field"], r.json()["limit"]) == ("body", "max_body_bytes")
+    r = await hub.post("/services/llm-queue/api/jobs", content=b"x" * (4 * 1024 * 1024), headers={})
+    assert (r.status_code, r.json()["limit"]) == (413, "max_body_bytes")
+
+    deep = CONFIG + "".join(" " * i + f"k{i}:\n" for i in range(299)) + " " * 299 + "x: 1\n"
+    big = CONFIG + "x: " + "a" * limits.MAX_CONFIG_BYTES + "\n"
+    for config, status, limit in ((deep, 400, "max_config_depth"), (big, 413, "max_config_bytes")):
+        r = await hub.post(
+            "/services/llm-queue/api/jobs",
+            json={"config": config, "profile": "cpu"},
+            headers=q(dave),
+        )
+        assert (r.status_code, r.json()["limit"], r.json()["field"]) == (status, limit, "config")
+    r = await hub.get("/services/llm-queue/api/jobs", headers=q(dave))
+    assert r.json() == {"jobs": []}

@@ -7,9 +7,11 @@ does), the real operations (:class:`QueueOperations`) on SQLite and a fake Kuber
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -22,6 +24,7 @@ from traitlets.config import Config
 
 from devcluster.testing import wait_for
 from llmspawner.queue import db as queue_db
+from llmspawner.queue import lf_config, limits
 from llmspawner.queue.app import make_app, page_routes
 from llmspawner.queue.backend import KubeError
 from llmspawner.queue.context import QueueContext
@@ -504,3 +507,161 @@ async def test_a_profile_file_added_changed_broken_is_seen_within_seconds(
         return (await submit(service, profile="tiny")).status_code == 400
 
     await wait_for(refused, 15, "the removed profile is refused", 0.2)
+
+
+# -- bad input: limits (llmspawner.queue.limits) -----------------------------------------------
+
+
+async def no_jobs(http):
+    r = await http.get("api/jobs", headers=auth("hub-admin-token"))
+    return r.json() == {"jobs": []}
+
+
+def chunks(size, piece=64 * 1024):
+    async def gen():
+        for start in range(0, size, piece):
+            yield b"x" * min(piece, size - start)
+
+    return gen()
+
+
+@pytest.mark.parametrize(
+    ("size", "chunked", "token"),
+    [
+        (limits.MAX_BODY_BYTES + 1, False, "alice-token"),
+        (2 * 1024 * 1024, False, "alice-token"),
+        (8 * 1024 * 1024, False, "alice-token"),
+        (2 * 1024 * 1024, True, "alice-token"),
+        (2 * 1024 * 1024, False, None),  # no token: the size is refused first, not a reset
+    ],
+    ids=["just-above", "2MiB", "8MiB", "chunked", "no-token"],
+)
+async def test_every_oversize_body_gets_a_json_413(service, size, chunked, token):
+    headers = {"Content-Type": "application/json", **(auth(token) if token else {})}
+    content = chunks(size) if chunked else b"x" * size
+    r = await service.post("api/jobs", content=content, headers=headers)
+    assert r.status_code == 413
+    assert r.json() == {
+        "error": f"the request body has {size} bytes; the limit (max_body_bytes) is "
+        "1 MiB (1048576 bytes)",
+        "field": "body",
+        "limit": "max_body_bytes",
+    }
+    assert await no_jobs(service)
+    # the connection stays usable: the body was read to its end
+    assert (await service.get("api/profiles", headers=auth("alice-token"))).status_code == 200
+
+
+async def test_a_body_at_the_limit_is_read(service):
+    body = json.dumps({"config": CONFIG, "profile": "cpu"}).encode()
+    body += b" " * (limits.MAX_BODY_BYTES - len(body))
+    r = await service.post("api/jobs", content=body, headers=auth("alice-token"))
+    assert r.status_code == 201, r.text
+
+
+async def test_oversize_bodies_of_the_other_routes(service):
+    big = b"x" * (limits.MAX_BODY_BYTES + 10)
+    for method, path, token in (
+        ("PUT", "api/users/bob/limit", "hub-admin-token"),
+        ("DELETE", "api/jobs/1", "alice-token"),
+        ("GET", "api/jobs", "alice-token"),
+        ("POST", "api/nowhere", "alice-token"),
+        ("GET", "oauth_callback", None),
+    ):
+        r = await service.request(method, path, content=big, headers=auth(token) if token else {})
+        assert (r.status_code, r.json()["limit"]) == (413, "max_body_bytes"), (method, path)
+    r = await service.get("api/users/bob/limit", headers=auth("hub-admin-token"))
+    assert r.json()["max_running"] == 1  # the refused PUT changed nothing
+
+
+def nested_yaml(depth):
+    return CONFIG + "".join(" " * i + f"k{i}:\n" for i in range(depth - 1)) + " " * depth + "x: 1\n"
+
+
+BILLION_LAUGHS = (
+    CONFIG
+    + 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + (
+        "".join(
+            f"{b}: &{b} [{','.join(['*' + a] * 9)}]\n"
+            for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+        )
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("config", "status", "field", "limit"),
+    [
+        (CONFIG + "x: " + "a" * limits.MAX_CONFIG_BYTES + "\n", 413, "config", "max_config_bytes"),
+        ({"x": "a" * limits.MAX_CONFIG_BYTES}, 413, "config", "max_config_bytes"),
+        (nested_yaml(300), 400, "config", "max_config_depth"),
+        ('{"a": ' * 5000 + "1" + "}" * 5000, 400, "config", "max_config_depth"),
+        (BILLION_LAUGHS, 400, "config", "yaml_aliases"),
+        (
+            CONFIG + "seed: " + ":".join(["1"] + ["2"] * 20000) + "\n",
+            400,
+            "config",
+            "max_number_chars",
+        ),
+    ],
+    ids=["yaml-size", "object-size", "yaml-depth", "json-depth", "aliases", "number"],
+)
+async def test_a_config_over_a_limit_is_a_4xx_naming_it(service, config, status, field, limit):
+    r = await submit(service, config=config)
+    assert r.status_code == status
+    data = r.json()
+    assert (data["field"], data["limit"]) == (field, limit)
+    assert f"({limit})" in data["error"]
+    assert await no_jobs(service)
+
+
+async def test_a_deep_json_body_is_a_400_naming_the_limit(service):
+    body = '{"profile": "cpu", "config": ' + '{"a": ' * 3000 + "1" + "}" * 3001
+    r = await service.post("api/jobs", content=body.encode(), headers=auth("alice-token"))
+    assert r.status_code == 400
+    assert (r.json()["field"], r.json()["limit"]) == ("body", "max_config_depth")
+    assert await no_jobs(service)
+
+
+async def test_the_submit_form_refuses_over_the_limits(service):
+    r = await service.post(
+        "",
+        data={"config": nested_yaml(300), "profile": "cpu", "priority": "normal"},
+        headers=auth("alice-token"),
+    )
+    assert r.status_code == 400
+    assert "(max_config_depth)" in r.text and "k250:" not in r.text
+    r = await service.post(
+        "",
+        files={"config_file": ("train.yaml", b"x: 1\n" * 300_000)},
+        data={"profile": "cpu"},
+        headers=auth("alice-token"),
+    )
+    assert r.status_code == 413
+    assert "(max_body_bytes)" in r.text
+    assert await no_jobs(service)
+
+
+async def test_unknown_paths_are_a_json_404(service):
+    r = await service.get("api/nothing/here", headers=auth("alice-token"))
+    assert (r.status_code, r.json()) == (404, {"error": "no such page or API path", "field": None})
+
+
+async def test_checking_a_config_never_holds_up_other_requests(service, monkeypatch):
+    """The check runs in the worker thread: a slow one (here 1.5 s) leaves the loop free."""
+    real = lf_config.check_config_now
+
+    def slow(config, *, username):
+        time.sleep(1.5)
+        return real(config, username=username)
+
+    monkeypatch.setattr(lf_config, "check_config_now", slow)
+    pending = asyncio.ensure_future(submit(service))
+    await asyncio.sleep(0.2)
+    started = time.perf_counter()
+    r = await service.get("api/jobs", headers=auth("bob-token"))
+    assert r.status_code == 200
+    assert time.perf_counter() - started < 0.5
+    assert not pending.done()
+    assert (await pending).status_code == 201
