@@ -223,3 +223,41 @@ def test_the_client_imports_no_server_module():
         "                'llmspawner.queue.limits', 'llmspawner.queue.states'], ours\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        ("a: 1\nx: " + "a" * 70_000 + "\n", "max_config_bytes"),
+        (
+            "".join(" " * i + f"k{i}:\n" for i in range(40)) + " " * 40 + "x: 1\n",
+            "max_config_depth",
+        ),
+        ('{"a": ' * 100 + "1" + "}" * 100, "max_config_depth"),
+        ("a: &x [1, 2]\nb: *x\n", "yaml_aliases"),
+    ],
+    ids=["size", "yaml-depth", "json-depth", "alias"],
+)
+def test_submit_checks_the_limits_before_sending(tmp_path, capsys, text, limit):
+    from llmspawner.queue import limits
+
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    status, seen = run(["submit", str(path), "--profile", "cpu"], lambda r: httpx.Response(201))
+    assert (status, seen) == (1, [])
+    err = capsys.readouterr().err
+    with pytest.raises(limits.LimitExceeded) as e:
+        limits.check_config_text(text)
+    assert err == f"error: {e.value.message}\n"  # what the queue would answer
+    assert f"({limit})" in err
+
+
+def test_submit_leaves_other_problems_to_the_queue(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("a: [1, 2\n")
+    status, [request] = run(
+        ["submit", str(path), "--profile", "cpu"],
+        lambda r: httpx.Response(400, json={"error": "not valid YAML", "field": "config"}),
+    )
+    assert status == 1
+    assert json.loads(request.content)["config"] == "a: [1, 2\n"
