@@ -7,7 +7,10 @@ repository's ``jupyterhub_config.py``. The hub's environment is the contract wit
 ==================================  ===========================================================
 ``KUBECONFIG``                      the emulated cluster's kubeconfig (kubespawner loads it)
 ``LLMSPAWNER_NAMESPACE``            ``default``
-``LLMSPAWNER_MLFLOW_TRACKING_URI``  the MLflow server's URL
+``LLMSPAWNER_MLFLOW_TRACKING_URI``  the MLflow server's URL (ending in :data:`MLFLOW_PREFIX`)
+``LLMSPAWNER_MLFLOW_SERVICE_TOKEN`` the ``mlflow`` service's API token
+``MLFLOW_TRACKING_USERNAME``,       MLflow's admin credential (:func:`mlflow_hub_environment`)
+``MLFLOW_TRACKING_PASSWORD``
 ``LLMSPAWNER_DEV_BASE_CONFIG``      the production config the dev config runs after its own
 ``LLMSPAWNER_OIDC_ISSUER``          the OIDC provider's issuer URL (discovery document below it)
 ``LLMSPAWNER_ALLOW_ALL``            ``1``: every user who logs in is allowed
@@ -104,13 +107,24 @@ def devcluster_command(*, data_dir: Path, port: int = 0) -> list[str]:
     ]
 
 
-def mlflow_command(*, workdir: Path, host: str, port: int) -> list[str]:
+#: MLflow's path on the hub: the dev stack's MLflow is the hub service ``mlflow`` and serves
+#: under this prefix (``--static-prefix``), as on a real cluster (docs/mlflow.md).
+MLFLOW_PREFIX = "/services/mlflow"
+#: The hub groups whose members are MLflow admins in the dev stack (the OIDC user ``admin``).
+MLFLOW_ADMIN_GROUPS = ("admins",)
+
+
+def mlflow_command(
+    *, workdir: Path, host: str, port: int, auth: bool = False, static_prefix: str = ""
+) -> list[str]:
     """Command line of the MLflow tracking server on SQLite, artifacts under ``workdir``.
 
     ``--allowed-hosts`` lets the hub and the pods (each on its own ``127.x.y.z``) call it;
-    ``--workers 1`` keeps it small. See ``mlflow server --help`` (MLflow 3).
+    ``--workers 1`` keeps it small. ``auth``: MLflow's auth app (``--app-name basic-auth``,
+    configured by :func:`mlflow_auth_environment`); ``static_prefix``: serve under that path
+    (the dev stack: :data:`MLFLOW_PREFIX`). See ``mlflow server --help`` (MLflow 3).
     """
-    return [
+    argv = [
         str(venv_bin() / "mlflow"),
         "server",
         "--backend-store-uri",
@@ -126,11 +140,69 @@ def mlflow_command(*, workdir: Path, host: str, port: int) -> list[str]:
         "--allowed-hosts",
         "localhost,localhost:*,127.*",
     ]
+    if auth:
+        argv += ["--app-name", "basic-auth"]
+    if static_prefix:
+        argv += ["--static-prefix", static_prefix]
+    return argv
 
 
 def mlflow_environment() -> dict[str, str]:
     """Extra environment of the MLflow server: no job runner (its ~7 worker processes)."""
     return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def mlflow_auth_config(workdir: Path) -> str:
+    """The auth app's config file (``MLFLOW_AUTH_CONFIG_PATH``): users and permissions in
+    ``<workdir>/mlflow-auth.db``, hub tokens checked by ``llmspawner.mlflow_auth``."""
+    from llmspawner.mlflow_auth import auth_config_text
+
+    return auth_config_text(database_uri=f"sqlite:///{workdir / 'mlflow-auth.db'}")
+
+
+def mlflow_auth_environment(
+    *,
+    config_path: Path,
+    hub_api_url: str,
+    service_token: str,
+    admin_password: str,
+    secret_key: str,
+    admin_groups: Iterable[str] = MLFLOW_ADMIN_GROUPS,
+    ttl: float = 5.0,
+) -> dict[str, str]:
+    """The MLflow server's environment for the auth app with the hub's login.
+
+    Args:
+        config_path: the file of :func:`mlflow_auth_config`.
+        hub_api_url: the hub's API as MLflow reaches it (``http://host:port/hub/api``).
+        service_token: the ``mlflow`` service's API token (the hub has it too).
+        admin_password: the password of MLflow's bootstrap admin (the hub has it too).
+        secret_key: Flask's secret key (MLflow's auth app needs one).
+        admin_groups: hub groups whose members are MLflow admins.
+        ttl: seconds a hub answer about a token is cached.
+    """
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config_path),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key,
+        "JUPYTERHUB_API_URL": hub_api_url,
+        "JUPYTERHUB_API_TOKEN": service_token,
+        "JUPYTERHUB_SERVICE_PREFIX": MLFLOW_PREFIX + "/",
+        "LLMSPAWNER_MLFLOW_ADMIN_GROUPS": ",".join(admin_groups),
+        "LLMSPAWNER_MLFLOW_AUTH_TTL": str(ttl),
+    }
+
+
+def mlflow_hub_environment(*, service_token: str, admin_password: str) -> dict[str, str]:
+    """The hub's variables for MLflow as its service ``mlflow``: the service's token, and
+    MLflow's admin credential (for the hub and the queue only, never a pod's)."""
+    from llmspawner.mlflow_auth import DEFAULT_ADMIN_USERNAME
+
+    return {
+        "LLMSPAWNER_MLFLOW_SERVICE_TOKEN": service_token,
+        "MLFLOW_TRACKING_USERNAME": DEFAULT_ADMIN_USERNAME,
+        "MLFLOW_TRACKING_PASSWORD": admin_password,
+    }
 
 
 def oidc_command(*, host: str, port: int, users: Iterable[Mapping] = DEFAULT_USERS) -> list[str]:
