@@ -171,3 +171,98 @@ def configure_mlflow(
     environment = {**c.KubeSpawner.get("environment", {}), **c.LLMSpawner.get("environment", {})}
     environment.setdefault("MLFLOW_TRACKING_TOKEN", _tracking_token)
     c.LLMSpawner.environment = environment
+
+
+# -- a queue Job's token ---------------------------------------------------------------------
+
+
+class TokenUnavailable(Exception):
+    """The hub did not mint a token (unreachable, or refused: the message says why)."""
+
+
+def build_token_secret(
+    *, name: str, namespace: str, job_id: int, username: str, token: str
+) -> dict:
+    """The Secret holding a queue Job's MLflow token (key ``token``), which the Job's pod gets
+    as ``MLFLOW_TRACKING_TOKEN`` (``build_job(mlflow_token_secret=name)``). The queue's
+    backend makes the Job its owner, so it goes with the Job. Pure.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": "llm-queue",
+                "llmspawner.io/job-id": str(int(job_id)),
+            },
+            "annotations": {"hub.jupyter.org/username": username},
+        },
+        "type": "Opaque",
+        "stringData": {"token": token},
+    }
+
+
+class JobTokens:
+    """Mints a hub token per queue Job for its user, good for MLflow only
+    (``POST /hub/api/users/<name>/tokens`` with scopes ``[access:services!service=mlflow]``
+    and an expiry; the queue service's role has the ``tokens`` scope for it,
+    :mod:`llmspawner.queue.hubservice`).
+
+    Args:
+        hub_api_url: the hub's API as the queue reaches it.
+        token: the queue service's own API token.
+        timeout: seconds per request.
+        http_client: a ``tornado.httpclient.AsyncHTTPClient`` (default: the shared one).
+    """
+
+    def __init__(self, hub_api_url: str, token: str, *, timeout: float = 10.0, http_client=None):
+        self.hub_api_url = hub_api_url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+        self._http_client = http_client
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> JobTokens | None:
+        """From the queue service's environment (``LLMSPAWNER_HUB_API_URL`` or
+        ``JUPYTERHUB_API_URL``, and ``JUPYTERHUB_API_TOKEN``); ``None`` when either is
+        missing (no per-job token)."""
+        api = env.get("LLMSPAWNER_HUB_API_URL") or env.get("JUPYTERHUB_API_URL")
+        token = env.get("JUPYTERHUB_API_TOKEN")
+        return cls(api, token) if api and token else None
+
+    async def mint(self, username: str, *, expires_in: int, note: str) -> str:
+        """A new token of ``username`` with only MLflow access, valid ``expires_in`` seconds.
+
+        Raises:
+            TokenUnavailable: the hub could not be reached or refused.
+        """
+        import json
+        from urllib.parse import quote
+
+        from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+        client = self._http_client or AsyncHTTPClient()
+        body = {"scopes": [ACCESS_SCOPE], "expires_in": int(expires_in), "note": note}
+        try:
+            resp = await client.fetch(
+                f"{self.hub_api_url}/users/{quote(username, safe='')}/tokens",
+                method="POST",
+                body=json.dumps(body),
+                headers={
+                    "Authorization": f"token {self._token}",
+                    "Content-Type": "application/json",
+                },
+                connect_timeout=self.timeout,
+                request_timeout=self.timeout,
+                raise_error=False,
+            )
+        except (OSError, HTTPClientError) as e:
+            raise TokenUnavailable(f"the hub at {self.hub_api_url} is unreachable: {e}") from e
+        if resp.code != 201:
+            raise TokenUnavailable(f"the hub refused a token for {username!r} ({resp.code})")
+        try:
+            return str(json.loads(resp.body)["token"])
+        except (ValueError, KeyError) as e:
+            raise TokenUnavailable(f"the hub's token answer is not understood: {e}") from e

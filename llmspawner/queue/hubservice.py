@@ -18,8 +18,13 @@ Who may use the queue (JupyterHub 6 scopes, https://jupyterhub.readthedocs.io/en
 - queue admins: hub admins, and whoever holds the custom scope ``custom:llm-queue:admin``
   (role ``llm-queue-admin``, given to the groups in ``LLMSPAWNER_QUEUE_ADMIN_GROUPS``). The
   service's OAuth client may ask for that scope, so an admin's browser login carries it;
-- the service itself: role ``llm-queue-service`` with no scope at all. It identifies callers
-  with *their* tokens (``GET /hub/api/user``) and never acts on the hub.
+- the service itself: role ``llm-queue-service``. It identifies callers with *their* tokens
+  (``GET /hub/api/user``). With MLflow on (``LLMPlatform.mlflow_tracking_uri``) it holds
+  ``tokens``, to mint for each Job a token of the job's user that carries only
+  ``access:services!service=mlflow`` and expires after the job's ``max_runtime`` and a day
+  (:class:`llmspawner.mlflow_hub.JobTokens`): the Job's pod gets it from a per-job Secret as
+  ``MLFLOW_TRACKING_TOKEN``, so no credential shared between users is ever in a pod. Without
+  MLflow it holds no scope at all.
 
 Environment (all optional):
 
@@ -167,9 +172,11 @@ def queue_service(
     roles = [
         {
             "name": "llm-queue-service",
-            "description": "The llm-queue service: identifies callers by their own tokens, "
-            "needs no hub permission",
-            "scopes": [],
+            "description": "The llm-queue service: identifies callers by their own tokens; "
+            "with MLflow, mints each Job's MLflow-only token of its user",
+            # POST /hub/api/users/<name>/tokens for any user (the scopes of a new token are
+            # checked against its owner's, and the queue asks only for MLflow access).
+            "scopes": ["tokens"] if settings.mlflow_tracking_uri else [],
             "services": [SERVICE_NAME],
         },
         {
