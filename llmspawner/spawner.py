@@ -27,7 +27,15 @@ from . import capacity as capacity_mod
 from . import profiles as profiles_mod
 from . import tracking
 from .settings import LLMPlatform
-from .workload import CPU, MEMORY, Workload, build_workload, parse_quantity, placement
+from .workload import (
+    CPU,
+    MEMORY,
+    Workload,
+    build_workload,
+    parse_quantity,
+    placement,
+    required_node_terms,
+)
 
 #: kubespawner traits set from the user's workload for each spawn. Their configured values
 #: are snapshot once and each spawn's values computed from that snapshot, so nothing of an
@@ -37,6 +45,7 @@ WORKLOAD_TRAITS = (
     "extra_resource_limits",
     "extra_resource_guarantees",
     "node_selector",
+    "node_affinity_required",
     "tolerations",
     "cpu_guarantee",
     "cpu_limit",
@@ -109,6 +118,8 @@ def kubespawner_traits(workload: Workload, configured: Mapping[str, Any]) -> dic
       the configured dicts; a quantity the workload does not set keeps its configured value;
     - ``node_selector``, ``extra_labels``, ``extra_annotations``: the configured dict with the
       workload's keys on top (the chart's own node selector stays);
+    - ``node_affinity_required``: the configured terms with the workload's ``node_affinity``
+      added to each (:func:`~llmspawner.workload.required_node_terms`);
     - ``tolerations``, ``volumes``, ``volume_mounts``, ``init_containers``: the configured
       ones first, the workload's appended;
     - ``image``, ``working_dir``: the workload's;
@@ -149,6 +160,9 @@ def kubespawner_traits(workload: Workload, configured: Mapping[str, Any]) -> dic
         **_copy(dict(configured["node_selector"] or {})),
         **_copy(workload.node_selector),
     }
+    out["node_affinity_required"] = required_node_terms(
+        configured["node_affinity_required"], workload.node_affinity
+    )
     for trait, extra in (
         ("extra_labels", workload.labels),
         ("extra_annotations", workload.annotations),
@@ -326,6 +340,9 @@ class LLMSpawner(KubeSpawner):
         """
         super().__init__(*args, **kwargs)
         self.platform  # noqa: B018 - read now: a bad setting fails here, not at spawn
+        # The options the hub has stored for this server (it passes them at construction):
+        # the last accepted ones, restored when a start's options are refused.
+        self._accepted_options = _copy(dict(self.user_options or {}))
 
     @property
     def platform(self) -> LLMPlatform:
@@ -457,12 +474,44 @@ class LLMSpawner(KubeSpawner):
         ``Spawner.apply_user_options`` hook, JupyterHub >= 5.3, which runs before ``start``).
 
         The same check applies to the spawn form, the REST API (``{"profile": "medium"}``) and
-        the admin panel (no options: the default profile).
+        the admin panel. A start with no options (the admin panel's Start button, ``POST
+        /hub/api/users/<name>/server`` without a body or with ``"user_options": null``) gets
+        the options the hub stored at the last start: JupyterHub's own rule
+        (``jupyterhub/user.py``, ``User.spawn``: "options unspecified, load from db"). They are
+        always the last *accepted* ones, so such a start runs the last profile this server
+        was started with, and the default profile before any (``{}``: the default profile).
+
+        A refused request leaves no trace: JupyterHub stores a start's options before this
+        hook runs (``User.spawn``), so on a refusal the stored options (and
+        :attr:`user_options`) are put back to the last accepted ones and committed.
 
         Raises:
             tornado.web.HTTPError: 400 for an unknown option or profile, listing the valid
                 ones; 403 for a profile the user's groups do not allow.
         """
+        try:
+            self._check_user_options(user_options)
+        except web.HTTPError:
+            self._restore_user_options()
+            raise
+        self._accepted_options = _copy(dict(user_options))
+
+    def _restore_user_options(self) -> None:
+        """Put the last accepted options back, in this spawner and in the hub's database."""
+        accepted = _copy(self._accepted_options)
+        self.user_options = accepted
+        orm_spawner = self.orm_spawner
+        if orm_spawner is not None and getattr(orm_spawner, "user_options", None) != accepted:
+            orm_spawner.user_options = _copy(accepted)
+            if self.db is not None:
+                self.db.commit()
+            self.log.info(
+                "Refused options for %s not kept; stored options back to %s",
+                self._log_name,
+                accepted,
+            )
+
+    def _check_user_options(self, user_options: dict) -> None:
         unknown = sorted(set(user_options) - {"profile"})
         if unknown:
             raise web.HTTPError(
@@ -632,8 +681,12 @@ class LLMSpawner(KubeSpawner):
             return "Experiment tracking is off (no MLflow server configured)."
         name = self.experiment_name
         try:
+            # Made with MLflow's admin credential of the hub's environment, owned by the user.
             experiment_id = await tracking.ensure_experiment(
-                platform.mlflow_tracking_uri, name, timeout=platform.mlflow_timeout
+                platform.mlflow_tracking_uri,
+                name,
+                owner=self.user.name,
+                timeout=platform.mlflow_timeout,
             )
         except tracking.TrackingUnavailable as e:
             self.log.warning("MLflow experiment %s for %s not ensured: %s", name, self.user.name, e)

@@ -91,3 +91,40 @@ async def test_form_offers_only_allowed_profiles(make_spawner, restricted_profil
     member = with_groups(make_spawner("carol", restricted_profiles), "gpu-power")
     pod = await pod_for(member, {"profile": "large"})
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+async def test_refused_options_are_not_kept(make_spawner):
+    """JupyterHub stores a start's options before the check (``User.spawn``): a refusal puts
+    the last accepted ones back, in the spawner and the hub's database (committed)."""
+    commits = []
+    spawner = make_spawner("alice")
+    spawner.orm_spawner = SimpleNamespace(user_options={"profile": "medium"}, server=None, name="")
+    spawner.db = SimpleNamespace(commit=lambda: commits.append(1))
+    spawner.user_options = {"profile": "medium"}
+    spawner.check_user_options(spawner, {"profile": "medium"})  # accepted: the last one
+    # The hub's next start stores its options first, then asks.
+    spawner.orm_spawner.user_options = spawner.user_options = {"profile": "nope"}
+    with pytest.raises(web.HTTPError) as e:
+        spawner.check_user_options(spawner, {"profile": "nope"})
+    assert e.value.status_code == 400
+    assert spawner.orm_spawner.user_options == spawner.user_options == {"profile": "medium"}
+    assert commits == [1]
+    # An accepted start is kept (the hub has stored it already): nothing to restore.
+    spawner.orm_spawner.user_options = spawner.user_options = {"profile": "cpu"}
+    spawner.check_user_options(spawner, {"profile": "cpu"})
+    assert spawner.orm_spawner.user_options == {"profile": "cpu"}
+    assert commits == [1]
+
+
+async def test_the_stored_options_at_construction_are_the_accepted_ones(make_spawner):
+    """After a hub restart the spawner is made with the stored options: those are restored."""
+    from llmspawner.spawner import LLMSpawner
+
+    c = Config()
+    c.LLMPlatform.profiles_dir = make_spawner("x").platform.profiles_dir
+    user = SimpleNamespace(name="alice", id=1, url="/user/alice/", groups=[])
+    spawner = LLMSpawner(config=c, user=user, _mock=True, user_options={"profile": "medium"})
+    spawner.user_options = {"profile": "nope"}
+    with pytest.raises(web.HTTPError):
+        spawner.check_user_options(spawner, {"profile": "nope"})
+    assert spawner.user_options == {"profile": "medium"}
