@@ -45,15 +45,22 @@ def test_chp_executable_is_found_on_the_given_path(tmp_path):
 
 def test_restart_runs_the_same_command_again_in_a_new_process(tmp_path):
     child = ChildProcess(
-        "sleeper", ["sh", "-c", "echo started; exec sleep 300"], log_path=tmp_path / "s.log"
+        # It prints 42, which its command line (the log's header line) does not hold.
+        "sleeper",
+        ["sh", "-c", "echo $((6 * 7)); exec sleep 300"],
+        log_path=tmp_path / "s.log",
     ).start()
+
+    def starts() -> int:
+        return child.log_tail().splitlines().count("42")
+
     try:
-        wait_until(lambda: "started" in child.log_tail(), 10, "the first start", 0.05)
+        wait_until(lambda: starts() == 1, 10, "the first start", 0.05)
         first = child.popen
         assert child.restart(grace=2) is child
         assert first.returncode == -signal.SIGTERM
         assert child.running and child.pid != first.pid
-        wait_until(lambda: child.log_tail().count("started") == 2, 10, "the second start", 0.05)
+        wait_until(lambda: starts() == 2, 10, "the second start", 0.05)
     finally:
         child.stop(grace=2)
 
