@@ -12,6 +12,7 @@ z2jh). A profile file looks like::
     idle_timeout: 1800           # seconds
     max_runtime: 86400           # seconds, used by the batch queue
     allowed_groups: []           # empty: everyone
+    shm_size: 8G                 # /dev/shm (default: a quarter of the memory limit, 1-16 GiB)
 
 How a GPU share becomes Kubernetes resources is decided here and nowhere else
 (:func:`gpu_resources`); the spawner and the queue's Job builder both call it. A fraction is
@@ -50,6 +51,7 @@ PROFILE_KEYS = (
     "idle_timeout",
     "max_runtime",
     "allowed_groups",
+    "shm_size",
 )
 _REQUIRED_KEYS = ("slug", "display_name")
 _GPU_KINDS = ("count", "fraction", "mig")
@@ -198,6 +200,9 @@ class Profile:
     idle_timeout: int = 0
     max_runtime: int = 0
     allowed_groups: tuple[str, ...] = ()
+    #: Size of the pod's ``/dev/shm`` in bytes (``shm_size``); ``None``: the workload's
+    #: default (:func:`llmspawner.workload.shm_size`).
+    shm_size: int | None = None
     source: str = ""
 
     def allows(self, groups) -> bool:
@@ -353,6 +358,7 @@ def parse_profile(data: Any, *, file: str, cluster: ClusterGPUConfig) -> Profile
         idle_timeout=_seconds(data, "idle_timeout", file),
         max_runtime=_seconds(data, "max_runtime", file),
         allowed_groups=tuple(groups),
+        shm_size=_bytes(data["shm_size"], "shm_size", file) if "shm_size" in data else None,
         source=file,
     )
 
