@@ -388,6 +388,39 @@ def _set(tree: dict, dotted: str, value) -> None:
             {"hub.config.GenericOAuthenticator.client_secret": "hunter2"},
             "v.yaml: hub.config.GenericOAuthenticator.client_secret: a secret written in the values file; remove it and set OAUTH_CLIENT_SECRET in hub.extraEnv with valueFrom.secretKeyRef",
         ),
+        # The hub's public address (issue 17's blocker: k3s's Traefik holds 80/443).
+        (
+            {"ingress.enabled": True},
+            "v.yaml: ingress.enabled: proxy.https and ingress are both enabled: choose one way in (docs/deploy.md: proxy.https with the proxy-public LoadBalancer, k3s without Traefik)",
+        ),
+        (
+            {"proxy.https.enabled": False, "ingress.enabled": True},
+            "v.yaml: proxy.service.type: must be ClusterIP with ingress.enabled: a LoadBalancer asks for ports 80/443, which the ingress controller holds (on k3s it stays Pending)",
+        ),
+        (
+            {"proxy.service.type": "NodePort"},
+            "v.yaml: proxy.service.type: must be LoadBalancer with proxy.https type letsencrypt: Let's Encrypt must reach port 80 of the public address; got 'NodePort'",
+        ),
+        (
+            {"proxy.https.enabled": False},
+            "v.yaml: proxy.https.enabled: is off and so is ingress: the hub would serve logins over plain HTTP; enable proxy.https (Let's Encrypt or type secret) or an ingress with TLS",
+        ),
+        (
+            {"scheduling.userScheduler.enabled": True},
+            "v.yaml: scheduling.userScheduler.enabled: must be false: servers and queue Jobs share the GPU nodes and must be placed by one scheduler (the default one), or their pods can be rejected in a bind race",
+        ),
+        (
+            {"hub.resources": {}},
+            "v.yaml: hub.resources.requests: must set cpu and memory: without requests the hub pod (hub, culler, queue) is BestEffort and evicted first",
+        ),
+        (
+            {"hub.resources.requests": {"cpu": "1"}},
+            "v.yaml: hub.resources.requests: must set memory: without requests the hub pod (hub, culler, queue) is BestEffort and evicted first",
+        ),
+        (
+            {"prePuller.hook.enabled": True},
+            "v.yaml: prePuller.hook.enabled: warning: the image-puller hook makes helm wait for every node to pull the user image (several GB), past helm's default 5m timeout: set it to false (the continuous puller pulls in the background) or give helm a longer --timeout",
+        ),
     ],
 )
 def test_each_llmspawner_check_names_the_setting(changes, expected):
@@ -395,6 +428,56 @@ def test_each_llmspawner_check_names_the_setting(changes, expected):
     for dotted, value in changes.items():
         _set(merged, dotted, value)
     assert [p.line() for p in llm_values.llmspawner_problems(merged, file="v.yaml")] == [expected]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # The other way in: the chart's ingress (e.g. through Traefik), proxy-public internal.
+        {"proxy.https.enabled": False, "ingress.enabled": True, "proxy.service.type": "ClusterIP"},
+        # A TLS Secret instead of Let's Encrypt needs no public port 80.
+        {
+            "proxy.https.type": "secret",
+            "proxy.https.secret.name": "llm-tls",
+            "proxy.service.type": "NodePort",
+        },
+        # TLS ends before the proxy (an external load balancer).
+        {"proxy.https.type": "offload", "proxy.service.type": "NodePort"},
+    ],
+)
+def test_other_tls_front_doors_pass(changes):
+    merged = shipped_values()
+    for dotted, value in changes.items():
+        _set(merged, dotted, value)
+    assert llm_values.check_one_tls_front_door(merged, file="v.yaml") == []
+
+
+def test_settings_of_charts_newer_than_the_installed_one_are_refused(deployment, capsys):
+    """The shipped schema is a development commit after 4.4.0 (z2jh/README.md); what only it
+    accepts, helm install --version 4.4.0 refuses."""
+    helm = deployment / "helm-values.yaml"
+    data = yaml.safe_load(helm.read_text())
+    data["proxy"]["chp"]["command"] = ["configurable-http-proxy"]
+    data["httpRoute"] = {"parentRefs": []}
+    helm.write_text(yaml.safe_dump(data))
+    code, [*lines, _], _ = run_check(capsys)
+    assert lines == [
+        "helm-values.yaml: proxy.chp.command: is not a setting of chart 4.4.0 (newer charts only); helm install --version 4.4.0 refuses it",
+        "helm-values.yaml: httpRoute.parentRefs: is not a setting of chart 4.4.0 (newer charts only); helm install --version 4.4.0 refuses it",
+    ]
+    assert code == 1
+
+
+def test_newer_than_chart_paths_are_in_the_shipped_schema():
+    """Each path of NEWER_THAN_CHART is one the shipped schema knows (the list is of its
+    additions over chart 4.4.0), under an object that allows no other keys."""
+    for path in values.NEWER_THAN_CHART:
+        node = values.chart_schema()
+        for key in path[:-1]:
+            node = node["properties"][key]
+        assert node["additionalProperties"] is False, path
+        assert path[-1] in node["properties"], path
+    assert values.CHART_VERSION == "4.4.0"
 
 
 @pytest.mark.parametrize(
@@ -503,7 +586,7 @@ def test_every_broken_profile_is_reported(deployment):
     (deployment / "profiles" / "b.yml").write_text("slug: [b\n")
     part = check.check_profiles("profiles", check.profiles_mod.ClusterGPUConfig())
     assert [p.line() for p in part.problems] == [
-        "profiles/a.yaml: colour: unknown field; allowed fields: slug, display_name, description, default, gpu, cpu, memory, node_selector, tolerations, image, idle_timeout, max_runtime, allowed_groups",
+        "profiles/a.yaml: colour: unknown field; allowed fields: slug, display_name, description, default, gpu, cpu, memory, node_selector, tolerations, image, idle_timeout, max_runtime, allowed_groups, shm_size",
         "profiles/b.yml: is not valid YAML: expected ',' or ']', but got '<stream end>' (line 2, column 1)",
     ]
 

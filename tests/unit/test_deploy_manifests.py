@@ -22,7 +22,9 @@ import yaml
 from kubernetes_validate.utils import latest_version
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
+from llmspawner.deploy.values import CHART_VERSION
 from llmspawner.hubconfig import REPO_PROFILES
 from llmspawner.profiles import ClusterGPUConfig, gpu_resources, load_profiles
 from llmspawner.queue.k8s_objects import build_priority_classes
@@ -50,6 +52,12 @@ API_CALLS = {
     # KubeBackend.create_job (Job refused) and KubeBackend.delete_job
     "delete_namespaced_config_map": ("", "configmaps", "delete", True),
     "delete_namespaced_job": ("batch", "jobs", "delete", True),  # KubeBackend.delete_job
+    # KubeBackend.create_job: the Job's MLflow token Secret (created, replaced when it existed,
+    # owner-referenced to the Job, deleted when the Job is refused)
+    "create_namespaced_secret": ("", "secrets", "create", True),
+    "replace_namespaced_secret": ("", "secrets", "update", True),
+    "patch_namespaced_secret": ("", "secrets", "patch", True),
+    "delete_namespaced_secret": ("", "secrets", "delete", True),
     "list_namespaced_job": ("batch", "jobs", "list", True),  # KubeBackend.list_jobs
     # KubeBackend.list_job_pods, latest_pod, list_all_pods; capacity.ClusterLister (the spawn
     # form's and admission's one Node/Pod lister)
@@ -212,6 +220,8 @@ def test_time_slicing_matches_profiles_and_spawner():
         config = yaml.safe_load(text)
         sharing = config["sharing"]["timeSlicing"]
         assert config["version"] == "v1"
+        # The operator's MIG_STRATEGY wins over a config file's flags: none are written.
+        assert "flags" not in config
         assert sharing["renameByDefault"] is False
         assert sharing["failRequestsGreaterThanOne"] is True
         [resource] = sharing["resources"]
@@ -234,6 +244,26 @@ def test_time_slicing_matches_profiles_and_spawner():
             assert gpu_resources(profile.gpu, cluster).node_selector == {
                 "nvidia.com/gpu.replicas": str(profile.gpu.replicas)
             }
+
+
+def test_gpu_operator_values_match_the_configmap_and_the_settings():
+    """deploy/gpu-operator-values.yaml (install and upgrade, docs/deploy.md steps 4 and 12)."""
+    values = yaml.safe_load((DEPLOY / "gpu-operator-values.yaml").read_text())
+    assert set(values) == {"devicePlugin", "mig", "toolkit"}
+    cm = _find("ConfigMap", "time-slicing-config")
+    assert values["devicePlugin"] == {"config": {"name": cm["metadata"]["name"]}}
+    assert cm["metadata"]["namespace"] == "gpu-operator"
+    # The strategy the profiles assume (LLMPlatform.mig_strategy's default), not the
+    # operator's default `single`.
+    assert values["mig"] == {"strategy": LLMPlatform.class_traits()["mig_strategy"].default()}
+    assert values["mig"]["strategy"] == "mixed"
+    assert values["toolkit"] == {
+        "env": [{"name": "CONTAINERD_SOCKET", "value": "/run/k3s/containerd/containerd.sock"}]
+    }
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    assert docs.count("-f deploy/gpu-operator-values.yaml") == 2  # install and upgrade
+    assert not [line for line in docs.splitlines() if "--reuse-values" in line and "helm " in line]
+    assert "--disable-openapi-validation -f deploy/gpu-operator-values.yaml" in docs
 
 
 # -- RBAC --------------------------------------------------------------------------------------
@@ -275,6 +305,7 @@ def test_queue_role_has_exactly_the_verbs_of_the_code():
     assert _expected(namespaced=True) == {
         ("batch", "jobs"): {"create", "delete", "get", "list", "watch"},
         ("", "configmaps"): {"create", "delete", "patch", "update"},
+        ("", "secrets"): {"create", "delete", "patch", "update"},
         ("", "pods"): {"list", "watch"},
         ("", "pods/log"): {"get"},
     }
@@ -332,7 +363,9 @@ def test_mlflow_service_reaches_the_deployment_at_the_configured_url():
     meta = service["metadata"]
     url = f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local:{port['port']}"
     assert url == "http://mlflow.llm.svc.cluster.local:5000"
-    assert _helm_values()["hub"]["config"]["LLMPlatform"]["mlflow_tracking_uri"] == url
+    # MLflow serves under the hub service's prefix (--static-prefix /services/mlflow, docs/mlflow.md).
+    tracking_uri = _helm_values()["hub"]["config"]["LLMPlatform"]["mlflow_tracking_uri"]
+    assert tracking_uri == url + "/services/mlflow"
 
 
 def _env(container: dict) -> dict:
@@ -466,9 +499,12 @@ def test_base_image_is_pinned(dockerfile):
 
 
 def test_hub_base_is_the_chart_version_of_the_docs():
-    assert _chart_versions_in_docs() == {"4.3.3"}
-    assert _only(HUB_DOCKERFILE, "FROM") == ["quay.io/jupyterhub/k8s-hub:4.3.3"]
+    assert _chart_versions_in_docs() == {CHART_VERSION} == {"4.4.0"}
+    assert _only(HUB_DOCKERFILE, "FROM") == [f"quay.io/jupyterhub/k8s-hub:{CHART_VERSION}"]
     assert _only(HUB_DOCKERFILE, "USER")[-1] == "1000"
+    # The values file names the same chart version in its header.
+    header = (ROOT / "helm-values.yaml").read_text().splitlines()[0]
+    assert f"chart jupyterhub/jupyterhub {CHART_VERSION}" in header
 
 
 @pytest.mark.parametrize(
@@ -497,19 +533,42 @@ def test_every_requirement_is_pinned_and_satisfies_pyproject(dockerfile, extra):
     assert "PIP_CONSTRAINT=/tmp/llmspawner/constraints.txt" in " ".join(_only(dockerfile, "RUN"))
 
 
-def test_hub_and_user_images_agree():
+def _dev_jupyterhub_pin() -> str:
+    """The ``jupyterhub==X`` of pyproject.toml's [dev] extra, which the test suite runs on."""
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    [pin] = [
+        Requirement(r) for r in dev["dev"] if canonicalize_name(Requirement(r).name) == "jupyterhub"
+    ]
+    [spec] = pin.specifier
+    assert spec.operator == "=="
+    return spec.version
+
+
+def test_hub_user_and_test_jupyterhub_agree():
     hub, user = _pins(HUB_DOCKERFILE.parent), _pins(SINGLEUSER_DOCKERFILE.parent)
-    # Kept as k8s-hub:4.3.3 ships them (z2jh changelog), the pairing the chart is tested with;
-    # jupyterhub-singleuser in the user's pod talks to the hub, so it is the same version.
-    assert hub["jupyterhub"] == user["jupyterhub"] == "5.4.4"
-    assert hub["oauthenticator"] == "17.4.0"
+    # 5.5.1 and later fix the advisories of the base image's 5.5.0 (constraints.txt's header);
+    # jupyterhub-singleuser in the user's pod talks to the hub, so it is the same version, and
+    # the test suite runs on it (issue 12: the tests run on the version the image ships).
+    assert hub["jupyterhub"] == user["jupyterhub"] == _dev_jupyterhub_pin() == "5.5.4"
+    assert Version(hub["jupyterhub"]) >= Version("5.5.1")
+    assert hub["oauthenticator"] == "17.4.0"  # the base image's (k8s-hub 4.4.0)
     # Moved to pyproject.toml's minimums.
     assert (hub["jupyterhub-kubespawner"], hub["jupyterhub-idle-culler"]) == ("7.1.0", "2.0.0")
-    # The hub image installs no jupyterhub of its own over the base image's.
+    # The hub image installs no jupyterhub of its own over the constraints.
     assert all(
         canonicalize_name(a.partition("==")[0]) != "jupyterhub"
         for a in _pip_install_args(HUB_DOCKERFILE)
     )
+
+
+def test_hub_image_changes_only_the_three_moved_base_packages():
+    """The build compares ``pip freeze`` before and after and allows exactly these three."""
+    run = " ".join(_only(HUB_DOCKERFILE, "RUN"))
+    assert "pip freeze --all > /tmp/llmspawner/before.txt" in run
+    assert "pip freeze --all > /tmp/llmspawner/after.txt" in run
+    assert "expected = ['jupyterhub', 'jupyterhub-idle-culler', 'jupyterhub-kubespawner']" in run
+    assert "assert jupyterhub.__version__ == '5.5.4'" in run
+    assert "pip check" in run
 
 
 def test_singleuser_image():
@@ -524,7 +583,21 @@ def test_singleuser_image():
     )
     assert _only(dockerfile, "USER")[-1] == "1000"
     assert _only(dockerfile, "WORKDIR") == ["/home/jovyan"]
-    assert "HOME=/home/jovyan" in _only(dockerfile, "ENV")[0].split()
+    env = _only(dockerfile, "ENV")[0].split()
+    assert "HOME=/home/jovyan" in env
+    # The base image's NVIDIA_VISIBLE_DEVICES=all would show every GPU of the node to a pod
+    # without a GPU request under the NVIDIA runtime; `void` behaves as runc.
+    assert "NVIDIA_VISIBLE_DEVICES=void" in env
+    # Offline sites: build arguments, upstream's behaviour by default.
+    assert {
+        "HF_HUB_OFFLINE=${HF_HUB_OFFLINE}",
+        "MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY}",
+    } <= set(env)
+    assert _only(dockerfile, "ARG") == ["HF_HUB_OFFLINE=0", "MLFLOW_DISABLE_TELEMETRY=false"]
+    # The activity extension must be enabled and load, not only be listed.
+    run = " ".join(_only(dockerfile, "RUN"))
+    assert "grep -qE 'llmspawner\\.singleuser\\.activity .*enabled'" in run
+    assert "grep -qE 'llmspawner\\.singleuser\\.activity +.*OK'" in run
     assert _only(dockerfile, "EXPOSE") == ["8888"]
     assert _only(dockerfile, "CMD") == ['["jupyterhub-singleuser"]']
 

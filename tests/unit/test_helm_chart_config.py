@@ -30,7 +30,8 @@ from .z2jh_chart import apply_chart_config, hub_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 SINGLEUSER_IMAGE = "ghcr.io/llmspawner/singleuser:0.1.0"
-MLFLOW = "http://mlflow.llm.svc.cluster.local:5000"
+# MLflow serves under the hub service's prefix (docs/mlflow.md).
+MLFLOW = "http://mlflow.llm.svc.cluster.local:5000/services/mlflow"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,10 @@ def chart_config(issuer, monkeypatch):
     mounted = values["hub"]["extraVolumeMounts"][0]["mountPath"]
     assert values["hub"]["config"]["LLMPlatform"]["profiles_dir"] == mounted
     values["hub"]["config"]["LLMPlatform"]["profiles_dir"] = str(REPO_PROFILES)
-    secrets = {"llm-oidc": {"issuer": issuer, "client-id": "llm-hub", "client-secret": "s3cret"}}
+    secrets = {
+        "llm-oidc": {"issuer": issuer, "client-id": "llm-hub", "client-secret": "s3cret"},
+        "mlflow-auth": {"service-token": "mlflow-service-token", "admin-password": "adm1n"},
+    }
     env = hub_environment(values, secrets, namespace="llm")
     for name in [n for n in os.environ if n.startswith(("LLMSPAWNER_", "OAUTH"))]:
         monkeypatch.delenv(name)
@@ -105,7 +109,8 @@ def test_hub_settings(chart_config, issuer):
 
 def test_culler_service(chart_config):
     services = {s["name"]: s for s in chart_config.JupyterHub.services}
-    assert sorted(services) == ["idle-culler", "llm-queue"]
+    # The culler, the queue, MLflow behind the hub login and the proxy route repair.
+    assert sorted(services) == ["idle-culler", "llm-queue", "mlflow", "route-repair"]
     culler = services["idle-culler"]
     assert culler["command"] == [
         sys.executable,
@@ -163,7 +168,8 @@ def test_queue_service(chart_config):
     # Secrets of the hub's environment are not handed to the service.
     assert "OAUTH_CLIENT_SECRET" not in env
     roles = {r["name"]: r for r in chart_config.JupyterHub.load_roles}
-    assert roles["llm-queue-service"]["scopes"] == []
+    # The queue mints each Job's MLflow token (a token of the job's user).
+    assert roles["llm-queue-service"]["scopes"] == ["tokens"]
     assert roles["llm-queue-admin"]["groups"] == ["llm-admins"]
     assert roles["llm-queue-admin"]["scopes"] == [ADMIN_SCOPE, ACCESS_SCOPE]
     # Every user may use the queue: JupyterHub 6 has extra_user_scopes; the hub image's
@@ -206,11 +212,14 @@ async def test_alice_on_medium(chart_config, stub_kubeconfig):
         },
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
     ]
-    assert spec["schedulerName"] == "user-scheduler"
-    assert spec["securityContext"] == {"fsGroup": 100}
+    # One scheduler for servers and queue Jobs: the chart's user-scheduler is off.
+    assert "schedulerName" not in spec
+    assert spec["securityContext"] == {"fsGroup": 100, "seccompProfile": {"type": "RuntimeDefault"}}
     assert container["securityContext"]["runAsUser"] == 1000
+    # /dev/shm: a quarter of medium's 48G memory limit (workload.shm_size).
     assert spec["volumes"] == [
-        {"name": "llm-storage", "persistentVolumeClaim": {"claimName": "llm-storage"}}
+        {"name": "llm-storage", "persistentVolumeClaim": {"claimName": "llm-storage"}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(12 * 2**30)}},
     ]
     assert container["volumeMounts"] == [
         {"name": "llm-storage", "mountPath": "/storage/users/alice", "subPath": "users/alice"},
@@ -220,6 +229,7 @@ async def test_alice_on_medium(chart_config, stub_kubeconfig):
             "subPath": "models",
             "readOnly": True,
         },
+        {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     blocker, owner = spec["initContainers"]
     assert blocker["name"] == "block-cloud-metadata"
@@ -239,3 +249,24 @@ async def test_alice_on_medium(chart_config, stub_kubeconfig):
     assert env["HOME"] == "/storage/users/alice"
     for version in ("1.32", latest_version()):
         kubernetes_validate.validate(pod, version, strict=True)
+
+
+def test_chart_parts_of_the_values():
+    """What the chart itself deploys from the values (its templates, not the hub's config)."""
+    values = helm_merge(chart_defaults(), yaml.safe_load((ROOT / "helm-values.yaml").read_text()))
+    # The hub pod is not BestEffort (it runs the hub, the culler and the queue).
+    assert values["hub"]["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
+    assert values["hub"]["resources"]["limits"] == {"memory": "2Gi"}
+    # No pre-install hook waiting for a multi-GB pull; the continuous puller stays.
+    assert values["prePuller"]["hook"]["enabled"] is False
+    assert values["prePuller"]["continuous"]["enabled"] is True
+    assert values["scheduling"]["userScheduler"]["enabled"] is False
+    # The chart's proxy-public LoadBalancer with Let's Encrypt, no ingress (docs/deploy.md:
+    # k3s installed with --disable=traefik, so the LoadBalancer gets ports 80 and 443).
+    assert values["proxy"]["service"]["type"] == "LoadBalancer"
+    assert values["proxy"]["https"]["enabled"] is True
+    assert values["proxy"]["https"]["type"] == "letsencrypt"
+    assert values["ingress"]["enabled"] is False
+    # The hub database is upgraded by the chart itself on sqlite-pvc (hub.db.upgrade unset).
+    assert values["hub"]["db"]["type"] == "sqlite-pvc"
+    assert values["hub"]["db"].get("upgrade") is None
