@@ -67,11 +67,41 @@ class Placement:
         node_selector: the profile's own node selector with the GPU selector on top
             (e.g. ``{"nvidia.com/gpu.replicas": "2"}``).
         tolerations: the GPU nodes' toleration first, then the profile's own.
+        node_affinity: node selector requirements a node must all meet, the GPU share's
+            (e.g. no MIG slices for a whole GPU: :data:`llmspawner.profiles.NOT_MIG_SLICES`);
+            a pod gets them as one required term (:func:`required_node_terms`).
     """
 
     gpu: dict[str, int] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict, ...] = ()
+    node_affinity: tuple[dict, ...] = ()
+
+
+def required_node_terms(terms, requirements) -> list[dict]:
+    """``nodeSelectorTerms`` of a required node affinity with ``requirements`` added (pure).
+
+    Terms are alternatives (any one may match) and a term's ``matchExpressions`` must all
+    hold, so the requirements go into every configured term (e.g. z2jh's
+    ``scheduling.userPods.nodeAffinity.matchNodePurpose: require``), or make the one term
+    when none is configured.
+
+    Args:
+        terms: configured ``NodeSelectorTerm`` dicts (kubespawner's ``node_affinity_required``).
+        requirements: node selector requirements (:attr:`Placement.node_affinity`).
+
+    Returns:
+        New term dicts (``terms`` unchanged when there are no requirements, as copies).
+    """
+    terms = copy.deepcopy(list(terms or []))
+    requirements = copy.deepcopy(list(requirements or []))
+    if not requirements:
+        return terms
+    if not terms:
+        return [{"matchExpressions": requirements}]
+    for term in terms:
+        term["matchExpressions"] = [*(term.get("matchExpressions") or []), *requirements]
+    return terms
 
 
 def placement(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUConfig) -> Placement:
@@ -93,6 +123,7 @@ def placement(profile: profiles_mod.Profile, cluster: profiles_mod.ClusterGPUCon
         gpu=dict(gpu.limits),
         node_selector={**profile.node_selector, **gpu.node_selector},
         tolerations=tuple(copy.deepcopy([*gpu.tolerations, *profile.tolerations])),
+        node_affinity=tuple(copy.deepcopy(list(gpu.node_affinity))),
     )
 
 
@@ -287,6 +318,8 @@ class Workload:
             all capabilities dropped, ``seccompProfile: RuntimeDefault``.
         labels: ``llmspawner.io/user`` (slug) and ``llmspawner.io/profile`` (profile slug).
         annotations: ``llmspawner.io/username`` (the raw hub name).
+        node_affinity: node selector requirements a node must all meet
+            (:attr:`Placement.node_affinity`; ``[]`` for most profiles).
     """
 
     image: str
@@ -302,6 +335,7 @@ class Workload:
     container_security_context: dict
     labels: dict[str, str]
     annotations: dict[str, str]
+    node_affinity: list[dict] = field(default_factory=list)
 
     @property
     def gpu(self) -> dict[str, str]:
@@ -406,4 +440,5 @@ def build_workload(
         container_security_context=container_security_context(uid=uid, gid=gid),
         labels={LABEL_USER: storage.user_slug(username), LABEL_PROFILE: profile.slug},
         annotations={ANNOTATION_USERNAME: username},
+        node_affinity=list(place.node_affinity),
     )
