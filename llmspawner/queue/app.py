@@ -633,6 +633,7 @@ def make_app(
     """
     if not access_scopes:
         raise ValueError("access_scopes must not be empty: HubAuth would accept any token")
+    limits.start_worker()  # the config checks' process (limits.off_loop)
     return web.Application(
         [*extra_routes, *api_routes(prefix)],
         default_handler_class=NotFoundHandler,

@@ -55,7 +55,7 @@ The rules (decisions are marked *decided*):
   problems are listed (and "did you mean" hints computed), the rest counted.
 
 All functions are pure: no I/O, no mutation of their arguments; :func:`check_config` runs
-them in the queue's worker thread (:func:`llmspawner.queue.limits.off_loop`).
+them in the queue's worker process (:func:`llmspawner.queue.limits.off_loop`).
 """
 
 from __future__ import annotations
@@ -163,6 +163,9 @@ class ConfigInvalid(ValueError):
         if self.total > len(self.problems):
             lines.append(f"... and {self.total - len(self.problems)} more")
         super().__init__("\n".join(lines))
+
+    def __reduce__(self):  # pickled whole from the checks' worker process
+        return ConfigInvalid, (self.problems, self.total)
 
 
 def parse_config(text: str) -> dict:
@@ -295,7 +298,7 @@ def check_config_now(config: str | dict, *, username: str) -> dict:
 
 
 async def check_config(config: str | dict, *, username: str) -> dict:
-    """:func:`check_config_now` in the queue's worker thread, so the event loop never waits on
+    """:func:`check_config_now` in the queue's worker process, so the event loop never waits on
     parsing (:func:`llmspawner.queue.limits.off_loop`, within ``check_seconds``).
 
     Raises:

@@ -22,9 +22,9 @@ limit                     value       status  what
 A LLaMA-Factory training config is one to a few KiB (``examples/train_lora/*.yaml`` upstream:
 under 1 KiB; with an inline DeepSpeed config about 2 KiB), so 64 KiB is generous, and
 32 levels are far beyond the 3-4 of a DeepSpeed mapping. At these limits the slowest config
-to parse and check takes a few hundred milliseconds of CPU (measured by
-``benchmarks/queue_bad_input.py``), which :func:`off_loop` runs in a worker thread, so that
-the service's event loop keeps answering everyone else.
+to parse and check takes about half a second of CPU (a flow list of one-digit numbers;
+measured by ``benchmarks/queue_bad_input.py``), which :func:`off_loop` runs in a worker
+process, so that the service's event loop keeps answering everyone else.
 
 The order of the checks (each one bounds the cost of the next):
 
@@ -52,6 +52,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import multiprocessing
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -93,9 +95,16 @@ class LimitExceeded(ValueError):
         super().__init__(message)
         self.status, self.message, self.field, self.limit = status, message, field, limit
 
+    def __reduce__(self):  # pickled whole from the checks' worker process
+        return _limit_exceeded, (self.status, self.message, self.field, self.limit)
+
     def to_json(self) -> dict:
         """The error body of the REST API (``docs/queue-api.md``)."""
         return {"error": self.message, "field": self.field, "limit": self.limit}
+
+
+def _limit_exceeded(status, message, field, limit) -> LimitExceeded:
+    return LimitExceeded(status, message, field=field, limit=limit)
 
 
 def size_text(n: int) -> str:
@@ -341,31 +350,79 @@ def load_config_text(text: str) -> Any:
 
 # -- off the event loop ------------------------------------------------------------------------
 
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor: concurrent.futures.ProcessPoolExecutor | None = None
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _executor
+#: How much nicer (lower CPU priority) the checks' worker runs than the service, so that on a
+#: busy machine the event loop gets the CPU first.
+WORKER_NICENESS = 10
+
+
+#: Longest wait for the checks' worker process to start (seconds): it imports what the
+#: checks need (kubespawner's slugs import all of kubespawner: seconds on a busy machine).
+START_SECONDS = 120.0
+
+
+def _warm() -> None:
+    """Run once in a new worker: import what the checks need, then lower its priority."""
+    from . import lf_config  # noqa: F401
+
+    try:
+        os.nice(WORKER_NICENESS)
+    except (AttributeError, OSError):  # not on this platform
+        pass
+
+
+_started: concurrent.futures.Future | None = None
+
+
+def _pool() -> concurrent.futures.ProcessPoolExecutor:
+    global _executor, _started
     with _lock:
         if _executor is None:
-            # One worker: checks are CPU-bound Python (one GIL), so more threads would only
-            # take more of it from the event loop; a burst of checks waits in line.
-            _executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llm-check")
+            # A process, not a thread: the checks are CPU-bound Python, and a thread would
+            # hold the GIL that the event loop needs after every socket or SQLite call (every
+            # such call waits up to the 5 ms switch interval: measured, other requests' p99
+            # rose from 10 ms to ~390 ms). One worker: a burst of checks waits in line.
+            # "spawn": the service runs threads, which fork would copy in an unknown state.
+            _executor = concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn")
+            )
+            _started = _executor.submit(_warm)
         return _executor
 
 
-async def off_loop(fn: Callable[..., T], *args, seconds: float = CHECK_SECONDS) -> T:
-    """Run ``fn(*args)`` in the checks' worker thread; return its result.
+def start_worker() -> None:
+    """Start the checks' worker process now (in the background), not at the first check."""
+    _pool()
 
-    Keeps CPU-bound parsing and validation off the event loop. Its inputs are bounded by the
-    limits above, so it ends in bounded time; ``seconds`` bounds the wait (queueing behind
-    other checks included), after which the caller gets a 503 and the work finishes unseen.
+
+async def off_loop(fn: Callable[..., T], *args, seconds: float = CHECK_SECONDS) -> T:
+    """Run ``fn(*args)`` in the checks' worker process; return its result.
+
+    Keeps CPU-bound parsing and validation off the event loop and out of its GIL. ``fn``,
+    its arguments, result and exceptions travel by pickle (module-level functions,
+    :func:`functools.partial` of them; :class:`LimitExceeded` and
+    :class:`~llmspawner.queue.lf_config.ConfigInvalid` pickle whole). Its inputs are bounded
+    by the limits above, so it ends in bounded time; ``seconds`` bounds the wait (queueing
+    behind other checks included, the worker's start-up not: up to :data:`START_SECONDS`),
+    after which the caller gets a 503 and the work finishes unseen.
 
     Raises:
         LimitExceeded: 503 ``check_seconds`` when ``seconds`` passed.
         Exception: whatever ``fn`` raises.
     """
-    future = asyncio.get_running_loop().run_in_executor(_pool(), fn, *args)
+    pool = _pool()
+    try:  # a start-up is not the check's time
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(_started)), START_SECONDS)
+    except asyncio.TimeoutError:
+        raise LimitExceeded(
+            503,
+            f"the queue's config checker has not started within {START_SECONDS:g} s; retry shortly",
+            field="config",
+            limit="check_seconds",
+        ) from None
+    future = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
     try:
         return await asyncio.wait_for(future, seconds)
     except asyncio.TimeoutError:

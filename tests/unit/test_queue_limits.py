@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import random
 import time
 
@@ -202,13 +203,8 @@ def test_a_config_with_thousands_of_problems_lists_fifty_quickly():
     assert str(e.value).endswith("\n... and 4950 more")
 
 
-async def test_off_loop_runs_in_a_thread_within_its_time():
-    loop_thread = asyncio.get_running_loop()
-    assert await limits.off_loop(lambda: 42) == 42
-
-    def slow():
-        time.sleep(0.5)
-
+async def test_off_loop_runs_in_a_process_within_its_time():
+    assert await limits.off_loop(operator.add, 40, 2) == 42
     started = time.perf_counter()
     ticks = 0
 
@@ -220,13 +216,27 @@ async def test_off_loop_runs_in_a_thread_within_its_time():
 
     ticker = asyncio.create_task(tick())
     with pytest.raises(LimitExceeded) as e:
-        await limits.off_loop(slow, seconds=0.2)
+        await limits.off_loop(time.sleep, 0.5, seconds=0.2)
     ticker.cancel()
-    assert loop_thread is asyncio.get_running_loop()
     assert 0.2 <= time.perf_counter() - started < 0.45
     assert ticks >= 5  # the loop kept running meanwhile
     assert (e.value.status, e.value.limit, e.value.field) == (503, "check_seconds", "config")
     await asyncio.sleep(0.4)  # let the worker finish before the next test uses it
+
+
+async def test_refusals_come_back_whole_from_the_worker():
+    deep = "".join(" " * i + f"k{i}:\n" for i in range(40)) + " " * 40 + "x: 1\n"
+    with pytest.raises(LimitExceeded) as e:
+        await lf_config.check_config(deep, username="alice")
+    assert e.value.to_json() == refusal(lf_config.parse_config, deep).to_json()
+    text = BASE + "".join(f"u{i}: 1\n" for i in range(60))
+    with pytest.raises(lf_config.ConfigInvalid) as e:
+        await lf_config.check_config(text, username="alice")
+    assert (len(e.value.problems), e.value.total) == (50, 60)
+    assert e.value.problems[0] == lf_config.ConfigProblem("u0", e.value.problems[0].message)
+    prepared = await lf_config.check_config(BASE, username="alice")
+    assert prepared["output_dir"] == "/storage/users/alice/out/run"
+    assert lf_config.name_run(prepared, "llm-job-alice-3")["run_name"] == "llm-job-alice-3"
 
 
 def test_size_text():
