@@ -53,7 +53,6 @@ import asyncio
 import concurrent.futures
 import json
 import multiprocessing
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -353,24 +352,18 @@ def load_config_text(text: str) -> Any:
 _executor: concurrent.futures.ProcessPoolExecutor | None = None
 
 
-#: How much nicer (lower CPU priority) the checks' worker runs than the service, so that on a
-#: busy machine the event loop gets the CPU first.
-WORKER_NICENESS = 10
-
-
 #: Longest wait for the checks' worker process to start (seconds): it imports what the
 #: checks need (kubespawner's slugs import all of kubespawner: seconds on a busy machine).
 START_SECONDS = 120.0
 
 
 def _warm() -> None:
-    """Run once in a new worker: import what the checks need, then lower its priority."""
-    from . import lf_config  # noqa: F401
+    """Run once in a new worker: import what the checks need.
 
-    try:
-        os.nice(WORKER_NICENESS)
-    except (AttributeError, OSError):  # not on this platform
-        pass
+    (Its CPU priority is left as is: a lower one made checks time out on a machine busy with
+    training pods, for a p99 of other requests barely better.)
+    """
+    from . import lf_config  # noqa: F401
 
 
 _started: concurrent.futures.Future | None = None
@@ -397,6 +390,24 @@ def start_worker() -> None:
     _pool()
 
 
+async def worker_ready() -> None:
+    """Return once the checks' worker process has started (starting it if need be).
+
+    Raises:
+        LimitExceeded: 503 ``check_seconds`` when it took more than :data:`START_SECONDS`.
+    """
+    _pool()
+    try:
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(_started)), START_SECONDS)
+    except asyncio.TimeoutError:
+        raise LimitExceeded(
+            503,
+            f"the queue's config checker has not started within {START_SECONDS:g} s; retry shortly",
+            field="config",
+            limit="check_seconds",
+        ) from None
+
+
 async def off_loop(fn: Callable[..., T], *args, seconds: float = CHECK_SECONDS) -> T:
     """Run ``fn(*args)`` in the checks' worker process; return its result.
 
@@ -413,15 +424,7 @@ async def off_loop(fn: Callable[..., T], *args, seconds: float = CHECK_SECONDS) 
         Exception: whatever ``fn`` raises.
     """
     pool = _pool()
-    try:  # a start-up is not the check's time
-        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(_started)), START_SECONDS)
-    except asyncio.TimeoutError:
-        raise LimitExceeded(
-            503,
-            f"the queue's config checker has not started within {START_SECONDS:g} s; retry shortly",
-            field="config",
-            limit="check_seconds",
-        ) from None
+    await worker_ready()  # a start-up is not the check's time
     future = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
     try:
         return await asyncio.wait_for(future, seconds)

@@ -148,7 +148,8 @@ async def service(tmp_path, profiles):
     )
     server = HTTPServer(app)
     server.listen(port, "127.0.0.1")
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}{PREFIX}") as http:
+    await limits.worker_ready()  # the config checks' process (started by make_app)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}{PREFIX}", timeout=30) as http:
         http.ops, http.backend = ops, backend
         yield http
     server.stop()
