@@ -35,6 +35,8 @@ Environment variables (all optional):
 ``LLMSPAWNER_ALLOWED_GROUPS``             comma-separated groups allowed to log in
 ``LLMSPAWNER_ADMIN_GROUPS``               comma-separated groups whose members are hub admins
 ``LLMSPAWNER_ALLOW_ALL``                  ``1``: every user the provider authenticates may log in
+``LLMSPAWNER_AUTH_REFRESH_AGE``           seconds between re-checks of a user's login with the
+                                          provider (default 300; needs ``JUPYTERHUB_CRYPT_KEY``)
 ``LLMSPAWNER_CULL_*``                     the idle culler, see :func:`configure_culler`
 ``LLMSPAWNER_HUB_API_URL``                the hub's API as services in the hub's pod reach it
                                           (z2jh: ``http://localhost:8081/hub/api``)
@@ -45,6 +47,7 @@ Environment variables (all optional):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import urllib.request
 from collections.abc import Mapping
@@ -73,6 +76,9 @@ __all__ = [
     "configure_spawner",
     "resolve_settings",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(SystemExit):
@@ -165,7 +171,12 @@ def configure_auth(c, env: Mapping[str, str] = os.environ) -> None:
     """Log in with ``GenericOAuthenticator`` against an OIDC provider, if one is configured.
 
     Nothing is set when neither ``LLMSPAWNER_OIDC_ISSUER`` nor ``OAUTH2_AUTHORIZE_URL`` is in
-    ``env``. Groups come from the ``groups`` claim (``LLMSPAWNER_OIDC_GROUPS_CLAIM``) and are
+    ``env``. The class is :class:`llmspawner.auth.LLMOAuthenticator` (a GenericOAuthenticator
+    that re-checks the groups at each auth refresh); with ``JUPYTERHUB_CRYPT_KEY`` set, auth
+    state is on and the login is refreshed every ``LLMSPAWNER_AUTH_REFRESH_AGE`` seconds
+    (default 300, JupyterHub's ``auth_refresh_age``), so a user removed from the allowed
+    groups loses access within that time; without the key a warning is logged.
+    Groups come from the ``groups`` claim (``LLMSPAWNER_OIDC_GROUPS_CLAIM``) and are
     managed as JupyterHub groups (``manage_groups``); see
     https://oauthenticator.readthedocs.io/en/latest/reference/api/gen/oauthenticator.generic.html
 
@@ -176,8 +187,24 @@ def configure_auth(c, env: Mapping[str, str] = os.environ) -> None:
     issuer = env.get("LLMSPAWNER_OIDC_ISSUER")
     if not issuer and not env.get("OAUTH2_AUTHORIZE_URL"):
         return
-    _set_default(c.JupyterHub, "authenticator_class", "generic-oauth")
+    # GenericOAuthenticator that re-checks the groups at each auth refresh (llmspawner.auth).
+    _set_default(c.JupyterHub, "authenticator_class", "llmspawner.auth.LLMOAuthenticator")
     a = c.GenericOAuthenticator
+    # Auth refresh (a user removed from the allowed groups in the IdP loses access, see
+    # llmspawner.auth) needs auth state, which needs the hub's encryption key.
+    if env.get("JUPYTERHUB_CRYPT_KEY"):
+        _set_default(a, "enable_auth_state", True)
+        _set_default(
+            a,
+            "auth_refresh_age",
+            _seconds(env, "LLMSPAWNER_AUTH_REFRESH_AGE", 300, minimum=0),
+        )
+    else:
+        log.warning(
+            "llmspawner: JUPYTERHUB_CRYPT_KEY is not set: no auth state, so the identity "
+            "provider's groups are read only at login (a user removed from the allowed "
+            "groups keeps access until their hub session ends)"
+        )
     if issuer:
         doc = _discover(issuer)
         _set_default(a, "authorize_url", doc["authorization_endpoint"])

@@ -63,13 +63,34 @@ def test_standalone_from_environment(monkeypatch):
         "registry.example/singleuser:3",
     )
     a = c.GenericOAuthenticator
-    assert c.JupyterHub.authenticator_class == "generic-oauth"
+    assert c.JupyterHub.authenticator_class == "llmspawner.auth.LLMOAuthenticator"
     assert a.allowed_groups == {"ml", "staff"}
     assert a.admin_groups == {"ml-admins"}
     assert a.username_claim == "preferred_username"
     assert a.manage_groups is True
     assert a.auth_state_groups_key == "oauth_user.groups"
     assert "allow_all" not in a
+    # No JUPYTERHUB_CRYPT_KEY: no auth state (groups read at login only; logged).
+    assert "enable_auth_state" not in a
+
+
+def test_auth_refresh_with_the_crypt_key():
+    """With the hub's encryption key, auth state is on and the login is re-checked every
+    LLMSPAWNER_AUTH_REFRESH_AGE seconds (default 300)."""
+    env = {
+        "OAUTH2_AUTHORIZE_URL": "https://idp.example/authorize",
+        "LLMSPAWNER_ALLOWED_GROUPS": "ml",
+        "JUPYTERHUB_CRYPT_KEY": "0" * 64,
+    }
+    c = Config()
+    hubconfig.configure_auth(c, env)
+    a = c.GenericOAuthenticator
+    assert (a.enable_auth_state, a.auth_refresh_age) == (True, 300)
+    c = Config()
+    hubconfig.configure_auth(c, {**env, "LLMSPAWNER_AUTH_REFRESH_AGE": "30"})
+    assert c.GenericOAuthenticator.auth_refresh_age == 30
+    with pytest.raises(hubconfig.ConfigError, match="LLMSPAWNER_AUTH_REFRESH_AGE"):
+        hubconfig.configure_auth(Config(), {**env, "LLMSPAWNER_AUTH_REFRESH_AGE": "soon"})
 
 
 def test_chart_spawner_values_reach_the_settings():
