@@ -382,8 +382,12 @@ def _unb64(text: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _login_redirect(req, settings: AuthSettings, *, clear_token: bool = False):
-    """Redirect to the hub's OAuth authorize endpoint, remembering where the user was."""
+def _login_redirect(req, settings: AuthSettings):
+    """Redirect to the hub's OAuth authorize endpoint, remembering where the user was.
+
+    Sets one cookie only (the state): MLflow's server passes on one ``Set-Cookie`` header per
+    response (the last), so a stale token cookie is replaced at the callback, not deleted.
+    """
     from flask import redirect
 
     state_id = secrets.token_urlsafe(16)
@@ -407,8 +411,6 @@ def _login_redirect(req, settings: AuthSettings, *, clear_token: bool = False):
         secure=_secure(req),
         samesite="Lax",
     )
-    if clear_token:
-        resp.delete_cookie(TOKEN_COOKIE, path=settings.service_prefix)
     return resp
 
 
@@ -469,7 +471,8 @@ def _oauth_callback(req, settings: AuthSettings):
         secure=_secure(req),
         samesite="Lax",
     )
-    resp.delete_cookie(STATE_COOKIE, path=settings.service_prefix)
+    # The state cookie is not deleted (it expires in 10 minutes): MLflow's server passes on
+    # one Set-Cookie header per response, and it must be the token's.
     return resp
 
 
@@ -588,7 +591,7 @@ def _authenticate(req):
         )
     if identity is None:
         if from_cookie and _is_page_request(req):
-            return _login_redirect(req, settings, clear_token=True)
+            return _login_redirect(req, settings)
         return _unauthenticated(
             "invalid, expired or insufficient hub token (it needs the scope "
             f"{access_scope(settings.service_name)})"
