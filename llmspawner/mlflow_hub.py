@@ -164,7 +164,7 @@ def configure_mlflow(
     else:
         user_role = {"name": "user", "scopes": [*DEFAULT_USER_SCOPES, ACCESS_SCOPE]}
         hub.load_roles = merge_roles(hub.load_roles, [user_role])
-    if "mlflow_ui_url" not in c.LLMPlatform and not env.get("LLMSPAWNER_MLFLOW_UI_URL"):
+    if not settings.mlflow_ui_url:
         c.LLMPlatform.mlflow_ui_url = prefix.rstrip("/")
     # LLMSpawner's section replaces KubeSpawner's (z2jh's singleuser.extraEnv) for the same
     # trait, so both are merged here.
