@@ -235,8 +235,14 @@ async def test_refusals_come_back_whole_from_the_worker():
     assert (len(e.value.problems), e.value.total) == (50, 60)
     assert e.value.problems[0] == lf_config.ConfigProblem("u0", e.value.problems[0].message)
     prepared = await lf_config.check_config(BASE, username="alice")
-    assert prepared["output_dir"] == "/storage/users/alice/out/run"
-    assert lf_config.name_run(prepared, "llm-job-alice-3")["run_name"] == "llm-job-alice-3"
+    stored = json.loads(lf_config.name_run(prepared, "llm-job-alice-3"))
+    assert stored == lf_config.prepare_config(
+        lf_config.parse_config(BASE), username="alice", job_name="llm-job-alice-3"
+    )
+    assert list(stored)[-1] == "run_name"
+    text = BASE + 'run_name: mine\ndeepspeed: {run_name: ""}\n'
+    stored = json.loads(lf_config.name_run(await lf_config.check_config(text, username="a"), "j"))
+    assert (stored["run_name"], stored["deepspeed"]) == ("j", {"run_name": ""})
 
 
 def test_size_text():
