@@ -4,24 +4,24 @@ The hub runs ``jupyterhub -f llmspawner_dev/jupyterhub_config.py`` (:data:`DEV_H
 which applies the dev cluster's settings (:mod:`llmspawner_dev.hubconfig`) and then the
 repository's ``jupyterhub_config.py``. The hub's environment is the contract with them:
 
-==================================  ===========================================================
-``KUBECONFIG``                      the emulated cluster's kubeconfig (kubespawner loads it)
-``LLMSPAWNER_NAMESPACE``            ``default``
-``LLMSPAWNER_MLFLOW_TRACKING_URI``  the MLflow server's URL (ending in :data:`MLFLOW_PREFIX`)
-``LLMSPAWNER_MLFLOW_SERVICE_TOKEN`` the ``mlflow`` service's API token
-``MLFLOW_TRACKING_USERNAME``,       MLflow's admin credential (:func:`mlflow_hub_environment`)
+=====================================  ========================================================
+``KUBECONFIG``                         the emulated cluster's kubeconfig (kubespawner loads it)
+``LLMSPAWNER_NAMESPACE``               ``default``
+``LLMSPAWNER_MLFLOW_TRACKING_URI``     the MLflow server's URL (ending in :data:`MLFLOW_PREFIX`)
+``LLMSPAWNER_MLFLOW_SERVICE_TOKEN``    the ``mlflow`` service's API token
+``MLFLOW_TRACKING_USERNAME``,          MLflow's admin credential (:func:`mlflow_hub_environment`)
 ``MLFLOW_TRACKING_PASSWORD``
-``LLMSPAWNER_DEV_BASE_CONFIG``      the production config the dev config runs after its own
-``LLMSPAWNER_OIDC_ISSUER``          the OIDC provider's issuer URL (discovery document below it)
-``LLMSPAWNER_ALLOW_ALL``            ``1``: every user who logs in is allowed
-``LLMSPAWNER_OIDC_USERNAME_CLAIM``  ``sub``: any name typed on the provider's page works
-``OAUTH2_AUTHORIZE_URL``,           the provider's endpoints, read from its discovery document
-``OAUTH2_TOKEN_URL``,               (GenericOAuthenticator's own environment variables)
+``LLMSPAWNER_DEV_BASE_CONFIG``         the production config the dev config runs after its own
+``LLMSPAWNER_OIDC_ISSUER``             the OIDC provider's issuer URL (discovery document below it)
+``LLMSPAWNER_ALLOW_ALL``               ``1``: every user who logs in is allowed
+``LLMSPAWNER_OIDC_USERNAME_CLAIM``     ``sub``: any name typed on the provider's page works
+``OAUTH2_AUTHORIZE_URL``,              the provider's endpoints, read from its discovery document
+``OAUTH2_TOKEN_URL``,                  (GenericOAuthenticator's own environment variables)
 ``OAUTH2_USERDATA_URL``
-``OAUTH_CLIENT_ID``,                any id/secret: the mock provider accepts every client
+``OAUTH_CLIENT_ID``,                   any id/secret: the mock provider accepts every client
 ``OAUTH_CLIENT_SECRET``
-``OAUTH_CALLBACK_URL``              ``<hub url>/hub/oauth_callback``
-==================================  ===========================================================
+``OAUTH_CALLBACK_URL``                 ``<hub url>/hub/oauth_callback``
+=====================================  ========================================================
 
 Ports, database and cookie secret are given as ``jupyterhub`` command-line flags
 (:func:`hub_command`), so that the config file needs no dev-only knowledge of them.
