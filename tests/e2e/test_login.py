@@ -108,5 +108,9 @@ def test_alice_and_Alice_are_one_user_with_one_folder(login_stack, timeouts):
         container = pod["spec"]["containers"][0]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["MLFLOW_EXPERIMENT_NAME"] == "alice-experiments"
-        assert [m["subPath"] for m in container["volumeMounts"]] == ["users/alice", "models"]
+        assert [m.get("subPath") for m in container["volumeMounts"]] == [
+            "users/alice",
+            "models",
+            None,  # /dev/shm
+        ]
         upper.stop_server()
