@@ -316,3 +316,50 @@ def test_ip_pool_default_is_random_per_cluster():
     for address in firsts:
         a, b, c, d = map(int, address.split("."))
         assert (a, d) == (127, 1) and 16 <= b <= 254 and 0 <= c <= 255
+
+
+def _pod(psc=None, csc=None):
+    container = {"name": "main", **({"securityContext": csc} if csc is not None else {})}
+    return {"metadata": {"name": "p"}, "spec": {"securityContext": psc or {}}}, container
+
+
+@pytest.mark.parametrize(
+    ("psc", "csc", "identity"),
+    [
+        ({}, None, None),  # nothing set: the kubelet's own user, as before
+        (
+            {"runAsUser": 5, "runAsGroup": 6, "fsGroup": 7, "supplementalGroups": [8]},
+            {"runAsUser": 1000, "allowPrivilegeEscalation": False},
+            {"uid": 1000, "gid": 6, "groups": [8, 7], "no_new_privs": True},
+        ),
+        # runAsGroup unset, uid in no /etc/passwd: group 0, as containerd.
+        ({}, {"runAsUser": 54321}, {"uid": 54321, "gid": 0, "groups": [], "no_new_privs": False}),
+        # Only an fsGroup: added to the kubelet user's groups.
+        (
+            {"fsGroup": 100},
+            None,
+            {"uid": None, "gid": None, "groups": [100], "no_new_privs": False},
+        ),
+    ],
+)
+def test_process_identity(psc, csc, identity):
+    pod, container = _pod(psc, csc)
+    assert containers.process_identity(pod, container) == identity
+
+
+def test_run_as_non_root_with_uid_0_is_refused():
+    pod, container = _pod({"runAsNonRoot": True}, {"runAsUser": 0})
+    with pytest.raises(containers.ContainerConfigError, match="breaks non-root policy"):
+        containers.process_identity(pod, container)
+
+
+def test_untraversable_folders(tmp_path):
+    (tmp_path / "closed" / "open" / "env").mkdir(parents=True)
+    (tmp_path / "closed").chmod(0o700)
+    (tmp_path / "closed" / "open").chmod(0o755)
+    try:
+        found = containers.untraversable([str(tmp_path / "closed" / "open" / "env")], 4321, set())
+        assert str(tmp_path / "closed") in found
+        assert str(tmp_path / "closed" / "open") not in found
+    finally:
+        (tmp_path / "closed").chmod(0o755)
