@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import concurrent.futures.process
 import json
 import multiprocessing
 import threading
@@ -385,6 +386,14 @@ def _pool() -> concurrent.futures.ProcessPoolExecutor:
         return _executor
 
 
+def _forget(pool) -> None:
+    global _executor, _started
+    with _lock:
+        if _executor is pool:
+            _executor = _started = None
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def start_worker() -> None:
     """Start the checks' worker process now (in the background), not at the first check."""
     _pool()
@@ -428,6 +437,14 @@ async def off_loop(fn: Callable[..., T], *args, seconds: float = CHECK_SECONDS) 
     future = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
     try:
         return await asyncio.wait_for(future, seconds)
+    except concurrent.futures.process.BrokenProcessPool:
+        _forget(pool)  # the worker died (killed): the next check starts a new one
+        raise LimitExceeded(
+            503,
+            "the queue's config checker stopped; it is being restarted: retry shortly",
+            field="config",
+            limit="check_seconds",
+        ) from None
     except asyncio.TimeoutError:
         raise LimitExceeded(
             503,

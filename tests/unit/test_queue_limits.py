@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import operator
+import os
 import random
 import time
 
@@ -249,3 +250,11 @@ def test_size_text():
     assert limits.size_text(64 * 1024) == "64 KiB (65536 bytes)"
     assert limits.size_text(1024 * 1024) == "1 MiB (1048576 bytes)"
     assert limits.size_text(1000) == "1000 bytes"
+
+
+async def test_a_killed_worker_is_a_503_then_replaced():
+    await limits.worker_ready()
+    with pytest.raises(LimitExceeded) as e:
+        await limits.off_loop(os._exit, 1)
+    assert (e.value.status, e.value.limit) == (503, "check_seconds")
+    assert await limits.off_loop(operator.add, 1, 2) == 3
