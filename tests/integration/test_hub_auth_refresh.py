@@ -137,6 +137,16 @@ def whoami(session: HubSession) -> int:
     return session.get("/hub/api/user").status_code
 
 
+def service_sees(stack, session: HubSession) -> str | None:
+    """The user a hub service (the queue, MLflow's auth) finds for the session's token:
+    JupyterHub's own ``HubAuth.user_for_token``, uncached."""
+    from jupyterhub.services.auth import HubAuth
+
+    auth = HubAuth(api_url=f"{stack.hub_url}/hub/api", api_token="unused-by-user-for-token")
+    model = auth.user_for_token(session.token, use_cache=False)
+    return None if model is None else model["name"]
+
+
 def after_refresh_age() -> None:
     time.sleep(1.5)  # auth_refresh_age is 1 s
 
@@ -144,11 +154,14 @@ def after_refresh_age() -> None:
 def test_removed_from_the_allowed_group_loses_access(stack):
     with HubSession.login(stack.hub_url, "dora") as dora:
         assert whoami(dora) == 200
+        assert service_sees(stack, dora) == "dora"
         stack.set_groups("dora", ["alumni"])
         after_refresh_age()
-        # Her token: refused (the queue and MLflow find no user for it).
+        # Her token: refused; a hub service (the queue, MLflow) finds no user for it.
         r = dora.get("/hub/api/user")
         assert r.status_code == 403, r.text
+        after_refresh_age()
+        assert service_sees(stack, dora) is None
         # No new server.
         r = dora.client.post(
             f"{stack.hub_url}/hub/api/users/dora/server",
@@ -166,6 +179,7 @@ def test_removed_from_the_allowed_group_loses_access(stack):
         stack.set_groups("dora", ["users"])
         after_refresh_age()
         assert whoami(dora) == 200
+        assert service_sees(stack, dora) == "dora"
 
 
 def test_an_idp_outage_keeps_sessions_working(stack):
@@ -176,6 +190,7 @@ def test_an_idp_outage_keeps_sessions_working(stack):
             after_refresh_age()
             for _ in range(3):  # several refreshes during the outage, none an error
                 assert whoami(erin) == 200
+                assert service_sees(stack, erin) == "erin"
                 r = erin.client.get(f"{stack.hub_url}/hub/home")
                 assert r.status_code == 200, r.status_code
                 after_refresh_age()
