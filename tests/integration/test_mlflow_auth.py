@@ -547,3 +547,19 @@ async def test_the_hub_lists_mlflow_as_a_service(stack):
     r = await as_tester(stack, "GET", "/services/mlflow")
     assert r.status_code == 200, r.text
     assert (r.json()["name"], r.json()["display"]) == ("mlflow", True)
+
+
+async def test_a_user_removed_from_the_hub_loses_mlflow_within_the_ttl(stack, world):
+    """The hub's answer is cached for LLMSPAWNER_MLFLOW_AUTH_TTL (5 s here), not longer."""
+    erin = await user_token(stack, "erin")
+    body = {"experiment_ids": [world["experiment_id"]]}
+    r = await mlflow_api(stack, "POST", "runs/search", erin, json=body)
+    assert r.status_code == 200, r.text
+    r = await as_tester(stack, "DELETE", "/users/erin")
+    assert r.status_code == 204, r.text
+
+    async def refused():
+        r = await mlflow_api(stack, "POST", "runs/search", erin, json=body)
+        return r.status_code == 401
+
+    await wait_for(refused, 15, "erin's token refused", 0.5)
