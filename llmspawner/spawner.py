@@ -479,8 +479,9 @@ class LLMSpawner(KubeSpawner):
         the options the hub stored at the last start: JupyterHub's own rule
         (``jupyterhub/user.py``, ``User.spawn``: "options unspecified, load from db"). They are
         always the last *accepted* ones, so such a start runs the last profile this server
-        was started with, and the default profile before any. (The hub reads a body ``{}`` as no
-        options; ``{"user_options": {}}`` asks for the default profile.)
+        was started with, and the default profile before any. Empty options ask for the default
+        profile: ``{"user_options": {}}`` on JupyterHub 6 (which reads a body ``{}`` as no
+        options), ``{}`` on JupyterHub 5.
 
         A refused request leaves no trace: JupyterHub stores a start's options before this
         hook runs (``User.spawn``), so on a refusal the stored options (and
