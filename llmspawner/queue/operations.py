@@ -99,6 +99,7 @@ class QueueOperations:
 
         Raises:
             QueueError: 400 naming the field; for a bad config, ``problems`` lists all.
+            LimitExceeded: the config is over a limit of :mod:`.limits` (nothing stored).
         """
         if priority not in PRIORITIES:
             raise QueueError(
@@ -108,11 +109,9 @@ class QueueOperations:
             )
         chosen = self.profile_for(profile, groups)
         try:
-            parsed = lf_config.parse_config(config) if isinstance(config, str) else config
-            if not isinstance(parsed, dict):
-                raise lf_config.ConfigInvalid(
-                    [lf_config.ConfigProblem("config", "must be a mapping of arguments")]
-                )
+            # Within the limits of .limits (LimitExceeded passes through to the handlers),
+            # parsed and checked off the event loop; run_name is set once the row has its id.
+            checked = await lf_config.check_config(config, username=user)
         except lf_config.ConfigInvalid as e:
             raise _config_error(e) from None
         with self.ctx.sessions() as db:
@@ -128,12 +127,7 @@ class QueueOperations:
             db.add(row)
             db.flush()  # the id names the Job and the run
             name = k8s_objects.job_name(user, row.id)
-            try:
-                prepared = lf_config.prepare_config(parsed, username=user, job_name=name)
-            except lf_config.ConfigInvalid as e:
-                db.rollback()
-                raise _config_error(e) from None
-            row.config = json.dumps(prepared)
+            row.config = lf_config.name_run(checked, name)  # JSON text
             row.k8s_name = name
             db.commit()
         view = self.view(row)
@@ -369,7 +363,12 @@ def _config_error(e) -> QueueError:
     problems = [{"field": p.field, "message": p.message} for p in e.problems]
     first = problems[0]["field"] if problems else "config"
     field_name = first if first == "config" else f"config.{first}"
-    if len(problems) > 1:
+    if len(problems) < e.total:
+        message = (
+            f"the training config has {e.total} problems (the first {len(problems)} listed "
+            "in 'problems')"
+        )
+    elif len(problems) > 1:
         message = f"the training config has {len(problems)} problems (listed in 'problems')"
     else:
         message = str(e)

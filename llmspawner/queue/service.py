@@ -28,6 +28,7 @@ loop), :mod:`.context` (what they share), :mod:`.backend` (Kubernetes), :mod:`.d
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -326,6 +327,10 @@ class LLMQueue(Application):
         from .app import MAX_BODY
 
         loop_, app = self.build()
+        # What is imported and built by now lives as long as the service: kept out of the
+        # garbage collector's full passes, which would otherwise scan it all and pause the
+        # event loop (~0.25 s with the hub's libraries loaded; benchmarks/queue_bad_input.py).
+        gc.freeze()
         backend = loop_.ctx.backend
         url = urlsplit(self.bind_url)
         server = HTTPServer(app, xheaders=True, max_body_size=MAX_BODY + 4096)
