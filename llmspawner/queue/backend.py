@@ -196,7 +196,9 @@ class KubeBackend:
 
     # -- Jobs ---------------------------------------------------------------------------
 
-    async def create_job(self, *, config_map: dict, job: dict, owner_reference) -> Created:
+    async def create_job(
+        self, *, config_map: dict, job: dict, owner_reference, secret: dict | None = None
+    ) -> Created:
         """Create the ConfigMap, then the Job, then make the Job own the ConfigMap.
 
         Idempotent, so that a restart never creates a Job twice: an existing ConfigMap
@@ -210,6 +212,9 @@ class KubeBackend:
             job: Job manifest (``metadata.name`` set) that mounts the ConfigMap.
             owner_reference: ``(job: dict) -> dict``, the ownerReference to the created Job
                 (:func:`llmspawner.queue.k8s_objects.owner_reference`).
+            secret: a Secret the Job's pod needs (its MLflow token,
+                :func:`llmspawner.mlflow_hub.build_token_secret`), created (or replaced) first
+                and owned by the Job like the ConfigMap; deleted again if the Job is not made.
 
         Returns:
             :class:`Created`.
@@ -220,6 +225,14 @@ class KubeBackend:
         """
         core, batch = await self._core(), await self._batch()
         ns, cm_name = self.namespace, config_map["metadata"]["name"]
+        secret_name = secret["metadata"]["name"] if secret else None
+        if secret is not None:
+            try:
+                await self._json(core.create_namespaced_secret, ns, secret)
+            except KubeError as e:
+                if e.status != 409:
+                    raise
+                await self._json(core.replace_namespaced_secret, secret_name, ns, secret)
         try:
             await self._json(core.create_namespaced_config_map, ns, config_map)
         except KubeError as e:
@@ -232,6 +245,8 @@ class KubeBackend:
         except KubeError as e:
             if e.status != 409:
                 await self._delete(core.delete_namespaced_config_map, cm_name)
+                if secret_name:
+                    await self._delete(core.delete_namespaced_secret, secret_name)
                 raise
             created = await self._json(batch.read_namespaced_job, job["metadata"]["name"], ns)
             existed = True
@@ -240,6 +255,11 @@ class KubeBackend:
             await self._json(core.patch_namespaced_config_map, cm_name, ns, patch)
         except KubeError as e:  # the Job runs anyway; only garbage collection is affected
             log.warning("Cannot set the owner of ConfigMap %s/%s: %s", ns, cm_name, e)
+        if secret_name:
+            try:
+                await self._json(core.patch_namespaced_secret, secret_name, ns, patch)
+            except KubeError as e:  # the token expires anyway
+                log.warning("Cannot set the owner of Secret %s/%s: %s", ns, secret_name, e)
         log.info("%s Job %s/%s", "Found" if existed else "Created", ns, job["metadata"]["name"])
         return Created(job=created, existed=existed)
 

@@ -37,6 +37,7 @@ import logging
 from sqlalchemy import select
 
 from .. import capacity as capacity_mod
+from ..mlflow_hub import JobTokens, TokenUnavailable, build_token_secret
 from ..profiles import Profile
 from ..tracking import TrackingUnavailable
 from ..workload import build_workload
@@ -73,6 +74,8 @@ class ControlLoop:
     def __init__(self, ctx: QueueContext):
         self.ctx = ctx
         self._run_lookups: dict[int, float] = {}
+        #: Mints each Job's MLflow token (None: this process has no hub token to do it).
+        self._job_tokens = JobTokens.from_env()
         #: The last pass's failure, ``None`` after a pass that worked.
         self.last_pass_error: str | None = None
 
@@ -284,7 +287,9 @@ class ControlLoop:
 
     # -- Jobs -----------------------------------------------------------------------------
 
-    def manifests(self, row: Job, profile: Profile) -> tuple[dict, dict]:
+    def manifests(
+        self, row: Job, profile: Profile, *, mlflow_token_secret: str | None = None
+    ) -> tuple[dict, dict]:
         """The ConfigMap and Job of a job (pure, from the row and the platform settings).
 
         The pod is the user's workload (:func:`llmspawner.workload.build_workload`: the same
@@ -315,8 +320,33 @@ class ControlLoop:
             kueue_queue=s.kueue_queue,
             service_account=s.service_account,
             tracking=bool(ctx.platform.mlflow_tracking_uri),
+            mlflow_token_secret=mlflow_token_secret,
         )
         return config_map, job
+
+    async def _mlflow_token_secret(self, row: Job, profile: Profile) -> dict | None:
+        """The Secret with a new MLflow-only hub token of the job's user for its Job
+        (:class:`llmspawner.mlflow_hub.JobTokens`), valid for the profile's ``max_runtime``
+        (or a week) plus a day; ``None`` when this process mints none or the hub refused
+        (logged: the Job then runs without MLflow access)."""
+        if self._job_tokens is None:
+            return None
+        try:
+            token = await self._job_tokens.mint(
+                row.user,
+                expires_in=(profile.max_runtime or 7 * 86400) + 86400,
+                note=f"llm-queue job {row.id}: MLflow",
+            )
+        except TokenUnavailable as e:
+            log.warning("No MLflow token for Job %s: %s", row.k8s_name, e)
+            return None
+        return build_token_secret(
+            name=row.k8s_name,
+            namespace=self.ctx.namespace,
+            job_id=row.id,
+            username=row.user,
+            token=token,
+        )
 
     async def _create(self, job_ids: list[int], expected: str, profiles) -> None:
         """Create the ConfigMap and Job of each job still in state ``expected``
@@ -342,16 +372,22 @@ class ControlLoop:
             experiment = ctx.experiment(row.user)
             if ctx.tracker is not None and experiment:
                 try:
-                    experiment_id = await ctx.tracker.experiment_id(experiment)
+                    experiment_id = await ctx.tracker.experiment_id(experiment, owner=row.user)
                 except TrackingUnavailable as e:
                     level = logging.DEBUG if e.cached else logging.WARNING
                     log.log(
                         level, "Cannot make sure MLflow experiment %s exists: %s", experiment, e
                     )
-            config_map, job = self.manifests(row, profile)
+            secret = await self._mlflow_token_secret(row, profile) if experiment else None
+            config_map, job = self.manifests(
+                row, profile, mlflow_token_secret=secret["metadata"]["name"] if secret else None
+            )
             try:
                 outcome = await ctx.backend.create_job(
-                    config_map=config_map, job=job, owner_reference=k8s_objects.owner_reference
+                    config_map=config_map,
+                    job=job,
+                    owner_reference=k8s_objects.owner_reference,
+                    **({"secret": secret} if secret else {}),
                 )
             except KubeError as e:
                 if e.status == 0 or e.status >= 500 or e.status == 429:

@@ -22,7 +22,13 @@ import yaml
 
 from ..storage import user_slug
 from ..tracking import JOB_ID_TAG
-from ..workload import ANNOTATION_USERNAME, LABEL_PROFILE, LABEL_USER, Workload
+from ..workload import (
+    ANNOTATION_USERNAME,
+    LABEL_PROFILE,
+    LABEL_USER,
+    Workload,
+    required_node_terms,
+)
 from .states import PRIORITY_CLASSES, SERVICE_NAME
 
 __all__ = [
@@ -163,6 +169,7 @@ def build_job(
     kueue_queue: str | None = None,
     service_account: str | None = None,
     tracking: bool = True,
+    mlflow_token_secret: str | None = None,
 ) -> dict:
     """Build the Job that runs ``llamafactory-cli train`` on a job's config.
 
@@ -194,6 +201,9 @@ def build_job(
         service_account: the pod's ServiceAccount; ``None``: the namespace's default, with its
             token not mounted (training needs no Kubernetes API).
         tracking: ``False`` leaves out the workload's ``MLFLOW_*`` environment (and the tags).
+        mlflow_token_secret: a Secret whose key ``token`` holds a hub token of the job's user
+            for MLflow (:func:`llmspawner.mlflow_hub.build_token_secret`), given to the pod as
+            ``MLFLOW_TRACKING_TOKEN`` (``secretKeyRef``) when tracking is on; ``None``: none.
 
     Returns:
         A new ``batch/v1`` Job dict (``workload`` is not modified).
@@ -219,13 +229,17 @@ def build_job(
     if "MLFLOW_TRACKING_URI" in env:
         env["MLFLOW_TAGS"] = json.dumps({JOB_ID_TAG: str(job_id)})
     labels = {LABEL_MANAGED_BY: MANAGED_BY, **w.labels, LABEL_JOB_ID: str(job_id)}
+    env_entries = [{"name": k, "value": v} for k, v in env.items()]
+    if mlflow_token_secret and "MLFLOW_TRACKING_URI" in env:
+        secret_ref = {"secretKeyRef": {"name": mlflow_token_secret, "key": "token"}}
+        env_entries.append({"name": "MLFLOW_TRACKING_TOKEN", "valueFrom": secret_ref})
 
     container: dict = {
         "name": CONTAINER_NAME,
         "image": w.image,
         "command": ["llamafactory-cli", "train", CONFIG_PATH],
         "workingDir": w.working_dir,
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "env": env_entries,
         "volumeMounts": [
             *w.volume_mounts,
             {"name": _CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
@@ -248,6 +262,14 @@ def build_job(
     ]
     if w.node_selector:
         pod_spec["nodeSelector"] = w.node_selector
+    if w.node_affinity:  # e.g. a whole GPU on no MIG slices (profiles.NOT_MIG_SLICES)
+        pod_spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": required_node_terms([], w.node_affinity)
+                }
+            }
+        }
     if w.tolerations:
         pod_spec["tolerations"] = w.tolerations
     if service_account is None:

@@ -103,7 +103,7 @@ class FakeTracker:
         self.runs: dict[int, str] = {}
         self.asked: list[tuple[str, int]] = []
 
-    async def experiment_id(self, name):
+    async def experiment_id(self, name, owner=None):
         no_session("MLflow")
         return "17"
 

@@ -302,6 +302,23 @@ def test_medium_job_whole():
                         {"name": "llm-queue-config", "configMap": {"name": "llm-job-alice-7"}},
                     ],
                     "nodeSelector": {"nvidia.com/gpu.replicas": "2"},
+                    # A share of a GPU, never of a MIG slice (profiles.NOT_MIG_SLICES).
+                    "affinity": {
+                        "nodeAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": {
+                                "nodeSelectorTerms": [
+                                    {
+                                        "matchExpressions": [
+                                            {
+                                                "key": "nvidia.com/gpu.slices.gi",
+                                                "operator": "DoesNotExist",
+                                            }
+                                        ]
+                                    }
+                                ]
+                            }
+                        }
+                    },
                     "tolerations": [TOLERATION],
                     "automountServiceAccountToken": False,
                     "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
