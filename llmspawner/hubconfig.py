@@ -41,6 +41,8 @@ Environment variables (all optional):
 ``LLMSPAWNER_HUB_API_URL``                the hub's API as services in the hub's pod reach it
                                           (z2jh: ``http://localhost:8081/hub/api``)
 ``LLMSPAWNER_QUEUE*``                     the batch queue, see ``llmspawner.queue.hubservice``
+``LLMSPAWNER_ROUTE_REPAIR_INTERVAL``      seconds between proxy route checks (default 30; ``0``:
+                                          off), see :mod:`llmspawner.routes`
 ========================================  ======================================================
 """
 
@@ -52,7 +54,7 @@ import os
 import urllib.request
 from collections.abc import Mapping
 
-from . import culling
+from . import culling, routes
 from . import profiles as profiles_mod
 from .queue.hubservice import configure_queue
 from .settings import (
@@ -302,6 +304,8 @@ def configure_culler(c, env: Mapping[str, str] = os.environ) -> None:
     so LlamaBoard's background polling would keep an idle server alive forever. Activity then
     comes from the user's server, which leaves that polling out (see
     ``llmspawner.singleuser``).
+    That also switches off the hub's periodic route check (``check_routes`` runs inside the
+    activity poll); :func:`llmspawner.routes.configure_route_repair` adds it back.
     """
     if not _flag(env, "LLMSPAWNER_CULL", default=True):
         return
@@ -332,6 +336,7 @@ def configure(c, env: Mapping[str, str] = os.environ) -> None:
     Order: the spawner and the platform settings (validating the profiles), the login, the
     batch queue (which adds the queue's URL to the settings), then the idle culler, so both
     services get the same, complete settings.
+    Last, the proxy route repair (:func:`llmspawner.routes.configure_route_repair`).
 
     Raises:
         ConfigError: see :func:`configure_spawner`, :func:`configure_auth`,
@@ -340,7 +345,13 @@ def configure(c, env: Mapping[str, str] = os.environ) -> None:
     configure_spawner(c, env)
     configure_auth(c, env)
     try:
+        # MLflow as the hub service `mlflow` first: the queue copies its UI link.
+        from .mlflow_hub import configure_mlflow
+
+        configure_mlflow(c, env)
         configure_queue(c, env)
     except SettingError as e:
         raise ConfigError(f"llmspawner: {e}") from None
     configure_culler(c, env)
+    # Activity polling is off (configure_culler), and with it the hub's periodic route check.
+    routes.configure_route_repair(c, env)
