@@ -57,8 +57,13 @@ def configure_dev(c) -> None:
     _set_default(s, "image_pull_policy", "IfNotPresent")
     # The image stands for a local Python environment, whose bin/ the kubelet puts on PATH.
     _set_default(s, "cmd", ["jupyterhub-singleuser"])
-    # The emulated kubelet runs pod processes as the user running it (root in CI), and
-    # Jupyter Server refuses to run as root unless told.
+    # As z2jh's singleuser.uid/fsGid (and the image's jovyan, gid 100): servers and the
+    # queue's Jobs run as uid 1000; the emulated kubelet applies it when it runs as root.
+    _set_default(s, "uid", 1000)
+    _set_default(s, "gid", 100)
+    _set_default(s, "fs_gid", 100)
+    # A kubelet that is not root runs pod processes as its own user (root would need it),
+    # and Jupyter Server refuses to run as root unless told.
     _set_default(s, "args", ["--ServerApp.allow_root=True"])
     _set_default(s, "start_timeout", 300)
     _set_default(s, "http_timeout", 120)

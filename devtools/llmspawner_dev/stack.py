@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from . import parts
+from . import parts, proxy
 from .hubconfig import REPO_ROOT
 from .kube import KubeClient
 from .processes import (
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 MARKER_ENV = "LLMSPAWNER_DEV_STACK_ID"
 
 #: Seconds each part gets between SIGTERM and SIGKILL when the stack stops.
-STOP_GRACE = {"hub": 30.0, "oidc": 5.0, "mlflow": 10.0, "cluster": 30.0}
+STOP_GRACE = {"hub": 30.0, "proxy": 5.0, "oidc": 5.0, "mlflow": 10.0, "cluster": 30.0}
 
 
 class DevStack:
@@ -68,13 +68,19 @@ class DevStack:
 
     Attributes (set by :meth:`start`):
         hub_url: the hub's public URL (through configurable-http-proxy), no trailing ``/``.
+        proxy_api_url: configurable-http-proxy's REST API (:meth:`proxy_routes`).
         hub_api_url: ``<hub_url>/hub/api``.
-        mlflow_url: the MLflow server's URL.
+        mlflow_url: the MLflow server's URL, ending in the hub service's prefix
+            (``/services/mlflow``); :meth:`mlflow_request` calls it as MLflow's admin.
         oidc_issuer: the OIDC provider's issuer URL.
         kubeconfig: path of the emulated cluster's kubeconfig.
         cluster_url: the emulated Kubernetes API's URL.
         data_dir: the emulated cluster's data folder.
         processes: part name -> :class:`ChildProcess`.
+
+    The proxy runs beside the hub as z2jh's proxy pod does (:mod:`llmspawner_dev.proxy`):
+    the stack starts it, the hub gets ``--ConfigurableHTTPProxy.should_start=False`` and the
+    shared ``CONFIGPROXY_AUTH_TOKEN``, and :meth:`restart_proxy` restarts it with no routes.
 
     The constructor does no I/O.
     """
@@ -106,8 +112,14 @@ class DevStack:
         self.environ = dict(os.environ if environ is None else environ)
         self.on_step = on_step or log.info
         self.marker = (MARKER_ENV, secrets.token_hex(8))
+        # MLflow's secrets for this run: the hub service token, its admin's password, Flask's key.
+        self._mlflow_secrets = {
+            k: secrets.token_urlsafe(24) for k in ("service_token", "admin_password", "secret_key")
+        }
         self.processes: dict[str, ChildProcess] = {}
         self.hub_url = self.hub_api_url = self.mlflow_url = self.oidc_issuer = ""
+        self.proxy_api_url = ""
+        self._proxy_token = secrets.token_hex(32)
         self.kubeconfig = self.cluster_url = ""
         self.data_dir: Path | None = None
         self._started = False
@@ -187,10 +199,28 @@ class DevStack:
             "cluster", parts.devcluster_command(data_dir=self.workdir / "cluster"), env
         )
         mlflow_port = free_port(host)
+        # MLflow is the hub service `mlflow`: it checks tokens with the hub's API (on
+        # hub_port, taken now), shares the service token and its admin password with the hub.
+        hub_port = free_port(host)
+        auth_config = self.workdir / "mlflow-auth.ini"
+        auth_config.write_text(parts.mlflow_auth_config(self.workdir))
+        mlflow_env = parts.mlflow_auth_environment(
+            config_path=auth_config,
+            hub_api_url=f"http://{host}:{hub_port}/hub/api",
+            service_token=self._mlflow_secrets["service_token"],
+            admin_password=self._mlflow_secrets["admin_password"],
+            secret_key=self._mlflow_secrets["secret_key"],
+        )
         mlflow = self._child(
             "mlflow",
-            parts.mlflow_command(workdir=self.workdir, host=host, port=mlflow_port),
-            {**env, **parts.mlflow_environment()},
+            parts.mlflow_command(
+                workdir=self.workdir,
+                host=host,
+                port=mlflow_port,
+                auth=True,
+                static_prefix=parts.MLFLOW_PREFIX,
+            ),
+            {**env, **parts.mlflow_environment(), **mlflow_env},
         )
         oidc_port = free_port(host)
         oidc = self._child(
@@ -216,17 +246,36 @@ class DevStack:
         ).json()
         self.on_step(f"OIDC provider ready at {self.oidc_issuer} ({time.monotonic() - t0:.1f} s)")
 
-        self.mlflow_url = f"http://{host}:{mlflow_port}"
+        self.mlflow_url = f"http://{host}:{mlflow_port}{parts.MLFLOW_PREFIX}"
         wait_http(f"{self.mlflow_url}/health", timeout=self.timeout, process=mlflow)
         self.on_step(f"MLflow ready at {self.mlflow_url} ({time.monotonic() - t0:.1f} s)")
 
         self._create_storage()
         self.on_step(f"PVC {self.namespace}/{self.pvc_name} ready at {self.pvc_path()}")
 
-        port, hub_port, proxy_api_port = free_port(host), free_port(host), free_port(host)
+        port, proxy_api_port = free_port(host), free_port(host)
         self.hub_url = f"http://{host}:{port}"
         self.hub_api_url = f"{self.hub_url}/hub/api"
+        # configurable-http-proxy first, then the hub, which only calls its API (z2jh's way).
+        self.proxy_api_url = f"http://{host}:{proxy_api_port}"
+        executable = proxy.chp_executable(env)
+        if executable is None:
+            raise StartupError("proxy", f"{proxy.CHP} is not on PATH: run scripts/install.sh", "")
+        proxy_child = self._child(
+            "proxy",
+            proxy.chp_command(
+                executable=executable,
+                host=host,
+                port=port,
+                api_port=proxy_api_port,
+                hub_url=f"http://{host}:{hub_port}",
+            ),
+            {**env, proxy.TOKEN_ENV: self._proxy_token},
+        )
+        self._wait_proxy(proxy_child)
+        self.on_step(f"proxy ready at {self.hub_url} ({time.monotonic() - t0:.1f} s)")
         hub_env = dict(env)
+        hub_env[proxy.TOKEN_ENV] = self._proxy_token
         hub_env.update(
             parts.hub_environment(
                 kubeconfig=self.kubeconfig,
@@ -238,6 +287,16 @@ class DevStack:
                 base_config=self.config_file,
             )
         )
+        hub_env.update(
+            parts.mlflow_hub_environment(
+                service_token=self._mlflow_secrets["service_token"],
+                admin_password=self._mlflow_secrets["admin_password"],
+            )
+        )
+        # Auth state, and with it the login's refresh at the provider (llmspawner.auth),
+        # needs the hub's encryption key: one per stack (a restarted hub keeps it).
+        self._crypt_key = getattr(self, "_crypt_key", None) or secrets.token_hex(32)
+        hub_env.setdefault("JUPYTERHUB_CRYPT_KEY", self._crypt_key)
         hub_env.update(self.hub_env)
         hub = self._child(
             "hub",
@@ -248,13 +307,54 @@ class DevStack:
                 port=port,
                 hub_port=hub_port,
                 proxy_api_port=proxy_api_port,
-                extra_args=self.hub_args,
+                extra_args=["--ConfigurableHTTPProxy.should_start=False", *self.hub_args],
             ),
             hub_env,
         )
         # Through the proxy: proves that both configurable-http-proxy and the hub are up.
         wait_http(f"{self.hub_url}/hub/health", timeout=self.timeout, process=hub)
         self.on_step(f"hub ready at {self.hub_url} ({time.monotonic() - t0:.1f} s)")
+
+    def _wait_proxy(self, child: ChildProcess) -> None:
+        """Wait until the proxy's API answers (any status: it listens on both ports then)."""
+        wait_http(
+            f"{self.proxy_api_url}/api/routes",
+            timeout=self.timeout,
+            process=child,
+            ok=lambda response: True,
+        )
+
+    def restart_proxy(self, grace: float = 5.0) -> None:
+        """Stop configurable-http-proxy and start a new one on the same ports, as when z2jh's
+        proxy pod restarts: the new one has no routes (its default target is the hub) until
+        the hub adds them again. Returns once the new proxy answers.
+
+        Args:
+            grace: seconds between SIGTERM and SIGKILL for the old proxy.
+
+        Raises:
+            RuntimeError: before :meth:`start`.
+            StartupError: the new proxy did not answer within ``timeout`` seconds.
+        """
+        child = self.processes.get("proxy")
+        if child is None:
+            raise RuntimeError("the stack is not started")
+        child.restart(grace)
+        self._wait_proxy(child)
+
+    def proxy_routes(self) -> dict[str, dict]:
+        """The proxy's routing table from its own API: path -> ``{"target", ...}``.
+
+        Raises:
+            httpx.HTTPError: the proxy did not answer 200.
+        """
+        response = httpx.get(
+            f"{self.proxy_api_url}/api/routes",
+            headers={"Authorization": f"token {self._proxy_token}"},
+            timeout=10.0,
+        )
+        response.raise_for_status()
+        return response.json()
 
     def _create_storage(self) -> None:
         """Create the shared PVC through the Kubernetes API, ``models/`` in it, and the batch
@@ -274,7 +374,7 @@ class DevStack:
         Safe to call more than once.
         """
         atexit.unregister(self.stop)
-        for name in ("hub", "oidc", "mlflow", "cluster"):
+        for name in ("hub", "proxy", "oidc", "mlflow", "cluster"):
             child = self.processes.get(name)
             if child is not None and child.popen is not None:
                 status = child.stop(STOP_GRACE.get(name, 10.0))
@@ -324,16 +424,32 @@ class DevStack:
         """Return a new :class:`KubeClient` for the emulated cluster (close it after use)."""
         return KubeClient.from_kubeconfig(self.kubeconfig)
 
+    @property
+    def mlflow_admin_auth(self) -> tuple[str, str]:
+        """MLflow's admin credential ``(username, password)`` (httpx's ``auth=``)."""
+        from llmspawner.mlflow_auth import DEFAULT_ADMIN_USERNAME
+
+        return (DEFAULT_ADMIN_USERNAME, self._mlflow_secrets["admin_password"])
+
+    def mlflow_request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """One call of MLflow's REST API (``<mlflow_url>/api/2.0/mlflow/<path>``) as MLflow's
+        admin; ``kwargs`` go to :func:`httpx.request`."""
+        kwargs.setdefault("timeout", 30.0)
+        return httpx.request(
+            method,
+            f"{self.mlflow_url}/api/2.0/mlflow/{path}",
+            auth=self.mlflow_admin_auth,
+            **kwargs,
+        )
+
     def mlflow_experiment(self, name: str) -> dict | None:
         """Return MLflow's experiment ``name`` (the ``experiment`` object), or ``None`` (404).
 
         Raises:
             httpx.HTTPStatusError: MLflow answered another error.
         """
-        response = httpx.get(
-            f"{self.mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
-            params={"experiment_name": name},
-            timeout=10.0,
+        response = self.mlflow_request(
+            "GET", "experiments/get-by-name", params={"experiment_name": name}
         )
         if response.status_code == 404:
             return None
