@@ -375,19 +375,60 @@ def _env(container: dict) -> dict:
 def test_mlflow_deployment_settings():
     deployment = _find("Deployment", "mlflow")
     pod = deployment["spec"]["template"]["spec"]
-    [init] = pod["initContainers"]
+    auth, upgrade = pod["initContainers"]
     [server] = pod["containers"]
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    assert init["image"] == server["image"] == "ghcr.io/mlflow/mlflow:v3.17.2-full"
-    assert init["args"] == [
-        'exec mlflow db upgrade "${MLFLOW_DB_URL:-sqlite:////mlflow/mlflow.db}"'
+    assert [auth["name"], upgrade["name"], server["name"]] == ["auth", "db-upgrade", "mlflow"]
+    # The auth module comes from the hub image, the same llmspawner as the hub's: its tag is
+    # the hub's (docs/deploy.md, upgrades: bump both).
+    hub_image = _helm_values()["hub"]["image"]
+    assert (
+        auth["image"] == f"{hub_image['name']}:{hub_image['tag']}" == "ghcr.io/llmspawner/hub:0.1.0"
+    )
+    assert upgrade["image"] == server["image"] == "ghcr.io/mlflow/mlflow:v3.17.2-full"
+    for container in (auth, upgrade, server):
+        assert container["command"] == ["/bin/sh", "-c"]
+    # auth: writes the auth app's config (auth database on the PVC unless mlflow-db says
+    # otherwise) into the emptyDir /auth, which the server mounts read-only.
+    [auth_args] = auth["args"]
+    assert auth_args.split() == [
+        "export",
+        'LLMSPAWNER_MLFLOW_AUTH_DB_URL="${MLFLOW_AUTH_DB_URL:-sqlite:////mlflow/basic_auth.db}"',
+        "&&",
+        "exec",
+        "python3",
+        "-m",
+        "llmspawner.mlflow_auth",
+        "install",
+        "/auth",
     ]
-    assert server["args"][0].split() == [
+    assert _env(auth) == {
+        "MLFLOW_AUTH_DB_URL": {
+            "secretKeyRef": {"name": "mlflow-db", "key": "auth-url", "optional": True}
+        },
+        "MLFLOW_AUTH_ADMIN_USERNAME": "llmspawner/admin",
+    }
+    assert auth["volumeMounts"] == [{"name": "auth", "mountPath": "/auth"}]
+    # db-upgrade: `mlflow db upgrade` called in Python with the URL from the environment.
+    [upgrade_args] = upgrade["args"]
+    assert upgrade_args.startswith(
+        'export MLFLOW_BACKEND_STORE_URI="${MLFLOW_DB_URL:-sqlite:////mlflow/mlflow.db}" && exec python3 -c '
+    )
+    assert "['mlflow', 'db', 'upgrade', os.environ['MLFLOW_BACKEND_STORE_URI']]" in upgrade_args
+    # The server: the URL from MLflow's own variable (never an argument), the auth app, and the
+    # hub service's prefix.
+    [server_args] = server["args"]
+    assert server_args.split() == [
+        "export",
+        'MLFLOW_BACKEND_STORE_URI="${MLFLOW_DB_URL:-sqlite:////mlflow/mlflow.db}"',
+        "&&",
         "exec",
         "mlflow",
         "server",
-        "--backend-store-uri",
-        '"${MLFLOW_DB_URL:-sqlite:////mlflow/mlflow.db}"',
+        "--app-name",
+        "basic-auth",
+        "--static-prefix",
+        "/services/mlflow",
         "--artifacts-destination",
         "/mlflow/artifacts",
         "--host",
@@ -397,24 +438,59 @@ def test_mlflow_deployment_settings():
         "--workers",
         "2",
     ]
+    for container in (upgrade, server):
+        assert "--backend-store-uri" not in container["args"][0]
     secret = {"secretKeyRef": {"name": "mlflow-db", "key": "url", "optional": True}}
-    assert _env(init)["MLFLOW_DB_URL"] == _env(server)["MLFLOW_DB_URL"] == secret
-    hosts = _env(server)["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
-    assert {"mlflow.llm.svc.cluster.local:5000", "mlflow:5000", "localhost:*"} <= set(hosts)
+    assert _env(upgrade)["MLFLOW_DB_URL"] == _env(server)["MLFLOW_DB_URL"] == secret
+    env = _env(server)
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/auth/basic_auth.ini"
+    assert env["PYTHONPATH"] == "/auth"
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == "llmspawner/admin"
+    for name, key in (
+        ("MLFLOW_AUTH_ADMIN_PASSWORD", "admin-password"),
+        ("MLFLOW_FLASK_SERVER_SECRET_KEY", "flask-secret-key"),
+        ("JUPYTERHUB_API_TOKEN", "service-token"),
+    ):
+        assert env[name] == {"secretKeyRef": {"name": "mlflow-auth", "key": key}}, name
+    assert env["JUPYTERHUB_API_URL"] == "http://hub.llm.svc.cluster.local:8081/hub/api"
+    assert env["JUPYTERHUB_SERVICE_PREFIX"] == "/services/mlflow/"
+    assert env["LLMSPAWNER_MLFLOW_ADMIN_GROUPS"] == "llm-admins"
+    hosts = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert {
+        "llm.example.org",
+        "mlflow.llm.svc.cluster.local:5000",
+        "mlflow:5000",
+        "localhost:*",
+    } <= set(hosts)
+    assert env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] == "https://llm.example.org"
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    # The probes ask MLflow's health page under the prefix (exempt from the host check).
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert server[probe]["httpGet"] == {"path": "/health", "port": "http"}
+        assert server[probe]["httpGet"] == {"path": "/services/mlflow/health", "port": "http"}
+    assert (
+        server["startupProbe"]["periodSeconds"] * server["startupProbe"]["failureThreshold"] == 120
+    )
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 1000
-    for container in (init, server):
-        assert container["securityContext"]["allowPrivilegeEscalation"] is False
-        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False
+    for container in (auth, upgrade, server):
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
         assert set(container["resources"]) == {"requests", "limits"}
-    claims = [
-        v["persistentVolumeClaim"]["claimName"]
-        for v in pod["volumes"]
-        if "persistentVolumeClaim" in v
-    ]
-    assert claims == ["mlflow-data"]
+    assert {"name": "auth", "mountPath": "/auth", "readOnly": True} in server["volumeMounts"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"] == {
+        "name": "data",
+        "persistentVolumeClaim": {"claimName": "mlflow-data"},
+    }
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "2Gi"}
+    assert volumes["auth"]["emptyDir"] == {"sizeLimit": "16Mi"}
+    # The hub's network policy lets MLflow reach the hub's API (token checks).
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["hub.jupyter.org/network-access-hub"] == "true"
     # The server and the users' client are the same MLflow version.
     assert _pins(SINGLEUSER_DOCKERFILE.parent)["mlflow-skinny"] == "3.17.2"
 
