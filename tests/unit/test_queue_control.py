@@ -202,9 +202,15 @@ async def test_the_job_pod_is_the_users_workload(queue):
     [job] = queue.backend.created
     pod = job["spec"]["template"]["spec"]
     [container] = pod["containers"]
-    assert pod["securityContext"] == {"fsGroup": 100}
-    assert container["securityContext"]["runAsUser"] == 1000
-    assert container["securityContext"]["runAsGroup"] == 100
+    assert pod["securityContext"] == {"fsGroup": 100, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert container["securityContext"] == {
+        "runAsUser": 1000,
+        "runAsGroup": 100,
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert [c["name"] for c in pod.get("initContainers", [])], "no owner init container"
     assert container["image"] == "singleuser:1"
     env = {e["name"]: e.get("value") for e in container["env"]}
