@@ -348,9 +348,16 @@ async def grant_manage(
 ) -> None:
     """Make the MLflow user ``username`` exist and give them ``MANAGE`` on an experiment.
 
-    ``POST /api/2.0/mlflow/users/create`` (an existing user is kept) then
-    ``POST /api/3.0/mlflow/users/permissions/grant`` (MLflow 3.17's auth app, which replaces
-    an earlier grant of the user on that experiment). Needs an admin credential.
+    Idempotent (a second spawn, or an experiment the user made themselves, which MLflow's
+    auth app already gave its creator ``MANAGE`` on): ``POST /api/2.0/mlflow/users/create``
+    (an existing user is kept), then ``GET /api/3.0/mlflow/users/permissions/get`` (the
+    user's effective permission on it); already ``MANAGE``: nothing more. Otherwise
+    ``POST /api/3.0/mlflow/users/permissions/grant``; MLflow's grant never replaces a row
+    (``RESOURCE_ALREADY_EXISTS``, 400, for a lesser grant of the user there), so such a grant
+    is revoked (``users/permissions/revoke``) and granted again as ``MANAGE``. Needs an
+    admin credential. MLflow 3.x auth app, upstream:
+    https://github.com/mlflow/mlflow/blob/master/mlflow/server/auth/__init__.py
+    (``grant_user_permission``, ``get_user_permission``, ``revoke_user_permission``).
 
     Raises:
         TrackingUnavailable: MLflow could not be reached or refused (e.g. 401/403 without an
@@ -373,21 +380,39 @@ async def grant_manage(
             f"MLflow at {tracking_uri} refused to create the user {username!r} "
             f"({code}): {_message(data)}"
         )
-    code, data = await _call(
-        client,
-        tracking_uri,
-        "POST",
-        "users/permissions/grant",
-        {
-            "username": username,
-            "resource_type": "experiment",
-            "resource_id": str(experiment_id),
-            "permission": "MANAGE",
-        },
-        timeout=timeout,
-        headers=headers,
-        api="3.0",
-    )
+    resource = {
+        "username": username,
+        "resource_type": "experiment",
+        "resource_id": str(experiment_id),
+    }
+
+    async def v3(method: str, path: str, body: dict) -> tuple[int, dict]:
+        if method == "GET":
+            path, body = path + "?" + urlencode(body), None
+        return await _call(
+            client, tracking_uri, method, path, body, timeout=timeout, headers=headers, api="3.0"
+        )
+
+    code, data = await v3("GET", "users/permissions/get", resource)
+    if code == 200 and data.get("permission") == "MANAGE":
+        return
+    code, data = await v3("POST", "users/permissions/grant", {**resource, "permission": "MANAGE"})
+    if code != 200 and data.get("error_code") == "RESOURCE_ALREADY_EXISTS":
+        # A lesser grant of this user on it (e.g. READ): MLflow's grant does not update.
+        code, data = await v3("POST", "users/permissions/revoke", resource)
+        if code == 200:
+            code, data = await v3(
+                "POST", "users/permissions/grant", {**resource, "permission": "MANAGE"}
+            )
+        elif data.get("error_code") == "RESOURCE_DOES_NOT_EXIST":  # revoked meanwhile
+            code, data = await v3(
+                "POST", "users/permissions/grant", {**resource, "permission": "MANAGE"}
+            )
+    if code != 200 and data.get("error_code") == "RESOURCE_ALREADY_EXISTS":
+        # A concurrent ensure of the same owner won the race: fine if it is MANAGE now.
+        code, data = await v3("GET", "users/permissions/get", resource)
+        if code == 200 and data.get("permission") == "MANAGE":
+            return
     if code != 200:
         raise TrackingUnavailable(
             f"MLflow at {tracking_uri} refused to give {username!r} MANAGE on experiment "

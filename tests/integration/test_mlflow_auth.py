@@ -494,6 +494,74 @@ async def test_bob_creates_his_own_experiment_but_not_another_users(stack, world
     assert r.status_code == 404
 
 
+async def test_ensuring_an_experiment_again_keeps_its_owner(stack, world):
+    """A second spawn ensures the experiment again; an experiment the user made themselves
+    (MLflow gave its creator MANAGE) or one the user holds a lesser grant on is ensured too:
+    no 400 'Permission ... already exists', and the owner ends with MANAGE."""
+    alice_id = world["experiment_id"]
+    again = await tracking.ensure_experiment(
+        stack.mlflow, "alice-experiments", owner="alice", headers=stack.admin_headers
+    )
+    assert again == alice_id
+
+    async def permission(user, experiment_id):
+        r = await mlflow_api(
+            stack,
+            "GET",
+            "users/permissions/get",
+            headers=stack.admin_headers,
+            version="3.0",
+            params={"username": user, "resource_type": "experiment", "resource_id": experiment_id},
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["permission"]
+
+    assert await permission("alice", alice_id) == "MANAGE"
+    r = await mlflow_api(
+        stack, "POST", "experiments/create", world["bob"], json={"name": "bob-own-first"}
+    )
+    assert r.status_code == 200, r.text
+    bob_id = r.json()["experiment_id"]
+    assert (
+        await tracking.ensure_experiment(
+            stack.mlflow, "bob-own-first", owner="bob", headers=stack.admin_headers
+        )
+        == bob_id
+    )
+    assert await permission("bob", bob_id) == "MANAGE"
+    # A lesser direct grant of the owner (READ) is raised to MANAGE, not refused.
+    r = await mlflow_api(
+        stack, "POST", "experiments/create", headers=stack.admin_headers, json={"name": "bob-read"}
+    )
+    assert r.status_code == 200, r.text
+    read_id = r.json()["experiment_id"]
+    r = await mlflow_api(
+        stack,
+        "POST",
+        "users/permissions/grant",
+        headers=stack.admin_headers,
+        version="3.0",
+        json={
+            "username": "bob",
+            "resource_type": "experiment",
+            "resource_id": read_id,
+            "permission": "READ",
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert (
+        await tracking.ensure_experiment(
+            stack.mlflow, "bob-read", owner="bob", headers=stack.admin_headers
+        )
+        == read_id
+    )
+    assert await permission("bob", read_id) == "MANAGE"
+    r = await mlflow_api(
+        stack, "POST", "runs/create", world["bob"], json={"experiment_id": read_id}
+    )
+    assert r.status_code == 200, r.text
+
+
 @pytest.mark.parametrize("admin", ["carol", "root"])
 async def test_an_admin_may_delete_any_run(stack, world, admin):
     r = await mlflow_api(
