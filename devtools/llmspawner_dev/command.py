@@ -66,7 +66,7 @@ def _instructions(stack) -> str:
 llmspawner dev stack is running (logs in {stack.logs_dir}/)
 
   Hub:         {stack.hub_url}/
-  MLflow:      {stack.mlflow_url}/
+  MLflow:      {stack.hub_url}/services/mlflow/
   OIDC:        {stack.oidc_issuer}/
   Kubernetes:  {stack.cluster_url}
                kubectl --kubeconfig {stack.kubeconfig} get pods

@@ -325,3 +325,23 @@ def test_reaper_ends_the_stack_when_its_pipe_closes(tmp_path):
     reaper.stdin.close()
     assert reaper.wait(15) == 0
     assert part.popen.wait(5) == -signal.SIGTERM
+
+
+def test_instructions_print_the_mlflow_url_users_open():
+    """``make dev`` prints MLflow's URL behind the hub's login, not MLflow's own port."""
+    from types import SimpleNamespace
+
+    from llmspawner_dev.command import _instructions
+
+    stack = SimpleNamespace(
+        logs_dir="/w/logs",
+        hub_url="http://127.0.0.1:8000",
+        mlflow_url="http://127.0.0.1:5000/services/mlflow",
+        oidc_issuer="http://127.0.0.1:9400",
+        cluster_url="https://127.0.0.1:6443",
+        kubeconfig="/w/kubeconfig",
+        pvc_path=lambda: "/w/pvc",
+    )
+    text = _instructions(stack)
+    assert "  MLflow:      http://127.0.0.1:8000/services/mlflow/\n" in text
+    assert "5000" not in text

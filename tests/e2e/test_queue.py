@@ -158,7 +158,8 @@ def k8s_jobs(stack, job_id: int) -> tuple[list[dict], list[dict]]:
 
 
 def mlflow(stack, method: str, path: str, **kwargs) -> dict:
-    r = httpx.request(method, f"{stack.mlflow_url}/api/2.0/mlflow/{path}", timeout=30, **kwargs)
+    """One MLflow REST call as MLflow's admin (MLflow wants a credential: 401 without)."""
+    r = stack.mlflow_request(method, path, **kwargs)
     r.raise_for_status()
     return r.json()
 
