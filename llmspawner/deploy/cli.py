@@ -11,10 +11,10 @@ schema (shipped in the package) and llmspawner's own needs (spawner class, stora
 chart's culler off, ``hub.extraConfig`` calling ``llmspawner.hubconfig.configure``, valid
 ``hub.config.LLMPlatform`` settings and none left under ``hub.config.LLMSpawner``, the
 profiles folder mounted, no inline secrets, one TLS front door that can get its ports, one
-scheduler, hub resource requests, the image-puller hook (a warning), no setting newer than
-the installed chart); every GPU profile file, with the values' GPU settings; every object of
-the
-kustomize tree against Kubernetes 1.32 and the newest version kubernetes-validate knows
+scheduler, hub resource requests, the image-puller hook (a warning), MLflow behind the hub
+(tracking URI under /services/mlflow, its service token and admin credential from Secrets), no
+setting newer than the installed chart); every GPU profile file, with the values' GPU
+settings; every object of the kustomize tree against Kubernetes 1.32 and the newest version kubernetes-validate knows
 (strict). Prints one line per problem, ``FILE: PATH: message``, then a summary line.
 
 Exit status: 0 no problems (warnings allowed), 1 problems, 2 usage error (e.g. a path that

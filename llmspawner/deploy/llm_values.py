@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
+from .mlflow_values import check_mlflow_behind_hub
 from .problems import Problem, format_path
 
 #: ``JupyterHub.spawner_class`` values that load :class:`llmspawner.spawner.LLMSpawner`: the
@@ -594,6 +595,7 @@ CHECKS: tuple[Callable[..., list[Problem]], ...] = (
     check_one_scheduler,
     check_hub_requests,
     check_image_puller_hook,
+    check_mlflow_behind_hub,
 )
 
 

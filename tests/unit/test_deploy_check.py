@@ -715,3 +715,32 @@ def test_unknown_field_lists_the_allowed_ones():
 def test_warnings_do_not_fail_the_check():
     report = check.Report([check.Part("x", [Problem("f", "p", "m", warning=True)])])
     assert (report.ok, report.summary()) == (True, "deploy check: no problems, 1 warning (x)")
+
+
+def test_mlflow_behind_the_hub_is_checked_by_deploy_check(deployment, capsys):
+    """check_mlflow_behind_hub (llmspawner/deploy/mlflow_values.py) runs in ``deploy check``:
+    a tracking URI without the hub service's prefix and the service token gone are named."""
+    helm = deployment / "helm-values.yaml"
+    data = yaml.safe_load(helm.read_text())
+    data["hub"]["config"]["LLMPlatform"]["mlflow_tracking_uri"] = (
+        "http://mlflow.llm.svc.cluster.local:5000"
+    )
+    del data["hub"]["extraEnv"]["LLMSPAWNER_MLFLOW_SERVICE_TOKEN"]
+    helm.write_text(yaml.safe_dump(data))
+
+    code, [*lines, summary], err = run_check(capsys)
+
+    assert lines == [
+        "helm-values.yaml: hub.config.LLMPlatform.mlflow_tracking_uri: must end in "
+        "/services/mlflow (MLflow is the hub service mlflow and serves under that prefix, "
+        "docs/mlflow.md); got 'http://mlflow.llm.svc.cluster.local:5000'",
+        "helm-values.yaml: hub.extraEnv.LLMSPAWNER_MLFLOW_SERVICE_TOKEN: must come from a "
+        "Secret (valueFrom.secretKeyRef): the mlflow service's token (Secret mlflow-auth, key "
+        "service-token)",
+    ]
+    assert summary.startswith("deploy check: 2 problems (")
+    assert (code, err) == (1, "")
+
+
+def test_mlflow_check_is_listed_in_checks():
+    assert llm_values.check_mlflow_behind_hub in llm_values.CHECKS
