@@ -14,8 +14,9 @@ profiles folder mounted, no inline secrets, one TLS front door that can get its 
 scheduler, hub resource requests, the image-puller hook (a warning), MLflow behind the hub
 (tracking URI under /services/mlflow, its service token and admin credential from Secrets), no
 setting newer than the installed chart); every GPU profile file, with the values' GPU
-settings; every object of the kustomize tree against Kubernetes 1.32 and the newest version kubernetes-validate knows
-(strict). Prints one line per problem, ``FILE: PATH: message``, then a summary line.
+settings; every object of the kustomize tree against Kubernetes 1.32 and the newest version
+kubernetes-validate knows (strict). Prints one line per problem, ``FILE: PATH: message``, then
+a summary line.
 
 Exit status: 0 no problems (warnings allowed), 1 problems, 2 usage error (e.g. a path that
 does not exist, or the ``deploy`` extra not installed: ``pip install llmspawner[deploy]``).

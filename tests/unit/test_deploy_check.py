@@ -731,12 +731,16 @@ def test_mlflow_behind_the_hub_is_checked_by_deploy_check(deployment, capsys):
     code, [*lines, summary], err = run_check(capsys)
 
     assert lines == [
-        "helm-values.yaml: hub.config.LLMPlatform.mlflow_tracking_uri: must end in "
-        "/services/mlflow (MLflow is the hub service mlflow and serves under that prefix, "
-        "docs/mlflow.md); got 'http://mlflow.llm.svc.cluster.local:5000'",
-        "helm-values.yaml: hub.extraEnv.LLMSPAWNER_MLFLOW_SERVICE_TOKEN: must come from a "
-        "Secret (valueFrom.secretKeyRef): the mlflow service's token (Secret mlflow-auth, key "
-        "service-token)",
+        (
+            "helm-values.yaml: hub.config.LLMPlatform.mlflow_tracking_uri: must end in "
+            "/services/mlflow (MLflow is the hub service mlflow and serves under that prefix, "
+            "docs/mlflow.md); got 'http://mlflow.llm.svc.cluster.local:5000'"
+        ),
+        (
+            "helm-values.yaml: hub.extraEnv.LLMSPAWNER_MLFLOW_SERVICE_TOKEN: must come from a "
+            "Secret (valueFrom.secretKeyRef): the mlflow service's token (Secret mlflow-auth, "
+            "key service-token)"
+        ),
     ]
     assert summary.startswith("deploy check: 2 problems (")
     assert (code, err) == (1, "")
