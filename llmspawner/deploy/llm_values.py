@@ -25,7 +25,7 @@ SPAWNER_CLASSES = ("llm", "llmspawner.spawner.LLMSpawner", "llmspawner.LLMSpawne
 #: The module whose functions ``hub.extraConfig`` must call.
 HUBCONFIG = "llmspawner.hubconfig"
 #: ``hub.extraEnv`` names whose value is a secret (matched anywhere in the name, any case).
-SECRET_ENV = re.compile(r"SECRET|PASSWORD|TOKEN", re.IGNORECASE)
+SECRET_ENV = re.compile(r"SECRET|PASSWORD|TOKEN|CRYPT_KEY", re.IGNORECASE)
 #: ``hub.config.<Class>.<trait>`` traits whose value is a secret.
 SECRET_TRAITS = ("client_secret",)
 
@@ -68,7 +68,7 @@ def check_real_login(values: dict, *, file: str) -> list[Problem]:
     Why: the chart's default values set ``authenticator_class: dummy`` (any name and password
     logs in; reference: ``hub.config``), and :func:`llmspawner.hubconfig.configure_auth`
     never replaces a class that is set, so the OIDC login must be named in the values
-    (``generic-oauth``).
+    (``llm-oauth``, :data:`LLM_AUTHENTICATORS`).
     """
     path = "hub.config.JupyterHub.authenticator_class"
     value = _get(values, "hub", "config", "JupyterHub", "authenticator_class")
@@ -78,10 +78,108 @@ def check_real_login(values: dict, *, file: str) -> list[Problem]:
         Problem(
             file,
             path,
-            f"must name a real login, e.g. generic-oauth (OIDC, see hubconfig); got {value!r}, "
+            f"must name a real login, e.g. llm-oauth (OIDC, see hubconfig); got {value!r}, "
             "with which anyone logs in",
         )
     ]
+
+
+#: ``JupyterHub.authenticator_class`` values that load :class:`llmspawner.auth.LLMOAuthenticator`
+#: (the ``jupyterhub.authenticators`` entry point name in pyproject.toml, and the import path).
+LLM_AUTHENTICATORS = ("llm-oauth", "llmspawner.auth.LLMOAuthenticator")
+#: The plain GenericOAuthenticator: the same settings, but groups are read at login only.
+PLAIN_OAUTH = (
+    "generic-oauth",
+    "generic",
+    "oauthenticator.generic.GenericOAuthenticator",
+    "oauthenticator.GenericOAuthenticator",
+)
+#: The chart's own Secret and key of the hub's CryptKeeper key (generated at the first
+#: install, kept across upgrades: ``jupyterhub/templates/hub/secret.yaml``).
+CHART_CRYPT_KEY = {"name": "hub", "key": "hub.config.CryptKeeper.keys"}
+
+
+def _env_spec(values: dict, name: str) -> tuple[str, Any] | None:
+    """``(path, value)`` of the variable ``name`` in ``hub.extraEnv`` (both notations: the
+    mapping's value, or the list entry), ``None`` when it is not there."""
+    env = _get(values, "hub", "extraEnv", default={}) or {}
+    if isinstance(env, dict):
+        for key, spec in env.items():
+            if (spec.get("name", key) if isinstance(spec, dict) else key) == name:
+                return format_path(["hub", "extraEnv", key]), spec
+    elif isinstance(env, list):
+        for i, spec in enumerate(env):
+            if isinstance(spec, dict) and spec.get("name") == name:
+                return format_path(["hub", "extraEnv", i]), spec
+    return None
+
+
+def check_login_refresh(values: dict, *, file: str) -> list[Problem]:
+    """The login re-checks the identity provider's groups at each auth refresh.
+
+    Why: a user removed from the allowed groups in the IdP must lose access at the next auth
+    refresh (issue 12). :class:`llmspawner.auth.LLMOAuthenticator` (``llm-oauth``) does that;
+    the plain ``generic-oauth`` reads the groups at login only, and the chart's value wins
+    over :func:`llmspawner.hubconfig.configure_auth`'s default. The refresh needs auth state,
+    which ``configure_auth`` turns on only when ``JUPYTERHUB_CRYPT_KEY`` is in the hub's
+    environment: ``hub.extraEnv`` must set it, from a Secret (the chart's own, see
+    :data:`CHART_CRYPT_KEY`; z2jh's "Authentication state",
+    https://z2jh.jupyter.org/en/stable/administrator/authentication.html). A literal value
+    is :func:`check_no_inline_secrets`' to name. Other authenticators are not judged.
+    """
+    path = "hub.config.JupyterHub.authenticator_class"
+    value = _get(values, "hub", "config", "JupyterHub", "authenticator_class")
+    if value in PLAIN_OAUTH:
+        return [
+            Problem(
+                file,
+                path,
+                f"{value!r} reads the identity provider's groups at login only (a user removed "
+                "from the allowed groups keeps access until their hub session ends): use "
+                "llm-oauth (llmspawner.auth.LLMOAuthenticator, the same settings), which "
+                "re-checks them at each auth refresh",
+            )
+        ]
+    if value not in LLM_AUTHENTICATORS:
+        return []
+    found = _env_spec(values, "JUPYTERHUB_CRYPT_KEY")
+    if found is None:
+        return [
+            Problem(
+                file,
+                "hub.extraEnv.JUPYTERHUB_CRYPT_KEY",
+                "is not set: without it the hub keeps no auth state and llm-oauth reads the "
+                "groups at login only; set it from the chart's Secret (valueFrom.secretKeyRef "
+                f"name {CHART_CRYPT_KEY['name']}, key {CHART_CRYPT_KEY['key']})",
+            )
+        ]
+    where, spec = found
+    source = spec.get("valueFrom") if isinstance(spec, dict) else None
+    if isinstance(source, dict) and "secretKeyRef" in source:
+        ref = source["secretKeyRef"] or {}
+        if (ref.get("name"), ref.get("key")) == ("hub", "hub.config.CryptKeeper.keys"):
+            return []
+        if ref.get("name") == "hub":
+            return [
+                Problem(
+                    file,
+                    where,
+                    f"the chart's Secret hub has no key {ref.get('key')!r}; its CryptKeeper key "
+                    f"is {CHART_CRYPT_KEY['key']}",
+                )
+            ]
+        return [
+            Problem(
+                file,
+                where,
+                "the hub's CryptKeeper key is the chart's (Secret hub, key "
+                f"{CHART_CRYPT_KEY['key']}), which the chart sets as c.CryptKeeper.keys; "
+                f"Secret {ref.get('name')} must hold the same key, or set "
+                "hub.config.CryptKeeper.keys to it",
+                warning=True,
+            )
+        ]
+    return []
 
 
 def check_storage_off(values: dict, *, file: str) -> list[Problem]:
@@ -583,6 +681,7 @@ def check_image_puller_hook(values: dict, *, file: str) -> list[Problem]:
 CHECKS: tuple[Callable[..., list[Problem]], ...] = (
     check_spawner_class,
     check_real_login,
+    check_login_refresh,
     check_login_rule,
     check_proxy_activity_off,
     check_storage_off,

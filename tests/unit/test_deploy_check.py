@@ -313,7 +313,36 @@ def _set(tree: dict, dotted: str, value) -> None:
         (
             # Deleted from our values, the chart's default `dummy` comes back.
             {"hub.config.JupyterHub.authenticator_class": "dummy"},
-            "v.yaml: hub.config.JupyterHub.authenticator_class: must name a real login, e.g. generic-oauth (OIDC, see hubconfig); got 'dummy', with which anyone logs in",
+            "v.yaml: hub.config.JupyterHub.authenticator_class: must name a real login, e.g. llm-oauth (OIDC, see hubconfig); got 'dummy', with which anyone logs in",
+        ),
+        # The login re-checks the IdP's groups at each auth refresh (issue 12 §4).
+        (
+            {"hub.config.JupyterHub.authenticator_class": "generic-oauth"},
+            "v.yaml: hub.config.JupyterHub.authenticator_class: 'generic-oauth' reads the identity provider's groups at login only (a user removed from the allowed groups keeps access until their hub session ends): use llm-oauth (llmspawner.auth.LLMOAuthenticator, the same settings), which re-checks them at each auth refresh",
+        ),
+        (
+            {"hub.extraEnv.JUPYTERHUB_CRYPT_KEY": _DELETE},
+            "v.yaml: hub.extraEnv.JUPYTERHUB_CRYPT_KEY: is not set: without it the hub keeps no auth state and llm-oauth reads the groups at login only; set it from the chart's Secret (valueFrom.secretKeyRef name hub, key hub.config.CryptKeeper.keys)",
+        ),
+        (
+            {"hub.extraEnv.JUPYTERHUB_CRYPT_KEY": "ab" * 32},
+            "v.yaml: hub.extraEnv.JUPYTERHUB_CRYPT_KEY: secret JUPYTERHUB_CRYPT_KEY is set as a literal value; read it from a Kubernetes Secret with valueFrom.secretKeyRef",
+        ),
+        (
+            {
+                "hub.extraEnv.JUPYTERHUB_CRYPT_KEY": {
+                    "valueFrom": {"secretKeyRef": {"name": "hub", "key": "crypt-key"}}
+                }
+            },
+            "v.yaml: hub.extraEnv.JUPYTERHUB_CRYPT_KEY: the chart's Secret hub has no key 'crypt-key'; its CryptKeeper key is hub.config.CryptKeeper.keys",
+        ),
+        (
+            {
+                "hub.extraEnv.JUPYTERHUB_CRYPT_KEY": {
+                    "valueFrom": {"secretKeyRef": {"name": "my-keys", "key": "crypt"}}
+                }
+            },
+            "v.yaml: hub.extraEnv.JUPYTERHUB_CRYPT_KEY: warning: the hub's CryptKeeper key is the chart's (Secret hub, key hub.config.CryptKeeper.keys), which the chart sets as c.CryptKeeper.keys; Secret my-keys must hold the same key, or set hub.config.CryptKeeper.keys to it",
         ),
         (
             {"hub.config.JupyterHub.last_activity_interval": _DELETE},
@@ -748,3 +777,49 @@ def test_mlflow_behind_the_hub_is_checked_by_deploy_check(deployment, capsys):
 
 def test_mlflow_check_is_listed_in_checks():
     assert llm_values.check_mlflow_behind_hub in llm_values.CHECKS
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # llmspawner's login by its import path; the shipped values name the entry point.
+        {"hub.config.JupyterHub.authenticator_class": "llmspawner.auth.LLMOAuthenticator"},
+        # The list notation of hub.extraEnv.
+        {
+            "hub.extraEnv": [
+                {"name": "LLMSPAWNER_ALLOWED_GROUPS", "value": "llm-users"},
+                {
+                    "name": "JUPYTERHUB_CRYPT_KEY",
+                    "valueFrom": {
+                        "secretKeyRef": {"name": "hub", "key": "hub.config.CryptKeeper.keys"}
+                    },
+                },
+            ]
+        },
+        # Another authenticator is not judged (it is not llmspawner's to re-check).
+        {
+            "hub.config.JupyterHub.authenticator_class": "github",
+            "hub.extraEnv.JUPYTERHUB_CRYPT_KEY": _DELETE,
+        },
+    ],
+)
+def test_login_refresh_passes(changes):
+    merged = shipped_values()
+    for dotted, value in changes.items():
+        _set(merged, dotted, value)
+    assert llm_values.check_login_refresh(merged, file="v.yaml") == []
+
+
+def test_shipped_login_is_llm_oauth_with_the_charts_crypt_key():
+    hub = shipped_values()["hub"]
+    assert hub["config"]["JupyterHub"]["authenticator_class"] == "llm-oauth"
+    assert hub["extraEnv"]["JUPYTERHUB_CRYPT_KEY"] == {
+        "valueFrom": {"secretKeyRef": {"name": "hub", "key": "hub.config.CryptKeeper.keys"}}
+    }
+    # The entry point is the authenticator that re-checks the groups.
+    from importlib.metadata import entry_points
+
+    from llmspawner.auth import LLMOAuthenticator
+
+    [ep] = entry_points(group="jupyterhub.authenticators", name="llm-oauth")
+    assert ep.load() is LLMOAuthenticator

@@ -8,7 +8,10 @@ build from the result what the hub would: no Kubernetes, Helm or hub pod runs he
 
 Left out, because our values do not touch them and they do not change the user's pod:
 the proxy and database connection, image pull secrets, user pod affinities other than the
-node-purpose one, ``singleuser.extraFiles``, seeded secrets (cookie secret, crypt keys).
+node-purpose one, ``singleuser.extraFiles``, the cookie secret and proxy token. The CryptKeeper
+key is in (auth state, and llmspawner's auth refresh, depend on it): the chart generates it
+into its Secret ``hub`` (:data:`HUB_SECRET`, key :data:`CRYPT_KEY`) and sets
+``c.CryptKeeper.keys`` from there.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from traitlets.config import Config
 # The chart's `fullnameOverride: ""` default: no release prefix, so the hub's Service is `hub`.
 HUB_SERVICE = "hub"
 HUB_PORT = 8081
+# The chart's own Secret (`jupyterhub.hub.fullname`) and its key of the CryptKeeper keys, `;`
+# between keys (jupyterhub/templates/hub/secret.yaml, files/hub/jupyterhub_config.py).
+HUB_SECRET = "hub"
+CRYPT_KEY = "hub.config.CryptKeeper.keys"
 
 
 def _camel(name: str) -> str:
@@ -76,11 +83,13 @@ def hub_environment(values: dict, secrets: Mapping[str, Mapping[str, str]], name
     return env
 
 
-def apply_chart_config(values: dict) -> Config:
+def apply_chart_config(values: dict, hub_secret: Mapping[str, str] | None = None) -> Config:
     """Return the traitlets config the chart's hub builds from ``values`` (already merged
     onto the chart's defaults), running ``hub.extraConfig`` last as the chart does.
 
-    ``hub.extraConfig`` runs with ``os.environ`` as the hub's environment: set it first
+    ``hub_secret`` is the chart's Secret :data:`HUB_SECRET` (``{key: value}``); its
+    :data:`CRYPT_KEY` becomes ``c.CryptKeeper.keys`` (the chart generates it; ``None``: left
+    out). ``hub.extraConfig`` runs with ``os.environ`` as the hub's environment: set it first
     (:func:`hub_environment`).
     """
     v = Values(values)
@@ -200,10 +209,14 @@ def apply_chart_config(values: dict) -> Config:
                 },
             },
         ]
+    if hub_secret is not None:
+        c.CryptKeeper.keys = hub_secret[CRYPT_KEY].split(";")
     for app, cfg in v.get("hub.config", {}).items():
         if app == "JupyterHub":
             for secret in ("proxy_auth_token", "cookie_secret", "services"):
                 cfg.pop(secret, None)
+        elif app == "CryptKeeper":
+            cfg.pop("keys", None)
         c[app].update(cfg)
     for key, code in sorted(v.get("hub.extraConfig", {}).items()):
         exec(compile(code, f"hub.extraConfig.{key}", "exec"), {"c": c, "get_config": v.get})
