@@ -14,9 +14,18 @@ the hub's own: :meth:`llmspawner.settings.LLMPlatform.from_env` reads them from
 agree by construction. The traits below are the queue's own settings (``--LLMQueue.x=...``
 on the command line, or a ``llm_queue_config.py`` file).
 
-Start-up: load the profiles (a broken profile stops the service with the file, field and
-allowed values), open the database (created or migrated), listen, then reconcile the
-database against the cluster (retrying while the cluster is unreachable) and run the loop.
+Start-up: listen first, with only tornado loaded, and answer as "starting" (the page 200 with
+a short HTML page that reloads, the API and other methods 503 JSON with ``Retry-After``):
+JupyterHub 5.5 gives a managed service with a URL 10 tries of 1 s to answer
+(``tries = 10 if service.managed`` in ``jupyterhub/app.py`` ``start_service``,
+https://github.com/jupyterhub/jupyterhub/blob/5.5.4/jupyterhub/app.py; any answer below 500
+counts) and then exits, while the queue's imports (JupyterHub's auth, SQLAlchemy,
+kubernetes_asyncio) take 10-30 s on a loaded 2-core machine. Those imports run in a thread
+(:data:`HEAVY_MODULES`), off the event loop; then, on the loop, load the profiles (a broken
+profile stops the service with the file, field and allowed values), open the database
+(created or migrated), build the application and hand the listening server over to it
+(:class:`_Handoff`), then reconcile the database against the cluster (retrying while the
+cluster is unreachable) and run the loop.
 Afterwards the profiles are re-read through the one cache (an edit is seen within seconds,
 a broken edit keeps the last valid set).
 
@@ -29,14 +38,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import json
 import logging
 import os
 import secrets
 import signal
 import sys
+import time
 from urllib.parse import urlsplit
 
+from tornado import httputil, web
 from tornado.httpserver import HTTPServer
 from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Application
@@ -46,6 +58,101 @@ from ..settings import LLMPlatform, SettingError
 from .states import ADMIN_SCOPE, SERVICE_NAME
 
 log = logging.getLogger(__name__)
+
+
+#: Imported in a thread before :meth:`LLMQueue.build` (the slow part of the start: seconds to
+#: tens of seconds on a loaded machine), in this order.
+HEAVY_MODULES = (
+    "jupyterhub.services.auth",
+    "llmspawner.queue.db",
+    "llmspawner.queue.backend",
+    "llmspawner.queue.context",
+    "llmspawner.queue.operations",
+    "llmspawner.queue.control",
+    "llmspawner.queue.app",
+)
+
+#: Seconds a client is told to wait (``Retry-After``) while the service starts.
+STARTING_RETRY_AFTER = 5
+
+_STARTING_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{retry}">
+<title>Training queue starting</title></head>
+<body><p>The training queue is starting; this page reloads in {retry} s.</p></body></html>
+"""
+
+
+class _StartingHandler(web.RequestHandler):
+    """What the service answers before it is ready (see the module docstring).
+
+    ``GET``/``HEAD`` of a page: 200, a short HTML page that reloads (the hub's start-up
+    probe GETs the service's URL and wants an answer below 500). The API
+    (``<prefix>api/...``) and every other method: 503 JSON ``{"error": ..., "starting":
+    true}`` with ``Retry-After``.
+    """
+
+    def initialize(self, prefix: str, started: float):
+        self.prefix = prefix
+        self.started = started
+
+    def check_xsrf_cookie(self):  # nothing is done with a request yet
+        pass
+
+    def _unavailable(self):
+        self.set_status(503)
+        self.set_header("Retry-After", str(STARTING_RETRY_AFTER))
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        waited = time.monotonic() - self.started
+        self.finish(
+            json.dumps(
+                {
+                    "error": f"{SERVICE_NAME} is starting ({waited:.0f} s so far); "
+                    f"retry in {STARTING_RETRY_AFTER} s",
+                    "starting": True,
+                }
+            )
+        )
+
+    def _page(self):
+        if self.request.path.startswith(self.prefix.rstrip("/") + "/api"):
+            return self._unavailable()
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(_STARTING_PAGE.format(retry=STARTING_RETRY_AFTER))
+
+    get = _page
+
+    def head(self, *args):
+        self._page()
+
+    def post(self, *args):
+        self._unavailable()
+
+    put = patch = delete = options = post
+
+
+def starting_app(prefix: str) -> web.Application:
+    """The tornado application that answers while the service starts (:class:`_StartingHandler`)."""
+    return web.Application(
+        [(r".*", _StartingHandler, {"prefix": prefix, "started": time.monotonic()})]
+    )
+
+
+class _Handoff(httputil.HTTPServerConnectionDelegate):
+    """An ``HTTPServer`` delegate that passes each new request to ``target``, which can be
+    switched while the server listens: requests begun keep their application, later ones
+    get the new one (tornado's delegate interface:
+    https://www.tornadoweb.org/en/stable/httputil.html#tornado.httputil.HTTPServerConnectionDelegate)."""
+
+    def __init__(self, target: httputil.HTTPServerConnectionDelegate):
+        self.target = target
+
+    def start_request(self, server_conn, request_conn):
+        return self.target.start_request(server_conn, request_conn)
+
+    def on_close(self, server_conn):
+        self.target.on_close(server_conn)
 
 
 def _env(*names: str, default: str = "") -> str:
@@ -323,30 +430,48 @@ class LLMQueue(Application):
         raise SystemExit(message)
 
     async def serve(self) -> None:
-        """Listen, reconcile, and run the loop until SIGTERM/SIGINT."""
-        from .app import MAX_BODY
+        """Listen (answering "starting"), import and build, hand over, reconcile, and run the
+        loop until SIGTERM/SIGINT (see the module docstring)."""
+        from .limits import MAX_BODY_BYTES
 
+        started = time.monotonic()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        handoff = _Handoff(starting_app(self.service_prefix))
+        url = urlsplit(self.bind_url)
+        server = HTTPServer(handoff, xheaders=True, max_body_size=MAX_BODY_BYTES + 4096)
+        server.listen(url.port or 80, url.hostname or "")
+        log.info(
+            "%s listening on %s%s (starting)",
+            SERVICE_NAME,
+            self.bind_url.rstrip("/"),
+            self.service_prefix,
+        )
+        importing = asyncio.ensure_future(self._import_heavy())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({importing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not importing.done():  # stopped while starting: the import thread ends on its own
+            log.info("%s stopping (while starting)", SERVICE_NAME)
+            server.stop()
+            return
+        stopping.cancel()
+        importing.result()
         loop_, app = self.build()
         # What is imported and built by now lives as long as the service: kept out of the
         # garbage collector's full passes, which would otherwise scan it all and pause the
         # event loop (~0.25 s with the hub's libraries loaded; benchmarks/queue_bad_input.py).
         gc.freeze()
         backend = loop_.ctx.backend
-        url = urlsplit(self.bind_url)
-        server = HTTPServer(app, xheaders=True, max_body_size=MAX_BODY + 4096)
-        server.listen(url.port or 80, url.hostname or "")
+        handoff.target = app
         log.info(
-            "%s listening on %s%s (namespace %s, db %s)",
+            "%s ready after %.1f s (namespace %s, db %s)",
             SERVICE_NAME,
-            self.bind_url.rstrip("/"),
-            self.service_prefix,
+            time.monotonic() - started,
             backend.namespace,
             _redact(self.db_url),
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         tasks = [
             asyncio.create_task(self._start_loop(loop_), name=f"{SERVICE_NAME}-loop"),
             asyncio.create_task(
@@ -360,6 +485,14 @@ class LLMQueue(Application):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await backend.close()
+
+    async def _import_heavy(self) -> None:
+        """Import :data:`HEAVY_MODULES` in a worker thread, one after the other (the event
+        loop keeps answering "starting" meanwhile)."""
+        t0 = time.monotonic()
+        for name in HEAVY_MODULES:
+            await asyncio.to_thread(importlib.import_module, name)
+        log.info("%s: imports took %.1f s", SERVICE_NAME, time.monotonic() - t0)
 
     async def _start_loop(self, loop_) -> None:
         delay = 1.0
