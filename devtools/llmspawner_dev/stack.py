@@ -314,6 +314,47 @@ class DevStack:
         # Through the proxy: proves that both configurable-http-proxy and the hub are up.
         wait_http(f"{self.hub_url}/hub/health", timeout=self.timeout, process=hub)
         self.on_step(f"hub ready at {self.hub_url} ({time.monotonic() - t0:.1f} s)")
+        self._wait_service_routes(hub, hub_env, t0)
+
+    def _wait_service_routes(self, hub: ChildProcess, hub_env: Mapping[str, str], t0) -> None:
+        """Wait until the hub's services answer through the proxy: the hub answers
+        ``/hub/health`` a moment before it has added their routes to configurable-http-proxy.
+
+        MLflow (unless ``LLMSPAWNER_MLFLOW_SERVICE=0``): ``/services/mlflow/health`` 200
+        ``OK``; the queue (unless ``LLMSPAWNER_QUEUE=0``): ``/services/llm-queue/api/jobs``
+        without a token, the queue's own 401 (its "starting" answer is a 503 JSON; without a
+        route the hub answers). At most ``timeout`` seconds each.
+
+        Raises:
+            StartupError: the hub exited, or a service did not answer in time (the hub's log
+                tail, which says why, e.g. "Cannot connect to ... service").
+        """
+        from llmspawner.settings import parse_bool
+
+        waits = []
+        if parse_bool(
+            hub_env.get("LLMSPAWNER_MLFLOW_SERVICE"), name="LLMSPAWNER_MLFLOW_SERVICE", default=True
+        ):
+            waits.append(
+                (
+                    "MLflow",
+                    f"{self.hub_url}{parts.MLFLOW_PREFIX}/health",
+                    lambda r: r.status_code == 200 and r.text.strip() == "OK",
+                )
+            )
+        if parse_bool(hub_env.get("LLMSPAWNER_QUEUE"), name="LLMSPAWNER_QUEUE", default=True):
+            waits.append(
+                (
+                    "queue",
+                    f"{self.hub_url}/services/llm-queue/api/jobs",
+                    lambda r: r.status_code == 401,
+                )
+            )
+        for name, url, ok in waits:
+            wait_http(url, timeout=self.timeout, process=hub, ok=ok)
+            self.on_step(
+                f"{name} answers through the proxy at {url} ({time.monotonic() - t0:.1f} s)"
+            )
 
     def _wait_proxy(self, child: ChildProcess) -> None:
         """Wait until the proxy's API answers (any status: it listens on both ports then)."""

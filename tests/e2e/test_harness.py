@@ -345,3 +345,58 @@ def test_instructions_print_the_mlflow_url_users_open():
     text = _instructions(stack)
     assert "  MLflow:      http://127.0.0.1:8000/services/mlflow/\n" in text
     assert "5000" not in text
+
+
+def test_start_waits_for_the_service_routes_and_names_the_missing_one(tmp_path):
+    """After ``/hub/health`` the stack waits until MLflow's and the queue's routes answer
+    through the proxy; one that never does is a StartupError naming its URL, with the hub's
+    log tail. A service turned off in the hub's environment is not awaited."""
+    import http.server
+    import threading
+
+    answers = {"/services/mlflow/health": (200, b"OK")}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            code, body = answers.get(self.path, (404, b"the hub: no such page"))
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    class Hub:
+        name = "hub"
+
+        def check_running(self):
+            pass
+
+        def log_tail(self):
+            return "Cannot connect to managed service llm-queue"
+
+    stack = DevStack.__new__(DevStack)
+    stack.hub_url = f"http://127.0.0.1:{server.server_address[1]}"
+    stack.timeout = 1.0
+    steps = []
+    stack.on_step = steps.append
+    try:
+        with pytest.raises(StartupError) as err:
+            stack._wait_service_routes(Hub(), {}, time.monotonic())
+        assert "/services/llm-queue/api/jobs not ready after 1 s" in str(err.value)
+        assert "Cannot connect to managed service llm-queue" in str(err.value)
+        assert steps and steps[0].startswith("MLflow answers through the proxy")
+        steps.clear()
+        answers["/services/llm-queue/api/jobs"] = (401, b'{"message": "log in"}')
+        stack._wait_service_routes(Hub(), {}, time.monotonic())
+        assert [s.split(" answers")[0] for s in steps] == ["MLflow", "queue"]
+        steps.clear()
+        del answers["/services/mlflow/health"]
+        stack._wait_service_routes(Hub(), {"LLMSPAWNER_MLFLOW_SERVICE": "0"}, time.monotonic())
+        assert [s.split(" answers")[0] for s in steps] == ["queue"]
+    finally:
+        server.shutdown()
