@@ -7,7 +7,9 @@ Usage::
 
 Paths are relative to the current folder. Checks, with no cluster, no ``helm`` and no
 network: the values merged over the zero-to-jupyterhub chart's defaults against the chart's
-schema (shipped in the package) and llmspawner's own needs (spawner class, storage off, the
+schema (shipped in the package) and llmspawner's own needs (spawner class, a real login
+that re-checks the groups at auth refresh: ``llm-oauth`` with ``JUPYTERHUB_CRYPT_KEY`` from a
+Secret, the proxy's activity poll off with the route repair on (a warning), storage off, the
 chart's culler off, ``hub.extraConfig`` calling ``llmspawner.hubconfig.configure``, valid
 ``hub.config.LLMPlatform`` settings and none left under ``hub.config.LLMSpawner``, the
 profiles folder mounted, no inline secrets, one TLS front door that can get its ports, one

@@ -414,6 +414,49 @@ def check_proxy_activity_off(values: dict, *, file: str) -> list[Problem]:
     ]
 
 
+#: The route repair's interval variable (:mod:`llmspawner.routes`; seconds, ``0``: off).
+ROUTE_REPAIR_ENV = "LLMSPAWNER_ROUTE_REPAIR_INTERVAL"
+
+
+def check_route_repair(values: dict, *, file: str) -> list[Problem]:
+    """Something repairs the proxy's routes.
+
+    Why: the chart runs configurable-http-proxy in its own pod with its routes in memory
+    only; the hub's only periodic route check runs with the activity poll
+    (``last_activity_interval``), which llmspawner switches off (:func:`check_proxy_activity_off`).
+    :mod:`llmspawner.routes`' ``route-repair`` service replaces it, every
+    ``LLMSPAWNER_ROUTE_REPAIR_INTERVAL`` seconds (default 30, ``0``: no service). With both
+    at 0, after a proxy pod restart every server and hub service answers 500 "Redirect loop
+    detected" until the hub restarts: a warning. A literal interval the hub would refuse (not
+    a whole number >= 0; :func:`llmspawner.routes.configure_route_repair`) is a problem; one
+    read from a Secret or ConfigMap is not known offline and is left alone.
+    """
+    from ..settings import SettingError, parse_int
+
+    found = _env_spec(values, ROUTE_REPAIR_ENV)
+    literal = _literal_env(values).get(ROUTE_REPAIR_ENV)
+    if found is None or literal is None:
+        return []
+    where = found[0]
+    try:
+        interval = parse_int(literal, name=ROUTE_REPAIR_ENV, default=30, unit="seconds")
+    except SettingError as e:
+        return [Problem(file, where, f"{e}: the hub refuses to start")]
+    activity = _get(values, "hub", "config", "JupyterHub", "last_activity_interval")
+    if interval or activity != 0:
+        return []
+    return [
+        Problem(
+            file,
+            where,
+            "is 0 and so is hub.config.JupyterHub.last_activity_interval: nothing repairs the "
+            "proxy's routes, so after the proxy pod restarts servers and services answer 500 "
+            '"Redirect loop detected" until the hub restarts; set it to e.g. 30 (seconds)',
+            warning=True,
+        )
+    ]
+
+
 #: ``hub.extraEnv`` names of which one must be set for anyone to log in (hubconfig).
 LOGIN_RULE_ENV = ("LLMSPAWNER_ALLOWED_GROUPS", "LLMSPAWNER_ALLOW_ALL")
 #: ``hub.config.GenericOAuthenticator`` traits that are a login rule as well.
@@ -684,6 +727,7 @@ CHECKS: tuple[Callable[..., list[Problem]], ...] = (
     check_login_refresh,
     check_login_rule,
     check_proxy_activity_off,
+    check_route_repair,
     check_storage_off,
     check_chart_culler_off,
     check_extra_config_calls_llmspawner,

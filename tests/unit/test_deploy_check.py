@@ -348,6 +348,15 @@ def _set(tree: dict, dotted: str, value) -> None:
             {"hub.config.JupyterHub.last_activity_interval": _DELETE},
             "v.yaml: hub.config.JupyterHub.last_activity_interval: must be 0: the proxy counts LlamaBoard's polling as activity, so idle servers would never be culled; got not set (the chart then uses 60)",
         ),
+        # The proxy's routes are repaired by someone (issue 17).
+        (
+            {"hub.extraEnv.LLMSPAWNER_ROUTE_REPAIR_INTERVAL": "0"},
+            'v.yaml: hub.extraEnv.LLMSPAWNER_ROUTE_REPAIR_INTERVAL: warning: is 0 and so is hub.config.JupyterHub.last_activity_interval: nothing repairs the proxy\'s routes, so after the proxy pod restarts servers and services answer 500 "Redirect loop detected" until the hub restarts; set it to e.g. 30 (seconds)',
+        ),
+        (
+            {"hub.extraEnv.LLMSPAWNER_ROUTE_REPAIR_INTERVAL": "30s"},
+            "v.yaml: hub.extraEnv.LLMSPAWNER_ROUTE_REPAIR_INTERVAL: LLMSPAWNER_ROUTE_REPAIR_INTERVAL must be a whole number of seconds >= 0, not '30s': the hub refuses to start",
+        ),
         (
             {"hub.extraEnv.LLMSPAWNER_ALLOWED_GROUPS": _DELETE},
             "v.yaml: hub.extraEnv: sets no login rule: set LLMSPAWNER_ALLOWED_GROUPS or LLMSPAWNER_ALLOW_ALL (or hub.config.GenericOAuthenticator.allowed_groups); without one the hub refuses to start",
@@ -823,3 +832,37 @@ def test_shipped_login_is_llm_oauth_with_the_charts_crypt_key():
 
     [ep] = entry_points(group="jupyterhub.authenticators", name="llm-oauth")
     assert ep.load() is LLMOAuthenticator
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # Unset: the default 30 s.
+        {"hub.extraEnv.LLMSPAWNER_ROUTE_REPAIR_INTERVAL": _DELETE},
+        # The list notation.
+        {"hub.extraEnv": [{"name": "LLMSPAWNER_ROUTE_REPAIR_INTERVAL", "value": "60"}]},
+        # From a ConfigMap: not known offline.
+        {
+            "hub.extraEnv.LLMSPAWNER_ROUTE_REPAIR_INTERVAL": {
+                "valueFrom": {"configMapKeyRef": {"name": "a", "key": "b"}}
+            }
+        },
+    ],
+)
+def test_route_repair_passes(changes):
+    merged = shipped_values()
+    for dotted, value in changes.items():
+        _set(merged, dotted, value)
+    assert llm_values.check_route_repair(merged, file="v.yaml") == []
+
+
+def test_route_repair_off_is_a_warning_through_deploy_check(deployment, capsys):
+    helm = deployment / "helm-values.yaml"
+    data = yaml.safe_load(helm.read_text())
+    data["hub"]["extraEnv"]["LLMSPAWNER_ROUTE_REPAIR_INTERVAL"] = "0"
+    helm.write_text(yaml.safe_dump(data))
+    code, [line, summary], err = run_check(capsys)
+    assert line.startswith(
+        "helm-values.yaml: hub.extraEnv.LLMSPAWNER_ROUTE_REPAIR_INTERVAL: warning: is 0 and so is"
+    )
+    assert (code, err) == (0, "")
