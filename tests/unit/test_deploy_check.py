@@ -10,6 +10,7 @@ import yaml
 from llmspawner.cli import main
 from llmspawner.deploy import check, llm_values, manifests, values
 from llmspawner.deploy.problems import Problem, format_path
+from llmspawner.settings import LLMPlatform
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_Z2JH = ROOT.parent / "shared" / "z2jh"
@@ -400,7 +401,9 @@ def _set(tree: dict, dotted: str, value) -> None:
         ),
         (
             {"hub.config.LLMPlatform.profile_dir": "/x"},
-            "v.yaml: hub.config.LLMPlatform: it names unknown setting(s) profile_dir (did you mean profiles_dir?); known: fs_gid, gid, gpu_replica_counts, gpu_shared_resource, image, mig_strategy, mlflow_experiment_template, mlflow_timeout, mlflow_tracking_uri, mlflow_ui_url, namespace, profiles_dir, queue_url, storage_claim_name, uid",
+            # Every setting of LLMPlatform is listed, sorted (the list grows with the settings).
+            "v.yaml: hub.config.LLMPlatform: it names unknown setting(s) profile_dir (did you mean profiles_dir?); known: "
+            + ", ".join(sorted(LLMPlatform.class_trait_names(config=True))),
         ),
         (
             {"hub.extraEnv.LLMSPAWNER_GPU_REPLICA_COUNTS": "1"},

@@ -701,3 +701,42 @@ def test_dockerignore_keeps_out_the_bulk_and_in_what_the_images_copy():
         parts = Path(source).parts
         prefixes = {"/".join(parts[: i + 1]) for i in range(len(parts))}
         assert not prefixes & set(patterns), source
+
+
+def test_docs_mlflow_secret_backup_and_uninstall_match_the_manifest():
+    """docs/deploy.md's mlflow-auth command, backup and uninstall use what the manifest does."""
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    pod = _find("Deployment", "mlflow")["spec"]["template"]["spec"]
+    refs = {
+        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for c in [*pod["initContainers"], *pod["containers"]]
+        for e in c.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    manifest_keys = {key for name, key in refs if name == "mlflow-auth"}
+    [command] = re.findall(
+        r"kubectl create secret generic mlflow-auth -n llm((?:[^\n]*\\\n)*[^\n]*)", docs
+    )
+    assert (
+        set(re.findall(r"--from-literal=([a-z-]+)=", command))
+        == manifest_keys
+        == {
+            "admin-password",
+            "service-token",
+            "flask-secret-key",
+        }
+    )
+    # The SQLite databases the manifest defaults to are the ones backed up, and the copies
+    # are written on the PVC (mounted at /mlflow), not into the 2 GiB /tmp emptyDir.
+    args = " ".join(c["args"][0] for c in [*pod["initContainers"], *pod["containers"]])
+    databases = set(re.findall(r"sqlite:////mlflow/(\w+)\.db", args))
+    assert databases == {"mlflow", "basic_auth"}
+    assert "for n in ('mlflow', 'basic_auth'):" in docs
+    mlflow_exec = [line for line in docs.splitlines() if "deploy/mlflow -c mlflow --" in line]
+    assert mlflow_exec and not [line for line in mlflow_exec if "/tmp" in line]
+    [server] = pod["containers"]
+    assert {"name": "data", "mountPath": "/mlflow"} in server["volumeMounts"]
+    assert "kubectl delete secret llm-oidc mlflow-auth mlflow-db -n llm --ignore-not-found" in docs
+    # The UI and in-cluster URLs of the docs are the service prefix's.
+    assert "https://$HUB_HOST/services/mlflow/" in docs
+    assert "http://mlflow.llm.svc.cluster.local:5000/services/mlflow" in docs
