@@ -64,6 +64,7 @@ WORKLOAD_TRAITS = (
     "allow_privilege_escalation",
     "container_security_context",
     "pod_security_context",
+    "image_pull_secrets",
 )
 
 #: Of :data:`WORKLOAD_TRAITS`, those kubespawner also takes as a callable (resolved per spawn,
@@ -122,6 +123,8 @@ def kubespawner_traits(workload: Workload, configured: Mapping[str, Any]) -> dic
       added to each (:func:`~llmspawner.workload.required_node_terms`);
     - ``tolerations``, ``volumes``, ``volume_mounts``, ``init_containers``: the configured
       ones first, the workload's appended;
+    - ``image_pull_secrets``: the configured ones (names or ``{"name": ...}``) with the
+      workload's appended, as ``{"name": ...}``, each name once (a Job gets the workload's);
     - ``image``, ``working_dir``: the workload's;
     - ``uid``/``gid``/``fs_gid``: the workload's ``runAsUser``/``runAsGroup``/``fsGroup``
       (``None`` when unset);
@@ -178,6 +181,12 @@ def kubespawner_traits(workload: Workload, configured: Mapping[str, Any]) -> dic
         ("init_containers", workload.init_containers),
     ):
         out[trait] = [*_listed(configured[trait]), *_copy(extra)]
+    pull: list[dict] = []
+    for ref in [*(configured["image_pull_secrets"] or []), *workload.image_pull_secrets]:
+        ref = {"name": ref} if isinstance(ref, str) else _copy(ref)
+        if ref.get("name") not in {p.get("name") for p in pull}:
+            pull.append(ref)
+    out["image_pull_secrets"] = pull
     out["image"] = workload.image
     out["working_dir"] = workload.working_dir
     out["uid"] = workload.container_security_context.get("runAsUser")

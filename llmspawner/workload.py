@@ -320,6 +320,9 @@ class Workload:
         annotations: ``llmspawner.io/username`` (the raw hub name).
         node_affinity: node selector requirements a node must all meet
             (:attr:`Placement.node_affinity`; ``[]`` for most profiles).
+        image_pull_secrets: the pods' ``imagePullSecrets``, ``[{"name": <Secret>}, ...]``
+            from ``LLMPlatform.image_pull_secrets`` (the spawner's, i.e. z2jh's
+            ``singleuser.image.pullSecrets``, resolved by the hub); ``[]``: none.
     """
 
     image: str
@@ -336,6 +339,7 @@ class Workload:
     labels: dict[str, str]
     annotations: dict[str, str]
     node_affinity: list[dict] = field(default_factory=list)
+    image_pull_secrets: list[dict] = field(default_factory=list)
 
     @property
     def gpu(self) -> dict[str, str]:
@@ -369,7 +373,8 @@ def build_workload(
         profile: a validated profile (GPU share, CPU cores, memory bytes, selector,
             tolerations, image).
         settings: the platform settings: ``gpu_cluster``, ``storage_claim_name``,
-            ``mlflow_tracking_uri``, ``mlflow_experiment_template``, ``image``, and
+            ``mlflow_tracking_uri``, ``mlflow_experiment_template``, ``image``,
+            ``image_pull_secrets``, and
             ``uid``/``gid``/``fs_gid`` where the arguments are ``None``.
         uid: the containers' ``runAsUser``; ``None``: ``settings.uid``. When a uid results, the
             owner init container gives the user's folder to ``uid:<fs_gid, else uid>``
@@ -441,4 +446,5 @@ def build_workload(
         labels={LABEL_USER: storage.user_slug(username), LABEL_PROFILE: profile.slug},
         annotations={ANNOTATION_USERNAME: username},
         node_affinity=list(place.node_affinity),
+        image_pull_secrets=[{"name": name} for name in settings.image_pull_secrets],
     )

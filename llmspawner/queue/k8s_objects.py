@@ -278,6 +278,8 @@ def build_job(
         pod_spec["serviceAccountName"] = service_account
     if w.pod_security_context:
         pod_spec["securityContext"] = w.pod_security_context
+    if w.image_pull_secrets:  # the server's, so the Job pulls the same image (z2jh's pullSecrets)
+        pod_spec["imagePullSecrets"] = [dict(ref) for ref in w.image_pull_secrets]
 
     job_labels = dict(labels)
     spec: dict = {"backoffLimit": backoff_limit}

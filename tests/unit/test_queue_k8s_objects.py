@@ -575,3 +575,13 @@ def test_mig_profile(strategy, limits, selector):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         job(**kwargs)
+
+
+def test_a_job_pulls_with_the_platforms_pull_secrets():
+    """``LLMPlatform.image_pull_secrets`` (the spawner's, z2jh's singleuser.image.pullSecrets)
+    become the Job pod's ``imagePullSecrets``; none: no such field."""
+    pulled = job(settings=platform(image_pull_secrets=["regcred", "mirror"]))
+    spec = pulled["spec"]["template"]["spec"]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    validate(pulled)
+    assert "imagePullSecrets" not in job()["spec"]["template"]["spec"]

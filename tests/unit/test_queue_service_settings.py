@@ -65,3 +65,15 @@ def test_a_broken_platform_setting_stops_the_service_naming_it(env):
     env.setenv("LLMSPAWNER_PLATFORM", '{"mig_strategy": "both"}')
     with pytest.raises(SystemExit, match="mig_strategy"):
         LLMQueue().platform()
+
+
+def test_the_queue_gets_the_hubs_pull_secrets(env):
+    """The hub's resolved pull secrets reach the queue (and so its Jobs) with the rest of the
+    platform settings (``LLMSPAWNER_PLATFORM``)."""
+    from llmspawner.settings import LLMPlatform
+
+    platform = LLMPlatform(env={})
+    platform.image_pull_secrets = ["regcred"]
+    for key, value in platform.to_env().items():
+        env.setenv(key, value)
+    assert LLMQueue().platform().image_pull_secrets == ["regcred"]

@@ -452,3 +452,88 @@ def test_shm_size(memory, shm_size, expected):
         "emptyDir": {"medium": "Memory", "sizeLimit": str(expected)},
     }
     assert w.volume_mounts[-1] == {"name": "dshm", "mountPath": "/dev/shm"}
+
+
+# --- image pull secrets --------------------------------------------------------------------
+
+
+async def test_server_and_job_pull_with_the_same_secrets(make_spawner):
+    """z2jh's ``singleuser.image.pullSecrets`` (``c.KubeSpawner.image_pull_secrets``, names or
+    ``{"name": ...}``): the hub resolves them into the platform settings the queue gets, so a
+    user's server and their Job carry the same ``imagePullSecrets``."""
+    from llmspawner.settings import resolve_hub_settings
+
+    c = Config()
+    c.KubeSpawner.image = IMAGE
+    c.KubeSpawner.image_pull_secrets = ["regcred", {"name": "mirror"}, "regcred"]
+    server = await pod_for(make_spawner("alice", c), {"profile": "small"})
+
+    hub = Config()
+    hub.merge(c)
+    hub.LLMPlatform.profiles_dir = str(REPO_PROFILES)
+    settings = resolve_hub_settings(hub, env={})
+    assert settings.image_pull_secrets == ["regcred", "mirror"]
+    platform = LLMPlatform.from_env(settings.to_env())  # the queue's copy
+    assert platform.image_pull_secrets == ["regcred", "mirror"]
+    workload = build_workload(
+        username="alice", profile=find_profile(platform.profiles(), "small"), settings=platform
+    )
+    assert workload.image_pull_secrets == [{"name": "regcred"}, {"name": "mirror"}]
+    job = build_job(
+        name=job_name("alice", 9),
+        namespace="llm",
+        job_id=9,
+        workload=workload,
+        config_map=job_name("alice", 9),
+        priority="normal",
+    )
+    expected = [{"name": "regcred"}, {"name": "mirror"}]
+    assert job["spec"]["template"]["spec"]["imagePullSecrets"] == expected
+    assert server["spec"]["imagePullSecrets"] == expected
+
+
+async def test_platform_pull_secrets_reach_a_server_without_spawner_ones(make_spawner):
+    c = Config()
+    c.KubeSpawner.image = IMAGE
+    c.LLMPlatform.image_pull_secrets = ["regcred"]
+    server = await pod_for(make_spawner("alice", c), {"profile": "cpu"})
+    assert server["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    server = await pod_for(make_spawner("bob", Config({"KubeSpawner": {"image": IMAGE}})), {})
+    assert not server["spec"].get("imagePullSecrets")
+
+
+def test_kubespawner_traits_add_the_workloads_pull_secrets_once():
+    configured = {name: None for name in WORKLOAD_TRAITS}
+    configured.update(
+        tolerations=[],
+        volumes=[],
+        volume_mounts=[],
+        init_containers=[],
+        extra_resource_limits={},
+        extra_resource_guarantees={},
+        extra_labels={},
+        extra_annotations={},
+        node_selector={},
+        image_pull_secrets=["chart-secret", {"name": "regcred"}],
+    )
+    w = build_workload(
+        username="alice",
+        profile=find_profile(SHIPPED, "cpu"),
+        settings=platform(image_pull_secrets=["regcred", "extra"]),
+    )
+    traits = kubespawner_traits(w, configured)
+    assert traits["image_pull_secrets"] == [
+        {"name": "chart-secret"},
+        {"name": "regcred"},
+        {"name": "extra"},
+    ]
+    assert configured["image_pull_secrets"] == ["chart-secret", {"name": "regcred"}]
+
+
+def test_bad_spawner_pull_secrets_name_the_setting():
+    from llmspawner.settings import SettingError, pull_secret_names
+
+    assert pull_secret_names("one") == ["one"]
+    assert pull_secret_names(None) == []
+    with pytest.raises(SettingError, match="KubeSpawner.image_pull_secrets"):
+        pull_secret_names([{"nom": "x"}])
