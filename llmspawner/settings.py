@@ -11,7 +11,8 @@ Where a value comes from, first match wins:
 1. the hub's configuration, ``c.LLMPlatform.<trait>`` (z2jh: ``hub.config.LLMPlatform``);
 2. the trait's environment variable (``LLMSPAWNER_PROFILES_DIR``, ...; see :func:`env_name`);
 3. the ``defaults`` the constructor is given: the hub passes the spawner's own
-   ``namespace``, ``image``, ``uid``, ``gid`` and ``fs_gid`` (:data:`SPAWNER_TRAITS`, which
+   ``namespace``, ``image``, ``uid``, ``gid``, ``fs_gid`` and ``image_pull_secrets``
+   (:data:`SPAWNER_TRAITS`, which
    z2jh sets as ``c.KubeSpawner.*``) and the repository's profiles folder;
 4. the default below.
 
@@ -56,7 +57,7 @@ _DEFAULT_GPU = profiles_mod.ClusterGPUConfig()
 #: from there when ``c.LLMPlatform`` and the environment leave them unset, and writes the
 #: resolved value back, so that the spawner and the platform agree
 #: (:func:`llmspawner.hubconfig.resolve_settings`). Every other setting lives only here.
-SPAWNER_TRAITS = ("namespace", "image", "uid", "gid", "fs_gid")
+SPAWNER_TRAITS = ("namespace", "image", "uid", "gid", "fs_gid", "image_pull_secrets")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -234,6 +235,19 @@ class LLMPlatform(Configurable):
         """,
     )
 
+    image_pull_secrets = List(
+        Unicode(),
+        config=True,
+        help="""
+        Names of the Secrets (``kubernetes.io/dockerconfigjson``, in the namespace) with which
+        the images of servers and Jobs are pulled: the pods' ``imagePullSecrets``. Empty in
+        the config: the spawner's own (``KubeSpawner.image_pull_secrets``, which z2jh sets from
+        ``imagePullSecret``, ``imagePullSecrets`` and ``singleuser.image.pullSecrets``),
+        resolved by the hub, so that a user's Job pulls its image as their server does.
+        Environment: ``LLMSPAWNER_IMAGE_PULL_SECRETS`` (comma-separated names).
+        """,
+    )
+
     storage_claim_name = Unicode(
         "llm-storage",
         config=True,
@@ -393,6 +407,8 @@ class LLMPlatform(Configurable):
         """A trait's value from its environment variable's text (lists: comma-separated)."""
         trait = self.traits()[name]
         shown = f"LLMPlatform.{name} ({env_name(name)})"
+        if isinstance(trait, List) and isinstance(trait._trait, Unicode):
+            return parse_csv(raw)
         if isinstance(trait, List):
             return [parse_int(v, name=shown, default=0) for v in parse_csv(raw)]
         if isinstance(trait, Integer):
@@ -581,6 +597,27 @@ def _kubespawner_default(name: str):
     return KubeSpawner.class_traits()["image"].default()
 
 
+def pull_secret_names(value) -> list[str]:
+    """``KubeSpawner.image_pull_secrets`` (a list of names or ``{"name": ...}`` objects, or
+    one name, deprecated) as a list of Secret names, in order, each once.
+
+    Raises:
+        SettingError: an entry is neither a non-empty name nor an object with one.
+    """
+    items = [value] if isinstance(value, str) else list(value or [])
+    names: list[str] = []
+    for item in items:
+        name = item.get("name") if isinstance(item, Mapping) else item
+        if not isinstance(name, str) or not name:
+            raise SettingError(
+                f"KubeSpawner.image_pull_secrets: {item!r} is not a Secret name or "
+                '{"name": <Secret name>}'
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
 def resolve_hub_settings(c: Config, env: Mapping[str, str] | None = None) -> LLMPlatform:
     """Resolve the platform settings of the hub's config ``c``; write them into ``c.LLMPlatform``.
 
@@ -588,7 +625,8 @@ def resolve_hub_settings(c: Config, env: Mapping[str, str] | None = None) -> LLM
 
     1. ``c.LLMPlatform.<setting>`` (z2jh: ``hub.config.LLMPlatform``);
     2. its environment variable in ``env`` (:func:`env_name`, e.g. ``LLMSPAWNER_NAMESPACE``);
-    3. for :data:`SPAWNER_TRAITS` (namespace, image, uid, gid, fs_gid): ``c.LLMSpawner``'s
+    3. for :data:`SPAWNER_TRAITS` (namespace, image, uid, gid, fs_gid, image_pull_secrets,
+       whose ``{"name": ...}`` entries become names: :func:`pull_secret_names`): ``c.LLMSpawner``'s
        value, then ``c.KubeSpawner``'s (z2jh sets ``c.KubeSpawner.namespace``, ``.image``,
        ``.uid``, ``.fs_gid``); ``profiles_dir``: :data:`REPO_PROFILES`;
     4. namespace and image: KubeSpawner's own defaults; the others: the trait's default.
@@ -624,6 +662,8 @@ def resolve_hub_settings(c: Config, env: Mapping[str, str] | None = None) -> LLM
                         f"{section_name}.{name} is a callable; set LLMPlatform.{name} to a "
                         "number, so that the queue's Jobs run as the servers do"
                     )
+                if name == "image_pull_secrets":
+                    value = pull_secret_names(value)
                 defaults[name] = value
                 break
         else:
@@ -634,7 +674,7 @@ def resolve_hub_settings(c: Config, env: Mapping[str, str] | None = None) -> LLM
         c.LLMPlatform[name] = value
     for name in SPAWNER_TRAITS:
         value = getattr(settings, name)
-        if value not in (None, ""):
+        if value not in (None, "", []):
             c.LLMSpawner[name] = value
             c.KubeSpawner[name] = value
     return settings

@@ -48,6 +48,11 @@ FROM_ENV = {
     "gpu_replica_counts": ("LLMSPAWNER_GPU_REPLICA_COUNTS", " 2, 8,2 ", [2, 8]),
     "mig_strategy": ("LLMSPAWNER_MIG_STRATEGY", "single", "single"),
     "queue_url": ("LLMSPAWNER_QUEUE_CLIENT_URL", "http://hub:10101/q/", "http://hub:10101/q/"),
+    "image_pull_secrets": (
+        "LLMSPAWNER_IMAGE_PULL_SECRETS",
+        " regcred, other ",
+        ["regcred", "other"],
+    ),
 }
 
 
@@ -87,6 +92,7 @@ def test_config_wins_over_the_environment(name):
         "uid": 7,
         "gid": 8,
         "fs_gid": 9,
+        "image_pull_secrets": ["cfg-secret"],
         "storage_claim_name": "cfg",
         "mlflow_tracking_uri": "http://cfg",
         "mlflow_ui_url": "http://cfg-ui",
