@@ -8,7 +8,6 @@ import pytest
 from llmspawner.queue import lf_arguments
 from llmspawner.queue.lf_config import (
     ConfigInvalid,
-    ConfigProblem,
     parse_config,
     prepare_config,
 )
