@@ -14,6 +14,10 @@ from pathlib import Path
 #: The repository root (where ``jupyterhub_config.py`` and ``profiles/`` are).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+#: The uid and gid of the dev stack's servers and Jobs (z2jh's ``singleuser.uid`` and
+#: ``fsGid``, the images' jovyan:users).
+DEV_UID, DEV_GID = 1000, 100
+
 #: This folder's hub config file, the one ``jupyterhub -f`` is given by the dev stack.
 DEV_CONFIG_FILE = Path(__file__).resolve().with_name("jupyterhub_config.py")
 
@@ -59,9 +63,9 @@ def configure_dev(c) -> None:
     _set_default(s, "cmd", ["jupyterhub-singleuser"])
     # As z2jh's singleuser.uid/fsGid (and the image's jovyan, gid 100): servers and the
     # queue's Jobs run as uid 1000; the emulated kubelet applies it when it runs as root.
-    _set_default(s, "uid", 1000)
-    _set_default(s, "gid", 100)
-    _set_default(s, "fs_gid", 100)
+    _set_default(s, "uid", DEV_UID)
+    _set_default(s, "gid", DEV_GID)
+    _set_default(s, "fs_gid", DEV_GID)
     # A kubelet that is not root runs pod processes as its own user (root would need it),
     # and Jupyter Server refuses to run as root unless told.
     _set_default(s, "args", ["--ServerApp.allow_root=True"])

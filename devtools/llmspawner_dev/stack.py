@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from . import parts, proxy
-from .hubconfig import REPO_ROOT
+from .hubconfig import DEV_GID, DEV_UID, REPO_ROOT
 from .kube import KubeClient
 from .processes import (
     ChildProcess,
@@ -407,6 +407,15 @@ class DevStack:
             for priority_class in build_priority_classes():
                 kube.ensure_object("/apis/scheduling.k8s.io/v1/priorityclasses", priority_class)
         (self.pvc_path() / "models").mkdir(parents=True, exist_ok=True)
+        given = give_back_root_files(self.pvc_path() / "users", DEV_UID, DEV_GID)
+        if given:
+            log.warning(
+                "gave %d root-owned file(s) in the users' folders to %d:%d (left by a dev "
+                "stack whose pods ran as root)",
+                given,
+                DEV_UID,
+                DEV_GID,
+            )
 
     def stop(self) -> None:
         """Stop every part (hub first, cluster last) and end any process they left behind.
@@ -499,3 +508,25 @@ class DevStack:
 
 
 __all__ = ["DevStack", "StartupError", "REPO_ROOT", "MARKER_ENV"]
+
+
+def give_back_root_files(users: Path, uid: int, gid: int) -> int:
+    """Give every root-owned file and folder under ``users`` (the shared PVC's ``users/``) to
+    ``uid:gid``, and return how many were changed.
+
+    Dev stacks before the emulated kubelet applied ``runAsUser`` ran every pod as root, so a
+    workdir they left has root-owned files in the users' folders, which a server running as
+    ``uid`` cannot write (``PermissionError`` at its start). A real cluster never has them:
+    its servers always ran as the image's user. Does nothing unless this process is root
+    (only root can change an owner) or when ``users`` does not exist.
+    """
+    if os.geteuid() != 0 or not users.is_dir():
+        return 0
+    changed = 0
+    for root, dirs, files in os.walk(users):  # users/ itself stays the cluster's
+        for name in (*dirs, *files):
+            path = os.path.join(root, name)
+            if os.lstat(path).st_uid == 0:
+                os.lchown(path, uid, gid)
+                changed += 1
+    return changed
