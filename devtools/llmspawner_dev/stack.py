@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from . import parts, proxy
+from . import hubdb, parts, proxy
 from .hubconfig import DEV_GID, DEV_UID, REPO_ROOT
 from .kube import KubeClient
 from .processes import (
@@ -112,10 +112,10 @@ class DevStack:
         self.environ = dict(os.environ if environ is None else environ)
         self.on_step = on_step or log.info
         self.marker = (MARKER_ENV, secrets.token_hex(8))
-        # MLflow's secrets for this run: the hub service token, its admin's password, Flask's key.
-        self._mlflow_secrets = {
-            k: secrets.token_urlsafe(24) for k in ("service_token", "admin_password", "secret_key")
-        }
+        # MLflow's secrets (the hub service token, its admin's password, Flask's key) and the
+        # hub's encryption key: kept in the workdir, since MLflow's auth database and the hub's
+        # encrypted auth state outlive a run (read at start, see workdir_secrets).
+        self._mlflow_secrets: dict[str, str] = {}
         self.processes: dict[str, ChildProcess] = {}
         self.hub_url = self.hub_api_url = self.mlflow_url = self.oidc_issuer = ""
         self.proxy_api_url = ""
@@ -188,6 +188,18 @@ class DevStack:
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
+        auth_db = self.workdir / "mlflow-auth.db"
+        if auth_db.exists() and not (self.workdir / SECRETS_FILE).exists():
+            # Made by a run that kept no secrets: its MLflow admin password is lost.
+            moved = auth_db.rename(
+                auth_db.with_name(f"{auth_db.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+            )
+            log.warning("MLflow's auth database had an unknown admin password: moved to %s", moved)
+        kept = workdir_secrets(self.workdir / SECRETS_FILE)
+        self._mlflow_secrets = {
+            k: kept[k] for k in ("service_token", "admin_password", "secret_key")
+        }
+        self._crypt_key = kept["crypt_key"]
         # Ends the parts even if this process is killed with SIGKILL (see reaper.py).
         self._reaper = start_reaper(marker=self.marker, under=self.workdir, env=self.environ)
         env = parts.base_environment(self.environ, marker=self.marker)
@@ -294,10 +306,16 @@ class DevStack:
             )
         )
         # Auth state, and with it the login's refresh at the provider (llmspawner.auth),
-        # needs the hub's encryption key: one per stack (a restarted hub keeps it).
-        self._crypt_key = getattr(self, "_crypt_key", None) or secrets.token_hex(32)
+        # needs the hub's encryption key: one per workdir, as the database it encrypts.
         hub_env.setdefault("JUPYTERHUB_CRYPT_KEY", self._crypt_key)
         hub_env.update(self.hub_env)
+        moved = hubdb.set_aside_if_newer(self.workdir / "jupyterhub.sqlite")
+        if moved is not None:
+            log.warning(
+                "the hub database was written by a newer JupyterHub than the installed one; "
+                "moved to %s, the hub starts with a new one (log in again; folders are kept)",
+                moved,
+            )
         hub = self._child(
             "hub",
             parts.hub_command(
@@ -307,7 +325,12 @@ class DevStack:
                 port=port,
                 hub_port=hub_port,
                 proxy_api_port=proxy_api_port,
-                extra_args=["--ConfigurableHTTPProxy.should_start=False", *self.hub_args],
+                extra_args=[
+                    "--ConfigurableHTTPProxy.should_start=False",
+                    # A newer JupyterHub than the workdir's database's upgrades it (backup first).
+                    "--JupyterHub.upgrade_db=True",
+                    *self.hub_args,
+                ],
             ),
             hub_env,
         )
@@ -530,3 +553,36 @@ def give_back_root_files(users: Path, uid: int, gid: int) -> int:
                 os.lchown(path, uid, gid)
                 changed += 1
     return changed
+
+
+#: The workdir's file of the secrets that outlive a run (mode 0600).
+SECRETS_FILE = "dev-secrets.json"
+_SECRET_KEYS = ("service_token", "admin_password", "secret_key", "crypt_key")
+
+
+def workdir_secrets(path: Path) -> dict[str, str]:
+    """The dev stack's lasting secrets, from ``path`` (JSON), made and written there (mode
+    0600) where missing: ``service_token`` (MLflow's hub service token),
+    ``admin_password`` (MLflow's admin: its auth database keeps the first one it was started
+    with, so a new one would lock the stack out at the next run), ``secret_key`` (Flask's),
+    ``crypt_key`` (``JUPYTERHUB_CRYPT_KEY``: the hub's database keeps auth state encrypted
+    with it). An unreadable file is replaced (logged)."""
+    import json
+
+    kept: dict[str, str] = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            kept = {k: v for k, v in data.items() if k in _SECRET_KEYS and isinstance(v, str) and v}
+        except (OSError, ValueError, AttributeError) as e:
+            log.warning("cannot read %s (%s): making new secrets", path, e)
+    if all(k in kept for k in _SECRET_KEYS):
+        return kept
+    for key in _SECRET_KEYS:
+        kept.setdefault(
+            key, secrets.token_hex(32) if key == "crypt_key" else secrets.token_urlsafe(24)
+        )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(kept, f)
+    return kept
