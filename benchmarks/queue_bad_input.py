@@ -165,7 +165,7 @@ async def measure(args, workdir: Path, config: str) -> dict:
     from traitlets.config import Config
 
     from llmspawner.settings import LLMPlatform
-    from llmspawner_dev.processes import ChildProcess, free_port, wait_json_line
+    from llmspawner_dev.processes import ChildProcess, free_port, start_devcluster
 
     submitters = [f"sub{i}" for i in range(args.submitters)]
     models = {f"tok-{n}": _model(n) for n in [*submitters, "probe"]}
@@ -186,17 +186,15 @@ async def measure(args, workdir: Path, config: str) -> dict:
         env={},
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cluster = ChildProcess(
-        "cluster",
-        [sys.executable, "-m", "devcluster", "--data-dir", str(workdir / "cluster")],
+    cluster, info = await asyncio.to_thread(
+        start_devcluster,
+        workdir / "cluster",
         log_path=workdir / "cluster.log",
         env=env,
-    ).start()
+        timeout=120,
+    )
     service = None
     try:
-        info = await asyncio.to_thread(
-            wait_json_line, cluster.log_path, keys=("kubeconfig",), timeout=120, process=cluster
-        )
         url = f"http://127.0.0.1:{port}"
         service = ChildProcess(
             SERVICE_NAME,

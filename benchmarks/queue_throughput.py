@@ -245,7 +245,7 @@ async def bench_submits(
     import httpx
     from tornado.httpserver import HTTPServer
 
-    from llmspawner_dev.processes import ChildProcess, free_port, wait_json_line
+    from llmspawner_dev.processes import ChildProcess, free_port, start_devcluster
 
     names = usernames(users)
     tokens = {name: f"bench-token-{name}" for name in names}
@@ -273,21 +273,15 @@ async def bench_submits(
     hub.listen(hub_port, "127.0.0.1")
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cluster = ChildProcess(
-        "cluster",
-        [sys.executable, "-m", "devcluster", "--data-dir", str(workdir / "cluster")],
+    cluster, info = await asyncio.to_thread(
+        start_devcluster,
+        workdir / "cluster",
         log_path=workdir / "cluster.log",
         env=env,
-    ).start()
+        timeout=timeout,
+    )
     service = None
     try:
-        info = await asyncio.to_thread(
-            wait_json_line,
-            cluster.log_path,
-            keys=("kubeconfig",),
-            timeout=timeout,
-            process=cluster,
-        )
         service_url = f"http://127.0.0.1:{service_port}"
         service_env = {
             **env,

@@ -424,3 +424,30 @@ def _pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def start_devcluster(
+    data_dir: Path, *, log_path: Path, env: Mapping[str, str], timeout: float = 120.0
+) -> tuple[ChildProcess, dict]:
+    """Start the emulated cluster (``python -m devcluster``) as its own process and wait for
+    its ready line.
+
+    Returns:
+        ``(process, ready)``: the started :class:`ChildProcess` and the ready line's JSON
+        (``kubeconfig``, ``url``...).
+
+    Raises:
+        whatever :func:`wait_json_line` raises (timeout, the process ended); the process is
+        stopped first.
+    """
+    from .parts import devcluster_command
+
+    cluster = ChildProcess(
+        "cluster", devcluster_command(data_dir=data_dir), log_path=log_path, env=dict(env)
+    ).start()
+    try:
+        ready = wait_json_line(log_path, keys=("kubeconfig",), timeout=timeout, process=cluster)
+    except BaseException:
+        cluster.stop(grace=10)
+        raise
+    return cluster, ready
