@@ -32,11 +32,12 @@ QUEUE_API = "/services/llm-queue/api/jobs"
 
 
 def statuses(session: HubSession) -> dict[str, int]:
-    """The status of a request to the user's server and to the queue, redirects followed
-    (the hub answers a request that the proxy sends it by mistake with a redirect to the same
-    URL, then 500 "Redirect loop detected")."""
+    """The status of one request to the user's server and one to the queue, redirects not
+    followed: a request that the proxy sends to the hub by mistake gets the hub's redirect
+    (302) at once. Following it would take the hub's redirect-loop back-off (2 + 4 + 8 s
+    before its 500 "Redirect loop detected"), long enough for a repair to land meanwhile."""
     return {
-        path: session.get(path, follow_redirects=True).status_code
+        path: session.get(path, follow_redirects=False).status_code
         for path in (SERVER_API, QUEUE_API)
     }
 
@@ -59,7 +60,11 @@ def test_proxy_restarted_routes_back_within_a_minute(stack, timeouts):
         # The new proxy knows no route: everything goes to its default target, the hub.
         assert f"/user/{USER}" not in stack.proxy_routes()
         before = statuses(session)
-        assert before[SERVER_API] != 200 and before[QUEUE_API] != 200, before
+        # The repair runs on its own clock: only while the routes are still missing after the
+        # requests must they have failed (a repair landing between restart and requests is
+        # rare, not wrong).
+        if not {f"/user/{USER}", "/services/llm-queue"} & stack.proxy_routes().keys():
+            assert before[SERVER_API] != 200 and before[QUEUE_API] != 200, before
 
         last: dict = {}
 
