@@ -1,7 +1,10 @@
-"""The queue's database on real SQLite files: schema creation, alembic migrations, columns.
+"""The queue's database on real SQLite files and a real PostgreSQL server: schema creation,
+alembic migrations, columns, SQLite's journal settings.
 
-PostgreSQL: set ``LLMSPAWNER_TEST_POSTGRES_URL`` (an empty database the test may fill and
-drop) and install a driver (``psycopg``) to run the same checks there.
+PostgreSQL: a throwaway server started once per session (:mod:`tests.postgres`: Debian's
+``postgresql`` binaries, which ``scripts/install.sh`` installs as root, and ``psycopg``), or
+the database at ``LLMSPAWNER_TEST_POSTGRES_URL`` (an empty database the test may fill and
+drop) when that is set. Skipped, saying why, only when neither is available.
 """
 
 import datetime
@@ -17,22 +20,35 @@ from sqlalchemy.orm import sessionmaker
 
 from llmspawner.queue import db
 from llmspawner.queue.models import Base, Job, UserLimit
+from tests import postgres
 
 POSTGRES = os.environ.get("LLMSPAWNER_TEST_POSTGRES_URL", "")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL of an empty PostgreSQL database (see the module docstring)."""
+    if POSTGRES:
+        yield POSTGRES
+        return
+    reason = postgres.unavailable()
+    if reason:
+        pytest.skip(reason)
+    with postgres.postgres_server() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/state/queue.sqlite"  # the folder does not exist yet
-    if not POSTGRES:
-        pytest.skip("LLMSPAWNER_TEST_POSTGRES_URL is not set")
-    engine = create_engine(POSTGRES)
+    pg = request.getfixturevalue("postgres_url")
+    engine = create_engine(pg)
     Base.metadata.drop_all(engine)
     with engine.begin() as c:
         c.execute(text("DROP TABLE IF EXISTS alembic_version"))
     engine.dispose()
-    return POSTGRES
+    return pg
 
 
 def schema_diff(engine):
@@ -205,3 +221,47 @@ def test_in_memory_database_is_shared_by_sessions():
         s.commit()
     with sessions() as s:
         assert s.scalars(select(Job.user)).all() == ["a"]
+
+
+def test_sqlite_files_use_wal_normal_and_a_busy_timeout(tmp_path):
+    sessions = db.connect(f"sqlite:///{tmp_path}/q.sqlite")
+    with sessions() as s:
+        pragmas = [
+            s.execute(text(f"PRAGMA {p}")).scalar()
+            for p in ("journal_mode", "synchronous", "busy_timeout")
+        ]
+    assert pragmas == ["wal", 1, db.SQLITE_BUSY_TIMEOUT_MS]  # synchronous 1 = NORMAL
+    assert (tmp_path / "q.sqlite-wal").exists()
+    # A commit is in the log, readable by a new connection (another process, a restart).
+    with sessions() as s:
+        s.add(Job(user="a", profile="cpu"))
+        s.commit()
+    engine = create_engine(f"sqlite:///{tmp_path}/q.sqlite")
+    with engine.connect() as c:
+        assert c.execute(text("SELECT user FROM jobs")).scalars().all() == ["a"]
+    full = db.connect(f"sqlite:///{tmp_path}/f.sqlite", sqlite_synchronous="FULL")
+    with full() as s:
+        assert s.execute(text("PRAGMA synchronous")).scalar() == 2
+    with pytest.raises(
+        ValueError, match="sqlite_synchronous must be one of NORMAL, FULL, not 'OFF'"
+    ):
+        db.connect(f"sqlite:///{tmp_path}/o.sqlite", sqlite_synchronous="OFF")
+
+
+def test_sqlite_defaults_when_wal_is_off(tmp_path):
+    sessions = db.connect(f"sqlite:///{tmp_path}/q.sqlite", sqlite_wal=False)
+    with sessions() as s:
+        assert s.execute(text("PRAGMA journal_mode")).scalar() == "delete"
+        assert s.execute(text("PRAGMA synchronous")).scalar() == 2
+
+
+def test_postgresql_urls_without_a_driver_use_psycopg(postgres_url):
+    plain = "postgresql://" + postgres_url.split("://", 1)[1]
+    sessions = db.connect(plain)
+    engine = sessions.kw["bind"]
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        assert engine.url.drivername == "postgresql+psycopg"
+    with sessions() as s:
+        assert s.execute(text("SELECT 1")).scalar() == 1
