@@ -560,6 +560,7 @@ class LLMSpawner(KubeSpawner):
     _configured: dict | None = None
     _workload: Workload | None = None
     _workload_memo: tuple = (None, None)
+    _traits_memo: tuple = (None, None, None)
     _loading_options = False
     _tracking_task: asyncio.Future | None = None
 
@@ -634,9 +635,16 @@ class LLMSpawner(KubeSpawner):
         """
         if configured is None:
             configured = self._configured_values()
-        for name, value in kubespawner_traits(workload, configured).items():
+        # Pure: the same workload over the same configured values maps to the same traits,
+        # so a restart of this server with the same profile reuses the last mapping.
+        memo_workload, memo_configured, traits = self._traits_memo
+        if memo_workload is not workload or memo_configured != configured:
+            traits = kubespawner_traits(workload, configured)
+            self._traits_memo = (workload, _copy(dict(configured)), traits)
+        for name, value in traits.items():
             if getattr(self, name) != value:  # a trait's set validates and notifies: skip
-                setattr(self, name, value)
+                # A copy: kubespawner may change a trait's dict in place, never the memo's.
+                setattr(self, name, _copy(value))
         self._workload = workload
 
     @property
@@ -668,6 +676,20 @@ class LLMSpawner(KubeSpawner):
             self._loading_options = False
         workload = await self.build_workload(self.current_profile)
         self.apply_workload(workload, await self._resolved_configured())
+
+    def _expand_user_properties(self, template, slug_scheme=None):
+        """kubespawner's template expansion (``{username}``, ``{user_server}``, ...), with a
+        string that has no brace returned as it is.
+
+        kubespawner expands every string of the volumes, mounts, labels, annotations and init
+        containers on each spawn; the workload's strings are already this user's (storage
+        subPaths, labels, the owner init container), and ``str.format`` of a string without
+        ``{`` or ``}`` is that string, so the result is the same, without computing the user's
+        slugs (and a ``stat`` of the service-account namespace file) for each of them.
+        """
+        if "{" not in template and "}" not in template:
+            return template
+        return super()._expand_user_properties(template, slug_scheme)
 
     def get_env(self):
         """kubespawner's environment plus the workload's (``HOME``, ``MLFLOW_*``) and the
