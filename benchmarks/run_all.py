@@ -1,0 +1,285 @@
+"""Run every benchmark, one after another, and end with one ``ratio`` line per figure.
+
+``make bench`` runs this. Each benchmark of :data:`BENCHMARKS` (the scripts of this folder,
+see their docstrings for what they measure) runs as its own process,
+``python benchmarks/<script> <args>``, with the repository's virtual environment's Python
+(the one running this file); its output is shown as it comes, each line prefixed with the
+script's name, and every line of the form ``ratio NAME VALUE target TARGET`` is collected.
+
+The run ends with exactly one line per figure, in the order of :data:`FIGURES` (the figures of
+issue 16), then any other figure a benchmark printed::
+
+    ratio spawn_manifest 0.71 target 1.50
+    ...
+
+A VALUE at or below its TARGET meets the target, except for names ending in ``_rate``, which
+must be at or above. A benchmark that fails (non-zero exit, a timeout, or a figure it should
+print and did not) is reported, above the summary, with the end of its output; each figure it
+owed is then printed with the value ``failed`` (``ratio NAME failed target TARGET``), never
+left out. Exit status: 0 when every benchmark ran and every figure was printed, 1 otherwise
+(a missed target is a measurement, not a failure; ``--check`` makes it one, exit 2).
+
+Run: ``make bench``, or ``.venv/bin/python benchmarks/run_all.py [--only NAME ...]``
+(about 15 minutes on 2 cores). ``--quick`` passes each benchmark its own few-rounds flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+#: ``ratio NAME VALUE target TARGET`` (VALUE may be ``failed``).
+RATIO_LINE = re.compile(
+    r"^ratio (?P<name>[A-Za-z0-9_]+) (?P<value>\S+) target (?P<target>[-+0-9.eE]+)\s*$"
+)
+
+#: The figures of issue 16, in the summary's order, with their targets (a benchmark's own
+#: ``target`` wins; these are used for a figure its benchmark failed to print).
+FIGURES = {
+    "spawn_manifest": 1.5,
+    "spawn_start": 1.10,
+    "llamaboard_start": 1.25,
+    "llamaboard_page": 1.2,
+    "gradio_event": 1.2,
+    "freed_slice_seconds": 1.0,
+    "queue_submit_rate": 200.0,
+    "queue_pass_block_ms": 20.0,
+}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark script: ``python benchmarks/<script> *args``.
+
+    Attributes:
+        script: file name in this folder.
+        figures: the figure names it must print as ``ratio`` lines.
+        args: its arguments under ``make bench``.
+        quick_args: its arguments under ``--quick`` (fewer rounds, for trying the runner).
+        timeout: seconds it may run before it is stopped and reported as failed.
+    """
+
+    script: str
+    figures: tuple[str, ...]
+    args: tuple[str, ...] = ()
+    quick_args: tuple[str, ...] = ()
+    timeout: float = 600.0
+
+
+#: Every benchmark ``make bench`` runs, in order (the cheap, in-process ones first).
+BENCHMARKS = (
+    Benchmark(
+        "spawn_overhead.py",
+        ("spawn_manifest", "spawn_start"),
+        quick_args=("--rounds", "1", "--manifests", "50"),
+        timeout=300,
+    ),
+    Benchmark("queue_freed_slice.py", ("freed_slice_seconds",), timeout=300),
+    Benchmark("queue_throughput.py", ("queue_submit_rate",), timeout=300),
+    Benchmark("queue_pass_block.py", ("queue_pass_block_ms",), timeout=300),
+    Benchmark("queue_bad_input.py", ("queue_bad_input_p99_ms",), timeout=300),
+    Benchmark(
+        "llamaboard_path.py",
+        ("llamaboard_start", "llamaboard_page", "gradio_event"),
+        quick_args=("--rounds", "1"),
+        timeout=900,
+    ),
+)
+
+
+@dataclass
+class Result:
+    """What one benchmark gave: its ``ratio`` lines and, when it failed, why."""
+
+    benchmark: Benchmark
+    ratios: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (value, target)
+    error: str = ""
+    tail: str = ""
+    seconds: float = 0.0
+
+
+def parse_ratio(line: str) -> tuple[str, str, str] | None:
+    """``"ratio spawn_start 1.02 target 1.10"`` → ``("spawn_start", "1.02", "1.10")``, else
+    ``None`` (leading/trailing blanks allowed, nothing else on the line)."""
+    match = RATIO_LINE.match(line.strip())
+    if match is None:
+        return None
+    return match["name"], match["value"], match["target"]
+
+
+def meets(name: str, value: str, target: str) -> bool | None:
+    """Whether ``value`` meets ``target`` for figure ``name`` (``_rate``: at or above; any
+    other: at or below); ``None`` when the value is not a number (``failed``)."""
+    try:
+        v, t = float(value), float(target)
+    except ValueError:
+        return None
+    return v >= t if name.endswith("_rate") else v <= t
+
+
+def run_one(benchmark: Benchmark, *, quick: bool, out=sys.stdout) -> Result:
+    """Run one benchmark as a subprocess, echoing its output; return what it printed.
+
+    Never raises for a failing benchmark: the failure is in :attr:`Result.error`.
+    """
+    result = Result(benchmark)
+    path = HERE / benchmark.script
+    if not path.exists():
+        result.error = f"{path.relative_to(REPO)} does not exist"
+        return result
+    args = benchmark.quick_args if quick else benchmark.args
+    # -P: the script's folder is not put first on sys.path (no file here can shadow a module).
+    command = [sys.executable, "-P", str(path), *args]
+    print(f"=== {benchmark.script} {' '.join(args)}".rstrip(), file=out, flush=True)
+    tail: deque[str] = deque(maxlen=30)
+    started = time.monotonic()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    timer = threading.Timer(benchmark.timeout, _stop, (process,))
+    timer.start()
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            print(f"[{path.stem}] {line}", file=out, flush=True)
+            ratio = parse_ratio(line)
+            if ratio is not None:
+                name, value, target = ratio
+                result.ratios[name] = (value, target)
+        code = process.wait()
+    finally:
+        timer.cancel()
+        if process.poll() is None:
+            _stop(process)
+    result.seconds = time.monotonic() - started
+    timed_out = result.seconds >= benchmark.timeout
+    if timed_out:
+        result.error = f"stopped after {benchmark.timeout:.0f} s (its timeout)"
+    elif code != 0:
+        result.error = f"exit status {code}"
+    missing = [f for f in benchmark.figures if f not in result.ratios]
+    if missing and not result.error:
+        result.error = f"did not print {', '.join(missing)}"
+    if result.error:
+        result.tail = "\n".join(tail)
+    return result
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM the benchmark's process group (it started its own stacks in it), then SIGKILL."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=20)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def summary(results: list[Result]) -> list[str]:
+    """The summary's ``ratio`` lines: one per figure, :data:`FIGURES` first, in order, then
+    the others in the order printed; a figure a failed benchmark owed is ``failed``."""
+    values: dict[str, tuple[str, str]] = {}
+    owed: list[str] = []
+    for result in results:
+        for name, (value, target) in result.ratios.items():
+            values.setdefault(name, (value, target))
+        owed += [f for f in result.benchmark.figures if f not in result.ratios]
+    for name in owed:
+        values.setdefault(name, ("failed", _target_text(FIGURES.get(name))))
+    for name, target in FIGURES.items():
+        values.setdefault(name, ("failed", _target_text(target)))
+    order = [*FIGURES, *(n for n in values if n not in FIGURES)]
+    return [f"ratio {n} {values[n][0]} target {values[n][1]}" for n in order]
+
+
+def _target_text(target: float | None) -> str:
+    return "nan" if target is None else f"{target:g}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="run only this benchmark (script name with or without .py); repeatable",
+    )
+    parser.add_argument("--quick", action="store_true", help="few rounds (trying the runner)")
+    parser.add_argument("--check", action="store_true", help="exit 2 when a target is missed")
+    args = parser.parse_args(argv)
+    chosen = BENCHMARKS
+    if args.only:
+        wanted = {n.removesuffix(".py") for n in args.only}
+        chosen = tuple(b for b in BENCHMARKS if b.script.removesuffix(".py") in wanted)
+        unknown = wanted - {b.script.removesuffix(".py") for b in chosen}
+        if unknown:
+            parser.error(
+                f"unknown benchmark(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(b.script for b in BENCHMARKS)}"
+            )
+    started = time.monotonic()
+    load_before = _load()
+    results = [run_one(b, quick=args.quick) for b in chosen]
+    print()
+    print(
+        f"benchmarks: {len(results)} in {time.monotonic() - started:.0f} s; "
+        f"load average before {load_before}, after {_load()} ({os.cpu_count()} CPUs)"
+    )
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"FAILED {r.benchmark.script}: {r.error}")
+        for line in r.tail.splitlines()[-15:]:
+            print(f"    {line}")
+    lines = summary(results)
+    if args.only:  # only the figures of the chosen benchmarks
+        names = {f for b in chosen for f in b.figures} | {n for r in results for n in r.ratios}
+        lines = [line for line in lines if line.split()[1] in names]
+    missed = []
+    for line in lines:
+        _, name, value, _, target = line.split()
+        if meets(name, value, target) is False:
+            missed.append(name)
+    if missed:
+        print(f"targets missed: {', '.join(missed)}")
+    for line in lines:
+        print(line)
+    if failed or any(line.split()[2] == "failed" for line in lines):
+        return 1
+    return 2 if args.check and missed else 0
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
