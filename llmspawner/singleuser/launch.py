@@ -6,10 +6,13 @@ never passed to the process, see jupyter_server_proxy/handlers.py ``ensure_proce
 LlamaBoard writes ``saves/``, ``llamaboard_cache/`` and ``llamaboard_config/`` and reads
 ``data/`` relative to its working folder, so it must start in the user's folder.
 
-This wrapper changes folder and then *replaces itself* with the program (``os.execv``): the
-process id stays the same, so jupyter-server-proxy's supervisor signals LlamaBoard itself
-when the server stops. It prints one line to stderr and exits 2 (usage) or 127 (folder or
-program not usable), so a broken image fails in seconds instead of at the start-up timeout.
+This wrapper changes folder, prepares it for LlamaBoard (the demo dataset and the model
+preset, :func:`llmspawner.singleuser.workspace.prepare`: files are only added, never
+overwritten; a problem there is a line on stderr and never stops the start), and then
+*replaces itself* with the program (``os.execv``): the process id stays the same, so
+jupyter-server-proxy's supervisor signals LlamaBoard itself when the server stops. It prints
+one line to stderr and exits 2 (usage) or 127 (folder or program not usable), so a broken
+image fails in seconds instead of at the start-up timeout.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ USAGE = "usage: python -m llmspawner.singleuser.launch DIR PROGRAM [ARGS...]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Change into ``argv[0]`` and exec ``argv[1:]``; return an exit status only on failure.
+    """Change into ``argv[0]``, prepare it for LlamaBoard and exec ``argv[1:]``; return an
+    exit status only on failure.
 
     Args:
         argv: ``[folder, program, *args]``; ``sys.argv[1:]`` when None. ``program`` is an
@@ -43,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"llmspawner launch: cannot enter folder {folder!r}: {e}", file=sys.stderr)
         return 127
+    # The demo dataset and LlamaBoard's model preset (only added, never overwritten).
+    from llmspawner.singleuser.workspace import prepare
+
+    prepare(".")
     try:
         os.execvp(program[0], program)
     except OSError as e:
