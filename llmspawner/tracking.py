@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import secrets
 import string
@@ -40,6 +41,12 @@ DEFAULT_EXPERIMENT_TEMPLATE = "{username}-experiments"
 JOB_ID_TAG = "llmspawner.job_id"
 
 _TEMPLATE_FIELDS = {"username", "slug"}
+#: Schemes of artifact locations off the pod: the tracking server's proxied store
+#: (``mlflow-artifacts:``, ``mlflow server --artifacts-destination``, served by default with
+#: ``--serve-artifacts``) or an object store a pod can write to with its own credentials.
+REMOTE_ARTIFACT_SCHEMES = ("mlflow-artifacts:", "http:", "https:", "s3:", "gs:", "wasbs:", "abfss:")
+
+log = logging.getLogger(__name__)
 
 
 class TrackingUnavailable(Exception):
@@ -99,20 +106,43 @@ def experiment_name(username: str, template: str = DEFAULT_EXPERIMENT_TEMPLATE) 
     return template.format(username=username, slug=user_slug(username))
 
 
+#: The MLflow client settings of every pod that reports (a server and a queue Job), on top of
+#: the tracking URI and experiment (:func:`tracking_env`):
+#:
+#: - ``HF_MLFLOW_LOG_ARTIFACTS=0``: transformers' ``MLflowCallback`` does not log checkpoints
+#:   itself (it would log each one as an MLflow pyfunc model and miss the final adapter and the
+#:   logs); :mod:`llmspawner.training` uploads the adapter and the logs as the run's
+#:   artifacts instead, through the tracking server's proxied store (``mlflow-artifacts:``).
+#: - ``MLFLOW_HTTP_REQUEST_TIMEOUT=60``, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=3``: a hanging MLflow
+#:   delays a training by minutes, not by MLflow's defaults (120 s per try, 7 retries with
+#:   back-off); https://mlflow.org/docs/latest/api_reference/python_api/mlflow.environment_variables.html
+POD_MLFLOW_ENV = {
+    "HF_MLFLOW_LOG_ARTIFACTS": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+}
+
+
 def tracking_env(*, tracking_uri: str, experiment: str) -> dict[str, str]:
     """Return the environment variables that make MLflow clients in a pod report to ``experiment``.
 
     ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_NAME`` are read by MLflow's fluent API and
     by the Hugging Face ``MLflowCallback`` that LLaMA-Factory uses with ``report_to: mlflow``
-    (https://huggingface.co/docs/transformers/main_classes/callback#transformers.integrations.MLflowCallback).
+    (https://huggingface.co/docs/transformers/main_classes/callback#transformers.integrations.MLflowCallback);
+    :data:`POD_MLFLOW_ENV` comes with them. This is the one place both a user's server and a
+    queue Job get them from (:func:`llmspawner.workload.build_workload`).
 
     Returns:
-        A new dict ``{"MLFLOW_TRACKING_URI": ..., "MLFLOW_EXPERIMENT_NAME": ...}``; empty
-        when ``tracking_uri`` is empty (tracking switched off).
+        A new dict: ``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME`` and
+        :data:`POD_MLFLOW_ENV`; empty when ``tracking_uri`` is empty (tracking switched off).
     """
     if not tracking_uri:
         return {}
-    return {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_NAME": experiment}
+    return {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_EXPERIMENT_NAME": experiment,
+        **POD_MLFLOW_ENV,
+    }
 
 
 def admin_headers(env=None) -> dict[str, str]:
@@ -246,6 +276,35 @@ async def find_job_run(
     return str(runs[0]["info"]["run_id"]) if runs else None
 
 
+def artifact_location_problem(experiment: dict) -> str | None:
+    """A sentence when an experiment's artifacts would not go through the tracking server.
+
+    A new experiment of a server run with ``--artifacts-destination`` (and ``--serve-artifacts``,
+    MLflow's default) gets ``mlflow-artifacts:/<id>``: pods upload through the server, with
+    their own token, and MLflow's auth app lets only the owner write. An experiment made
+    earlier by a server without them keeps a local path (``/mlflow/mlruns/1``, ``file:...``):
+    a pod's client would write *into its own file system*, so :mod:`llmspawner.training`
+    uploads nothing there (https://mlflow.org/docs/latest/self-hosting/architecture/artifact-store/).
+
+    Args:
+        experiment: MLflow's experiment object (``experiment_id``, ``name``, ``artifact_location``).
+
+    Returns:
+        ``None`` when the location is off the pod (:data:`REMOTE_ARTIFACT_SCHEMES`), else the
+        sentence naming the experiment, its location and what to do.
+    """
+    location = str(experiment.get("artifact_location") or "")
+    if location.startswith(REMOTE_ARTIFACT_SCHEMES):
+        return None
+    return (
+        f"MLflow experiment {experiment.get('name')!r} (id {experiment.get('experiment_id')}) "
+        f"keeps its artifacts at the local path {location!r}, not in the tracking server's "
+        "proxied store (mlflow-artifacts:), so trainings cannot upload their adapter and logs "
+        "to it; rename it (the next start makes a new one with the proxied store) or ask an "
+        "admin (docs/mlflow.md, 'Artifacts')"
+    )
+
+
 async def ensure_experiment(
     tracking_uri: str,
     name: str,
@@ -254,6 +313,7 @@ async def ensure_experiment(
     timeout: float = 10.0,
     headers: dict[str, str] | None = None,
     http_client=None,
+    problems: list[str] | None = None,
 ) -> str:
     """Make sure the MLflow experiment ``name`` exists and is active; return its id.
 
@@ -272,6 +332,9 @@ async def ensure_experiment(
         timeout: per-request timeout in seconds (connect and whole request).
         headers: HTTP headers; default :func:`admin_headers` of this process's environment.
         http_client: a ``tornado.httpclient.AsyncHTTPClient``; the shared one when omitted.
+        problems: a list the sentence of :func:`artifact_location_problem` is appended to
+            when the experiment's artifacts would not go through the tracking server (it is
+            logged as a warning too); the experiment is used anyway.
 
     Returns:
         The experiment id (a string, as MLflow returns it).
@@ -282,6 +345,13 @@ async def ensure_experiment(
     client = _client(http_client)
     if headers is None:
         headers = admin_headers()
+
+    def check_location(experiment: dict) -> None:
+        problem = artifact_location_problem(experiment)
+        if problem is not None:
+            log.warning("%s", problem)
+            if problems is not None:
+                problems.append(problem)
 
     async def call(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         return await _call(
@@ -318,6 +388,9 @@ async def ensure_experiment(
     if experiment is None:
         code, data = await call("POST", "create", {"name": name})
         if code == 200:
+            created = await get()  # its artifact location is the server's default
+            if created is not None:
+                check_location(created)
             return await owned(str(data["experiment_id"]))
         if data.get("error_code") != "RESOURCE_ALREADY_EXISTS":
             raise TrackingUnavailable(
@@ -327,6 +400,7 @@ async def ensure_experiment(
         experiment = await get()
         if experiment is None:
             raise TrackingUnavailable(f"experiment {name!r} vanished while being created")
+    check_location(experiment)
     if experiment.get("lifecycle_stage") == "deleted":
         code, data = await call("POST", "restore", {"experiment_id": experiment["experiment_id"]})
         if code != 200:
@@ -459,6 +533,9 @@ class Tracker:
         self._http_client = http_client
         self._experiments: dict[str, str] = {}
         self._failed: tuple[float, str] | None = None
+        #: Experiment name -> the sentence of :func:`artifact_location_problem`, for the
+        #: experiments found with a local artifact location (shown with their jobs).
+        self.artifact_problems: dict[str, str] = {}
 
     def _check_backoff(self) -> None:
         if self._failed is not None:
@@ -487,6 +564,7 @@ class Tracker:
         if name in self._experiments:
             return self._experiments[name]
         self._check_backoff()
+        problems: list[str] = []
         exp_id = await self._guarded(
             ensure_experiment(
                 self.tracking_uri,
@@ -494,8 +572,11 @@ class Tracker:
                 owner=owner,
                 timeout=self.timeout,
                 http_client=self._http_client,
+                problems=problems,
             )
         )
+        if problems:
+            self.artifact_problems[name] = problems[0]
         self._experiments[name] = exp_id
         return exp_id
 

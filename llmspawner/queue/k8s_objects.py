@@ -21,7 +21,7 @@ import json
 import yaml
 
 from ..storage import user_slug
-from ..tracking import JOB_ID_TAG
+from ..tracking import JOB_ID_TAG, POD_MLFLOW_ENV
 from ..workload import (
     ANNOTATION_USERNAME,
     LABEL_PROFILE,
@@ -58,6 +58,10 @@ CONFIG_KEY = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 #: The training container's name.
 CONTAINER_NAME = "train"
+#: The training container's command: ``llamafactory-cli train`` through
+#: :mod:`llmspawner.training`, which makes the MLflow run first and uploads the adapter and the
+#: logs (the pod's log included) as its artifacts afterwards.
+TRAIN_COMMAND = ("python3", "-m", "llmspawner.training", "train", CONFIG_PATH)
 #: Prefix of every job's name.
 NAME_PREFIX = "llm-job-"
 
@@ -171,7 +175,8 @@ def build_job(
     tracking: bool = True,
     mlflow_token_secret: str | None = None,
 ) -> dict:
-    """Build the Job that runs ``llamafactory-cli train`` on a job's config.
+    """Build the Job that runs ``llamafactory-cli train`` on a job's config
+    (:data:`TRAIN_COMMAND`).
 
     The Job's pod is the user's workload (:func:`llmspawner.workload.build_workload`, the same
     one the user's server is built from): image, CPU/memory/GPU resources, node selector,
@@ -224,7 +229,9 @@ def build_job(
     w = copy.deepcopy(workload)  # nothing of the workload is shared with the manifest
     env = dict(w.env)
     if not tracking:
-        env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_")}
+        env = {
+            k: v for k, v in env.items() if not k.startswith("MLFLOW_") and k not in POD_MLFLOW_ENV
+        }
     env["LLMSPAWNER_JOB_ID"] = str(job_id)
     if "MLFLOW_TRACKING_URI" in env:
         env["MLFLOW_TAGS"] = json.dumps({JOB_ID_TAG: str(job_id)})
@@ -237,7 +244,7 @@ def build_job(
     container: dict = {
         "name": CONTAINER_NAME,
         "image": w.image,
-        "command": ["llamafactory-cli", "train", CONFIG_PATH],
+        "command": list(TRAIN_COMMAND),
         "workingDir": w.working_dir,
         "env": env_entries,
         "volumeMounts": [

@@ -65,6 +65,7 @@ import functools
 import json
 import posixpath
 import re
+import time
 from typing import Any, NamedTuple
 
 import yaml
@@ -280,30 +281,42 @@ def prepare_config(config: dict, *, username: str, job_name: str) -> dict:
     return out
 
 
-def check_config_now(config: str | dict, *, username: str) -> dict:
+def check_config_now(config: str | dict, *, username: str, stamp: str | None = None) -> dict:
     """Parse (text) or bound (an object), then check a config; return it prepared.
 
     The same as :func:`parse_config` then :func:`prepare_config`, with ``run_name`` empty
     and last: the job's name is known only once its row exists (:func:`name_run` sets it).
+    LlamaBoard's saved arguments (``llamaboard_config/<name>.yaml``) and its previewed command
+    (``llamafactory-cli train --key value ...``) are turned into the training config they stand
+    for first (:mod:`.lf_llamaboard`; ``stamp`` names the default output folder
+    ``saves/<model>/<method>/queue_<stamp>``), within the same limits.
 
     Raises:
         LimitExceeded: over a limit of :mod:`.limits` (before any parsing).
         ConfigInvalid: listing the problems.
     """
-    if isinstance(config, str):
+    from . import lf_llamaboard
+
+    if isinstance(config, str) and lf_llamaboard.looks_like_command(config):
+        limits.check_config_size(len(config.encode("utf-8", "surrogatepass")))
+        parsed = lf_llamaboard.from_command(config)
+        limits.check_config_object(parsed)
+    elif isinstance(config, str):
         parsed = parse_config(config)
     else:
         limits.check_config_object(config)
         parsed = config
+    if lf_llamaboard.is_llamaboard_args(parsed):
+        parsed = lf_llamaboard.from_llamaboard_args(parsed, stamp=stamp)
     prepared = prepare_config(parsed, username=username, job_name="")
     del prepared["run_name"]
     prepared["run_name"] = ""
     return prepared
 
 
-def check_config_json(config: str | dict, *, username: str) -> str:
+def check_config_json(config: str | dict, *, username: str, stamp: str | None = None) -> str:
     """:func:`check_config_now` as JSON text (``run_name`` last), for :func:`name_run`."""
-    return json.dumps(check_config_now(config, username=username))
+    return json.dumps(check_config_now(config, username=username, stamp=stamp))
 
 
 async def check_config(config: str | dict, *, username: str) -> str:
@@ -318,7 +331,10 @@ async def check_config(config: str | dict, *, username: str) -> str:
         LimitExceeded: over a limit (503 ``check_seconds`` when the check ran out of time).
         ConfigInvalid: listing the problems.
     """
-    return await limits.off_loop(functools.partial(check_config_json, config, username=username))
+    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())  # LlamaBoard's date format
+    return await limits.off_loop(
+        functools.partial(check_config_json, config, username=username, stamp=stamp)
+    )
 
 
 _NO_RUN_NAME = '"run_name": ""}'

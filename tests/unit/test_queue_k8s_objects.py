@@ -239,7 +239,13 @@ def test_medium_job_whole():
                         {
                             "name": "train",
                             "image": "llmspawner/singleuser:dev",
-                            "command": ["llamafactory-cli", "train", "/etc/llm-queue/config.yaml"],
+                            "command": [
+                                "python3",
+                                "-m",
+                                "llmspawner.training",
+                                "train",
+                                "/etc/llm-queue/config.yaml",
+                            ],
                             "workingDir": "/storage/users/alice",
                             "env": [
                                 {"name": "HOME", "value": "/storage/users/alice"},
@@ -248,6 +254,10 @@ def test_medium_job_whole():
                                     "value": "http://mlflow.llm.svc:5000",
                                 },
                                 {"name": "MLFLOW_EXPERIMENT_NAME", "value": "alice-experiments"},
+                                {"name": "HF_MLFLOW_LOG_ARTIFACTS", "value": "0"},
+                                {"name": "MLFLOW_HTTP_REQUEST_TIMEOUT", "value": "60"},
+                                {"name": "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "value": "3"},
+                                {"name": "LLMSPAWNER_MODELS_DIR", "value": "/storage/models"},
                                 {"name": "LLMSPAWNER_JOB_ID", "value": "7"},
                                 {"name": "MLFLOW_TAGS", "value": '{"llmspawner.job_id": "7"}'},
                             ],
@@ -420,6 +430,7 @@ def test_tracking_off(kwargs):
     env = job(**kwargs)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env == [
         {"name": "HOME", "value": "/storage/users/alice"},
+        {"name": "LLMSPAWNER_MODELS_DIR", "value": "/storage/models"},
         {"name": "LLMSPAWNER_JOB_ID", "value": "7"},
     ]
 

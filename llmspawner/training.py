@@ -1,0 +1,468 @@
+"""The training command of a user's pod: ``llamafactory-cli train``, then its results into
+its MLflow run.
+
+A queue Job runs ``python3 -m llmspawner.training train CONFIG`` (:mod:`.queue.k8s_objects`);
+LlamaBoard, which starts ``llamafactory-cli train <saves/.../training_args.yaml>`` itself
+(``llamafactory/webui/runner.py``, ``Runner._launch``: ``Popen(["llamafactory-cli", "train",
+...])``), finds the same wrapper first on its ``PATH`` (:func:`shim_dir`, a ``llamafactory-cli``
+that hands ``train`` to :func:`run_training` and everything else to the real one).
+
+Why a wrapper, and not transformers' own ``HF_MLFLOW_LOG_ARTIFACTS=1``: its ``MLflowCallback``
+(``transformers/integrations/integration_utils.py``, transformers 5.6) logs each *checkpoint*
+at ``on_save`` as an MLflow *pyfunc model* (``mlflow.pyfunc.log_model``, in MLflow 3 a logged
+model of the experiment, not files of the run, with a pip-requirements inference per
+checkpoint), ends the run at ``on_train_end``, *before* LLaMA-Factory saves the final adapter
+(``trainer.save_model()`` after ``trainer.train()`` in ``llamafactory/train/sft/workflow.py``),
+and never logs ``trainer_log.jsonl``/``running_log.txt``. :func:`llmspawner.tracking.tracking_env`
+therefore turns it off and this module does the upload:
+
+1. When the config reports to MLflow (``report_to: mlflow`` or ``all``) and the pod has
+   ``MLFLOW_TRACKING_URI``: the run is created first, in ``MLFLOW_EXPERIMENT_NAME``, with the
+   config's ``run_name``, the tags of ``MLFLOW_TAGS`` (a queue job's id) and
+   :data:`OUTPUT_DIR_TAG`; the training gets ``MLFLOW_RUN_ID``, so ``MLflowCallback`` resumes
+   that run (``mlflow.start_run`` reads ``MLFLOW_RUN_ID``) and its metrics and parameters land
+   there.
+2. The training runs as a child process, its stdout and stderr passed through unchanged (the
+   pod's log; LlamaBoard reads the child's stderr) and copied to ``train.log`` in the output
+   folder; SIGTERM/SIGINT are passed on.
+3. Afterwards, also after a failure, the results are uploaded as the run's artifacts
+   (:func:`artifact_plan`): the adapter (or the full model) under ``adapter/`` (``model/``),
+   the logs under ``logs/``. Upload goes through MLflow's client with the pod's own
+   ``MLFLOW_TRACKING_TOKEN``: to the tracking server's proxied artifact store
+   (``mlflow-artifacts:``, ``mlflow server --artifacts-destination``), where MLflow's auth
+   app lets only the run's owner write. An experiment whose artifact location is not the
+   proxied store (a local path left by an old server) gets no upload: the files would land in
+   the pod's own file system; one clear line says so. A failed training's run is marked
+   ``FAILED``.
+
+MLflow trouble never fails the training: without a run the training runs as it would
+without this wrapper (MLflow's HTTP calls are bounded by ``MLFLOW_HTTP_REQUEST_TIMEOUT`` and
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` from :func:`llmspawner.tracking.tracking_env`).
+The exit status is the training's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+#: Tag of the run naming the training's output folder (as the pod sees it).
+OUTPUT_DIR_TAG = "llmspawner.output_dir"
+#: Tag of the run naming the artifact folder of the trained weights (``adapter`` or ``model``).
+WEIGHTS_TAG = "llmspawner.weights"
+#: The copy of the training's stdout and stderr, in the output folder.
+TRAIN_LOG = "train.log"
+#: Files of the output folder uploaded under ``logs/`` (LLaMA-Factory's and LlamaBoard's).
+LOG_FILES = (
+    "trainer_log.jsonl",  # LLaMA-Factory's LogCallback: one JSON line per logging step
+    "running_log.txt",  # LlamaBoard's run (LLAMABOARD_ENABLED): the training's log lines
+    TRAIN_LOG,
+    "training_args.yaml",  # LlamaBoard's config of the run
+    "llamaboard_config.yaml",  # LlamaBoard's form values of the run
+    "trainer_state.json",
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
+    "training_loss.png",
+    "training_eval_loss.png",
+    "training_eval_accuracy.png",
+)
+#: The environment variable that turns the upload off (``0``); set by nothing in llmspawner.
+ENABLE_ENV = "LLMSPAWNER_MLFLOW_ARTIFACTS"
+#: Schemes of artifact locations that are not the pod's own file system.
+REMOTE_SCHEMES = ("mlflow-artifacts:", "http:", "https:", "s3:", "gs:", "wasbs:", "abfss:")
+_REPORT_ALL = "all"
+
+
+def log(message: str) -> None:
+    """One line on stderr, prefixed ``llmspawner training:`` (the pod's log, LlamaBoard's)."""
+    print(f"llmspawner training: {message}", file=sys.stderr, flush=True)
+
+
+def reports_to_mlflow(config: Mapping) -> bool:
+    """Whether a training config reports to MLflow: ``report_to`` is ``mlflow`` or ``all``,
+    or a list or comma-separated string holding one of them (transformers'
+    ``TrainingArguments.report_to``; ``none`` or unset: no)."""
+    value = config.get("report_to")
+    if isinstance(value, str):
+        names = [v.strip() for v in value.split(",")]
+    elif isinstance(value, list):
+        names = [str(v).strip() for v in value]
+    else:
+        return False
+    return "mlflow" in names or _REPORT_ALL in names
+
+
+def is_remote_artifact_location(uri: str | None) -> bool:
+    """Whether an experiment's or run's artifact URI is off the pod (the proxied store
+    ``mlflow-artifacts:`` or an object store); ``False`` for a local path or ``file:``."""
+    return bool(uri) and uri.startswith(REMOTE_SCHEMES)
+
+
+def artifact_plan(output_dir: Path) -> list[tuple[Path, str]]:
+    """What of a training's output folder becomes which artifact folder of its run (pure
+    apart from listing the folder).
+
+    - ``adapter/``: the top-level files that are not logs, when ``adapter_config.json`` is
+      there (LoRA and other PEFT methods); otherwise ``model/`` (full or freeze tuning);
+    - ``logs/``: the files of :data:`LOG_FILES` that exist.
+
+    ``checkpoint-*`` and other sub-folders stay in the output folder only (the adapter of the
+    last step is the top-level one).
+
+    Returns:
+        ``[(local file, artifact folder), ...]`` in name order; empty for a missing folder.
+    """
+    if not output_dir.is_dir():
+        return []
+    files = sorted(p for p in output_dir.iterdir() if p.is_file() and not p.is_symlink())
+    weights = weights_folder(output_dir)
+    plan = []
+    for path in files:
+        plan.append((path, "logs" if path.name in LOG_FILES else weights))
+    return plan
+
+
+def weights_folder(output_dir: Path) -> str:
+    """``adapter`` or ``model``: the artifact folder :func:`artifact_plan` puts weights in."""
+    return "adapter" if (output_dir / "adapter_config.json").is_file() else "model"
+
+
+def read_config(path: str) -> dict:
+    """The training config file's mapping (YAML or JSON); ``{}`` when unreadable."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        log(f"cannot read the training config {path}: {e}")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _tags(environ: Mapping[str, str], output_dir: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    raw = environ.get("MLFLOW_TAGS")
+    if raw:
+        try:
+            tags.update({str(k): str(v) for k, v in json.loads(raw).items()})
+        except (ValueError, AttributeError):
+            log("MLFLOW_TAGS is not a JSON object; ignored")
+    tags[OUTPUT_DIR_TAG] = output_dir
+    return tags
+
+
+class RunUpload:
+    """The MLflow side of one training: create the run, upload the results, end the run.
+
+    Args:
+        environ: the pod's environment (``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``,
+            ``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TAGS``); MLflow's client reads the process
+            environment, which must hold the same.
+        client: an ``mlflow.MlflowClient`` (injectable for tests; made on first use).
+    """
+
+    def __init__(self, environ: Mapping[str, str], client=None):
+        self.environ = environ
+        self._client = client
+        self.run_id: str | None = None
+        self.artifact_uri: str | None = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import mlflow
+
+            self._client = mlflow.MlflowClient(tracking_uri=self.environ["MLFLOW_TRACKING_URI"])
+        return self._client
+
+    def start(self, *, run_name: str | None, output_dir: str) -> str | None:
+        """Create the run; return its id, or ``None`` (logged) when MLflow failed."""
+        name = self.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
+        try:
+            experiment = self.client.get_experiment_by_name(name)
+            experiment_id = (
+                experiment.experiment_id
+                if experiment is not None
+                else self.client.create_experiment(name)
+            )
+            if experiment is None:
+                experiment = self.client.get_experiment(experiment_id)
+            run = self.client.create_run(
+                experiment_id, run_name=run_name or None, tags=_tags(self.environ, output_dir)
+            )
+        except Exception as e:  # MLflow's client raises MlflowException and requests' errors
+            log(f"no MLflow run for the results (MLflow failed: {_short(e)}); training anyway")
+            return None
+        self.run_id = run.info.run_id
+        self.artifact_uri = run.info.artifact_uri
+        if not is_remote_artifact_location(experiment.artifact_location):
+            log(
+                f"MLflow experiment {name!r} keeps its artifacts at "
+                f"{experiment.artifact_location!r}, a path on the machine that writes them, "
+                "not the tracking server's proxied store (mlflow-artifacts:); the adapter and "
+                "logs are not uploaded (an admin can make a new experiment, see docs/mlflow.md)"
+            )
+            self.artifact_uri = None
+        log(f"MLflow run {self.run_id} in experiment {name!r}")
+        return self.run_id
+
+    def upload(self, output_dir: Path) -> list[str]:
+        """Upload :func:`artifact_plan` of ``output_dir`` to the run; return the artifact
+        paths uploaded (``adapter/adapter_model.safetensors``, ...). Failures are logged."""
+        if self.run_id is None or self.artifact_uri is None:
+            return []
+        done = []
+        for path, folder in artifact_plan(output_dir):
+            try:
+                self.client.log_artifact(self.run_id, str(path), folder)
+            except Exception as e:
+                log(f"could not upload {path.name} to the MLflow run: {_short(e)}")
+                continue
+            done.append(f"{folder}/{path.name}")
+        if done:
+            try:
+                self.client.set_tag(self.run_id, WEIGHTS_TAG, weights_folder(output_dir))
+            except Exception as e:
+                log(f"could not tag the MLflow run: {_short(e)}")
+            log(f"uploaded {len(done)} files to MLflow run {self.run_id}: {', '.join(done)}")
+        return done
+
+    def finish(self, returncode: int) -> None:
+        """End the run: ``FAILED`` after a failed training, ``FINISHED`` if still running."""
+        if self.run_id is None:
+            return
+        try:
+            status = self.client.get_run(self.run_id).info.status
+            if returncode != 0:
+                self.client.set_terminated(self.run_id, "FAILED")
+            elif status == "RUNNING":
+                self.client.set_terminated(self.run_id, "FINISHED")
+        except Exception as e:
+            log(f"could not end the MLflow run: {_short(e)}")
+
+
+def _short(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _pump(src, sinks) -> None:
+    for line in iter(src.readline, b""):
+        for sink in sinks:
+            try:
+                sink.write(line)
+                sink.flush()
+            except (OSError, ValueError):
+                pass
+    src.close()
+
+
+def run_training(
+    argv: Sequence[str], *, environ: Mapping[str, str] | None = None, cli: str | None = None
+) -> int:
+    """Run ``<cli> train <config> [overrides...]`` with the MLflow run and upload of the module
+    docstring; return the training's exit status.
+
+    Args:
+        argv: ``["train", config, *overrides]`` (as for ``llamafactory-cli``).
+        environ: the environment (default ``os.environ``).
+        cli: the real ``llamafactory-cli`` (default: found on ``PATH`` by :func:`real_cli`).
+    """
+    environ = dict(os.environ if environ is None else environ)
+    cli = cli or real_cli(environ)
+    if cli is None:
+        log("llamafactory-cli is not installed (not found on PATH)")
+        return 127
+    command = [cli, *argv]
+    config = read_config(argv[1]) if len(argv) > 1 else {}
+    output_dir = config.get("output_dir")
+    upload = None
+    if (
+        environ.get("MLFLOW_TRACKING_URI")
+        and environ.get(ENABLE_ENV, "1") != "0"
+        and reports_to_mlflow(config)
+        and isinstance(output_dir, str)
+        and output_dir
+    ):
+        output_dir = os.path.abspath(output_dir)
+        upload = RunUpload(environ)
+        if upload.start(run_name=config.get("run_name"), output_dir=output_dir):
+            environ["MLFLOW_RUN_ID"] = upload.run_id
+        else:
+            upload = None
+    returncode = _run_child(command, environ, output_dir)
+    if upload is not None:
+        upload.upload(Path(output_dir))
+        upload.finish(returncode)
+    return returncode
+
+
+def _run_child(command: list[str], environ: dict, output_dir) -> int:
+    log_file = None
+    if isinstance(output_dir, str) and output_dir:
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            log_file = open(os.path.join(output_dir, TRAIN_LOG), "ab")  # noqa: SIM115
+        except OSError as e:
+            log(f"cannot write {TRAIN_LOG} in {output_dir}: {e}")
+    try:
+        proc = subprocess.Popen(
+            command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except OSError as e:
+        log(f"cannot run {command[0]}: {e}")
+        if log_file:
+            log_file.close()
+        return 127
+
+    def forward(signum, _frame):
+        proc.send_signal(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, forward)
+    sinks = [log_file] if log_file else []
+    threads = [
+        threading.Thread(target=_pump, args=(proc.stdout, [sys.stdout.buffer, *sinks])),
+        threading.Thread(target=_pump, args=(proc.stderr, [sys.stderr.buffer, *sinks])),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        returncode = proc.wait()
+    finally:
+        for t in threads:
+            t.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if log_file:
+            log_file.close()
+    return returncode
+
+
+#: The name LlamaBoard runs (``Runner._launch``).
+CLI_NAME = "llamafactory-cli"
+#: Marks the shim, so :func:`real_cli` never finds it as the real one.
+_SHIM_MARK = "# llmspawner training shim"
+
+
+def real_cli(environ: Mapping[str, str]) -> str | None:
+    """The first ``llamafactory-cli`` on ``environ['PATH']`` that is not the shim."""
+    for folder in environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or ".", CLI_NAME)
+        if not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
+            continue
+        try:
+            with open(candidate, "rb") as f:
+                if _SHIM_MARK.encode() in f.read(512):
+                    continue
+        except OSError:
+            continue
+        return candidate
+    return None
+
+
+def shim_text(python: str = sys.executable) -> str:
+    """The shim ``llamafactory-cli`` script (a Python script run by ``python``)."""
+    return (
+        f"#!{python}\n{_SHIM_MARK}: train -> llmspawner.training, the rest -> the real one\n"
+        "import sys\nfrom llmspawner.training import shim_main\nsys.exit(shim_main())\n"
+    )
+
+
+def shim_dir(base: str | None = None) -> str:
+    """Write the shim into a folder of its own and return the folder (I/O; idempotent).
+
+    Put the folder first on the ``PATH`` of LlamaBoard's process (:func:`llamaboard_path`);
+    LlamaBoard's trainings then run through :func:`run_training`.
+
+    Raises:
+        OSError: the folder cannot be written, or exists but is not this user's alone
+            (``PermissionError``).
+
+    Args:
+        base: where the folder is made; default the temp folder (``$TMPDIR``, ``/tmp``).
+    """
+    folder = Path(base or tempfile.gettempdir()) / f"llmspawner-shim-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise PermissionError(f"{folder} is not a folder of this user only; not used")
+    script = folder / CLI_NAME
+    text = shim_text()
+    try:
+        current = script.read_text()
+    except OSError:
+        current = None
+    if current != text:
+        tmp = folder / f".{CLI_NAME}.{os.getpid()}"
+        tmp.write_text(text)
+        tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        os.replace(tmp, script)
+    return str(folder)
+
+
+def llamaboard_path(environ: Mapping[str, str], base: str | None = None) -> str:
+    """``PATH`` for LlamaBoard's process: :func:`shim_dir` first, then ``environ['PATH']``.
+    With the upload off (``LLMSPAWNER_MLFLOW_ARTIFACTS=0``) or no tracking (no
+    ``MLFLOW_TRACKING_URI``), ``environ['PATH']`` unchanged."""
+    path = environ.get("PATH", os.defpath)
+    if environ.get(ENABLE_ENV, "1") == "0" or not environ.get("MLFLOW_TRACKING_URI"):
+        return path
+    try:
+        folder = shim_dir(base)
+    except OSError as e:
+        log(f"LlamaBoard's trainings will not upload their results to MLflow: {e}")
+        return path
+    parts = [p for p in path.split(os.pathsep) if p != folder]
+    return os.pathsep.join([folder, *parts])
+
+
+def shim_main(argv: Sequence[str] | None = None) -> int:
+    """The shim's entry: ``train ...`` → :func:`run_training`; anything else → exec the real
+    ``llamafactory-cli`` (the process image is replaced)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["train"]:
+        return run_training(args)
+    cli = real_cli(os.environ)
+    if cli is None:
+        log("llamafactory-cli is not installed (not found on PATH)")
+        return 127
+    os.execv(cli, [cli, *args])
+    return 127  # pragma: no cover
+
+
+USAGE = "usage: python3 -m llmspawner.training train CONFIG [KEY=VALUE...]"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python3 -m llmspawner.training train CONFIG``: :func:`run_training` (a queue Job)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 2 or args[0] != "train":
+        print(USAGE, file=sys.stderr)
+        return 2
+    return run_training(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = [
+    "OUTPUT_DIR_TAG",
+    "RunUpload",
+    "artifact_plan",
+    "llamaboard_path",
+    "main",
+    "run_training",
+    "shim_dir",
+]
