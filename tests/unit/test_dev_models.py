@@ -201,3 +201,23 @@ def test_the_dev_stack_step_seeds(fake, tmp_path):
     steps.clear()
     seed_dev_models(tmp_path / "models", cache_dir=tmp_path / "c", on_step=steps.append)
     assert len(steps) == 1 and steps[0].startswith(f"model {SMOLLM2_NAME} ready")
+
+
+@pytest.mark.parametrize(("variable", "offline"), [(None, True), ("0", None), ("1", None)])
+def test_the_dev_stack_keeps_its_pods_off_the_hugging_face_hub(monkeypatch, variable, offline):
+    """The dev hub's config sets LLMPlatform.hf_offline unless LLMSPAWNER_HF_OFFLINE is set
+    (then the variable decides, as for any platform setting)."""
+    from traitlets.config import Config
+
+    from llmspawner.settings import LLMPlatform
+    from llmspawner_dev.hubconfig import configure_dev
+
+    if variable is None:
+        monkeypatch.delenv("LLMSPAWNER_HF_OFFLINE", raising=False)
+    else:
+        monkeypatch.setenv("LLMSPAWNER_HF_OFFLINE", variable)
+    c = Config()
+    configure_dev(c)
+    assert c.LLMPlatform.get("hf_offline") is offline
+    env = {} if variable is None else {"LLMSPAWNER_HF_OFFLINE": variable}
+    assert LLMPlatform(config=c, env=env).hf_offline is (variable != "0")
