@@ -3,6 +3,7 @@
 ::
 
     llmspawner queue submit train.yaml --profile medium [--priority high|normal|low]
+    llmspawner queue submit llamaboard_config/mine.yaml --profile small  (LlamaBoard's)
     llmspawner queue list [--state running] [--user NAME]      (--user: admins)
     llmspawner queue show 12
     llmspawner queue logs 12 [-f] [--tail 100]
@@ -15,6 +16,12 @@ set ``JUPYTERHUB_API_TOKEN`` to a token from the hub's token page, and
 ``LLMSPAWNER_QUEUE_URL`` to ``https://<hub>/services/llm-queue/`` (or ``JUPYTERHUB_API_URL``
 to ``https://<hub>/hub/api``, from which that URL is derived). Exit status: 0 done, 1 the
 queue refused (its message is printed), 2 bad usage or no connection.
+
+``submit`` also takes LlamaBoard's saved arguments (the Train tab's *Save arguments* file,
+``llamaboard_config/<name>.yaml``): it turns them into the training config LlamaBoard would
+run, with the model folder of the user's LlamaBoard preset (``--model-path`` and
+``--output-dir`` to choose), see :mod:`llmspawner.queue.lf_llamaboard`; and LlamaBoard's
+previewed command, which the queue reads.
 
 ``submit`` checks the config against the queue's limits (:mod:`llmspawner.queue.limits`:
 size, nesting, YAML aliases) before sending it, and refuses it with the message the queue
@@ -79,9 +86,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="<action>")
     sub.required = True
     p = sub.add_parser("submit", help="submit a LLaMA-Factory training config")
-    p.add_argument("config", help="the training config, YAML or JSON ('-': standard input)")
+    p.add_argument(
+        "config",
+        help="the training config, YAML or JSON ('-': standard input); or LlamaBoard's saved "
+        "arguments (llamaboard_config/<name>.yaml) or its previewed command",
+    )
     p.add_argument("--profile", required=True, help="GPU profile slug, e.g. medium")
     p.add_argument("--priority", choices=PRIORITIES, default=DEFAULT_PRIORITY)
+    p.add_argument(
+        "--model-path",
+        help="LlamaBoard's saved arguments: the base model's folder (default: LlamaBoard's "
+        "preset llamaboard_cache/user_config.yaml, else /storage/models/<model name>)",
+    )
+    p.add_argument(
+        "--output-dir",
+        help="LlamaBoard's saved arguments: the output folder, a name in "
+        "saves/<model>/<method>/ or a path (default: saves/<model>/<method>/queue_<date>)",
+    )
     p = sub.add_parser("list", help="list your jobs (admins: everyone's)")
     p.add_argument("--state", choices=STATES)
     p.add_argument("--user", help="only this user's jobs (admins)")
@@ -193,6 +214,67 @@ def _read_config(path: str) -> str:
         raise CLIError(f"cannot read {path}: not UTF-8 text ({e.reason})", 2) from None
 
 
+def llamaboard_user_config(folders) -> dict | None:
+    """LlamaBoard's per-user preset ``llamaboard_cache/user_config.yaml`` (its ``path_dict``:
+    model name -> folder) from the first of ``folders`` that has one; ``None`` when none."""
+    import yaml
+
+    for folder in folders:
+        path = Path(folder) / "llamaboard_cache" / "user_config.yaml"
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return None
+
+
+def from_llamaboard(
+    config: str,
+    *,
+    model_path: str | None = None,
+    output_dir: str | None = None,
+    folders=(),
+    stamp: str | None = None,
+    models_dir: str | None = None,
+) -> str:
+    """``config`` itself, or, for LlamaBoard's saved arguments, the training config they
+    stand for as YAML (:func:`llmspawner.queue.lf_llamaboard.from_llamaboard_args`, with the
+    model folder from ``model_path`` or the user's LlamaBoard preset in ``folders``).
+
+    Anything that is not saved arguments (a training config, LlamaBoard's previewed command,
+    text that is not YAML) is returned unchanged: the queue reads it.
+
+    Raises:
+        CLIError: the saved arguments have a problem (its field named, status 1).
+    """
+    import yaml
+
+    from .lf_config import ConfigInvalid
+    from .lf_llamaboard import from_llamaboard_args, is_llamaboard_args
+
+    try:
+        limits.check_config_text(config)
+        data = limits.load_config_text(config)
+    except Exception:  # over a limit or not YAML: submit_body or the queue says so
+        return config
+    if not isinstance(data, dict) or not is_llamaboard_args(data):
+        return config
+    try:
+        args = from_llamaboard_args(
+            data,
+            model_path=model_path,
+            output_dir=output_dir,
+            user_config=llamaboard_user_config(folders),
+            stamp=stamp,
+            models_dir=models_dir,
+        )
+    except ConfigInvalid as e:
+        raise CLIError(f"LlamaBoard's saved arguments have problems:\n{e}") from None
+    return yaml.safe_dump(args, sort_keys=False, allow_unicode=True)
+
+
 def submit_body(config: str, *, profile: str, priority: str) -> bytes:
     """The JSON body of ``POST api/jobs``, checked against the queue's limits first.
 
@@ -263,7 +345,17 @@ def execute(args: argparse.Namespace, client: QueueClient, out=None) -> int:
     """Run one action with ``client``; print to ``out`` (default stdout); return 0."""
     out = out or sys.stdout
     if args.action == "submit":
-        body = submit_body(_read_config(args.config), profile=args.profile, priority=args.priority)
+        import time
+
+        config = from_llamaboard(
+            _read_config(args.config),
+            model_path=getattr(args, "model_path", None),
+            output_dir=getattr(args, "output_dir", None),
+            folders=[os.getcwd(), os.path.expanduser("~")],
+            stamp=time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime()),
+            models_dir=os.environ.get("LLMSPAWNER_MODELS_DIR"),  # the pod's (workload.py)
+        )
+        body = submit_body(config, profile=args.profile, priority=args.priority)
         headers = {"Content-Type": "application/json"}
         job = client.request("POST", "api/jobs", content=body, headers=headers)
         print(json.dumps(job, indent=2) if args.json else format_job(job), file=out)

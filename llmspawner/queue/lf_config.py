@@ -70,9 +70,25 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from ..storage import models_path, user_home
 from . import limits
 from .lf_arguments import LLAMAFACTORY_VERSION, STAGES, TRAIN_ARGUMENTS
+
+
+def models_path() -> str:
+    """:func:`llmspawner.storage.models_path` (imported when called: :mod:`llmspawner.storage`
+    needs kubespawner, which the user's image, where ``llmspawner queue submit`` turns
+    LlamaBoard's saved arguments into a config, does not have)."""
+    from ..storage import models_path as storage_models_path
+
+    return storage_models_path()
+
+
+def user_home(username: str) -> str:
+    """:func:`llmspawner.storage.user_home` (imported when called, see :func:`models_path`)."""
+    from ..storage import user_home as storage_user_home
+
+    return storage_user_home(username)
+
 
 #: Stages a queue job may run (LLaMA-Factory's, without ``ppo``; see the module docstring).
 ALLOWED_STAGES = tuple(s for s in STAGES if s != "ppo")

@@ -45,8 +45,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from ..storage import models_path
-from .lf_config import ConfigInvalid, ConfigProblem
+from .lf_config import ConfigInvalid, ConfigProblem, models_path
 
 #: LlamaBoard's stage names (``TRAINING_STAGES``, ``llamafactory/extras/constants.py``).
 TRAINING_STAGES = {
@@ -120,14 +119,16 @@ def _save_dir(model_name: str, finetuning_type: str, name: str) -> str:
     return posixpath.join(SAVE_DIR, *parts)
 
 
-def default_model_path(model_name: str, user_config: Mapping | None = None) -> str:
+def default_model_path(
+    model_name: str, user_config: Mapping | None = None, models_dir: str | None = None
+) -> str:
     """The model folder of a LlamaBoard model name: the preset's ``path_dict`` entry, else
-    ``<models>/<model name>`` (the shared models folder)."""
+    ``<models_dir>/<model name>`` (default the shared models folder, ``/storage/models``)."""
     path_dict = (user_config or {}).get("path_dict") or {}
     path = path_dict.get(model_name) if isinstance(path_dict, Mapping) else None
     if isinstance(path, str) and path.strip():
         return path.strip()
-    return posixpath.join(models_path(), model_name)
+    return posixpath.join(models_dir or models_path(), model_name)
 
 
 def from_llamaboard_args(
@@ -137,6 +138,7 @@ def from_llamaboard_args(
     output_dir: str | None = None,
     user_config: Mapping | None = None,
     stamp: str | None = None,
+    models_dir: str | None = None,
 ) -> dict:
     """The training arguments LlamaBoard would run for its saved arguments.
 
@@ -152,6 +154,8 @@ def from_llamaboard_args(
         user_config: the user's ``llamaboard_cache/user_config.yaml`` (``path_dict``,
             ``cache_dir``), when known.
         stamp: appended to the default output folder's name, e.g. a date.
+        models_dir: the shared models folder as the caller sees it (the pod's
+            ``LLMSPAWNER_MODELS_DIR``); default :func:`llmspawner.storage.models_path`.
 
     Returns:
         A new dict of ``llamafactory-cli train`` arguments (paths as LlamaBoard writes them,
@@ -204,7 +208,7 @@ def from_llamaboard_args(
     args: dict[str, Any] = dict(
         stage=TRAINING_STAGES[stage_name],
         do_train=True,
-        model_name_or_path=model_path or default_model_path(model_name, user_config),
+        model_name_or_path=model_path or default_model_path(model_name, user_config, models_dir),
         cache_dir=(user_config or {}).get("cache_dir"),
         preprocessing_num_workers=16,
         finetuning_type=finetuning_type,

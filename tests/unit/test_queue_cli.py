@@ -261,3 +261,87 @@ def test_submit_leaves_other_problems_to_the_queue(tmp_path):
     )
     assert status == 1
     assert json.loads(request.content)["config"] == "a: [1, 2\n"
+
+
+SAVED_ARGS = """\
+top.model_name: SmolLM2-135M-Instruct
+top.finetuning_type: lora
+top.template: default
+train.training_stage: Supervised Fine-Tuning
+train.dataset: [identity_demo]
+train.dataset_dir: data
+train.learning_rate: 5e-5
+train.report_to: [mlflow]
+"""
+
+
+def test_submit_turns_llamaboards_saved_arguments_into_a_training_config(tmp_path, monkeypatch):
+    import yaml
+
+    (tmp_path / "llamaboard_config").mkdir()
+    path = tmp_path / "llamaboard_config" / "mine.yaml"
+    path.write_text(SAVED_ARGS)
+    (tmp_path / "llamaboard_cache").mkdir()
+    (tmp_path / "llamaboard_cache" / "user_config.yaml").write_text(
+        "path_dict: {SmolLM2-135M-Instruct: /storage/models/smol}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    status, [request] = run(
+        ["submit", "llamaboard_config/mine.yaml", "--profile", "cpu"],
+        lambda r: httpx.Response(201, json=JOB),
+    )
+    assert status == 0
+    config = yaml.safe_load(json.loads(request.content)["config"])
+    assert config["model_name_or_path"] == "/storage/models/smol"  # LlamaBoard's preset
+    assert config["output_dir"].startswith("saves/SmolLM2-135M-Instruct/lora/queue_")
+    assert (config["stage"], config["dataset"], config["learning_rate"]) == (
+        "sft",
+        "identity_demo",
+        5e-5,
+    )
+    status, [request] = run(
+        [
+            "submit",
+            str(path),
+            "--profile",
+            "cpu",
+            "--model-path",
+            "/storage/models/other",
+            "--output-dir",
+            "run-1",
+        ],
+        lambda r: httpx.Response(201, json=JOB),
+    )
+    config = yaml.safe_load(json.loads(request.content)["config"])
+    assert config["model_name_or_path"] == "/storage/models/other"
+    assert config["output_dir"] == "saves/SmolLM2-135M-Instruct/lora/run-1"
+
+
+def test_bad_saved_arguments_are_refused_before_sending(tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text(SAVED_ARGS.replace("5e-5", "fast"))
+    status, seen = run(["submit", str(path), "--profile", "cpu"], lambda r: httpx.Response(201))
+    assert (status, seen) == (1, [])
+    assert "train.learning_rate: must be a number, not 'fast'" in capsys.readouterr().err
+
+
+def test_saved_arguments_are_converted_in_a_pod_without_kubespawner(tmp_path):
+    """The user's image has no kubespawner (nor the hub's other packages): the conversion
+    must not need them; the shared models folder comes from the pod's LLMSPAWNER_MODELS_DIR."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('kubespawner', 'tornado', 'sqlalchemy', 'jupyterhub'):\n"
+        "    sys.modules[name] = None  # importing them fails\n"
+        "from llmspawner.queue import cli\n"
+        f"text = open({str(tmp_path / 'mine.yaml')!r}).read()\n"
+        "print(cli.from_llamaboard(text, models_dir='/models', stamp='s'))\n"
+    )
+    (tmp_path / "mine.yaml").write_text(SAVED_ARGS)
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    assert "model_name_or_path: /models/SmolLM2-135M-Instruct\n" in out
+    assert "output_dir: saves/SmolLM2-135M-Instruct/lora/queue_s\n" in out
