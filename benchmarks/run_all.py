@@ -20,7 +20,8 @@ left out. Exit status: 0 when every benchmark ran and every figure was printed, 
 (a missed target is a measurement, not a failure; ``--check`` makes it one, exit 2).
 
 Run: ``make bench``, or ``.venv/bin/python benchmarks/run_all.py [--only NAME ...]``
-(about 15 minutes on 2 cores). ``--quick`` passes each benchmark its own few-rounds flags.
+(about 15 minutes on a quiet 2-core machine, far more under load). ``--quick`` passes each
+benchmark its own few-rounds flags.
 """
 
 from __future__ import annotations
@@ -85,15 +86,15 @@ BENCHMARKS = (
         quick_args=("--rounds", "1", "--manifests", "50"),
         timeout=300,
     ),
-    Benchmark("queue_freed_slice.py", ("freed_slice_seconds",), timeout=300),
+    Benchmark("freed_slice.py", ("freed_slice_seconds",), quick_args=("--frees", "3"), timeout=600),
     Benchmark("queue_throughput.py", ("queue_submit_rate",), timeout=300),
     Benchmark("queue_pass_block.py", ("queue_pass_block_ms",), timeout=300),
     Benchmark("queue_bad_input.py", ("queue_bad_input_p99_ms",), timeout=300),
     Benchmark(
         "llamaboard_path.py",
         ("llamaboard_start", "llamaboard_page", "gradio_event"),
-        quick_args=("--rounds", "1"),
-        timeout=900,
+        quick_args=("--rounds", "1", "--loads", "1", "--events", "5", "--no-progress"),
+        timeout=1800,
     ),
 )
 
