@@ -173,6 +173,13 @@ def run_url(ui_url: str, run_id: str) -> str:
     return f"{ui_url.rstrip('/')}/#/runs/{quote(str(run_id))}"
 
 
+def model_url(ui_url: str, name: str, version: int | str | None = None) -> str:
+    """Return the MLflow UI link of a registered model (``<ui>/#/models/<name>``) or of one
+    of its versions (``.../versions/<version>``)."""
+    url = f"{ui_url.rstrip('/')}/#/models/{quote(str(name), safe='')}"
+    return url if version is None else f"{url}/versions/{quote(str(version))}"
+
+
 def job_run_filter(job_id: int | str) -> str:
     """MLflow's ``runs/search`` filter of the runs tagged with a queue job's id:
     ``tags."llmspawner.job_id" = '<id>'`` (a tag key with a dot must be quoted,
@@ -602,3 +609,7 @@ class Tracker:
     def run_url(self, run_id: str) -> str:
         """The MLflow UI link of a run (:func:`run_url` with ``ui_url``)."""
         return run_url(self.ui_url, run_id)
+
+    def model_url(self, name: str, version: int | str | None = None) -> str:
+        """The MLflow UI link of a registered model or version (:func:`model_url`)."""
+        return model_url(self.ui_url, name, version)

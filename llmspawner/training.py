@@ -34,6 +34,10 @@ therefore turns it off and this module does the upload:
    proxied store (a local path left by an old server) gets no upload: the files would land in
    the pod's own file system; one clear line says so. A failed training's run is marked
    ``FAILED``.
+4. When the config asks for it (``register_model: <name>``, the queue's own key, which is
+   taken out of the config LLaMA-Factory reads) and the training succeeded, the uploaded
+   weights become a new version of the registered model ``<name>`` (made when missing), with
+   the user's own token: MLflow's auth app makes its creator its owner (``MANAGE``).
 
 MLflow trouble never fails the training: without a run the training runs as it would
 without this wrapper (MLflow's HTTP calls are bounded by ``MLFLOW_HTTP_REQUEST_TIMEOUT`` and
@@ -43,6 +47,7 @@ The exit status is the training's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -58,6 +63,11 @@ from pathlib import Path
 OUTPUT_DIR_TAG = "llmspawner.output_dir"
 #: Tag of the run naming the artifact folder of the trained weights (``adapter`` or ``model``).
 WEIGHTS_TAG = "llmspawner.weights"
+#: Tag of the run naming its registered model version, ``<name>/<version>``.
+MODEL_VERSION_TAG = "llmspawner.model_version"
+#: The queue's own config key (:data:`llmspawner.queue.lf_config.REGISTER_KEY`): the
+#: registered model the adapter becomes a version of; taken out before LLaMA-Factory reads it.
+REGISTER_KEY = "register_model"
 #: The copy of the training's stdout and stderr, in the output folder.
 TRAIN_LOG = "train.log"
 #: Files of the output folder uploaded under ``logs/`` (LLaMA-Factory's and LlamaBoard's).
@@ -237,6 +247,31 @@ class RunUpload:
             log(f"uploaded {len(done)} files to MLflow run {self.run_id}: {', '.join(done)}")
         return done
 
+    def register(self, name: str, folder: str) -> str | None:
+        """Register ``runs:/<run>/<folder>`` as a new version of the registered model ``name``
+        (created when missing); return ``"<name>/<version>"``, or ``None`` (logged)."""
+        if self.run_id is None or self.artifact_uri is None:
+            return None
+        try:
+            try:
+                self.client.create_registered_model(name)
+            except Exception as e:
+                if "RESOURCE_ALREADY_EXISTS" not in str(e):
+                    raise
+            version = self.client.create_model_version(
+                name, f"runs:/{self.run_id}/{folder}", run_id=self.run_id
+            )
+        except Exception as e:
+            log(f"could not register the adapter as a version of {name!r}: {_short(e)}")
+            return None
+        ref = f"{name}/{version.version}"
+        try:
+            self.client.set_tag(self.run_id, MODEL_VERSION_TAG, ref)
+        except Exception as e:
+            log(f"could not tag the MLflow run: {_short(e)}")
+        log(f"registered the adapter as version {version.version} of model {name!r}")
+        return ref
+
     def finish(self, returncode: int) -> None:
         """End the run: ``FAILED`` after a failed training, ``FINISHED`` if still running."""
         if self.run_id is None:
@@ -282,8 +317,12 @@ def run_training(
     if cli is None:
         log("llamafactory-cli is not installed (not found on PATH)")
         return 127
-    command = [cli, *argv]
+    argv = list(argv)
     config = read_config(argv[1]) if len(argv) > 1 else {}
+    register = config.pop(REGISTER_KEY, None)
+    if register is not None:  # LLaMA-Factory refuses unknown keys: run a copy without it
+        argv[1] = _without_register(config)
+    command = [cli, *argv]
     output_dir = config.get("output_dir")
     upload = None
     if (
@@ -299,11 +338,30 @@ def run_training(
             environ["MLFLOW_RUN_ID"] = upload.run_id
         else:
             upload = None
-    returncode = _run_child(command, environ, output_dir)
+    try:
+        returncode = _run_child(command, environ, output_dir)
+    finally:
+        if register is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(argv[1])
     if upload is not None:
-        upload.upload(Path(output_dir))
+        done = upload.upload(Path(output_dir))
+        if isinstance(register, str) and register and returncode == 0 and done:
+            upload.register(register, weights_folder(Path(output_dir)))
+        elif register and not isinstance(register, str):
+            log(f"{REGISTER_KEY} must be a model name here (the queue sets one), not {register!r}")
         upload.finish(returncode)
     return returncode
+
+
+def _without_register(config: dict) -> str:
+    """Write ``config`` (without the queue's key) to a new temporary YAML file; its path."""
+    import yaml
+
+    fd, path = tempfile.mkstemp(prefix="llmspawner-train-", suffix=".yaml")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
+    return path
 
 
 def _run_child(command: list[str], environ: dict, output_dir) -> int:

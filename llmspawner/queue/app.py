@@ -575,12 +575,21 @@ class JobPage(PageHandler):
         row = self.ops.get(_job_id(job_id), user=self.scope_user())
         log_text = await self.ops.log_tail(row, self.TAIL)
         view = self.ops.view(row, with_config=True)
+        tracker = getattr(getattr(self.ops, "ctx", None), "tracker", None)
+        model = (view.get("config") or {}).get("register_model")
         self.render_page(
             "job.html",
             job=view,
             log=log_text,
             tail=self.TAIL,
             config_yaml=yaml.safe_dump(view["config"], sort_keys=False, allow_unicode=True),
+            registered_model=model,
+            model_url=tracker.model_url(model) if tracker is not None and model else None,
+            artifact_problem=(
+                tracker.artifact_problems.get(view.get("mlflow_experiment") or "")
+                if tracker is not None
+                else None
+            ),
         )
 
 

@@ -315,6 +315,12 @@ def format_job(job: dict) -> str:
     ):
         if job.get(key):
             lines.append(f"  {key}: {job[key]}")
+    model = (job.get("config") or {}).get("register_model")
+    if model:
+        run_link = job.get("mlflow_run_url") or ""
+        ui = run_link.split("/#/", 1)[0] if "/#/" in run_link else ""
+        link = f" ({ui}/#/models/{quote(str(model), safe='')})" if ui else ""
+        lines.append(f"  registered_model: {model}{link}")
     return "\n".join(lines)
 
 

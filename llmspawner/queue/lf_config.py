@@ -47,6 +47,12 @@ The rules (decisions are marked *decided*):
 - ``trust_remote_code`` is allowed (*decided*): code can only come from a model folder that
   passed the path rules, and the job's pod runs with exactly the rights of the user's own
   server, where the user can run any code anyway.
+- **register_model** (*decided*), the one key that is not LLaMA-Factory's: ``true`` or a name
+  asks for the job's adapter to be registered in MLflow's model registry when the training
+  succeeds, as a new version of the registered model :func:`registered_model_name`
+  (``<user>-adapters``, or ``<user>-<name>``); ``false``/``null`` is dropped. The pod's
+  training wrapper (:mod:`llmspawner.training`) takes it out before LLaMA-Factory reads the
+  config and registers with the user's own token, so the user owns the model.
 - Values must be plain YAML/JSON data (strings, numbers, booleans, null, lists, mappings).
 - **Limits** (:mod:`.limits`, the one place): a config's size, its nesting and YAML aliases
   (refused: an alias bomb would blow up when the config is stored as JSON) are checked before
@@ -144,6 +150,11 @@ SECRET_KEYS = (
 )
 #: Keys a config must have.
 REQUIRED_KEYS = ("model_name_or_path", "output_dir")
+#: The queue's own key of a config (see the module docstring); not an argument of LLaMA-Factory.
+REGISTER_KEY = "register_model"
+#: The registered model a ``register_model: true`` job's adapter becomes a version of.
+DEFAULT_MODEL_SUFFIX = "adapters"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 #: Reporters kept next to MLflow (they write local files only).
 EXTRA_REPORTERS = ("tensorboard",)
 
@@ -277,6 +288,13 @@ def prepare_config(config: dict, *, username: str, job_name: str) -> dict:
             problems.append(ConfigProblem(str(key)[:100], "keys must be strings (argument names)"))
             continue
         message = _check_data(value)
+        if key == REGISTER_KEY:
+            message, value = _check_register(value, username)
+            if message is not None:
+                problems.append(ConfigProblem(key, message))
+            elif value is not None:
+                out[key] = value
+            continue
         if message is None:
             # "did you mean" hints (difflib: slow) only for the problems that are listed
             hint = len(problems) < limits.MAX_LISTED_PROBLEMS
@@ -446,6 +464,31 @@ def _check_key(
             )
         return _check_path(key, value, home)
     return None, value
+
+
+def registered_model_name(username: str, value: bool | str) -> str:
+    """The registered model of a job's ``register_model``: ``<user>-adapters`` for ``true``,
+    ``<user>-<name>`` for a name (a name already starting with ``<user>-`` is kept)."""
+    if value is True:
+        return f"{username}-{DEFAULT_MODEL_SUFFIX}"
+    name = str(value)
+    return name if name.startswith(f"{username}-") else f"{username}-{name}"
+
+
+def _check_register(value: Any, username: str) -> tuple[str | None, str | None]:
+    """``(problem or None, the registered model's name or None)`` of ``register_model``."""
+    if value is None or value is False:
+        return None, None
+    if value is True or (isinstance(value, str) and _MODEL_NAME.match(value)):
+        return None, registered_model_name(username, value)
+    return (
+        (
+            f"must be true (the registered model {username}-{DEFAULT_MODEL_SUFFIX}), false, or "
+            f"a name of letters, digits, '.', '_' and '-' (up to 100, registered as "
+            f"{username}-<name>), not {value!r}"
+        ),
+        None,
+    )
 
 
 def _check_path(key: str, value: Any, home: str) -> tuple[str | None, Any]:

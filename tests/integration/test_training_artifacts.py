@@ -34,6 +34,7 @@ TRAIN_TIMEOUT = float(os.environ.get("LLMSPAWNER_TRAIN_TIMEOUT", "300"))
 FAKE_CLI = """#!/bin/sh
 [ "$1" = train ] || { echo "fake: $*"; exit 0; }
 out=$(sed -n 's/^output_dir: *//p' "$2")
+if grep -q '^register_model' "$2"; then echo "unknown key register_model" >&2; exit 9; fi
 mkdir -p "$out/checkpoint-1"
 printf '{"peft_type": "LORA"}' > "$out/adapter_config.json"
 printf 'weights' > "$out/adapter_model.safetensors"
@@ -375,3 +376,63 @@ async def test_an_experiment_with_a_local_artifact_location_is_reported_and_not_
     assert done.returncode == 0, done.stderr
     assert "keeps its artifacts at" in done.stderr and "not uploaded" in done.stderr
     assert not local.exists()
+
+
+async def test_a_queue_job_may_register_its_adapter_owned_by_its_user(
+    stack,  # noqa: F811
+    alice,
+    fake_bin,
+    tmp_path,
+):
+    """``register_model`` (the queue's key, set by lf_config to ``alice-adapters``) is taken out
+    of the config LLaMA-Factory reads; on success the adapter becomes a version of the model,
+    which alice owns and bob cannot change."""
+    from llmspawner.queue import lf_config
+
+    prepared = lf_config.prepare_config(
+        {
+            "model_name_or_path": "/storage/models/tiny",
+            "output_dir": "saves/out",  # the pod's path; this test's folder below
+            "register_model": True,
+        },
+        username="alice",
+        job_name="llm-job-alice-9",
+    )
+    assert prepared["register_model"] == "alice-adapters"
+    cfg = write_config(tmp_path, {**prepared, "output_dir": str(tmp_path / "out")})
+    env = pod_env(stack, alice["token"], path=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    for _ in range(2):  # two jobs: versions 1 and 2
+        done = await run(
+            [sys.executable, "-m", "llmspawner.training", "train", str(cfg)], env, tmp_path, 120
+        )
+        assert done.returncode == 0, done.stderr
+    assert "registered the adapter as version 2 of model 'alice-adapters'" in done.stderr
+    r = await mlflow_api(
+        stack,
+        "GET",
+        "model-versions/search",
+        alice["bob"],
+        params={"filter": "name='alice-adapters'"},
+    )
+    assert r.status_code == 200, r.text
+    versions = sorted(r.json()["model_versions"], key=lambda v: int(v["version"]))
+    assert [v["version"] for v in versions] == ["1", "2"]
+    run_id = versions[1]["run_id"]
+    assert versions[1]["source"] == f"runs:/{run_id}/adapter"
+    r = await mlflow_api(stack, "GET", "runs/get", alice["token"], params={"run_id": run_id})
+    tags = {t["key"]: t["value"] for t in r.json()["run"]["data"]["tags"]}
+    assert tags[training.MODEL_VERSION_TAG] == "alice-adapters/2"
+    # alice owns it: she may change it; bob may not.
+    body = {"name": "alice-adapters", "description": "mine"}
+    r = await mlflow_api(stack, "PATCH", "registered-models/update", alice["token"], json=body)
+    assert r.status_code == 200, r.text
+    r = await mlflow_api(stack, "PATCH", "registered-models/update", alice["bob"], json=body)
+    assert r.status_code == 403, r.text
+    r = await mlflow_api(
+        stack,
+        "POST",
+        "model-versions/create",
+        alice["bob"],
+        json={"name": "alice-adapters", "source": f"runs:/{run_id}/adapter", "run_id": run_id},
+    )
+    assert r.status_code == 403, r.text
