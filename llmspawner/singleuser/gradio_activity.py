@@ -110,8 +110,16 @@ class TimerIds:
 _TIMERS = TimerIds()
 
 
+def timer_ids_for(port: int) -> frozenset[int]:
+    """The known timer component ids of the LlamaBoard on ``port`` (the process-wide cache),
+    starting to read them when unknown; the eager start (:mod:`llmspawner.singleuser.eager`)
+    calls it as soon as LlamaBoard answers, so that even the first tick is not activity.
+    Needs a running tornado/asyncio event loop."""
+    return _TIMERS.get(port)
+
+
 def update_last_activity(handler) -> bool:
     """jupyter-server-proxy's ``update_last_activity`` hook: True when the request is a
     person's action (see :func:`is_user_activity`)."""
     request = handler.request
-    return is_user_activity(request.method, request.path, request.body, _TIMERS.get(handler.port))
+    return is_user_activity(request.method, request.path, request.body, timer_ids_for(handler.port))

@@ -7,8 +7,10 @@
 
 so every Jupyter server with this package and jupyter-server-proxy installed serves
 LlamaBoard (LLaMA-Factory's Gradio web UI, ``llamafactory-cli webui``) at
-``<base_url>llamaboard/``, e.g. ``/user/alice/llamaboard/`` under JupyterHub, starting it on
-the first request, and shows a "LlamaBoard" tile in the JupyterLab launcher.
+``<base_url>llamaboard/``, e.g. ``/user/alice/llamaboard/`` under JupyterHub, and shows a
+"LlamaBoard" tile in the JupyterLab launcher. jupyter-server-proxy would start it at the first
+request; :mod:`llmspawner.singleuser.eager` starts it with the server instead, through the
+proxy's own handler and lock, so the tile usually finds it running.
 
 How the pieces fit (verified with llamafactory 0.9.5, Gradio 5.50, jupyter-server-proxy 4.6):
 
@@ -198,7 +200,8 @@ def setup_llamaboard() -> dict[str, Any]:
     becomes a ``jupyter_server_proxy.config.ServerProcess``. Keys (documented at
     https://jupyter-server-proxy.readthedocs.io/en/latest/server-process.html):
 
-    - ``command``: a callable run at first request, see :func:`llamaboard_command`; it
+    - ``command``: a callable run when the process starts (with the server, or at the first
+      request when the eager start is off), see :func:`llamaboard_command`; it
       raises ``tornado.web.HTTPError(500)`` with an actionable message when
       ``llamafactory-cli`` is not on ``PATH``, instead of waiting for the timeout.
     - ``environment``: a callable given ``base_url``, see :func:`llamaboard_environment`.

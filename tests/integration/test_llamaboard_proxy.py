@@ -1,11 +1,14 @@
 """A real Jupyter server serves a real LlamaBoard at /user/alice/llamaboard/.
 
 One ``jupyter server`` (base_url ``/user/alice/``, a token, the user's folder as root and
-HOME, ``JUPYTERHUB_SERVICE_PREFIX`` set as the spawner sets it) is started per module, with
-this package's ``jupyter_serverproxy_servers`` entry point installed. The first request to
-``/user/alice/llamaboard/`` makes jupyter-server-proxy start ``llamafactory-cli webui``;
-that took 10-21 s on 2 CPU cores here (import of torch, transformers and gradio), and the
-whole module about 15-25 s.
+HOME, ``JUPYTERHUB_SERVICE_PREFIX`` set as the spawner sets it, the repository's shipped
+``jupyter-config``) is started per module, with this package's ``jupyter_serverproxy_servers``
+entry point installed. The eager-start extension (:mod:`llmspawner.singleuser.eager`) makes
+jupyter-server-proxy start ``llamafactory-cli webui`` as soon as the server runs; the fixture
+waits on LlamaBoard's own port until it answers (10-21 s on 2 CPU cores: importing torch,
+transformers and gradio), without any request to the server, so the first request to
+``/user/alice/llamaboard/`` finds it running. A few more servers run a stand-in
+``llamafactory-cli`` (concurrent first requests, a broken LlamaBoard, the switch).
 
 Every URL is fetched through the Jupyter server, as a browser would, never from
 LlamaBoard's own port.
@@ -58,6 +61,9 @@ class _Server:
         self.proc, self.port, self.token, self.home, self.log = proc, port, token, home, log
         self.origin = f"http://127.0.0.1:{port}"
         self.board_start_s: float | None = None
+        self.started = self.up = self.board_up = 0.0
+        self.eager_pid: int | None = None
+        self.activity_at_start = self.activity_board_up = ""
 
     def client(self, **headers: str) -> httpx.Client:
         return httpx.Client(
@@ -91,16 +97,29 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if (
-        shutil.which("llamafactory-cli", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-        is None
-    ):
-        pytest.skip("llamafactory-cli is not installed")
-    root = tmp_path_factory.mktemp("llamaboard")
+SHIPPED_CONFIG = (
+    Path(__file__).parents[2] / "jupyter-config/jupyter_server_config.d/llmspawner.json"
+)
+
+
+def start_server(root: Path, *, environ: dict[str, str] | None = None, path: str | None = None):
+    """Start ``jupyter server`` for alice under ``root`` and wait until it answers.
+
+    The repository's shipped ``jupyter-config`` (activity and eager-start extensions) is put
+    in the server's own config folder, so the test runs what the image installs whatever the
+    virtual environment's ``etc/jupyter`` holds. Returns a :class:`_Server` whose ``started``
+    (monotonic, at Popen) and ``up`` (first 200 of ``/api/status``) are set.
+
+    Args:
+        root: an empty folder (alice's folder, config, runtime and log go there).
+        environ: extra environment for the server (e.g. ``LLMSPAWNER_*``).
+        path: the server's ``PATH`` (default: this interpreter's bin folder first).
+    """
     home = root / "alice"
-    home.mkdir()
+    home.mkdir(parents=True)
+    config_d = root / "config" / "jupyter_server_config.d"
+    config_d.mkdir(parents=True)
+    shutil.copy(SHIPPED_CONFIG, config_d / "llmspawner.json")
     port, token = _free_port(), secrets.token_hex(16)
     env = {
         k: v
@@ -109,7 +128,7 @@ def server(tmp_path_factory):
     }
     env.update(
         HOME=str(home),
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PATH=path or f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         JUPYTERHUB_SERVICE_PREFIX=PREFIX,
         JUPYTER_CONFIG_DIR=str(root / "config"),
         JUPYTER_RUNTIME_DIR=str(root / "runtime"),
@@ -117,6 +136,7 @@ def server(tmp_path_factory):
         # No network for model downloads in this test.
         HF_HUB_OFFLINE="1",
     )
+    env.update(environ or {})
     log = root / "server.log"
     cmd = [
         sys.executable,
@@ -133,10 +153,12 @@ def server(tmp_path_factory):
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers: refuses root without it
         cmd.append("--ServerApp.allow_root=True")
     with log.open("wb") as out:
+        started = time.monotonic()
         proc = subprocess.Popen(
             cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     srv = _Server(proc, port, token, home, log)
+    srv.started = started
     try:
         with srv.client() as c:
 
@@ -144,10 +166,90 @@ def server(tmp_path_factory):
                 assert proc.poll() is None, f"jupyter server exited:\n{srv.log_tail()}"
                 return c.get(PREFIX + "api/status", timeout=5).status_code == 200
 
-            wait_until(up, SERVER_START_S, "jupyter server", 0.2, ignore=(httpx.TransportError,))
+            wait_until(up, SERVER_START_S, "jupyter server", 0.1, ignore=(httpx.TransportError,))
+        srv.up = time.monotonic()
+    except BaseException:
+        _stop(proc)
+        raise
+    return srv
+
+
+def board_processes(srv: _Server) -> list[int]:
+    """LlamaBoard's processes: children of the server (the proxy's) whose command is webui."""
+    found = []
+    for pid in _children(srv.proc.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"webui" in cmdline:
+            found.append(pid)
+    return found
+
+
+def start_status(client: httpx.Client) -> dict:
+    """The eager start's record (``llmspawner/llamaboard-start``), not counted as activity."""
+    r = client.get(PREFIX + "llmspawner/llamaboard-start")
+    r.raise_for_status()
+    return r.json()
+
+
+def _internal_port(pid: int) -> int:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (port,) = [e.split(b"=", 1)[1] for e in environ if e.startswith(b"GRADIO_SERVER_PORT=")]
+    return int(port)
+
+
+def wait_for_eager_board(srv: _Server) -> int:
+    """Wait, without any request to the Jupyter server, until LlamaBoard answers on its own
+    port; return its pid. Sets ``srv.board_up`` (monotonic)."""
+
+    def answering() -> int | None:
+        assert srv.proc.poll() is None, f"jupyter server exited:\n{srv.log_tail()}"
+        pids = board_processes(srv)
+        assert len(pids) <= 1, pids
+        if not pids:
+            return None
+        httpx.get(f"http://127.0.0.1:{_internal_port(pids[0])}/", timeout=5)
+        return pids[0]
+
+    pid = wait_until(
+        answering,
+        BOARD_START_S,
+        "LlamaBoard started with the server",
+        0.2,
+        ignore=(httpx.TransportError, OSError, ValueError),
+    )
+    srv.board_up = time.monotonic()
+    return pid
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """alice's server, once LlamaBoard, started with it, answers (no request started it).
+
+    Sets ``eager_pid``, ``activity_at_start`` (the server's last activity when it first
+    answered) and ``activity_board_up`` (when LlamaBoard answered) on the server, before any
+    test can send a request that counts as activity.
+    """
+    if (
+        shutil.which("llamafactory-cli", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        is None
+    ):
+        pytest.skip("llamafactory-cli is not installed")
+    srv = start_server(tmp_path_factory.mktemp("llamaboard"))
+    try:
+        with srv.client() as c:
+            srv.activity_at_start = _last_activity(c)
+            srv.eager_pid = wait_for_eager_board(srv)
+            srv.activity_board_up = _last_activity(c)
+        print(
+            f"server answering {srv.up - srv.started:.1f} s after start; LlamaBoard (started "
+            f"with it) answering {srv.board_up - srv.started:.1f} s after start"
+        )
         yield srv
     finally:
-        _stop(proc)
+        _stop(srv.proc)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +260,7 @@ def page(server):
         r = c.get(BOARD)
         server.board_start_s = time.monotonic() - start
     assert r.status_code == 200, f"{r.status_code} {r.text[:500]}\n{server.log_tail()}"
-    print(f"LlamaBoard answered through the proxy after {server.board_start_s:.1f} s")
+    print(f"first LlamaBoard page through the proxy took {server.board_start_s:.2f} s")
     return r
 
 
@@ -318,9 +420,7 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs Linux /proc")
 def test_llamaboard_runs_in_the_users_folder_on_localhost_only(server, page):
-    (child,) = [
-        p for p in _children(server.proc.pid) if b"webui" in Path(f"/proc/{p}/cmdline").read_bytes()
-    ]
+    (child,) = board_processes(server)
     assert Path(os.readlink(f"/proc/{child}/cwd")) == server.home
     environ = dict(
         item.split("=", 1)
@@ -410,3 +510,141 @@ def test_background_traffic_is_not_activity_but_a_click_is(server, page):
         )
         assert join.status_code == 200, join.text
         assert _last_activity(c) > before
+
+
+# -- LlamaBoard starts with the server (llmspawner.singleuser.eager) ---------------------------
+
+
+def test_llamaboard_starts_with_the_server(server):
+    # The fixture waited on LlamaBoard's own port: no request reached <base_url>llamaboard/.
+    with server.client() as c:
+        status = start_status(c)
+    assert status["state"] == "ready", status
+    assert status["pid"] == server.eager_pid
+    assert status["error"] is None and status["seconds_to_ready"] > 0
+
+
+def test_eager_start_is_not_activity(server):
+    """An eagerly started, unused LlamaBoard does not keep the server from being culled."""
+    assert server.activity_board_up == server.activity_at_start
+    with server.client() as c:
+        before = _last_activity(c)
+        start_status(c)  # the status page is not activity either
+        assert _last_activity(c) == before
+
+
+def test_first_request_gets_the_eager_llamaboard(server, page):
+    assert _gradio_config(page.text)["title"].startswith("LLaMA Factory")
+    assert board_processes(server) == [server.eager_pid]
+    with server.client() as c:
+        assert start_status(c)["pid"] == server.eager_pid
+
+
+# A stand-in llamafactory-cli: notes its pid, waits FAKE_BOARD_DELAY seconds, then answers on
+# GRADIO_SERVER_PORT; with FAKE_BOARD_FAIL it exits 1 at once (a broken image).
+FAKE_CLI = """#!{python}
+import http.server, os, sys, time
+with open(os.environ["FAKE_BOARD_PIDS"], "a") as f:
+    f.write(f"{{os.getpid()}}\\n")
+if os.environ.get("FAKE_BOARD_FAIL"):
+    sys.exit(1)
+time.sleep(float(os.environ.get("FAKE_BOARD_DELAY", "0")))
+
+
+class Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<title>fake LlamaBoard</title>")
+
+    def log_message(self, *args):
+        pass
+
+
+port = int(os.environ["GRADIO_SERVER_PORT"])
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Page).serve_forever()
+"""
+
+
+@pytest.fixture
+def fake_server(tmp_path):
+    """start(**environ) -> (server, pids file) with the stand-in llamafactory-cli on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cli = bin_dir / "llamafactory-cli"
+    cli.write_text(FAKE_CLI.format(python=sys.executable))
+    cli.chmod(0o755)
+    pids = tmp_path / "pids"
+    started = []
+
+    def start(**environ: str):
+        srv = start_server(
+            tmp_path / "server",
+            environ={"FAKE_BOARD_PIDS": str(pids), **environ},
+            path=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
+        started.append(srv)
+        return srv
+
+    yield start, pids
+    for srv in started:
+        _stop(srv.proc)
+
+
+def _pids(path: Path) -> list[int]:
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_concurrent_first_requests_join_the_eager_start(fake_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    start, pids = fake_server
+    srv = start(FAKE_BOARD_DELAY="3")  # the clicks come while LlamaBoard still starts
+
+    def click(_):
+        with srv.client() as c:
+            return c.get(BOARD)
+
+    with ThreadPoolExecutor(3) as pool:
+        responses = list(pool.map(click, range(3)))
+    assert [r.status_code for r in responses] == [200] * 3, srv.log_tail()
+    assert all("fake LlamaBoard" in r.text for r in responses)
+    (pid,) = _pids(pids)  # one LlamaBoard for the eager start and all three requests
+    assert board_processes(srv) == [pid]
+    with srv.client() as c:
+        status = start_status(c)
+    assert status["state"] == "ready" and status["pid"] == pid, status
+
+
+def test_failing_llamaboard_leaves_the_server_working(fake_server):
+    start, pids = fake_server
+    srv = start(FAKE_BOARD_FAIL="1", LLMSPAWNER_LLAMABOARD_TIMEOUT="2")
+    with srv.client() as c:
+        status = wait_until(
+            lambda: (s := start_status(c))["state"] == "failed" and s,
+            60,
+            "the eager start to fail",
+            0.2,
+        )
+        assert status["error"] == "could not start llamaboard in time"
+        assert status["pid"] is None
+        assert c.get(PREFIX + "api/status").status_code == 200
+        # The tile starts it again and shows the proxy's error, as without the eager start.
+        r = c.get(BOARD)
+        assert r.status_code == 500
+        assert "could not start llamaboard in time" in r.text
+    assert "LlamaBoard did not start with the server" in srv.log_tail()
+    assert _pids(pids)  # it was tried
+
+
+def test_eager_start_switched_off(fake_server):
+    start, pids = fake_server
+    srv = start(LLMSPAWNER_LLAMABOARD_EAGER_START="0")
+    with srv.client() as c:
+        assert start_status(c)["state"] == "off"
+        assert board_processes(srv) == [] and _pids(pids) == []
+        r = c.get(BOARD)  # the first request starts it, as before
+        assert r.status_code == 200 and "fake LlamaBoard" in r.text
+        assert len(_pids(pids)) == 1
+        assert start_status(c)["state"] == "off"

@@ -118,10 +118,26 @@ async def test_extension_marks_the_server_active_while_training_runs(fake_traini
 
 
 def test_extension_is_enabled_by_the_installed_config():
+    """The shipped config (the wheel's shared-data, what the image installs) and the copy in
+    this environment enable the activity and eager-start extensions."""
     import json
     from pathlib import Path
 
-    config = Path(sys.prefix) / "etc/jupyter/jupyter_server_config.d/llmspawner.json"
-    assert json.loads(config.read_text()) == {
-        "ServerApp": {"jpserver_extensions": {"llmspawner.singleuser.activity": True}}
-    }
+    name = "jupyter_server_config.d/llmspawner.json"
+    shipped = Path(__file__).parents[2] / "jupyter-config" / name
+    installed = Path(sys.prefix) / "etc/jupyter" / name
+    for config in (shipped, installed):
+        extensions = json.loads(config.read_text())["ServerApp"]["jpserver_extensions"]
+        assert extensions["llmspawner.singleuser.activity"] is True, config
+        assert extensions["llmspawner.singleuser.eager"] is True, config
+
+
+def test_llamaboard_itself_is_not_a_training(tmp_path):
+    """An eagerly started LlamaBoard (its launcher, then ``llamafactory-cli webui``) does not
+    keep the server active; only the trainings it starts do."""
+    from llmspawner.singleuser.llamaboard import llamaboard_command
+
+    launcher = llamaboard_command(folder=str(tmp_path), cli="/opt/bin/llamafactory-cli")
+    assert not activity.is_training_command(launcher)
+    assert not activity.is_training_command([sys.executable, "/opt/bin/llamafactory-cli", "webui"])
+    assert activity.is_training_command([sys.executable, "/opt/bin/llamafactory-cli", "train", "x"])

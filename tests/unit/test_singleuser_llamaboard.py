@@ -7,8 +7,11 @@ own template code, as the proxy does at the first request.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -18,7 +21,7 @@ from jupyter_server_proxy.config import ServerProcess, make_server_process
 from jupyter_server_proxy.handlers import NamedLocalProxyHandler, SuperviseAndProxyHandler
 from tornado import web
 
-from llmspawner.singleuser import llamaboard
+from llmspawner.singleuser import eager, llamaboard
 from llmspawner.singleuser.llamaboard import (
     DEFAULT_TIMEOUT,
     ICON_PATH,
@@ -233,3 +236,277 @@ def test_launch_failures(tmp_path, capsys, argv, status, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == status
     assert message in capsys.readouterr().err
+
+
+# -- the eager start (llmspawner.singleuser.eager) ---------------------------------------------
+#
+# A real tornado application with jupyter-server-proxy's own handlers (make_handlers) for a
+# stand-in LlamaBoard: a tiny HTTP server that notes its pid, waits, then answers. The
+# handlers are built as the server's router builds them for a request, so the state dict
+# (process + lock) is the one every user request shares.
+
+FAKE_BOARD = r"""
+import http.server, os, sys, time
+with open(sys.argv[2], "a") as f:
+    f.write(f"{os.getpid()}\n")
+time.sleep(float(sys.argv[3]))
+http.server.HTTPServer(
+    ("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler
+).serve_forever()
+"""
+
+
+def _proxy_app(command, *, timeout: float = 60, base_url: str = "/user/alice/"):
+    from jupyter_server_proxy.config import make_handlers
+
+    board = ServerProcess(name="llamaboard", command=command, timeout=timeout)
+    return web.Application(make_handlers(base_url, [board]), base_url=base_url)
+
+
+def _activity(settings) -> dict:
+    """What Jupyter Server reads as activity (ServerApp.last_activity's sources)."""
+    return {
+        k: v
+        for k, v in settings.items()
+        if k.endswith("_last_activity") or k == "last_activity_times"
+    }
+
+
+@pytest.fixture
+def board(tmp_path):
+    """(app, pids file) for a stand-in LlamaBoard that takes 0.5 s to answer."""
+    pids = tmp_path / "pids"
+    script = tmp_path / "fake_board.py"
+    script.write_text(FAKE_BOARD)
+    app = _proxy_app([sys.executable, str(script), "{port}", str(pids), "0.5"])
+    yield app, pids
+    # Tests kill the process they start; this is a safety net for a failing one.
+    for pid in pids.read_text().split() if pids.exists() else []:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+async def test_eager_start_and_concurrent_requests_share_one_process(board):
+    import asyncio
+
+    app, pids = board
+    before = _activity(app.settings)
+    record = eager.StartRecord(server_started=time.time())
+    starter = eager.proxy_handler(app, "/user/alice/")
+    # Two user requests that arrive while LlamaBoard starts: the handlers the router gives them.
+    users = [eager.proxy_handler(app, "/user/alice/") for _ in range(2)]
+    assert all(u.state is starter.state for u in users)
+    ok, *_ = await asyncio.gather(
+        eager.start_llamaboard(starter, record), *(u.ensure_process() for u in users)
+    )
+    try:
+        assert ok is True
+        (pid,) = [int(line) for line in pids.read_text().split()]
+        assert record.state == eager.READY and record.error is None
+        assert record.to_json()["pid"] == pid == starter.state["proc"].pid
+        assert record.started <= record.ready
+        assert record.to_json()["seconds_to_ready"] >= 0
+        # A later request finds it running: still one process.
+        await eager.proxy_handler(app, "/user/alice/").ensure_process()
+        assert pids.read_text().split() == [str(pid)]
+        assert _activity(app.settings) == before  # nothing counted as activity
+    finally:
+        await starter.state["proc"].kill()
+
+
+async def test_user_request_first_then_eager_start_joins_it(board):
+    import asyncio
+
+    app, pids = board
+    user = eager.proxy_handler(app, "/user/alice/")
+    first = asyncio.ensure_future(user.ensure_process())
+    await asyncio.sleep(0.1)
+    record = eager.StartRecord(server_started=time.time())
+    assert await eager.start_llamaboard(eager.proxy_handler(app, "/user/alice/"), record)
+    await first
+    try:
+        assert len(pids.read_text().split()) == 1
+        assert record.state == eager.READY
+    finally:
+        await user.state["proc"].kill()
+
+
+async def test_failed_eager_start_is_noted_and_the_tile_starts_it_again(tmp_path, caplog):
+    pids = tmp_path / "pids"
+    # Exits at once (the supervisor restarts it) and never answers: the proxy's timeout.
+    app = _proxy_app(
+        [sys.executable, "-c", f"open({str(pids)!r}, 'a').write('x\\n'); raise SystemExit(1)"],
+        timeout=1,
+    )
+    record = eager.StartRecord(server_started=time.time())
+    handler = eager.proxy_handler(app, "/user/alice/")
+    assert await eager.start_llamaboard(handler, record) is False
+    assert record.state == eager.FAILED
+    assert record.error == "could not start llamaboard in time"
+    assert "proc" not in handler.state and record.to_json()["pid"] is None
+    assert "LlamaBoard did not start with the server: could not start llamaboard in time" in (
+        caplog.text
+    )
+    # The proxy forgot it: a user's request starts it again and gets the proxy's error.
+    with pytest.raises(web.HTTPError, match="in time"):
+        await eager.proxy_handler(app, "/user/alice/").ensure_process()
+
+
+async def test_missing_llamafactory_cli_is_logged_not_raised(process, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no llamafactory-cli
+    from jupyter_server_proxy.config import make_handlers
+
+    app = web.Application(make_handlers("/user/alice/", [process]), base_url="/user/alice/")
+    record = eager.StartRecord(server_started=time.time())
+    assert await eager.start_llamaboard(eager.proxy_handler(app, "/user/alice/"), record) is False
+    assert record.state == eager.FAILED
+    assert "'llamafactory-cli' is not on PATH" in record.error
+
+
+def test_proxy_handler_is_the_one_a_request_gets(process):
+    from jupyter_server_proxy.config import make_handlers
+
+    app = web.Application(make_handlers("/user/alice/", [process]), base_url="/user/alice/")
+    handler = eager.proxy_handler(app, "/user/alice/")
+    assert isinstance(handler, SuperviseAndProxyHandler)
+    assert handler.name == "llamaboard" and handler.command == process.command
+    # Every handler for the name shares one state dict (process and lock).
+    assert eager.proxy_handler(app, "/user/alice/").state is handler.state
+    # Another base_url, or no proxy at all: nothing to start.
+    assert eager.proxy_handler(app, "/user/bob/") is None
+    assert eager.proxy_handler(web.Application([]), "/user/alice/") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "enabled"),
+    [
+        (None, True),
+        ("", True),
+        ("1", True),
+        ("on", True),
+        ("0", False),
+        ("False", False),
+        ("off", False),
+        ("no", False),
+    ],
+)
+def test_eager_start_enabled(raw, enabled):
+    env = {} if raw is None else {eager.ENABLE_ENV: raw}
+    assert eager.eager_start_enabled(env) is enabled
+
+
+def test_bad_eager_start_value_warns_and_starts(caplog):
+    assert eager.eager_start_enabled({eager.ENABLE_ENV: "maybe"}) is True
+    assert "LLMSPAWNER_LLAMABOARD_EAGER_START must be one of" in caplog.text
+
+
+def _serverapp(app):
+    import logging
+    from types import SimpleNamespace
+
+    return SimpleNamespace(web_app=app, log=logging.getLogger("test-serverapp"))
+
+
+async def test_extension_switched_off(process, monkeypatch):
+    from jupyter_server_proxy.config import make_handlers
+
+    monkeypatch.setenv(eager.ENABLE_ENV, "0")
+    app = web.Application(make_handlers("/user/alice/", [process]), base_url="/user/alice/")
+    serverapp = _serverapp(app)
+    assert eager._jupyter_server_extension_points() == [{"module": "llmspawner.singleuser.eager"}]
+    eager._load_jupyter_server_extension(serverapp)
+    await eager._start_jupyter_server_extension(serverapp)
+    record = app.settings[eager.SETTINGS_KEY]
+    assert record.state == eager.OFF and record.task is None
+    assert "proc" not in eager.proxy_handler(app, "/user/alice/").state
+
+
+async def test_extension_without_the_proxy_does_nothing(monkeypatch, caplog):
+    monkeypatch.delenv(eager.ENABLE_ENV, raising=False)
+    app = web.Application([], base_url="/user/alice/")
+    serverapp = _serverapp(app)
+    eager._load_jupyter_server_extension(serverapp)
+    await eager._start_jupyter_server_extension(serverapp)
+    record = app.settings[eager.SETTINGS_KEY]
+    assert record.state == eager.UNAVAILABLE and record.task is None
+    assert "jupyter_server_proxy server extension enabled?" in record.error
+    assert "LlamaBoard is not started with the server" in caplog.text
+
+
+async def test_extension_starts_in_the_background(board, monkeypatch):
+    """The start hook returns before LlamaBoard answers; the task finishes the start."""
+    monkeypatch.delenv(eager.ENABLE_ENV, raising=False)
+    app, pids = board
+    serverapp = _serverapp(app)
+    eager._load_jupyter_server_extension(serverapp)
+    record = app.settings[eager.SETTINGS_KEY]
+    assert record.state == eager.WAITING
+    await eager._start_jupyter_server_extension(serverapp)
+    try:
+        assert record.state == eager.STARTING and record.ready is None
+        assert await record.task is True
+        assert record.state == eager.READY
+        assert record.to_json()["pid"] == int(pids.read_text())
+    finally:
+        await eager.proxy_handler(app, "/user/alice/").state["proc"].kill()
+
+
+def test_eager_extension_is_enabled_by_the_shipped_config():
+    import json
+
+    shipped = Path(__file__).parents[2] / "jupyter-config/jupyter_server_config.d/llmspawner.json"
+    extensions = json.loads(shipped.read_text())["ServerApp"]["jpserver_extensions"]
+    assert extensions["llmspawner.singleuser.eager"] is True
+
+
+async def test_wait_ready_checks_at_a_steady_interval():
+    answers = iter([False, False, True])
+    calls = []
+
+    async def check():
+        calls.append(1)
+        return next(answers)
+
+    assert await eager.wait_ready(check, timeout=5, interval=0.01) is True
+    assert len(calls) == 3
+
+    async def never():
+        calls.append(1)
+        return False
+
+    calls.clear()
+    assert await eager.wait_ready(never, timeout=0.05, interval=0.01) is False
+    assert 2 < len(calls) <= 7  # checked again and again, never with a growing pause
+
+
+#: sha256 of jupyter-server-proxy 4.6's ``SuperviseAndProxyHandler.ensure_process`` source,
+#: which :func:`llmspawner.singleuser.eager.ensure_process` follows step by step.
+ENSURE_PROCESS_SHA256 = "0708afb1f16237db0b37e121adf3545f04aafc11d166b3b30be1e219d5cf7c68"
+
+
+def test_the_proxys_start_is_still_the_one_eager_follows():
+    import hashlib
+    import inspect
+
+    source = inspect.getsource(SuperviseAndProxyHandler.ensure_process)
+    assert hashlib.sha256(source.encode()).hexdigest() == ENSURE_PROCESS_SHA256, (
+        "jupyter-server-proxy's ensure_process changed: compare it with "
+        "llmspawner.singleuser.eager.ensure_process and update that (and this hash)"
+    )
+
+
+@pytest.mark.parametrize(("configured", "value"), [(None, "1"), (True, "1"), (False, "0")])
+async def test_the_server_pod_carries_the_platform_setting(make_spawner, configured, value):
+    from traitlets.config import Config
+
+    from .conftest import pod_for
+
+    c = Config()
+    if configured is not None:
+        c.LLMPlatform.llamaboard_eager_start = configured
+    pod = await pod_for(make_spawner("alice", c), {"profile": "cpu"})
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env[eager.ENABLE_ENV] == value
+    assert eager.eager_start_enabled(env) is (value == "1")
