@@ -563,3 +563,30 @@ def test_the_keys_treated_specially_are_real_arguments():
         ("push_to_hub", "reward_model_type", "trust_remote_code"),
     ):
         assert set(names) <= lf_arguments.TRAIN_ARGUMENTS, set(names) - lf_arguments.TRAIN_ARGUMENTS
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (True, "alice-adapters"),
+        ("chat", "alice-chat"),
+        ("alice-chat", "alice-chat"),  # prepared again: kept
+    ],
+)
+def test_register_model_names_a_model_of_the_user(value, expected):
+    config = {"model_name_or_path": "/storage/models/m", "output_dir": "saves/x"}
+    prepared = prepare_config({**config, "register_model": value}, username="alice", job_name="j")
+    assert prepared["register_model"] == expected
+    for off in (False, None):
+        prepared = prepare_config({**config, "register_model": off}, username="alice", job_name="j")
+        assert "register_model" not in prepared
+
+
+@pytest.mark.parametrize("value", ["", "a b", "../x", 3, ["x"], "x" * 101])
+def test_a_bad_register_model_is_refused_naming_the_field(value):
+    config = {"model_name_or_path": "/storage/models/m", "output_dir": "saves/x"}
+    with pytest.raises(ConfigInvalid) as e:
+        prepare_config({**config, "register_model": value}, username="alice", job_name="j")
+    (problem,) = e.value.problems
+    assert problem.field == "register_model"
+    assert "alice-adapters" in problem.message
