@@ -117,7 +117,8 @@ MLFLOW_ADMIN_GROUPS = ("admins",)
 def mlflow_command(
     *, workdir: Path, host: str, port: int, auth: bool = False, static_prefix: str = ""
 ) -> list[str]:
-    """Command line of the MLflow tracking server on SQLite, artifacts under ``workdir``.
+    """Command line of the MLflow tracking server on SQLite, artifacts served by it
+    (``--serve-artifacts``) from ``<workdir>/mlflow-artifacts``.
 
     ``--allowed-hosts`` lets the hub and the pods (each on its own ``127.x.y.z``) call it;
     ``--workers 1`` keeps it small. ``auth``: MLflow's auth app (``--app-name basic-auth``,
@@ -129,6 +130,9 @@ def mlflow_command(
         "server",
         "--backend-store-uri",
         f"sqlite:///{workdir / 'mlflow.db'}",
+        # Artifacts through the server (the proxied store, ``mlflow-artifacts:``), as on a
+        # real cluster (deploy/manifests/mlflow): pods upload with their own token.
+        "--serve-artifacts",
         "--artifacts-destination",
         str(workdir / "mlflow-artifacts"),
         "--host",
@@ -211,7 +215,8 @@ def oidc_command(*, host: str, port: int, users: Iterable[Mapping] = DEFAULT_USE
     Each user is a claims mapping with a ``sub``; it is offered as a one-click button and
     its claims (e.g. ``preferred_username``, ``groups``) are returned by ``/userinfo``.
     """
-    argv = [sys.executable, "-m", "oidc_provider_mock", "--host", host, "--port", str(port)]
+    # oidc-provider-mock with a page that works offline (llmspawner_dev/oidc.py).
+    argv = [sys.executable, "-m", "llmspawner_dev.oidc", "--host", host, "--port", str(port)]
     for user in users:
         if not user.get("sub"):
             raise ValueError(f"OIDC user {dict(user)!r} has no 'sub'")

@@ -52,6 +52,25 @@ def test_mlflow_runs_the_auth_app_under_the_service_prefix():
     assert labels["hub.jupyter.org/network-access-hub"] == "true"
 
 
+def test_mlflow_serves_artifacts_from_its_pvc_as_the_dev_stack_does(tmp_path):
+    """Trainings upload through the server (mlflow-artifacts:), stored on the mlflow-data PVC;
+    the dev stack's MLflow is started the same way (llmspawner_dev.parts.mlflow_command)."""
+    from llmspawner_dev import parts
+
+    args = _containers()["mlflow"]["args"][0].split()
+    assert "--serve-artifacts" in args and "--no-serve-artifacts" not in args
+    destination = args[args.index("--artifacts-destination") + 1]
+    assert destination == "/mlflow/artifacts"
+    mounts = {m["mountPath"]: m["name"] for m in _containers()["mlflow"]["volumeMounts"]}
+    assert mounts["/mlflow"] == "data"
+    volumes = {v["name"]: v for v in _deployment()["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "mlflow-data"
+    dev = parts.mlflow_command(workdir=tmp_path, host="127.0.0.1", port=1)
+    assert "--serve-artifacts" in dev
+    assert dev[dev.index("--artifacts-destination") + 1] == str(tmp_path / "mlflow-artifacts")
+    assert "--default-artifact-root" not in args and "--default-artifact-root" not in dev
+
+
 def test_no_database_url_or_secret_is_an_argument():
     for container in _containers().values():
         text = " ".join([*container.get("command", []), *container.get("args", [])])
