@@ -79,21 +79,31 @@ import yaml
 from . import limits
 from .lf_arguments import LLAMAFACTORY_VERSION, STAGES, TRAIN_ARGUMENTS
 
+try:  # imported with this module: kubespawner's import takes seconds, not to be timed in a check
+    from .. import storage as _storage
+except ImportError:  # the user's image has no kubespawner (see models_path)
+    _storage = None
+
+
+def _storage_module():
+    if _storage is None:
+        from .. import storage  # raises ImportError naming kubespawner
+
+        return storage
+    return _storage
+
 
 def models_path() -> str:
-    """:func:`llmspawner.storage.models_path` (imported when called: :mod:`llmspawner.storage`
-    needs kubespawner, which the user's image, where ``llmspawner queue submit`` turns
-    LlamaBoard's saved arguments into a config, does not have)."""
-    from ..storage import models_path as storage_models_path
-
-    return storage_models_path()
+    """:func:`llmspawner.storage.models_path`. :mod:`llmspawner.storage` needs kubespawner,
+    which the user's image, where ``llmspawner queue submit`` turns LlamaBoard's saved
+    arguments into a config (with the pod's ``LLMSPAWNER_MODELS_DIR``), does not have: there
+    this module imports without it, and only this call would fail."""
+    return _storage_module().models_path()
 
 
 def user_home(username: str) -> str:
-    """:func:`llmspawner.storage.user_home` (imported when called, see :func:`models_path`)."""
-    from ..storage import user_home as storage_user_home
-
-    return storage_user_home(username)
+    """:func:`llmspawner.storage.user_home` (see :func:`models_path`)."""
+    return _storage_module().user_home(username)
 
 
 #: Stages a queue job may run (LLaMA-Factory's, without ``ppo``; see the module docstring).
