@@ -19,7 +19,11 @@ a 5xx) escape as an exception, which turns every request of the user into an err
   MLflow's auth) find no user for their tokens (``HubAuth.user_for_token``: 403 → no user;
   services cache a token's user for ``HubAuth.cache_max_age``, 5 minutes by default);
 - **provider unreachable**: a warning is logged and the user's session goes on unchanged
-  until the next refresh (``True``: "up to date").
+  until the next refresh (``True``: "up to date");
+- **no groups claim** in the provider's answer (an IdP that sends none, like the dev
+  stack's): the user has no groups, as with OAuthenticator, but this is an ERROR only when a
+  login rule needs groups (``allowed_groups`` or ``admin_groups``); otherwise a debug line.
+  OAuthenticator logs an ERROR at every such login (``get_user_groups``).
 
 Auth refresh needs auth state (``enable_auth_state``, which needs ``JUPYTERHUB_CRYPT_KEY``);
 :func:`llmspawner.hubconfig.configure_auth` turns it on when the key is there.
@@ -30,13 +34,24 @@ Entry point: ``c.JupyterHub.authenticator_class = "llm-oauth"``; it reads the
 from __future__ import annotations
 
 import asyncio
+from functools import reduce
 
 from jupyterhub.utils import maybe_future
 from oauthenticator.generic import GenericOAuthenticator
 from tornado import web
 from tornado.httpclient import HTTPClientError
 
-__all__ = ["LLMOAuthenticator", "provider_unavailable"]
+__all__ = ["LLMOAuthenticator", "claim", "provider_unavailable"]
+
+
+def claim(auth_state: dict, key: str) -> object | None:
+    """The value at the dotted ``key`` (``"oauth_user.groups"``) of ``auth_state``, or
+    ``None`` when a part of the path is missing or not a mapping (OAuthenticator's lookup in
+    ``get_user_groups``)."""
+    try:
+        return reduce(dict.get, key.split("."), auth_state)
+    except TypeError:
+        return None
 
 
 def provider_unavailable(error: BaseException) -> bool:
@@ -51,6 +66,35 @@ def provider_unavailable(error: BaseException) -> bool:
 class LLMOAuthenticator(GenericOAuthenticator):
     """GenericOAuthenticator whose auth refresh re-checks who may log in (see the module
     docstring). Configured as ``c.GenericOAuthenticator`` is."""
+
+    async def get_user_groups(self, auth_state: dict) -> set[str]:
+        """The user's groups from ``auth_state`` (OAuthenticator's rule; called when
+        ``manage_groups`` is on); a missing groups claim gives no groups.
+
+        Args:
+            auth_state: OAuthenticator's auth state (``oauth_user`` = the userinfo/ID token
+                claims, ``access_token``, ...).
+
+        Returns:
+            The group names. Without the ``auth_state_groups_key`` claim: an empty set, logged
+            as an ERROR naming the claim only if ``allowed_groups`` or ``admin_groups`` is set
+            (the user then cannot get in through a group), else at debug level.
+        """
+        key = self.auth_state_groups_key
+        if isinstance(key, str) and claim(auth_state, key) is None:
+            if self.allowed_groups or self.admin_groups:
+                self.log.error(
+                    "The identity provider sent no %r claim (auth_state_groups_key %s) for a "
+                    "login, but allowed_groups/admin_groups need it: the user has no groups. "
+                    "Available keys: %s",
+                    key.rsplit(".", 1)[-1],
+                    key,
+                    sorted(auth_state.get(key.split(".")[0]) or auth_state),
+                )
+            else:
+                self.log.debug("No %s claim in the login's auth state: no groups", key)
+            return set()
+        return await super().get_user_groups(auth_state)
 
     async def refresh_user(self, user, handler=None, **kwargs):
         """OAuthenticator's refresh, then the login rules on its result.

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .processes import StartupError
@@ -25,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workdir",
         type=Path,
-        default=Path(".dev"),
-        help="folder for state and logs (default: ./.dev)",
+        default=None,
+        help="folder for state and logs (default: ./.dev; with --smoke: a new temporary "
+        "folder, removed after a passed check, kept with its logs after a failed one)",
     )
     parser.add_argument(
         "--timeout",
@@ -79,13 +85,57 @@ bob or admin). Pick a profile; JupyterLab opens, with a LlamaBoard tile in its l
 Press Ctrl-C to stop everything."""
 
 
+def configure_logging() -> None:
+    """The console logging of ``llmspawner dev``: INFO lines as plain messages, without the
+    per-request lines of httpx and the "setup plugin alembic..." lines that alembic (>= 1.18,
+    ``alembic/runtime/plugins.py``) logs at INFO when it is imported here (the hub database's
+    revision check, :mod:`llmspawner_dev.hubdb`). The stack's processes log to their own
+    files under ``<workdir>/logs/``, untouched by this."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+#: The dev stack's work dir when ``--workdir`` is not given (and not ``--smoke``).
+DEFAULT_WORKDIR = Path(".dev")
+
+
+@contextmanager
+def smoke_workdir(
+    workdir: Path | None, *, echo: Callable[[str], None] | None = None
+) -> Iterator[tuple[Path, list[bool]]]:
+    """The smoke check's work dir: ``workdir`` as given, else a throwaway one.
+
+    A smoke check never touches ``./.dev`` by default, so its user, experiment and folder do
+    not show up in the next ``make dev``. The throwaway folder (``llmspawner-smoke-*`` in the
+    system's temporary folder, mode 0755 so that pods running as another uid reach their PVC)
+    is removed when the caller sets ``passed[0] = True``, and kept (its path echoed, for the
+    logs) otherwise, on ``echo`` (default: print). A given ``workdir`` is never removed.
+
+    Yields:
+        ``(path, passed)``: the folder, and a one-item list the caller sets to the outcome.
+    """
+    passed = [False]
+    if workdir is not None:
+        yield workdir, passed
+        return
+    path = Path(tempfile.mkdtemp(prefix="llmspawner-smoke-"))
+    os.chmod(path, 0o755)
+    try:
+        yield path, passed
+    finally:
+        if passed[0]:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            (echo or print)(f"smoke check's work dir (state and logs) kept: {path}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``llmspawner dev``; return the exit status (0: stopped cleanly / smoke passed)."""
     from .smoke import run_smoke
     from .stack import DevStack
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging()
     hub_args = ["--debug"] if args.hub_debug else []
     previous = {
         sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)
@@ -94,17 +144,20 @@ def run(args: argparse.Namespace) -> int:
     previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.smoke:
-            report = run_smoke(
-                args.workdir,
-                username=args.user,
-                profile=args.profile,
-                timeout=args.timeout,
-                server_timeout=args.server_timeout,
-                llamaboard_timeout=args.llamaboard_timeout,
-                stack_kwargs={"hub_args": hub_args},
-            )
+            with smoke_workdir(args.workdir) as (workdir, passed):
+                report = run_smoke(
+                    workdir,
+                    username=args.user,
+                    profile=args.profile,
+                    timeout=args.timeout,
+                    server_timeout=args.server_timeout,
+                    llamaboard_timeout=args.llamaboard_timeout,
+                    stack_kwargs={"hub_args": hub_args},
+                )
+                passed[0] = report.ok
             return 0 if report.ok else 1
-        stack = DevStack(args.workdir, timeout=args.timeout, hub_args=hub_args, on_step=print)
+        workdir = args.workdir if args.workdir is not None else DEFAULT_WORKDIR
+        stack = DevStack(workdir, timeout=args.timeout, hub_args=hub_args, on_step=print)
         try:
             stack.start()
             print(_instructions(stack), flush=True)

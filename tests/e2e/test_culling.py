@@ -86,7 +86,7 @@ def training_pids(stack, username: str) -> list[int]:
         pod = kube.get_pod("default", f"jupyter-{username}")
     if pod is None or not pod["status"].get("podIP"):
         return []
-    procs = processes_of(pod_ip=pod["status"]["podIP"], username=username)
+    procs = processes_of(pod)  # through this stack's own pod object, not a /proc-wide user scan
     return [pid for pid, cmd in procs.items() if "llamafactory-cli train" in cmd]
 
 

@@ -130,7 +130,7 @@ def test_oidc_command_offers_the_users_with_their_claims():
     argv = parts.oidc_command(host="127.0.0.1", port=9400, users=[{"sub": "alice", "x": [1]}])
     assert argv[1:] == [
         "-m",
-        "oidc_provider_mock",
+        "llmspawner_dev.oidc",
         "--host",
         "127.0.0.1",
         "--port",
@@ -279,6 +279,7 @@ def test_cli_dispatches_dev_and_devcluster(monkeypatch):
         Path("/tmp/x"),
         120.0,
     )
+    assert cli.build_parser().parse_args(["dev", "--smoke"]).workdir is None
     seen = []
     monkeypatch.setattr(cli, "_run_devcluster", lambda args: seen.append(args.rest) or 0)
     assert cli.main(["devcluster", "--data-dir", "/d", "--port", "0"]) == 0
@@ -400,3 +401,139 @@ def test_start_waits_for_the_service_routes_and_names_the_missing_one(tmp_path):
         assert [s.split(" answers")[0] for s in steps] == ["queue"]
     finally:
         server.shutdown()
+
+
+def _fake_proc(root: Path, rows: dict[int, tuple[int, str, str]]) -> Path:
+    """A fake ``/proc``: ``{pid: (ppid, state, command)}`` → ``<root>/<pid>/{stat,cmdline}``."""
+    for pid, (ppid, state, cmd) in rows.items():
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "stat").write_text(f"{pid} (a) b) {state} {ppid} 1 1 0")
+        (root / str(pid) / "cmdline").write_bytes(cmd.replace(" ", "\0").encode() + b"\0")
+    (root / "self").mkdir()
+    return root
+
+
+def test_processes_of_a_pod_are_its_containers_descendants_not_another_stacks(tmp_path):
+    from .procs import container_pids, processes_of
+
+    proc = _fake_proc(
+        tmp_path,
+        {
+            100: (1, "S", "python sandbox.py notebook.json"),
+            101: (100, "S", "jupyterhub-singleuser"),
+            102: (101, "S", "llamafactory-cli webui"),
+            103: (102, "Z", "llamafactory-cli train"),  # a zombie: not counted
+            104: (101, "R", "llamafactory-cli train x.yaml"),
+            # Another stack's alice on the same machine: same user, same kind of commands.
+            200: (1, "S", "python sandbox.py notebook.json"),
+            201: (200, "S", "jupyterhub-singleuser"),
+            202: (201, "S", "llamafactory-cli train y.yaml"),
+        },
+    )
+    pod = {
+        "status": {
+            "initContainerStatuses": [
+                {"containerID": "devcluster://90", "state": {"terminated": {"exitCode": 0}}}
+            ],
+            "containerStatuses": [
+                {"containerID": "devcluster://100", "state": {"running": {}}},
+                {"containerID": "", "state": {"waiting": {}}},
+            ],
+        }
+    }
+    assert container_pids(pod) == [100]
+    assert processes_of(pod, proc=proc) == {
+        100: "python sandbox.py notebook.json",
+        101: "jupyterhub-singleuser",
+        102: "llamafactory-cli webui",
+        104: "llamafactory-cli train x.yaml",
+    }
+    assert processes_of({"status": {}}, proc=proc) == {}
+    pod["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 0}}
+    assert processes_of(pod, proc=proc) == {}
+
+
+def test_smoke_runs_in_a_throwaway_workdir_never_in_dot_dev(tmp_path, monkeypatch):
+    from llmspawner_dev import command
+
+    seen: list[Path] = []
+
+    def fake_smoke(workdir, **kwargs):
+        seen.append(Path(workdir))
+        (Path(workdir) / "logs").mkdir(parents=True)
+        return type("R", (), {"ok": outcome[0]})()
+
+    monkeypatch.setattr("llmspawner_dev.smoke.run_smoke", fake_smoke)
+    monkeypatch.chdir(tmp_path)
+    echoed = []
+    monkeypatch.setattr("builtins.print", lambda *a, **k: echoed.append(" ".join(map(str, a))))
+    outcome = [True]
+    assert cli.main(["dev", "--smoke"]) == 0
+    (passed_dir,) = seen
+    assert passed_dir.name.startswith("llmspawner-smoke-") and not passed_dir.exists()
+    assert not (tmp_path / ".dev").exists()
+
+    outcome[0] = False
+    assert cli.main(["dev", "--smoke"]) == 1
+    failed_dir = seen[1]
+    assert failed_dir != passed_dir and (failed_dir / "logs").is_dir()  # kept for its logs
+    assert any(str(failed_dir) in line for line in echoed), echoed
+    shutil_rmtree(failed_dir)
+
+    given = tmp_path / "mine"
+    outcome[0] = True
+    assert cli.main(["dev", "--smoke", "--workdir", str(given)]) == 0
+    assert seen[2] == given and (given / "logs").is_dir()  # a given folder is never removed
+    assert command.DEFAULT_WORKDIR == Path(".dev")
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def test_dev_console_has_no_alembic_plugin_lines():
+    import subprocess
+
+    code = (
+        "import logging\n"
+        "from llmspawner_dev.command import configure_logging\n"
+        "from llmspawner_dev.hubdb import known_revisions\n"
+        "configure_logging()\n"
+        "assert known_revisions()\n"
+        "logging.getLogger('llmspawner_dev').info('still shown')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "setup plugin" not in r.stderr + r.stdout, r.stderr
+    assert "still shown" in r.stderr
+
+
+def test_dev_oidc_page_is_styled_offline_and_labels_the_username(monkeypatch):
+    import re
+
+    from llmspawner_dev import oidc
+
+    monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")
+    users = oidc.users_from_claims(['{"sub":"alice","groups":["users"]}'])
+    assert (users[0].sub, users[0].claims) == ("alice", {"groups": ["users"]})
+    with pytest.raises(ValueError, match="'sub'"):
+        oidc.users_from_claims(['{"name":"x"}'])
+    client = oidc.make_app(users).test_client()
+    page = client.get(
+        "/oauth2/authorize?client_id=hub&redirect_uri=http://h/cb&response_type=code"
+        "&scope=openid&state=s"
+    )
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert "Authorize Client" in html and 'value="alice"' in html  # the mock's own form
+    stylesheets = re.findall(r'<link[^>]*rel="stylesheet"[^>]*href="([^"]+)"', html)
+    assert stylesheets == ["/static/oidc.css"], stylesheets
+    assert "https://" not in html and "cdn" not in html
+    assert re.search(r'<label for="sub">Username\b', html)
+    assert re.search(r'<input[^>]*id="sub"[^>]*name="sub"', html)
+    css = client.get("/static/oidc.css")
+    assert css.status_code == 200 and css.mimetype == "text/css" and b".container" in css.data
+    # The provider itself is unchanged: discovery names its endpoints.
+    assert client.get("/.well-known/openid-configuration").json["userinfo_endpoint"]

@@ -114,3 +114,34 @@ def test_alice_and_Alice_are_one_user_with_one_folder(login_stack, timeouts):
             None,  # /dev/shm
         ]
         upper.stop_server()
+
+
+def _hub_log(stack) -> str:
+    return (stack.logs_dir / "hub.log").read_text(errors="replace")
+
+
+def test_a_login_without_groups_claim_is_an_error_when_groups_are_required(login_stack):
+    with HubSession(login_stack.hub_url, "nogroups") as session:
+        assert session.oidc_callback().status_code == 403
+    errors = [line for line in _hub_log(login_stack).splitlines() if line.startswith("[E ")]
+    assert [line for line in errors if "no 'groups' claim" in line and "allowed_groups" in line]
+
+
+def test_a_login_without_groups_claim_is_quiet_without_group_rules(stack):
+    # Any name typed on the dev provider's page has only the claims sub and email.
+    with HubSession.login(stack.hub_url, "zed-no-groups") as zed:
+        assert zed.api("GET", "/user").json()["groups"] == []
+    log = _hub_log(stack)
+    assert "zed-no-groups" in log  # the login is in this log
+    noisy = [
+        line
+        for line in log.splitlines()
+        if line.startswith(("[E ", "[W ")) and ("groups" in line or "auth_state" in line)
+    ]
+    assert noisy == []
+
+
+def test_the_stack_asks_the_proxy_for_the_hub_only_once_the_hub_listens(login_stack):
+    proxy_log = (login_stack.logs_dir / "proxy.log").read_text(errors="replace")
+    assert "GET /hub/health" not in proxy_log  # CHP logs only failed requests at info level
+    assert "Failed to get custom error page" not in proxy_log
