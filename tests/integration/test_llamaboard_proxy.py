@@ -618,8 +618,8 @@ def test_concurrent_first_requests_join_the_eager_start(fake_server):
 
 
 def test_failing_llamaboard_leaves_the_server_working(fake_server):
-    start, pids = fake_server
-    srv = start(FAKE_BOARD_FAIL="1", LLMSPAWNER_LLAMABOARD_TIMEOUT="2")
+    start, _ = fake_server
+    srv = start(FAKE_BOARD_FAIL="1", LLMSPAWNER_LLAMABOARD_TIMEOUT="5")
     with srv.client() as c:
         status = wait_until(
             lambda: (s := start_status(c))["state"] == "failed" and s,
@@ -635,7 +635,6 @@ def test_failing_llamaboard_leaves_the_server_working(fake_server):
         assert r.status_code == 500
         assert "could not start llamaboard in time" in r.text
     assert "LlamaBoard did not start with the server" in srv.log_tail()
-    assert _pids(pids)  # it was tried
 
 
 def test_eager_start_switched_off(fake_server):
