@@ -36,7 +36,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from traitlets import Enum, Float, Integer, List, TraitError, Unicode, validate
+from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, validate
 from traitlets.config import Config, Configurable
 from traitlets.config.loader import LazyConfigValue
 
@@ -341,6 +341,35 @@ class LLMPlatform(Configurable):
         """,
     ).tag(env="LLMSPAWNER_QUEUE_CLIENT_URL")
 
+    hf_offline = Bool(
+        False,
+        config=True,
+        help="""
+        Keep the users' servers and the queue's Jobs off the Hugging Face Hub: they get
+        ``HF_HUB_OFFLINE=1`` (and ``TRANSFORMERS_OFFLINE``/``HF_DATASETS_OFFLINE``), so
+        LlamaBoard and ``llamafactory-cli`` load models and datasets only from local folders
+        (the shared ``models/`` folder, the user's ``data/``) and fail at once, saying so,
+        instead of waiting for a network that an offline cluster does not have
+        (https://huggingface.co/docs/huggingface_hub/package_reference/environment_variables#hfhuboffline).
+        The dev stack sets it. Environment: ``LLMSPAWNER_HF_OFFLINE`` (``1``/``0``).
+        """,
+    )
+
+    llamaboard_eager_start = Bool(
+        True,
+        config=True,
+        help="""
+        Start LlamaBoard in the background as soon as a user's server starts, so that it is
+        up (or nearly) when the user opens its tile, instead of starting it at that first
+        click (6-20 s of importing torch, transformers and Gradio). It runs whether or not
+        the user opens it, and it is not activity: an unused LlamaBoard does not keep a
+        server from being culled. The server gets ``LLMSPAWNER_LLAMABOARD_EAGER_START``
+        (``1``/``0``), read by ``llmspawner.singleuser.eager``. Turn it off where memory per
+        server is tight (LlamaBoard takes about 1 GB). Environment:
+        ``LLMSPAWNER_LLAMABOARD_EAGER_START`` (``1``/``0``).
+        """,
+    )
+
     def __init__(
         self,
         *,
@@ -407,6 +436,8 @@ class LLMPlatform(Configurable):
         """A trait's value from its environment variable's text (lists: comma-separated)."""
         trait = self.traits()[name]
         shown = f"LLMPlatform.{name} ({env_name(name)})"
+        if isinstance(trait, Bool):
+            return parse_bool(raw, name=shown)
         if isinstance(trait, List) and isinstance(trait._trait, Unicode):
             return parse_csv(raw)
         if isinstance(trait, List):

@@ -53,6 +53,8 @@ FROM_ENV = {
         " regcred, other ",
         ["regcred", "other"],
     ),
+    "hf_offline": ("LLMSPAWNER_HF_OFFLINE", "1", True),
+    "llamaboard_eager_start": ("LLMSPAWNER_LLAMABOARD_EAGER_START", "0", False),
 }
 
 
@@ -102,6 +104,8 @@ def test_config_wins_over_the_environment(name):
         "gpu_replica_counts": [3],
         "mig_strategy": "single" if text != "single" else "mixed",
         "queue_url": "http://cfg/q/",
+        "hf_offline": False,
+        "llamaboard_eager_start": True,
     }[name]
     c = Config()
     c.LLMPlatform[name] = configured
@@ -246,6 +250,14 @@ def test_from_env_overrides_and_defaults():
             {"mlflow_timeout": 0},
             {},
             "LLMPlatform.mlflow_timeout must be > 0 seconds, not 0.0",
+        ),
+        (
+            {},
+            {"LLMSPAWNER_HF_OFFLINE": "maybe"},
+            (
+                "LLMPlatform.hf_offline (LLMSPAWNER_HF_OFFLINE) must be one of 1, true, yes, "
+                "on, 0, false, no, off; not 'maybe'"
+            ),
         ),
     ],
 )
