@@ -132,6 +132,62 @@ def pod_requests(pod: Mapping) -> dict[str, int]:
     return total
 
 
+def bound_and_running(pod: Mapping) -> bool:
+    """Whether a pod is bound to a node (``spec.nodeName``) and has not terminated: the pods
+    whose requests :func:`profile_capacity` counts."""
+    return (
+        bool((pod.get("spec") or {}).get("nodeName"))
+        and (pod.get("status") or {}).get("phase") not in _TERMINATED
+    )
+
+
+def holds_slice(pod: Mapping) -> bool:
+    """Whether a pod holds GPU slices now, as :func:`profile_capacity` counts it: bound to a
+    node and not terminated (:func:`bound_and_running`), requesting an extended resource."""
+    return bound_and_running(pod) and any(n > 0 for n in pod_requests(pod).values())
+
+
+class SliceHolders:
+    """Which pods hold GPU slices (:func:`holds_slice`), kept from a listing and watch events.
+
+    Tells when that set changes: a holder deleted or terminated (a server stopped, a Job's pod
+    ended: a slice freed), or a pod newly bound with a GPU request (one taken). Pods are known
+    by ``metadata.uid`` (a pod recreated under the same name is another pod).
+    """
+
+    def __init__(self):
+        self._holders: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._holders)
+
+    def reset(self, pods: Iterable[Mapping]) -> bool:
+        """Start again from a full listing; return whether the set changed."""
+        new = {_uid(p) for p in pods if holds_slice(p)}
+        changed = new != self._holders
+        self._holders = new
+        return changed
+
+    def update(self, event_type: str, pod: Mapping) -> bool:
+        """Apply one watch event (``ADDED``, ``MODIFIED``, ``DELETED``); return whether the
+        set changed."""
+        uid = _uid(pod)
+        if event_type != "DELETED" and holds_slice(pod):
+            if uid in self._holders:
+                return False
+            self._holders.add(uid)
+            return True
+        if uid in self._holders:
+            self._holders.discard(uid)
+            return True
+        return False
+
+
+def _uid(pod: Mapping) -> str:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
+
+
 def profile_capacity(
     profile: Profile,
     cluster: ClusterGPUConfig,
@@ -231,9 +287,11 @@ class CapacityCache:
         self._at: float | None = None
         self._snapshot: tuple[list, list] = ([], [])
         self._lock = asyncio.Lock()
+        self._generation = 0
 
     async def snapshot(self) -> tuple[list, list]:
-        """Return ``(nodes, pods)``, listing them again only when older than ``ttl``.
+        """Return ``(nodes, pods)``, listing them again only when older than ``ttl`` or
+        invalidated since (:meth:`invalidate`).
 
         Raises:
             Exception: whatever the listing functions raise (the caller decides).
@@ -241,10 +299,17 @@ class CapacityCache:
         async with self._lock:
             now = self._clock()
             if self._at is None or now - self._at >= self.ttl:
+                generation = self._generation
                 nodes, pods = await asyncio.gather(self._list_nodes(), self._list_pods())
                 self._snapshot = (nodes, pods)
-                self._at = now
+                # Invalidated while listing: this listing may predate the change.
+                self._at = now if generation == self._generation else None
             return self._snapshot
+
+    def invalidate(self) -> None:
+        """Make the next :meth:`snapshot` list again (e.g. a watch saw a slice freed)."""
+        self._generation += 1
+        self._at = None
 
 
 class ClusterLister:
@@ -307,3 +372,7 @@ class ClusterLister:
             Exception: whatever the Kubernetes client raises (the caller decides).
         """
         return await self._cache.snapshot()
+
+    def invalidate(self) -> None:
+        """Make the next :meth:`snapshot` list again, however fresh the last listing is."""
+        self._cache.invalidate()

@@ -384,39 +384,115 @@ class KubeBackend:
     # -- watching -----------------------------------------------------------------------
 
     async def watch_changes(self, on_change: Callable[[], None], *, timeout: int = 300) -> None:
-        """Call ``on_change()`` whenever a queue Job or pod changes; runs until cancelled.
+        """Call ``on_change()`` when a queue Job or pod changes, or a GPU slice frees up;
+        runs until cancelled.
 
-        Watches Jobs and pods with :data:`MANAGED_SELECTOR` (``watch=true``, restarted after
-        ``timeout`` seconds or an error, with a short pause); the events themselves are not
-        interpreted: the reconcile loop lists and compares (list-then-watch is only the
-        trigger, so a missed event costs at most one resync interval).
+        Two watches, each list-then-watch from the list's ``resourceVersion``
+        (https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes),
+        resumed from the last version seen after a stream ends (``timeout`` seconds, or an
+        error: a short growing pause first), listed again after ``410 Gone``:
+
+        - the queue's Jobs (:data:`MANAGED_SELECTOR`): every event;
+        - every pod of the namespace: a queue pod's every event; for the others (the users'
+          servers), only a change of which pods hold GPU slices
+          (:class:`llmspawner.capacity.SliceHolders`): a pod that held one deleted or
+          terminated (a server stopped), or one newly bound. Such a change also drops
+          the capacity listing's cache (:meth:`~llmspawner.capacity.ClusterLister.invalidate`),
+          so that the pass it triggers counts the freed slice at once.
+
+        ``on_change`` is only a trigger (the control loop gathers a burst of them into one
+        pass, then lists and compares): a missed event costs at most one resync interval
+        (``LLMQueue.admission_interval``), the safety net.
         """
+        from ..capacity import SliceHolders
+
+        holders = SliceHolders()
+
+        def on_job(_type: str, _obj: dict | None) -> None:
+            on_change()
+
+        def on_pods_listed(pods: list[dict]) -> None:
+            if holders.reset(pods):
+                self.capacity.invalidate()
+            on_change()  # a (re)list may follow missed events: compare at once
+
+        def on_pod(type_: str, pod: dict) -> None:
+            changed = holders.update(type_, pod)
+            if changed:
+                self.capacity.invalidate()
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            if changed or labels.get(LABEL_MANAGED_BY) == MANAGED_BY:
+                on_change()
+
         await asyncio.gather(
-            self._watch_one("list_namespaced_job", on_change, timeout),
-            self._watch_one("list_namespaced_pod", on_change, timeout),
+            self._watch_one("list_namespaced_job", MANAGED_SELECTOR, on_job, None, timeout),
+            self._watch_one("list_namespaced_pod", None, on_pod, on_pods_listed, timeout),
         )
 
-    async def _watch_one(self, method_name: str, on_change: Callable[[], None], timeout: int):
+    async def _watch_one(
+        self,
+        method_name: str,
+        selector: str | None,
+        on_event: Callable[[str, dict], None],
+        on_list: Callable[[list[dict]], None] | None,
+        timeout: int,
+    ) -> None:
+        """List, then watch from the list's ``resourceVersion``, for ever (see
+        :meth:`watch_changes`): ``on_list(items)`` after each listing, ``on_event(type,
+        object)`` for each ``ADDED``/``MODIFIED``/``DELETED`` event."""
+        selected = {"label_selector": selector} if selector else {}
+        version: str | None = None
+        pause = 0.5
         while True:
             try:
                 api = await (self._batch() if "job" in method_name else self._core())
-                resp = await getattr(api, method_name)(
+                method = getattr(api, method_name)
+                if version is None:
+                    listed = await self._json(method, self.namespace, **selected)
+                    version = (listed.get("metadata") or {}).get("resourceVersion") or None
+                    if on_list is not None:
+                        on_list(listed.get("items") or [])
+                resp = await method(
                     self.namespace,
-                    label_selector=MANAGED_SELECTOR,
                     watch=True,
+                    resource_version=version,
+                    allow_watch_bookmarks=True,
                     timeout_seconds=timeout,
                     _preload_content=False,
                     _request_timeout=timeout + 10,
+                    **selected,
                 )
                 try:
                     if not 200 <= resp.status < 300:
                         raise await _status_error(resp)
-                    async for _line in resp.content:
-                        on_change()
+                    async for line in resp.content:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        type_, obj = event.get("type"), event.get("object") or {}
+                        if type_ == "ERROR":
+                            raise KubeError(
+                                int(obj.get("code") or 0),
+                                str(obj.get("reason") or "Error"),
+                                str(obj.get("message") or "watch error"),
+                            )
+                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                        if type_ in ("ADDED", "MODIFIED", "DELETED"):
+                            on_event(type_, obj)
+                        pause = 0.5
                 finally:
                     resp.release()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # a watch is only a trigger; resync covers the gap
+            except KubeError as e:
+                if e.status == 410:  # our version is older than the server's history
+                    log.debug("Watch %s: %s; listing again", method_name, e)
+                    version = None
+                    continue
                 log.debug("Watch %s ended: %s", method_name, e)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+            except Exception as e:  # a watch is only a trigger; the resync covers the gap
+                log.debug("Watch %s ended: %s", method_name, e)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)

@@ -40,6 +40,11 @@ class QueueSettings:
         unschedulable_timeout: seconds an admitted job's pod may stay unschedulable before
             the job fails with ``Unschedulable``.
         interval: seconds between two passes when nothing triggers one earlier.
+        plan_off_loop: read the queued jobs and decide admission in the planning worker
+            process (:func:`llmspawner.queue.planning.plan_in_worker`) when another process
+            can reach the database (not SQLite in memory), so that a pass over 10,000 jobs
+            does not block the event loop; ``False``: on the loop (the benchmarks'
+            baseline). The decision is the same.
     """
 
     image: str = ""
@@ -50,6 +55,7 @@ class QueueSettings:
     service_account: str | None = None
     unschedulable_timeout: float = 600.0
     interval: float = 5.0
+    plan_off_loop: bool = True
 
 
 @dataclass

@@ -31,6 +31,7 @@ A failed job's ``reason`` starts with a code: ``BackoffLimitExceeded``,
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 
@@ -41,10 +42,12 @@ from ..mlflow_hub import JobTokens, TokenUnavailable, build_token_secret
 from ..profiles import Profile
 from ..tracking import TrackingUnavailable
 from ..workload import build_workload
-from . import admission, k8s_objects
+from . import db as db_mod
+from . import k8s_objects, planning
 from .backend import JOB_ID_LABEL, KubeError
 from .context import QueueContext, Waiting
-from .models import Job, UserLimit
+from .models import Job
+from .planning import plan_admission
 from .states import (
     ACTIVE_STATES,
     ADMITTED,
@@ -73,7 +76,8 @@ class ControlLoop:
 
     def __init__(self, ctx: QueueContext):
         self.ctx = ctx
-        self._run_lookups: dict[int, float] = {}
+        # job id -> (time of its last run look-up, whether the job had ended by then)
+        self._run_lookups: dict[int, tuple[float, bool]] = {}
         #: Mints each Job's MLflow token (None: this process has no hub token to do it).
         self._job_tokens = JobTokens.from_env()
         #: The last pass's failure, ``None`` after a pass that worked.
@@ -232,53 +236,37 @@ class ControlLoop:
         ctx = self.ctx
         nodes, all_pods = await ctx.backend.capacity.snapshot()
         caps = capacity_mod.capacities(profiles.values(), ctx.platform.gpu_cluster, nodes, all_pods)
-        free = {slug: (caps[slug].free if slug in caps else None) for slug in profiles}
         # Whether a job's pod holds a slice must come from the same listing as the free
         # counts: a pod bound after that listing would otherwise be counted nowhere, and a
         # job admitted into a full profile.
-        pods_of = _pods_by_job(all_pods)
-        with ctx.sessions() as db:
-            rows = db.execute(
-                select(
-                    Job.id, Job.user, Job.profile, Job.priority, Job.submitted_at, Job.state
-                ).where(Job.state.in_((QUEUED, *ACTIVE_STATES)))
-            ).all()
-            limits = dict(db.execute(select(UserLimit.user, UserLimit.max_running)).all())
-        queued, active, unknown = [], [], []
-        for r in rows:
-            if r.state != QUEUED:
-                pods = pods_of.get(str(r.id), [])
-                bound = any(
-                    (p.get("spec") or {}).get("nodeName")
-                    and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-                    for p in pods
-                )
-                active.append(admission.ActiveJob(r.id, r.user, r.profile, bound))
-            elif r.profile not in profiles:
-                unknown.append(r)
-            else:
-                queued.append(
-                    admission.QueuedJob(
-                        r.id, r.user, r.profile, r.priority, to_epoch(r.submitted_at)
-                    )
-                )
-        decision = admission.decide(
-            queued,
-            active,
-            free=free,
-            user_limits=limits,
+        bound = sorted(
+            int(job_id)
+            for job_id, pods in _pods_by_job(all_pods).items()
+            if job_id.isdigit() and any(capacity_mod.bound_and_running(p) for p in pods)
+        )
+        plan = functools.partial(
+            plan_admission,
+            free={slug: (caps[slug].free if slug in caps else None) for slug in profiles},
+            bound=bound,
             default_limit=ctx.settings.default_limit,
             labels={slug: p.gpu.label for slug, p in profiles.items()},
             totals={slug: c.total for slug, c in caps.items()},
         )
+        url = db_mod.shared_url(ctx.sessions.kw["bind"]) if ctx.settings.plan_off_loop else None
+        if url:
+            # Reading 10,000 queued jobs and deciding takes tens of ms of CPU: done by the
+            # planning worker, the event loop only gets the decision (a few ms to unpickle).
+            decision, unknown = await planning.plan_in_worker(url, plan)
+        else:
+            decision, unknown = plan(ctx.sessions)
         now = to_utc(ctx.clock())
-        changes = {r.id: (QUEUED, self._failed(_gone(r.profile))) for r in unknown}
+        changes = {job_id: (QUEUED, self._failed(_gone(p))) for job_id, p in unknown}
         for job_id in decision.admit:
             changes[job_id] = (QUEUED, {"state": ADMITTED, "reason": "", "admitted_at": now})
         # Committed before any Job exists: a crash from here on is repaired by the next
         # pass (admitted without a Job -> create), never by admitting twice.
         self._write(changes)
-        ctx.waiting = Waiting(dict(decision.positions), dict(decision.reasons))
+        ctx.waiting = Waiting(decision.positions, decision.reasons)
         await self._create(list(decision.admit), ADMITTED, profiles)
 
     async def _create_suspended(self, by_name: dict, profiles) -> None:
@@ -421,7 +409,9 @@ class ControlLoop:
 
     async def _find_runs(self) -> None:
         """Record the MLflow run of jobs that started (looked up at most every
-        :data:`RUN_LOOKUP_INTERVAL` s each, until :data:`RUN_LOOKUP_MAX_AGE` s after the end)."""
+        :data:`RUN_LOOKUP_INTERVAL` s each, until :data:`RUN_LOOKUP_MAX_AGE` s after the end),
+        and once more in the pass that sees the job end (its run exists by then), so that a
+        finished job shows its MLflow link from that pass on, not a later one."""
         tracker = self.ctx.tracker
         if tracker is None:
             return
@@ -435,11 +425,13 @@ class ControlLoop:
         )
         found: dict[int, str] = {}
         for row in rows:
-            if now - self._run_lookups.get(row.id, 0) < RUN_LOOKUP_INTERVAL:
-                continue
+            last, ended_then = self._run_lookups.get(row.id, (0.0, False))
+            ended = row.state in FINAL_STATES
+            if now - last < RUN_LOOKUP_INTERVAL and (ended_then or not ended):
+                continue  # asked lately, and the job has not ended since
             if row.finished_at and now - to_epoch(row.finished_at) > RUN_LOOKUP_MAX_AGE:
                 continue  # it never reported; stop asking
-            self._run_lookups[row.id] = now
+            self._run_lookups[row.id] = (now, ended)
             try:
                 run_id = await tracker.find_job_run(self.ctx.experiment(row.user), row.id)
             except TrackingUnavailable as e:

@@ -157,27 +157,15 @@ def upgrade(engine: Engine) -> str:
         return "upgraded"
 
 
-def connect(
+def engine_for(
     url: str, *, sqlite_wal: bool = True, sqlite_synchronous: str = "NORMAL", **engine_kwargs
-) -> sessionmaker[Session]:
-    """Open the queue's database, create or upgrade its schema, and return a session factory.
+) -> Engine:
+    """The SQLAlchemy engine of the queue's database, without touching its schema.
 
-    Args:
-        url: a SQLAlchemy URL: ``sqlite:///path/queue.sqlite`` (the folder is created),
-            ``sqlite://`` (in memory, one shared connection; for tests), or
-            ``postgresql://user:password@host/db``.
-        sqlite_wal: a SQLite file gets WAL mode, ``sqlite_synchronous`` and the busy
-            timeout (:func:`sqlite_pragmas`); ``False``: SQLite's defaults (rollback journal,
-            ``synchronous=FULL``; the benchmarks' baseline).
-        sqlite_synchronous: ``"NORMAL"`` (default) or ``"FULL"``, see the module docstring.
-        engine_kwargs: passed to :func:`sqlalchemy.create_engine` (e.g. ``echo=True``).
-
-    Returns:
-        A ``sessionmaker``; its sessions do not expire objects on commit
-        (``expire_on_commit=False``), so rows can be read after the session closes.
+    Args: as :func:`connect` (which also creates or upgrades the schema).
 
     Raises:
-        RuntimeError: see :func:`upgrade`.
+        ValueError: an unknown ``sqlite_synchronous``.
         sqlalchemy.exc.ArgumentError: the URL is not a database URL.
     """
     parsed = _postgres_driver(make_url(url))
@@ -203,5 +191,46 @@ def connect(
         def _on_connect(dbapi_connection, _record):
             sqlite_pragmas(dbapi_connection, synchronous=sqlite_synchronous)
 
+    return engine
+
+
+def shared_url(engine: Engine) -> str | None:
+    """The URL (password included) by which another process reaches ``engine``'s database,
+    or ``None`` for a database only this process can see (SQLite in memory)."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or "mode=memory" in database:
+            return None
+    return url.render_as_string(hide_password=False)
+
+
+def connect(
+    url: str, *, sqlite_wal: bool = True, sqlite_synchronous: str = "NORMAL", **engine_kwargs
+) -> sessionmaker[Session]:
+    """Open the queue's database, create or upgrade its schema, and return a session factory.
+
+    Args:
+        url: a SQLAlchemy URL: ``sqlite:///path/queue.sqlite`` (the folder is created),
+            ``sqlite://`` (in memory, one shared connection; for tests), or
+            ``postgresql://user:password@host/db``.
+        sqlite_wal: a SQLite file gets WAL mode, ``sqlite_synchronous`` and the busy
+            timeout (:func:`sqlite_pragmas`); ``False``: SQLite's defaults (rollback journal,
+            ``synchronous=FULL``; the benchmarks' baseline).
+        sqlite_synchronous: ``"NORMAL"`` (default) or ``"FULL"``, see the module docstring.
+        engine_kwargs: passed to :func:`sqlalchemy.create_engine` (e.g. ``echo=True``).
+
+    Returns:
+        A ``sessionmaker``; its sessions do not expire objects on commit
+        (``expire_on_commit=False``), so rows can be read after the session closes.
+
+    Raises:
+        RuntimeError: see :func:`upgrade`.
+        ValueError: an unknown ``sqlite_synchronous``.
+        sqlalchemy.exc.ArgumentError: the URL is not a database URL.
+    """
+    engine = engine_for(
+        url, sqlite_wal=sqlite_wal, sqlite_synchronous=sqlite_synchronous, **engine_kwargs
+    )
     upgrade(engine)
     return sessionmaker(engine, expire_on_commit=False)

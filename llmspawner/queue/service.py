@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 
 from tornado import httputil, web
 from tornado.httpserver import HTTPServer
-from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from ..profiles import ProfileError
@@ -195,6 +195,27 @@ class LLMQueue(Application):
     @default("db_url")
     def _db_url_default(self):
         return _env("LLMSPAWNER_QUEUE_DB_URL", default=f"sqlite:///{SERVICE_NAME}.sqlite")
+
+    sqlite_wal = Bool(
+        True,
+        config=True,
+        help="""
+        Open a SQLite ``db_url`` in WAL mode with ``sqlite_synchronous`` and a busy timeout
+        (:func:`llmspawner.queue.db.sqlite_pragmas`; its docstring says what survives a crash).
+        ``False``: SQLite's defaults (rollback journal, ``synchronous=FULL``): several fsyncs
+        per submit.
+        """,
+    )
+    sqlite_synchronous = Enum(
+        ["NORMAL", "FULL"],
+        default_value="NORMAL",
+        config=True,
+        help="""
+        SQLite's ``synchronous`` in WAL mode (https://www.sqlite.org/pragma.html#pragma_synchronous).
+        ``NORMAL``: a commit survives a crash of the service, the last ones may be lost on
+        power loss. ``FULL``: one fsync per commit, so power loss loses none either.
+        """,
+    )
 
     image = Unicode(
         config=True,
@@ -402,7 +423,9 @@ class LLMQueue(Application):
             platform.profiles(log)  # the cache starts from the set checked here
         except ProfileError as e:
             self.exit_error(f"{SERVICE_NAME}: invalid GPU profile: {e}")
-        sessions = db.connect(self.db_url)
+        sessions = db.connect(
+            self.db_url, sqlite_wal=self.sqlite_wal, sqlite_synchronous=self.sqlite_synchronous
+        )
         backend = KubeBackend(
             platform.namespace or "default",
             request_timeout=self.k8s_request_timeout,
@@ -459,6 +482,9 @@ class LLMQueue(Application):
         stopping.cancel()
         importing.result()
         loop_, app = self.build()
+        from .planning import start_worker
+
+        start_worker()  # admission's read-and-decide, off the event loop
         # What is imported and built by now lives as long as the service: kept out of the
         # garbage collector's full passes, which would otherwise scan it all and pause the
         # event loop (~0.25 s with the hub's libraries loaded; benchmarks/queue_bad_input.py).

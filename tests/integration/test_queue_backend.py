@@ -62,6 +62,11 @@ async def cluster(tmp_path_factory):
     script = prefix / "bin" / "llamafactory-cli"
     script.write_text(FAKE_TRAIN)
     script.chmod(0o755)
+    # The Job runs "python3 -m llmspawner.training train <config>" (k8s_objects.TRAIN_COMMAND);
+    # this image's python3 hands it to the stand-in llamafactory-cli.
+    python = prefix / "bin" / "python3"
+    python.write_text('#!/bin/sh\nshift 2\nexec "$(dirname "$0")/llamafactory-cli" "$@"\n')
+    python.chmod(0o755)
     data = tmp_path_factory.mktemp("queue-devcluster")
     async with fast_cluster(data, images={"trainer": str(prefix)}) as c:
         yield c
@@ -207,6 +212,55 @@ async def test_watch_wakes_on_changes(backend):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_watch_wakes_when_a_servers_gpu_slice_frees_and_drops_the_capacity_cache(
+    backend, api
+):
+    """A pod the queue does not own (a user's server) that holds a GPU slice: its deletion
+    wakes the loop and makes the next capacity snapshot list again."""
+    core = client.CoreV1Api(api)
+    events = []
+    backend.capacity._cache.ttl = 3600  # only an invalidation lists again
+    task = asyncio.create_task(backend.watch_changes(lambda: events.append(1), timeout=5))
+    server = {
+        "metadata": {"name": "jupyter-alice", "labels": {"component": "singleuser-server"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            "containers": [
+                {
+                    "name": "notebook",
+                    "image": "python",
+                    "command": ["sleep", "60"],
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                }
+            ],
+        },
+    }
+    try:
+        await backend.capacity.snapshot()
+        await core.create_namespaced_pod(NS, server)
+
+        async def bound():
+            pod = await core.read_namespaced_pod("jupyter-alice", NS)
+            return pod.spec.node_name
+
+        await wait_for(bound, timeout=15)
+        nodes, pods = await backend.capacity.snapshot()
+        assert "jupyter-alice" in [p["metadata"]["name"] for p in pods]
+        before = len(events)
+        await core.delete_namespaced_pod("jupyter-alice", NS, grace_period_seconds=0)
+        await wait_for(lambda: len(events) > before, timeout=10)
+        nodes, pods = await backend.capacity.snapshot()
+        assert "jupyter-alice" not in [p["metadata"]["name"] for p in pods]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        try:
+            await core.delete_namespaced_pod("jupyter-alice", NS, grace_period_seconds=0)
+        except client.ApiException:
+            pass
 
 
 # -- the operations and the control loop --------------------------------------------------

@@ -1,5 +1,6 @@
 """Free GPU slices per profile from Nodes and Pods (pure), and the one Node/Pod lister."""
 
+import asyncio
 import json
 
 import pytest
@@ -108,6 +109,78 @@ async def test_cache_lists_once_per_ttl():
     now[0] += 5
     await cache.snapshot()
     assert calls == ["nodes", "pods", "nodes", "pods"]
+
+
+async def test_invalidate_lists_again_and_a_listing_raced_by_it_is_not_reused():
+    calls = []
+    gate, listing_pods = asyncio.Event(), asyncio.Event()
+
+    async def list_nodes():
+        calls.append("nodes")
+        return NODES
+
+    async def list_pods():
+        calls.append("pods")
+        listing_pods.set()
+        await gate.wait()
+        return []
+
+    cache = capacity.CapacityCache(list_nodes, list_pods, ttl=60, clock=lambda: 100.0)
+    gate.set()
+    await cache.snapshot()
+    cache.invalidate()
+    await cache.snapshot()
+    assert calls == ["nodes", "pods"] * 2
+    gate.clear()
+    listing_pods.clear()
+    cache.invalidate()
+    listing = asyncio.ensure_future(cache.snapshot())
+    await asyncio.wait_for(listing_pods.wait(), 10)
+    cache.invalidate()  # a slice freed while the listing ran: it may predate that
+    gate.set()
+    await listing
+    await cache.snapshot()
+    assert calls == ["nodes", "pods"] * 4
+    await cache.snapshot()  # now fresh
+    assert len(calls) == 8
+
+
+def holder(uid, node_name="gpu-ts2", gpus=1, phase="Running"):
+    p = pod(node_name, gpus, phase=phase)
+    p["metadata"] = {"uid": uid, "name": f"pod-{uid}", "namespace": "llm"}
+    return p
+
+
+@pytest.mark.parametrize(
+    "p, holds",
+    [
+        (holder("a"), True),
+        (holder("a", phase="Pending"), True),  # bound, not started: counted as the scheduler does
+        (holder("a", node_name=None), False),  # not bound yet
+        (holder("a", phase="Succeeded"), False),
+        (holder("a", phase="Failed"), False),
+        (holder("a", gpus=0), False),
+        ({"metadata": {"uid": "x"}, "spec": {"nodeName": "cpu-1", "containers": [{}]}}, False),
+    ],
+)
+def test_holds_slice(p, holds):
+    assert capacity.holds_slice(p) is holds
+
+
+def test_slice_holders_tell_when_a_slice_is_freed_or_taken():
+    h = capacity.SliceHolders()
+    assert h.reset([holder("a"), holder("b"), holder("c", node_name=None)]) is True
+    assert len(h) == 2
+    assert h.reset([holder("a"), holder("b")]) is False  # the same set
+    assert h.update("MODIFIED", holder("a")) is False  # a status update of a holder
+    assert h.update("ADDED", holder("c", node_name=None)) is False  # pending, unbound
+    assert h.update("MODIFIED", holder("c")) is True  # bound: takes a slice
+    assert h.update("MODIFIED", holder("a", phase="Succeeded")) is True  # a Job's pod ended
+    assert h.update("DELETED", holder("a", phase="Succeeded")) is False  # already counted
+    assert h.update("DELETED", holder("b")) is True  # a server stopped
+    assert h.update("DELETED", holder("z")) is False  # never held one
+    assert len(h) == 1
+    assert h.reset([]) is True  # a relist after missed events: c is gone too
 
 
 class FakeCoreV1:

@@ -276,3 +276,45 @@ async def test_cancel_with_the_cluster_unreachable_is_503_and_changes_nothing(qu
         await queue.cancel(view["id"], user=None, by="admin")
     assert e.value.status == 503
     assert queue.get(view["id"], user=None).state == "admitted"  # nothing changed
+
+
+async def test_the_plan_in_the_worker_process_is_the_plan_on_the_loop(tmp_path):
+    """Admission read-and-decide in the planning worker (a SQLite file) gives the same
+    decision as on the event loop, unknown profiles included."""
+    import datetime
+    import functools
+
+    from llmspawner.queue import planning
+    from llmspawner.queue.models import UserLimit
+
+    url = f"sqlite:///{tmp_path / 'plan.sqlite'}"
+    sessions = queue_db.connect(url)
+    t0 = datetime.datetime(2026, 1, 1)
+    with sessions() as db:
+        for i in range(60):
+            db.add(
+                Job(
+                    user=f"u{i % 7}",
+                    profile=("cpu", "medium", "large", "gone")[i % 4],
+                    priority=("high", "normal", "low")[i % 3],
+                    state="running" if i % 11 == 0 else "queued",
+                    submitted_at=t0 + datetime.timedelta(seconds=i),
+                )
+            )
+        db.add(UserLimit(user="u3", max_running=0))
+        db.commit()
+    plan = functools.partial(
+        planning.plan_admission,
+        free={"cpu": None, "medium": 1, "large": 0},
+        bound=[12],
+        default_limit=2,
+        labels={"medium": "½ GPU", "large": "1 GPU"},
+        totals={"medium": 2, "large": 2},
+    )
+    here = plan(sessions)
+    there = await planning.plan_in_worker(queue_db.shared_url(sessions.kw["bind"]), plan)
+    assert there == here
+    decision, unknown = here
+    assert decision.admit and decision.positions and unknown
+    assert {p for _, p in unknown} == {"gone"}
+    assert queue_db.shared_url(queue_db.connect("sqlite://").kw["bind"]) is None

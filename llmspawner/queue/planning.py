@@ -1,0 +1,146 @@
+"""Admission's read-and-decide step, runnable in the queue's worker process.
+
+:func:`plan_admission` reads the queued and active jobs and the users' limits and calls
+:func:`llmspawner.queue.admission.decide`; :class:`~llmspawner.queue.control.ControlLoop`
+runs it on the event loop (SQLite in memory) or, through :func:`plan_admission_at`, in the
+planning worker process (:func:`plan_in_worker`), so that a pass over 10,000 queued jobs
+(tens of ms of CPU: SQLAlchemy rows, then the policy) does not block the event loop: only the
+decision comes back. A process, not a thread: a thread would hold the GIL the loop needs (see
+:mod:`llmspawner.queue.limits`); its own process, not the config checks' worker, so that
+passes and submits do not wait for each other. This module imports little (SQLAlchemy, the
+models, the policy), so the worker starts in about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import threading
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from . import admission
+from .models import Job, UserLimit
+from .states import ACTIVE_STATES, QUEUED
+from .status import to_epoch
+
+#: Seconds an admission plan in the worker process may take (queueing behind config checks
+#: included) before the pass fails and is retried.
+PLAN_SECONDS = 60.0
+
+
+def plan_admission(
+    sessions,
+    *,
+    free: dict[str, int | None],
+    bound: list[int],
+    default_limit: int,
+    labels: dict[str, str],
+    totals: dict[str, int],
+) -> tuple[admission.Decision, list[tuple[int, str]]]:
+    """Read the queued and active jobs and the users' limits; decide (:func:`admission.decide`).
+
+    Pure but for the one read-only session; runs on the event loop or, for a database other
+    processes can reach, in the worker process (:func:`plan_admission_at`), with the same
+    result.
+
+    Args:
+        sessions: a session factory of the queue's database.
+        free: free slices per profile slug now (``None``: a CPU profile); the profiles offered.
+        bound: ids of the jobs whose pod holds a slice in the listing ``free`` comes from.
+        default_limit: active jobs per user unless the user has a limit.
+        labels, totals: for the reasons (see :func:`admission.decide`).
+
+    Returns:
+        ``(decision, unknown)``: the :class:`~llmspawner.queue.admission.Decision` and the
+        ``(id, profile)`` of queued jobs whose profile is no longer offered.
+    """
+    bound_ids = set(bound)
+    with sessions() as db:
+        rows = db.execute(
+            select(Job.id, Job.user, Job.profile, Job.priority, Job.submitted_at, Job.state).where(
+                Job.state.in_((QUEUED, *ACTIVE_STATES))
+            )
+        ).all()
+        user_limits = dict(db.execute(select(UserLimit.user, UserLimit.max_running)).all())
+    queued, active, unknown = [], [], []
+    for job_id, user, profile, priority, submitted_at, state in rows:
+        if state != QUEUED:
+            active.append(admission.ActiveJob(job_id, user, profile, job_id in bound_ids))
+        elif profile not in free:
+            unknown.append((job_id, profile))
+        else:
+            queued.append(
+                admission.QueuedJob(job_id, user, profile, priority, to_epoch(submitted_at))
+            )
+    decision = admission.decide(
+        queued,
+        active,
+        free=free,
+        user_limits=user_limits,
+        default_limit=default_limit,
+        labels=labels,
+        totals=totals,
+    )
+    return decision, unknown
+
+
+_plan_engines: dict[str, object] = {}
+
+
+def plan_admission_at(url: str, plan: Callable) -> tuple[admission.Decision, list]:
+    """``plan(sessions)`` on the database at ``url``, with one engine per URL kept by the
+    process (the worker's side of :meth:`ControlLoop._admit`)."""
+    from . import db as db_mod
+
+    sessions = _plan_engines.get(url)
+    if sessions is None:
+        sessions = _plan_engines[url] = sessionmaker(db_mod.engine_for(url), expire_on_commit=False)
+    return plan(sessions)
+
+
+_pool: concurrent.futures.ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> concurrent.futures.ProcessPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            # "spawn": the service runs threads, which fork would copy in an unknown state.
+            _pool = concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn")
+            )
+        return _pool
+
+
+async def plan_in_worker(
+    url: str, plan: Callable, *, seconds: float = PLAN_SECONDS
+) -> tuple[admission.Decision, list]:
+    """:func:`plan_admission_at` ``(url, plan)`` in the planning worker process.
+
+    Raises:
+        TimeoutError: no answer within ``seconds`` (the worker's start included).
+        concurrent.futures.process.BrokenProcessPool: the worker died (the next call
+            starts a new one).
+        Exception: whatever the plan raises (e.g. the database cannot be reached).
+    """
+    global _pool
+    pool = _executor()
+    future = asyncio.get_running_loop().run_in_executor(pool, plan_admission_at, url, plan)
+    try:
+        return await asyncio.wait_for(future, seconds)
+    except concurrent.futures.process.BrokenProcessPool:
+        with _pool_lock:
+            if _pool is pool:
+                _pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+
+
+def start_worker() -> None:
+    """Start the planning worker now (in the background), not at the first pass."""
+    _executor().submit(int)
