@@ -342,9 +342,13 @@ async def bench_submits(
                     raise TimeoutError(f"the service did not answer:\n{service.log_tail()}")
                 await asyncio.sleep(0.25)
             for name in names:
-                r = await client.put(
-                    f"{api}/users/{name}/limit", json={"max_running": 0}, headers=admin
-                )
+                try:
+                    r = await client.put(
+                        f"{api}/users/{name}/limit", json={"max_running": 0}, headers=admin
+                    )
+                except httpx.TransportError:
+                    print(f"the service did not answer:\n{service.log_tail()}", file=sys.stderr)
+                    raise
                 assert r.status_code in (200, 204), (r.status_code, r.text)
 
             body = {"config": tiny_config_yaml(), "profile": "medium", "priority": "normal"}
