@@ -700,6 +700,10 @@ class LLMSpawner(KubeSpawner):
         env = super().get_env()
         env["JUPYTERHUB_ACTIVITY_INTERVAL"] = str(self.activity_report_interval)
         env["LLMSPAWNER_TRAINING_CHECK_INTERVAL"] = str(self.training_check_interval)
+        # LlamaBoard starts with the server unless switched off (llmspawner.singleuser.eager).
+        env["LLMSPAWNER_LLAMABOARD_EAGER_START"] = (
+            "1" if self.platform.llamaboard_eager_start else "0"
+        )
         if self._workload is not None:
             env.update(self._workload.env)
         return env

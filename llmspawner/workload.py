@@ -36,6 +36,15 @@ from . import storage, tracking
 if TYPE_CHECKING:  # pragma: no cover - types only
     from .settings import LLMPlatform
 
+#: The shared models folder in the pod (:func:`llmspawner.storage.models_path`), read by the
+#: LlamaBoard preset (:mod:`llmspawner.singleuser.workspace`, which the pod cannot import from
+#: here: same name there).
+MODELS_DIR_ENV = "LLMSPAWNER_MODELS_DIR"
+#: A pod's environment when ``LLMPlatform.hf_offline`` is on: no Hugging Face Hub for
+#: huggingface_hub, transformers and datasets
+#: (https://huggingface.co/docs/huggingface_hub/package_reference/environment_variables#hfhuboffline).
+HF_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
 #: Label of every user workload (server pod, Job, Job pod): the user's slug.
 LABEL_USER = "llmspawner.io/user"
 #: Label of every user workload: the profile's slug.
@@ -309,7 +318,8 @@ class Workload:
             ``/dev/shm``.
         init_containers: the owner init container when a uid is set, else ``[]``.
         env: ``HOME``, and ``MLFLOW_TRACKING_URI``/``MLFLOW_EXPERIMENT_NAME`` when tracking is
-            on (``LLMPlatform.mlflow_tracking_uri`` set).
+            on (``LLMPlatform.mlflow_tracking_uri`` set); :data:`MODELS_DIR_ENV`; and
+            :data:`HF_OFFLINE_ENV` when ``LLMPlatform.hf_offline`` is on.
         working_dir: the user's folder in the pod, ``/storage/users/<slug>``.
         pod_security_context: :func:`pod_security_context`: ``fsGroup`` (when set) and
             ``seccompProfile: RuntimeDefault``.
@@ -430,6 +440,9 @@ def build_workload(
             experiment=settings.experiment_name(username),
         )
     )
+    env[MODELS_DIR_ENV] = storage.models_path()
+    if settings.hf_offline:
+        env.update(HF_OFFLINE_ENV)
     shm_volume_, shm_mount = shm_volume(shm_size(profile))
     return Workload(
         image=image,

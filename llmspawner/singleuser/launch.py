@@ -51,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from llmspawner.singleuser.workspace import prepare
 
     prepare(".")
+    # LlamaBoard's trainings run through llmspawner.training: adapter and logs into MLflow.
+    from llmspawner.training import llamaboard_path
+
+    os.environ["PATH"] = llamaboard_path(os.environ)
     try:
         os.execvp(program[0], program)
     except OSError as e:

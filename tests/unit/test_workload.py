@@ -11,6 +11,7 @@ import copy
 import pytest
 from traitlets.config import Config
 
+from llmspawner import tracking
 from llmspawner.hubconfig import REPO_PROFILES
 from llmspawner.profiles import find_profile, load_profiles
 from llmspawner.queue.k8s_objects import build_job, job_name
@@ -291,6 +292,8 @@ def test_build_workload_fields():
         "HOME": f"/storage/users/{slug}",
         "MLFLOW_TRACKING_URI": MLFLOW,
         "MLFLOW_EXPERIMENT_NAME": "Bob.Smith@example.org-experiments",
+        **tracking.POD_MLFLOW_ENV,  # the pods' MLflow client settings (llmspawner.tracking)
+        "LLMSPAWNER_MODELS_DIR": "/storage/models",  # the LlamaBoard preset's models folder
     }
     assert w.pod_security_context == {"fsGroup": 100, "seccompProfile": {"type": "RuntimeDefault"}}
     assert w.container_security_context == {"runAsUser": 1000, **HARDENED}
@@ -308,7 +311,7 @@ def test_arguments_win_over_settings_and_tracking_off():
     assert w.container_security_context == {"runAsUser": 1000, "runAsGroup": 6, **HARDENED}
     assert w.pod_security_context == {"fsGroup": 7, "seccompProfile": {"type": "RuntimeDefault"}}
     assert w.init_containers[0]["command"][-1] == "1000:7"
-    assert w.env == {"HOME": "/storage/users/alice"}
+    assert w.env == {"HOME": "/storage/users/alice", "LLMSPAWNER_MODELS_DIR": "/storage/models"}
     assert w.gpu == {}
     assert (w.node_selector, w.tolerations) == ({}, [])
 
@@ -537,3 +540,15 @@ def test_bad_spawner_pull_secrets_name_the_setting():
     assert pull_secret_names(None) == []
     with pytest.raises(SettingError, match="KubeSpawner.image_pull_secrets"):
         pull_secret_names([{"nom": "x"}])
+
+
+def test_hf_offline_env():
+    on = build_workload(
+        username="alice", profile=find_profile(SHIPPED, "cpu"), settings=platform(hf_offline=True)
+    )
+    off = build_workload(
+        username="alice", profile=find_profile(SHIPPED, "cpu"), settings=platform()
+    )
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    assert on.env == {**off.env, **offline}
+    assert not set(offline) & set(off.env)
