@@ -1,5 +1,5 @@
 # The README's commands (dev, test; smoke). Each installs what it needs first (scripts/install.sh).
-.PHONY: install dev smoke test lint
+.PHONY: install dev smoke test lint bench
 
 install:
 	./scripts/install.sh
@@ -15,3 +15,7 @@ test: install
 
 lint: install
 	.venv/bin/ruff check .
+
+# Every benchmark (benchmarks/run_all.py, ~15 min on 2 cores); ends with one 'ratio NAME VALUE target TARGET' line per figure.
+bench: install
+	.venv/bin/python benchmarks/run_all.py

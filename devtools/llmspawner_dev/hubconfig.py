@@ -73,3 +73,7 @@ def configure_dev(c) -> None:
     _set_default(s, "http_timeout", 120)
     # A test or a demo needs no grace: the process gets SIGTERM and a second to stop.
     _set_default(s, "delete_grace_period", 1)
+    # Nothing in the dev stack reaches the Hugging Face Hub: the models are local
+    # (models/SmolLM2-135M-Instruct, llmspawner_dev.models). LLMSPAWNER_HF_OFFLINE=0 allows it.
+    if not os.environ.get("LLMSPAWNER_HF_OFFLINE"):
+        _set_default(c.LLMPlatform, "hf_offline", True)

@@ -26,6 +26,7 @@ import httpx
 from . import hubdb, parts, proxy
 from .hubconfig import DEV_GID, DEV_UID, REPO_ROOT
 from .kube import KubeClient
+from .models import seed_dev_models
 from .processes import (
     ChildProcess,
     StartupError,
@@ -334,7 +335,10 @@ class DevStack:
             ),
             hub_env,
         )
-        # Through the proxy: proves that both configurable-http-proxy and the hub are up.
+        # The hub on its own port first: asked through the proxy before it listens, every
+        # poll is a "503 GET /hub/health" error (and a failed error page) in the proxy's log.
+        wait_http(f"http://{host}:{hub_port}/hub/health", timeout=self.timeout, process=hub)
+        # Then through the proxy: proves that configurable-http-proxy reaches the hub.
         wait_http(f"{self.hub_url}/hub/health", timeout=self.timeout, process=hub)
         self.on_step(f"hub ready at {self.hub_url} ({time.monotonic() - t0:.1f} s)")
         self._wait_service_routes(hub, hub_env, t0)
@@ -421,7 +425,8 @@ class DevStack:
         return response.json()
 
     def _create_storage(self) -> None:
-        """Create the shared PVC through the Kubernetes API, ``models/`` in it, and the batch
+        """Create the shared PVC through the Kubernetes API, ``models/`` in it (with
+        SmolLM2-135M-Instruct, :func:`llmspawner_dev.models.seed_dev_models`), and the batch
         queue's PriorityClasses (an operator's one-time set-up on a real cluster)."""
         from llmspawner.queue.k8s_objects import build_priority_classes
 
@@ -430,6 +435,8 @@ class DevStack:
             for priority_class in build_priority_classes():
                 kube.ensure_object("/apis/scheduling.k8s.io/v1/priorityclasses", priority_class)
         (self.pvc_path() / "models").mkdir(parents=True, exist_ok=True)
+        # The real base model (converted once into the user's cache, then hard-linked).
+        seed_dev_models(self.pvc_path() / "models", on_step=self.on_step)
         given = give_back_root_files(self.pvc_path() / "users", DEV_UID, DEV_GID)
         if given:
             log.warning(
