@@ -14,6 +14,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
+from devcluster.testing import wait_until
 from llmspawner_dev.smoke import fetch_llamaboard, gradio_config
 
 from .procs import processes_of
@@ -62,9 +63,13 @@ def test_alice_gets_half_a_gpu_llamaboard_mlflow_and_her_own_folder(stack, alice
     # -- alice starts "medium" through the REST API -------------------------------------
     assert alice.start_server("medium") in (201, 202)
 
-    with stack.kube() as kube:
-        pod = kube.get_pod("default", "jupyter-alice")
-    assert pod is not None, "no pod jupyter-alice in the emulated cluster"
+    def alice_pod():
+        with stack.kube() as kube:
+            return kube.get_pod("default", "jupyter-alice")
+
+    # A 202 comes after the hub's 10 s slow-spawn wait, which may end before the spawner
+    # (MLflow experiment first) has created the pod on a loaded machine.
+    pod = wait_until(alice_pod, timeouts.server, "the pod jupyter-alice in the emulated cluster")
     spec = pod["spec"]
     (container,) = [c for c in spec["containers"] if c["name"] == "notebook"]
     assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
@@ -99,7 +104,7 @@ def test_alice_gets_half_a_gpu_llamaboard_mlflow_and_her_own_folder(stack, alice
     assert config["root"] == f"{stack.hub_url}/user/alice/llamaboard"
 
     # The addresses behind the proxy: the pod's, the user server's and LlamaBoard's own port.
-    running = processes_of(pod_ip=pod_ip, username="alice")
+    running = processes_of(pod)  # this stack's own pod, so another stack's alice is not seen
     server_port = urlsplit(
         _environ_of(running, "jupyterhub-singleuser")["JUPYTERHUB_SERVICE_URL"]
     ).port
@@ -149,7 +154,9 @@ def test_alice_gets_half_a_gpu_llamaboard_mlflow_and_her_own_folder(stack, alice
     assert bob_dir.is_dir()
     listing = bob.get("/user/bob/api/contents/")
     assert listing.status_code == 200
-    assert [item["name"] for item in listing.json()["content"]] == []
+    # Only what LlamaBoard's first start seeds (llmspawner.singleuser.workspace; the server
+    # starts LlamaBoard at once), nothing of alice's.
+    assert {item["name"] for item in listing.json()["content"]} <= {"data", "llamaboard_cache"}
     missing = bob.get("/user/bob/api/contents/alice-secret.txt")
     # (jupyter_server answers this 404 with a plain text body, whatever its content type)
     assert (missing.status_code, missing.text) == (

@@ -344,7 +344,7 @@ def walk(page, context, traffic, stack, api, jobs, progress, timeouts, steps) ->
     expect(page).to_have_url(f"{hub}/hub/login?next=%2Fhub%2F")
     page.get_by_role("button", name="Sign in with your organisation").click()
     expect(page.get_by_role("heading", name="Authorize Client")).to_be_visible()
-    page.get_by_placeholder("sub").fill(USER)
+    page.get_by_label("Username").fill(USER)  # the dev provider's labelled box
     page.get_by_role("button", name="Authorize", exact=True).click()
 
     # -- the spawn page: four profiles, as profiles/*.yaml and the cluster say ---------------

@@ -206,6 +206,9 @@ def test_singleuser_enables_the_activity_extension(singleuser_venv):
     assert r.returncode == 0, out
     assert "llmspawner.singleuser.activity enabled" in out
     assert re.search(r"^\s+llmspawner\.singleuser\.activity\s+OK$", out, re.M), out
+    # LlamaBoard starts with the server (llmspawner.singleuser.eager), from the same config.
+    assert "llmspawner.singleuser.eager enabled" in out
+    assert re.search(r"^\s+llmspawner\.singleuser\.eager\s+OK$", out, re.M), out
 
 
 def test_singleuser_has_the_queue_command(singleuser_venv):
@@ -312,7 +315,23 @@ def test_wheel_holds_the_product_only(wheel):
     }
     assert [n for n in names if any(p in n for p in EMULATOR_PATHS)] == []
     assert "llmspawner/spawner.py" in names and "llmspawner/cli.py" in names
+    # The demo dataset each user's folder gets (llmspawner.singleuser.workspace).
+    assert "llmspawner/singleuser/demo/identity_demo.json" in names
     assert not any(p in entry_points for p in EMULATOR_PATHS), entry_points
+
+
+def test_wheel_ships_the_jupyter_settings_for_the_user_image(wheel):
+    """The user image installs the wheel: its terminal shell and JupyterLab defaults come along
+    (``tests/integration/test_jupyter_config.py`` checks what they do)."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as whl:
+        data = {n.split("/", 2)[2] for n in whl.namelist() if ".data/data/" in n}
+    assert {
+        "etc/jupyter/jupyter_server_config.d/llmspawner.json",
+        "etc/jupyter/jupyter_server_config.json",
+        "share/jupyter/lab/settings/overrides.d/llmspawner.json",
+    } <= data, data
 
 
 def _dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
