@@ -11,7 +11,9 @@ jobs as ``benchmarks/queue_throughput.py``'s admission figure), the
 event loop with one cheap handler (``GET /ping``, a small JSON answer: what every API call
 costs at least). A client in its own process calls it every 5 ms over keep-alive HTTP while
 the loop runs ``--passes`` passes back to back (0.05 s apart, as a burst of submits makes
-them); the figure is the p99 (and max) of those calls' latencies.
+them); the figure is the p99 (and max) of those calls' latencies. As in the service
+(``LLMQueue.serve``), what is built before the passes is frozen out of the garbage
+collector's full passes (``gc.freeze()``).
 
 Two modes in one run: the product (admission's read-and-decide in the planning worker
 process, :mod:`llmspawner.queue.planning`) and the baseline (the same code on the event loop,
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import gc
 import json
 import statistics
 import subprocess
@@ -114,6 +117,9 @@ async def measure(*, url: str, off_loop: bool, passes: int) -> dict:
     loop_ = ControlLoop(ctx)
     await loop_.run_pass()  # admits what fits; later passes see those as active
     await loop_.run_pass()  # the planning worker is started and warm
+    # As LLMQueue.serve does once built: what lives as long as the service is kept out of the
+    # garbage collector's full passes (which would scan it all, pausing the loop).
+    gc.freeze()
     client = subprocess.Popen(  # noqa: ASYNC220 (started once, before the timing)
         [sys.executable, "-c", CLIENT, str(port)],
         stdin=subprocess.PIPE,

@@ -144,3 +144,12 @@ async def plan_in_worker(
 def start_worker() -> None:
     """Start the planning worker now (in the background), not at the first pass."""
     _executor().submit(int)
+
+
+def shutdown() -> None:
+    """Stop the planning worker (the next plan starts a new one)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)

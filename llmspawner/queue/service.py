@@ -511,6 +511,9 @@ class LLMQueue(Application):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await backend.close()
+        from .planning import shutdown
+
+        await asyncio.to_thread(shutdown)
 
     async def _import_heavy(self) -> None:
         """Import :data:`HEAVY_MODULES` in a worker thread, one after the other (the event

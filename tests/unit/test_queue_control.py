@@ -7,6 +7,7 @@ the loop creates are the user's workload (``build_workload``) inside ``build_job
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -312,7 +313,10 @@ async def test_the_plan_in_the_worker_process_is_the_plan_on_the_loop(tmp_path):
         totals={"medium": 2, "large": 2},
     )
     here = plan(sessions)
-    there = await planning.plan_in_worker(queue_db.shared_url(sessions.kw["bind"]), plan)
+    try:
+        there = await planning.plan_in_worker(queue_db.shared_url(sessions.kw["bind"]), plan)
+    finally:
+        await asyncio.to_thread(planning.shutdown)
     assert there == here
     decision, unknown = here
     assert decision.admit and decision.positions and unknown
