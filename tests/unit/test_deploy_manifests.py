@@ -415,8 +415,8 @@ def test_mlflow_deployment_settings():
         'export MLFLOW_BACKEND_STORE_URI="${MLFLOW_DB_URL:-sqlite:////mlflow/mlflow.db}" && exec python3 -c '
     )
     assert "['mlflow', 'db', 'upgrade', os.environ['MLFLOW_BACKEND_STORE_URI']]" in upgrade_args
-    # The server: the URL from MLflow's own variable (never an argument), the auth app, and the
-    # hub service's prefix.
+    # The server: the URL from MLflow's own variable (never an argument), the auth app, the
+    # hub service's prefix, and the proxied artifact store (mlflow-artifacts:, on the PVC).
     [server_args] = server["args"]
     assert server_args.split() == [
         "export",
@@ -429,6 +429,7 @@ def test_mlflow_deployment_settings():
         "basic-auth",
         "--static-prefix",
         "/services/mlflow",
+        "--serve-artifacts",
         "--artifacts-destination",
         "/mlflow/artifacts",
         "--host",
