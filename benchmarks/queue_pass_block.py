@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import gc
 import json
 import statistics
@@ -39,7 +38,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from queue_throughput import MemoryCluster, admission_input, platform  # noqa: E402
+from queue_throughput import (  # noqa: E402
+    MemoryCluster,
+    admission_input,
+    platform,
+    store_queued,
+)
 
 TARGET_MS = 20.0
 
@@ -63,29 +67,10 @@ print(json.dumps(out), flush=True)
 def fill(url: str, *, queued: int, users: int) -> None:
     """Store the benchmark's queued jobs and limits (as queue_throughput's service pass)."""
     from llmspawner.queue import db as queue_db
-    from llmspawner.queue.models import Job, UserLimit
-    from llmspawner.queue.states import QUEUED
 
     jobs, _active, _free, limits = admission_input(queued=queued, users=users)
     sessions = queue_db.connect(url)
-    epoch, start = datetime.datetime(2024, 1, 1), jobs[0].submitted_at
-    with sessions() as session:
-        session.add_all(
-            Job(
-                id=j.id,
-                user=j.user,
-                profile=j.profile,
-                priority=j.priority,
-                state=QUEUED,
-                reason="",
-                config="{}",
-                submitted_at=epoch + datetime.timedelta(seconds=j.submitted_at - start),
-                k8s_name=f"bench-{j.id}",
-            )
-            for j in jobs
-        )
-        session.add_all(UserLimit(user=u, max_running=n) for u, n in limits.items())
-        session.commit()
+    store_queued(sessions, jobs, limits)
     sessions.kw["bind"].dispose()
 
 

@@ -150,15 +150,13 @@ class MemoryCluster:
         return self.jobs.pop(name, None) is not None
 
 
-async def bench_service_pass(*, queued: int, users: int, passes: int, workdir: Path) -> dict:
-    """Time :meth:`ControlLoop.run_pass` over a SQLite database of ``queued`` queued jobs."""
-    from llmspawner.queue import db as queue_db
-    from llmspawner.queue.context import QueueContext
-    from llmspawner.queue.control import ControlLoop
+def store_queued(sessions, jobs, limits: dict[str, int]) -> None:
+    """Store ``jobs`` (from :func:`admission_input`) as queued rows and the users' ``limits``
+    (``{user: max_running}``) through the queue's ``sessions`` factory; submit times become
+    datetimes from 2024-01-01 on, in the same order and spacing."""
     from llmspawner.queue.models import Job, UserLimit
+    from llmspawner.queue.states import QUEUED
 
-    jobs, active, free, limits = admission_input(queued=queued, users=users)
-    sessions = queue_db.connect(f"sqlite:///{workdir / 'bench-queue.sqlite'}")
     epoch, start = datetime.datetime(2024, 1, 1), jobs[0].submitted_at
     with sessions() as session:
         session.add_all(
@@ -177,6 +175,17 @@ async def bench_service_pass(*, queued: int, users: int, passes: int, workdir: P
         )
         session.add_all(UserLimit(user=u, max_running=n) for u, n in limits.items())
         session.commit()
+
+
+async def bench_service_pass(*, queued: int, users: int, passes: int, workdir: Path) -> dict:
+    """Time :meth:`ControlLoop.run_pass` over a SQLite database of ``queued`` queued jobs."""
+    from llmspawner.queue import db as queue_db
+    from llmspawner.queue.context import QueueContext
+    from llmspawner.queue.control import ControlLoop
+
+    jobs, active, free, limits = admission_input(queued=queued, users=users)
+    sessions = queue_db.connect(f"sqlite:///{workdir / 'bench-queue.sqlite'}")
+    store_queued(sessions, jobs, limits)
     ctx = QueueContext(sessions, MemoryCluster(), platform(image="bench"))
     queue = ControlLoop(ctx)
     # The first pass admits what fits; later passes see those as active, as in service.
