@@ -53,22 +53,13 @@ from pathlib import Path
 
 import httpx
 
+from llmspawner_dev.browser import CHROMIUM_ARGS
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: Targets of issue 16 §3 (product / direct).
 TARGETS = {"llamaboard_start": 1.25, "llamaboard_page": 1.2, "gradio_event": 1.2}
 
-#: Chromium flags for a headless run on a machine without a network beyond loopback (as
-#: tests/e2e/browser.py).
-CHROMIUM_ARGS = (
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-)
 VIEWPORT = {"width": 1280, "height": 800}
 
 #: The environment jupyter-server-proxy gives LlamaBoard in the user's server

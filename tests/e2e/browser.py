@@ -14,16 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-#: Chromium flags for a headless run on a machine without a network beyond loopback.
-CHROMIUM_ARGS = (
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-)
+from llmspawner_dev.browser import CHROMIUM_ARGS
 
 
 def chromium_path() -> str:
