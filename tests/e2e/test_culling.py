@@ -212,13 +212,16 @@ def test_training_keeps_alive_background_traffic_does_not(cull_stack, timeouts, 
         assert IDLE <= idle_for <= IDLE + CULL_SLACK, idle_for
 
         write_tiny_dataset(stack.pvc_path() / "users" / "alice" / "data")
-        alice.start_server("small")
-        bob.start_server("small")
-        alice.wait_ready(timeouts.server)
-        bob.wait_ready(timeouts.server)
         with chromium() as browser:
+            # Active from the start: on a busy machine bob's start, and the first request's
+            # token check, can take longer than IDLE after alice's server is ready.
             with KeepActive(alice, bob):
-                # LlamaBoard takes tens of seconds to start on a CPU: start it first.
+                alice.start_server("small")
+                bob.start_server("small")
+                alice.wait_ready(timeouts.server)
+                bob.wait_ready(timeouts.server)
+                # LlamaBoard takes tens of seconds to start on a CPU (it starts with the
+                # server); wait for it first.
                 with ThreadPoolExecutor(2) as pool:
                     for started in [
                         pool.submit(fetch_llamaboard, s, timeout=timeouts.llamaboard)

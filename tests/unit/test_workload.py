@@ -294,6 +294,7 @@ def test_build_workload_fields():
         "MLFLOW_EXPERIMENT_NAME": "Bob.Smith@example.org-experiments",
         **tracking.POD_MLFLOW_ENV,  # the pods' MLflow client settings (llmspawner.tracking)
         "LLMSPAWNER_MODELS_DIR": "/storage/models",  # the LlamaBoard preset's models folder
+        "OMP_WAIT_POLICY": "PASSIVE",  # PyTorch's CPU threads sleep, not spin, at barriers
     }
     assert w.pod_security_context == {"fsGroup": 100, "seccompProfile": {"type": "RuntimeDefault"}}
     assert w.container_security_context == {"runAsUser": 1000, **HARDENED}
@@ -311,7 +312,11 @@ def test_arguments_win_over_settings_and_tracking_off():
     assert w.container_security_context == {"runAsUser": 1000, "runAsGroup": 6, **HARDENED}
     assert w.pod_security_context == {"fsGroup": 7, "seccompProfile": {"type": "RuntimeDefault"}}
     assert w.init_containers[0]["command"][-1] == "1000:7"
-    assert w.env == {"HOME": "/storage/users/alice", "LLMSPAWNER_MODELS_DIR": "/storage/models"}
+    assert w.env == {
+        "HOME": "/storage/users/alice",
+        "LLMSPAWNER_MODELS_DIR": "/storage/models",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
     assert w.gpu == {}
     assert (w.node_selector, w.tolerations) == ({}, [])
 
