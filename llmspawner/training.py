@@ -449,9 +449,15 @@ def shim_dir(base: str | None = None) -> str:
             (``PermissionError``).
 
     Args:
-        base: where the folder is made; default the temp folder (``$TMPDIR``, ``/tmp``).
+        base: where the folder is made; default the user's own cache folder
+            (``$XDG_CACHE_HOME`` or ``~/.cache``, in the user's folder on the PVC): never a
+            temp folder that other pods might share (the emulated cluster's pods share the
+            host's ``/tmp``, all as uid 1000, so another user could replace the shim there).
     """
-    folder = Path(base or tempfile.gettempdir()) / f"llmspawner-shim-{os.getuid()}"
+    if base is None:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        Path(base).mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = Path(base) / f"llmspawner-shim-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     info = folder.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
