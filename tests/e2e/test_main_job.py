@@ -56,7 +56,18 @@ def _environ_of(processes: dict[int, str], program: str) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
-def test_alice_gets_half_a_gpu_llamaboard_mlflow_and_her_own_folder(stack, alice, bob, timeouts):
+@pytest.fixture
+def servers_stopped(alice, bob):
+    """Stop alice's and bob's servers after the test, passed or not: the session's users
+    would otherwise hold their GPU slices for every later test of the session."""
+    yield
+    for session in (alice, bob):
+        session.stop_server()
+
+
+def test_alice_gets_half_a_gpu_llamaboard_mlflow_and_her_own_folder(
+    stack, alice, bob, timeouts, servers_stopped
+):
     hub = urlsplit(stack.hub_url)
     prefix = "/user/alice/llamaboard/"
 
@@ -154,9 +165,12 @@ def test_alice_gets_half_a_gpu_llamaboard_mlflow_and_her_own_folder(stack, alice
     assert bob_dir.is_dir()
     listing = bob.get("/user/bob/api/contents/")
     assert listing.status_code == 200
-    # Only what LlamaBoard's first start seeds (llmspawner.singleuser.workspace; the server
-    # starts LlamaBoard at once), nothing of alice's.
-    assert {item["name"] for item in listing.json()["content"]} <= {"data", "llamaboard_cache"}
+    # bob's root is his own folder: every entry he sees is in users/bob on the PVC (read
+    # after the listing: LlamaBoard's first start, at server start, only adds to it), and
+    # nothing of alice's.
+    seen = {item["name"] for item in listing.json()["content"]}
+    assert seen <= {p.name for p in bob_dir.iterdir() if not p.name.startswith(".")}, seen
+    assert "alice-secret.txt" not in seen
     missing = bob.get("/user/bob/api/contents/alice-secret.txt")
     # (jupyter_server answers this 404 with a plain text body, whatever its content type)
     assert (missing.status_code, missing.text) == (
@@ -179,12 +193,13 @@ def test_alice_gets_half_a_gpu_llamaboard_mlflow_and_her_own_folder(stack, alice
     bob.stop_server()
 
     # -- stopping alice's server deletes the pod and ends its processes -----------------
-    before = processes_of(pod_ip=pod_ip, username="alice")
+    before = processes_of(pod)  # the running pod's sandbox and everything below it
     assert any("jupyterhub-singleuser" in c for c in before.values()), before
     assert any("llamafactory" in c or "webui" in c for c in before.values()), before
 
     alice.stop_server()
     with stack.kube() as kube:
         assert kube.get_pod("default", "jupyter-alice") is None
-    assert processes_of(pod_ip=pod_ip, username="alice") == {}
+    # The same pod object: none of its container processes is alive any more.
+    assert processes_of(pod) == {}
     assert os.path.isfile(alice_dir / "alice-secret.txt")  # the data stays on the PVC

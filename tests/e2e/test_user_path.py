@@ -409,10 +409,11 @@ def walk(page, context, traffic, stack, api, jobs, progress, timeouts, steps) ->
     expect(tile).to_be_visible(timeout=60_000)
     expect(tile.locator(".jp-LauncherCard-label")).to_have_text("LlamaBoard")
     expect(tile.get_by_role("img", name="LlamaBoard")).to_be_visible()
-    # JupyterLab asks a new user once whether to fetch news; ivan declines, as a person would.
-    page.locator(".jp-toast-container, .Toastify").get_by_role(
-        "button", name="No", exact=True
-    ).click()
+    # JupyterLab does not ask whether to fetch Jupyter's news (fetchNews off for offline
+    # clusters: jupyter-config/lab/settings/overrides.d/llmspawner.json).
+    expect(
+        page.locator(".jp-toast-container, .Toastify").get_by_role("button", name="No", exact=True)
+    ).to_have_count(0)
     tile.click()
     tab = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text="LlamaBoard")
     expect(tab).to_have_attribute("aria-selected", "true")

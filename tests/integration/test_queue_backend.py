@@ -247,8 +247,14 @@ async def test_watch_wakes_when_a_servers_gpu_slice_frees_and_drops_the_capacity
             return pod.spec.node_name
 
         await wait_for(bound, timeout=15)
-        nodes, pods = await backend.capacity.snapshot()
-        assert "jupyter-alice" in [p["metadata"]["name"] for p in pods]
+
+        async def listed():
+            _nodes, pods = await backend.capacity.snapshot()
+            return "jupyter-alice" in [p["metadata"]["name"] for p in pods]
+
+        # The cache lives an hour: only the watch's invalidation (the pod bound to a node
+        # now holds a slice) lists again; the watch may see the binding after the read above.
+        await wait_for(listed, timeout=10)
         before = len(events)
         await core.delete_namespaced_pod("jupyter-alice", NS, grace_period_seconds=0)
         await wait_for(lambda: len(events) > before, timeout=10)
