@@ -32,14 +32,11 @@ from typing import TYPE_CHECKING
 
 from . import profiles as profiles_mod
 from . import storage, tracking
+from .singleuser.workspace import MODELS_DIR_ENV  # the pod reads it: defined there
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from .settings import LLMPlatform
 
-#: The shared models folder in the pod (:func:`llmspawner.storage.models_path`), read by the
-#: LlamaBoard preset (:mod:`llmspawner.singleuser.workspace`, which the pod cannot import from
-#: here: same name there).
-MODELS_DIR_ENV = "LLMSPAWNER_MODELS_DIR"
 #: A pod's environment when ``LLMPlatform.hf_offline`` is on: no Hugging Face Hub for
 #: huggingface_hub, transformers and datasets
 #: (https://huggingface.co/docs/huggingface_hub/package_reference/environment_variables#hfhuboffline).

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmspawner import workload
 from llmspawner.singleuser import workspace
 from llmspawner.singleuser.workspace import (
     CUSTOM,
@@ -312,10 +311,6 @@ def test_the_installed_llamafactory_knows_smollm2():
     assert known[SMOL] == "smollm2"
     assert known["SmolLM2-135M"] is None  # a base model: no template
     assert len(known) > 500
-
-
-def test_the_models_folder_variable_is_the_one_the_pods_get():
-    assert workspace.MODELS_DIR_ENV == workload.MODELS_DIR_ENV
 
 
 # --- launch.py -----------------------------------------------------------------------------
