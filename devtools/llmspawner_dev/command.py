@@ -65,6 +65,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hub-debug", action="store_true", help="start the hub with --debug (verbose log)"
     )
+    parser.add_argument(
+        "--api-faults",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="RULES.json",
+        help="put a fault-injecting proxy between the hub (and its services) and the emulated "
+        "cluster's API server; its rules are the JSON list in RULES.json (default: "
+        "<workdir>/api-faults.json, created empty), re-read whenever the file changes, e.g. "
+        '[{"action": "fail", "method": "DELETE", "path_regex": "/pods/", "status": 503, '
+        '"times": 1}] (actions fail, drop, delay: see devcluster.faults)',
+    )
+
+
+def api_faults_path(option: str | bool | None, workdir: Path) -> Path | None:
+    """The rules file of ``--api-faults``: None without the option, ``<workdir>/api-faults.json``
+    for the bare flag, else the path given."""
+    if option is None or option is False:
+        return None
+    if option is True:
+        return Path(workdir) / "api-faults.json"
+    return Path(option)
+
+
+def _faults_line(stack) -> str:
+    proxy = getattr(stack, "fault_proxy", None)
+    if proxy is None:
+        return ""
+    return f"\n  API faults:  the hub reaches it through {proxy.url}; rules: {stack.api_faults}"
 
 
 def _instructions(stack) -> str:
@@ -75,7 +104,7 @@ llmspawner dev stack is running (logs in {stack.logs_dir}/)
   MLflow:      {stack.hub_url}/services/mlflow/
   OIDC:        {stack.oidc_issuer}/
   Kubernetes:  {stack.cluster_url}
-               kubectl --kubeconfig {stack.kubeconfig} get pods
+               kubectl --kubeconfig {stack.kubeconfig} get pods{_faults_line(stack)}
   Shared PVC:  {stack.pvc_path()}
 
 Log in: open the hub, and on the OIDC provider's page type any username (or click alice,
@@ -157,7 +186,13 @@ def run(args: argparse.Namespace) -> int:
                 passed[0] = report.ok
             return 0 if report.ok else 1
         workdir = args.workdir if args.workdir is not None else DEFAULT_WORKDIR
-        stack = DevStack(workdir, timeout=args.timeout, hub_args=hub_args, on_step=print)
+        stack = DevStack(
+            workdir,
+            timeout=args.timeout,
+            hub_args=hub_args,
+            on_step=print,
+            api_faults=api_faults_path(args.api_faults, workdir),
+        )
         try:
             stack.start()
             print(_instructions(stack), flush=True)

@@ -1,12 +1,17 @@
 """``python -m devcluster``: ready line, shutdown leaves no process behind."""
 
+import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
+import yaml
 
 from devcluster.__main__ import main
 from devcluster.testing import wait_until
@@ -106,3 +111,66 @@ def test_bad_node_layout_exits_2(tmp_path, capsys):
         "devcluster: node n: unknown field(s) ['gpus']; allowed: name, labels, taints, "
         "allocatable\n"
     )
+
+
+def test_a_restarted_cluster_with_an_appended_log_is_ready_at_its_own_url(tmp_path):
+    # issue 13 §5: the stack appends each run's output to logs/cluster.log; the second run
+    # must be waited for with its own ready line, not answered with the first run's dead URL
+    from llmspawner_dev.processes import start_devcluster
+
+    log_path = tmp_path / "logs" / "cluster.log"
+    urls = []
+    for _ in range(2):
+        proc, ready = start_devcluster(
+            tmp_path / "dc", log_path=log_path, env=os.environ, timeout=60
+        )
+        try:
+            with urllib.request.urlopen(ready["url"] + "/version", timeout=5) as r:
+                assert json.loads(r.read())["major"] == "1"  # it is this run's, alive
+            urls.append(ready["url"])
+        finally:
+            proc.stop(grace=10)
+    assert log_path.read_text().count('"url"') == 2  # both ready lines are in the one log
+    assert urls[0] != urls[1]
+
+
+def test_api_faults_option_and_stack_proxy(tmp_path):
+    from devcluster.faults import StackFaults
+    from llmspawner_dev.command import add_arguments, api_faults_path
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    workdir = tmp_path / "w"
+    assert api_faults_path(parser.parse_args([]).api_faults, workdir) is None
+    bare = parser.parse_args(["--api-faults"]).api_faults
+    assert api_faults_path(bare, workdir) == workdir / "api-faults.json"
+    given = parser.parse_args(["--api-faults", "/x/r.json"]).api_faults
+    assert api_faults_path(given, workdir) == Path("/x/r.json")
+
+    proc, ready = start_cluster(tmp_path / "dc")
+    faults = StackFaults(
+        ready["url"], workdir / "api-faults.json", workdir / "kubeconfig", ready["kubeconfig"]
+    )
+    try:
+        faults.start()
+        assert json.loads((workdir / "api-faults.json").read_text()) == []  # created empty
+        config = yaml.safe_load((workdir / "kubeconfig").read_text())
+        assert config["clusters"][0]["cluster"]["server"] == faults.url
+        (workdir / "api-faults.json").write_text(
+            json.dumps([{"action": "fail", "path_regex": "^/api/v1/nodes$", "status": 503}])
+        )
+
+        def nodes_status():
+            try:
+                with urllib.request.urlopen(faults.url + "/api/v1/nodes", timeout=5) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert wait_until(lambda: nodes_status() == 503, 10, "the rule from the file")
+        assert nodes_status() == 200  # times: 1
+        assert faults.proxy.faults(path_regex="nodes") == 1
+    finally:
+        faults.stop()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
