@@ -207,7 +207,12 @@ def _write_items(folder: Path, data: dict[str, bytes], items: list | None, mode:
 
 
 def prepare_volumes(
-    pod: dict, data_dir: Path, pod_dir: Path, lookup: Lookup, manage_ownership: bool = False
+    pod: dict,
+    data_dir: Path,
+    pod_dir: Path,
+    lookup: Lookup,
+    manage_ownership: bool = False,
+    projected=None,
 ) -> dict[str, str]:
     """Create the host folders of the pod's volumes; returns volume name → host path.
 
@@ -215,7 +220,8 @@ def prepare_volumes(
     are given to the pod's ``fsGroup`` (:func:`apply_fs_group`).
 
     Raises `VolumeError` for an unsupported volume type or a missing PVC, ConfigMap or Secret
-    (unless ``optional``).
+    (unless ``optional``). ``projected(pod, source, lookup) -> {path: bytes}`` writes a
+    ``projected`` volume (R: the ServiceAccount token, `devcluster.authn.projected_files`).
     """
     ns = pod["metadata"].get("namespace", "default")
     sources: dict[str, str] = {}
@@ -259,6 +265,15 @@ def prepare_volumes(
                     {k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()}
                 )
             _write_items(path, data, ref.get("items"), ref.get("defaultMode", 0o644))
+            owned.append((path, True))
+        elif "projected" in vol and projected is not None:  # R: ServiceAccount token
+            path = pod_dir / "volumes" / "projected" / name
+            try:
+                files = projected(pod, vol["projected"], lookup)
+            except ValueError as exc:
+                raise VolumeError(f"volume {name}: {exc}") from None
+            items = [{"key": k, "path": k} for k in files]
+            _write_items(path, files, items, vol["projected"].get("defaultMode", 0o644))
             owned.append((path, True))
         else:
             kinds = sorted(k for k in vol if k != "name")

@@ -11,10 +11,32 @@ failed/startTime/completionTime/conditions`` (with 1.31's FailureTarget/SuccessC
 before Failed/Complete); deletes suspended Jobs' pods (condition Suspended) and recreates them
 on resume; deletes finished Jobs after ``ttlSecondsAfterFinished`` (with their pods).
 
+Pod tracking, as the real controller's ``batch.kubernetes.io/job-tracking`` finalizer makes
+it: a pod counts once it is terminal, even after it is removed (the controller sees every
+pod's last state through the store's events); a pod removed before it was terminal (force
+deletion) counts as failed; pods the controller deletes itself (suspend, a finished Job)
+never count. Without ``podFailurePolicy``, a pod being deleted counts as failed at once and
+is replaced (``podReplacementPolicy: TerminatingOrFailed``); with one, it is replaced once
+terminal (``Failed``), as upstream.
+
+``podFailurePolicy`` (https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy,
+``pkg/controller/job/pod_failure_policy.go``): for each failed pod the first matching rule's
+``action`` applies: ``FailJob`` (conditions FailureTarget and Failed, reason
+``PodFailurePolicy``, message ``Container <c> for pod <ns>/<pod> failed with exit code <n>
+matching FailJob rule at index <i>`` or ``Pod <ns>/<pod> has condition <type> matching FailJob
+rule at index <i>``), ``Ignore`` (not counted in ``status.failed`` nor against
+``backoffLimit``; a replacement is created) or ``Count`` (the default without a match).
+``onExitCodes`` (``containerName``, ``operator`` In/NotIn, ``values``) matches a container
+(or init container) terminated with a non-zero exit code; ``onPodConditions`` (``type``,
+``status`` default True) a pod condition. Checked at creation (`admit_job`): the template's
+``restartPolicy`` must be ``Never``, and the rules well formed, else 422 ``Invalid`` worded
+as kube-apiserver's.
+
 https://kubernetes.io/docs/concepts/workloads/controllers/job/
 https://kubernetes.io/docs/concepts/workloads/controllers/ttlafterfinished/
-Not emulated: Indexed completion mode, podFailurePolicy, successPolicy, pod replacement
-policy, the exponential back-off between retries (``retry_delay`` seconds instead).
+Not emulated: Indexed completion mode (and ``FailIndex``), successPolicy, an explicit
+``podReplacementPolicy``, the exponential back-off between retries (``retry_delay`` seconds
+instead).
 """
 
 from __future__ import annotations
@@ -23,6 +45,7 @@ import asyncio
 import contextlib
 import copy
 import datetime
+import json
 import logging
 import time
 
@@ -92,6 +115,161 @@ def pod_from_template(job: dict) -> dict:
     }
 
 
+POLICY_ACTIONS = ("Count", "FailIndex", "FailJob", "Ignore")
+
+
+def _invalid(job: dict, errors: list[tuple[str, object, str]]) -> ApiError:
+    """422 ``Invalid`` for a Job, worded as kube-apiserver's field errors."""
+    name = job.get("metadata", {}).get("name", "")
+    causes = [
+        {
+            "reason": "FieldValueInvalid",
+            "message": f"Invalid value: {json.dumps(value)}: {detail}",
+            "field": path,
+        }
+        for path, value, detail in errors
+    ]
+    text = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
+    if len(causes) > 1:
+        text = f"[{text}]"
+    return ApiError(
+        422,
+        "Invalid",
+        f'Job.batch "{name}" is invalid: {text}',
+        {"name": name, "group": "batch", "kind": "Job", "causes": causes},
+    )
+
+
+def policy_errors(spec: dict) -> list[tuple[str, object, str]]:
+    """``(field path, value, detail)`` for each problem of ``spec.podFailurePolicy`` (as
+    ``pkg/apis/batch/validation``), empty if it is fine or absent."""
+    policy = spec.get("podFailurePolicy")
+    if policy is None:
+        return []
+    errors: list[tuple[str, object, str]] = []
+    template = (spec.get("template") or {}).get("spec") or {}
+    restart = template.get("restartPolicy", "Always")
+    if restart != "Never":
+        errors.append(
+            (
+                "spec.template.spec.restartPolicy",
+                restart,
+                'only "Never" is supported when podFailurePolicy is specified',
+            )
+        )
+    names = {c.get("name") for c in template.get("containers") or []}
+    names |= {c.get("name") for c in template.get("initContainers") or []}
+    rules = policy.get("rules")
+    if not isinstance(rules, list):
+        return [*errors, ("spec.podFailurePolicy.rules", rules, "must be a list of rules")]
+    for i, rule in enumerate(rules):
+        at = f"spec.podFailurePolicy.rules[{i}]"
+        action = rule.get("action")
+        if action not in POLICY_ACTIONS:
+            supported = ", ".join(f'"{a}"' for a in POLICY_ACTIONS)
+            errors.append((f"{at}.action", action, f"supported values: {supported}"))
+        elif action == "FailIndex":
+            errors.append(
+                (f"{at}.action", action, "requires the Indexed completion mode (not emulated)")
+            )
+        codes, conds = rule.get("onExitCodes"), rule.get("onPodConditions")
+        if (codes is None) == (conds is None):
+            errors.append(
+                (at, None, "specifying one of OnExitCodes and OnPodConditions is required")
+            )
+        if codes is not None:
+            operator = codes.get("operator")
+            if operator not in ("In", "NotIn"):
+                errors.append(
+                    (f"{at}.onExitCodes.operator", operator, 'supported values: "In", "NotIn"')
+                )
+            values = codes.get("values") or []
+            if not values:
+                errors.append((f"{at}.onExitCodes.values", values, "Required value"))
+            for j, value in enumerate(values):
+                if operator == "In" and value == 0:
+                    errors.append(
+                        (f"{at}.onExitCodes.values[{j}]", 0, "must not be 0 for the In operator")
+                    )
+            if len(set(values)) != len(values):
+                errors.append((f"{at}.onExitCodes.values", values, "must not contain duplicates"))
+            container = codes.get("containerName")
+            if container is not None and container not in names:
+                errors.append(
+                    (
+                        f"{at}.onExitCodes.containerName",
+                        container,
+                        "must be one of the container or initContainer names in the pod template",
+                    )
+                )
+        for j, cond in enumerate(conds or []):
+            if not cond.get("type"):
+                errors.append((f"{at}.onPodConditions[{j}].type", "", "Required value"))
+            if cond.get("status", "True") not in ("True", "False", "Unknown"):
+                errors.append(
+                    (
+                        f"{at}.onPodConditions[{j}].status",
+                        cond.get("status"),
+                        'supported values: "False", "True", "Unknown"',
+                    )
+                )
+    return errors
+
+
+def admit_job(store: Store, res, obj: dict) -> None:
+    """Admission hook (``Store.admit``): refuse a Job whose ``podFailurePolicy`` is invalid
+    (422, see `policy_errors`)."""
+    if res != JOBS:
+        return
+    errors = policy_errors(obj.get("spec") or {})
+    if errors:
+        raise _invalid(obj, errors)
+
+
+def match_pod_failure_policy(policy: dict, pod: dict) -> tuple[str, str] | None:
+    """The action of the first rule of ``policy`` that matches the failed ``pod`` and its
+    message (``FailJob`` rules: the Job's condition message), or None (no rule matches:
+    count it). As ``matchPodFailurePolicy`` upstream."""
+    status = pod.get("status") or {}
+    meta = pod["metadata"]
+    where = f"{meta.get('namespace')}/{meta['name']}"
+    statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+    for i, rule in enumerate(policy.get("rules") or []):
+        action = rule.get("action", "")
+        codes = rule.get("onExitCodes")
+        if codes is not None:
+            values = set(codes.get("values") or [])
+            for cs in statuses:
+                if codes.get("containerName") and cs.get("name") != codes["containerName"]:
+                    continue
+                terminated = (cs.get("state") or {}).get("terminated")
+                if not terminated or not terminated.get("exitCode"):
+                    continue
+                code = terminated["exitCode"]
+                if (code in values) == (codes.get("operator") == "In"):
+                    return action, (
+                        f"Container {cs.get('name')} for pod {where} failed with exit code "
+                        f"{code} matching {action} rule at index {i}"
+                    )
+        for want in rule.get("onPodConditions") or []:
+            for cond in status.get("conditions") or []:
+                if cond.get("type") == want.get("type") and cond.get("status") == want.get(
+                    "status", "True"
+                ):
+                    return action, (
+                        f"Pod {where} has condition {cond['type']} matching {action} rule at "
+                        f"index {i}"
+                    )
+    return None
+
+
+def _controller_uid(pod: dict) -> str | None:
+    for ref in pod["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") == "Job" and ref.get("controller"):
+            return ref.get("uid")
+    return None
+
+
 def _condition(type_: str, reason: str = "", message: str = "", status: str = "True") -> dict:
     now = now_iso()
     return {
@@ -125,9 +303,26 @@ class JobController:
         self._wake = asyncio.Event()
         self._last_failure: dict[str, float] = {}  # job uid -> time of the last pod failure
         self._seen_failures: dict[str, int] = {}  # job uid -> failed pods seen
+        #: job uid -> pod uid -> the pod's last state, for pods that were removed (the
+        #: tracking finalizer's record: they still count)
+        self._gone: dict[str, dict[str, dict]] = {}
+        self._own_deletions: set[str] = set()  # pods this controller deleted (never counted)
         store.add_listener(self._on_event)
+        if admit_job not in store.admit:  # the API server's podFailurePolicy validation
+            store.admit.append(admit_job)
 
     def _on_event(self, event: Event) -> None:
+        if event.resource == JOBS and event.type == "DELETED":
+            self._gone.pop(event.obj["metadata"]["uid"], None)
+        if event.resource == PODS and event.type == "DELETED":
+            job_uid = _controller_uid(event.obj)
+            uid = event.obj["metadata"]["uid"]
+            if job_uid and uid not in self._own_deletions:
+                last = copy.deepcopy(event.old or event.obj)
+                if (last.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                    last.setdefault("status", {})["phase"] = "Failed"  # removed unfinished
+                self._gone.setdefault(job_uid, {})[uid] = last
+            self._own_deletions.discard(uid)
         if event.resource in (JOBS, PODS):
             self._wake.set()
 
@@ -145,6 +340,7 @@ class JobController:
         for pod in pods:
             if pod["metadata"].get("deletionTimestamp"):
                 continue
+            self._own_deletions.add(pod["metadata"]["uid"])
             with contextlib.suppress(ApiError):
                 self.store.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
 
@@ -153,13 +349,31 @@ class JobController:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
         spec, status = job["spec"], job.get("status") or {}
         now = self.clock()
-        pods = job_pods(self.store, job)
+        present = job_pods(self.store, job)
+        policy = spec.get("podFailurePolicy")
         active = [
             p
-            for p in pods
+            for p in present
             if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
             and not p["metadata"].get("deletionTimestamp")
         ]
+        # being deleted, not terminal yet: with a podFailurePolicy, it still holds its place
+        # until it is terminal; without, it counts as failed now (TerminatingOrFailed)
+        terminating = [
+            p
+            for p in present
+            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and p["metadata"].get("deletionTimestamp")
+            and p["metadata"]["uid"] not in self._own_deletions
+        ]
+        gone = self._gone.get(job["metadata"]["uid"], {})
+        pods = [p for p in present if p["metadata"]["uid"] not in gone] + list(gone.values())
+        if policy is None:
+            for p in terminating:
+                p = copy.deepcopy(p)
+                p.setdefault("status", {})["phase"] = "Failed"
+                pods.append(p)
+            pods = list({p["metadata"]["uid"]: p for p in pods}.values())
         if is_finished(job):
             self._delete_pods(active)
             ttl = spec.get("ttlSecondsAfterFinished")
@@ -177,8 +391,19 @@ class JobController:
                 with contextlib.suppress(ApiError):
                     self.store.delete(JOBS, ns, name, propagation="Background")
             return
-        succeeded = sum(1 for p in pods if p["status"].get("phase") == "Succeeded")
-        failed_pods = [p for p in pods if p["status"].get("phase") == "Failed"]
+        succeeded = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Succeeded")
+        failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+        policy_failure = None  # (reason message) of a FailJob rule
+        if policy is not None:
+            counted = []
+            for p in sorted(failed_pods, key=lambda p: p["metadata"].get("creationTimestamp", "")):
+                match = match_pod_failure_policy(policy, p)
+                action = match[0] if match else "Count"
+                if action == "FailJob" and policy_failure is None:
+                    policy_failure = match[1]  # type: ignore[index]
+                if action != "Ignore":
+                    counted.append(p)
+            failed_pods = counted
         restarts = 0
         if spec["template"]["spec"].get("restartPolicy") == "OnFailure":
             restarts = sum(
@@ -216,7 +441,9 @@ class JobController:
             finish["startTime"] = start
             deadline = spec.get("activeDeadlineSeconds")
             completions = int(spec.get("completions") or 1)
-            if failed + restarts > int(spec.get("backoffLimit", 6)):
+            if policy_failure is not None:
+                reason, message = "PodFailurePolicy", policy_failure
+            elif failed + restarts > int(spec.get("backoffLimit", 6)):
                 reason, message = (
                     "BackoffLimitExceeded",
                     "Job has reached the specified backoff limit",
@@ -254,7 +481,8 @@ class JobController:
                     self.store, job, "Completed", "Job completed", component="job-controller"
                 )
             else:
-                want = min(int(spec.get("parallelism", 1)), completions - succeeded) - len(active)
+                holding = len(active) + (len(terminating) if policy is not None else 0)
+                want = min(int(spec.get("parallelism", 1)), completions - succeeded) - holding
                 uid = job["metadata"]["uid"]
                 last_failure = self._last_failure.get(uid, 0.0)
                 if len(failed_pods) > self._seen_failures.get(uid, 0):

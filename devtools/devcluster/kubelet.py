@@ -49,7 +49,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import containers
+from . import containers, memory
 from .controller import reconcile_loop
 from .events import record_event
 from .resources import PODS
@@ -79,6 +79,9 @@ class KubeletConfig:
     max_restart_backoff: float = 30.0
     retry_interval: float = 1.0
     shutdown_grace: float = 2.0
+    #: Seconds between two memory polls of a container with a memory limit, where the kubelet
+    #: cannot use cgroups (`memory.session_rss`).
+    memory_period: float = 0.2
     #: First pod address; empty: a random ``127.A.B.1`` per cluster, so that two clusters on
     #: one machine (a dev stack and a test run) do not hand out the same addresses.
     first_ip: str = ""
@@ -144,6 +147,8 @@ class ContainerRun:
         self.proc: asyncio.subprocess.Process | None = None
         self.log_path: Path | None = None
         self.container_id = ""
+        self.cgroup = ""  # this instance's memory cgroup (memory.Cgroups), if any
+        self.oom_killed = False
 
     def status(self) -> dict:
         """The ``containerStatuses`` entry."""
@@ -342,6 +347,7 @@ class PodWorker:
                     self.dir,
                     lookup,
                     manage_ownership=self.kubelet.as_root,
+                    projected=self.kubelet.projected,  # R: ServiceAccount token volume
                 )
             except (containers.VolumeError, OSError) as exc:
                 self.event("FailedMount", f"MountVolume.SetUp failed: {exc}", "Warning")
@@ -426,6 +432,17 @@ class PodWorker:
                 {g for g in [user["gid"], *user["groups"]] if g is not None},
             )
         instance = f"{run.name}-{run.restart_count}"
+        try:
+            limit = memory.memory_limit(run.spec)
+        except ValueError as exc:
+            raise containers.ContainerConfigError(str(exc)) from None
+        run.cgroup = ""
+        cgroups = self.kubelet.cgroups()
+        if limit is not None and cgroups is not None:
+            try:
+                run.cgroup = cgroups.create(f"{self.uid}_{instance}", limit)
+            except OSError as exc:
+                raise containers.ContainerConfigError(f"memory cgroup: {exc}") from None
         run.log_path = self.dir / "logs" / f"{instance}.log"
         run.log_path.parent.mkdir(parents=True, exist_ok=True)
         spec = {
@@ -439,6 +456,7 @@ class PodWorker:
             "parent_pid": os.getpid(),
             "user": user,
             "traversable": traversable,
+            "cgroup": run.cgroup,
         }
         path = self.dir / f"{instance}.json"
         path.write_text(json.dumps(spec))
@@ -477,13 +495,28 @@ class PodWorker:
         prober = None
         if probe is not None and not run.init:
             prober = asyncio.create_task(self._probe(run, probe))
+        run.oom_killed = False
+        poller = None
+        limit = memory.memory_limit(run.spec)
+        if limit is not None and not run.cgroup:
+            poller = asyncio.create_task(self._poll_memory(run, limit))
         code = await run.proc.wait()
-        if prober is not None:
-            prober.cancel()
+        if code < 0:  # the supervisor itself was killed (SIGKILL after the grace period)
+            code = 128 - code
+        for task in (prober, poller):
+            if task is not None:
+                task.cancel()
+        if run.cgroup:
+            cgroups = self.kubelet.cgroups()
+            if cgroups is not None:
+                run.oom_killed = code != 0 and cgroups.oom_killed(run.cgroup)
+                cgroups.remove(run.cgroup)
         run.ready, run.started, run.exit_code = False, False, code
         error_file = spec_path.with_suffix(".error")
         message = error_file.read_text().strip() if error_file.exists() else ""
         reason = "StartError" if message else ("Completed" if code == 0 else "Error")
+        if run.oom_killed and not message:
+            reason = "OOMKilled"
         terminated = {
             "exitCode": code,
             "reason": reason,
@@ -498,6 +531,28 @@ class PodWorker:
                 self.failure = ("StartError", message)
         run.state = {"terminated": terminated}
         return code
+
+    async def _poll_memory(self, run: ContainerRun, limit: int) -> None:
+        """Without cgroups: SIGKILL the container when its processes' RSS is over
+        ``limit`` bytes (`memory.session_rss`, every ``memory_period`` seconds)."""
+        assert run.proc is not None
+        pid = run.proc.pid
+        while run.proc.returncode is None:
+            used = await asyncio.to_thread(memory.session_rss, pid)
+            if used > limit and run.proc.returncode is None:
+                log.info(
+                    "devcluster pod %s/%s container %s: %d bytes over its limit %d: killed",
+                    self.namespace,
+                    self.name,
+                    run.name,
+                    used,
+                    limit,
+                )
+                run.oom_killed = True
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                return
+            await asyncio.sleep(self.kubelet.config.memory_period)
 
     async def _probe(self, run: ContainerRun, probe: dict) -> None:
         cfg = self.kubelet.config
@@ -610,10 +665,14 @@ class Kubelet:
         self.ips = IpPool(self.config.first_ip)
         self.workers: dict[str, PodWorker] = {}
         self.base_env: dict[str, str] = {}
+        #: R: writes ``projected`` volumes (`devcluster.authn.Authenticator.projected_files`).
+        self.projected = None
         #: Whether pod identities are applied (the kubelet runs as root; see the module
         #: docstring). Tests may set it to ``False`` to see the non-root behaviour.
         self.as_root = os.geteuid() == 0
         self._noted_not_root = False
+        self._cgroups: memory.Cgroups | None = None
+        self._cgroups_probed = False
         self._wake = asyncio.Event()
         store.add_listener(self._on_event)
 
@@ -627,6 +686,20 @@ class Kubelet:
                 os.geteuid(),
                 os.geteuid(),
             )
+
+    def cgroups(self) -> memory.Cgroups | None:
+        """The memory cgroups of containers with a memory limit (probed on first use; None:
+        not root or none writable, then RSS is polled)."""
+        if not self._cgroups_probed:
+            self._cgroups_probed = True
+            self._cgroups = memory.probe() if self.as_root else None
+            log.info(
+                "devcluster kubelet: memory limits by %s",
+                f"cgroup v{self._cgroups.version} ({self._cgroups.base})"
+                if self._cgroups
+                else "polling the containers' RSS",
+            )
+        return self._cgroups
 
     def set_api_address(self, host: str, port: int) -> None:
         """Tell containers where the API server is (KUBERNETES_SERVICE_HOST/PORT)."""
@@ -708,3 +781,5 @@ class Kubelet:
                 worker.task.cancel()
             if worker.terminating is not None:
                 worker.terminating.cancel()
+        if self._cgroups is not None:
+            self._cgroups.close()

@@ -4,7 +4,10 @@ Run by the kubelet as ``python sandbox.py SPEC.json`` (this file only, no packag
 it starts fast). SPEC is ``{"argv": [...], "env": {...}, "cwd": "/", "hostname": "pod",
 "mounts": [{"source", "target", "readOnly"}], "hide": [paths], "error_file": path,
 "parent_pid": pid, "user": {"uid", "gid", "groups", "no_new_privs"} | null,
-"traversable": [paths]}``.
+"traversable": [paths], "cgroup": path | ""}``.
+
+``cgroup`` (a container with a memory limit, see ``memory.py``): the container process moves
+itself into that cgroup (``cgroup.procs``) just before dropping root and ``exec``.
 
 ``user`` (the pod's ``runAsUser``/``runAsGroup``, ``supplementalGroups`` + ``fsGroup``, and
 ``allowPrivilegeEscalation: false``): the container process sets its supplementary groups,
@@ -223,7 +226,20 @@ def _become_user(user: dict) -> None:
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
+def _join_cgroup(spec: dict) -> None:
+    """Move this process (the container's, before ``exec``) into its memory cgroup."""
+    if not spec.get("cgroup"):
+        return
+    try:
+        with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    except OSError as exc:
+        _write_error(spec, f"cannot join the memory cgroup {spec['cgroup']}: {exc}")
+        os._exit(START_ERROR)
+
+
 def _exec_container(spec: dict) -> None:
+    _join_cgroup(spec)
     if spec.get("user"):
         try:
             _become_user(spec["user"])
