@@ -28,6 +28,7 @@ network blip for watches). For development and tests only.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -63,6 +64,8 @@ STATUS_REASONS: dict[int, tuple[str, str]] = {
     ),
 }
 ACTIONS = ("fail", "drop", "delay")
+#: How many requests :meth:`FaultProxy.hits` remembers (a long dev run forgets the oldest).
+SEEN_LIMIT = 100_000
 _HOP_HEADERS = {
     "connection",
     "keep-alive",
@@ -170,7 +173,8 @@ class FaultProxy:
         self.port = port
         self.url = ""
         self._rules: list[Rule] = []
-        self._seen: list[tuple[str, str, bool]] = []  # (method, path, faulted)
+        #: (method, path, faulted) of the last :data:`SEEN_LIMIT` requests
+        self._seen: collections.deque[tuple[str, str, bool]] = collections.deque(maxlen=SEEN_LIMIT)
         self._lock = threading.Lock()
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
@@ -244,11 +248,12 @@ class FaultProxy:
     def reset_hits(self) -> None:
         """Forget the requests seen so far."""
         with self._lock:
-            self._seen = []
+            self._seen.clear()
 
     def hits(self, method: str | None = None, path_regex: str | None = None) -> int:
         """How many requests (faulted or not) matched ``method`` (None: any) and
-        ``path_regex`` (``re.search`` on the path; None: any)."""
+        ``path_regex`` (``re.search`` on the path; None: any), of the last
+        :data:`SEEN_LIMIT`."""
         return self._count(method, path_regex, faulted_only=False)
 
     def faults(self, method: str | None = None, path_regex: str | None = None) -> int:

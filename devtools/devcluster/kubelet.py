@@ -13,8 +13,13 @@ One kubelet serves every node. For each pod bound to a node (``spec.nodeName``) 
   (PodScheduled, Initialized, ContainersReady, Ready), restarts per ``restartPolicy`` with a
   back-off, and Events (Pulled, Created, Started, Killing, BackOff, Failed, FailedMount);
 - keeps each container instance's output (stdout+stderr) for ``pods/<name>/log``;
-- on deletion: SIGTERM to the container, SIGKILL to what is left after the grace period,
-  then removes the pod object.
+- on deletion (and eviction, `disruption`): SIGTERM to the container, SIGKILL to what is left
+  after the grace period, writes the final status (phase Failed unless every container
+  exited 0; ``terminated`` exitCode 143 after SIGTERM, 137 after SIGKILL, reason Error; a
+  ``DisruptionTarget`` condition set before stays), then removes the pod object;
+- ``resources.limits.memory`` (`memory`): the container in its own memory cgroup (root) or
+  its processes' RSS polled; over the limit it is killed, ``terminated: {reason: OOMKilled,
+  exitCode: 137}``.
 
 Pod lifecycle rules: https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/
 Identity: when the kubelet runs as root (``id -u`` is 0, as the sandbox's namespaces need),
@@ -28,7 +33,7 @@ without ``runAsGroup`` the uid's primary group, else 0, as containerd), with
 ``runAsNonRoot`` is not checked against it). When the kubelet is *not* root, no identity is
 applied: every process runs as the kubelet's user, as before (logged once).
 
-Not emulated: liveness/startup probes, resource limits (no cgroups), capabilities and seccomp
+Not emulated: liveness/startup probes, CPU limits, capabilities and seccomp
 profiles (beyond what dropping root does), emptyDir ``sizeLimit``, image pulls, networking
 namespaces.
 """

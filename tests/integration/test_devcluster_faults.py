@@ -158,3 +158,25 @@ def test_bad_rules_are_refused_naming_the_field(tmp_path):
     with pytest.raises(ValueError, match=r"rule 0: fault rule keys \['verb'\]"):
         load_rules(path)
     assert load_rules(tmp_path / "missing.json") == []
+
+
+async def test_kubernetes_client_sees_the_fault_then_succeeds(cluster, proxy, tmp_path):
+    # what the hub sees (kubernetes_asyncio through a kubeconfig pointing at the proxy)
+    from kubernetes_asyncio import client, config
+    from kubernetes_asyncio.client.rest import ApiException
+
+    from devcluster.kubeconfig import write_kubeconfig
+
+    path = write_kubeconfig(tmp_path / "kubeconfig", proxy.url)
+    cluster.store.create(CONFIGMAPS, {"metadata": {"name": "doomed"}}, "default")
+    proxy.fail("DELETE", r"/configmaps/doomed$", status=503)
+    async with await config.new_client_from_config(config_file=str(path)) as api:
+        core = client.CoreV1Api(api)
+        with pytest.raises(ApiException) as err:
+            await core.delete_namespaced_config_map("doomed", "default")
+        assert err.value.status == 503
+        assert json.loads(err.value.body)["reason"] == "ServiceUnavailable"
+        assert cluster.store.peek(CONFIGMAPS, "default", "doomed") is not None
+        await core.delete_namespaced_config_map("doomed", "default")  # the retry passes
+    assert cluster.store.peek(CONFIGMAPS, "default", "doomed") is None
+    assert proxy.hits("DELETE", "doomed") == 2 and proxy.faults("DELETE", "doomed") == 1
