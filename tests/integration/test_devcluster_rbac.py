@@ -1,0 +1,272 @@
+"""ServiceAccounts, tokens and RBAC on the devcluster (issue 14 §2), driven by kubectl and
+kubernetes_asyncio as an outside user: 401/403 Status objects worded as the real server's,
+``kubectl auth can-i`` / ``auth whoami``, the token mounted into pods so
+``load_incluster_config()`` works, and the queue's RBAC from deploy/manifests/queue.
+
+Upstream: https://kubernetes.io/docs/reference/access-authn-authz/rbac/ ,
+https://kubernetes.io/docs/tasks/configure-pod-container/configure-service-account/
+"""
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.rest import ApiException
+
+from devcluster.authn import TOKEN_DIR, token_kubeconfig
+from devcluster.testing import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "team"
+
+
+def kubectl(kubeconfig, *args, stdin=None):
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def run_kubectl(kubeconfig, *args, stdin=None):
+    return asyncio.to_thread(kubectl, kubeconfig, *args, stdin=stdin)
+
+
+@pytest.fixture(scope="module")
+async def team(cluster, api):
+    """Namespace ``team`` with ServiceAccount ``bot``."""
+    core = client.CoreV1Api(api)
+    await core.create_namespace({"metadata": {"name": NS}})
+    await core.create_namespaced_service_account(NS, {"metadata": {"name": "bot"}})
+    yield NS
+
+
+async def sa_kubeconfig(cluster, tmp_path, namespace, name, https=True) -> Path:
+    """A kubeconfig with a token of ServiceAccount ``namespace/name`` (kubectl create token)."""
+    code, token, err = await run_kubectl(
+        cluster.kubeconfig_path, "create", "token", name, "-n", namespace
+    )
+    assert code == 0, err
+    server = cluster.tls_url if https else cluster.url
+    doc = token_kubeconfig(server, token.strip(), namespace, cluster.data_dir / "ca.crt")
+    path = tmp_path / f"{namespace}-{name}.kubeconfig"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+async def test_service_account_is_forbidden_until_bound(cluster, api, team, tmp_path):
+    bot = await sa_kubeconfig(cluster, tmp_path, NS, "bot")
+    code, _, err = await run_kubectl(bot, "get", "pods")
+    assert code == 1
+    assert err.strip() == (
+        'Error from server (Forbidden): pods is forbidden: User "system:serviceaccount:team:bot" '
+        'cannot list resource "pods" in API group "" in the namespace "team"'
+    )
+    code, out, _ = await run_kubectl(bot, "auth", "can-i", "list", "pods")
+    assert (code, out.strip()) == (1, "no")
+
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "pod-reader", "namespace": NS},
+        "rules": [{"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "bot-reads-pods", "namespace": NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "bot", "namespace": NS}],
+    }
+    manifest = yaml.safe_dump_all([role, binding])
+    code, out, err = await run_kubectl(
+        cluster.kubeconfig_path, "apply", "--validate=false", "-f", "-", stdin=manifest
+    )
+    assert code == 0, err
+    code, out, err = await run_kubectl(bot, "get", "pods")
+    assert code == 0, err
+    assert (await run_kubectl(bot, "auth", "can-i", "list", "pods"))[:2] == (0, "yes\n")
+    assert (await run_kubectl(bot, "auth", "can-i", "watch", "pods"))[:2] == (1, "no\n")
+    can_log = await run_kubectl(bot, "auth", "can-i", "get", "pods", "--subresource=log")
+    assert can_log[:2] == (0, "yes\n")
+    # a Role binds in its namespace only
+    code, _, err = await run_kubectl(bot, "get", "pods", "-n", "default")
+    assert 'cannot list resource "pods" in API group "" in the namespace "default"' in err
+    code, out, err = await run_kubectl(bot, "auth", "whoami", "-o", "json")
+    assert code == 0, err
+    info = json.loads(out)["status"]["userInfo"]
+    assert info["username"] == "system:serviceaccount:team:bot"
+    assert info["groups"] == [
+        "system:serviceaccounts",
+        "system:serviceaccounts:team",
+        "system:authenticated",
+    ]
+
+
+async def test_forbidden_and_unauthorized_status_objects(cluster, api, team, tmp_path):
+    """kubernetes_asyncio sees the real server's Status: 403 with group-qualified resource and
+    name, cluster scope, and 401 for a token that is not valid (also over plain HTTP)."""
+    bot = await sa_kubeconfig(cluster, tmp_path, NS, "bot", https=False)
+    async with await config.new_client_from_config(config_file=str(bot)) as bot_api:
+        with pytest.raises(ApiException) as e:
+            await client.BatchV1Api(bot_api).read_namespaced_job("train", NS)
+        assert e.value.status == 403
+        assert json.loads(e.value.body) == {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": 'jobs.batch "train" is forbidden: User "system:serviceaccount:team:bot" '
+            'cannot get resource "jobs" in API group "batch" in the namespace "team"',
+            "reason": "Forbidden",
+            "details": {"name": "train", "group": "batch", "kind": "jobs"},
+            "code": 403,
+        }
+        with pytest.raises(ApiException) as e:
+            await client.CoreV1Api(bot_api).list_node()
+        assert json.loads(e.value.body)["message"] == (
+            'nodes is forbidden: User "system:serviceaccount:team:bot" cannot list resource '
+            '"nodes" in API group "" at the cluster scope'
+        )
+    bad = token_kubeconfig(cluster.url, "not-a-token", NS)
+    path = tmp_path / "bad.kubeconfig"
+    path.write_text(yaml.safe_dump(bad))
+    async with await config.new_client_from_config(config_file=str(path)) as bad_api:
+        with pytest.raises(ApiException) as e:
+            await client.CoreV1Api(bad_api).list_namespaced_pod(NS)
+        assert e.value.status == 401
+        body = json.loads(e.value.body)
+        assert (body["reason"], body["message"]) == ("Unauthorized", "Unauthorized")
+
+
+async def test_token_of_a_deleted_service_account_is_refused(cluster, api, team, tmp_path):
+    core = client.CoreV1Api(api)
+    await core.create_namespaced_service_account(NS, {"metadata": {"name": "temp"}})
+    temp = await sa_kubeconfig(cluster, tmp_path, NS, "temp")
+    assert (await run_kubectl(temp, "auth", "whoami"))[0] == 0
+    await core.delete_namespaced_service_account("temp", NS)
+    await core.create_namespaced_service_account(NS, {"metadata": {"name": "temp"}})
+    code, _, err = await run_kubectl(temp, "auth", "whoami")
+    assert code == 1
+    assert "Unauthorized" in err  # the new ServiceAccount of the same name has another uid
+
+
+async def test_pod_gets_token_and_load_incluster_config_works(cluster, api, team):
+    """A pod of ServiceAccount ``bot`` (bound to pod-reader by the first test, or here) lists
+    its namespace's pods with kubernetes_asyncio's in-cluster config over HTTPS."""
+    rbac = client.RbacAuthorizationV1Api(api)
+    await rbac.create_namespaced_role(
+        NS,
+        {
+            "metadata": {"name": "lister"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
+        },
+    )
+    await rbac.create_namespaced_role_binding(
+        NS,
+        {
+            "metadata": {"name": "bot-lists"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lister"},
+            "subjects": [{"kind": "ServiceAccount", "name": "bot", "namespace": NS}],
+        },
+    )
+    script = (
+        "import asyncio, os\n"
+        "from kubernetes_asyncio import client, config\n"
+        "async def main():\n"
+        "    config.load_incluster_config()\n"
+        "    async with client.ApiClient() as api:\n"
+        "        pods = await client.CoreV1Api(api).list_namespaced_pod(open("
+        f"'{TOKEN_DIR}/namespace').read())\n"
+        "        print('PODS', sorted(p.metadata.name for p in pods.items))\n"
+        "        try:\n"
+        "            await client.CoreV1Api(api).list_namespaced_secret('team')\n"
+        "        except client.ApiException as e:\n"
+        "            print('SECRETS', e.status)\n"
+        "    print('HOST', os.environ['KUBERNETES_SERVICE_HOST'])\n"
+        "asyncio.run(main())\n"
+    )
+    core = client.CoreV1Api(api)
+    pod = {
+        "metadata": {"name": "in-cluster"},
+        "spec": {
+            "serviceAccountName": "bot",
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "main", "image": "python", "command": ["python", "-c", script]}
+            ],
+        },
+    }
+    created = await core.create_namespaced_pod(NS, pod)
+    volume = next(v for v in created.spec.volumes if v.name.startswith("kube-api-access-"))
+    assert [s.service_account_token.path for s in volume.projected.sources[:1]] == ["token"]
+    mount = created.spec.containers[0].volume_mounts[0]
+    assert (mount.mount_path, mount.read_only) == (TOKEN_DIR, True)
+
+    async def finished():
+        p = await core.read_namespaced_pod("in-cluster", NS)
+        return p.status.phase in ("Succeeded", "Failed") and p
+
+    done = await wait_for(finished, 60, "the in-cluster pod finished")
+    log = await core.read_namespaced_pod_log("in-cluster", NS)
+    assert done.status.phase == "Succeeded", log
+    assert "PODS ['in-cluster']" in log
+    assert "SECRETS 403" in log
+    # a pod that opts out gets no token
+    opted = await core.create_namespaced_pod(
+        NS,
+        {
+            "metadata": {"name": "no-token"},
+            "spec": {
+                "automountServiceAccountToken": False,
+                "containers": [{"name": "main", "image": "python", "command": ["true"]}],
+            },
+        },
+    )
+    assert not opted.spec.volumes
+    assert opted.spec.service_account_name == "default"
+
+
+async def test_queue_rbac_from_deploy_manifests(cluster, api, tmp_path):
+    """The hub's ServiceAccount ``hub`` with deploy/manifests/queue applied may do exactly the
+    calls listed in rbac.yaml, and nothing the kit does not grant."""
+    core = client.CoreV1Api(api)
+    await core.create_namespace({"metadata": {"name": "llm"}})
+    await core.create_namespaced_service_account("llm", {"metadata": {"name": "hub"}})
+    code, _, err = await run_kubectl(
+        cluster.kubeconfig_path,
+        "apply",
+        "--validate=false",
+        "-k",
+        str(REPO / "deploy/manifests/queue"),
+    )
+    assert code == 0, err
+    hub = await sa_kubeconfig(cluster, tmp_path, "llm", "hub")
+    allowed = [
+        ("create", "jobs.batch"),
+        ("watch", "jobs.batch"),
+        ("delete", "jobs.batch"),
+        ("patch", "configmaps"),
+        ("update", "secrets"),
+        ("list", "pods"),
+        ("get", "pods", "--subresource=log"),
+        ("list", "nodes"),
+        ("list", "priorityclasses.scheduling.k8s.io"),
+    ]
+    refused = [
+        ("delete", "pods"),
+        ("get", "pods"),
+        ("get", "secrets"),
+        ("create", "priorityclasses"),
+        ("get", "pods", "--subresource=exec"),
+    ]
+    for question in allowed + refused:
+        code, out, _ = await run_kubectl(hub, "auth", "can-i", *question)
+        assert out.strip() == ("yes" if question in allowed else "no"), question
