@@ -22,9 +22,12 @@ therefore turns it off and this module does the upload:
    :data:`OUTPUT_DIR_TAG`; the training gets ``MLFLOW_RUN_ID``, so ``MLflowCallback`` resumes
    that run (``mlflow.start_run`` reads ``MLFLOW_RUN_ID``) and its metrics and parameters land
    there.
-2. The training runs as a child process, its stdout and stderr passed through unchanged (the
-   pod's log; LlamaBoard reads the child's stderr) and copied to ``train.log`` in the output
-   folder; SIGTERM/SIGINT are passed on.
+2. The training runs as a child process, its stdout and stderr copied to ``train.log`` in the
+   output folder (all of it) and passed on: for a queue Job both unchanged (the pod's log);
+   for LlamaBoard (:func:`shim_main`) stdout unchanged (the server's, the pod's log) but
+   stderr *never* to LlamaBoard's pipe while the training runs, only a bounded tail at exit
+   (:class:`PipeTail`), see "LlamaBoard's stderr pipe" below. SIGTERM/SIGINT (and for
+   LlamaBoard SIGABRT, its Abort button) are passed on.
 3. Afterwards, also after a failure, the results are uploaded as the run's artifacts
    (:func:`artifact_plan`): the adapter (or the full model) under ``adapter/`` (``model/``),
    the logs under ``logs/``. Upload goes through MLflow's client with the pod's own
@@ -39,6 +42,27 @@ therefore turns it off and this module does the upload:
    weights become a new version of the registered model ``<name>`` (made when missing), with
    the user's own token: MLflow's auth app makes its creator its owner (``MANAGE``).
 
+LlamaBoard's stderr pipe: LLaMA-Factory 0.9.5's ``Runner._launch`` starts
+``Popen(["llamafactory-cli", "train", <yaml>], stderr=PIPE, text=True)`` and reads that pipe
+only in ``Runner.monitor``, the generator behind the page's Gradio event stream
+(https://github.com/hiyouga/LlamaFactory/issues/10180). When the stream ends (a proxy's
+request timeout, a dropped connection), nobody reads it: once its 64 KiB buffer is full, a
+blocking write stalls the training in ``write(2)``, alive and holding its GPU. The shim
+therefore writes nothing to that pipe while the training runs; LlamaBoard shows progress and
+the loss curve from files of the output folder (``running_log.txt``, ``trainer_log.jsonl``:
+``llamafactory/webui/control.py`` ``get_trainer_info``), never from the pipe, so nothing is
+lost for the page, and reopening LlamaBoard shows the run. At exit the last
+:data:`PIPE_TAIL` bytes of the training's stderr (on failure: LlamaBoard's "Failed" box shows
+what it read from the pipe) are written without blocking, as much as the pipe has room for
+(``F_GETPIPE_SZ`` less ``FIONREAD``); the shim's own lines are written without blocking too
+and dropped when the pipe is full. :mod:`llmspawner.singleuser.runner_check` checks at
+LlamaBoard's start that the installed runner still launches trainings that way.
+
+A model that is neither a folder nor in the user's Hugging Face cache, on a cluster without
+the Hub (``HF_HUB_OFFLINE``), stops the training at once with one sentence naming the shared
+models folder and what it holds (:func:`missing_model`), instead of transformers' connection
+error after the MLflow run was made.
+
 MLflow trouble never fails the training: without a run the training runs as it would
 without this wrapper (MLflow's HTTP calls are bounded by ``MLFLOW_HTTP_REQUEST_TIMEOUT`` and
 ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` from :func:`llmspawner.tracking.tracking_env`).
@@ -48,6 +72,7 @@ The exit status is the training's.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -55,6 +80,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -85,6 +111,14 @@ LOG_FILES = (
     "training_eval_loss.png",
     "training_eval_accuracy.png",
 )
+#: The most of a LlamaBoard training's stderr written to LlamaBoard's pipe at exit (bytes):
+#: the end of a traceback, for LlamaBoard's "Failed" box (which shows what it read); the whole
+#: output is in :data:`TRAIN_LOG`.
+PIPE_TAIL = 16 * 1024
+#: Bytes read from a child's pipe at a time.
+_CHUNK = 64 * 1024
+#: Exit status of a training refused before it starts (:func:`missing_model`).
+EXIT_REFUSED = 2
 #: The environment variable that turns the upload off (``0``); set by nothing in llmspawner.
 ENABLE_ENV = "LLMSPAWNER_MLFLOW_ARTIFACTS"
 #: Schemes of artifact locations that are not the pod's own file system.
@@ -290,19 +324,208 @@ def _short(e: BaseException) -> str:
     return " ".join(str(e).split())[:300] or type(e).__name__
 
 
+class PipeTail:
+    """A file descriptor that is written without ever blocking: what does not fit is dropped.
+
+    For LlamaBoard's stderr pipe (see the module docstring): the descriptor is made
+    non-blocking (``O_NONBLOCK``, on the shim's own end of the pipe only) and every write is
+    one ``write(2)`` whose unwritten rest is counted in :attr:`dropped`.
+
+    Args:
+        fd: the descriptor (the shim's stderr, 2).
+    """
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.dropped = 0
+        with contextlib.suppress(OSError):
+            os.set_blocking(fd, False)
+
+    def write(self, data: bytes | str) -> int:
+        """Write what fits now; return the bytes written (the rest is dropped and counted)."""
+        if isinstance(data, str):
+            data = data.encode("utf-8", "replace")
+        if not data:
+            return 0
+        try:
+            written = os.write(self.fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # EPIPE (LlamaBoard gone), EBADF: nobody to tell
+            written = 0
+        self.dropped += len(data) - written
+        return written
+
+    def room(self) -> int | None:
+        """Bytes that surely fit in the pipe now, or ``None`` when ``fd`` is not a pipe (a
+        file, a terminal).
+
+        Linux keeps a pipe's data in page-sized slots (``F_GETPIPE_SZ`` bytes in all) and a
+        partly read page keeps its slot, so the room is counted in whole free pages: the
+        size less the pages what it holds (``FIONREAD``) may span, one more than they fill.
+        """
+        try:
+            size = fcntl.fcntl(self.fd, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+            held = int.from_bytes(
+                fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder
+            )
+        except OSError:
+            return None
+        if held == 0:
+            return size
+        page = os.sysconf("SC_PAGE_SIZE")
+        return max(0, size - (-(-held // page) + 1) * page)
+
+    def write_tail(self, data: bytes, limit: int = PIPE_TAIL) -> int:
+        """Write the last bytes of ``data`` that fit: at most ``limit`` and at most
+        :meth:`room`, cut at a line start when one is near; return the bytes written."""
+        room = self.room()
+        keep = min(limit, len(data) if room is None else room)
+        if keep <= 0:
+            self.dropped += len(data)
+            return 0
+        tail = data[-keep:]
+        if len(tail) < len(data):
+            newline = tail.find(b"\n")
+            if 0 <= newline < len(tail) // 4:
+                tail = tail[newline + 1 :]
+        self.dropped += len(data) - len(tail)
+        written = self.write(tail)
+        return written
+
+
+class _TextSink:
+    """``sys.stderr`` of the shim: text written to a :class:`PipeTail` (never blocks)."""
+
+    def __init__(self, pipe: PipeTail):
+        self.pipe = pipe
+        self.buffer = self  # code that writes bytes to sys.stderr.buffer
+
+    def write(self, text) -> int:
+        self.pipe.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.pipe.fd
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+class _Tail:
+    """The last ``limit`` bytes of a stream (amortised: trimmed when twice as long)."""
+
+    def __init__(self, limit: int = PIPE_TAIL):
+        self.limit = limit
+        self._data = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        self._data += chunk
+        if len(self._data) > 2 * self.limit:
+            del self._data[: -self.limit]
+
+    def flush(self) -> None:
+        pass
+
+    def value(self) -> bytes:
+        return bytes(self._data[-self.limit :])
+
+
 def _pump(src, sinks) -> None:
-    for line in iter(src.readline, b""):
+    """Copy ``src`` (a child's pipe) to every sink, chunk by chunk as it comes (never a whole
+    line first: tqdm's ``\r`` updates have none), until end of file. A failing sink is
+    skipped; the pipe is always read to its end, so the child never blocks on it."""
+    fd = src.fileno()
+    while True:
+        try:
+            chunk = os.read(fd, _CHUNK)
+        except InterruptedError:  # pragma: no cover - retried by Python since 3.5
+            continue
+        if not chunk:
+            break
         for sink in sinks:
             try:
-                sink.write(line)
+                sink.write(chunk)
                 sink.flush()
             except (OSError, ValueError):
                 pass
     src.close()
 
 
+def _offline(environ: Mapping[str, str]) -> bool:
+    return any(
+        environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _in_hf_cache(repo_id: str, environ: Mapping[str, str]) -> bool:
+    """Whether ``repo_id``'s ``config.json`` is in the Hugging Face cache (``HF_HOME``)."""
+    home = environ.get("HF_HOME") or os.path.join(
+        environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME", "~"), ".cache"),
+        "huggingface",
+    )
+    cache = environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")
+    folder = Path(os.path.expanduser(cache)) / ("models--" + repo_id.replace("/", "--"))
+    return any(folder.glob("snapshots/*/config.json"))
+
+
+def missing_model(config: Mapping, environ: Mapping[str, str]) -> str | None:
+    """Why the training cannot get its base model, or ``None`` when it can (I/O: looks at
+    the folders).
+
+    ``model_name_or_path`` is fine when it is an existing folder; a path that does not exist
+    (absolute, or under the shared models folder) is a problem; a Hub id (``org/name``) is a
+    problem only when the pod has no Hub (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` on) and
+    the id is not in the user's Hugging Face cache (``$HF_HOME/hub``, the layout of
+    https://huggingface.co/docs/huggingface_hub/guides/manage-cache).
+
+    Returns:
+        One sentence naming the model, the shared models folder
+        (``$LLMSPAWNER_MODELS_DIR``) and the models it holds, and what to do.
+    """
+    model = config.get("model_name_or_path")
+    if not isinstance(model, str) or not model or os.path.isdir(os.path.expanduser(model)):
+        return None
+    from .singleuser.workspace import MODELS_DIR_ENV, shared_models
+
+    models_dir = environ.get(MODELS_DIR_ENV) or ""
+    held = ", ".join(p.name for p in shared_models(Path(models_dir))) if models_dir else ""
+    where = (
+        f"the shared models folder {models_dir} holds: {held or 'no model'}"
+        if models_dir
+        else "this pod has no shared models folder"
+    )
+    looks_like_path = model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
+    if looks_like_path:
+        return (
+            f"the base model folder {model} does not exist ({where}): choose one of those in "
+            "LlamaBoard's Model path (or the config's model_name_or_path), or ask an admin to "
+            "add it (docs/deploy.md, 'Base models')"
+        )
+    if _offline(environ) and not _in_hf_cache(model, environ):
+        return (
+            f"the base model {model!r} is not in the shared models folder nor in your "
+            f"Hugging Face cache, and this cluster has no Hugging Face Hub (HF_HUB_OFFLINE=1; "
+            f"{where}): choose one of those in LlamaBoard's Model path (or the config's "
+            "model_name_or_path), or ask an admin to add it (docs/deploy.md, 'Base models')"
+        )
+    return None
+
+
 def run_training(
-    argv: Sequence[str], *, environ: Mapping[str, str] | None = None, cli: str | None = None
+    argv: Sequence[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    cli: str | None = None,
+    pipe: PipeTail | None = None,
 ) -> int:
     """Run ``<cli> train <config> [overrides...]`` with the MLflow run and upload of the module
     docstring; return the training's exit status.
@@ -311,6 +534,13 @@ def run_training(
         argv: ``["train", config, *overrides]`` (as for ``llamafactory-cli``).
         environ: the environment (default ``os.environ``).
         cli: the real ``llamafactory-cli`` (default: found on ``PATH`` by :func:`real_cli`).
+        pipe: LlamaBoard's stderr pipe (:func:`shim_main`): the training's stderr goes to
+            ``train.log`` only, and its last :data:`PIPE_TAIL` bytes to ``pipe`` at exit;
+            ``None`` (a queue Job): stderr passed through as it comes.
+
+    Returns:
+        The training's exit status; 127 when ``llamafactory-cli`` is missing,
+        :data:`EXIT_REFUSED` when its base model is not there (:func:`missing_model`).
     """
     environ = dict(os.environ if environ is None else environ)
     cli = cli or real_cli(environ)
@@ -319,6 +549,10 @@ def run_training(
         return 127
     argv = list(argv)
     config = read_config(argv[1]) if len(argv) > 1 else {}
+    problem = missing_model(config, environ)
+    if problem is not None:
+        log(f"not started: {problem}")
+        return EXIT_REFUSED
     register = config.pop(REGISTER_KEY, None)
     if register is not None:  # LLaMA-Factory refuses unknown keys: run a copy without it
         argv[1] = _without_register(config)
@@ -339,7 +573,7 @@ def run_training(
         else:
             upload = None
     try:
-        returncode = _run_child(command, environ, output_dir)
+        returncode = _run_child(command, environ, output_dir, pipe=pipe)
     finally:
         if register is not None:
             with contextlib.suppress(OSError):
@@ -364,14 +598,25 @@ def _without_register(config: dict) -> str:
     return path
 
 
-def _run_child(command: list[str], environ: dict, output_dir) -> int:
+def _run_child(
+    command: list[str], environ: dict, output_dir, *, pipe: PipeTail | None = None
+) -> int:
+    """Run ``command``; copy its stdout and stderr to ``train.log`` in ``output_dir`` (when
+    given and writable) and pass them on (see :func:`run_training` for ``pipe``); pass on
+    SIGTERM/SIGINT (with ``pipe``, SIGABRT too: LlamaBoard's Abort signals each process of
+    the tree, ``llamafactory/webui/common.py`` ``abort_process``, and Python's default for it
+    would kill the shim before the training saved and the upload ran). Return its exit
+    status (127: it could not be started)."""
     log_file = None
+    log_path = None
     if isinstance(output_dir, str) and output_dir:
+        log_path = os.path.join(output_dir, TRAIN_LOG)
         try:
             os.makedirs(output_dir, exist_ok=True)
-            log_file = open(os.path.join(output_dir, TRAIN_LOG), "ab")  # noqa: SIM115
+            log_file = open(log_path, "ab")  # noqa: SIM115
         except OSError as e:
             log(f"cannot write {TRAIN_LOG} in {output_dir}: {e}")
+            log_path = None
     try:
         proc = subprocess.Popen(
             command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -383,16 +628,20 @@ def _run_child(command: list[str], environ: dict, output_dir) -> int:
         return 127
 
     def forward(signum, _frame):
-        proc.send_signal(signum)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
 
     previous = {}
+    signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGABRT] if pipe is not None else [])
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             previous[sig] = signal.signal(sig, forward)
     sinks = [log_file] if log_file else []
+    tail = _Tail()
+    err_sinks = [*sinks, tail] if pipe is not None else [sys.stderr.buffer, *sinks]
     threads = [
         threading.Thread(target=_pump, args=(proc.stdout, [sys.stdout.buffer, *sinks])),
-        threading.Thread(target=_pump, args=(proc.stderr, [sys.stderr.buffer, *sinks])),
+        threading.Thread(target=_pump, args=(proc.stderr, err_sinks)),
     ]
     for t in threads:
         t.start()
@@ -405,6 +654,16 @@ def _run_child(command: list[str], environ: dict, output_dir) -> int:
             signal.signal(sig, handler)
         if log_file:
             log_file.close()
+    if pipe is not None:
+        where = log_path or "nowhere (the output folder is not writable)"
+        if returncode != 0:
+            pipe.write(
+                f"llmspawner training: exit status {returncode}; the whole output is in "
+                f"{where}; its last lines:\n".encode()
+            )
+            pipe.write_tail(tail.value())
+        else:
+            pipe.write(f"llmspawner training: finished; the whole output is in {where}\n")
     return returncode
 
 
@@ -478,26 +737,35 @@ def shim_dir(base: str | None = None) -> str:
 
 def llamaboard_path(environ: Mapping[str, str], base: str | None = None) -> str:
     """``PATH`` for LlamaBoard's process: :func:`shim_dir` first, then ``environ['PATH']``.
-    With the upload off (``LLMSPAWNER_MLFLOW_ARTIFACTS=0``) or no tracking (no
-    ``MLFLOW_TRACKING_URI``), ``environ['PATH']`` unchanged."""
+
+    Always, with or without MLflow: the shim is what keeps LlamaBoard's trainings from
+    stalling on their stderr pipe (module docstring); the upload is its own choice
+    (``MLFLOW_TRACKING_URI``, ``LLMSPAWNER_MLFLOW_ARTIFACTS``). When the shim folder cannot
+    be made, ``environ['PATH']`` unchanged and one line on stderr says what that costs."""
     path = environ.get("PATH", os.defpath)
-    if environ.get(ENABLE_ENV, "1") == "0" or not environ.get("MLFLOW_TRACKING_URI"):
-        return path
     try:
         folder = shim_dir(base)
     except OSError as e:
-        log(f"LlamaBoard's trainings will not upload their results to MLflow: {e}")
+        log(
+            f"LlamaBoard's trainings run without the llmspawner shim ({e}): no train.log, no "
+            "MLflow upload, and a training whose LlamaBoard page is gone can stall once its "
+            "stderr pipe is full"
+        )
         return path
     parts = [p for p in path.split(os.pathsep) if p != folder]
     return os.pathsep.join([folder, *parts])
 
 
 def shim_main(argv: Sequence[str] | None = None) -> int:
-    """The shim's entry: ``train ...`` → :func:`run_training`; anything else → exec the real
-    ``llamafactory-cli`` (the process image is replaced)."""
+    """The shim's entry: ``train ...`` → :func:`run_training` with LlamaBoard's stderr as a
+    :class:`PipeTail` (``sys.stderr`` too: nothing the shim writes can block on it);
+    anything else → exec the real ``llamafactory-cli`` (the process image is replaced)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["train"]:
-        return run_training(args)
+        # LlamaBoard's stderr is a pipe it may stop reading: never block on it.
+        pipe = PipeTail(sys.stderr.fileno())
+        sys.stderr = _TextSink(pipe)
+        return run_training(args, pipe=pipe)
     cli = real_cli(os.environ)
     if cli is None:
         log("llamafactory-cli is not installed (not found on PATH)")
@@ -525,8 +793,10 @@ __all__ = [
     "OUTPUT_DIR_TAG",
     "RunUpload",
     "artifact_plan",
+    "PipeTail",
     "llamaboard_path",
     "main",
+    "missing_model",
     "run_training",
     "shim_dir",
 ]
