@@ -352,18 +352,25 @@ class JobAPIHandler(APIHandler):
 
 
 class JobLogsAPIHandler(APIHandler):
-    """``GET api/jobs/<id>/logs[?follow=1&tail=N]``: the newest pod's log, ``text/plain``."""
+    """``GET api/jobs/<id>/logs[?follow=1&tail=N&attempt=N]``: the newest pod's log, or the
+    saved log of an interrupted attempt, ``text/plain``."""
 
     async def get(self, job_id):
         follow = self.get_argument("follow", "") in ("1", "true", "yes")
         tail = self.get_argument("tail", "")
         if tail and not tail.isdigit():
             raise QueueError(400, "tail must be a whole number of lines", "tail")
+        attempt = self.get_argument("attempt", "")
+        if attempt and not attempt.isdigit():
+            raise QueueError(
+                400, "attempt must be a whole number (see the job's attempts)", "attempt"
+            )
         stream = await self.ops.open_log(
             _job_id(job_id),
             user=self.scope_user(),
             follow=follow,
             tail=int(tail) if tail else None,
+            attempt=int(attempt) if attempt else None,
         )
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")

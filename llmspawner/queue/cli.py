@@ -113,6 +113,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("id", type=int)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
     p.add_argument("--tail", type=int, help="only the last N lines")
+    p.add_argument(
+        "--attempt",
+        type=int,
+        help="the saved log of interrupted attempt N (llmspawner queue show ID lists them)",
+    )
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("id", type=int)
     p = sub.add_parser("limit", help="set a user's limit of running jobs (admins)")
@@ -159,13 +164,18 @@ class QueueClient:
             raise CLIError(_error_text(resp))
         return resp.json()
 
-    def stream_logs(self, job_id: int, *, follow: bool, tail: int | None, out) -> None:
-        """Write a job's log to ``out`` (a binary stream) as it comes."""
+    def stream_logs(
+        self, job_id: int, *, follow: bool, tail: int | None, out, attempt: int | None = None
+    ) -> None:
+        """Write a job's log to ``out`` (a binary stream) as it comes; with ``attempt``, the
+        saved log of that interrupted attempt."""
         import httpx
 
         params = {"follow": "1" if follow else "0"}
         if tail:
             params["tail"] = str(tail)
+        if attempt:
+            params["attempt"] = str(attempt)
         try:
             timeout = httpx.Timeout(30.0, read=None) if follow else None
             kwargs = {"timeout": timeout} if timeout else {}
@@ -321,6 +331,13 @@ def format_job(job: dict) -> str:
         ui = run_link.split("/#/", 1)[0] if "/#/" in run_link else ""
         link = f" ({ui}/#/models/{quote(str(model), safe='')})" if ui else ""
         lines.append(f"  registered_model: {model}{link}")
+    for a in job.get("attempts") or []:
+        saved = "log saved" if a.get("log_saved") else "no log"
+        lines.append(
+            f"  attempt {a['attempt']}: pod {a['pod']} (Job {a['k8s_job']}): "
+            f"{a.get('reason') or 'ended'} [{saved}; llmspawner queue logs {job['id']} "
+            f"--attempt {a['attempt']}]"
+        )
     return "\n".join(lines)
 
 
@@ -378,7 +395,13 @@ def execute(args: argparse.Namespace, client: QueueClient, out=None) -> int:
         print(json.dumps(job, indent=2) if args.json else format_job(job), file=out)
     elif args.action == "logs":
         binary = getattr(out, "buffer", out)
-        client.stream_logs(args.id, follow=args.follow, tail=args.tail, out=binary)
+        client.stream_logs(
+            args.id,
+            follow=args.follow,
+            tail=args.tail,
+            out=binary,
+            attempt=getattr(args, "attempt", None),
+        )
     elif args.action == "cancel":
         job = client.request("DELETE", f"api/jobs/{args.id}")
         print(json.dumps(job, indent=2) if args.json else format_job(job), file=out)

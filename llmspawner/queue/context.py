@@ -45,6 +45,11 @@ class QueueSettings:
             can reach the database (not SQLite in memory), so that a pass over 10,000 jobs
             does not block the event loop; ``False``: on the loop (the benchmarks'
             baseline). The decision is the same.
+        max_requeues: how many times a job interrupted by a disruption or the deletion of
+            its pod or Job runs again before it fails (``LLMQueue.max_requeues``);
+            preemptions by the queue are not counted.
+        preemption: preempt running ``low``/``normal`` queue jobs for a waiting ``high`` one
+            (:func:`llmspawner.queue.disruption.choose_preemptions`).
     """
 
     image: str = ""
@@ -56,6 +61,8 @@ class QueueSettings:
     unschedulable_timeout: float = 600.0
     interval: float = 5.0
     plan_off_loop: bool = True
+    max_requeues: int = 3
+    preemption: bool = True
 
 
 @dataclass

@@ -23,9 +23,19 @@ No database session is open during an ``await`` (Kubernetes or MLflow): each ste
 what it needs and closes the session, awaits, then writes in a new session, re-checking
 under the lock that each row is still in the state it was read in.
 
+Interruptions (:mod:`llmspawner.queue.disruption`): a pod of a live Job with
+``DisruptionTarget`` is counted once and its log saved (the Job controller replaces it); a
+Job that failed because its pod was deleted, or a Job that vanished, is requeued as the next
+attempt's Job; a ``high`` job waiting for a full profile preempts a running ``low``/``normal``
+one (its log saved, its Job deleted, requeued). Requeuing commits the row (``queued``, the
+next attempt's Job name) before the old Job is deleted, and a later attempt's Job is created
+only when no pod of an earlier attempt is left running, so a crash at any point never runs
+one job twice at once; Jobs of earlier attempts are deleted by every pass.
+
 A failed job's ``reason`` starts with a code: ``BackoffLimitExceeded``,
-``DeadlineExceeded``, ``OOMKilled``, ``Evicted``, ``ImageError``, ``ConfigError``,
-``Unschedulable``, ``Lost``.
+``DeadlineExceeded``, ``ImageError``, ``ConfigError``, ``Unschedulable``, ``Interrupted``
+(more than ``max_requeues`` interruptions); an out-of-memory kill with
+``out of memory (OOMKilled)``.
 """
 
 from __future__ import annotations
@@ -42,12 +52,13 @@ from .. import capacity as capacity_mod
 from ..mlflow_hub import JobTokens, TokenUnavailable, build_token_secret
 from ..profiles import Profile
 from ..tracking import TrackingUnavailable
-from ..workload import build_workload
+from ..workload import LABEL_PROFILE, build_workload
 from . import db as db_mod
-from . import k8s_objects, planning
+from . import disruption, k8s_objects, planning
 from .backend import JOB_ID_LABEL, KubeError
 from .context import QueueContext, Waiting
-from .models import Job
+from .disruption import disruption_reason, is_deleting, is_finished, pod_job_name
+from .models import Job, JobPod
 from .planning import plan_admission
 from .states import (
     ACTIVE_STATES,
@@ -154,12 +165,14 @@ class ControlLoop:
             backend = self.ctx.backend
             jobs, pods = await asyncio.gather(backend.list_jobs(), backend.list_job_pods())
             by_name = {j["metadata"]["name"]: j for j in jobs}
-            await self._sync_states(by_name, _pods_by_job(pods), profiles)
+            pods_of = _pods_by_job(pods)
+            await self._delete_stale(jobs)
+            await self._sync_states(by_name, pods_of, profiles)
             if self.ctx.settings.kueue_queue:
                 await self._create_suspended(by_name, profiles)
             else:
-                await self._admit(profiles)
-            await self._find_runs()
+                await self._admit(profiles, pods_of)
+        await self._find_runs()
 
     # -- database helpers -----------------------------------------------------------------
 
@@ -196,24 +209,45 @@ class ControlLoop:
         states = ACTIVE_STATES + ((QUEUED,) if settings.kueue_queue else ())
         now = self.ctx.clock()
         rows = self._read(select(Job).where(Job.state.in_(states)))
+        known = self._known_pods([r.id for r in rows])
         changes: dict[int, tuple[str, dict]] = {}
         to_create: list[int] = []
+        requeue: list[tuple[Job, str, bool]] = []
+        interrupted_pods: list[tuple[Job, dict, str]] = []
         for row in rows:
             job = by_name.get(row.k8s_name)
+            own = [
+                p for p in pods_of.get(str(row.id), []) if pod_job_name(p) in (None, row.k8s_name)
+            ]
             if job is None:
                 if row.state == RUNNING:
-                    reason = "Lost: the Kubernetes Job disappeared before the queue saw it finish"
-                    changes[row.id] = (row.state, self._failed(reason))
                     log.warning("Job %s of queue job %s is gone", row.k8s_name, row.id)
+                    requeue.append((row, disruption.JOB_DELETED, True))
                 elif row.state == ADMITTED:
                     to_create.append(row.id)
                 continue  # kueue mode: a queued job's Job is made by _create_suspended
+            counted_here = False
+            for pod in own:
+                name = pod["metadata"]["name"]
+                reason = disruption_reason(pod)
+                counted = known.get((row.id, name))
+                if reason and not counted:
+                    interrupted_pods.append((row, pod, reason))
+                    counted_here = True
+                elif counted:
+                    counted_here = True
+                elif counted is None and is_deleting(pod):
+                    interrupted_pods.append((row, pod, ""))  # save its log while it lasts
             seen = observe(
                 job,
-                pods_of.get(str(row.id), []),
+                own,
                 now=now,
                 unschedulable_timeout=settings.unschedulable_timeout,
             )
+            if seen.interrupted:
+                # counted already when its pod's disruption was (a Job that did not ignore it)
+                requeue.append((row, seen.interrupted, not counted_here))
+                continue
             if seen.delete:
                 try:
                     await self.ctx.backend.delete_job(row.k8s_name, config_map=row.k8s_name)
@@ -225,6 +259,8 @@ class ControlLoop:
             if seen.state != row.state or seen.reason != row.reason:
                 log.info("Job %s: %s -> %s %s", row.id, row.state, seen.state, seen.reason)
             values: dict = {"state": seen.state, "reason": seen.reason}
+            if seen.state in FINAL_STATES:
+                values["interruption"] = ""
             admitted_at = row.admitted_at
             if seen.state in ACTIVE_STATES and admitted_at is None:
                 admitted_at = values["admitted_at"] = to_utc(now)
@@ -238,11 +274,201 @@ class ControlLoop:
             if any(getattr(row, key) != value for key, value in values.items()):
                 changes[row.id] = (row.state, values)
         self._write(changes)
-        await self._create(to_create, ADMITTED, profiles)
+        await self._record_pods(interrupted_pods)
+        await self._requeue(requeue, pods_of)
+        await self._create(to_create, ADMITTED, profiles, pods_of)
+
+    # -- interruptions --------------------------------------------------------------------
+
+    def _known_pods(self, job_ids: list[int]) -> dict[tuple[int, str], bool]:
+        """``{(job id, pod name): counted}`` of the pods already recorded (:class:`JobPod`)."""
+        if not job_ids:
+            return {}
+        out: dict[tuple[int, str], bool] = {}
+        with self.ctx.sessions() as db:
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start : start + 500]
+                for job_id, pod, counted in db.execute(
+                    select(JobPod.job_id, JobPod.pod, JobPod.counted).where(
+                        JobPod.job_id.in_(chunk)
+                    )
+                ):
+                    out[(job_id, pod)] = bool(counted)
+        return out
+
+    async def _save_log(self, pod_name: str) -> str | None:
+        """The end (:data:`~llmspawner.queue.disruption.MAX_SAVED_LOG` bytes) of a pod's log,
+        or ``None`` when it cannot be read any more."""
+        keep = disruption.MAX_SAVED_LOG
+        data = b""
+        try:
+            async for chunk in self.ctx.backend.stream_log(pod_name):
+                data = (data + chunk)[-keep:]
+        except KubeError as e:
+            log.info("Cannot save the log of pod %s: %s", pod_name, e)
+            return None if not data else data.decode("utf-8", "replace")
+        return data.decode("utf-8", "replace")
+
+    async def _record_pods(self, items: list[tuple[Job, dict, str]]) -> None:
+        """Save the log of each pod that is interrupted or being deleted, and count each
+        disrupted one once (``reason`` set) against ``max_requeues``: the job shows
+        ``"interrupted: <reason>, requeued (n of N)"`` while the Job controller replaces the
+        pod, or fails (``Interrupted: ...``, its Job deleted) past the cap."""
+        if not items:
+            return
+        logs = {}
+        for _row, pod, _ in items:
+            logs[pod["metadata"]["name"]] = await self._save_log(pod["metadata"]["name"])
+        cap = self.ctx.settings.max_requeues
+        now = to_utc(self.ctx.clock())
+        to_delete: list[str] = []
+        with self.ctx.sessions() as db:
+            for row, pod, reason in items:
+                name = pod["metadata"]["name"]
+                text = logs[name]
+                jp = db.scalar(select(JobPod).where(JobPod.job_id == row.id, JobPod.pod == name))
+                if jp is None:
+                    jp = JobPod(
+                        job_id=row.id,
+                        pod=name,
+                        k8s_job=pod_job_name(pod) or row.k8s_name or "",
+                        reason=reason,
+                        counted=0,
+                        log=text,
+                        saved_at=now,
+                    )
+                    db.add(jp)
+                else:
+                    if text is not None and len(text) >= len(jp.log or ""):
+                        jp.log, jp.saved_at = text, now
+                    jp.reason = reason or jp.reason
+                if not reason or jp.counted:
+                    continue
+                jp.counted = 1
+                current = db.get(Job, row.id)
+                if current is None or current.state not in ACTIVE_STATES:
+                    continue
+                n = (current.interruptions or 0) + 1
+                current.interruptions = n
+                log.warning(
+                    "Queue job %s: pod %s interrupted (%s), %d of %d", row.id, name, reason, n, cap
+                )
+                if n > cap:
+                    current.state, current.finished_at = FAILED, now
+                    current.reason = disruption.too_many_sentence(reason, n, cap)
+                    current.interruption = ""
+                    to_delete.append(current.k8s_name)
+                else:
+                    current.interruption = disruption.interrupted_sentence(reason, n, cap)
+            db.commit()
+        for name in to_delete:
+            await self._delete_quietly(name)
+
+    async def _delete_quietly(self, name: str) -> None:
+        try:
+            await self.ctx.backend.delete_job(name, config_map=name)
+        except KubeError as e:  # _delete_stale retries it
+            log.warning("Cannot delete Job %s yet (retried): %s", name, e)
+
+    async def _requeue(
+        self, items: list[tuple[Job, str, bool]], pods_of: dict, *, preempted_by: dict | None = None
+    ) -> None:
+        """Requeue interrupted jobs as their next attempt's Job: save the logs of their pods
+        that are left, commit each row as ``queued`` with the next attempt's Job name (or
+        ``failed`` past ``max_requeues``, for a counted interruption), then delete the old
+        Job (its Job controller would otherwise go on). ``preempted_by``: victim id -> the
+        sentence of the preemption, for rows stopped by the queue (not counted)."""
+        if not items:
+            return
+        for row, _, _ in items:
+            known = self._known_pods([row.id])
+            pods = [
+                p
+                for p in pods_of.get(str(row.id), [])
+                if pod_job_name(p) in (None, row.k8s_name)
+                and (row.id, p["metadata"]["name"]) not in known
+            ]
+            if pods:
+                await self._record_pods([(row, p, "") for p in pods])
+        cap = self.ctx.settings.max_requeues
+        now = to_utc(self.ctx.clock())
+        old: list[str] = []
+        with self.ctx.sessions() as db:
+            for row, reason, counted in items:
+                current = db.get(Job, row.id)
+                if (
+                    current is None
+                    or current.state != row.state
+                    or current.k8s_name != row.k8s_name
+                ):
+                    continue
+                n = (current.interruptions or 0) + (1 if counted else 0)
+                if counted and n > cap:
+                    current.state, current.finished_at = FAILED, now
+                    current.reason = disruption.too_many_sentence(reason, n, cap)
+                    current.interruptions, current.interruption = n, ""
+                    log.warning("Queue job %s failed: %s", row.id, current.reason)
+                    old.append(row.k8s_name)
+                    continue
+                current.interruptions = n
+                current.interruption = disruption.interrupted_sentence(
+                    reason, n if counted else None, cap
+                )
+                current.state, current.reason = QUEUED, ""
+                current.admitted_at = current.started_at = None
+                current.k8s_name = k8s_objects.job_name(
+                    current.user, current.id, (current.attempts or 0) + 1
+                )
+                log.warning(
+                    "Queue job %s requeued (%s); next Job %s",
+                    row.id,
+                    current.interruption,
+                    current.k8s_name,
+                )
+                old.append(row.k8s_name)
+            db.commit()
+        for name in old:
+            await self._delete_quietly(name)
+        self.ctx.wake()
+
+    async def _delete_stale(self, jobs: list[dict]) -> None:
+        """Delete the Jobs of earlier attempts (their pods' logs were saved) and unfinished
+        Jobs of jobs that ended: a requeue or a fail whose delete did not get through."""
+        by_id: dict[int, list[str]] = {}
+        for j in jobs:
+            job_id = ((j.get("metadata") or {}).get("labels") or {}).get(JOB_ID_LABEL)
+            if job_id and str(job_id).isdigit():
+                by_id.setdefault(int(job_id), []).append(j["metadata"]["name"])
+        if not by_id:
+            return
+        finished = {
+            j["metadata"]["name"]
+            for j in jobs
+            if any(
+                c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                for c in (j.get("status") or {}).get("conditions") or []
+            )
+        }
+        with self.ctx.sessions() as db:
+            rows = {
+                job_id: (k8s_name, state)
+                for job_id, k8s_name, state in db.execute(
+                    select(Job.id, Job.k8s_name, Job.state).where(Job.id.in_(list(by_id)[:5000]))
+                )
+            }
+        for job_id, names in by_id.items():
+            if job_id not in rows:
+                continue  # not ours (startup() reports it)
+            current, state = rows[job_id]
+            for name in names:
+                stale = name != current or (state in FINAL_STATES and name not in finished)
+                if stale:
+                    log.info("Deleting Job %s of queue job %s (%s)", name, job_id, state)
+                    await self._delete_quietly(name)
 
     # -- admission ------------------------------------------------------------------------
 
-    async def _admit(self, profiles: dict[str, Profile]) -> None:
+    async def _admit(self, profiles: dict[str, Profile], pods_of: dict) -> None:
         ctx = self.ctx
         nodes, all_pods = await ctx.backend.capacity.snapshot()
         caps = capacity_mod.capacities(profiles.values(), ctx.platform.gpu_cluster, nodes, all_pods)
@@ -277,7 +503,99 @@ class ControlLoop:
         # pass (admitted without a Job -> create), never by admitting twice.
         self._write(changes)
         ctx.waiting = Waiting(decision.positions, decision.reasons)
-        await self._create(list(decision.admit), ADMITTED, profiles)
+        await self._create(list(decision.admit), ADMITTED, profiles, pods_of)
+        if ctx.settings.preemption:
+            free = {slug: (caps[slug].free if slug in caps else None) for slug in profiles}
+            await self._preempt(decision, free, set(bound), all_pods, pods_of)
+
+    async def _preempt(self, decision, free: dict, bound: set[int], all_pods, pods_of) -> None:
+        """Preempt running ``low``/``normal`` queue jobs for the ``high`` jobs that wait only
+        for a slice (:func:`llmspawner.queue.disruption.choose_preemptions`): each victim's
+        log is saved, it is requeued (not counted against ``max_requeues``) and its Job
+        deleted; the ``high`` job is admitted once the slice is free."""
+        waiting_ids = [
+            job_id
+            for job_id, reason in decision.reasons.items()
+            if reason.startswith("waiting for a free") and job_id not in decision.admit
+        ]
+        if not waiting_ids or not any(v == 0 for v in free.values()):
+            return
+        waiters = sorted(
+            self._read(
+                select(Job).where(
+                    Job.id.in_(waiting_ids[:5000]), Job.state == QUEUED, Job.priority == "high"
+                )
+            ),
+            key=lambda r: decision.positions.get(r.id, 0),
+        )
+        if not waiters:
+            return
+        profiles_wanted = {w.profile for w in waiters if free.get(w.profile) == 0}
+        running = self._read(
+            select(Job).where(
+                Job.state.in_(ACTIVE_STATES),
+                Job.priority != "high",
+                Job.profile.in_(profiles_wanted),
+            )
+        )
+        freeing: dict[str, int] = {}
+        for pod in all_pods:
+            if is_deleting(pod) and capacity_mod.bound_and_running(pod):
+                slug = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_PROFILE)
+                if slug:
+                    freeing[slug] = freeing.get(slug, 0) + 1
+        chosen = disruption.choose_preemptions(
+            [disruption.Waiter(w.id, w.profile) for w in waiters],
+            [
+                disruption.Running(
+                    r.id,
+                    r.profile,
+                    r.priority,
+                    to_epoch(r.started_at or r.admitted_at or r.submitted_at),
+                    holds_slice=r.id in bound,
+                )
+                for r in running
+            ],
+            free=free,
+            freeing=freeing,
+        )
+        if not chosen:
+            return
+        by_id = {r.id: r for r in running}
+        items = []
+        for victim, waiter in chosen:
+            row = by_id[victim]
+            reason = f"preempted by job {waiter} of priority high"
+            log.warning(
+                "Preempting queue job %s (%s, %s) on profile %s for job %s (high)",
+                victim,
+                row.user,
+                row.priority,
+                row.profile,
+                waiter,
+            )
+            items.append((row, reason, False))
+        await self._record_preemptions(items)
+        await self._requeue(items, pods_of)
+
+    async def _record_preemptions(self, items: list[tuple[Job, str, bool]]) -> None:
+        """One :class:`JobPod` row per preempted job (its log is saved by :meth:`_requeue`),
+        so that admins see why it was preempted in its list of attempts."""
+        now = to_utc(self.ctx.clock())
+        with self.ctx.sessions() as db:
+            for row, reason, _ in items:
+                db.add(
+                    JobPod(
+                        job_id=row.id,
+                        pod=f"{row.k8s_name} (preempted)",
+                        k8s_job=row.k8s_name,
+                        reason=reason,
+                        counted=0,
+                        log=None,
+                        saved_at=now,
+                    )
+                )
+            db.commit()
 
     async def _create_suspended(self, by_name: dict, profiles) -> None:
         rows = self._read(select(Job).where(Job.state == QUEUED))
@@ -346,11 +664,15 @@ class ControlLoop:
             token=token,
         )
 
-    async def _create(self, job_ids: list[int], expected: str, profiles) -> None:
+    async def _create(
+        self, job_ids: list[int], expected: str, profiles, pods_of: dict | None = None
+    ) -> None:
         """Create the ConfigMap and Job of each job still in state ``expected``
         (idempotent), then record the outcomes in one session: ``attempts`` and the MLflow
         experiment id, or ``failed`` when Kubernetes refuses a Job for good (a transient
-        refusal is retried at the next pass)."""
+        refusal is retried at the next pass). A job with a pod of an earlier attempt that
+        has not finished (``pods_of``, the pass's listing) waits for the next pass: two
+        attempts never write to the same output folder at once."""
         if not job_ids:
             return
         ctx = self.ctx
@@ -362,6 +684,18 @@ class ControlLoop:
         failed: dict[int, tuple[str, dict]] = {}
         created: dict[int, tuple[bool, str | None]] = {}  # id -> (existed, experiment id)
         for row in sorted(rows, key=lambda r: order[r.id]):
+            earlier = [
+                p
+                for p in (pods_of or {}).get(str(row.id), [])
+                if pod_job_name(p) not in (None, row.k8s_name) and not is_finished(p)
+            ]
+            if earlier:
+                log.info(
+                    "Job %s waits for pod %s of its earlier attempt to end",
+                    row.k8s_name,
+                    earlier[0]["metadata"]["name"],
+                )
+                continue
             profile = profiles.get(row.profile)
             if profile is None:
                 failed[row.id] = (expected, self._failed(_gone(row.profile)))

@@ -64,30 +64,50 @@ CONTAINER_NAME = "train"
 TRAIN_COMMAND = ("python3", "-m", "llmspawner.training", "train", CONFIG_PATH)
 #: Prefix of every job's name.
 NAME_PREFIX = "llm-job-"
+#: The pod condition that marks a disruption (eviction, preemption, node drain, taint
+#: manager): https://kubernetes.io/docs/concepts/workloads/pods/disruptions/#pod-disruption-conditions
+DISRUPTION_CONDITION = "DisruptionTarget"
+#: The Job's ``podFailurePolicy``: a pod that fails by disruption is not counted against
+#: ``backoffLimit``; the Job controller replaces it, and the new pod resumes from the last
+#: checkpoint in the same ``output_dir``
+#: (https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy;
+#: GA since Kubernetes 1.31, needs ``restartPolicy: Never``).
+POD_FAILURE_POLICY = {
+    "rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": DISRUPTION_CONDITION, "status": "True"}]}
+    ]
+}
 
 _MAX_NAME = 63
 _CONFIG_VOLUME = f"{SERVICE_NAME}-config"
 
 
-def job_name(username: str, job_id: int) -> str:
-    """Return the Kubernetes name of a job's Job and ConfigMap: ``llm-job-<slug>-<id>``.
+def job_name(username: str, job_id: int, attempt: int = 1) -> str:
+    """Return the Kubernetes name of a job's Job and ConfigMap: ``llm-job-<slug>-<id>``, and
+    ``llm-job-<slug>-<id>-a<n>`` for its attempt ``n`` >= 2 (a job requeued after its pod was
+    deleted or it was preempted runs again as a new Job; see :mod:`llmspawner.queue.control`).
 
     The name is a DNS-1123 label of at most 63 characters, because the Job controller copies
     it into the ``batch.kubernetes.io/job-name`` label of its pods (label values have at most
-    63 characters). A long slug is cut (and a trailing ``-`` removed); the id is never cut, so
-    names of different job ids never collide: the id is everything after the last ``-``.
+    63 characters). A long slug is cut (and a trailing ``-`` removed); the id and the attempt
+    are never cut, so names of different job ids or attempts never collide: the id is the last
+    all-digit part after a ``-`` (followed by ``-a<n>`` for a later attempt).
 
     Args:
         username: the hub's normalised username (made safe by
             :func:`llmspawner.storage.user_slug`).
         job_id: the job's database id (positive; never reused).
+        attempt: the attempt's number (1, the first, has no suffix).
 
     Raises:
-        ValueError: if ``job_id`` is not a positive integer, or ``username`` is empty.
+        ValueError: if ``job_id`` or ``attempt`` is not a positive integer, or ``username``
+            is empty.
     """
     if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 1:
         raise ValueError(f"job_id must be a positive integer, not {job_id!r}")
-    suffix = f"-{job_id}"
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise ValueError(f"attempt must be a positive integer, not {attempt!r}")
+    suffix = f"-{job_id}" + (f"-a{attempt}" if attempt > 1 else "")
     room = _MAX_NAME - len(NAME_PREFIX) - len(suffix)
     slug = user_slug(username)[:room].rstrip("-")
     return f"{NAME_PREFIX}{slug}{suffix}"
@@ -185,7 +205,8 @@ def build_job(
     job's own parts: env ``LLMSPAWNER_JOB_ID``, ``MLFLOW_TAGS`` (``{"llmspawner.job_id": id}``,
     read by transformers' ``MLflowCallback``, so the run can be found by job id) when tracking
     is on, the config volume, the ``managed-by``/``job-id`` labels, the command,
-    ``restartPolicy: Never`` and the PriorityClass.
+    ``restartPolicy: Never`` with :data:`POD_FAILURE_POLICY` (a disrupted pod is replaced,
+    not counted as a failure) and the PriorityClass.
 
     Args:
         name: the Job's name (use :func:`job_name`).
@@ -289,7 +310,10 @@ def build_job(
         pod_spec["imagePullSecrets"] = [dict(ref) for ref in w.image_pull_secrets]
 
     job_labels = dict(labels)
-    spec: dict = {"backoffLimit": backoff_limit}
+    spec: dict = {
+        "backoffLimit": backoff_limit,
+        "podFailurePolicy": copy.deepcopy(POD_FAILURE_POLICY),
+    }
     if active_deadline_seconds:
         spec["activeDeadlineSeconds"] = active_deadline_seconds
     spec["ttlSecondsAfterFinished"] = ttl_seconds_after_finished

@@ -35,13 +35,18 @@ The rules (decisions are marked *decided*):
   to it; any other reporter (``wandb``, ``all``, ...) is refused (*decided*: it needs a network
   and an account, and a silent replacement would hide that); ``use_swanlab: true`` likewise.
   ``run_name`` is always the job's name.
-- **Retries**: ``overwrite_output_dir`` is set to ``true`` (*decided*). Without it LLaMA-Factory
-  raises "Output directory already exists and is not empty. Please set `overwrite_output_dir`."
-  when ``output_dir`` holds a finished model and no ``checkpoint-*`` folder
-  (``hparams/parser.py``, ``get_train_args``; the check is skipped when
-  ``getattr(training_args, "overwrite_output_dir", False)``; transformers >= 5 dropped the
-  argument and LLaMA-Factory's ``TrainingArguments`` re-adds it). To continue from a checkpoint
-  set ``resume_from_checkpoint`` to its folder.
+- **Resuming** (*decided*): a job whose pod is disrupted, deleted or preempted runs again in
+  the same ``output_dir`` (:mod:`llmspawner.queue.control`), and LLaMA-Factory resumes from
+  the newest ``checkpoint-*`` folder there unless ``overwrite_output_dir`` is set
+  (``hparams/parser.py``, ``get_train_args``: ``resume_from_checkpoint = last_checkpoint``
+  when ``not getattr(training_args, "overwrite_output_dir", False)``). So
+  ``overwrite_output_dir`` is kept unset: ``false`` is dropped, ``true`` is refused (it would
+  make every requeued attempt start from scratch); to start afresh, choose a new
+  ``output_dir``. An ``output_dir`` that holds a finished model and no checkpoint makes
+  LLaMA-Factory stop with "Output directory already exists and is not empty", which the log
+  shows. Checkpoints: ``save_steps`` is set to :data:`DEFAULT_SAVE_STEPS` when the config has
+  neither ``save_steps`` nor ``save_strategy`` (transformers' default is 500 steps); a
+  ``save_strategy: "no"`` is kept (the job then restarts from scratch after a disruption).
 - **do_train** defaults to ``true`` (*decided*): it is the ``train`` command; without it
   LLaMA-Factory's stages load the model and skip training. An explicit ``false`` is kept.
 - ``trust_remote_code`` is allowed (*decided*): code can only come from a model folder that
@@ -160,6 +165,11 @@ SECRET_KEYS = (
 )
 #: Keys a config must have.
 REQUIRED_KEYS = ("model_name_or_path", "output_dir")
+#: Kept unset so that a requeued job resumes from its last checkpoint (see "Resuming").
+OVERWRITE_KEY = "overwrite_output_dir"
+#: ``save_steps`` of a config with neither ``save_steps`` nor ``save_strategy``: a requeued
+#: job loses at most this many steps (a LoRA checkpoint is small).
+DEFAULT_SAVE_STEPS = 100
 #: The queue's own key of a config (see the module docstring); not an argument of LLaMA-Factory.
 REGISTER_KEY = "register_model"
 #: The registered model a ``register_model: true`` job's adapter becomes a version of.
@@ -277,7 +287,8 @@ def prepare_config(config: dict, *, username: str, job_name: str) -> dict:
 
     Returns:
         A new dict, in the config's key order: paths made absolute, ``report_to``,
-        ``run_name``, ``overwrite_output_dir`` and ``do_train`` set. It can be stored as JSON.
+        ``run_name``, ``do_train`` and (when the config has no checkpoint setting)
+        ``save_steps`` set, ``overwrite_output_dir`` unset. It can be stored as JSON.
 
     Raises:
         ConfigInvalid: listing every problem (see :class:`ConfigInvalid`).
@@ -320,8 +331,10 @@ def prepare_config(config: dict, *, username: str, job_name: str) -> dict:
         raise ConfigInvalid(problems)
     out["report_to"] = _reporters(config.get("report_to"))
     out["run_name"] = job_name
-    out["overwrite_output_dir"] = True
+    out.pop(OVERWRITE_KEY, None)
     out.setdefault("do_train", True)
+    if "save_steps" not in out and "save_strategy" not in out:
+        out["save_steps"] = DEFAULT_SAVE_STEPS
     return out
 
 
@@ -412,6 +425,15 @@ def _check_key(
             ),
             value,
         )
+    if key == OVERWRITE_KEY:
+        if value in (None, False):
+            return None, None
+        message = (
+            "must stay unset in the queue: a job interrupted by a disruption or a preemption "
+            "runs again in the same output_dir and resumes from its last checkpoint-*, which "
+            "overwrite_output_dir would throw away; to start afresh, choose a new output_dir"
+        )
+        return message, value
     if key == "stage":
         allowed = ", ".join(ALLOWED_STAGES)
         if value == "ppo":

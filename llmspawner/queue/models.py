@@ -1,4 +1,5 @@
-"""The queue's database tables (SQLAlchemy 2 ORM): jobs and per-user limits.
+"""The queue's database tables (SQLAlchemy 2 ORM): jobs, their pods (attempts, saved logs) and
+per-user limits.
 
 The schema is created and migrated by :func:`llmspawner.queue.db.connect` with alembic
 (``llmspawner/queue/alembic/versions/``); a change here needs a new migration there, and
@@ -12,7 +13,17 @@ from __future__ import annotations
 
 import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Integer, MetaData, String, Text, TypeDecorator
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .states import DEFAULT_PRIORITY, PRIORITIES, QUEUED, STATES
@@ -23,6 +34,7 @@ NAMING_CONVENTION = {
     "uq": "uq_%(table_name)s_%(column_0_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
 }
 
 
@@ -69,7 +81,14 @@ class Job(Base):
         k8s_name: the Job's (and ConfigMap's) name, :func:`llmspawner.queue.k8s_objects.job_name`.
         mlflow_experiment_id, mlflow_run_id: the job's MLflow run, once known.
         attempts: how many times a Kubernetes Job was created for it (0 while queued), so that a
-            restart of the service can tell a Job it created from one it did not.
+            restart of the service can tell a Job it created from one it did not. A job
+            requeued as a new Job gets the name of attempt ``attempts + 1``
+            (:func:`~llmspawner.queue.k8s_objects.job_name`).
+        interruptions: how many times it was interrupted by a disruption or the deletion of
+            its pod or Job and ran again (counted against ``LLMQueue.max_requeues``);
+            preemptions by the queue are not counted (they are in :class:`JobPod`).
+        interruption: the sentence of the last interruption (``"interrupted: <reason>,
+            requeued (n of N)"``), ``""`` if none; shown with the job's reason.
     """
 
     __tablename__ = "jobs"
@@ -94,9 +113,46 @@ class Job(Base):
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    interruption: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.user!r} {self.profile} {self.state}>"
+
+
+class JobPod(Base):
+    """A pod of a job that was interrupted or removed, with a saved copy of its log.
+
+    Kubernetes deletes an evicted, preempted or deleted pod, and with it its log; the queue
+    reads the log while the pod terminates (or before it preempts it) and keeps it here, so
+    that the log of every attempt stays readable (``GET api/jobs/<id>/logs?attempt=<pod>``).
+
+    Columns:
+        job_id: the queue job.
+        pod: the pod's name (unique per job).
+        k8s_job: the Kubernetes Job it belonged to (the attempt).
+        reason: why it ended early (``"EvictionByEvictionAPI"``, ``"preempted by job 7 ..."``,
+            ``"its pod was deleted"``), ``""`` when only its log was saved.
+        counted: whether it was counted in :attr:`Job.interruptions`.
+        log: the saved log (its last :data:`llmspawner.queue.disruption.MAX_SAVED_LOG` bytes,
+            decoded as UTF-8), ``None`` when it could not be read.
+        saved_at: naive UTC time the row was written.
+    """
+
+    __tablename__ = "job_pods"
+    __table_args__ = (UniqueConstraint("job_id", "pod"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    pod: Mapped[str] = mapped_column(String(253))
+    k8s_job: Mapped[str] = mapped_column(String(63), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    counted: Mapped[int] = mapped_column(Integer, default=0)
+    log: Mapped[str | None] = mapped_column(Text)
+    saved_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<JobPod {self.job_id} {self.pod!r} {self.reason!r}>"
 
 
 class UserLimit(Base):

@@ -23,7 +23,7 @@ from ..profiles import Profile
 from . import k8s_objects, lf_config
 from .backend import KubeError
 from .context import QueueContext
-from .models import Job, UserLimit
+from .models import Job, JobPod, UserLimit
 from .states import ACTIVE_STATES, ADMITTED, CANCELLED, FINAL_STATES, PRIORITIES, QUEUED, STATES
 from .status import iso, to_utc
 
@@ -242,30 +242,76 @@ class QueueOperations:
 
     # -- logs -----------------------------------------------------------------------------
 
+    def saved_pods(self, job_id: int) -> list[JobPod]:
+        """The job's interrupted pods with their saved logs (:class:`~.models.JobPod`), oldest
+        first (detached)."""
+        with self.ctx.sessions() as db:
+            rows = list(
+                db.scalars(select(JobPod).where(JobPod.job_id == job_id).order_by(JobPod.id))
+            )
+            db.expunge_all()
+            return rows
+
+    def attempts(self, job_id: int) -> list[dict]:
+        """The interrupted attempts of a job for its view: ``[{"attempt": n, "pod",
+        "k8s_job", "reason", "saved_at", "log_saved"}]``, ``attempt`` being the number
+        ``GET api/jobs/<id>/logs?attempt=n`` takes."""
+        return [
+            {
+                "attempt": n,
+                "pod": r.pod,
+                "k8s_job": r.k8s_job,
+                "reason": r.reason,
+                "saved_at": iso(r.saved_at),
+                "log_saved": r.log is not None,
+            }
+            for n, r in enumerate(self.saved_pods(job_id), 1)
+        ]
+
     async def open_log(
-        self, job_id: int, *, user: str | None, follow: bool = False, tail: int | None = None
+        self,
+        job_id: int,
+        *,
+        user: str | None,
+        follow: bool = False,
+        tail: int | None = None,
+        attempt: int | None = None,
     ) -> AsyncIterator[bytes]:
         """Open the log of a job's newest pod; return its chunks of bytes.
 
         The first chunk is read here, so every refusal comes before anything is sent;
         a stream that breaks later just ends. Close the iterator (``aclose``) when done.
+        With ``attempt``, or when the job has no pod any more, the saved log of an
+        interrupted pod (:meth:`attempts`; the newest without ``attempt``) is returned.
 
         Args:
             job_id: the job.
             user: only this user's job (``None``: any job).
             follow: keep the stream open while the container runs.
             tail: only the last ``tail`` lines.
+            attempt: the number of an interrupted attempt (1-based, :meth:`attempts`).
 
         Raises:
-            QueueError: 404 (no such job for this caller), 409 (no pod, or its container
-                has not started), 503 (the cluster cannot be reached).
+            QueueError: 404 (no such job for this caller, or no such attempt), 409 (no pod,
+                or its container has not started), 503 (the cluster cannot be reached).
         """
         row = self.get(job_id, user=user)
+        if attempt is not None:
+            saved = self.saved_pods(row.id)
+            if not 1 <= attempt <= len(saved):
+                have = f"1 to {len(saved)}" if saved else "none"
+                raise QueueError(
+                    404, f"job {row.id} has no attempt {attempt} (saved: {have})", "attempt"
+                )
+            return _saved(saved[attempt - 1], tail)
         try:
             pod = await self.ctx.backend.latest_pod(row.id)
         except KubeError as e:
             raise QueueError(503, f"cannot reach the cluster: {e.message}") from None
         if pod is None:
+            saved = [r for r in self.saved_pods(row.id) if r.log is not None]
+            if saved:
+                return _saved(saved[-1], tail)
             hint = (
                 "it has not started yet"
                 if row.state in (QUEUED, ADMITTED)
@@ -314,6 +360,10 @@ class QueueOperations:
         queued = row.state == QUEUED
         profile = profiles.get(row.profile)
         tracker = ctx.tracker
+        reason = (ctx.waiting.reasons.get(row.id) if queued else None) or row.reason or ""
+        interruption = getattr(row, "interruption", "") or ""
+        if interruption and row.state not in FINAL_STATES:
+            reason = f"{interruption}; {reason}" if reason else interruption
         out = {
             "id": row.id,
             "user": row.user,
@@ -321,7 +371,8 @@ class QueueOperations:
             "profile_name": profile.display_name if profile else row.profile,
             "priority": row.priority,
             "state": row.state,
-            "reason": (ctx.waiting.reasons.get(row.id) if queued else None) or row.reason or "",
+            "reason": reason,
+            "interruptions": row.interruptions or 0,
             "position": ctx.waiting.positions.get(row.id) if queued else None,
             "submitted_at": iso(row.submitted_at),
             "admitted_at": iso(row.admitted_at),
@@ -336,6 +387,7 @@ class QueueOperations:
             else None,
         }
         if with_config:
+            out["attempts"] = self.attempts(row.id)
             out["config"] = json.loads(row.config or "{}")
         return out
 
@@ -343,6 +395,16 @@ class QueueOperations:
         """:meth:`view` of each row (one profile lookup for all)."""
         profiles = self.ctx.profiles()
         return [self.view(r, profiles=profiles) for r in rows]
+
+
+async def _saved(row: JobPod, tail: int | None) -> AsyncIterator[bytes]:
+    """A saved log (its last ``tail`` lines), headed by the attempt it comes from."""
+    text = row.log if row.log is not None else "(its log could not be saved)\n"
+    if tail:
+        text = "".join(text.splitlines(keepends=True)[-tail:])
+    head = f"--- saved log of pod {row.pod} (Job {row.k8s_job}): {row.reason or 'ended'} ---\n"
+    yield head.encode()
+    yield text.encode()
 
 
 async def _continue(first: bytes | None, stream) -> AsyncIterator[bytes]:

@@ -259,6 +259,36 @@ class LLMQueue(Application):
         help="Seconds a finished Job and its pod (and so its log) are kept "
         "(``ttlSecondsAfterFinished``).",
     )
+    max_requeues = Integer(
+        3,
+        config=True,
+        help="""
+        How many times a job whose pod was disrupted (evicted, preempted by the scheduler,
+        drained) or deleted, or whose Job was deleted, runs again, resuming from its last
+        checkpoint in the same output folder, before it fails with ``Interrupted: ...``.
+        Preemptions by the queue itself (``preemption``) are not counted. ``0``: the first
+        interruption fails the job. Example: ``c.LLMQueue.max_requeues = 5``.
+        """,
+    )
+
+    @validate("max_requeues")
+    def _check_requeues(self, proposal):
+        if proposal["value"] < 0:
+            raise TraitError(f"LLMQueue.max_requeues must be >= 0, not {proposal['value']}")
+        return proposal["value"]
+
+    preemption = Bool(
+        True,
+        config=True,
+        help="""
+        When a ``high`` job waits for a profile whose slices are all taken and running
+        ``low``/``normal`` queue jobs hold some of them, stop the lowest-priority, most recently
+        started of those (it goes back to the queue and resumes from its last checkpoint
+        later). Interactive servers are never stopped. ``False``: ``high`` only goes first in
+        the line.
+        """,
+    )
+
     service_account = Unicode(
         "", config=True, help="Service account of the Jobs' pods (empty: the namespace's)."
     )
@@ -392,6 +422,8 @@ class LLMQueue(Application):
             service_account=self.service_account or None,
             unschedulable_timeout=self.unschedulable_timeout,
             interval=self.admission_interval,
+            max_requeues=self.max_requeues,
+            preemption=self.preemption,
         )
 
     def build(self, platform: LLMPlatform | None = None):

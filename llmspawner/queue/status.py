@@ -11,7 +11,16 @@ import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .disruption import JOB_DELETED, POD_DELETED, disruption_reason, is_deleting
 from .states import ADMITTED, FAILED, QUEUED, RUNNING, SUCCEEDED
+
+__all__ = ["JOB_DELETED", "OOM_HINT", "Observed", "iso", "observe", "to_epoch", "to_utc"]
+
+#: What an out-of-memory kill tells the user.
+OOM_HINT = (
+    "out of memory (OOMKilled): the training needed more memory than the profile's limit"
+    "{limit}; try a smaller per_device_train_batch_size (or cutoff_len), or a larger profile"
+)
 
 #: Waiting reasons of a container that will never start without a change of the manifest.
 _IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -28,6 +37,9 @@ class Observed:
         started_at: UTC time the training container started, if known.
         finished_at: UTC time the Job finished, if it did.
         delete: the Job must be deleted (it will never succeed by itself).
+        interrupted: for a failed Job that did not fail by itself (its pod was deleted, or
+            disrupted without the Job ignoring it): why, and the job is to run again
+            (:mod:`llmspawner.queue.disruption`); ``""`` otherwise.
     """
 
     state: str
@@ -35,6 +47,7 @@ class Observed:
     started_at: datetime.datetime | None = None
     finished_at: datetime.datetime | None = None
     delete: bool = False
+    interrupted: str = ""
 
 
 def _time(value: str | None) -> datetime.datetime | None:
@@ -70,12 +83,16 @@ def _pod_failure(pods: list[dict]) -> tuple[str, str] | None:
         for state in _container_states(pod):
             term = state.get("terminated") or {}
             if term.get("reason") == "OOMKilled":
-                sentence = (
-                    "the training ran out of memory (the profile's memory limit); try a "
-                    "smaller batch size, a shorter cutoff_len or quantization"
-                )
-                return "OOMKilled", sentence
+                return "OOMKilled", OOM_HINT.format(limit=_memory_limit(pod))
     return None
+
+
+def _memory_limit(pod: dict) -> str:
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+        if limit:
+            return f" ({limit})"
+    return ""
 
 
 def observe(
@@ -105,9 +122,15 @@ def observe(
     failed = _condition(job, "Failed")
     if failed:
         code = failed.get("reason") or "Failed"
+        if code != "DeadlineExceeded":
+            interrupted = _interruption(pods)
+            if interrupted:
+                return Observed(FAILED, "", started, to_utc(now), interrupted=interrupted)
         detail = _pod_failure(pods)
         if detail and code != "DeadlineExceeded":
             code, sentence = detail
+            if code == "OOMKilled":  # the sentence names it: "out of memory (OOMKilled)"
+                return Observed(FAILED, sentence, started, to_utc(now))
         elif code == "DeadlineExceeded":
             limit = (job.get("spec") or {}).get("activeDeadlineSeconds")
             sentence = f"the job ran longer than its limit of {limit} s (the profile's max_runtime)"
@@ -149,6 +172,22 @@ def observe(
         if "running" in state:
             return Observed(RUNNING, "", _time(state["running"].get("startedAt")) or to_utc(now))
     return Observed(ADMITTED, "starting")
+
+
+def _interruption(pods: list[dict]) -> str:
+    """Why a failed Job's pods did not fail by themselves, or ``""``: a pod with
+    ``DisruptionTarget`` (its reason), or no pod left but ones being deleted
+    (:data:`~llmspawner.queue.disruption.POD_DELETED`)."""
+    for pod in pods:
+        reason = disruption_reason(pod)
+        if reason:
+            return reason
+        status = pod.get("status") or {}
+        if status.get("reason") == "Evicted":  # the kubelet's node-pressure eviction
+            return f"Evicted: {status.get('message') or 'the node evicted the pod'}"
+    if all(is_deleting(p) for p in pods):  # none left, or every one being deleted
+        return POD_DELETED
+    return ""
 
 
 def _exit_sentence(pods: list[dict]) -> str:

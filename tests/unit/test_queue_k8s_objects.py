@@ -220,6 +220,14 @@ def test_medium_job_whole():
         },
         "spec": {
             "backoffLimit": 0,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "Ignore",
+                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    }
+                ]
+            },
             "activeDeadlineSeconds": 86400,
             "ttlSecondsAfterFinished": 86400,
             "template": {

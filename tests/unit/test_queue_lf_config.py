@@ -77,12 +77,12 @@ def test_example_is_prepared_to_run():
         "cutoff_len": 128,
         "output_dir": f"{HOME}/saves/tiny/lora/sft",
         "logging_steps": 1,
-        "overwrite_output_dir": True,
         "report_to": "mlflow",
         "per_device_train_batch_size": 2,
         "learning_rate": 1.0e-4,
         "max_steps": 3,
         "run_name": "llm-job-alice-7",
+        "save_steps": 100,
     }
     assert list(out)[:3] == ["model_name_or_path", "trust_remote_code", "stage"]
     assert json.loads(json.dumps(out)) == out  # stored as JSON in the database
@@ -539,11 +539,28 @@ def test_forced_values_replace_the_users():
         {**BASE, "run_name": "mine", "overwrite_output_dir": False, "report_to": "none"},
         job_name="llm-job-alice-8",
     )
-    assert (out["run_name"], out["overwrite_output_dir"], out["report_to"]) == (
-        "llm-job-alice-8",
-        True,
-        "mlflow",
-    )
+    assert (out["run_name"], out["report_to"]) == ("llm-job-alice-8", "mlflow")
+    assert "overwrite_output_dir" not in out  # a requeued attempt resumes from checkpoint-*
+
+
+def test_overwrite_output_dir_true_is_refused_it_would_lose_the_checkpoints():
+    [(field, message)] = problems_of({**BASE, "overwrite_output_dir": True})
+    assert field == "overwrite_output_dir"
+    assert "resumes from its last checkpoint" in message and "new output_dir" in message
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({}, {"save_steps": 100}),
+        ({"save_steps": 20}, {"save_steps": 20}),
+        ({"save_strategy": "no"}, {"save_strategy": "no"}),
+        ({"save_strategy": "epoch"}, {"save_strategy": "epoch"}),
+    ],
+)
+def test_a_checkpoint_interval_is_set_when_the_config_has_none(extra, expected):
+    out = prepare({**BASE, **extra})
+    assert {k: out[k] for k in ("save_steps", "save_strategy") if k in out} == expected
 
 
 def test_every_stage_but_ppo_is_accepted():

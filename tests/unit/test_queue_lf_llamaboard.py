@@ -101,7 +101,7 @@ def test_the_queue_makes_llamaboards_relative_paths_absolute_in_the_users_folder
         f"{HOME}/saves/SmolLM2-135M-Instruct/lora/train_2"
     )
     assert prepared["deepspeed"] == f"{HOME}/llamaboard_cache/ds_z3_config.json"
-    assert prepared["report_to"] == "mlflow" and prepared["overwrite_output_dir"] is True
+    assert prepared["report_to"] == "mlflow" and "overwrite_output_dir" not in prepared
 
 
 def test_the_queues_rules_apply_to_saved_arguments_too():

@@ -68,16 +68,12 @@ UNSCHEDULABLE = {
             (
                 "failed",
                 (
-                    "OOMKilled: the training ran out of memory (the profile's memory limit); "
-                    "try a smaller batch size, a shorter cutoff_len or quantization"
+                    "out of memory (OOMKilled): the training needed more memory than the "
+                    "profile's limit; try a smaller per_device_train_batch_size (or "
+                    "cutoff_len), or a larger profile"
                 ),
                 False,
             ),
-        ),
-        (
-            job(("Failed", "BackoffLimitExceeded", "")),
-            [pod(phase="Failed", reason="Evicted")],
-            ("failed", "Evicted: The node was low on resource: memory.", False),
         ),
         (
             job(
@@ -128,6 +124,68 @@ UNSCHEDULABLE = {
 )
 def test_observe(j, pods, expected):
     assert see(j, pods) == expected
+
+
+FAILED_JOB = job(("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"))
+DELETING = {"deletionTimestamp": "2026-01-01T11:59:00Z"}
+
+
+def disrupted(reason):
+    p = pod(phase="Failed", state={"terminated": {"exitCode": 143, "reason": "Error"}})
+    p["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": reason}]
+    return p
+
+
+def deleted_pod():
+    p = pod(phase="Failed", state={"terminated": {"exitCode": 143, "reason": "Error"}})
+    p["metadata"].update(DELETING)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("pods", "interrupted"),
+    [
+        ([], "its pod was deleted"),  # kubectl delete pod: the Job failed, the pod is gone
+        ([deleted_pod()], "its pod was deleted"),  # seen while it is being removed
+        ([disrupted("EvictionByEvictionAPI")], "EvictionByEvictionAPI"),
+        ([disrupted("PreemptionByScheduler"), deleted_pod()], "PreemptionByScheduler"),
+        (
+            [pod(phase="Failed", reason="Evicted")],
+            "Evicted: The node was low on resource: memory.",
+        ),
+        # a real failure next to a deleted pod is a failure
+        ([deleted_pod(), pod(phase="Failed", state={"terminated": {"exitCode": 1}})], ""),
+    ],
+)
+def test_a_failed_job_whose_pod_was_removed_or_disrupted_is_interrupted(pods, interrupted):
+    o = observe(FAILED_JOB, pods, now=NOW, unschedulable_timeout=600)
+    assert (o.state, o.interrupted) == ("failed", interrupted)
+    if interrupted:
+        assert o.reason == ""  # the control loop requeues it, or fails it past the cap
+    else:
+        assert o.reason.startswith("BackoffLimitExceeded: the training exited with code 1")
+
+
+def test_the_oom_sentence_names_the_memory_limit():
+    p = pod(phase="Failed", state={"terminated": {"exitCode": 137, "reason": "OOMKilled"}})
+    p["spec"] = {"containers": [{"name": "train", "resources": {"limits": {"memory": "8Gi"}}}]}
+    o = observe(FAILED_JOB, [p], now=NOW, unschedulable_timeout=600)
+    assert o.reason.startswith("out of memory (OOMKilled): the training needed more memory than ")
+    assert "limit (8Gi); try a smaller per_device_train_batch_size" in o.reason
+    assert o.interrupted == ""
+
+
+def test_a_job_past_max_runtime_says_so_even_with_its_pod_gone():
+    o = observe(
+        job(("Failed", "DeadlineExceeded", "Job was active longer than specified"), deadline=7200),
+        [deleted_pod()],
+        now=NOW,
+        unschedulable_timeout=600,
+    )
+    assert (o.state, o.interrupted) == ("failed", "")
+    assert o.reason == (
+        "DeadlineExceeded: the job ran longer than its limit of 7200 s (the profile's max_runtime)"
+    )
 
 
 def test_unschedulable_for_too_long_fails_and_deletes():
