@@ -86,7 +86,7 @@ class KubeletConfig:
     shutdown_grace: float = 2.0
     #: Seconds between two memory polls of a container with a memory limit, where the kubelet
     #: cannot use cgroups (`memory.session_rss`).
-    memory_period: float = 0.2
+    memory_period: float = 0.5
     #: First pod address; empty: a random ``127.A.B.1`` per cluster, so that two clusters on
     #: one machine (a dev stack and a test run) do not hand out the same addresses.
     first_ip: str = ""

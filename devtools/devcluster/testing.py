@@ -36,6 +36,7 @@ def fast_cluster(data_dir: str | Path, **kwargs) -> DevCluster:
         max_restart_backoff=1.0,
         retry_interval=0.2,
         shutdown_grace=1.0,
+        memory_period=0.2,
     )
     options = {
         "kubelet": kubelet,
