@@ -32,6 +32,20 @@ How the pieces fit (verified with llamafactory 0.9.5, Gradio 5.50, jupyter-serve
   ``Accept: text/event-stream``; jupyter-server-proxy streams such responses only since 4.4
   (https://github.com/jupyterhub/jupyter-server-proxy/pull/479, opened for LLaMA-Factory);
   older releases buffer the whole stream, so training progress never reaches the page.
+- An event stream whose page is gone stays open upstream: jupyter-server-proxy 4.6 gives a
+  streamed request ``request_timeout = 7200`` and ``connect_timeout = 600``, hard-coded in
+  ``ProxyHandler._proxy_progressive`` (no setting of ``ServerProcess`` or of the handler
+  changes them) and keeps writing what LlamaBoard pushes into the closed connection. Its only
+  per-chunk hook is ``update_last_activity`` (called with the handler before each chunk is
+  written): :func:`update_last_activity` raises :class:`PageGone` there when the page's own
+  connection is closed, which makes tornado's HTTP client close the connection to LlamaBoard
+  (``simple_httpclient``: an exception in ``streaming_callback`` ends the fetch), so a closed
+  page's stream ends at LlamaBoard's next message (Gradio sends a heartbeat every 15 s). The
+  7200 s limit of a stream whose page stays open cannot be changed; a training does not depend
+  on it (:mod:`llmspawner.training`: the shim never blocks on LlamaBoard's pipe).
+- At each start, :func:`llmspawner.singleuser.runner_check.check` makes sure the installed
+  LlamaBoard still starts trainings as that shim relies on; if not, the start fails with the
+  reason (the page shows it).
 """
 
 from __future__ import annotations
@@ -46,8 +60,9 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_server.utils import url_path_join
+from tornado.httputil import HTTPInputError
 
-from . import gradio_activity
+from . import gradio_activity, runner_check
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +229,11 @@ def setup_llamaboard() -> dict[str, Any]:
       would depend on that behaviour, which has changed across Starlette releases.
     - ``new_browser_tab``: False — LlamaBoard opens as a tab inside JupyterLab (an iframe
       of the same origin; Gradio sends no ``X-Frame-Options``/``frame-ancestors``).
-    - ``update_last_activity``: :func:`llmspawner.singleuser.gradio_activity.update_last_activity`:
-      Gradio's heartbeat, queue polling and LlamaBoard's 5-second GPU-memory timer do not count
-      as activity, so an open but idle LlamaBoard tab does not hold a GPU forever; a click does.
+    - ``update_last_activity``: :func:`update_last_activity`, i.e.
+      :func:`llmspawner.singleuser.gradio_activity.update_last_activity`: Gradio's heartbeat,
+      queue polling and LlamaBoard's 5-second GPU-memory timer do not count as activity, so an
+      open but idle LlamaBoard tab does not hold a GPU forever; a click does. It also ends the
+      upstream stream of a page that is gone (module docstring).
     - ``launcher_entry``: title "LlamaBoard" and the shipped SVG icon.
 
     Returns:
@@ -228,13 +245,63 @@ def setup_llamaboard() -> dict[str, Any]:
         "timeout": startup_timeout(os.environ),
         "absolute_url": False,
         "new_browser_tab": False,
-        "update_last_activity": gradio_activity.update_last_activity,
+        "update_last_activity": update_last_activity,
         "launcher_entry": {
             "enabled": True,
             "title": LAUNCHER_TITLE,
             "icon_path": str(ICON_PATH),
         },
     }
+
+
+class PageGone(HTTPInputError):
+    """Raised in jupyter-server-proxy's per-chunk hook when the page's connection is closed.
+
+    A subclass of ``tornado.httputil.HTTPInputError`` because tornado's HTTP/1 connection lets
+    exactly that one through its delegate wrapper (``http1connection._ExceptionLoggingContext``)
+    and closes the upstream connection with one info line instead of logging an "Uncaught
+    exception" traceback for every closed page.
+    """
+
+
+def client_gone(handler) -> bool:
+    """Whether the connection of the request ``handler`` serves is closed (the page is gone).
+
+    Args:
+        handler: a tornado ``RequestHandler``; its ``request.connection.stream`` is the
+            page's (or the hub proxy's) connection. A detached stream (a websocket, ``None``)
+            is not "gone".
+    """
+    stream = getattr(getattr(handler.request, "connection", None), "stream", None)
+    return stream is not None and stream.closed()
+
+
+def update_last_activity(handler) -> bool:
+    """jupyter-server-proxy's ``update_last_activity`` hook for LlamaBoard.
+
+    Returns:
+        :func:`llmspawner.singleuser.gradio_activity.update_last_activity`'s answer (is this
+        request a person's action).
+
+    Raises:
+        PageGone: the page's connection is closed; raised before the proxy writes the next
+            chunk of a stream, it ends the stream's connection to LlamaBoard (module
+            docstring). Raised once per request: the proxy's own error path that follows
+            (``_proxy_progressive``'s 599 branch) calls the hook again and gets ``False``.
+    """
+    if client_gone(handler):
+        if getattr(handler, _GONE, False):  # the proxy's error path calls again: once only
+            return False
+        setattr(handler, _GONE, True)
+        getattr(handler, "log", log).info(
+            "LlamaBoard: the page of %s is gone; closing its stream to LlamaBoard",
+            handler.request.path,
+        )
+        raise PageGone(f"the page of {handler.request.path} is gone")
+    return gradio_activity.update_last_activity(handler)
+
+
+_GONE = "_llmspawner_page_gone"
 
 
 # jupyter-server-proxy calls these with the arguments named in their signature, taken from
@@ -257,6 +324,13 @@ def _command() -> list[str]:
             "Install LLaMA-Factory with its web UI (pip install 'llamafactory[torch,metrics]') "
             "in the user image, or put its bin folder on PATH.",
         )
+    try:
+        runner_check.check(os.environ)
+    except runner_check.RunnerChanged as e:
+        from tornado import web
+
+        log.error("%s", e)
+        raise web.HTTPError(500, f"LlamaBoard cannot start: {e}") from None
     return llamaboard_command(
         folder=user_folder(environ=os.environ, server_root_dir=_server_root_dir()),
         cli=cli,

@@ -541,7 +541,8 @@ def test_first_request_gets_the_eager_llamaboard(server, page):
 
 
 # A stand-in llamafactory-cli: notes its pid, waits FAKE_BOARD_DELAY seconds, then answers on
-# GRADIO_SERVER_PORT; with FAKE_BOARD_FAIL it exits 1 at once (a broken image).
+# GRADIO_SERVER_PORT; with FAKE_BOARD_FAIL it exits 1 at once (a broken image). Its /stream
+# sends an event every 0.2 s until its connection is closed, then writes FAKE_BOARD_STREAM.
 FAKE_CLI = """#!{python}
 import http.server, os, sys, time
 with open(os.environ["FAKE_BOARD_PIDS"], "a") as f:
@@ -553,6 +554,19 @@ time.sleep(float(os.environ.get("FAKE_BOARD_DELAY", "0")))
 
 class Page(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/stream":  # an endless event stream, as Gradio's queue/data
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"data: tick\\n\\n")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:  # the proxy closed its connection
+                with open(os.environ["FAKE_BOARD_STREAM"], "w") as f:
+                    f.write("closed")
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
         self.end_headers()
@@ -647,3 +661,30 @@ def test_eager_start_switched_off(fake_server):
         assert r.status_code == 200 and "fake LlamaBoard" in r.text
         assert len(_pids(pids)) == 1
         assert start_status(c)["state"] == "off"
+
+
+def test_the_stream_of_a_closed_page_is_closed_up_to_llamaboard(fake_server, tmp_path):
+    """jupyter-server-proxy keeps a streamed request to LlamaBoard open for 7200 s after the
+    page left; LlamaBoard's hook (llmspawner.singleuser.llamaboard.update_last_activity) ends
+    it at the next chunk once the page's connection is closed."""
+    start, _ = fake_server
+    closed = tmp_path / "stream-closed"
+    srv = start(FAKE_BOARD_STREAM=str(closed))
+    with srv.client() as c:
+        assert c.get(BOARD).status_code == 200  # LlamaBoard runs
+        with c.stream(
+            "GET", BOARD + "stream", headers={"Accept": "text/event-stream"}, timeout=30
+        ) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            ticks = 0
+            for line in r.iter_lines():
+                ticks += line == "data: tick"
+                if ticks == 3:
+                    break
+        # The page leaves: httpx closes the connection of an unfinished response.
+        assert not closed.exists()
+    wait_until(closed.exists, 30, "LlamaBoard's stream to be closed by the proxy", 0.1)
+    assert "closing its stream to LlamaBoard" in srv.log_tail()
+    with srv.client() as c:  # the server and LlamaBoard work on
+        assert c.get(BOARD).status_code == 200

@@ -60,9 +60,7 @@ def _start(tmp_path: Path, *, fail: bool = False):
     config = tmp_path / "training_args.yaml"
     config.write_text(yaml.safe_dump({"output_dir": str(out), "report_to": "none"}))
     go = tmp_path / "go"
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HF_HUB_OFFLINE"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HF_HUB_OFFLINE"))}
     env["PATH"] = f"{real}{os.pathsep}{env.get('PATH', os.defpath)}"
     (tmp_path / "cache").mkdir()
     env["PATH"] = training.llamaboard_path(env, base=str(tmp_path / "cache"))

@@ -510,3 +510,65 @@ async def test_the_server_pod_carries_the_platform_setting(make_spawner, configu
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env[eager.ENABLE_ENV] == value
     assert eager.eager_start_enabled(env) is (value == "1")
+
+
+def test_command_fails_with_the_reason_when_llamaboards_runner_changed(
+    process, monkeypatch, tmp_path
+):
+    from llmspawner.singleuser import runner_check
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "llamafactory-cli").write_text("#!/bin/sh\n")
+    (bin_dir / "llamafactory-cli").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    changed = runner_check.installed_sources()
+    runner = changed[1].replace('Popen(["llamafactory-cli", "train"', 'Popen([sys.executable, "-m"')
+    monkeypatch.setattr(runner_check, "installed_sources", lambda: (changed[0], runner, None, "9"))
+    with pytest.raises(web.HTTPError) as info:
+        _Renderer()._realize_rendered_template(process.command)
+    assert info.value.status_code == 500
+    assert info.value.log_message.startswith(
+        "LlamaBoard cannot start: LlamaBoard does not start trainings the way llmspawner's "
+        "training shim relies on"
+    )
+    assert "no longer runs ['llamafactory-cli', 'train', <config>] by name" in (
+        info.value.log_message
+    )
+    monkeypatch.setenv(runner_check.CHECK_ENV, "warn")  # the admin's way out
+    assert _Renderer()._realize_rendered_template(process.command)[-1] == "webui"
+
+
+class _Stream:
+    def __init__(self, closed):
+        self._closed = closed
+
+    def closed(self):
+        return self._closed
+
+
+class _Handler:
+    """What the hook reads of jupyter-server-proxy's handler."""
+
+    def __init__(self, stream, path="/user/alice/llamaboard/gradio_api/queue/data"):
+        from types import SimpleNamespace
+
+        self.request = SimpleNamespace(
+            method="GET", path=path, body=b"", connection=SimpleNamespace(stream=stream)
+        )
+        self.port = 1
+
+
+def test_the_activity_hook_ends_the_stream_of_a_page_that_is_gone(process):
+    assert process.update_last_activity is llamaboard.update_last_activity
+    open_page = _Handler(_Stream(False))
+    assert llamaboard.update_last_activity(open_page) is False  # Gradio's polling: as before
+    assert llamaboard.update_last_activity(_Handler(None)) is False  # detached: not gone
+    gone = _Handler(_Stream(True))
+    with pytest.raises(llamaboard.PageGone, match="queue/data is gone"):
+        llamaboard.update_last_activity(gone)
+    # The proxy's error path calls the hook again for the same request: no second raise.
+    assert llamaboard.update_last_activity(gone) is False
+    from tornado.httputil import HTTPInputError
+
+    assert issubclass(llamaboard.PageGone, HTTPInputError)  # tornado closes it quietly
