@@ -218,6 +218,10 @@ async def _call(
         )
     except (OSError, HTTPClientError) as e:
         raise TrackingUnavailable(f"MLflow at {tracking_uri} is unreachable: {e}") from e
+    except Exception as e:  # e.g. a server that closes mid-answer: never a caller's traceback
+        raise TrackingUnavailable(
+            f"MLflow at {tracking_uri} failed: {type(e).__name__}: {e}"
+        ) from e
     if resp.code == 599:  # tornado's code for "no HTTP response" (timeout, refused)
         raise TrackingUnavailable(
             f"MLflow at {tracking_uri} is unreachable: {resp.error or 'no response'}"
@@ -281,6 +285,86 @@ async def find_job_run(
         )
     runs = data.get("runs") or []
     return str(runs[0]["info"]["run_id"]) if runs else None
+
+
+#: MLflow's final run statuses (https://mlflow.org/docs/latest/api_reference/rest-api.html#mlflowrunstatus).
+FINAL_RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+async def end_job_runs(
+    tracking_uri: str,
+    experiment_id: str,
+    job_id: int | str,
+    status: str,
+    *,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+    http_client=None,
+    now_ms: int | None = None,
+) -> list[str]:
+    """Give every run of queue job ``job_id`` that is still ``RUNNING`` the final ``status``.
+
+    A training that is killed (SIGKILL of an out-of-memory kill, a deleted pod past its grace
+    period) never ends its run, which MLflow would show as running for ever. Searches
+    ``POST runs/search`` with :func:`job_run_filter` and ``attributes.status = 'RUNNING'``,
+    then ``POST runs/update`` ``{run_id, status, end_time}`` for each (idempotent: runs that
+    ended are not touched). Needs a credential that may update the user's runs (the queue's
+    admin credential, :func:`admin_headers`).
+
+    Args:
+        tracking_uri: base URL of the MLflow tracking server.
+        experiment_id: the user's experiment.
+        job_id: the queue job's id.
+        status: ``FINISHED``, ``FAILED`` or ``KILLED``.
+        timeout: per-request timeout in seconds.
+        headers: HTTP headers; default :func:`admin_headers` of this process's environment.
+        http_client: a ``tornado.httpclient.AsyncHTTPClient``; the shared one when omitted.
+        now_ms: the end time in milliseconds since the epoch (default now).
+
+    Returns:
+        The ids of the runs ended.
+
+    Raises:
+        ValueError: ``status`` is not a final status.
+        TrackingUnavailable: MLflow could not be reached in time or answered with an error.
+    """
+    if status not in FINAL_RUN_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(FINAL_RUN_STATUSES)}, not {status!r}")
+    client = _client(http_client)
+    headers = admin_headers() if headers is None else headers
+    body = {
+        "experiment_ids": [str(experiment_id)],
+        "filter": f"{job_run_filter(job_id)} and attributes.status = 'RUNNING'",
+        "max_results": 100,
+    }
+    code, data = await _call(
+        client, tracking_uri, "POST", "runs/search", body, timeout=timeout, headers=headers
+    )
+    if code != 200:
+        raise TrackingUnavailable(
+            f"MLflow at {tracking_uri} refused to search runs ({code}): {_message(data)}"
+        )
+    ended = []
+    end_time = int(time.time() * 1000) if now_ms is None else now_ms
+    for run in data.get("runs") or []:
+        run_id = str(run["info"]["run_id"])
+        if (run["info"].get("status") or "RUNNING") != "RUNNING":
+            continue
+        code, data = await _call(
+            client,
+            tracking_uri,
+            "POST",
+            "runs/update",
+            {"run_id": run_id, "status": status, "end_time": end_time},
+            timeout=timeout,
+            headers=headers,
+        )
+        if code != 200:
+            raise TrackingUnavailable(
+                f"MLflow at {tracking_uri} refused to end run {run_id} ({code}): {_message(data)}"
+            )
+        ended.append(run_id)
+    return ended
 
 
 def artifact_location_problem(experiment: dict) -> str | None:
@@ -601,6 +685,30 @@ class Tracker:
                 self.tracking_uri,
                 exp_id,
                 job_id,
+                timeout=self.timeout,
+                http_client=self._http_client,
+            )
+        )
+
+    def known_experiment_id(self, name: str) -> str | None:
+        """The id of experiment ``name`` if this tracker found it before (no I/O)."""
+        return self._experiments.get(name)
+
+    async def end_job_runs(self, experiment: str, job_id: int | str, status: str) -> list[str]:
+        """End the runs of queue job ``job_id`` still ``RUNNING`` in experiment ``experiment``
+        (a name) with ``status`` (:func:`end_job_runs`); return their ids.
+
+        Raises:
+            TrackingUnavailable: MLflow failed now or less than ``retry_after`` s ago.
+        """
+        exp_id = await self.experiment_id(experiment)
+        self._check_backoff()
+        return await self._guarded(
+            end_job_runs(
+                self.tracking_uri,
+                exp_id,
+                job_id,
+                status,
                 timeout=self.timeout,
                 http_client=self._http_client,
             )

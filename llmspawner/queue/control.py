@@ -12,8 +12,15 @@ pass (:meth:`~ControlLoop.run_pass`), under the queue's lock:
 3. admission (:func:`llmspawner.queue.admission.decide`) of the queued jobs against the free
    slices of each profile (:func:`llmspawner.capacity.capacities`, which count every bound
    pod: interactive servers and Job pods alike); the admitted ones get their Job;
-4. the MLflow run of each job that started, found by its job-id tag
-   (:meth:`llmspawner.tracking.Tracker.find_job_run`).
+4. MLflow, in a background task that the pass starts (one at a time) and never waits for,
+   outside the lock (:meth:`~ControlLoop.mlflow_work`): the experiments of the jobs just
+   created are made to exist, the MLflow run of each job that started is found by its
+   job-id tag (:meth:`llmspawner.tracking.Tracker.find_job_run`), and the runs of jobs that
+   ended and are still ``RUNNING`` get their final status (``FINISHED`` / ``FAILED`` /
+   ``KILLED``, :meth:`~llmspawner.tracking.Tracker.end_job_runs`). A hung or down MLflow
+   only delays that task (each request times out, failures are remembered for
+   ``retry_after`` seconds and retried at a later pass); passes and cancels never wait for
+   it.
 
 In ``kueue`` mode step 3 is replaced: every queued job gets a suspended Job at once and
 Kueue decides when it runs (https://kueue.sigs.k8s.io/docs/tasks/run/jobs/); the loop only
@@ -63,11 +70,13 @@ from .planning import plan_admission
 from .states import (
     ACTIVE_STATES,
     ADMITTED,
+    CANCELLED,
     FAILED,
     FINAL_STATES,
     PRIORITY_CLASSES,
     QUEUED,
     RUNNING,
+    SUCCEEDED,
 )
 from .status import observe, to_epoch, to_utc
 
@@ -75,8 +84,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two MLflow look-ups of one job's run.
 RUN_LOOKUP_INTERVAL = 10.0
-#: Seconds after a job finished that its run is still looked for.
+#: Seconds after a job finished that its run is still looked for (and ended, if running).
 RUN_LOOKUP_MAX_AGE = 3600.0
+#: The MLflow status a job's runs get when it ends in each final state.
+FINAL_RUN_STATUS = {SUCCEEDED: "FINISHED", FAILED: "FAILED", CANCELLED: "KILLED"}
 
 
 class ControlLoop:
@@ -94,6 +105,12 @@ class ControlLoop:
         self._job_tokens = JobTokens.from_env()
         #: The last pass's failure, ``None`` after a pass that worked.
         self.last_pass_error: str | None = None
+        #: The MLflow work the last pass started (:meth:`mlflow_work`); ``None`` before.
+        self.mlflow_task: asyncio.Task | None = None
+        # experiment name -> owner, to make exist (jobs were created without waiting for it)
+        self._pending_experiments: dict[str, str] = {}
+        # jobs whose runs got their final status (by this process)
+        self._ended_runs: set[int] = set()
 
     # -- running --------------------------------------------------------------------------
 
@@ -136,6 +153,13 @@ class ControlLoop:
         fast submits come (each pass reads every queued job): measured, submits under load
         went from 30/s to 67/s over a burst of 1,000 (benchmarks/queue_throughput.py).
         """
+        try:
+            await self._run()
+        finally:
+            if self.mlflow_task is not None and not self.mlflow_task.done():
+                self.mlflow_task.cancel()
+
+    async def _run(self) -> None:
         took = 0.0
         while True:
             await self.ctx.wait_for_wake(
@@ -172,7 +196,30 @@ class ControlLoop:
                 await self._create_suspended(by_name, profiles)
             else:
                 await self._admit(profiles, pods_of)
-        await self._find_runs()
+        self.start_mlflow_work()
+
+    def start_mlflow_work(self) -> asyncio.Task | None:
+        """Start :meth:`mlflow_work` in the background unless it still runs; return the
+        task (``None`` without a tracker). Never awaited by a pass."""
+        if self.ctx.tracker is None:
+            return None
+        if self.mlflow_task is None or self.mlflow_task.done():
+            self.mlflow_task = asyncio.create_task(self.mlflow_work(), name="llm-queue-mlflow")
+        return self.mlflow_task
+
+    async def mlflow_work(self) -> None:
+        """Experiments to make, runs to find, runs to end (see the module docstring, step 4);
+        a failure is logged in one line and retried by a later pass."""
+        try:
+            await self._ensure_experiments()
+            await self._find_runs()
+            await self._end_runs()
+        except asyncio.CancelledError:
+            raise
+        except TrackingUnavailable as e:
+            log.log(logging.DEBUG if e.cached else logging.WARNING, "MLflow: %s", e)
+        except Exception as e:  # never a traceback per pass for MLflow
+            log.warning("MLflow work failed (retried later): %s: %s", type(e).__name__, e)
 
     # -- database helpers -----------------------------------------------------------------
 
@@ -703,13 +750,11 @@ class ControlLoop:
             experiment_id = None
             experiment = ctx.experiment(row.user)
             if ctx.tracker is not None and experiment:
-                try:
-                    experiment_id = await ctx.tracker.experiment_id(experiment, owner=row.user)
-                except TrackingUnavailable as e:
-                    level = logging.DEBUG if e.cached else logging.WARNING
-                    log.log(
-                        level, "Cannot make sure MLflow experiment %s exists: %s", experiment, e
-                    )
+                # Never waited for here (under the lock): made to exist by mlflow_work; the
+                # pod's own client makes it too if it comes first.
+                experiment_id = ctx.tracker.known_experiment_id(experiment)
+                if experiment_id is None:
+                    self._pending_experiments[experiment] = row.user
             secret = await self._mlflow_token_secret(row, profile) if experiment else None
             config_map, job = self.manifests(
                 row, profile, mlflow_token_secret=secret["metadata"]["name"] if secret else None
@@ -750,6 +795,50 @@ class ControlLoop:
             await ctx.backend.delete_job(row.k8s_name, config_map=row.k8s_name)
 
     # -- MLflow runs ----------------------------------------------------------------------
+
+    async def _ensure_experiments(self) -> None:
+        """Make the experiments of the jobs created since exist (owner given ``MANAGE``) and
+        record their ids on the jobs that have none."""
+        tracker = self.ctx.tracker
+        for name, owner in list(self._pending_experiments.items()):
+            experiment_id = await tracker.experiment_id(name, owner=owner)
+            self._pending_experiments.pop(name, None)
+            with self.ctx.sessions() as db:
+                for row in db.scalars(
+                    select(Job).where(Job.user == owner, Job.mlflow_experiment_id.is_(None))
+                ):
+                    row.mlflow_experiment_id = experiment_id
+                db.commit()
+
+    async def _end_runs(self) -> None:
+        """Give the runs of jobs that ended (less than :data:`RUN_LOOKUP_MAX_AGE` s ago) and
+        are still ``RUNNING`` their final status: ``FINISHED`` (succeeded), ``FAILED``,
+        ``KILLED`` (cancelled): a training killed at once (out of memory, a deleted pod past
+        its grace period) never ends its own run."""
+        tracker = self.ctx.tracker
+        now = self.ctx.clock()
+        rows = [
+            r
+            for r in self._read(
+                select(Job).where(Job.state.in_(FINAL_STATES), Job.started_at.is_not(None))
+            )
+            if r.id not in self._ended_runs
+            and r.finished_at is not None
+            and now - to_epoch(r.finished_at) <= RUN_LOOKUP_MAX_AGE
+        ]
+        for row in rows:
+            experiment = self.ctx.experiment(row.user)
+            if not experiment:
+                continue
+            ended = await tracker.end_job_runs(experiment, row.id, FINAL_RUN_STATUS[row.state])
+            self._ended_runs.add(row.id)
+            if ended:
+                log.info(
+                    "MLflow run(s) %s of job %s ended as %s",
+                    ", ".join(ended),
+                    row.id,
+                    FINAL_RUN_STATUS[row.state],
+                )
 
     async def _find_runs(self) -> None:
         """Record the MLflow run of jobs that started (looked up at most every

@@ -103,6 +103,8 @@ class FakeTracker:
     def __init__(self):
         self.runs: dict[int, str] = {}
         self.asked: list[tuple[str, int]] = []
+        self.ended: list[tuple[str, int, str]] = []
+        self.experiments_known = False
 
     async def experiment_id(self, name, owner=None):
         no_session("MLflow")
@@ -112,6 +114,14 @@ class FakeTracker:
         no_session("MLflow")
         self.asked.append((experiment, job_id))
         return self.runs.get(job_id)
+
+    def known_experiment_id(self, name):
+        return "17" if self.experiments_known else None
+
+    async def end_job_runs(self, experiment, job_id, status):
+        no_session("MLflow")
+        self.ended.append((experiment, job_id, status))
+        return []
 
     def run_url(self, run_id):
         return f"https://mlflow.example.org/#/runs/{run_id}"
@@ -164,6 +174,16 @@ def queue(tmp_path, platform):
     )
     ops, loop = QueueOperations(ctx), ControlLoop(ctx)
     ops.backend, ops.tracker, ops.loop = backend, tracker, loop
+    run_pass = loop.run_pass
+
+    async def pass_then_mlflow():
+        """A pass, then the MLflow work it started in the background (never awaited by the
+        service's passes: tests/unit/test_queue_mlflow_hang.py)."""
+        await run_pass()
+        if loop.mlflow_task is not None:
+            await loop.mlflow_task
+
+    loop.run_pass = pass_then_mlflow
     return ops
 
 
