@@ -201,26 +201,19 @@ async def small_cluster(tmp_path_factory):
 
 
 async def test_apply_k_deploy_manifests(small_cluster):
-    """``kubectl apply -k deploy/manifests`` creates all 12 objects, the MLflow Deployment's
-    pod included (its namespaces first, as docs/deploy.md says)."""
+    """``kubectl apply -k deploy/manifests`` with validation on creates all 12 objects, the
+    MLflow Deployment's pod included (its namespaces first, as docs/deploy.md says)."""
     cluster = small_cluster
     api = await config.new_client_from_config(config_file=str(cluster.kubeconfig_path))
     async with api:
         await _apply_kit(cluster, api)
 
 
-def _validate_flag(cluster) -> list[str]:
-    """kubectl validates with the server's OpenAPI v3 document (issue 14 §1, helper V); until
-    the emulator serves it, apply needs --validate=false."""
-    code, _, _ = kubectl(cluster, "get", "--raw", "/openapi/v3")
-    return [] if code == 0 else ["--validate=false"]
-
-
 async def _apply_kit(cluster, api):
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     for ns in ("llm", "gpu-operator"):
         await core.create_namespace({"metadata": {"name": ns}})
-    flags = await asyncio.to_thread(_validate_flag, cluster)
+    flags = ["--validate=strict"]  # kubectl validates with the server's OpenAPI v3 document
     code, out, err = await asyncio.to_thread(
         kubectl, cluster, "apply", *flags, "-k", str(REPO / "deploy/manifests")
     )

@@ -86,9 +86,7 @@ async def test_service_account_is_forbidden_until_bound(cluster, api, team, tmp_
         "subjects": [{"kind": "ServiceAccount", "name": "bot", "namespace": NS}],
     }
     manifest = yaml.safe_dump_all([role, binding])
-    code, out, err = await run_kubectl(
-        cluster.kubeconfig_path, "apply", "--validate=false", "-f", "-", stdin=manifest
-    )
+    code, out, err = await run_kubectl(cluster.kubeconfig_path, "apply", "-f", "-", stdin=manifest)
     assert code == 0, err
     code, out, err = await run_kubectl(bot, "get", "pods")
     assert code == 0, err
@@ -243,7 +241,6 @@ async def test_queue_rbac_from_deploy_manifests(cluster, api, tmp_path):
     code, _, err = await run_kubectl(
         cluster.kubeconfig_path,
         "apply",
-        "--validate=false",
         "-k",
         str(REPO / "deploy/manifests/queue"),
     )
@@ -270,3 +267,57 @@ async def test_queue_rbac_from_deploy_manifests(cluster, api, tmp_path):
     for question in allowed + refused:
         code, out, _ = await run_kubectl(hub, "auth", "can-i", *question)
         assert out.strip() == ("yes" if question in allowed else "no"), question
+
+
+def test_dev_stack_hub_objects_come_from_the_kit_files():
+    """llmspawner_dev.identities: the chart's hub Role verbatim and deploy/manifests/queue
+    read from its files, the kit's namespace ``llm`` replaced by the stack's."""
+    from llmspawner_dev.identities import Z2JH_HUB_RULES, queue_kit_objects, z2jh_hub_objects
+
+    kit = queue_kit_objects("default")
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in kit]
+    assert kinds[:4] == [
+        ("Role", "llm-queue"),
+        ("RoleBinding", "llm-queue"),
+        ("ClusterRole", "llm-capacity"),
+        ("ClusterRoleBinding", "llm-capacity"),
+    ]
+    assert [k for k, _ in kinds[4:]] == ["PriorityClass"] * 3
+    from_file = yaml.safe_load_all((REPO / "deploy/manifests/queue/rbac.yaml").read_text())
+    assert kit[0]["rules"] == next(iter(from_file))["rules"]
+    assert {o["metadata"].get("namespace") for o in kit} == {"default", None}
+    assert [s["namespace"] for o in kit for s in o.get("subjects", [])] == ["default"] * 2
+    role, binding = z2jh_hub_objects("default")
+    assert role["rules"] == list(Z2JH_HUB_RULES)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "hub", "namespace": "default"}
+    ]
+
+
+async def test_dev_stack_hub_kubeconfig_has_exactly_the_hubs_rights(cluster, api, tmp_path):
+    """The kubeconfig the dev stack gives the hub: ServiceAccount ``hub`` may spawn (pods,
+    PVCs), read capacity (nodes) and run the queue (Jobs), and is refused the rest."""
+    from llmspawner_dev.identities import hub_kubeconfig
+
+    await client.CoreV1Api(api).create_namespace({"metadata": {"name": "devstack"}})
+    path = await asyncio.to_thread(
+        hub_kubeconfig, cluster.kubeconfig_path, "devstack", tmp_path / "hub-kubeconfig"
+    )
+    # twice: a restarted stack applies the same objects again
+    await asyncio.to_thread(hub_kubeconfig, cluster.kubeconfig_path, "devstack", path)
+    async with await config.new_client_from_config(config_file=str(path)) as hub:
+        core = client.CoreV1Api(hub)
+        await core.list_namespaced_pod("devstack")
+        await core.list_node()
+        await client.BatchV1Api(hub).list_namespaced_job("devstack")
+        await core.create_namespaced_persistent_volume_claim(
+            "devstack",
+            {"metadata": {"name": "claim"}, "spec": {"accessModes": ["ReadWriteOnce"]}},
+        )
+        with pytest.raises(ApiException) as e:
+            await core.list_namespaced_config_map("devstack")
+        assert e.value.status == 403
+        assert json.loads(e.value.body)["message"] == (
+            'configmaps is forbidden: User "system:serviceaccount:devstack:hub" cannot list '
+            'resource "configmaps" in API group "" in the namespace "devstack"'
+        )
