@@ -43,6 +43,10 @@ Environment variables (all optional):
 ``LLMSPAWNER_QUEUE*``                     the batch queue, see ``llmspawner.queue.hubservice``
 ``LLMSPAWNER_ROUTE_REPAIR_INTERVAL``      seconds between proxy route checks (default 30; ``0``:
                                           off), see :mod:`llmspawner.routes`
+``LLMSPAWNER_RECONCILE_INTERVAL``         seconds between orphan-pod passes (default 60; ``0``:
+                                          off), see :mod:`llmspawner.reconciler`
+``LLMSPAWNER_RECONCILE_GRACE``            seconds a server pod without a hub server is left alone
+                                          (default 120)
 ========================================  ======================================================
 """
 
@@ -54,7 +58,7 @@ import os
 import urllib.request
 from collections.abc import Mapping
 
-from . import culling, routes
+from . import culling, reconciler, routes
 from . import profiles as profiles_mod
 from .queue.hubservice import configure_queue
 from .settings import (
@@ -336,7 +340,13 @@ def configure(c, env: Mapping[str, str] = os.environ) -> None:
     Order: the spawner and the platform settings (validating the profiles), the login, the
     batch queue (which adds the queue's URL to the settings), then the idle culler, so both
     services get the same, complete settings.
-    Last, the proxy route repair (:func:`llmspawner.routes.configure_route_repair`).
+    Last, the proxy route repair (:func:`llmspawner.routes.configure_route_repair`) and the
+    orphan-pod reconciler (:func:`llmspawner.reconciler.configure_reconciler`), and the
+    server API handler that answers start/stop races with a sentence
+    (:func:`llmspawner.hubapi.install`).
+
+    Every managed service of ours ties its life to the hub's (:mod:`llmspawner.lifeline`), so
+    a killed hub leaves no second copy next to the restarted one.
 
     Raises:
         ConfigError: see :func:`configure_spawner`, :func:`configure_auth`,
@@ -355,3 +365,10 @@ def configure(c, env: Mapping[str, str] = os.environ) -> None:
     configure_culler(c, env)
     # Activity polling is off (configure_culler), and with it the hub's periodic route check.
     routes.configure_route_repair(c, env)
+    # Server pods the hub has forgotten (a stop that failed for good) are deleted.
+    reconciler.configure_reconciler(c, env)
+    # Start/stop races answer 409 with a sentence, not a bare 500 (llmspawner.hubapi; it
+    # imports JupyterHub's handlers, so only here, in the hub's process).
+    from . import hubapi
+
+    hubapi.install()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,9 +24,9 @@ from kubespawner.clients import shared_client
 from tornado import web
 from traitlets import Float, Integer, default
 
+from . import apierrors, tracking
 from . import capacity as capacity_mod
 from . import profiles as profiles_mod
-from . import tracking
 from .settings import LLMPlatform
 from .workload import (
     CPU,
@@ -70,6 +71,11 @@ WORKLOAD_TRAITS = (
 #: Of :data:`WORKLOAD_TRAITS`, those kubespawner also takes as a callable (resolved per spawn,
 #: ``spawner -> value``, before the workload goes on top).
 CALLABLE_TRAITS = ("uid", "gid", "fs_gid", "container_security_context", "pod_security_context")
+
+#: Annotation on a server's pod: the id of the start that created it (a new id per
+#: :meth:`LLMSpawner.start`). A create retried after a lost reply meets its own pod (409
+#: ``AlreadyExists``) and adopts it; a pod of an earlier start is replaced as kubespawner does.
+SPAWN_ID_ANNOTATION = "llmspawner.io/spawn-id"
 
 #: Settings that moved from ``c.LLMSpawner`` to ``c.LLMPlatform`` (issue 11).
 MOVED_SETTINGS = (
@@ -328,6 +334,23 @@ class LLMSpawner(KubeSpawner):
         Seconds between checks, in the user's server, for a running ``llamafactory-cli train``
         (``LLMSPAWNER_TRAINING_CHECK_INTERVAL``). While one runs, the server counts as active
         and is not culled. See ``llmspawner.singleuser.activity``.
+        """,
+    )
+
+    stop_retry_timeout = Integer(
+        300,
+        config=True,
+        help="""
+        Seconds a stop keeps trying to delete the server's pod while the Kubernetes API fails
+        (5xx, 429, connection errors, timeouts), with exponential backoff (each attempt is
+        kubespawner's delete within ``k8s_api_request_retry_timeout``). Meanwhile the hub
+        shows the server as stopping, which is the truth: its pod (and its GPU slice) still
+        exists. When this runs out the error is logged and raised; JupyterHub then forgets
+        the server whatever happens (``User.stop`` clears it in a ``finally``) and the orphan
+        reconciler (``llmspawner.reconciler``) deletes the pod after its grace period.
+        ``0``: one attempt, as kubespawner.
+
+        c.LLMSpawner.stop_retry_timeout = 600
         """,
     )
 
@@ -749,9 +772,19 @@ class LLMSpawner(KubeSpawner):
         """Make sure the user's MLflow experiment exists, then start the pod (kubespawner).
 
         When ``start_timeout`` ends the wait for a pod that could not be scheduled, the error
-        names the last scheduling reason.
+        names the last scheduling reason. The pod's create retries transient API errors
+        within ``k8s_api_request_retry_timeout`` (:meth:`_make_create_pod_request`); a start
+        that still fails on the cluster's API removes what it may have created and raises
+        :class:`~llmspawner.apierrors.UserFacingError` (503) with one sentence saying what
+        happened and that trying again is safe.
         """
         self._tracking_task = asyncio.ensure_future(self._ensure_tracking())
+        # A new id for this start: the pod carries it (SPAWN_ID_ANNOTATION), so a retried
+        # create that meets its own pod adopts it.
+        self._spawn_id = uuid.uuid4().hex
+        self._create_attempts = 0
+        self._pod_created = False
+        self._api_error = None
         loop = asyncio.get_running_loop()
         started = loop.time()
 
@@ -762,16 +795,256 @@ class LLMSpawner(KubeSpawner):
             left = max(1.0, self.start_timeout - (loop.time() - started) - 1.0)
             try:
                 return await asyncio.wait_for(self._start(), timeout=left)
-            except (asyncio.TimeoutError, TimeoutError):
+            except (asyncio.TimeoutError, TimeoutError) as e:
+                if self._create_attempts and not self._pod_created:
+                    # kubespawner's backoff gave up on the create (its budget ran out).
+                    raise await self._start_failed_on_api(self._api_error or e) from None
                 reason = self.last_scheduling_reason()
                 if not reason:
                     raise
                 raise TimeoutError(
                     f"Your server did not start within {self.start_timeout} seconds. {reason}"
                 ) from None
+            except Exception as e:
+                if apierrors.status_of(e) is None and not apierrors.is_transient(e):
+                    raise
+                raise await self._start_failed_on_api(e) from None
 
         self._start_future = asyncio.ensure_future(start_after_tracking())
         return self._start_future
+
+    _spawn_id: str | None = None
+    _create_attempts = 0
+    _pod_created = False
+    _api_error: BaseException | None = None
+
+    async def get_pod_manifest(self):
+        """kubespawner's pod, annotated with this start's id (:data:`SPAWN_ID_ANNOTATION`)."""
+        pod = await super().get_pod_manifest()
+        if self._spawn_id:
+            pod.metadata.annotations = {
+                **(pod.metadata.annotations or {}),
+                SPAWN_ID_ANNOTATION: self._spawn_id,
+            }
+        return pod
+
+    async def _make_create_pod_request(self, pod, request_timeout):
+        """One attempt to create the server's pod, for kubespawner's ``exponential_backoff``
+        (``True``: done, ``False``: try again).
+
+        Unlike kubespawner's: a transient error (:func:`llmspawner.apierrors.is_transient`:
+        5xx, 429, a connection closed or refused, no answer in time) is retried, not raised;
+        a 409 ``AlreadyExists`` for a pod carrying this start's id is the pod of an earlier
+        attempt whose reply was lost, and is adopted; a 409 for another pod (an earlier
+        server's) deletes it and tries again, as kubespawner does. Nothing of the pod (its
+        environment holds the server's token) is logged.
+
+        Raises:
+            kubernetes_asyncio.client.ApiException: an answer that is not transient (403,
+                422, ...).
+        """
+        ref = f"{self.namespace}/{pod.metadata.name}"
+        self._create_attempts += 1
+        self.log.info(
+            "Creating pod %s (attempt %d, timeout %s s)",
+            ref,
+            self._create_attempts,
+            request_timeout,
+        )
+        try:
+            await asyncio.wait_for(
+                self.api.create_namespaced_pod(self.namespace, pod), request_timeout
+            )
+        except Exception as e:
+            if apierrors.status_of(e) == 409:
+                return await self._on_existing_pod(pod, request_timeout)
+            self._api_error = e
+            if not apierrors.is_transient(e):
+                self.log.error("Creating pod %s refused: %s", ref, apierrors.describe(e))
+                raise
+            self.log.warning(
+                "Creating pod %s failed (%s); trying again", ref, apierrors.describe(e)
+            )
+            return False
+        self._pod_created = True
+        return True
+
+    async def _on_existing_pod(self, pod, request_timeout) -> bool:
+        """A create answered 409: adopt the pod if it is this start's, else replace it."""
+        ref = f"{self.namespace}/{pod.metadata.name}"
+        try:
+            existing = await asyncio.wait_for(
+                self.api.read_namespaced_pod(pod.metadata.name, self.namespace), request_timeout
+            )
+        except Exception as e:
+            if apierrors.status_of(e) == 404:  # gone meanwhile: create it again
+                return False
+            self._api_error = e
+            if apierrors.is_transient(e):
+                self.log.warning(
+                    "Reading pod %s failed (%s); trying again", ref, apierrors.describe(e)
+                )
+                return False
+            raise
+        annotations = (existing.metadata and existing.metadata.annotations) or {}
+        if self._spawn_id and annotations.get(SPAWN_ID_ANNOTATION) == self._spawn_id:
+            self.log.warning(
+                "Pod %s was created by an earlier attempt of this start whose reply was lost; "
+                "using it",
+                ref,
+            )
+            self._pod_created = True
+            return True
+        self.log.info("Pod %s is left from an earlier server; deleting it first", ref)
+        await self.stop(True)
+        return False
+
+    async def _start_failed_on_api(self, error: BaseException) -> apierrors.UserFacingError:
+        """Remove what a start that failed on the cluster's API may have created; return the
+        user's error (one sentence: what happened, and that trying again is safe)."""
+        what = apierrors.describe(error)
+        self.log.error(
+            "Starting %s failed on the Kubernetes API: %s (%d create attempt(s))",
+            self._log_name,
+            what,
+            self._create_attempts,
+        )
+        left_behind = False
+        if self._create_attempts:
+            left_behind = not await self._remove_failed_pod()
+        if apierrors.is_transient(error):
+            happened = (
+                "the cluster's API kept failing for "
+                f"{self.k8s_api_request_retry_timeout} seconds ({what})"
+            )
+        else:
+            happened = f"the cluster's API refused it ({what})"
+        if left_behind:
+            tail = "a pod left behind is deleted automatically, and it is safe to try again"
+        else:
+            tail = "nothing was left running, so it is safe to try again"
+        return apierrors.UserFacingError(
+            503, f"Your server could not be started because {happened}; {tail}."
+        )
+
+    async def _remove_failed_pod(self) -> bool:
+        """Delete this start's pod, if a create reached the API; ``True`` when none is left.
+
+        Only a pod with this start's id is deleted (a precondition on its uid, so never a
+        newer pod of the same name). Transient errors are retried within
+        ``k8s_api_request_retry_timeout``; what is still left is the orphan reconciler's.
+        """
+        from kubernetes_asyncio.client import V1DeleteOptions, V1Preconditions
+
+        ref = f"{self.namespace}/{self.pod_name}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.k8s_api_request_retry_timeout
+        wait = 0.2
+        while True:
+            try:
+                pod = await asyncio.wait_for(
+                    self.api.read_namespaced_pod(self.pod_name, self.namespace),
+                    self.k8s_api_request_timeout,
+                )
+                annotations = (pod.metadata and pod.metadata.annotations) or {}
+                if annotations.get(SPAWN_ID_ANNOTATION) != self._spawn_id:
+                    return True  # not this start's pod
+                self.log.info("Deleting pod %s of a start that failed", ref)
+                await asyncio.wait_for(
+                    self.api.delete_namespaced_pod(
+                        self.pod_name,
+                        self.namespace,
+                        body=V1DeleteOptions(
+                            grace_period_seconds=0,
+                            preconditions=V1Preconditions(uid=pod.metadata.uid),
+                        ),
+                    ),
+                    self.k8s_api_request_timeout,
+                )
+                return True
+            except Exception as e:
+                if apierrors.status_of(e) in (404, 409):  # gone, or another pod now
+                    return True
+                left = deadline - loop.time()
+                if not apierrors.is_transient(e) or left <= 0:
+                    self.log.error(
+                        "Pod %s of a failed start not deleted (%s); the orphan reconciler "
+                        "deletes it",
+                        ref,
+                        apierrors.describe(e),
+                    )
+                    return False
+                await asyncio.sleep(min(wait, left))
+                wait = min(wait * 2, 5.0)
+
+    _delete_error: BaseException | None = None
+
+    async def _make_delete_pod_request(
+        self, pod_name, delete_options, grace_seconds, request_timeout
+    ):
+        """One attempt to delete the server's pod, for kubespawner's ``exponential_backoff``:
+        kubespawner's (404 counts as deleted, no answer in time is tried again), with transient
+        errors tried again too instead of raised (kubespawner raises them: a single 503 made
+        the hub forget a running pod)."""
+        try:
+            return await super()._make_delete_pod_request(
+                pod_name, delete_options, grace_seconds, request_timeout
+            )
+        except Exception as e:
+            self._delete_error = e
+            if not apierrors.is_transient(e):
+                raise
+            self.log.warning(
+                "Deleting pod %s/%s failed (%s); trying again",
+                self.namespace,
+                pod_name,
+                apierrors.describe(e),
+            )
+            return False
+
+    async def stop(self, now=False):
+        """Delete the server's pod and wait until it is gone (kubespawner's ``stop``), trying
+        again while the API fails, for up to ``stop_retry_timeout`` seconds.
+
+        JupyterHub shows the server as stopping for as long as this runs (the pod exists).
+        A stop that still fails is logged (JupyterHub's ``stop_single_user`` swallows it
+        without a word) and raised; JupyterHub then forgets the server, and the orphan
+        reconciler deletes its pod after the grace period (:mod:`llmspawner.reconciler`).
+
+        Raises:
+            Exception: the last error, once ``stop_retry_timeout`` is used up, or at once an
+                answer that is not transient (e.g. 403 Forbidden).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_retry_timeout
+        ref = f"{self.namespace}/{self.pod_name}"
+        wait = 1.0
+        self._delete_error = None
+        while True:
+            try:
+                return await super().stop(now=now)
+            except Exception as e:
+                error = self._delete_error or e
+                left = deadline - loop.time()
+                if not apierrors.is_transient(error) or left <= 0:
+                    self.log.error(
+                        "Stopping %s failed: pod %s not deleted (%s); the orphan reconciler "
+                        "deletes it after its grace period",
+                        self._log_name,
+                        ref,
+                        apierrors.describe(error),
+                    )
+                    raise
+                self.log.warning(
+                    "Stopping %s: pod %s not deleted yet (%s); trying again for up to %.0f s",
+                    self._log_name,
+                    ref,
+                    apierrors.describe(error),
+                    left,
+                )
+                self._delete_error = None
+                await asyncio.sleep(min(wait, left))
+                wait = min(wait * 2, 30.0)
 
     def _current_pod_uid(self) -> str | None:
         ref_key = f"{self.namespace}/{self.pod_name}"
