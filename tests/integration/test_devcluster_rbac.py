@@ -321,3 +321,66 @@ async def test_dev_stack_hub_kubeconfig_has_exactly_the_hubs_rights(cluster, api
             'configmaps is forbidden: User "system:serviceaccount:devstack:hub" cannot list '
             'resource "configmaps" in API group "" in the namespace "devstack"'
         )
+
+
+async def test_queue_backend_runs_a_job_as_the_hub_service_account(cluster, api, tmp_path):
+    """The queue's own calls (llmspawner.queue.backend.KubeBackend) with the hub's identity of
+    a real install (z2jh's hub Role + deploy/manifests/queue): a Job with its ConfigMap and
+    Secret created, listed, its pod's log read, changes watched, PriorityClasses checked, the
+    Job deleted. A verb missing from the kit's Role fails here with the server's 403."""
+    from llmspawner.queue import k8s_objects
+    from llmspawner.queue.backend import KubeBackend
+    from llmspawner_dev.identities import hub_kubeconfig
+
+    ns = "queue-rbac"
+    await client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+    path = await asyncio.to_thread(
+        hub_kubeconfig, cluster.kubeconfig_path, ns, tmp_path / "hub-kubeconfig"
+    )
+    labels = {"app.kubernetes.io/managed-by": "llm-queue", k8s_objects.LABEL_JOB_ID: "1"}
+    cm = {"metadata": {"name": "job-1", "labels": labels}, "data": {"x": "y"}}
+    secret = {"metadata": {"name": "job-1-mlflow", "labels": labels}, "stringData": {"t": "s"}}
+    job = {
+        "metadata": {"name": "job-1", "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "containers": [
+                        {"name": "train", "image": "python", "command": ["echo", "step 1"]}
+                    ],
+                },
+            },
+        },
+    }
+    async with await config.new_client_from_config(config_file=str(path)) as hub:
+        backend = KubeBackend(ns, api_client=hub, retry_timeout=2, capacity_ttl=0)
+        changes = []
+        watching = asyncio.create_task(backend.watch_changes(lambda: changes.append(1)))
+        try:
+            await backend.create_job(
+                config_map=cm, job=job, owner_reference=k8s_objects.owner_reference, secret=secret
+            )
+            again = await backend.create_job(  # idempotent: 409s read back / replaced
+                config_map=cm, job=job, owner_reference=k8s_objects.owner_reference, secret=secret
+            )
+            assert again.existed
+            assert [j["metadata"]["name"] for j in await backend.list_jobs()] == ["job-1"]
+
+            async def finished_pod():
+                pods = await backend.list_job_pods()
+                done = [p for p in pods if p["status"].get("phase") == "Succeeded"]
+                return done and done[0]
+
+            await wait_for(finished_pod, 30, "the Job's pod succeeded")
+            pod = await backend.latest_pod(1)
+            assert pod is not None
+            assert await backend.missing_priority_classes(["llm-high"]) == []
+            await wait_for(lambda: changes, 10, "a change seen by the watch")
+            assert await backend.delete_job("job-1", config_map="job-1") is True
+        finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
