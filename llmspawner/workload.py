@@ -3,9 +3,9 @@
 One pure builder, :func:`build_workload`, turns ``(username, profile, settings, uid/gid)``
 into a :class:`Workload`: the image, CPU/memory/GPU requests and limits, node selector,
 tolerations, the user's storage volumes and mounts, the owner init container, the
-environment (``HOME``, MLflow), the working directory, the security contexts (the
-"restricted" Pod Security Standard, never root), ``/dev/shm`` sized per profile, labels and
-annotations. The spawner maps it onto its kubespawner traits
+environment (``HOME``, MLflow, the user's own Hugging Face cache), the working directory,
+the security contexts (the "restricted" Pod Security Standard, never root), ``/dev/shm``
+sized per profile, labels and annotations. The spawner maps it onto its kubespawner traits
 (:meth:`llmspawner.spawner.LLMSpawner.apply_workload`), the queue embeds it in its Job
 (:func:`llmspawner.queue.k8s_objects.build_job`), and the capacity count reads the same
 placement (:func:`placement`), so the three never derive these rules separately.
@@ -41,6 +41,15 @@ if TYPE_CHECKING:  # pragma: no cover - types only
 #: huggingface_hub, transformers and datasets
 #: (https://huggingface.co/docs/huggingface_hub/package_reference/environment_variables#hfhuboffline).
 HF_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+#: Where a user's Hugging Face cache lives, relative to their folder (``HF_HOME``; the hub
+#: cache, datasets cache and token under it). Set explicitly, never left to the image or to a
+#: shared ``XDG_CACHE_HOME``: huggingface_hub guards each cache entry with a lock file
+#: (``filelock``) and writes blobs beside them; one cache shared by many pods on the
+#: ReadWriteMany volume (often NFS, where locks can hang or be lost) lets users wait on each
+#: other's downloads or see a half-written blob. One per user, in their folder, is only ever
+#: used by that user's server and Jobs
+#: (https://huggingface.co/docs/huggingface_hub/package_reference/environment_variables#hfhome).
+HF_HOME_DIR = ".cache/huggingface"
 #: Every pod's OpenMP wait policy: PyTorch's CPU threads (GNU libgomp in PyPI's wheels) sleep
 #: at a barrier instead of spinning. On a shared node, or under a CPU limit's CFS quota, a
 #: spinning thread burns the time its descheduled partner needs. Measured on 2 cores, another
@@ -323,7 +332,8 @@ class Workload:
             ``/dev/shm``.
         init_containers: the owner init container when a uid is set, else ``[]``.
         env: ``HOME``, and ``MLFLOW_TRACKING_URI``/``MLFLOW_EXPERIMENT_NAME`` when tracking is
-            on (``LLMPlatform.mlflow_tracking_uri`` set); :data:`MODELS_DIR_ENV`;
+            on (``LLMPlatform.mlflow_tracking_uri`` set); :data:`MODELS_DIR_ENV`; ``HF_HOME``
+            in the user's folder (:data:`HF_HOME_DIR`);
             :data:`OPENMP_ENV`; and :data:`HF_OFFLINE_ENV` when ``LLMPlatform.hf_offline`` is on.
         working_dir: the user's folder in the pod, ``/storage/users/<slug>``.
         pod_security_context: :func:`pod_security_context`: ``fsGroup`` (when set) and
@@ -446,6 +456,7 @@ def build_workload(
         )
     )
     env[MODELS_DIR_ENV] = storage.models_path()
+    env["HF_HOME"] = f"{user_storage.home}/{HF_HOME_DIR}"
     env.update(OPENMP_ENV)
     if settings.hf_offline:
         env.update(HF_OFFLINE_ENV)

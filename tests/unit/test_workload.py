@@ -294,6 +294,7 @@ def test_build_workload_fields():
         "MLFLOW_EXPERIMENT_NAME": "Bob.Smith@example.org-experiments",
         **tracking.POD_MLFLOW_ENV,  # the pods' MLflow client settings (llmspawner.tracking)
         "LLMSPAWNER_MODELS_DIR": "/storage/models",  # the LlamaBoard preset's models folder
+        "HF_HOME": f"/storage/users/{slug}/.cache/huggingface",  # the user's own HF cache
         "OMP_WAIT_POLICY": "PASSIVE",  # PyTorch's CPU threads sleep, not spin, at barriers
     }
     assert w.pod_security_context == {"fsGroup": 100, "seccompProfile": {"type": "RuntimeDefault"}}
@@ -315,6 +316,7 @@ def test_arguments_win_over_settings_and_tracking_off():
     assert w.env == {
         "HOME": "/storage/users/alice",
         "LLMSPAWNER_MODELS_DIR": "/storage/models",
+        "HF_HOME": "/storage/users/alice/.cache/huggingface",
         "OMP_WAIT_POLICY": "PASSIVE",
     }
     assert w.gpu == {}
@@ -557,3 +559,48 @@ def test_hf_offline_env():
     offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     assert on.env == {**off.env, **offline}
     assert not set(offline) & set(off.env)
+
+
+@pytest.mark.parametrize("offline", [False, True])
+async def test_hf_cache_and_offline_setting_reach_server_and_job(make_spawner, offline):
+    """Each user's HF_HOME is inside their own read-write folder, never in the shared models
+    folder (mounted read-only); LLMPlatform.hf_offline reaches the server pod and the queue's
+    Job (through the hub's hand-over to the queue, LLMSPAWNER_PLATFORM)."""
+    pods = {}
+    for username, slug in USERS.items():
+        c = Config()
+        c.KubeSpawner.image = IMAGE
+        c.LLMPlatform.hf_offline = offline
+        server = await pod_for(make_spawner(username, c), {"profile": "cpu"})
+        platform_c = Config()
+        platform_c.LLMPlatform.profiles_dir = str(REPO_PROFILES)
+        platform_c.LLMPlatform.image = IMAGE
+        platform_c.LLMPlatform.hf_offline = offline
+        platform = LLMPlatform.from_env(LLMPlatform(config=platform_c, env={}).to_env())
+        job = build_job(
+            name=job_name(username, 9),
+            namespace="llm",
+            job_id=9,
+            workload=build_workload(
+                username=username,
+                profile=find_profile(platform.profiles(), "cpu"),
+                settings=platform,
+            ),
+            config_map=job_name(username, 9),
+            priority="normal",
+        )["spec"]["template"]
+        names = ("HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+        for pod in (server, job):
+            spec = pod["spec"]
+            container = spec["containers"][0]
+            env = env_of(container, names)
+            home = f"/storage/users/{slug}"
+            assert env["HF_HOME"] == f"{home}/.cache/huggingface"
+            flag = "1" if offline else None
+            assert [env[n] for n in names[1:]] == [flag, flag, flag]
+            mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+            assert not mounts[home].get("readOnly")  # the cache's folder is writable
+            assert mounts["/storage/models"]["readOnly"] is True  # the shared models are not
+            assert not env["HF_HOME"].startswith("/storage/models")
+        pods[username] = env_of(server["spec"]["containers"][0], ("HF_HOME",))
+    assert len({p["HF_HOME"] for p in pods.values()}) == len(USERS)  # one cache per user
