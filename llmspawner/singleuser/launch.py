@@ -8,7 +8,8 @@ LlamaBoard writes ``saves/``, ``llamaboard_cache/`` and ``llamaboard_config/`` a
 
 This wrapper changes folder, prepares it for LlamaBoard (the demo dataset and the model
 preset, :func:`llmspawner.singleuser.workspace.prepare`: files are only added, never
-overwritten; a problem there is a line on stderr and never stops the start), and then
+overwritten; a problem there is a line on stderr and never stops the start), puts the
+training shim first on ``PATH`` (:func:`llmspawner.training.llamaboard_path`), and then
 *replaces itself* with the program (``os.execv``): the process id stays the same, so
 jupyter-server-proxy's supervisor signals LlamaBoard itself when the server stops. It prints
 one line to stderr and exits 2 (usage) or 127 (folder or program not usable), so a broken
@@ -51,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from llmspawner.singleuser.workspace import prepare
 
     prepare(".")
-    # LlamaBoard's trainings run through llmspawner.training: adapter and logs into MLflow.
+    # LlamaBoard's trainings run through llmspawner.training's shim: never stalled by
+    # LlamaBoard's unread stderr pipe, their output in train.log, adapter and logs into MLflow.
     from llmspawner.training import llamaboard_path
 
     os.environ["PATH"] = llamaboard_path(os.environ)
