@@ -5,7 +5,7 @@ kernel's OOM kill of a container cgroup.
 Two ways, chosen once per kubelet by :func:`probe`:
 
 - :class:`Cgroups` (what real kubelets use): the kubelet, as root, creates one memory cgroup
-  per container instance under ``devcluster-<pid>/`` (cgroup v1 ``memory`` hierarchy:
+  per container instance under ``devcluster-<pid>-<id>/`` (cgroup v1 ``memory`` hierarchy:
   ``memory.limit_in_bytes``, OOM kills counted in ``memory.oom_control``; or cgroup v2:
   ``memory.max``, ``memory.swap.max`` 0, ``memory.events``), and the sandbox moves the
   container's process into it just before ``exec`` (the sandbox's own supervisor and init are
@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import time
 from pathlib import Path
 
@@ -73,12 +74,13 @@ def memory_limit(container: dict) -> int | None:
 
 
 class Cgroups:
-    """Memory cgroups under ``<root>/devcluster-<pid>`` (``version`` 1 or 2)."""
+    """Memory cgroups under ``<root>/devcluster-<pid>-<id>`` (``version`` 1 or 2)."""
 
     def __init__(self, root: Path, version: int):
         self.root = Path(root)
         self.version = version
-        self.base = self.root / f"devcluster-{os.getpid()}"
+        # one folder per kubelet (a test process may run several clusters)
+        self.base = self.root / f"devcluster-{os.getpid()}-{secrets.token_hex(3)}"
 
     def create(self, name: str, limit: int) -> str:
         """A new cgroup for one container instance with ``limit`` bytes; returns its path.
@@ -147,6 +149,7 @@ def probe() -> Cgroups | None:
         candidates.append((v2, 2))
     for root, version in candidates:
         cgroups = Cgroups(root, version)
+        _remove_stale(root)
         try:
             if version == 2:
                 for folder in (root, cgroups.base):
@@ -161,6 +164,22 @@ def probe() -> Cgroups | None:
             log.info("devcluster: no memory cgroup under %s (%s)", root, exc)
             cgroups.close()
     return None
+
+
+def _remove_stale(root: Path) -> None:
+    """Remove the ``devcluster-<pid>-<id>`` folders of kubelets that died without cleaning up
+    (SIGKILL): only those whose process is gone, and only empty cgroups (rmdir refuses
+    others)."""
+    for folder in root.glob("devcluster-*"):
+        pid = folder.name.split("-")[1]
+        if not pid.isdigit() or int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}"):
+            continue
+        with contextlib.suppress(OSError):
+            for child in folder.iterdir():
+                if child.is_dir():
+                    with contextlib.suppress(OSError):
+                        os.rmdir(child)
+            os.rmdir(folder)
 
 
 def _stat(pid: str) -> tuple[int, int, int] | None:

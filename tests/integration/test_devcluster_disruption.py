@@ -242,3 +242,15 @@ def test_memory_quantities():
     assert memory.memory_limit({"resources": {"requests": {"memory": "1Gi"}}}) is None
     with pytest.raises(ValueError, match="memory quantity 'lots'"):
         memory.parse_bytes("lots")
+
+
+def test_cgroups_of_a_dead_kubelet_are_removed(cluster):
+    cgroups = cluster.kubelet.cgroups()
+    if cgroups is None:
+        pytest.skip("no writable memory cgroup here (not root, or none mounted)")
+    dead = 4_000_000  # above pid_max's ceiling: no such process
+    stale = cgroups.root / f"devcluster-{dead}-abcdef"
+    (stale / "some-container").mkdir(parents=True)
+    memory.probe().close()
+    assert not stale.exists()
+    assert cgroups.base.exists()  # the live kubelet's own folder is kept
