@@ -120,6 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("id", type=int)
+    from .render import add_render_arguments
+
+    add_render_arguments(sub)
     p = sub.add_parser("limit", help="set a user's limit of running jobs (admins)")
     p.add_argument("user")
     p.add_argument("max_running", type=int)
@@ -418,6 +421,10 @@ def execute(args: argparse.Namespace, client: QueueClient, out=None) -> int:
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None, transport=None) -> int:
     """Run ``llmspawner queue ...``; return the exit status (errors go to stderr)."""
     env = os.environ if env is None else env
+    if args.action == "render":  # offline: no queue, no token
+        from .render import render
+
+        return render(args, env)
     try:
         url = queue_url(env, args.url)
         token = env.get("JUPYTERHUB_API_TOKEN")

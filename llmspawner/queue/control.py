@@ -653,39 +653,21 @@ class ControlLoop:
     def manifests(
         self, row: Job, profile: Profile, *, mlflow_token_secret: str | None = None
     ) -> tuple[dict, dict]:
-        """The ConfigMap and Job of a job (pure, from the row and the platform settings).
-
-        The pod is the user's workload (:func:`llmspawner.workload.build_workload`: the same
-        image, resources, storage, security context, MLflow environment as their server),
-        with the queue's image when ``QueueSettings.image`` is set and the profile has none.
-        """
-        ctx, s = self.ctx, self.ctx.settings
-        config_map = k8s_objects.build_config_map(
-            name=row.k8s_name,
-            namespace=ctx.namespace,
+        """The ConfigMap and Job of a job (pure, from the row and the platform settings):
+        :func:`job_manifests`."""
+        ctx = self.ctx
+        return job_manifests(
             job_id=row.id,
             username=row.user,
-            config=json.loads(row.config),
-        )
-        workload = build_workload(
-            username=row.user, profile=profile, settings=ctx.platform, image=s.image or None
-        )
-        job = k8s_objects.build_job(
             name=row.k8s_name,
-            namespace=ctx.namespace,
-            job_id=row.id,
-            workload=workload,
-            config_map=row.k8s_name,
+            config=json.loads(row.config),
             priority=row.priority,
-            active_deadline_seconds=profile.max_runtime or None,
-            backoff_limit=s.backoff_limit,
-            ttl_seconds_after_finished=s.ttl_seconds_after_finished,
-            kueue_queue=s.kueue_queue,
-            service_account=s.service_account,
-            tracking=bool(ctx.platform.mlflow_tracking_uri),
+            profile=profile,
+            platform=ctx.platform,
+            settings=ctx.settings,
+            namespace=ctx.namespace,
             mlflow_token_secret=mlflow_token_secret,
         )
-        return config_map, job
 
     async def _mlflow_token_secret(self, row: Job, profile: Profile) -> dict | None:
         """The Secret with a new MLflow-only hub token of the job's user for its Job
@@ -884,6 +866,65 @@ class ControlLoop:
                     if row is not None and row.mlflow_run_id is None:
                         row.mlflow_run_id = run_id
                 db.commit()
+
+
+def job_manifests(
+    *,
+    job_id: int,
+    username: str,
+    name: str,
+    config: dict,
+    priority: str,
+    profile: Profile,
+    platform,
+    settings,
+    namespace: str,
+    mlflow_token_secret: str | None = None,
+) -> tuple[dict, dict]:
+    """The ConfigMap and Job of one attempt of a queue job (pure; what the loop creates and
+    ``llmspawner queue render`` prints).
+
+    The pod is the user's workload (:func:`llmspawner.workload.build_workload`: the same
+    image, resources, storage, security context, MLflow environment as their server), with
+    the queue's image when ``settings.image`` is set and the profile has none.
+
+    Args:
+        job_id: the queue job's id.
+        username: its owner.
+        name: the attempt's Job (and ConfigMap) name (:func:`~.k8s_objects.job_name`).
+        config: the prepared training config.
+        priority: ``high``, ``normal`` or ``low``.
+        profile: its profile.
+        platform: the :class:`~llmspawner.settings.LLMPlatform` settings.
+        settings: the :class:`~llmspawner.queue.context.QueueSettings`.
+        namespace: the Jobs' namespace.
+        mlflow_token_secret: the Secret with the job's MLflow token, if one is made.
+
+    Returns:
+        ``(config_map, job)`` dicts.
+    """
+    config_map = k8s_objects.build_config_map(
+        name=name, namespace=namespace, job_id=job_id, username=username, config=config
+    )
+    workload = build_workload(
+        username=username, profile=profile, settings=platform, image=settings.image or None
+    )
+    job = k8s_objects.build_job(
+        name=name,
+        namespace=namespace,
+        job_id=job_id,
+        workload=workload,
+        config_map=name,
+        priority=priority,
+        active_deadline_seconds=profile.max_runtime or None,
+        backoff_limit=settings.backoff_limit,
+        ttl_seconds_after_finished=settings.ttl_seconds_after_finished,
+        kueue_queue=settings.kueue_queue,
+        service_account=settings.service_account,
+        tracking=bool(platform.mlflow_tracking_uri),
+        mlflow_token_secret=mlflow_token_secret,
+    )
+    return config_map, job
 
 
 def _gone(profile: str) -> str:

@@ -220,7 +220,8 @@ def test_the_client_imports_no_server_module():
         "assert not loaded, loaded\n"
         "ours = sorted(m for m in sys.modules if m.startswith('llmspawner'))\n"
         "assert ours == ['llmspawner', 'llmspawner.queue', 'llmspawner.queue.cli',\n"
-        "                'llmspawner.queue.limits', 'llmspawner.queue.states'], ours\n"
+        "                'llmspawner.queue.limits', 'llmspawner.queue.render',\n"
+        "                'llmspawner.queue.states'], ours\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
