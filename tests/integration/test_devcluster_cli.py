@@ -174,3 +174,34 @@ def test_api_faults_option_and_stack_proxy(tmp_path):
         faults.stop()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_kubectl_drain_evicts_through_the_eviction_api(tmp_path):
+    proc, ready = start_cluster(tmp_path / "dc")
+    try:
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "drained"},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "nodeSelector": {"kubernetes.io/hostname": "cpu-1"},
+                "containers": [{"name": "main", "image": "python", "command": ["sleep", "60"]}],
+            },
+        }
+        kubectl(ready, "create", "-f", "-", stdin=json.dumps(manifest))
+
+        def phase():
+            return kubectl(ready, "get", "pod", "drained", "-o", "jsonpath={.status.phase}")
+
+        wait_until(lambda: phase() == "Running", 20, "the pod running", interval=0.2)
+        out = kubectl(ready, "drain", "cpu-1", "--force", "--timeout=30s")
+        # kubectl found pods/eviction (policy/v1) in discovery and used it
+        assert "evicting pod default/drained" in out and "pod/drained evicted" in out
+        assert kubectl(ready, "get", "pods", "-o", "name") == ""
+        cordoned = kubectl(ready, "get", "node", "cpu-1", "-o", "jsonpath={.spec.unschedulable}")
+        assert cordoned == "true"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
