@@ -23,8 +23,10 @@ What is emulated (https://kubernetes.io/docs/concepts/workloads/controllers/depl
 - **Status**: ``observedGeneration``, ``replicas``, ``updatedReplicas``, ``readyReplicas``,
   ``availableReplicas`` (ready for ``minReadySeconds``), ``unavailableReplicas`` (zero fields
   left out, as the API's ``omitempty``), conditions ``Available`` and ``Progressing`` with the
-  real controller's reasons and messages. ``metadata.generation`` goes up by one when the spec
-  changes (seen by the controller's next pass), as the real server does on write.
+  real controller's reasons and messages.
+- **Updates** (:func:`admit_deployment_update`): ``metadata.generation`` goes up by one when
+  the spec changes, the selector is immutable (422 ``field is immutable``), the spec is checked
+  as on create.
 
 Not emulated: ``paused``, ``progressDeadlineSeconds`` expiry, revision history, the ``scale``
 subresource (``kubectl scale`` needs it: patch ``spec.replicas`` instead).
@@ -86,14 +88,7 @@ def selector_matches(selector: dict, labels: dict) -> bool:
     return True
 
 
-def admit_deployment(store: Store, res: Resource, obj: dict) -> None:
-    """A `Store.admit` hook: default and check a new Deployment (see the module docstring).
-
-    Raises `ApiError` 422 Invalid naming the field, as the real server does."""
-    if res != DEPLOYMENTS:
-        return
-    name = obj["metadata"]["name"]
-    spec = obj.setdefault("spec", {})
+def _check_spec(name: str, spec: dict) -> None:
     template = spec.get("template") or {}
     if not (template.get("spec") or {}).get("containers"):
         raise _invalid(name, "spec.template.spec.containers: Required value")
@@ -114,6 +109,54 @@ def admit_deployment(store: Store, res: Resource, obj: dict) -> None:
             f'spec.template.spec.restartPolicy: Unsupported value: "{restart}": '
             'supported values: "Always"',
         )
+
+
+def _go_selector(selector: dict) -> str:
+    labels = selector.get("matchLabels")
+    shown = _go_map(labels) if labels else "map[string]string(nil)"
+    exprs = (
+        "[]v1.LabelSelectorRequirement(nil)"
+        if not selector.get("matchExpressions")
+        else ("[]v1.LabelSelectorRequirement{...}")
+    )
+    return f"v1.LabelSelector{{MatchLabels:{shown}, MatchExpressions:{exprs}}}"
+
+
+def admit_deployment_update(
+    store: Store, res: Resource, old: dict, new: dict, subresource: str
+) -> None:
+    """A `Store.admit_update` hook: a changed spec is checked as on create, its selector is
+    immutable (apps/v1), and ``metadata.generation`` goes up by one (as the real server's
+    registry does when the spec changes). Raises `ApiError` 422 Invalid."""
+    if res != DEPLOYMENTS or subresource:
+        return
+    name = old["metadata"]["name"]
+    spec = new.setdefault("spec", {})
+    generation = int(old["metadata"].get("generation") or 1)
+    if spec == (old.get("spec") or {}):
+        new["metadata"]["generation"] = generation
+        return
+    old_selector = (old.get("spec") or {}).get("selector") or {}
+    if spec.get("selector") != old_selector:
+        raise _invalid(
+            name,
+            f"spec.selector: Invalid value: {_go_selector(spec.get('selector') or {})}: "
+            "field is immutable",
+        )
+    _check_spec(name, spec)
+    new["metadata"]["generation"] = generation + 1
+
+
+def admit_deployment(store: Store, res: Resource, obj: dict) -> None:
+    """A `Store.admit` hook: default and check a new Deployment (see the module docstring).
+
+    Raises `ApiError` 422 Invalid naming the field, as the real server does."""
+    if res != DEPLOYMENTS:
+        return
+    name = obj["metadata"]["name"]
+    spec = obj.setdefault("spec", {})
+    _check_spec(name, spec)
+    template = spec["template"]
     spec.setdefault("replicas", 1)
     strategy = spec.setdefault("strategy", {"type": "RollingUpdate"})
     strategy.setdefault("type", "RollingUpdate")
@@ -205,7 +248,6 @@ class DeploymentController:
     def __init__(self, store: Store, interval: float = 1.0):
         self.store = store
         self.interval = interval
-        self._specs: dict[str, str] = {}  # deployment uid → the spec JSON last seen
         self._wake: asyncio.Event | None = None
         store.add_listener(self._on_event)
 
@@ -225,31 +267,12 @@ class DeploymentController:
             for ref in pod["metadata"].get("ownerReferences") or []:
                 if ref.get("kind") == "Deployment" and ref.get("controller"):
                     owned.setdefault(ref.get("uid", ""), []).append(pod)
-        seen = set()
         for deployment in list(self.store.iter(DEPLOYMENTS)):
-            uid = deployment["metadata"]["uid"]
-            seen.add(uid)
             if deployment["metadata"].get("deletionTimestamp"):
                 continue
-            self._sync(deployment, owned.get(uid, []))
-        for uid in set(self._specs) - seen:
-            del self._specs[uid]
-
-    def _bump_generation(self, deployment: dict) -> dict:
-        meta = deployment["metadata"]
-        spec_json = json.dumps(deployment.get("spec") or {}, sort_keys=True)
-        last = self._specs.get(meta["uid"])
-        self._specs[meta["uid"]] = spec_json
-        if last is None or last == spec_json:
-            return deployment
-
-        def bump(obj: dict) -> None:
-            obj["metadata"]["generation"] = int(obj["metadata"].get("generation") or 1) + 1
-
-        return self.store.mutate(DEPLOYMENTS, meta["namespace"], meta["name"], bump) or deployment
+            self._sync(deployment, owned.get(deployment["metadata"]["uid"], []))
 
     def _sync(self, deployment: dict, pods: list[dict]) -> None:
-        deployment = self._bump_generation(deployment)
         spec = deployment.get("spec") or {}
         template = spec.get("template") or {}
         current = template_hash(template)

@@ -38,7 +38,7 @@ from aiohttp import web
 from . import protobody
 from .authn import ADMIN, Authenticator, UserInfo, self_subject_review
 from .resources import Resource, find_resource
-from .store import ApiError, Store
+from .store import ApiError, Event, Store
 
 GROUP = "rbac.authorization.k8s.io"
 ROLES = find_resource(GROUP, "v1", "roles")
@@ -135,11 +135,27 @@ class Authorizer:
 
     def __init__(self, store: Store):
         self.store = store
+        # the bindings, kept until one changes (the store's iter scans every object)
+        self._bindings: tuple[list[dict], dict[str, list[dict]]] | None = None
+        store.add_listener(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if event.resource in (CLUSTERROLEBINDINGS, ROLEBINDINGS):
+            self._bindings = None
+
+    def _all_bindings(self) -> tuple[list[dict], dict[str, list[dict]]]:
+        if self._bindings is None:
+            by_ns: dict[str, list[dict]] = {}
+            for rb in self.store.iter(ROLEBINDINGS):
+                by_ns.setdefault(rb["metadata"]["namespace"], []).append(rb)
+            self._bindings = (list(self.store.iter(CLUSTERROLEBINDINGS)), by_ns)
+        return self._bindings
 
     def _bound_rules(self, user: UserInfo, namespace: str):
         """(rules, why) for each binding of ``user`` that applies in ``namespace``
         ("" = cluster scope: ClusterRoleBindings only)."""
-        for crb in self.store.iter(CLUSTERROLEBINDINGS):
+        cluster_bindings, by_namespace = self._all_bindings()
+        for crb in cluster_bindings:
             for subject in crb.get("subjects") or []:
                 if _subject_matches(subject, user, ""):
                     ref = crb.get("roleRef") or {}
@@ -153,7 +169,7 @@ class Authorizer:
                     break
         if not namespace:
             return
-        for rb in self.store.iter(ROLEBINDINGS, namespace):
+        for rb in by_namespace.get(namespace, []):
             for subject in rb.get("subjects") or []:
                 if _subject_matches(subject, user, namespace):
                     ref = rb.get("roleRef") or {}

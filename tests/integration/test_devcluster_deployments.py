@@ -181,6 +181,30 @@ async def test_refusals_are_worded_as_the_real_server(api, namespace):
         'Deployment.apps "bad" is invalid: spec.template.metadata.labels: Invalid value: '
         'map[string]string{"app":"bad"}: `selector` does not match template `labels`'
     )
+    await apps.create_namespaced_deployment(namespace, deployment("fixed", 0))
+    with pytest.raises(ApiException) as e:
+        await apps.patch_namespaced_deployment(
+            "fixed",
+            namespace,
+            {
+                "spec": {
+                    "selector": {"matchLabels": {"app": "other"}},
+                    "template": {"metadata": {"labels": {"app": "other"}}},
+                }
+            },
+        )
+    assert e.value.status == 422
+    assert json.loads(e.value.body)["message"] == (
+        'Deployment.apps "fixed" is invalid: spec.selector: Invalid value: '
+        'v1.LabelSelector{MatchLabels:map[string]string{"app":"other"}, '
+        "MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: field is immutable"
+    )
+    unchanged = await apps.patch_namespaced_deployment("fixed", namespace, {"spec": {}})
+    assert unchanged.metadata.generation == 1
+    scaled = await apps.patch_namespaced_deployment("fixed", namespace, {"spec": {"replicas": 0}})
+    assert scaled.metadata.generation == 1  # the same spec: no new generation
+    scaled = await apps.patch_namespaced_deployment("fixed", namespace, {"spec": {"replicas": 1}})
+    assert scaled.metadata.generation == 2
     never = deployment("never")
     never["spec"]["template"]["spec"]["restartPolicy"] = "Never"
     with pytest.raises(ApiException) as e:
