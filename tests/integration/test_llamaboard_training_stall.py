@@ -8,6 +8,7 @@ training runs: the real shim (:func:`llmspawner.training.shim_main`, first on ``
 to stderr (16 times a pipe buffer; tqdm-like ``\\r`` updates and log lines) and then waits for
 the test's go-ahead. The fake stands in for LLaMA-Factory because a real training takes minutes
 on 2 cores; ``tests/integration/test_tiny_training.py`` runs the real one through the shim.
+The last test has LLaMA-Factory's own ``Runner`` launch it and abandons its event generator.
 """
 
 from __future__ import annotations
@@ -131,3 +132,66 @@ def test_a_failed_training_leaves_its_last_lines_in_the_pipe_for_llamaboards_fai
     assert stderr.endswith("ValueError: boom at the end\n")
     assert len(stderr.encode()) <= training.PIPE_TAIL + 200
     assert log.read_bytes().endswith(b"ValueError: boom at the end\n")
+
+
+@pytest.mark.llamaboard  # imports LlamaBoard's runner: torch, transformers, gradio (10-70 s)
+def test_llamaboards_own_runner_whose_event_stream_ended_finishes_and_shows_on_reopening(
+    tmp_path, monkeypatch
+):
+    """LLaMA-Factory's own ``Runner.run_train`` launches the training (its ``Popen`` line, its
+    environment: the shim first on PATH); the page's event generator is read once and then no
+    more, as when the event stream ends; the training still finishes, and the generator a
+    reopened page gets (``Runner.monitor``, through ``resume_btn``) reports it finished.
+    Only the form's parsing is replaced (``_initialize``, ``_parse_train_args``: they need a
+    whole Gradio form); importing the runner imports torch, transformers and gradio."""
+    runner_mod = pytest.importorskip("llamafactory.webui.runner")
+    from llamafactory.webui.locales import ALERTS
+
+    real = tmp_path / "real-bin"
+    real.mkdir()
+    (real / "llamafactory-cli").write_text(FAKE_CLI)
+    (real / "llamafactory-cli").chmod(0o755)
+    (tmp_path / "cache").mkdir()
+    for name in list(os.environ):
+        if name.startswith(("MLFLOW_", "HF_HUB_OFFLINE")):
+            monkeypatch.delenv(name)
+    path = f"{real}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
+    monkeypatch.setenv("PATH", training.llamaboard_path({"PATH": path}, str(tmp_path / "cache")))
+    monkeypatch.setenv("FAKE_GO", str(tmp_path / "go"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "saves" / "train_1"
+
+    class Manager:  # LlamaBoard's component registry, by id
+        def get_elem_by_id(self, elem_id):
+            return elem_id
+
+        def get_id_by_elem(self, elem):
+            return elem
+
+    runner = runner_mod.Runner(Manager())
+    monkeypatch.setattr(runner, "_initialize", lambda data, do_train, from_preview: "")
+    monkeypatch.setattr(
+        runner, "_parse_train_args", lambda data: {"output_dir": str(out), "report_to": "none"}
+    )
+    data = {
+        "top.lang": "en",
+        "top.model_name": "Custom",
+        "top.finetuning_type": "lora",
+        "train.output_dir": str(out),
+    }
+    events = runner.run_train(data)
+    next(events)  # the page's first update; then nobody reads the stream any more
+    proc = runner.trainer
+    try:
+        _wait_for_log(proc, out / training.TRAIN_LOG)
+        assert proc.pid in activity.training_processes(os.getpid())
+        (tmp_path / "go").touch()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reopened = list(runner.monitor())  # what a page that comes back gets
+    output_box = reopened[-1]["train.output_box"]
+    assert output_box.startswith(ALERTS["info_finished"]["en"])
+    assert runner.running is False and runner.trainer is None
+    events.close()
