@@ -384,3 +384,38 @@ async def test_queue_backend_runs_a_job_as_the_hub_service_account(cluster, api,
         finally:
             watching.cancel()
             await asyncio.gather(watching, return_exceptions=True)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def test_protobuf_bodies_of_kubectl_are_decoded():
+    """kubectl 1.32 POSTs TokenRequests and access reviews as protobuf (devcluster.protobody):
+    the bytes of ``kubectl create token default`` (kubectl -v=8), and a hand-encoded
+    SelfSubjectAccessReview with generated.proto's field numbers."""
+    from devcluster.protobody import ProtoError, decode
+
+    token_request = bytes.fromhex(
+        "6b3873000a280a1861757468656e7469636174696f6e2e6b38732e696f2f7631120c546f6b656e52"
+        "657175657374121a0a100a0012001a0022002a0032003800420012001a040a0012001a002200"
+    )
+    assert decode(token_request) == {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {},
+    }
+    attrs = _field(1, b"team") + _field(2, b"get") + _field(5, b"pods") + _field(6, b"log")
+    review = _field(2, _field(1, attrs))
+    type_meta = _field(1, b"authorization.k8s.io/v1") + _field(2, b"SelfSubjectAccessReview")
+    body = b"k8s\x00" + _field(1, type_meta) + _field(2, review)
+    assert decode(body)["spec"] == {
+        "resourceAttributes": {
+            "namespace": "team",
+            "verb": "get",
+            "resource": "pods",
+            "subresource": "log",
+        }
+    }
+    with pytest.raises(ProtoError):
+        decode(b"k8s\x00" + _field(1, _field(2, b"Pod")))
