@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterable
 from sqlalchemy import select
 
 from ..profiles import Profile
+from . import db as db_mod
 from . import k8s_objects, lf_config
 from .backend import KubeError
 from .context import QueueContext
@@ -114,22 +115,22 @@ class QueueOperations:
             checked = await lf_config.check_config(config, username=user)
         except lf_config.ConfigInvalid as e:
             raise _config_error(e) from None
-        with self.ctx.sessions() as db:
-            row = Job(
-                user=user,
-                profile=chosen.slug,
-                priority=priority,
-                state=QUEUED,
-                reason="",
-                config="{}",
-                submitted_at=to_utc(self.ctx.clock()),
-            )
-            db.add(row)
-            db.flush()  # the id names the Job and the run
-            name = k8s_objects.job_name(user, row.id)
-            row.config = lf_config.name_run(checked, name)  # JSON text
-            row.k8s_name = name
-            db.commit()
+        # Group commit (db.JobInserter): answered once the row's transaction committed.
+        values = {
+            **db_mod.row_defaults(Job.__table__),
+            "user": user,
+            "profile": chosen.slug,
+            "priority": priority,
+            "state": QUEUED,
+            "reason": "",
+            "submitted_at": to_utc(self.ctx.clock()),
+        }
+
+        def finish(job_id: int) -> dict:  # the id names the Job and the run
+            name = k8s_objects.job_name(user, job_id)
+            return {"config": lf_config.name_run(checked, name), "k8s_name": name}
+
+        row = Job(**await db_mod.insert_job(self.ctx.sessions, values, finish))
         view = self.view(row)
         log.info("Queued job %s of %s (profile %s, %s)", view["id"], user, profile, priority)
         self.ctx.wake()
@@ -303,7 +304,7 @@ class QueueOperations:
                 raise QueueError(
                     404, f"job {row.id} has no attempt {attempt} (saved: {have})", "attempt"
                 )
-            return _saved(saved[attempt - 1], tail)
+            return _saved(saved[attempt - 1], tail, _train_log(row))
         try:
             pod = await self.ctx.backend.latest_pod(row.id)
         except KubeError as e:
@@ -311,7 +312,7 @@ class QueueOperations:
         if pod is None:
             saved = [r for r in self.saved_pods(row.id) if r.log is not None]
             if saved:
-                return _saved(saved[-1], tail)
+                return _saved(saved[-1], tail, _train_log(row))
             hint = (
                 "it has not started yet"
                 if row.state in (QUEUED, ADMITTED)
@@ -397,9 +398,23 @@ class QueueOperations:
         return [self.view(r, profiles=profiles) for r in rows]
 
 
-async def _saved(row: JobPod, tail: int | None) -> AsyncIterator[bytes]:
+def _train_log(row: Job) -> str:
+    """Where the training wrapper keeps the whole output of every attempt: ``train.log`` in
+    the job's ``output_dir`` (:mod:`llmspawner.training`, appended by each attempt)."""
+    from ..training import TRAIN_LOG
+
+    output_dir = json.loads(row.config or "{}").get("output_dir") or "the output folder"
+    return f"{str(output_dir).rstrip('/')}/{TRAIN_LOG}"
+
+
+async def _saved(row: JobPod, tail: int | None, train_log: str) -> AsyncIterator[bytes]:
     """A saved log (its last ``tail`` lines), headed by the attempt it comes from."""
-    text = row.log if row.log is not None else "(its log could not be saved)\n"
+    text = (
+        row.log
+        if row.log is not None
+        else f"(the pod was gone before the queue could read its log; the whole output of "
+        f"every attempt is in {train_log} in your folder)\n"
+    )
     if tail:
         text = "".join(text.splitlines(keepends=True)[-tail:])
     head = f"--- saved log of pod {row.pod} (Job {row.k8s_job}): {row.reason or 'ended'} ---\n"

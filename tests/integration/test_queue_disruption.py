@@ -1,0 +1,154 @@
+"""Interrupted queue jobs on the emulated cluster: an evicted pod (``DisruptionTarget``,
+``podFailurePolicy: Ignore``) and a deleted pod (``kubectl delete pod``: no condition, the Job
+fails) are not failures: the job runs again in the same output folder, resumes from its
+checkpoint, succeeds once, and the log of the interrupted attempt stays readable.
+
+The stand-in ``llamafactory-cli`` (as in ``test_queue_backend``) for output folders named
+``*resume*``: the first attempt "saves a checkpoint" (a ``checkpoint-1`` folder in the user's
+folder, as LLaMA-Factory's ``save_steps`` would) and waits; a later attempt that finds it says
+``resuming from checkpoint-1`` and succeeds.
+"""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes_asyncio import client
+
+from devcluster.testing import fast_cluster, wait_for
+from llmspawner.queue import k8s_objects
+
+from .test_queue_backend import (  # noqa: F401  (fixtures)
+    NS,
+    api,
+    backend,
+    config,
+    make_queue,
+    profiles,
+    state_of,
+)
+
+RESUMING_TRAIN = """#!/bin/sh
+cfg="$2"
+d="resume-$LLMSPAWNER_JOB_ID"
+case "$(grep '^output_dir:' "$cfg")" in
+  *resume*)
+    mkdir -p "$d"
+    if [ -d "$d/checkpoint-1" ]; then echo "resuming from checkpoint-1"; echo "step 2"; exit 0; fi
+    mkdir "$d/checkpoint-1"; echo "step 1, saved checkpoint-1"; exec sleep 60 ;;
+  *) echo "step 1"; exit 0 ;;
+esac
+"""
+
+
+@pytest.fixture(scope="module")
+async def cluster(tmp_path_factory):
+    prefix = tmp_path_factory.mktemp("trainer-image")
+    (prefix / "bin").mkdir()
+    script = prefix / "bin" / "llamafactory-cli"
+    script.write_text(RESUMING_TRAIN)
+    script.chmod(0o755)
+    python = prefix / "bin" / "python3"
+    python.write_text('#!/bin/sh\nshift 2\nexec "$(dirname "$0")/llamafactory-cli" "$@"\n')
+    python.chmod(0o755)
+    data = tmp_path_factory.mktemp("queue-disruption")
+    async with fast_cluster(data, images={"trainer": str(prefix)}) as c:
+        yield c
+
+
+async def checkpointed_pod(queue, backend, job_id: int) -> dict:
+    async def saved():
+        await queue.run_pass()
+        pod = await backend.latest_pod(job_id)
+        if not pod or pod["status"].get("phase") != "Running":
+            return None
+        text = b"".join([c async for c in backend.stream_log(pod["metadata"]["name"])])
+        return pod if b"saved checkpoint-1" in text else None
+
+    return await wait_for(saved, timeout=30, interval=0.2)
+
+
+async def passes_until(queue, job_id: int, predicate, what: str, timeout: float = 30):
+    async def reached():
+        await queue.run_pass()
+        row = queue.get(job_id, user=None)
+        return row if predicate(row) else None
+
+    try:
+        return await wait_for(reached, timeout=timeout, interval=0.1)
+    except TimeoutError:
+        row = queue.get(job_id, user=None)
+        raise AssertionError(f"{what}: job {job_id} is {row.state} ({row.reason})") from None
+
+
+async def saved_log(queue, job_id: int, attempt: int) -> str:
+    stream = await queue.ops.open_log(job_id, user=None, attempt=attempt)
+    return b"".join([c async for c in stream]).decode()
+
+
+async def test_an_evicted_pod_is_replaced_in_the_same_job_and_resumes(make_queue, backend, api):  # noqa: F811
+    queue = make_queue()
+    view = await queue.submit(
+        user="alice", groups=[], config=config("out/resume"), profile="cpu", priority="normal"
+    )
+    job_id = view["id"]
+    pod = await checkpointed_pod(queue, backend, job_id)
+    await queue.run_pass()
+    name = pod["metadata"]["name"]
+    await client.CoreV1Api(api).create_namespaced_pod_eviction(
+        name, NS, {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}}
+    )
+    seen = await passes_until(
+        queue, job_id, lambda r: r.interruptions >= 1 or r.state == "succeeded", "counted"
+    )
+    assert seen.interruptions == 1
+    if seen.state != "succeeded":
+        shown = queue.view(seen)["reason"]
+        assert shown.startswith("interrupted: EvictionByEvictionAPI, requeued (1 of 3)"), shown
+    row = await state_of(queue, job_id, "succeeded", "failed")
+    assert (row.state, row.interruptions) == ("succeeded", 1), row.reason
+    # one Job (the Job controller made the replacement pod), the newest pod resumed
+    assert row.k8s_name == k8s_objects.job_name("alice", job_id)
+    newest = await backend.latest_pod(job_id)
+    text = b"".join([c async for c in backend.stream_log(newest["metadata"]["name"])])
+    assert b"resuming from checkpoint-1" in text
+    [attempt] = queue.ops.attempts(job_id)
+    assert (attempt["pod"], attempt["reason"]) == (name, "EvictionByEvictionAPI")
+    assert_saved(await saved_log(queue, job_id, 1))
+
+
+def assert_saved(text: str) -> None:
+    """The interrupted attempt's log as the queue saved it, or, when its pod was gone before
+    a pass could read it (here the stand-in exits at once on SIGTERM), where the whole output
+    of every attempt is (the training wrapper's train.log in the output folder)."""
+    assert text.startswith("--- saved log of pod ")
+    assert "saved checkpoint-1" in text or "/out/resume/train.log in your folder" in text, text
+
+
+async def test_a_deleted_pod_requeues_the_job_as_its_next_attempt(make_queue, backend, api):  # noqa: F811
+    queue = make_queue()
+    view = await queue.submit(
+        user="bob", groups=[], config=config("out/resume"), profile="cpu", priority="normal"
+    )
+    job_id = view["id"]
+    pod = await checkpointed_pod(queue, backend, job_id)
+    await queue.run_pass()
+    first = queue.get(job_id, user=None).k8s_name
+    await client.CoreV1Api(api).delete_namespaced_pod(pod["metadata"]["name"], NS)
+    row = await passes_until(
+        queue,
+        job_id,
+        lambda r: r.k8s_name != first or r.state in ("failed", "succeeded"),
+        "requeued",
+    )
+    assert row.interruptions == 1, row.reason
+    assert row.k8s_name == k8s_objects.job_name("bob", job_id, 2)
+    row = await state_of(queue, job_id, "succeeded", "failed")
+    assert (row.state, row.attempts) == ("succeeded", 2), row.reason
+    names = [j["metadata"]["name"] for j in await backend.list_jobs()]
+    assert names == [row.k8s_name]  # the first attempt's Job was deleted
+    newest = await backend.latest_pod(job_id)
+    text = b"".join([c async for c in backend.stream_log(newest["metadata"]["name"])])
+    assert b"resuming from checkpoint-1" in text
+    attempts = queue.ops.attempts(job_id)
+    assert attempts and attempts[0]["pod"] == pod["metadata"]["name"]
+    assert_saved(await saved_log(queue, job_id, 1))
