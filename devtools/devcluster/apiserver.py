@@ -8,6 +8,24 @@ create (POST), replace (PUT), patch (merge, strategic, JSON patch), delete
 deletecollection, the ``status`` subresource and the pods ``log`` subresource. Errors are
 ``Status`` objects. ``Accept: ...;as=Table`` gets a server-side Table (as kubectl asks).
 
+As kube-apiserver (https://kubernetes.io/docs/reference/using-api/api-concepts/):
+
+- writes go through `admission` (schema, defaults, validation); ``fieldValidation``
+  (Ignore/Warn/Strict) and ``dryRun=All`` are honoured on create, update, patch and delete;
+  warnings come back as ``Warning: 299 - "..."`` headers;
+- DELETE answers the object for pods, services, serviceaccounts, PVCs and namespaces
+  (``ReturnDeletedObject``) and for any object left pending (finalizers, graceful pod
+  deletion); other kinds deleted at once get a ``Status`` ``Success`` with the name, group,
+  plural and uid;
+- lists take ``limit``/``continue`` (the continuation lists the objects after the last one
+  returned, from the current state, not a snapshot; a token older than the event log is 410);
+  field selectors are limited to each kind's supported fields (`selectors.SUPPORTED_FIELDS`);
+- watches send ``BOOKMARK`` events every `ApiServer.bookmark_interval` seconds when
+  ``allowWatchBookmarks=true``; a ``resourceVersion`` older than the event log answers 200
+  with one ``ERROR`` event holding the 410 ``Expired`` Status;
+- ``/openapi/v3`` and its group/version documents (`schema`), ``/healthz``, ``/livez`` and
+  ``/readyz`` are served, so kubectl validates server-side (``fieldValidation=Strict``).
+
 Any bearer token, or none, is accepted: there is no authentication nor authorization.
 API reference: https://kubernetes.io/docs/reference/using-api/api-concepts/
 """
@@ -15,13 +33,15 @@ API reference: https://kubernetes.io/docs/reference/using-api/api-concepts/
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import os
 from typing import Protocol
 
 from aiohttp import web
 
-from . import resources, tables
+from . import disruption, resources, schema, selectors, tables, validation
 from .patching import PatchError, apply_patch
 from .resources import Resource
 from .selectors import Selector, SelectorError
@@ -31,8 +51,8 @@ log = logging.getLogger(__name__)
 
 SERVER_VERSION = {
     "major": "1",
-    "minor": "31",
-    "gitVersion": "v1.31.0-llmspawner-devcluster",
+    "minor": schema.SERVED_MINOR,  # the version whose OpenAPI schema validates writes
+    "gitVersion": f"v1.{schema.SERVED_MINOR}.0-llmspawner-devcluster",
     "gitCommit": "0000000000000000000000000000000000000000",
     "gitTreeState": "clean",
     "buildDate": "2024-08-13T00:00:00Z",
@@ -65,6 +85,74 @@ def _int_param(query, name: str) -> int | None:
         raise ApiError(400, "BadRequest", f"invalid {name}: {value!r}") from None
 
 
+#: Kinds whose DELETE answers the deleted object (``ReturnDeletedObject`` in their registry);
+#: the others answer a Status once the object is gone.
+RETURNS_DELETED_OBJECT = {
+    "pods",
+    "services",
+    "serviceaccounts",
+    "persistentvolumeclaims",
+    "persistentvolumes",
+    "namespaces",
+}
+
+HEALTH_CHECKS = ("ping", "log", "etcd", "poststarthook/start-apiserver-admission-initializer")
+
+_VERB_OPTIONS = {
+    "POST": "CreateOptions",
+    "PUT": "UpdateOptions",
+    "PATCH": "PatchOptions",
+    "DELETE": "DeleteOptions",
+}
+
+
+def _write_options(request: web.Request) -> tuple[bool, str]:
+    """``(dry_run, field_validation)`` of a write request; 422 for values the real server
+    refuses (``dryRun: Unsupported value: []string{"x"}: supported values: "All"``)."""
+    dry = request.query.getall("dryRun", [])
+    opts = validation.OPTIONS.get()
+    mode = request.query.get("fieldValidation") or (opts.field_validation if opts else "Warn")
+    errors = []
+    if any(v != "All" for v in dry):
+        shown = "[]string{" + ", ".join(json.dumps(v) for v in dry) + "}"
+        errors.append(
+            validation.FieldError(
+                "FieldValueNotSupported", "dryRun", 'supported values: "All"', validation.Raw(shown)
+            )
+        )
+    if request.method != "DELETE" and mode not in validation.FIELD_VALIDATION_VALUES:
+        errors.append(
+            validation.FieldError(
+                "FieldValueNotSupported",
+                "fieldValidation",
+                'supported values: "Ignore", "Warn", "Strict"',
+                mode,
+            )
+        )
+    if errors:
+        kind = _VERB_OPTIONS.get(request.method, "CreateOptions")
+        raise validation.invalid(kind, "", errors, "meta.k8s.io")
+    return bool(dry), mode
+
+
+def _continue_token(rv: str, key: str) -> str:
+    raw = json.dumps({"v": "meta.k8s.io/v1", "rv": int(rv), "start": key + "\x00"})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _parse_continue(token: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        doc = json.loads(raw)
+        return int(doc["rv"]), str(doc["start"]).rstrip("\x00")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ApiError(400, "BadRequest", f"invalid continue token: {exc}") from None
+
+
+def _list_key(obj: dict) -> str:
+    return f"{obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+
+
 def _json_response(body: dict, status: int = 200) -> web.Response:
     return web.Response(
         body=json.dumps(body).encode(), status=status, content_type="application/json"
@@ -84,6 +172,14 @@ class ApiServer:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
+        #: R: authentication and RBAC (`devcluster.rbac.Gate`); None: everyone is admin.
+        self.auth = None
+        #: seconds between BOOKMARK events of watches that allow them (upstream: ~1 minute)
+        self.bookmark_interval = 60.0
+        #: ``fieldValidation`` of requests that send none: Warn as kube-apiserver, or
+        #: ``$DEVCLUSTER_FIELD_VALIDATION`` (Strict: find clients that send unknown fields)
+        self.default_field_validation = os.environ.get("DEVCLUSTER_FIELD_VALIDATION", "Warn")
+        self._openapi: dict[str, bytes] = {}
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
 
@@ -108,8 +204,17 @@ class ApiServer:
     # -- routing ---------------------------------------------------------------------------
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        opts = validation.WriteOptions(self.default_field_validation)
+        token = validation.OPTIONS.set(opts)
         try:
-            return await self._route(request)
+            response = await self._route(request)
+            if opts.warnings and not response.prepared:
+                log.warning(
+                    "devcluster: %s %s: %s", request.method, request.path, "; ".join(opts.warnings)
+                )
+                for text in dict.fromkeys(opts.warnings):
+                    response.headers.add("Warning", f"299 - {json.dumps(text)}")
+            return response
         except ApiError as exc:
             return _json_response(exc.status(), exc.code)
         except (asyncio.CancelledError, ConnectionResetError):
@@ -118,10 +223,19 @@ class ApiServer:
             log.exception("devcluster API error on %s %s", request.method, request.path)
             err = ApiError(500, "InternalError", f"internal error: {exc!r}")
             return _json_response(err.status(), 500)
+        finally:
+            validation.OPTIONS.reset(token)
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
+        opts = validation.OPTIONS.get() or validation.WriteOptions()
         parts = [p for p in request.path.split("/") if p]
         method = request.method
+        if method == "GET" and parts and parts[0] in ("healthz", "livez", "readyz"):
+            return self._health(request, parts)
+        if self.auth is not None:  # R: 401 for a token that is not valid (devcluster.authn)
+            self.auth.authenticate(request)
+        if method == "GET" and parts[:2] == ["openapi", "v3"]:
+            return self._openapi_v3(parts[2:])
         if method == "GET":
             doc = self._discovery(parts)
             if doc is not None:
@@ -149,24 +263,36 @@ class ApiServer:
         sub = rest[2] if len(rest) > 2 else ""
         if sub and sub not in res.subresources:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if self.auth is not None:  # R: RBAC (403), TokenRequest, reviews (devcluster.rbac)
+            answer = await self.auth.handle(request, res, namespace, name, sub, watch)
+            if answer is not None:
+                return answer
         if name is None:
             if method == "GET" and watch:
                 return await self._watch(request, res, namespace)
             if method == "GET":
                 return self._list(request, res, namespace)
             if method == "POST":
+                dry_run, opts.field_validation = _write_options(request)
                 obj = await self._body(request)
-                return _json_response(self.store.create(res, obj, namespace), 201)
+                created = self.store.create(res, obj, namespace, dry_run=dry_run)
+                return _json_response(created, 201)
             if method == "DELETE":
                 return self._delete_collection(request, res, namespace)
         else:
+            if sub == "eviction" and method == "POST":  # F: devcluster.disruption
+                body = await self._body(request)
+                return _json_response(disruption.evict(self.store, namespace, name, body), 201)
             if sub == "log" and method == "GET":
                 return await self._log(request, res, namespace, name)
             if method == "GET":
                 return _json_response(self.store.get(res, namespace, name))
             if method == "PUT":
+                dry_run, opts.field_validation = _write_options(request)
                 obj = await self._body(request)
-                return _json_response(self.store.replace(res, namespace, name, obj, sub))
+                return _json_response(
+                    self.store.replace(res, namespace, name, obj, sub, dry_run=dry_run)
+                )
             if method == "PATCH":
                 return await self._patch(request, res, namespace, name, sub)
             if method == "DELETE" and not sub:
@@ -220,25 +346,51 @@ class ApiServer:
         return body  # type: ignore[return-value]
 
     @staticmethod
-    def _selector(request: web.Request) -> Selector:
+    def _selector(request: web.Request, res: Resource) -> Selector:
         try:
-            return Selector.parse(
+            selector = Selector.parse(
                 request.query.get("labelSelector"), request.query.get("fieldSelector")
             )
+            fields = selectors.check_fields(selector.fields, res.plural, res.namespaced)
+            return Selector(selector.labels, fields)
         except SelectorError as exc:
             raise ApiError(400, "BadRequest", str(exc)) from None
 
     # -- verbs -----------------------------------------------------------------------------
 
     def _list(self, request: web.Request, res: Resource, namespace: str | None) -> web.Response:
-        items, rv = self.store.list(res, namespace, self._selector(request))
+        items, rv = self.store.list(res, namespace, self._selector(request, res))
+        limit = _int_param(request.query, "limit")
+        token = request.query.get("continue")
+        meta: dict = {"resourceVersion": rv}
+        if token:
+            since, start = _parse_continue(token)
+            if since < self.store._log_floor:
+                raise ApiError(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list "
+                    "result. You can start a new list without the continue parameter, or use "
+                    "the continue token in this response to retrieve the remainder of the "
+                    "results. Continuing with the provided token results in an inconsistent "
+                    "list - objects that were created, modified, or deleted between the time "
+                    "the first chunk was returned and now may show up in the list.",
+                )
+            items = [o for o in items if _list_key(o) > start]
+        if limit and limit > 0 and len(items) > limit:
+            rest = len(items) - limit
+            items = items[:limit]
+            meta["continue"] = _continue_token(rv, _list_key(items[-1]))
+            meta["remainingItemCount"] = rest
         if "as=Table" in request.headers.get("Accept", ""):
-            return _json_response(tables.table(res, items, rv))
+            table = tables.table(res, items, rv)
+            table["metadata"] = meta
+            return _json_response(table)
         return _json_response(
             {
                 "kind": f"{res.kind}List",
                 "apiVersion": res.api_version,
-                "metadata": {"resourceVersion": rv},
+                "metadata": meta,
                 "items": items,
             }
         )
@@ -247,20 +399,47 @@ class ApiServer:
         self, request: web.Request, res: Resource, namespace: str | None
     ) -> web.StreamResponse:
         timeout = _int_param(request.query, "timeoutSeconds")
-        watcher = self.store.watch(
-            res, namespace, self._selector(request), request.query.get("resourceVersion")
-        )
+        selector = self._selector(request, res)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        try:
+            watcher = self.store.watch(
+                res, namespace, selector, request.query.get("resourceVersion")
+            )
+        except ApiError as exc:
+            if exc.code != 410:
+                raise
+            # as kube-apiserver: the watch starts (200), then one ERROR event with the Status
+            await response.prepare(request)
+            event = {"type": "ERROR", "object": exc.status()}
+            await response.write(json.dumps(event).encode() + b"\n")
+            await response.write_eof()
+            return response
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout else None
+        bookmarks = _truthy(request.query.get("allowWatchBookmarks"))
+        next_bookmark = loop.time() + self.bookmark_interval
         as_table, first = "as=Table" in request.headers.get("Accept", ""), True
         try:
             await response.prepare(request)
             while not self._closing.is_set():
-                left = None if deadline is None else deadline - loop.time()
+                now = loop.time()
+                left = None if deadline is None else deadline - now
                 if left is not None and left <= 0:
                     break
                 wait = 1.0 if left is None else min(left, 1.0)
+                if bookmarks:
+                    if now >= next_bookmark:
+                        mark = {
+                            "type": "BOOKMARK",
+                            "object": {
+                                "kind": res.kind,
+                                "apiVersion": res.api_version,
+                                "metadata": {"resourceVersion": self.store.resource_version},
+                            },
+                        }
+                        await response.write(json.dumps(mark).encode() + b"\n")
+                        next_bookmark = now + self.bookmark_interval
+                    wait = max(0.0, min(wait, next_bookmark - now))
                 event = await watcher.next(wait)
                 if event is not None:
                     if as_table:  # kubectl get -w: one-row Tables, columns only in the first
@@ -282,6 +461,8 @@ class ApiServer:
     async def _patch(
         self, request: web.Request, res: Resource, namespace: str | None, name: str, sub: str
     ) -> web.Response:
+        opts = validation.OPTIONS.get() or validation.WriteOptions()
+        dry_run, opts.field_validation = _write_options(request)
         body = await self._body(request)
         content_type = request.headers.get("Content-Type", "")
 
@@ -293,9 +474,13 @@ class ApiServer:
                     raise ApiError(415, "UnsupportedMediaType", str(exc)) from None
                 raise ApiError(422, "Invalid", str(exc)) from None
 
-        return _json_response(self.store.patch(res, namespace, name, apply, sub))
+        patched = self.store.patch(res, namespace, name, apply, sub, dry_run=dry_run)
+        return _json_response(patched)
 
-    async def _delete_options(self, request: web.Request) -> tuple[int | None, str | None]:
+    async def _delete_options(self, request: web.Request) -> tuple[int | None, str | None, bool]:
+        """``(gracePeriodSeconds, propagationPolicy, dryRun)`` from the query or the
+        DeleteOptions body."""
+        dry_run = _write_options(request)[0]
         grace = _int_param(request.query, "gracePeriodSeconds")
         policy = request.query.get("propagationPolicy")
         raw = await request.read()
@@ -310,28 +495,74 @@ class ApiServer:
                 policy = policy or body.get("propagationPolicy")
                 if policy is None and body.get("orphanDependents") is not None:
                     policy = "Orphan" if body["orphanDependents"] else "Background"
+                if body.get("dryRun"):
+                    if any(v != "All" for v in body["dryRun"]):
+                        raise validation.invalid(
+                            "DeleteOptions",
+                            "",
+                            [
+                                validation.FieldError(
+                                    "FieldValueNotSupported",
+                                    "dryRun",
+                                    'supported values: "All"',
+                                    validation.Raw(
+                                        "[]string{"
+                                        + ", ".join(json.dumps(v) for v in body["dryRun"])
+                                        + "}"
+                                    ),
+                                )
+                            ],
+                            "meta.k8s.io",
+                        )
+                    dry_run = True
         if policy not in (None, "Orphan", "Background", "Foreground"):
             raise ApiError(400, "BadRequest", f"invalid propagationPolicy: {policy!r}")
-        return grace, policy
+        return grace, policy, dry_run
+
+    def _deleted_answer(self, res: Resource, obj: dict, dry_run: bool) -> dict:
+        """What DELETE answers: the object (kinds that return it, or a deletion left pending),
+        else a ``Status`` ``Success`` (upstream's ``finalizeDelete``)."""
+        meta = obj["metadata"]
+        pending = (
+            bool(meta.get("deletionTimestamp"))
+            if dry_run
+            else self.store.peek(res, meta.get("namespace"), meta["name"]) is not None
+        )
+        if res.plural in RETURNS_DELETED_OBJECT or pending:
+            return obj
+        details = {"name": meta["name"], "kind": res.plural, "uid": meta.get("uid", "")}
+        if res.group:
+            details["group"] = res.group
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": details,
+        }
 
     async def _delete(
         self, request: web.Request, res: Resource, namespace: str | None, name: str
     ) -> web.Response:
-        grace, policy = await self._delete_options(request)
-        return _json_response(self.store.delete(res, namespace, name, grace, policy))
+        grace, policy, dry_run = await self._delete_options(request)
+        obj = self.store.delete(res, namespace, name, grace, policy, dry_run=dry_run)
+        return _json_response(self._deleted_answer(res, obj, dry_run))
 
     def _delete_collection(
         self, request: web.Request, res: Resource, namespace: str | None
     ) -> web.Response:
-        items, rv = self.store.list(res, namespace, self._selector(request))
+        items, rv = self.store.list(res, namespace, self._selector(request, res))
         grace = _int_param(request.query, "gracePeriodSeconds")
         policy = request.query.get("propagationPolicy")
+        dry_run = _write_options(request)[0]
         deleted = []
         for obj in items:
             meta = obj["metadata"]
             try:
                 deleted.append(
-                    self.store.delete(res, meta.get("namespace"), meta["name"], grace, policy)
+                    self.store.delete(
+                        res, meta.get("namespace"), meta["name"], grace, policy, dry_run=dry_run
+                    )
                 )
             except ApiError:
                 continue
@@ -342,6 +573,39 @@ class ApiServer:
                 "metadata": {"resourceVersion": self.store.resource_version},
                 "items": deleted,
             }
+        )
+
+    # -- health and OpenAPI ------------------------------------------------------------------
+
+    @staticmethod
+    def _health(request: web.Request, parts: list[str]) -> web.Response:
+        """``/healthz``, ``/livez``, ``/readyz`` (and ``/<x>/<check>``, ``?verbose``): ok."""
+        if len(parts) > 1 and "/".join(parts[1:]) not in HEALTH_CHECKS:
+            return web.Response(status=404, text="404 page not found\n")
+        if "verbose" in request.query:
+            lines = [f"[+]{c} ok" for c in HEALTH_CHECKS]
+            return web.Response(text="\n".join(lines) + f"\n{parts[0]} check passed\n")
+        return web.Response(text="ok")
+
+    def _openapi_v3(self, rest: list[str]) -> web.Response:
+        """``/openapi/v3`` (the index) and ``/openapi/v3/api/v1``,
+        ``/openapi/v3/apis/<group>/<version>`` (`schema.openapi_group_document`)."""
+        served: dict[str, list[Resource]] = {}
+        for res in resources.RESOURCES:
+            served.setdefault(res.api_version, []).append(res)
+        for gv, group_resources in served.items():
+            if gv not in self._openapi:
+                doc = schema.openapi_group_document(gv, group_resources)
+                self._openapi[gv] = json.dumps(doc).encode()
+        if not rest:
+            return _json_response(schema.openapi_root(self._openapi))
+        gv = "/".join(rest[1:])
+        if rest[0] not in ("api", "apis") or gv not in self._openapi:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return web.Response(
+            body=self._openapi[gv],
+            content_type="application/json",
+            headers={"Cache-Control": "public, immutable", "Etag": '"devcluster"'},
         )
 
     async def _log(

@@ -30,6 +30,7 @@ class Resource:
     subresources: tuple[str, ...] = ()
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = field(default=())
+    verbs: tuple[str, ...] = ALL_VERBS  # R: create-only kinds (access reviews)
 
     @property
     def api_version(self) -> str:
@@ -50,7 +51,7 @@ class Resource:
 RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "namespaces", "Namespace", False, ("status",), ("ns",)),
     Resource("", "v1", "nodes", "Node", False, ("status",), ("no",)),
-    Resource("", "v1", "pods", "Pod", True, ("status", "log"), ("po",), ("all",)),
+    Resource("", "v1", "pods", "Pod", True, ("status", "log", "eviction"), ("po",), ("all",)),
     Resource("", "v1", "events", "Event", True, (), ("ev",)),
     Resource(
         "", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("status",), ("pvc",)
@@ -58,9 +59,31 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "configmaps", "ConfigMap", True, (), ("cm",)),
     Resource("", "v1", "secrets", "Secret", True),
     Resource("", "v1", "services", "Service", True, ("status",), ("svc",), ("all",)),
-    Resource("", "v1", "serviceaccounts", "ServiceAccount", True, (), ("sa",)),
+    Resource("", "v1", "serviceaccounts", "ServiceAccount", True, ("token",), ("sa",)),
     Resource("batch", "v1", "jobs", "Job", True, ("status",), (), ("all",)),
     Resource("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", False, (), ("pc",)),
+    # R (issue 14 §2, §3): Deployments (devcluster.deployments), RBAC (devcluster.rbac),
+    # ServiceAccount tokens and identity reviews (devcluster.authn).
+    Resource("apps", "v1", "deployments", "Deployment", True, ("status",), ("deploy",), ("all",)),
+    *(
+        Resource("rbac.authorization.k8s.io", "v1", plural, kind, namespaced)
+        for plural, kind, namespaced in (
+            ("roles", "Role", True),
+            ("rolebindings", "RoleBinding", True),
+            ("clusterroles", "ClusterRole", False),
+            ("clusterrolebindings", "ClusterRoleBinding", False),
+        )
+    ),
+    *(
+        Resource(group, "v1", plural, kind, namespaced, verbs=("create",))
+        for group, plural, kind, namespaced in (
+            ("authorization.k8s.io", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
+            ("authorization.k8s.io", "selfsubjectrulesreviews", "SelfSubjectRulesReview", False),
+            ("authorization.k8s.io", "subjectaccessreviews", "SubjectAccessReview", False),
+            ("authentication.k8s.io", "selfsubjectreviews", "SelfSubjectReview", False),
+            ("authentication.k8s.io", "tokenreviews", "TokenReview", False),
+        )
+    ),
 )
 
 PODS = next(r for r in RESOURCES if r.plural == "pods")
@@ -72,6 +95,8 @@ CONFIGMAPS = next(r for r in RESOURCES if r.plural == "configmaps")
 SECRETS = next(r for r in RESOURCES if r.plural == "secrets")
 PVCS = next(r for r in RESOURCES if r.plural == "persistentvolumeclaims")
 PRIORITYCLASSES = next(r for r in RESOURCES if r.plural == "priorityclasses")
+SERVICEACCOUNTS = next(r for r in RESOURCES if r.plural == "serviceaccounts")  # R
+DEPLOYMENTS = next(r for r in RESOURCES if r.plural == "deployments")  # R
 
 
 def find_resource(group: str, version: str, plural: str) -> Resource | None:
@@ -142,7 +167,7 @@ def api_resource_list(group: str, version: str) -> dict | None:
                 "singularName": res.singular,
                 "namespaced": res.namespaced,
                 "kind": res.kind,
-                "verbs": list(ALL_VERBS),
+                "verbs": list(res.verbs),
                 "shortNames": list(res.short_names),
                 "categories": list(res.categories),
             }
@@ -150,15 +175,21 @@ def api_resource_list(group: str, version: str) -> dict | None:
         for sub in res.subresources:
             verbs = ["get"] if sub == "log" else ["get", "patch", "update"]
             kind = "Pod" if sub == "log" else res.kind
-            items.append(
-                {
-                    "name": f"{res.plural}/{sub}",
-                    "singularName": "",
-                    "namespaced": res.namespaced,
-                    "kind": kind,
-                    "verbs": verbs,
-                }
-            )
+            entry = {
+                "name": f"{res.plural}/{sub}",
+                "singularName": "",
+                "namespaced": res.namespaced,
+                "kind": kind,
+                "verbs": verbs,
+            }
+            if sub == "eviction":  # F: policy/v1 Eviction (devcluster.disruption)
+                entry.update(verbs=["create"], kind="Eviction", group="policy", version="v1")
+            if sub == "token":  # R: TokenRequest (kubectl create token)
+                entry.update(
+                    verbs=["create"], kind="TokenRequest", group="authentication.k8s.io"
+                )
+                entry["version"] = "v1"
+            items.append(entry)
     return {
         "kind": "APIResourceList",
         "apiVersion": "v1",

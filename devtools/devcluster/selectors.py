@@ -9,8 +9,9 @@ Field selector syntax, as in
 https://kubernetes.io/docs/concepts/overview/working-with-objects/field-selectors/ :
 ``path=value``, ``path==value``, ``path!=value``, comma-separated, where ``path`` is a dotted
 path into the object (``metadata.name``, ``involvedObject.uid``, ``spec.nodeName``,
-``status.phase``...). A missing field compares as the empty string. Unlike a real API server,
-any path is accepted (a real one accepts a fixed list per resource).
+``status.phase``...). A missing field compares as the empty string. Only the fields the real
+server supports for each kind are accepted (`SUPPORTED_FIELDS`, `check_fields`); any other is
+a 400, as upstream's ``field label not supported``.
 """
 
 from __future__ import annotations
@@ -116,6 +117,63 @@ def parse_field_selector(text: str | None) -> tuple[Requirement, ...]:
     return tuple(reqs)
 
 
+#: The field selectors kube-apiserver 1.32 supports beyond ``metadata.name`` and
+#: ``metadata.namespace``, per resource (each registry's ``GetAttrs``/``ToSelectableFields``,
+#: e.g. https://github.com/kubernetes/kubernetes/blob/v1.32.0/pkg/registry/core/pod/strategy.go).
+SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
+    "pods": (
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ),
+    "events": (
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    ),
+    "nodes": ("spec.unschedulable",),
+    "namespaces": ("status.phase",),
+    "secrets": ("type",),
+    "jobs": ("status.successful",),
+    "replicasets": ("status.replicas",),
+    "persistentvolumeclaims": (),
+    "services": (),
+}
+
+_FIELD_ALIASES = {("events", "source"): "source.component"}
+
+
+def check_fields(
+    reqs: tuple[Requirement, ...], plural: str, namespaced: bool
+) -> tuple[Requirement, ...]:
+    """``reqs`` with the real server's per-kind aliases applied (events' ``source``); raises
+    `SelectorError` worded as kube-apiserver (``field label not supported: spec.x``; kubectl
+    prefixes it with ``Unable to find "/v1, Resource=pods" that match ...``) for a field the
+    kind does not support."""
+    allowed = {"metadata.name"} | ({"metadata.namespace"} if namespaced else set())
+    allowed |= set(SUPPORTED_FIELDS.get(plural, ()))
+    out = []
+    for req in reqs:
+        if req.key not in allowed:
+            raise SelectorError(f"field label not supported: {req.key}")
+        alias = _FIELD_ALIASES.get((plural, req.key))
+        out.append(Requirement(alias, req.op, req.values) if alias else req)
+    return tuple(out)
+
+
 def field_value(obj: dict, path: str) -> str:
     """The value at a dotted ``path`` of ``obj`` as a string (``""`` if missing)."""
     cur: object = obj
@@ -130,10 +188,13 @@ def field_value(obj: dict, path: str) -> str:
     return str(cur)
 
 
+_FIELD_DEFAULTS = {"spec.hostNetwork": "false"}  # what the server reads for an unset field
+
+
 def match_fields(reqs: tuple[Requirement, ...], obj: dict) -> bool:
     """True if ``obj`` satisfies every field requirement."""
     for req in reqs:
-        value = field_value(obj, req.key)
+        value = field_value(obj, req.key) or _FIELD_DEFAULTS.get(req.key, "")
         if req.op == "=" and value != req.values[0]:
             return False
         if req.op == "!=" and value == req.values[0]:

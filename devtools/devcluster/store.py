@@ -150,6 +150,12 @@ class Store:
     ``log_size`` bounds the event log kept for watches resumed from a resourceVersion.
     ``admit`` hooks run on create, in order: ``hook(store, resource, obj)`` may change the
     new object in place (defaulting) or raise `ApiError` (admission refusal).
+    ``admit_update`` hooks run on replace and patch: ``hook(store, resource, old, new,
+    subresource)`` may change ``new`` in place or raise `ApiError`. Controllers' `mutate`
+    runs no hook (it writes what a controller owns, as the real controllers' status writes).
+
+    Every write takes ``dry_run``: everything is checked and the would-be object returned,
+    nothing is stored nor sent to watches (``?dryRun=All``).
     """
 
     def __init__(self, log_size: int = 10000):
@@ -161,6 +167,7 @@ class Store:
         self._listeners: list[Listener] = []
         self._pending_policy: dict[Key, str] = {}
         self.admit: list[Callable[[Store, Resource, dict], None]] = []
+        self.admit_update: list[Callable[[Store, Resource, dict, dict, str], None]] = []
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -255,7 +262,9 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def create(self, res: Resource, obj: dict, namespace: str | None = None) -> dict:
+    def create(
+        self, res: Resource, obj: dict, namespace: str | None = None, dry_run: bool = False
+    ) -> dict:
         """Store a new object and return a copy of it as stored.
 
         Fills ``apiVersion``/``kind``, ``metadata.namespace`` (from ``namespace``, else the
@@ -300,13 +309,21 @@ class Store:
         meta.pop("deletionTimestamp", None)
         for hook in self.admit:
             hook(self, res, obj)
+        if dry_run:
+            return copy.deepcopy(obj)
         self._bump(obj)
         self._objects[key] = obj
         self._emit(res, "ADDED", obj, None)
         return copy.deepcopy(obj)
 
     def replace(
-        self, res: Resource, namespace: str | None, name: str, obj: dict, subresource: str = ""
+        self,
+        res: Resource,
+        namespace: str | None,
+        name: str,
+        obj: dict,
+        subresource: str = "",
+        dry_run: bool = False,
     ) -> dict:
         """Replace an object (PUT), or only its status with ``subresource="status"``.
 
@@ -342,7 +359,7 @@ class Store:
                     new["status"] = old["status"]
                 else:
                     new.pop("status", None)
-        return self._store_update(res, key, old, new)
+        return self._admitted_update(res, key, old, new, subresource, dry_run)
 
     def patch(
         self,
@@ -351,6 +368,7 @@ class Store:
         name: str,
         apply: Callable[[dict], dict],
         subresource: str = "",
+        dry_run: bool = False,
     ) -> dict:
         """Patch an object (PATCH): ``apply(copy)`` returns the patched object.
 
@@ -377,6 +395,15 @@ class Store:
                 else:
                     new.pop("status", None)
         new["apiVersion"], new["kind"] = res.api_version, res.kind
+        return self._admitted_update(res, key, old, new, subresource, dry_run)
+
+    def _admitted_update(
+        self, res: Resource, key: Key, old: dict, new: dict, subresource: str, dry_run: bool
+    ) -> dict:
+        for hook in self.admit_update:
+            hook(self, res, old, new, subresource)
+        if dry_run:
+            return copy.deepcopy(new)
         return self._store_update(res, key, old, new)
 
     def mutate(
@@ -420,8 +447,10 @@ class Store:
         name: str,
         grace_period: int | None = None,
         propagation: str | None = None,
+        dry_run: bool = False,
     ) -> dict:
-        """Delete an object (DELETE); returns the object as last seen.
+        """Delete an object (DELETE); returns the object as last seen (with ``dry_run``: as it
+        would be, nothing changed).
 
         A pod bound to a node and not finished is only marked (``deletionTimestamp``,
         ``deletionGracePeriodSeconds`` = ``grace_period`` or its
@@ -435,7 +464,6 @@ class Store:
             raise not_found(res, name)
         if propagation is None:
             propagation = "Orphan" if res == JOBS else "Background"
-        self._pending_policy[key] = propagation
         meta = old["metadata"]
         graceful = (
             res == PODS
@@ -446,6 +474,8 @@ class Store:
             grace_period = old["spec"].get("terminationGracePeriodSeconds", 30)
         if meta.get("finalizers") or (graceful and grace_period):
             if meta.get("deletionTimestamp"):
+                if not dry_run:
+                    self._pending_policy[key] = propagation
                 return copy.deepcopy(old)
             new = copy.deepcopy(old)
             when = datetime.datetime.now(datetime.timezone.utc)
@@ -453,10 +483,16 @@ class Store:
                 when += datetime.timedelta(seconds=grace_period or 0)
                 new["metadata"]["deletionGracePeriodSeconds"] = grace_period
             new["metadata"]["deletionTimestamp"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if dry_run:
+                return new
+            self._pending_policy[key] = propagation
             self._bump(new)
             self._objects[key] = new
             self._emit(res, "MODIFIED", new, old)
             return copy.deepcopy(new)
+        if dry_run:
+            return copy.deepcopy(old)
+        self._pending_policy[key] = propagation
         if res == NAMESPACES:
             for other in RESOURCES:
                 if other.namespaced:

@@ -132,14 +132,21 @@ async def test_watch_true_with_selector_and_resource_version(api, namespace):
 
 
 async def test_watch_too_old_resource_version_is_410(cluster, api, namespace):
+    """As kube-apiserver: 200, then one ERROR event holding the 410 Status, which
+    kubernetes_asyncio's Watch raises as ApiException(410) (kubespawner relists on it)."""
     store = cluster.store
     floor = store._log_floor
     store._log_floor = int(store.resource_version)  # pretend the log was truncated
     try:
         core = client.CoreV1Api(api)
         with pytest.raises(ApiException) as gone:
-            await core.list_namespaced_pod(namespace, watch=True, resource_version="1")
+            async with watch.Watch() as w:
+                async for _ in w.stream(
+                    core.list_namespaced_pod, namespace, resource_version="1", timeout_seconds=5
+                ):
+                    pass
         assert gone.value.status == 410
+        assert "Expired: too old resource version" in gone.value.reason
     finally:
         store._log_floor = floor
 

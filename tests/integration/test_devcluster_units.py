@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from devcluster import containers, nodes, patching, scheduler, selectors
+from devcluster import containers, nodes, patching, scheduler, schema, selectors, validation
 from devcluster.kubelet import IpPool
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -363,3 +363,121 @@ def test_untraversable_folders(tmp_path):
         assert str(tmp_path / "closed" / "open") not in found
     finally:
         (tmp_path / "closed").chmod(0o755)
+
+
+# -- validation (issue 14 §1) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "value", "expected"),
+    [
+        (validation.dns1123_subdomain, "a.b-c", []),
+        (validation.dns1123_subdomain, "Bad_Name", [validation.MSG_SUBDOMAIN]),
+        (validation.dns1123_subdomain, "a" * 254, ["must be no more than 253 characters"]),
+        (validation.dns1123_label, "a.b", [validation.MSG_LABEL]),
+        (validation.dns1123_label, "a" * 64, ["must be no more than 63 characters"]),
+        (validation.dns1035_label, "1abc", [validation.MSG_DNS1035]),
+        (validation.dns1035_label, "abc-1", []),
+        (validation.qualified_name, "example.com/My_Name", []),
+        (validation.qualified_name, "bad key!", [validation.MSG_QUALIFIED]),
+        (validation.qualified_name, "Bad.Prefix/x", ["prefix part " + validation.MSG_SUBDOMAIN]),
+        (validation.qualified_name, "/x", ["prefix part must be non-empty"]),
+        (validation.label_value, "", []),
+        (validation.label_value, "bad value!", [validation.MSG_VALUE]),
+        (validation.label_value, "v" * 64, ["must be no more than 63 characters"]),
+    ],
+)
+def test_name_and_label_rules(rule, value, expected):
+    assert rule(value) == expected
+
+
+def test_invalid_aggregates_errors_as_the_api_server():
+    one = validation.FieldError("FieldValueRequired", "spec.containers")
+    two = validation.FieldError("FieldValueInvalid", "metadata.name", "bad", "X")
+    err = validation.invalid("Job", "j", [one, two], "batch")
+    assert err.code == 422
+    assert err.message == (
+        'Job.batch "j" is invalid: [spec.containers: Required value, '
+        'metadata.name: Invalid value: "X": bad]'
+    )
+    assert err.details["causes"][1] == {
+        "reason": "FieldValueInvalid",
+        "message": 'Invalid value: "X": bad',
+        "field": "metadata.name",
+    }
+
+
+def test_schema_check_finds_every_problem_in_one_pass():
+    node = schema.root_node(schema.definition_for("v1", "Pod"))
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "labels": {"a": "b"}},
+        "spec": {
+            "containers": [{"name": 1, "image": "i", "foo": True}, {"image": "i"}],
+            "tolerations": [{"key": "k", "tolerationSeconds": "300"}],
+        },
+    }
+    found = [(p.kind, schema.field_path(p.path)) for p in schema.check(node, obj)]
+    assert found == [
+        ("type", "spec.containers[0].name"),
+        ("unknown", "spec.containers[0].foo"),
+        ("required", "spec.containers[1].name"),
+        ("type", "spec.tolerations[0].tolerationSeconds"),
+    ]
+    good = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "i",
+                    "resources": {"limits": {"cpu": 1}},
+                    "ports": [{"containerPort": 80}],
+                }
+            ]
+        },
+    }
+    assert schema.check(node, good) == []
+
+
+def test_decode_prunes_unknown_fields_or_refuses_them_when_strict():
+    obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "x": 1}}
+    assert validation.decode("ConfigMap", "v1", obj, "Warn") == ['unknown field "metadata.x"']
+    assert obj["metadata"] == {"name": "c"}
+    obj["metadata"]["x"] = 1
+    assert validation.decode("ConfigMap", "v1", obj, "Ignore") == []
+    obj["metadata"]["x"] = 1
+    with pytest.raises(Exception) as err:
+        validation.decode("ConfigMap", "v1", obj, "Strict")
+    assert err.value.code == 400
+    assert err.value.message.endswith('strict decoding error: unknown field "metadata.x"')
+
+
+def pod_spec(**changes):
+    spec = {
+        "containers": [{"name": "c", "image": "i:1"}],
+        "tolerations": [{"key": "a", "operator": "Exists"}],
+        "restartPolicy": "Always",
+    }
+    spec.update(changes)
+    return {"spec": spec}
+
+
+@pytest.mark.parametrize(
+    ("change", "allowed"),
+    [
+        ({"containers": [{"name": "c", "image": "i:2"}]}, True),
+        ({"activeDeadlineSeconds": 30}, True),
+        ({"tolerations": [{"key": "a", "operator": "Exists"}, {"key": "b"}]}, True),
+        ({"tolerations": []}, False),  # removing a toleration
+        ({"restartPolicy": "Never"}, False),
+        ({"containers": [{"name": "c", "image": "i:1", "command": ["x"]}]}, False),
+        ({"nodeSelector": {"a": "b"}}, False),
+    ],
+)
+def test_pod_update_rules(change, allowed):
+    errors = validation.validate_update("Pod", pod_spec(), pod_spec(**change))
+    assert (errors == []) is allowed, errors

@@ -1,0 +1,507 @@
+"""The emulated API server answers as kube-apiserver 1.32 does (issue 14 §1 and §5), driven
+by kubernetes_asyncio, plain HTTP (for headers and raw bodies) and kubectl.
+
+The expected answers are the real server's documented ones: messages from
+k8s.io/apimachinery ``pkg/util/validation`` and kubernetes ``pkg/apis/core/validation``
+(v1.32), https://kubernetes.io/docs/reference/using-api/api-concepts/ (dryRun, chunking,
+field validation, watch bookmarks, 410 Gone), and ``finalizeDelete`` for DELETE answers.
+"""
+
+import asyncio
+import base64
+import json
+import shutil
+import subprocess
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.rest import ApiException
+
+SUBDOMAIN_MSG = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
+    "or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex "
+    "used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+LABEL_MSG = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and "
+    "must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex "
+    "used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+)
+LABEL_VALUE_MSG = (
+    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or "
+    "'.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or "
+    "'my_value',  or '12345', regex used for validation is "
+    "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+)
+MAIN = {"name": "main", "image": "python", "command": ["sleep", "60"]}
+
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH")
+
+
+def pod(name, **spec):
+    return {"metadata": {"name": name}, "spec": {"containers": [dict(MAIN)], **spec}}
+
+
+def status_of(exc: ApiException) -> dict:
+    return json.loads(exc.body)
+
+
+async def refused(call, code: int) -> dict:
+    with pytest.raises(ApiException) as err:
+        await call
+    assert err.value.status == code, err.value.body
+    return status_of(err.value)
+
+
+def kubectl(cluster, *args, stdin=None):
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", str(cluster.kubeconfig_path), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+async def raw(cluster, method, path, body=None, headers=None):
+    """(status, headers, parsed JSON body) of a plain HTTP request to the API server."""
+    async with aiohttp.ClientSession() as session:
+        async with session.request(
+            method, cluster.url + path, json=body, headers=headers or {}
+        ) as resp:
+            text = await resp.text()
+            try:
+                doc = json.loads(text)
+            except ValueError:
+                doc = text
+            return resp.status, resp.headers, doc
+
+
+# -- §1 names, labels, containers ------------------------------------------------------------
+
+
+async def test_a_pod_named_bad_name_is_invalid_worded_as_the_real_server(api, namespace):
+    status = await refused(
+        client.CoreV1Api(api).create_namespaced_pod(namespace, pod("Bad_Name")), 422
+    )
+    assert status["reason"] == "Invalid"
+    assert status["message"] == (
+        f'Pod "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": {SUBDOMAIN_MSG}'
+    )
+    assert status["details"]["kind"] == "Pod"
+    assert status["details"]["name"] == "Bad_Name"
+    assert status["details"]["causes"] == [
+        {
+            "reason": "FieldValueInvalid",
+            "message": f'Invalid value: "Bad_Name": {SUBDOMAIN_MSG}',
+            "field": "metadata.name",
+        }
+    ]
+
+
+async def test_too_long_names_bad_labels_and_container_names_are_each_named(api, namespace):
+    core = client.CoreV1Api(api)
+    status = await refused(
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": "a" * 300}}), 422
+    )
+    assert status["details"]["causes"][0]["message"].endswith("must be no more than 253 characters")
+
+    bad = pod("labelled")
+    bad["metadata"]["labels"] = {"ok": "bad value!"}
+    status = await refused(core.create_namespaced_pod(namespace, bad), 422)
+    assert status["message"] == (
+        f'Pod "labelled" is invalid: metadata.labels: Invalid value: "bad value!": '
+        f"{LABEL_VALUE_MSG}"
+    )
+
+    bad = pod("named")
+    bad["spec"]["containers"][0]["name"] = "Bad_Name"
+    status = await refused(core.create_namespaced_pod(namespace, bad), 422)
+    assert [c["field"] for c in status["details"]["causes"]] == ["spec.containers[0].name"]
+    assert status["message"].endswith(f'Invalid value: "Bad_Name": {LABEL_MSG}')
+
+    two = pod("two")
+    two["metadata"]["labels"] = {"bad key!": "x"}
+    del two["spec"]["containers"][0]["image"]
+    status = await refused(core.create_namespaced_pod(namespace, two), 422)
+    assert status["message"].startswith('Pod "two" is invalid: [metadata.labels: Invalid value: ')
+    assert [c["field"] for c in status["details"]["causes"]] == [
+        "metadata.labels",
+        "spec.containers[0].image",
+    ]
+
+
+async def test_name_rules_per_kind(api, namespace):
+    core = client.CoreV1Api(api)
+    # a Service name is a DNS-1035 label (must start with a letter), a Namespace's an RFC 1123
+    # label (no dots), a ConfigMap's a subdomain (dots allowed)
+    status = await refused(
+        core.create_namespaced_service(
+            namespace, {"metadata": {"name": "1svc"}, "spec": {"ports": [{"port": 80}]}}
+        ),
+        422,
+    )
+    assert "a DNS-1035 label must consist of lower case alphanumeric" in status["message"]
+    status = await refused(core.create_namespace({"metadata": {"name": "a.b"}}), 422)
+    assert (
+        status["message"]
+        == f'Namespace "a.b" is invalid: metadata.name: Invalid value: "a.b": {LABEL_MSG}'
+    )
+    await core.create_namespaced_config_map(namespace, {"metadata": {"name": "a.b"}})
+
+
+# -- §1 schema -------------------------------------------------------------------------------
+
+
+async def test_unknown_fields_warn_by_default_and_fail_when_strict(cluster, namespace):
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    body = {"metadata": {"name": "extra", "foo": 1}, "data": {"a": "b"}}
+    code, headers, doc = await raw(cluster, "POST", base, body)
+    assert code == 201
+    assert headers.getall("Warning") == ['299 - "unknown field \\"metadata.foo\\""']
+    assert "foo" not in doc["metadata"]  # dropped, as the real decoder does
+    body["metadata"]["name"] = "strict"
+    code, _, doc = await raw(cluster, "POST", base + "?fieldValidation=Strict", body)
+    assert (code, doc["reason"]) == (400, "BadRequest")
+    assert doc["message"] == (
+        'ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: '
+        'unknown field "metadata.foo"'
+    )
+    code, _, doc = await raw(cluster, "POST", base + "?fieldValidation=Sometimes", body)
+    assert code == 422
+    assert doc["message"] == (
+        'CreateOptions.meta.k8s.io "" is invalid: fieldValidation: Unsupported value: '
+        '"Sometimes": supported values: "Ignore", "Warn", "Strict"'
+    )
+
+
+async def test_wrong_types_and_missing_required_fields(cluster, namespace):
+    base = f"/api/v1/namespaces/{namespace}/pods"
+    typed = {"metadata": {"name": "typed"}, "spec": {"containers": [{"name": 3, "image": "x"}]}}
+    code, _, doc = await raw(cluster, "POST", base, typed)
+    assert code == 400
+    assert doc["message"] == (
+        'Pod in version "v1" cannot be handled as a Pod: json: cannot unmarshal number into Go '
+        "struct field Container.spec.containers.name of type string"
+    )
+    missing = {"metadata": {"name": "missing"}, "spec": {"containers": [{"image": "x"}]}}
+    code, _, doc = await raw(cluster, "POST", base, missing)
+    assert code == 422
+    assert doc["details"]["causes"] == [
+        {
+            "reason": "FieldValueRequired",
+            "message": "Required value",
+            "field": "spec.containers[0].name",
+        }
+    ]
+
+
+# -- §1 immutable fields -----------------------------------------------------------------------
+
+
+async def test_pod_spec_is_immutable_except_image_deadline_and_added_tolerations(api, namespace):
+    core = client.CoreV1Api(api)
+    created = await core.create_namespaced_pod(namespace, pod("fixed"))
+    status = await refused(
+        core.patch_namespaced_pod("fixed", namespace, {"spec": {"restartPolicy": "Never"}}), 422
+    )
+    assert status["message"].startswith(
+        'Pod "fixed" is invalid: spec: Forbidden: pod updates may not change fields other than '
+        "`spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,"
+        "`spec.tolerations` (only additions to existing tolerations),"
+    )
+    assert status["details"]["causes"][0]["field"] == "spec"
+    changed = await core.patch_namespaced_pod(
+        "fixed",
+        namespace,
+        {
+            "metadata": {"labels": {"new": "label"}},
+            "spec": {
+                "containers": [{"name": "main", "image": "python:3.12"}],
+                "activeDeadlineSeconds": 600,
+                # tolerations is an atomic list: a patch sends the whole list
+                "tolerations": [api.sanitize_for_serialization(t) for t in created.spec.tolerations]
+                + [{"key": "x", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+        },
+    )
+    assert changed.spec.containers[0].image == "python:3.12"
+    assert changed.spec.active_deadline_seconds == 600
+    status = await refused(
+        core.patch_namespaced_pod("fixed", namespace, {"spec": {"activeDeadlineSeconds": 900}}),
+        422,
+    )
+    assert "spec.activeDeadlineSeconds" in status["message"]
+
+
+async def test_job_template_and_completions_are_immutable(api, namespace):
+    batch = client.BatchV1Api(api)
+    job = {
+        "metadata": {"name": "once"},
+        "spec": {"suspend": True, "template": {"spec": {"containers": [dict(MAIN)]}}},
+    }
+    await batch.create_namespaced_job(namespace, job)
+    for change, field in (
+        ({"spec": {"completions": 3}}, "spec.completions"),
+        (
+            {"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "other"}]}}}},
+            "spec.template",
+        ),
+    ):
+        status = await refused(batch.patch_namespaced_job("once", namespace, change), 422)
+        assert status["details"]["causes"][0]["field"] == field
+        assert status["message"].endswith("field is immutable")
+    # a suspended Job that never started may change its template's scheduling directives
+    moved = await batch.patch_namespaced_job(
+        "once", namespace, {"spec": {"template": {"spec": {"nodeSelector": {"zone": "a"}}}}}
+    )
+    assert moved.spec.template.spec.node_selector == {"zone": "a"}
+
+
+# -- §1 defaults -------------------------------------------------------------------------------
+
+
+async def test_defaults_of_secrets_services_and_pods(api, namespace):
+    core = client.CoreV1Api(api)
+    secret = await core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "s"}, "stringData": {"password": "hunter2"}}
+    )
+    assert secret.type == "Opaque"
+    assert secret.data == {"password": base64.b64encode(b"hunter2").decode()}
+    assert secret.string_data is None
+
+    svc = await core.create_namespaced_service(
+        namespace,
+        {"metadata": {"name": "web"}, "spec": {"selector": {"a": "b"}, "ports": [{"port": 80}]}},
+    )
+    assert svc.spec.type == "ClusterIP"
+    assert svc.spec.cluster_ip.startswith("10.")
+    assert svc.spec.cluster_ips == [svc.spec.cluster_ip]
+    assert (svc.spec.ports[0].protocol, svc.spec.ports[0].target_port) == ("TCP", 80)
+    again = await core.patch_namespaced_service(
+        "web", namespace, {"metadata": {"labels": {"x": "y"}}}
+    )
+    assert again.spec.cluster_ip == svc.spec.cluster_ip
+
+    created = await core.create_namespaced_pod(namespace, pod("defaults"))
+    assert created.spec.service_account_name == "default"
+    assert created.spec.enable_service_links is True
+    assert [(t.key, t.effect, t.toleration_seconds) for t in created.spec.tolerations] == [
+        ("node.kubernetes.io/not-ready", "NoExecute", 300),
+        ("node.kubernetes.io/unreachable", "NoExecute", 300),
+    ]
+    assert created.spec.containers[0].termination_message_path == "/dev/termination-log"
+    assert created.spec.containers[0].image_pull_policy == "Always"  # no tag: latest
+
+
+# -- §5 dryRun ----------------------------------------------------------------------------------
+
+
+async def test_dry_run_creates_changes_and_deletes_nothing(api, namespace):
+    core = client.CoreV1Api(api)
+    would = await core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "dry"}, "data": {"a": "1"}}, dry_run="All"
+    )
+    assert would.metadata.name == "dry" and would.metadata.uid
+    await refused(core.read_namespaced_config_map("dry", namespace), 404)
+    await core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "wet"}, "data": {"a": "1"}}
+    )
+    patched = await core.patch_namespaced_config_map(
+        "wet", namespace, {"data": {"a": "2"}}, dry_run="All"
+    )
+    assert patched.data == {"a": "2"}
+    assert (await core.read_namespaced_config_map("wet", namespace)).data == {"a": "1"}
+    await core.delete_namespaced_config_map("wet", namespace, dry_run="All")
+    assert (await core.read_namespaced_config_map("wet", namespace)).data == {"a": "1"}
+    # a dry run is validated like a real write
+    await refused(core.create_namespaced_pod(namespace, pod("Dry_Bad"), dry_run="All"), 422)
+
+
+# -- §5 lists ----------------------------------------------------------------------------------
+
+
+async def test_limit_and_continue_page_through_a_list(api, namespace):
+    core = client.CoreV1Api(api)
+    for i in range(5):
+        await core.create_namespaced_config_map(namespace, {"metadata": {"name": f"cm-{i}"}})
+    names, token, remaining = [], None, []
+    while True:
+        page = await core.list_namespaced_config_map(namespace, limit=2, _continue=token)
+        names += [c.metadata.name for c in page.items]
+        remaining.append(page.metadata.remaining_item_count)
+        token = page.metadata._continue
+        if not token:
+            break
+    assert names == [f"cm-{i}" for i in range(5)]
+    assert remaining == [3, 1, None]
+
+
+async def test_field_selectors_limited_to_the_supported_fields(api, namespace):
+    core = client.CoreV1Api(api)
+    await core.create_namespaced_pod(namespace, pod("selected"))
+    found = await core.list_namespaced_pod(namespace, field_selector="spec.restartPolicy=Always")
+    assert [p.metadata.name for p in found.items] == ["selected"]
+    found = await core.list_namespaced_pod(namespace, field_selector="spec.hostNetwork=false")
+    assert [p.metadata.name for p in found.items] == ["selected"]
+    status = await refused(core.list_namespaced_pod(namespace, field_selector="spec.foo=bar"), 400)
+    assert (status["reason"], status["message"]) == (
+        "BadRequest",
+        "field label not supported: spec.foo",
+    )
+    status = await refused(
+        core.list_namespaced_config_map(namespace, field_selector="data.a=b"), 400
+    )
+    assert status["message"] == "field label not supported: data.a"
+
+
+# -- §5 watches ---------------------------------------------------------------------------------
+
+
+async def test_watch_sends_bookmarks_when_allowed(cluster, api, namespace):
+    cluster._server.bookmark_interval = 0.2
+    core = client.CoreV1Api(api)
+    types = []
+    try:
+        async with watch.Watch() as w:
+            async for event in w.stream(
+                core.list_namespaced_config_map,
+                namespace,
+                allow_watch_bookmarks=True,
+                timeout_seconds=2,
+            ):
+                types.append(event["type"])
+                if event["type"] == "BOOKMARK":
+                    rv = event["raw_object"]["metadata"]["resourceVersion"]
+                    assert int(rv) >= 1
+                    break
+    finally:
+        cluster._server.bookmark_interval = 60.0
+    assert "BOOKMARK" in types
+
+
+async def test_expired_watch_is_200_with_an_error_event(cluster, namespace):
+    store = cluster.store
+    floor = store._log_floor
+    store._log_floor = int(store.resource_version)
+    try:
+        code, _, text = await raw(
+            cluster, "GET", f"/api/v1/namespaces/{namespace}/pods?watch=true&resourceVersion=1"
+        )
+    finally:
+        store._log_floor = floor
+    assert code == 200
+    event = json.loads(text) if isinstance(text, str) else text
+    assert event["type"] == "ERROR"
+    assert event["object"]["kind"] == "Status"
+    assert (event["object"]["code"], event["object"]["reason"]) == (410, "Expired")
+    assert event["object"]["message"].startswith("too old resource version: 1 (")
+
+
+# -- §5 DELETE ----------------------------------------------------------------------------------
+
+
+async def test_delete_answers_a_status_or_the_object_per_kind(cluster, api, namespace):
+    core = client.CoreV1Api(api)
+    cm = await core.create_namespaced_config_map(namespace, {"metadata": {"name": "gone"}})
+    code, _, doc = await raw(cluster, "DELETE", f"/api/v1/namespaces/{namespace}/configmaps/gone")
+    assert code == 200
+    assert doc == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {"name": "gone", "kind": "configmaps", "uid": cm.metadata.uid},
+    }
+    await client.BatchV1Api(api).create_namespaced_job(
+        namespace,
+        {
+            "metadata": {"name": "j"},
+            "spec": {"suspend": True, "template": {"spec": {"containers": [dict(MAIN)]}}},
+        },
+    )
+    _, _, doc = await raw(cluster, "DELETE", f"/apis/batch/v1/namespaces/{namespace}/jobs/j")
+    assert (doc["kind"], doc["details"]["group"], doc["details"]["kind"]) == (
+        "Status",
+        "batch",
+        "jobs",
+    )
+    await core.create_namespaced_pod(namespace, pod("po", nodeSelector={"no": "such-node"}))
+    _, _, doc = await raw(cluster, "DELETE", f"/api/v1/namespaces/{namespace}/pods/po")
+    assert (doc["kind"], doc["metadata"]["name"]) == ("Pod", "po")  # pods return the object
+
+
+# -- health and OpenAPI; kubectl ------------------------------------------------------------------
+
+
+async def test_health_endpoints_and_openapi_v3(cluster):
+    for path in ("/healthz", "/livez", "/readyz"):
+        code, _, text = await raw(cluster, "GET", path)
+        assert (code, text) == (200, "ok")
+    code, _, text = await raw(cluster, "GET", "/readyz?verbose")
+    assert "readyz check passed" in text
+    code, _, root = await raw(cluster, "GET", "/openapi/v3")
+    assert code == 200
+    url = root["paths"]["api/v1"]["serverRelativeURL"]
+    assert url.startswith("/openapi/v3/api/v1?hash=")
+    assert "apis/batch/v1" in root["paths"]
+    code, _, doc = await raw(cluster, "GET", url)
+    patch = doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"]
+    assert patch["x-kubernetes-group-version-kind"] == {"group": "", "version": "v1", "kind": "Pod"}
+    assert "fieldValidation" in [p["name"] for p in patch["parameters"]]
+    assert "io.k8s.api.core.v1.Pod" in doc["components"]["schemas"]
+    code, _, version = await raw(cluster, "GET", "/version")
+    assert (version["major"], version["minor"]) == ("1", "32")
+
+
+@needs_kubectl
+async def test_kubectl_validates_server_side_dry_runs_diffs_and_chunks(cluster, namespace):
+    bad = f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: Bad_Name\n  namespace: {namespace}\nspec:\n  containers:\n  - name: c\n    image: busybox\n"
+    code, out = await asyncio.to_thread(kubectl, cluster, "apply", "-f", "-", stdin=bad)
+    assert code == 1
+    assert (
+        f'The Pod "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": {SUBDOMAIN_MSG}'
+        in out
+    )
+    unknown = f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: k\n  namespace: {namespace}\n  foo: 1\n"
+    code, out = await asyncio.to_thread(kubectl, cluster, "apply", "-f", "-", stdin=unknown)
+    assert code == 1
+    assert 'strict decoding error: unknown field "metadata.foo"' in out  # kubectl sends Strict
+    good = f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: k\n  namespace: {namespace}\ndata:\n  a: b\n"
+    code, out = await asyncio.to_thread(
+        kubectl, cluster, "apply", "--dry-run=server", "-f", "-", stdin=good
+    )
+    assert (code, out.strip()) == (0, "configmap/k created (server dry run)")
+    code, out = await asyncio.to_thread(kubectl, cluster, "get", "cm", "k", "-n", namespace)
+    assert code == 1 and "NotFound" in out
+    code, out = await asyncio.to_thread(kubectl, cluster, "apply", "-f", "-", stdin=good)
+    assert code == 0, out
+    code, out = await asyncio.to_thread(
+        kubectl, cluster, "diff", "-f", "-", stdin=good.replace("a: b", "a: c")
+    )
+    assert code == 1 and "-  a: b" in out and "+  a: c" in out
+    for i in range(3):
+        await asyncio.to_thread(
+            kubectl,
+            cluster,
+            "create",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            stdin=good.replace("name: k", f"name: k{i}"),
+        )
+    code, out = await asyncio.to_thread(
+        kubectl, cluster, "get", "cm", "-n", namespace, "--chunk-size=2", "-o", "name"
+    )
+    assert out.split() == ["configmap/k", "configmap/k0", "configmap/k1", "configmap/k2"]
+    code, out = await asyncio.to_thread(
+        kubectl, cluster, "get", "pods", "-n", namespace, "--field-selector", "spec.foo=bar"
+    )
+    assert code == 1
+    assert out.strip() == (
+        'Error from server (BadRequest): Unable to find "/v1, Resource=pods" that match label '
+        'selector "", field selector "spec.foo=bar": field label not supported: spec.foo'
+    )
