@@ -55,7 +55,7 @@ async def cluster(tmp_path_factory):
         yield c
 
 
-async def checkpointed_pod(queue, backend, job_id: int) -> dict:
+async def checkpointed_pod(queue, backend, job_id: int) -> dict:  # noqa: F811
     async def saved():
         await queue.run_pass()
         pod = await backend.latest_pod(job_id)
@@ -152,3 +152,39 @@ async def test_a_deleted_pod_requeues_the_job_as_its_next_attempt(make_queue, ba
     attempts = queue.ops.attempts(job_id)
     assert attempts and attempts[0]["pod"] == pod["metadata"]["name"]
     assert_saved(await saved_log(queue, job_id, 1))
+
+
+async def test_a_high_job_preempts_the_newest_low_job_which_resumes_later(make_queue, backend):  # noqa: F811
+    """medium: 2 slices (one GPU as 2 time-sliced replicas). Two low jobs hold them; a high
+    job preempts the one started last; it goes back to the queue and resumes from its
+    checkpoint once the high job is done."""
+    queue = make_queue(default_limit=5)
+    low = []
+    for user in ("carol", "dave"):
+        view = await queue.submit(
+            user=user, groups=[], config=config("out/resume"), profile="medium", priority="low"
+        )
+        await checkpointed_pod(queue, backend, view["id"])
+        low.append(view["id"])
+    high = await queue.submit(
+        user="erin", groups=[], config=config("out/ok"), profile="medium", priority="high"
+    )
+    victim = await passes_until(
+        queue, low[1], lambda r: r.state == "queued", "preempted", timeout=20
+    )
+    assert victim.interruption.startswith(
+        f"interrupted: preempted by job {high['id']} of priority high, requeued"
+    )
+    assert queue.get(low[0], user=None).state == "running"  # the older one is kept
+    assert any(
+        a["reason"] == f"preempted by job {high['id']} of priority high"
+        for a in queue.ops.attempts(low[1])
+    )
+    done = await state_of(queue, high["id"], "succeeded", "failed", timeout=30)
+    assert done.state == "succeeded", done.reason
+    row = await state_of(queue, low[1], "succeeded", "failed", timeout=30)
+    assert (row.state, row.interruptions) == ("succeeded", 0), row.reason
+    newest = await backend.latest_pod(low[1])
+    text = b"".join([c async for c in backend.stream_log(newest["metadata"]["name"])])
+    assert b"resuming from checkpoint-1" in text
+    await queue.cancel(low[0], user=None, by="admin")
