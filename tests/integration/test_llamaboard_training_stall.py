@@ -14,6 +14,7 @@ The last test has LLaMA-Factory's own ``Runner`` launch it and abandons its even
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,8 +30,10 @@ from llmspawner.singleuser import activity
 OUTPUT = 1 << 20
 
 FAKE_CLI = f"""#!{sys.executable}
-import os, sys, time
+import os, signal, sys, time
 go = os.environ["FAKE_GO"]
+# LLaMA-Factory's LogCallback (LLAMABOARD_ENABLED): SIGABRT = Abort, the training stops.
+signal.signal(signal.SIGABRT, lambda *a: os.write(1, b"aborted\\n") and open(go, "w").close())
 line = b"{{'loss': 1.2345, 'grad_norm': 0.5, 'learning_rate': 1e-05, 'epoch': 0.1}}\\n"
 bar = b"\\r 42%|####      | 420/1000 [00:42<00:58, 10.00it/s]"
 written = 0
@@ -132,6 +135,26 @@ def test_a_failed_training_leaves_its_last_lines_in_the_pipe_for_llamaboards_fai
     assert stderr.endswith("ValueError: boom at the end\n")
     assert len(stderr.encode()) <= training.PIPE_TAIL + 200
     assert log.read_bytes().endswith(b"ValueError: boom at the end\n")
+
+
+def test_llamaboards_abort_stops_the_training_not_the_shim(tmp_path):
+    """LlamaBoard's Abort sends SIGABRT to every process of the training, children first
+    (``llamafactory/webui/common.py`` ``abort_process``): the training stops on its own and
+    the shim, whose default for SIGABRT would be to die, waits for it and exits with it."""
+    import psutil
+
+    proc, out, go = _start(tmp_path)
+    log = out / training.TRAIN_LOG
+    try:
+        _wait_for_log(proc, log)
+        (child,) = psutil.Process(proc.pid).children()
+        os.kill(child.pid, signal.SIGABRT)
+        os.kill(proc.pid, signal.SIGABRT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert b"aborted" in log.read_bytes()
 
 
 @pytest.mark.llamaboard  # imports LlamaBoard's runner: torch, transformers, gradio (10-70 s)
