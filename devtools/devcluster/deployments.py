@@ -262,12 +262,15 @@ class DeploymentController:
 
     def reconcile(self) -> None:
         """One pass over every Deployment."""
+        deployments = list(self.store.iter(DEPLOYMENTS))
+        if not deployments:  # (most clusters: no scan of the pods)
+            return
         owned: dict[str, list[dict]] = {}
         for pod in self.store.iter(PODS):
             for ref in pod["metadata"].get("ownerReferences") or []:
                 if ref.get("kind") == "Deployment" and ref.get("controller"):
                     owned.setdefault(ref.get("uid", ""), []).append(pod)
-        for deployment in list(self.store.iter(DEPLOYMENTS)):
+        for deployment in deployments:
             if deployment["metadata"].get("deletionTimestamp"):
                 continue
             self._sync(deployment, owned.get(deployment["metadata"]["uid"], []))
