@@ -17,7 +17,9 @@ What :func:`hold_to_parent` does, first thing in a service's process:
    https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html);
 3. if the parent is already gone by then (the hub died between ``fork`` and this call), exits;
 4. watches the parent in a daemon thread every ``interval`` seconds too, for systems without
-   ``prctl`` or where it failed: when its parent changes, it sends itself ``SIGTERM``.
+   ``prctl`` or where it failed: when its parent changes, it sends itself ``SIGTERM``, and
+   ``SIGKILL`` ``kill_after`` seconds later if its own shutdown has not ended it by then (the
+   queue's graceful stop was seen to hang for more than 30 s without its hub).
 
 One window is left: a hub that dies between starting the service and this call (the first
 fraction of a second of the service's interpreter) leaves the service with its new parent
@@ -46,6 +48,8 @@ __all__ = ["hold_to_parent"]
 PR_SET_PDEATHSIG = 1
 #: Seconds between two looks at the parent by the watching thread.
 DEFAULT_INTERVAL = 2.0
+#: Seconds an orphaned service gets between SIGTERM and SIGKILL.
+DEFAULT_KILL_AFTER = 10.0
 
 
 def _set_parent_death_signal(sig: int) -> bool:
@@ -67,6 +71,7 @@ def hold_to_parent(
     interval: float = DEFAULT_INTERVAL,
     getppid: Callable[[], int] = os.getppid,
     on_orphaned: Callable[[], None] | None = None,
+    kill_after: float = DEFAULT_KILL_AFTER,
 ) -> bool:
     """Tie this process's life to its parent's (see the module docstring).
 
@@ -75,7 +80,9 @@ def hold_to_parent(
         interval: seconds between the watching thread's looks at the parent.
         getppid: the parent's pid now (injectable).
         on_orphaned: what to do once the parent is gone; default: ``SIGTERM`` to this
-            process (its usual shutdown), or ``sys.exit(0)`` when that already happened here.
+            process (its usual shutdown), then ``SIGKILL`` if it still runs ``kill_after``
+            seconds later.
+        kill_after: seconds a service gets to stop on its own once its hub is gone.
 
     Returns:
         ``True`` when this process is now held (a hub-managed service), else ``False``.
@@ -95,10 +102,19 @@ def hold_to_parent(
             flush=True,
         )
         os.kill(os.getpid(), signal.SIGTERM)
+        # A service whose own shutdown hangs without its hub must not stay either.
+        time.sleep(kill_after)
+        print(
+            f"llmspawner: service {name} did not exit within {kill_after:g} s of SIGTERM; "
+            "killing it",
+            file=sys.stderr,
+            flush=True,
+        )
+        os.kill(os.getpid(), signal.SIGKILL)
 
     _set_parent_death_signal(signal.SIGTERM)
     if getppid() != parent:  # gone before the kernel could be asked
-        orphaned()
+        threading.Thread(target=orphaned, name="llmspawner-lifeline", daemon=True).start()
         return True
 
     def watch() -> None:

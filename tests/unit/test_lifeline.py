@@ -57,19 +57,47 @@ def test_a_service_ends_when_its_hub_is_killed():
             os.kill(child, signal.SIGKILL)
 
 
+#: A service whose own SIGTERM handling never ends it (the queue's graceful stop was seen
+#: to hang without its hub).
+STUBBORN = """
+import signal, time
+from llmspawner.lifeline import hold_to_parent
+signal.signal(signal.SIGTERM, lambda *a: None)
+hold_to_parent(interval=0.2, kill_after=0.5)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_service_that_ignores_sigterm_is_killed():
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, STUBBORN], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        child = int(parent.stdout.readline())
+        assert parent.stdout.readline() == "held\n"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        wait_until(lambda: not _alive(child), 10, "the stubborn service is killed", 0.05)
+    finally:
+        parent.kill()
+        if "child" in locals() and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
 def test_nothing_is_done_outside_a_hub_service():
     assert hold_to_parent(env={}) is False
 
 
 def test_a_parent_already_gone_ends_it_at_once():
     pids = iter([100, 1])
-    ended = []
+    ended = threading.Event()
     assert hold_to_parent(
         env={"JUPYTERHUB_SERVICE_NAME": "s"},
         getppid=lambda: next(pids),
-        on_orphaned=lambda: ended.append(True),
+        on_orphaned=ended.set,
     )
-    assert ended == [True]
+    assert ended.wait(5)
 
 
 def test_the_watch_notices_a_new_parent_without_prctl():
