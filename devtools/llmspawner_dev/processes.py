@@ -105,6 +105,9 @@ class ChildProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.popen: subprocess.Popen | None = None
+        #: Where this start's output begins in ``log_path`` (the log is appended to across
+        #: runs): readers of a ready line skip what earlier runs wrote (F, issue 13 §5).
+        self.log_offset = 0
 
     def __repr__(self) -> str:
         return f"<ChildProcess {self.name} pid={self.pid} running={self.running}>"
@@ -138,6 +141,7 @@ class ChildProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"=== {time.strftime('%H:%M:%S')} $ {' '.join(self.argv)}\n".encode())
             log.flush()
+            self.log_offset = log.tell()
             self.popen = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
@@ -307,6 +311,8 @@ def wait_json_line(
     """Wait until the text file ``path`` has a line that is a JSON object with all ``keys``.
 
     Used for the emulated cluster, which prints one such line on stdout when it is ready.
+    With ``process`` (whose log is ``path``), only what this start of it wrote counts, from
+    :attr:`ChildProcess.log_offset` on: never a ready line of a previous run in the same log.
 
     Returns:
         The first such object.
@@ -315,10 +321,15 @@ def wait_json_line(
         StartupError: as :func:`wait_until`.
     """
     wanted = set(keys)
+    start = 0
+    if process is not None and Path(process.log_path) == Path(path):
+        start = process.log_offset
 
     def check() -> dict | None:
         try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
+            with open(path, "rb") as f:
+                f.seek(start)
+                text = f.read().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return None
         for line in text.splitlines():
