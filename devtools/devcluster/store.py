@@ -160,6 +160,7 @@ class Store:
 
     def __init__(self, log_size: int = 10000):
         self._objects: dict[Key, dict] = {}
+        self._by_res: dict[str, dict[Key, dict]] = {}  # the same objects by resource key
         self._rv = 1
         self._log: collections.deque[Event] = collections.deque(maxlen=log_size)
         self._log_floor = 0  # events with rv <= floor are no longer in the log
@@ -193,9 +194,13 @@ class Store:
 
     def iter(self, res: Resource, namespace: str | None = None) -> Iterator[dict]:
         """The stored objects of a resource (do not mutate), optionally of one namespace."""
-        for (rkey, ns, _), obj in list(self._objects.items()):
-            if rkey == res.key and (not namespace or ns == namespace):
+        for (_, ns, _), obj in list(self._by_res.get(res.key, {}).items()):
+            if not namespace or ns == namespace:
                 yield obj
+
+    def _put(self, key: Key, obj: dict) -> None:
+        self._objects[key] = obj
+        self._by_res.setdefault(key[0], {})[key] = obj
 
     def list(
         self, res: Resource, namespace: str | None = None, selector: Selector | None = None
@@ -312,7 +317,7 @@ class Store:
         if dry_run:
             return copy.deepcopy(obj)
         self._bump(obj)
-        self._objects[key] = obj
+        self._put(key, obj)
         self._emit(res, "ADDED", obj, None)
         return copy.deepcopy(obj)
 
@@ -432,11 +437,11 @@ class Store:
         meta = new["metadata"]
         if meta.get("deletionTimestamp") and not meta.get("finalizers") and res != PODS:
             self._bump(new)
-            self._objects[key] = new
+            self._put(key, new)
             self._remove_key(res, key)
             return copy.deepcopy(new)
         self._bump(new)
-        self._objects[key] = new
+        self._put(key, new)
         self._emit(res, "MODIFIED", new, old)
         return copy.deepcopy(new)
 
@@ -487,7 +492,7 @@ class Store:
                 return new
             self._pending_policy[key] = propagation
             self._bump(new)
-            self._objects[key] = new
+            self._put(key, new)
             self._emit(res, "MODIFIED", new, old)
             return copy.deepcopy(new)
         if dry_run:
@@ -509,6 +514,7 @@ class Store:
 
     def _remove_key(self, res: Resource, key: Key) -> dict:
         old = self._objects.pop(key)
+        self._by_res.get(key[0], {}).pop(key, None)
         gone = copy.deepcopy(old)
         self._bump(gone)
         self._emit(res, "DELETED", gone, old)
