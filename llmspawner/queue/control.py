@@ -498,16 +498,21 @@ class ControlLoop:
         }
         with self.ctx.sessions() as db:
             rows = {
-                job_id: (k8s_name, state)
-                for job_id, k8s_name, state in db.execute(
-                    select(Job.id, Job.k8s_name, Job.state).where(Job.id.in_(list(by_id)[:5000]))
+                job_id: (k8s_name, state, user)
+                for job_id, k8s_name, state, user in db.execute(
+                    select(Job.id, Job.k8s_name, Job.state, Job.user).where(
+                        Job.id.in_(list(by_id)[:5000])
+                    )
                 )
             }
         for job_id, names in by_id.items():
             if job_id not in rows:
                 continue  # not ours (startup() reports it)
-            current, state = rows[job_id]
+            current, state, user = rows[job_id]
+            base = k8s_objects.job_name(user, job_id)
             for name in names:
+                if not _attempt_of(name, base):
+                    continue  # same label, another installation's Job: never touched
                 stale = name != current or (state in FINAL_STATES and name not in finished)
                 if stale:
                     log.info("Deleting Job %s of queue job %s (%s)", name, job_id, state)
@@ -925,6 +930,15 @@ def job_manifests(
         mlflow_token_secret=mlflow_token_secret,
     )
     return config_map, job
+
+
+def _attempt_of(name: str, base: str) -> bool:
+    """Whether ``name`` is the Job of an attempt of the job whose first Job is ``base``
+    (``base``, or ``base-a<n>``)."""
+    if name == base:
+        return True
+    rest = name[len(base) :] if name.startswith(base) else ""
+    return rest.startswith("-a") and rest[2:].isdigit()
 
 
 def _gone(profile: str) -> str:

@@ -79,7 +79,9 @@ async def started(queue, user="alice", priority="normal"):
 async def test_a_disrupted_pod_is_counted_once_its_log_saved_and_the_job_goes_on(queue):
     row = await started(queue)
     name = f"{row.k8s_name}-aaaaa"
-    queue.backend.pods[row.id] = [pod(row.id, row.k8s_name, name, condition="EvictionByEvictionAPI")]
+    queue.backend.pods[row.id] = [
+        pod(row.id, row.k8s_name, name, condition="EvictionByEvictionAPI")
+    ]
     await queue.loop.run_pass()
     await queue.loop.run_pass()  # seen twice, counted once
     row = queue.get(row.id, user=None)
@@ -113,7 +115,9 @@ async def test_past_max_requeues_the_job_fails_saying_so_and_its_job_is_deleted(
     row = await started(queue)
     for n, suffix in enumerate(("aaaaa", "bbbbbb"), 1):
         queue.backend.pods[row.id] = [
-            pod(row.id, row.k8s_name, f"{row.k8s_name}-{suffix}", condition="DeletionByTaintManager")
+            pod(
+                row.id, row.k8s_name, f"{row.k8s_name}-{suffix}", condition="DeletionByTaintManager"
+            )
         ]
         await queue.loop.run_pass()
         current = queue.get(row.id, user=None)
@@ -217,7 +221,9 @@ async def test_a_high_job_preempts_the_most_recent_low_job_never_a_server(queue,
     queue.backend.pods[0] = [server]
     full = {"cpu": types.SimpleNamespace(free=0, total=4)}
     monkeypatch.setattr(control_mod.capacity_mod, "capacities", lambda *a: full)
-    high = await queue.submit(user="alice", groups=[], config=CONFIG, profile="cpu", priority="high")
+    high = await queue.submit(
+        user="alice", groups=[], config=CONFIG, profile="cpu", priority="high"
+    )
     await queue.loop.run_pass()
     victim = queue.get(low_new.id, user=None)
     assert (victim.state, victim.interruptions) == ("queued", 0)  # preemption: not counted
@@ -271,3 +277,17 @@ async def test_a_high_job_preempts_the_most_recent_low_job_never_a_server(queue,
 )
 def test_choose_preemptions(waiters, running, free, freeing, expected):
     assert choose_preemptions(waiters, running, free=free, freeing=freeing) == expected
+
+
+async def test_stale_attempts_are_deleted_never_another_installations_job(queue):
+    row = await started(queue)
+    base = row.k8s_name
+    for name in (f"{base}-a7", f"llm-job-stranger-{row.id}"):  # same job-id label, both
+        queue.backend.jobs[name] = {
+            "metadata": {"name": name, "labels": {"llmspawner.io/job-id": str(row.id)}},
+            "status": {},
+        }
+    await queue.loop.run_pass()
+    assert f"{base}-a7" in queue.backend.deleted  # an earlier (or stray) attempt of ours
+    assert f"llm-job-stranger-{row.id}" not in queue.backend.deleted
+    assert base not in queue.backend.deleted  # the current attempt
