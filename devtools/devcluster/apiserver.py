@@ -429,14 +429,17 @@ class ApiServer:
                 wait = 1.0 if left is None else min(left, 1.0)
                 if bookmarks:
                     if now >= next_bookmark:
-                        mark = {
-                            "type": "BOOKMARK",
-                            "object": {
+                        rv_now = self.store.resource_version
+                        mark_obj = (  # kubectl get -w decodes every event object as a Table
+                            {**tables.table(res, [], rv_now), "columnDefinitions": []}
+                            if as_table
+                            else {
                                 "kind": res.kind,
                                 "apiVersion": res.api_version,
-                                "metadata": {"resourceVersion": self.store.resource_version},
-                            },
-                        }
+                                "metadata": {"resourceVersion": rv_now},
+                            }
+                        )
+                        mark = {"type": "BOOKMARK", "object": mark_obj}
                         await response.write(json.dumps(mark).encode() + b"\n")
                         next_bookmark = now + self.bookmark_interval
                     wait = max(0.0, min(wait, next_bookmark - now))
