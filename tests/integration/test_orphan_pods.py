@@ -251,6 +251,11 @@ async def test_a_start_failing_on_the_api_says_so_and_leaves_no_pod(hub):
 
     await wait_for(no_pod, 30, "carol's orphan pod deleted", 0.2)
     log = hub.child.log_tail(400)
+    # The stop that could not delete the pod is logged (JupyterHub itself says nothing).
+    assert (
+        "Stopping carol failed: pod default/jupyter-carol not deleted (503 Service Unavailable)"
+        in log
+    )
     assert "Deleted orphan pod jupyter-carol (user carol, default server) in default" in log
     # Trying again is safe: the next start works.
     await start_ready(hub, "carol")
