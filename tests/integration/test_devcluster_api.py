@@ -151,6 +151,33 @@ async def test_watch_too_old_resource_version_is_410(cluster, api, namespace):
         store._log_floor = floor
 
 
+async def test_kubespawner_reflector_relists_after_an_expired_watch(cluster, api, namespace):
+    """The ERROR 410 event (what kube-apiserver sends for an expired resourceVersion) makes
+    kubespawner's reflector list again, and it goes on seeing changes."""
+    from kubespawner.spawner import PodReflector
+
+    await config.load_kube_config(config_file=str(cluster.kubeconfig_path))
+    core = client.CoreV1Api(api)
+    labels = {"component": "singleuser-server"}
+    pods = PodReflector(namespace=namespace, labels=labels, timeout_seconds=1)
+    await pods.start()
+    store, floor = cluster.store, cluster.store._log_floor
+    try:
+        store._log_floor = int(store.resource_version) + 1000  # every resumed watch: expired
+        await core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": "jupyter-x", "labels": labels},
+                "spec": {"containers": [SLEEPER]},
+            },
+        )
+        await wait_for(lambda: f"{namespace}/jupyter-x" in pods.pods, timeout=20)
+    finally:
+        store._log_floor = floor
+        await pods.stop()
+        await core.delete_namespaced_pod("jupyter-x", namespace, grace_period_seconds=0)
+
+
 async def test_kubespawner_reflectors(cluster, api, namespace):
     from kubespawner.spawner import EventReflector, PodReflector
 
