@@ -223,11 +223,12 @@ def tiny_config_yaml() -> str:
 
     from llmspawner_dev.tiny_model import TINY_MODEL_NAME, lora_sft_config
 
-    return yaml.safe_dump(
-        lora_sft_config(
-            model=f"/storage/models/{TINY_MODEL_NAME}", dataset_dir="data", output_dir="out/bench"
-        )
+    config = lora_sft_config(
+        model=f"/storage/models/{TINY_MODEL_NAME}", dataset_dir="data", output_dir="out/bench"
     )
+    # The queue refuses overwrite_output_dir: true (a requeued job resumes in its output_dir).
+    config.pop("overwrite_output_dir", None)
+    return yaml.safe_dump(config)
 
 
 def make_hub_stub(models: dict[str, dict]):
@@ -259,6 +260,35 @@ def cpu_load() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code])
 
 
+class _Response:
+    def __init__(self, status_code: int, text: str):
+        self.status_code, self.text = status_code, text
+
+    def json(self):
+        return json.loads(self.text)
+
+
+class _Client:
+    """``get``/``put``/``post`` on an :class:`aiohttp.ClientSession` answering objects with
+    ``status_code``, ``text`` and ``json()`` (the body read whole)."""
+
+    def __init__(self, session):
+        self.session = session
+
+    async def _call(self, method: str, url: str, **kwargs) -> _Response:
+        async with self.session.request(method, url, **kwargs) as r:
+            return _Response(r.status, await r.text())
+
+    async def get(self, url: str, **kwargs) -> _Response:
+        return await self._call("GET", url, **kwargs)
+
+    async def put(self, url: str, **kwargs) -> _Response:
+        return await self._call("PUT", url, **kwargs)
+
+    async def post(self, url: str, **kwargs) -> _Response:
+        return await self._call("POST", url, **kwargs)
+
+
 async def bench_submits(
     *,
     submits: int,
@@ -268,9 +298,10 @@ async def bench_submits(
     timeout: float = 120.0,
     db_url: str = "",
     service_args: tuple[str, ...] = (),
+    profile: Path | None = None,
 ) -> dict:
     """Start the emulated cluster and the service; post ``submits`` jobs; return figures."""
-    import httpx
+    import aiohttp
     from tornado.httpserver import HTTPServer
 
     from llmspawner_dev.processes import ChildProcess, free_port, start_devcluster
@@ -327,16 +358,26 @@ async def bench_submits(
             "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{PREFIX}oauth_callback",
             "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps([ACCESS_SCOPE]),
         }
+        command = [sys.executable, "-m", "llmspawner.queue", *service_args]
+        if profile is not None:  # py-spy's samples of the service and its worker processes
+            spy = Path(sys.executable).with_name("py-spy")
+            command = [str(spy), "record", "--subprocesses", "-r", "200", "-f", "raw"]
+            command += ["-o", str(profile), "--", sys.executable, "-m", "llmspawner.queue"]
+            command += list(service_args)
         service = ChildProcess(
             SERVICE_NAME,
-            [sys.executable, "-m", "llmspawner.queue", *service_args],
+            command,
             log_path=workdir / "llm-queue.log",
             env=service_env,
             cwd=workdir,
         ).start()
         api = f"{service_url}{PREFIX}api"
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
+        # aiohttp, not httpx: the clients share the one free core with the service, and
+        # httpx's client costs several times more CPU per request (measured ~7 ms at load 10).
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        client_timeout = aiohttp.ClientTimeout(total=30.0)
+        async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as http:
+            client = _Client(http)
             admin = {"Authorization": "token bench-admin-token"}
             deadline = time.monotonic() + timeout
             while True:
@@ -345,7 +386,7 @@ async def bench_submits(
                     r = await client.get(f"{api}/jobs", headers=admin)
                     if r.status_code == 200:
                         break
-                except httpx.TransportError:
+                except (aiohttp.ClientError, asyncio.TimeoutError):
                     pass
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the service did not answer:\n{service.log_tail()}")
@@ -355,7 +396,7 @@ async def bench_submits(
                     r = await client.put(
                         f"{api}/users/{name}/limit", json={"max_running": 0}, headers=admin
                     )
-                except httpx.TransportError:
+                except (aiohttp.ClientError, asyncio.TimeoutError):
                     print(f"the service did not answer:\n{service.log_tail()}", file=sys.stderr)
                     raise
                 assert r.status_code in (200, 204), (r.status_code, r.text)
@@ -391,15 +432,21 @@ async def bench_submits(
                         return
                     await post(i)
 
+            groups = {"service": service.pid, "cluster": cluster.pid, "benchmark": os.getpid()}
+            cpu0 = cpu_seconds(groups)
             t0 = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             elapsed = time.perf_counter() - t0
+            cpu1 = cpu_seconds(groups)
+            cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
             r = await client.get(
                 f"{api}/jobs", params={"state": QUEUED, "limit": "1000"}, headers=admin
             )
             queued_now = len(r.json()["jobs"]) if r.status_code == 200 else None
     finally:
         if service is not None:
+            if profile is not None and service.pid:  # py-spy writes when its target exits
+                stop_profiled(service.pid)
             service.stop(grace=10)
         cluster.stop(grace=10)
         hub.stop()
@@ -417,7 +464,61 @@ async def bench_submits(
         "statuses": statuses,
         "warmup_statuses": warm,
         "queued_after": queued_now,
+        "cpu": cpu,
     }
+
+
+def cpu_seconds(groups: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each ``{name: pid}`` and, as
+    ``name+workers``, by its live descendants (the service's worker processes); 0 for a
+    process that is gone. ``benchmark``'s own process holds the clients and the hub
+    stand-in (its load generator and PostgreSQL server are not counted)."""
+    import psutil
+
+    out = {}
+    for name, pid in groups.items():
+        main = workers = 0.0
+        try:
+            proc = psutil.Process(pid)
+            t = proc.cpu_times()
+            main = t.user + t.system
+            if name != "benchmark":
+                for child in proc.children(recursive=True):
+                    try:
+                        t = child.cpu_times()
+                        workers += t.user + t.system
+                    except psutil.Error:
+                        pass
+        except (psutil.Error, TypeError, ValueError):
+            pass
+        out[name] = main
+        if name != "benchmark":
+            out[f"{name}+workers"] = main + workers
+    return out
+
+
+def stop_profiled(spy_pid: int, seconds: float = 30.0) -> None:
+    """SIGTERM the process ``py-spy record`` (``spy_pid``) runs, then wait for py-spy to write
+    its samples and exit (a signal to py-spy itself would lose them)."""
+    import signal
+
+    try:
+        children = Path(f"/proc/{spy_pid}/task/{spy_pid}/children").read_text().split()
+    except OSError:
+        return
+    for child in children:
+        try:
+            os.kill(int(child), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and Path(f"/proc/{spy_pid}").exists():
+        try:
+            if Path(f"/proc/{spy_pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+                return
+        except OSError:
+            return
+        time.sleep(0.1)
 
 
 # -- main --------------------------------------------------------------------------------
@@ -481,6 +582,7 @@ async def submit_run(args, db: str, workdir: Path, beside: str) -> float:
     """One submit burst on database ``db``; prints its line, returns submits per second."""
     workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (before the timing)
     submits, service_args, db_url = args.submits, (), ""
+    profile = Path(args.profile) / f"{db}.raw" if args.profile else None
     if db == "sqlite-rollback":  # the baseline: SQLite's defaults, fewer submits (slow)
         submits, service_args = max(100, args.submits // 4), ("--LLMQueue.sqlite_wal=False",)
     if db == "postgresql":
@@ -498,6 +600,7 @@ async def submit_run(args, db: str, workdir: Path, beside: str) -> float:
                 concurrency=args.concurrency,
                 workdir=workdir,
                 db_url=db_url,
+                profile=profile,
             )
     else:
         r = await bench_submits(
@@ -506,6 +609,7 @@ async def submit_run(args, db: str, workdir: Path, beside: str) -> float:
             concurrency=args.concurrency,
             workdir=workdir,
             service_args=service_args,
+            profile=profile,
         )
     ok = set(r["statuses"]) == {201}
     print(
@@ -514,6 +618,13 @@ async def submit_run(args, db: str, workdir: Path, beside: str) -> float:
         f"{r['seconds']:.1f} s; latency p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, "
         f"p99 {r['p99_ms']:.0f} ms; answers {r['statuses']}; {r['queued_after']} queued after)"
         + ("" if ok else " -- NOT ALL 201"),
+        flush=True,
+    )
+    cpu = r["cpu"]
+    print(
+        "  CPU ms per submit during the burst: "
+        + ", ".join(f"{k} {v * 1000 / submits:.2f}" for k, v in cpu.items())
+        + f" (load average {os.getloadavg()[0]:.1f})",
         flush=True,
     )
     return r["per_s"] if ok else 0.0
@@ -539,6 +650,12 @@ def main(argv=None) -> int:
         dest="load",
         action="store_false",
         help="submit: without the CPU-heavy process beside the service",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="submit: run the service under py-spy (pip install py-spy), writing DIR/<db>.raw "
+        "(flame-graph text: one stack and its sample count a line)",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)

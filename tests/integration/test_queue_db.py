@@ -64,8 +64,13 @@ def revision(engine):
 def test_fresh_database_is_created_and_stamped_and_a_second_connect_is_a_noop(url):
     sessions = db.connect(url)
     engine = sessions.kw["bind"]
-    assert revision(engine) == db.head_revision() == "0001"
-    assert set(inspect(engine).get_table_names()) == {"alembic_version", "jobs", "user_limits"}
+    assert revision(engine) == db.head_revision() == "0002"
+    assert set(inspect(engine).get_table_names()) == {
+        "alembic_version",
+        "jobs",
+        "job_pods",
+        "user_limits",
+    }
     assert schema_diff(engine) == []
     with sessions() as s:
         s.add(Job(user="alice", profile="medium", priority="normal", config="{}"))
@@ -90,7 +95,7 @@ def test_alembic_upgrade_from_empty_builds_the_models_schema(url):
     engine = create_engine(url)
     with engine.begin() as c:
         command.upgrade(db.alembic_config(c), "head")
-    assert revision(engine) == "0001"
+    assert revision(engine) == "0002"
     assert schema_diff(engine) == []  # columns, types, nullability, indexes, unique
     # What compare_metadata does not compare: check constraints and AUTOINCREMENT.
     assert db.upgrade(engine) == "current"
@@ -118,7 +123,7 @@ def test_tables_without_a_stamp_are_stamped(tmp_path):
     Base.metadata.create_all(engine)
     assert revision(engine) is None
     assert db.upgrade(engine) == "upgraded"
-    assert revision(engine) == "0001"
+    assert revision(engine) == "0002"
 
 
 def test_a_newer_database_is_refused_with_its_revision(tmp_path):
@@ -265,3 +270,59 @@ def test_postgresql_urls_without_a_driver_use_psycopg(postgres_url):
         assert engine.url.drivername == "postgresql+psycopg"
     with sessions() as s:
         assert s.execute(text("SELECT 1")).scalar() == 1
+
+
+def _new_job(user: str) -> dict:
+    return {
+        **db.row_defaults(Job.__table__),
+        "user": user,
+        "profile": "medium",
+        "priority": "normal",
+        "state": "queued",
+        "reason": "",
+        "submitted_at": datetime.datetime(2026, 1, 1),
+    }
+
+
+async def test_group_commit_stores_every_submit_once_with_its_own_id(url):
+    """Concurrent inserts share transactions (db.JobInserter) yet each gets its own id and
+    its id-derived columns, and is committed when its insert returns."""
+    import asyncio
+
+    sessions = db.connect(url)
+
+    def finish(job_id: int) -> dict:
+        return {"k8s_name": f"job-{job_id}", "config": f'{{"run_name": "job-{job_id}"}}'}
+
+    done = await asyncio.gather(
+        *(db.insert_job(sessions, _new_job(f"u{i % 7}"), finish) for i in range(60))
+    )
+    ids = [row["id"] for row in done]
+    assert len(set(ids)) == 60
+    assert all(row["k8s_name"] == f"job-{row['id']}" for row in done)
+    assert all(row["user"] == f"u{i % 7}" for i, row in enumerate(done))
+    with sessions() as s:  # a new session sees every row: committed before the answers
+        stored = {j.id: (j.user, j.k8s_name, j.config, j.attempts) for j in s.scalars(select(Job))}
+    assert stored == {
+        row["id"]: (row["user"], row["k8s_name"], row["config"], row["attempts"]) for row in done
+    }
+    assert Job(**done[0]).k8s_name == done[0]["k8s_name"]  # a row object for the API's view
+
+
+async def test_a_failed_group_commit_fails_its_submits_and_stores_none(url):
+    import asyncio
+
+    sessions = db.connect(url)
+
+    def finish(job_id: int) -> dict:
+        return {"k8s_name": "same-name"}  # unique: the second row of a batch breaks it
+
+    results = await asyncio.gather(
+        *(db.insert_job(sessions, _new_job("alice"), finish) for _ in range(3)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, IntegrityError) for r in results), results
+    with sessions() as s:
+        assert s.scalars(select(Job)).all() == []
+    ok = await db.insert_job(sessions, _new_job("bob"), lambda i: {"k8s_name": f"b-{i}"})
+    assert ok["k8s_name"] == f"b-{ok['id']}"  # the inserter goes on after a failure
