@@ -23,9 +23,22 @@ from .test_queue_backend import (  # noqa: F401  (fixtures)
     backend,
     config,
     make_queue,
-    profiles,
     state_of,
 )
+from .test_queue_backend import profiles as backend_profiles  # noqa: F401  (a fixture)
+
+
+@pytest.fixture
+def profiles(backend_profiles):  # noqa: F811
+    """test_queue_backend's profiles and ``small-mem``: a CPU profile with a 64 MiB limit."""
+    folder = backend_profiles.profiles_dir
+    with open(f"{folder}/small-mem.yaml", "w") as f:
+        f.write(
+            "slug: small-mem\ndisplay_name: Small memory\ngpu: none\n"
+            "cpu: {guarantee: 0.1}\nmemory: {guarantee: 32M, limit: 64M}\nmax_runtime: 600\n"
+        )
+    return backend_profiles
+
 
 RESUMING_TRAIN = """#!/bin/sh
 cfg="$2"
@@ -35,6 +48,13 @@ case "$(grep '^output_dir:' "$cfg")" in
     mkdir -p "$d"
     if [ -d "$d/checkpoint-1" ]; then echo "resuming from checkpoint-1"; echo "step 2"; exit 0; fi
     mkdir "$d/checkpoint-1"; echo "step 1, saved checkpoint-1"; exec sleep 60 ;;
+  *oom*) echo "step 1"; exec /usr/bin/python3 -c "
+import time
+blocks = []
+for i in range(60):
+    blocks.append(bytearray(8 * 2**20))
+    time.sleep(0.02)
+print('survived')" ;;
   *) echo "step 1"; exit 0 ;;
 esac
 """
@@ -188,3 +208,16 @@ async def test_a_high_job_preempts_the_newest_low_job_which_resumes_later(make_q
     text = b"".join([c async for c in backend.stream_log(newest["metadata"]["name"])])
     assert b"resuming from checkpoint-1" in text
     await queue.cancel(low[0], user=None, by="admin")
+
+
+async def test_out_of_memory_says_so_with_a_hint(make_queue):  # noqa: F811
+    queue = make_queue()
+    view = await queue.submit(
+        user="frank", groups=[], config=config("out/oom"), profile="small-mem", priority="normal"
+    )
+    row = await state_of(queue, view["id"], "failed", "succeeded", timeout=40)
+    assert (row.state, row.interruptions) == ("failed", 0), row.reason
+    assert row.reason.startswith(
+        "out of memory (OOMKilled): the training needed more memory than the profile's limit"
+    ), row.reason
+    assert "per_device_train_batch_size" in row.reason and "a larger profile" in row.reason
