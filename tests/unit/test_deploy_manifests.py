@@ -275,10 +275,32 @@ def _calls_in(module: str) -> set[str]:
 
 def test_api_call_table_lists_every_call_of_the_code():
     backend = (ROOT / "llmspawner" / "queue" / "backend.py").read_text()
-    code = _calls_in("queue/backend.py") | _calls_in("spawner.py") | _calls_in("capacity.py")
+    code = _calls_in("queue/backend.py") | _calls_in("capacity.py")
     assert code == set(API_CALLS)
     assert set(re.findall(r'"(list_namespaced_\w+)"', backend)) == WATCHED
     assert "watch=True" in backend
+
+
+def test_the_hubs_own_pod_calls_are_in_z2jhs_hub_role():
+    """The spawner's retried create/read/delete and the orphan reconciler run in the hub pod
+    under the chart's Role ``hub`` (not the queue kit's Role): each call they make is one of
+    its verbs, so a real install never answers them 403."""
+    from llmspawner_dev.identities import Z2JH_HUB_RULES
+
+    verbs = {"create": "create", "read": "get", "list": "list", "delete": "delete"}
+    allowed = {
+        (group, resource, verb)
+        for rule in Z2JH_HUB_RULES
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    calls = _calls_in("spawner.py") | _calls_in("reconciler.py")
+    assert calls >= {"create_namespaced_pod", "delete_namespaced_pod"}
+    for call in calls:
+        verb, _, rest = call.partition("_namespaced_")
+        resource = {"pod": "pods"}[rest]
+        assert ("", resource, verbs[verb]) in allowed, call
 
 
 def _rules(obj: dict) -> dict[tuple[str, str], set[str]]:
