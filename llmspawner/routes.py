@@ -316,6 +316,9 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> 
         "--url", default=env.get("JUPYTERHUB_API_URL", ""), help="the hub's API URL"
     )
     args = parser.parse_args(argv)
+    from .lifeline import hold_to_parent
+
+    hold_to_parent(env=env)  # no second copy next to a restarted hub (llmspawner.lifeline)
     token = env.get("JUPYTERHUB_API_TOKEN", "")
     if args.interval <= 0 or not args.url or not token:
         print(

@@ -175,7 +175,11 @@ def test_config_culler_off(monkeypatch):
     c = load_config_file({"LLMSPAWNER_CULL": "0"}, monkeypatch)
     # The route repair stays: it repairs the proxy's routes within 30 s, the hub's own
     # activity poll (on again without the culler) only every 5 minutes.
-    assert [s["name"] for s in c.JupyterHub.services] == ["llm-queue", "route-repair"]
+    assert [s["name"] for s in c.JupyterHub.services] == [
+        "llm-queue",
+        "route-repair",
+        "pod-reconciler",
+    ]
     assert "idle-culler" not in {r["name"] for r in c.JupyterHub.load_roles}
     assert "last_activity_interval" not in c.JupyterHub
 

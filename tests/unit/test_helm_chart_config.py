@@ -137,8 +137,15 @@ def test_auth_refresh_with_the_charts_crypt_key(chart_config):
 
 def test_culler_service(chart_config):
     services = {s["name"]: s for s in chart_config.JupyterHub.services}
-    # The culler, the queue, MLflow behind the hub login and the proxy route repair.
-    assert sorted(services) == ["idle-culler", "llm-queue", "mlflow", "route-repair"]
+    # The culler, the queue, MLflow behind the hub login, the proxy route repair and the
+    # orphan-pod reconciler.
+    assert sorted(services) == [
+        "idle-culler",
+        "llm-queue",
+        "mlflow",
+        "pod-reconciler",
+        "route-repair",
+    ]
     culler = services["idle-culler"]
     assert culler["command"] == [
         sys.executable,
