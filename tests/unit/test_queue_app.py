@@ -672,3 +672,50 @@ async def test_checking_a_config_never_holds_up_other_requests(service):
         await asyncio.sleep(0.01)
     assert [p.result().status_code for p in pending] == [201, 201]
     assert slowest < 0.25  # a thread holding the GIL made this ~0.4 s
+
+
+async def test_interrupted_attempts_are_shown_and_their_saved_logs_served(service):
+    from llmspawner.queue.models import Job, JobPod
+
+    job = (await submit(service)).json()
+    with service.ops.ctx.sessions() as db:
+        db.add(
+            JobPod(
+                job_id=job["id"],
+                pod="llm-job-alice-1-x7k2p",
+                k8s_job="llm-job-alice-1",
+                reason="EvictionByEvictionAPI",
+                counted=1,
+                log="step 1\nstep 2\n",
+            )
+        )
+        row = db.get(Job, job["id"])
+        row.interruptions = 1
+        row.interruption = "interrupted: EvictionByEvictionAPI, requeued (1 of 3)"
+        db.commit()
+    shown = (await service.get(f"api/jobs/{job['id']}", headers=auth("alice-token"))).json()
+    assert shown["interruptions"] == 1
+    assert shown["reason"].startswith("interrupted: EvictionByEvictionAPI, requeued (1 of 3)")
+    [attempt] = shown["attempts"]
+    assert (attempt["attempt"], attempt["reason"], attempt["log_saved"]) == (
+        1,
+        "EvictionByEvictionAPI",
+        True,
+    )
+    r = await service.get(
+        f"api/jobs/{job['id']}/logs?attempt=1&tail=1", headers=auth("alice-token")
+    )
+    assert r.status_code == 200
+    assert r.text.endswith("step 2\n") and "step 1" not in r.text
+    assert "saved log of pod llm-job-alice-1-x7k2p" in r.text
+    for bad, status in (("2", 404), ("x", 400)):
+        r = await service.get(
+            f"api/jobs/{job['id']}/logs?attempt={bad}", headers=auth("alice-token")
+        )
+        assert (r.status_code, r.json()["field"]) == (status, "attempt")
+    page = await service.get(f"jobs/{job['id']}", headers=auth("alice-token"))
+    assert 'id="attempt-list"' in page.text and "EvictionByEvictionAPI" in page.text
+    assert f"api/jobs/{job['id']}/logs?attempt=1" in page.text
+    # another user's job's attempts are not revealed
+    r = await service.get(f"api/jobs/{job['id']}/logs?attempt=1", headers=auth("bob-token"))
+    assert r.status_code == 404
