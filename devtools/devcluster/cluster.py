@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import admission
+from . import admission, authn, deployments, rbac
 from . import nodes as nodes_mod
 from .apiserver import ApiServer
 from .jobs import JobController
@@ -78,6 +78,8 @@ class DevCluster:
         self.job_retry_delay = job_retry_delay
         self.namespaces = namespaces
         self.url = ""
+        self.tls_url = ""  # R: the HTTPS address pods get (KUBERNETES_SERVICE_HOST/PORT)
+        self.authenticator: authn.Authenticator | None = None
         self.kubeconfig_path = self.data_dir / "kubeconfig"
         self.store: Store | None = None
         self.kubelet: Kubelet | None = None
@@ -90,8 +92,12 @@ class DevCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store()
         store.admit.extend(admission.HOOKS)
+        store.admit_update.extend(admission.UPDATE_HOOKS)  # V: validation on updates
+        store.admit.extend((deployments.admit_deployment, authn.admit_pod_token))  # R
+        store.admit_update.append(deployments.admit_deployment_update)  # R
         for ns in self.namespaces:
             store.create(NAMESPACES, {"metadata": {"name": ns}, "status": {"phase": "Active"}})
+        rbac.bootstrap(store)  # R: cluster-admin, system:basic-user
         for node in self.node_layout:
             store.create(NODES, nodes_mod.node_object(node))
         self.store = store
@@ -99,13 +105,29 @@ class DevCluster:
         scheduler = Scheduler(store, self.scheduler_interval)
         jobs = JobController(store, self.jobs_interval, self.job_retry_delay)
         self._server = ApiServer(store, self.kubelet)
+        self.authenticator = authn.Authenticator(store)  # R: tokens, RBAC, HTTPS (authn, rbac)
+        self._server.auth = rbac.Gate(store, self.authenticator)
+        self.kubelet.projected = self.authenticator.projected_files
         self.url = await self._server.start(self.host, self.port)
         parts = urlsplit(self.url)
         self.kubelet.set_api_address(parts.hostname or self.host, parts.port or 0)
+        tls_port = await authn.start_tls_site(  # R: in-cluster clients need HTTPS + ca.crt
+            self._server._runner, parts.hostname or self.host, self.data_dir, self.authenticator
+        )
+        self.tls_url = f"https://{parts.hostname or self.host}:{tls_port}"
+        self.kubelet.base_env = authn.service_env(parts.hostname or self.host, tls_port)
         self._tasks = [
             asyncio.create_task(scheduler.run(), name="devcluster-scheduler"),
             asyncio.create_task(self.kubelet.run(), name="devcluster-kubelet"),
             asyncio.create_task(jobs.run(), name="devcluster-jobs"),
+            asyncio.create_task(  # R
+                deployments.DeploymentController(store, self.jobs_interval).run(),
+                name="devcluster-deployments",
+            ),
+            asyncio.create_task(  # R
+                authn.ServiceAccountController(store, self.jobs_interval).run(),
+                name="devcluster-serviceaccounts",
+            ),
         ]
         write_kubeconfig(self.kubeconfig_path, self.url)
         log.info("devcluster API server at %s, kubeconfig %s", self.url, self.kubeconfig_path)
