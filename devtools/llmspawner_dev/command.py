@@ -186,12 +186,13 @@ def run(args: argparse.Namespace) -> int:
                 passed[0] = report.ok
             return 0 if report.ok else 1
         workdir = args.workdir if args.workdir is not None else DEFAULT_WORKDIR
+        faults = api_faults_path(args.api_faults, workdir)
         stack = DevStack(
             workdir,
             timeout=args.timeout,
             hub_args=hub_args,
             on_step=print,
-            api_faults=api_faults_path(args.api_faults, workdir),
+            **({"api_faults": faults} if faults is not None else {}),
         )
         try:
             stack.start()
