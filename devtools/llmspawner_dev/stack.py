@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from . import hubdb, parts, proxy
+from . import hubdb, identities, parts, proxy
 from .hubconfig import DEV_GID, DEV_UID, REPO_ROOT
 from .kube import KubeClient
 from .models import seed_dev_models
@@ -66,6 +66,9 @@ class DevStack:
         host: the loopback address every part binds.
         environ: the base environment of all children (default ``os.environ``).
         on_step: called with a line of progress text (default: this module's logger).
+        api_faults: a JSON file of fault rules (``devcluster.faults.load_rules``; created
+            empty, re-read on change): the hub and its services then reach the cluster
+            through a fault proxy (``fault_proxy``), kubectl and the stack itself directly.
 
     Attributes (set by :meth:`start`):
         hub_url: the hub's public URL (through configurable-http-proxy), no trailing ``/``.
@@ -100,6 +103,8 @@ class DevStack:
         host: str = "127.0.0.1",
         environ: Mapping[str, str] | None = None,
         on_step: Callable[[str], None] | None = None,
+        api_faults: Path | None = None,
+        hub_rbac: bool = True,
     ):
         self.workdir = Path(workdir).resolve()
         self.config_file = Path(config_file or REPO_ROOT / "jupyterhub_config.py").resolve()
@@ -112,6 +117,13 @@ class DevStack:
         self.host = host
         self.environ = dict(os.environ if environ is None else environ)
         self.on_step = on_step or log.info
+        # F: ``llmspawner dev --api-faults RULES.json``: the hub and its services reach the
+        # cluster through a fault proxy (devcluster.faults.StackFaults), kubectl directly.
+        self.api_faults = Path(api_faults) if api_faults is not None else None
+        self.fault_proxy = None
+        # R: the hub and its services use ServiceAccount hub's token (z2jh's hub Role and
+        # deploy/manifests/queue, llmspawner_dev.identities); False: the admin kubeconfig.
+        self.hub_rbac = hub_rbac
         self.marker = (MARKER_ENV, secrets.token_hex(8))
         # MLflow's secrets (the hub service token, its admin's password, Flask's key) and the
         # hub's encryption key: kept in the workdir, since MLflow's auth database and the hub's
@@ -250,6 +262,28 @@ class DevStack:
         self.kubeconfig = str(info["kubeconfig"])
         self.data_dir = Path(info["data_dir"])
         self.on_step(f"cluster ready at {self.cluster_url} ({time.monotonic() - t0:.1f} s)")
+        hub_kubeconfig = self.kubeconfig
+        if self.hub_rbac:  # R: the hub (and its queue) as ServiceAccount hub, real RBAC
+            hub_kubeconfig = str(
+                identities.hub_kubeconfig(
+                    self.kubeconfig, self.namespace, self.workdir / "hub-kubeconfig"
+                )
+            )
+            self.on_step(
+                f"hub identity: serviceaccount {self.namespace}/hub "
+                "(z2jh hub Role, deploy/manifests/queue RBAC)"
+            )
+        if self.api_faults is not None:  # F: fault proxy between the hub and the cluster
+            from devcluster.faults import StackFaults
+
+            self.fault_proxy = StackFaults(
+                self.cluster_url,
+                self.api_faults,
+                self.workdir / "api-faults-kubeconfig",
+                hub_kubeconfig,  # R: the hub's own identity through the proxy
+            ).start()
+            hub_kubeconfig = str(self.fault_proxy.kubeconfig_path)
+            self.on_step(f"fault proxy at {self.fault_proxy.url}, rules in {self.api_faults}")
 
         self.oidc_issuer = f"http://{host}:{oidc_port}"
         discovery = wait_http(
@@ -291,7 +325,7 @@ class DevStack:
         hub_env[proxy.TOKEN_ENV] = self._proxy_token
         hub_env.update(
             parts.hub_environment(
-                kubeconfig=self.kubeconfig,
+                kubeconfig=hub_kubeconfig,
                 namespace=self.namespace,
                 mlflow_url=self.mlflow_url,
                 oidc_issuer=self.oidc_issuer,
@@ -459,6 +493,9 @@ class DevStack:
             if child is not None and child.popen is not None:
                 status = child.stop(STOP_GRACE.get(name, 10.0))
                 log.debug("%s stopped with status %s", name, status)
+        if self.fault_proxy is not None:  # F: after the hub, before the strays
+            self.fault_proxy.stop()
+            self.fault_proxy = None
         strays = kill_strays(marker=self.marker, under=self.workdir)
         if strays:
             log.warning("ended %d stray process(es) of the dev stack: %s", len(strays), strays)

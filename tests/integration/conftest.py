@@ -1,5 +1,7 @@
 """Fixtures shared by integration tests of the emulated cluster (a module may define its own)."""
 
+import re
+
 import pytest
 from kubernetes_asyncio import client, config
 
@@ -26,7 +28,8 @@ async def api(cluster):
 @pytest.fixture
 async def namespace(api, request):
     """A fresh namespace named after the test, deleted afterwards."""
-    name = request.node.name.replace("_", "-").lower()[:50]
+    # a valid namespace name (DNS-1123 label) even for parametrized tests: test-x-a-b
+    name = re.sub("[^a-z0-9-]+", "-", request.node.name.lower())[:50].strip("-")
     await client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
     yield name
     await client.CoreV1Api(api).delete_namespace(name)
