@@ -266,6 +266,10 @@ def test_medium_job_whole():
                                 {"name": "MLFLOW_HTTP_REQUEST_TIMEOUT", "value": "60"},
                                 {"name": "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "value": "3"},
                                 {"name": "LLMSPAWNER_MODELS_DIR", "value": "/storage/models"},
+                                {
+                                    "name": "HF_HOME",
+                                    "value": "/storage/users/alice/.cache/huggingface",
+                                },
                                 {"name": "OMP_WAIT_POLICY", "value": "PASSIVE"},
                                 {"name": "LLMSPAWNER_JOB_ID", "value": "7"},
                                 {"name": "MLFLOW_TAGS", "value": '{"llmspawner.job_id": "7"}'},
@@ -440,6 +444,7 @@ def test_tracking_off(kwargs):
     assert env == [
         {"name": "HOME", "value": "/storage/users/alice"},
         {"name": "LLMSPAWNER_MODELS_DIR", "value": "/storage/models"},
+        {"name": "HF_HOME", "value": "/storage/users/alice/.cache/huggingface"},
         {"name": "OMP_WAIT_POLICY", "value": "PASSIVE"},
         {"name": "LLMSPAWNER_JOB_ID", "value": "7"},
     ]
