@@ -307,12 +307,18 @@ class RunUpload:
         return ref
 
     def finish(self, returncode: int) -> None:
-        """End the run: ``FAILED`` after a failed training, ``FINISHED`` if still running."""
+        """End the run: ``KILLED`` after a training stopped by SIGTERM/SIGINT (its pod deleted,
+        evicted, preempted or its job cancelled: the kubelet's SIGTERM, passed on; exit status
+        ``-15`` or ``143``), ``FAILED`` after any other failure (a child SIGKILLed alone is
+        the kernel's out-of-memory killer), ``FINISHED`` if still running."""
         if self.run_id is None:
             return
         try:
             status = self.client.get_run(self.run_id).info.status
-            if returncode != 0:
+            stopped = (signal.SIGTERM, signal.SIGINT)
+            if -returncode in stopped or returncode - 128 in stopped:
+                self.client.set_terminated(self.run_id, "KILLED")
+            elif returncode != 0:
                 self.client.set_terminated(self.run_id, "FAILED")
             elif status == "RUNNING":
                 self.client.set_terminated(self.run_id, "FINISHED")
@@ -554,8 +560,14 @@ def run_training(
         log(f"not started: {problem}")
         return EXIT_REFUSED
     register = config.pop(REGISTER_KEY, None)
-    if register is not None:  # LLaMA-Factory refuses unknown keys: run a copy without it
-        argv[1] = _without_register(config)
+    resumed = first_attempt_only(config, environ)
+    if resumed is not None:
+        log(resumed)
+    # LLaMA-Factory refuses unknown keys: run a copy without the queue's key (and without an
+    # overwrite_output_dir that would throw an earlier attempt's checkpoints away)
+    rewritten = register is not None or resumed is not None
+    if rewritten:
+        argv[1] = _write_config(config)
     command = [cli, *argv]
     output_dir = config.get("output_dir")
     upload = None
@@ -575,7 +587,7 @@ def run_training(
     try:
         returncode = _run_child(command, environ, output_dir, pipe=pipe)
     finally:
-        if register is not None:
+        if rewritten:
             with contextlib.suppress(OSError):
                 os.unlink(argv[1])
     if upload is not None:
@@ -588,8 +600,56 @@ def run_training(
     return returncode
 
 
-def _without_register(config: dict) -> str:
-    """Write ``config`` (without the queue's key) to a new temporary YAML file; its path."""
+#: In a queue job's output folder: the id of the job whose attempt last started there.
+ATTEMPT_MARKER = ".llmspawner-job"
+
+
+def first_attempt_only(config: dict, environ: Mapping[str, str]) -> str | None:
+    """Make a queue job's ``overwrite_output_dir: true`` apply to its first attempt only.
+
+    LLaMA-Factory resumes from the newest ``checkpoint-*`` in ``output_dir`` unless
+    ``overwrite_output_dir`` is set (``hparams/parser.py``, ``get_train_args``); its example
+    configs set it. A queue job interrupted by a disruption or a preemption runs again in the
+    same ``output_dir`` (:mod:`llmspawner.queue.lf_config`, "Resuming"), so when this folder's
+    :data:`ATTEMPT_MARKER` names this job (``LLMSPAWNER_JOB_ID``: an earlier attempt of it
+    started here), the key is removed from ``config`` (in place) and the attempt resumes.
+    The marker is then (re)written. Outside a queue Job (no ``LLMSPAWNER_JOB_ID``: LlamaBoard)
+    nothing changes.
+
+    Args:
+        config: the training config (changed in place).
+        environ: the Job's environment.
+
+    Returns:
+        A line for the log when the key was removed, else ``None``.
+    """
+    job = environ.get("LLMSPAWNER_JOB_ID", "")
+    output_dir = config.get("output_dir")
+    if not job or not isinstance(output_dir, str) or not output_dir:
+        return None
+    marker = Path(output_dir) / ATTEMPT_MARKER
+    try:
+        earlier = marker.read_text(encoding="utf-8").strip()
+    except OSError:
+        earlier = None
+    note = None
+    if config.get("overwrite_output_dir") is True and earlier == job:
+        del config["overwrite_output_dir"]
+        note = (
+            "an earlier attempt of this job started in this output_dir: "
+            "overwrite_output_dir applies to the first attempt only, so this one resumes "
+            "from its last checkpoint-*"
+        )
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(job + "\n", encoding="utf-8")
+    except OSError as e:
+        log(f"could not write {marker}: {_short(e)}")
+    return note
+
+
+def _write_config(config: dict) -> str:
+    """Write ``config`` (as the training will run it) to a new temporary YAML file; its path."""
     import yaml
 
     fd, path = tempfile.mkstemp(prefix="llmspawner-train-", suffix=".yaml")

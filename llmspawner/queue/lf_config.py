@@ -40,9 +40,10 @@ The rules (decisions are marked *decided*):
   the newest ``checkpoint-*`` folder there unless ``overwrite_output_dir`` is set
   (``hparams/parser.py``, ``get_train_args``: ``resume_from_checkpoint = last_checkpoint``
   when ``not getattr(training_args, "overwrite_output_dir", False)``). So
-  ``overwrite_output_dir`` is kept unset: ``false`` is dropped, ``true`` is refused (it would
-  make every requeued attempt start from scratch); to start afresh, choose a new
-  ``output_dir``. An ``output_dir`` that holds a finished model and no checkpoint makes
+  ``overwrite_output_dir: false`` is dropped, and ``true`` (as LLaMA-Factory's own example
+  configs have it) applies to the job's first attempt only: the training wrapper drops it
+  when an earlier attempt of the same job started in that folder
+  (:func:`llmspawner.training.first_attempt_only`), so a requeued attempt resumes. An ``output_dir`` that holds a finished model and no checkpoint makes
   LLaMA-Factory stop with "Output directory already exists and is not empty", which the log
   shows. Checkpoints: ``save_steps`` is set to :data:`DEFAULT_SAVE_STEPS` when the config has
   neither ``save_steps`` nor ``save_strategy`` (transformers' default is 500 steps); a
@@ -288,7 +289,8 @@ def prepare_config(config: dict, *, username: str, job_name: str) -> dict:
     Returns:
         A new dict, in the config's key order: paths made absolute, ``report_to``,
         ``run_name``, ``do_train`` and (when the config has no checkpoint setting)
-        ``save_steps`` set, ``overwrite_output_dir`` unset. It can be stored as JSON.
+        ``save_steps`` set, ``overwrite_output_dir`` kept only when ``true``. It can be
+        stored as JSON.
 
     Raises:
         ConfigInvalid: listing every problem (see :class:`ConfigInvalid`).
@@ -331,7 +333,8 @@ def prepare_config(config: dict, *, username: str, job_name: str) -> dict:
         raise ConfigInvalid(problems)
     out["report_to"] = _reporters(config.get("report_to"))
     out["run_name"] = job_name
-    out.pop(OVERWRITE_KEY, None)
+    if out.get(OVERWRITE_KEY) is not True:
+        out.pop(OVERWRITE_KEY, None)
     out.setdefault("do_train", True)
     if "save_steps" not in out and "save_strategy" not in out:
         out["save_steps"] = DEFAULT_SAVE_STEPS
@@ -428,12 +431,9 @@ def _check_key(
     if key == OVERWRITE_KEY:
         if value in (None, False):
             return None, None
-        message = (
-            "must stay unset in the queue: a job interrupted by a disruption or a preemption "
-            "runs again in the same output_dir and resumes from its last checkpoint-*, which "
-            "overwrite_output_dir would throw away; to start afresh, choose a new output_dir"
-        )
-        return message, value
+        if value is True:  # first attempt only (llmspawner.training.first_attempt_only)
+            return None, True
+        return "must be true or false", value
     if key == "stage":
         allowed = ", ".join(ALLOWED_STAGES)
         if value == "ppo":

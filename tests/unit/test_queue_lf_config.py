@@ -543,10 +543,13 @@ def test_forced_values_replace_the_users():
     assert "overwrite_output_dir" not in out  # a requeued attempt resumes from checkpoint-*
 
 
-def test_overwrite_output_dir_true_is_refused_it_would_lose_the_checkpoints():
-    [(field, message)] = problems_of({**BASE, "overwrite_output_dir": True})
-    assert field == "overwrite_output_dir"
-    assert "resumes from its last checkpoint" in message and "new output_dir" in message
+def test_overwrite_output_dir_true_is_kept_for_the_first_attempt():
+    # LLaMA-Factory's example configs set it; the training wrapper drops it for a requeued
+    # attempt of the same job (llmspawner.training.first_attempt_only, tests/unit/test_training.py)
+    out = prepare({**BASE, "overwrite_output_dir": True}, job_name="llm-job-alice-8")
+    assert out["overwrite_output_dir"] is True
+    [(field, message)] = problems_of({**BASE, "overwrite_output_dir": "yes"})
+    assert (field, message) == ("overwrite_output_dir", "must be true or false")
 
 
 @pytest.mark.parametrize(

@@ -129,9 +129,9 @@ def test_render_refuses_an_unknown_profile_and_a_bad_config(capsys, monkeypatch,
     assert (code, out) == (2, "")
     assert "unknown profile 'huge' for alice; allowed: cpu" in err
     bad = tmp_path / "bad.yaml"
-    bad.write_text(CONFIG + "overwrite_output_dir: true\noutput_dir: /etc\n")
+    bad.write_text(CONFIG + "overwrite_output_dir: 3\noutput_dir: /etc\n")
     code, out, err = run(
         capsys, monkeypatch, str(bad), "--user", "alice", "--profile", "cpu", "--image", "t:1"
     )
     assert (code, out) == (2, "")
-    assert "overwrite_output_dir" in err and "output_dir" in err
+    assert "overwrite_output_dir: must be true or false" in err and "output_dir" in err

@@ -197,3 +197,36 @@ def test_a_training_with_a_missing_model_is_not_started(tmp_path, capsys):
         capsys.readouterr().err
     )
     assert not (tmp_path / "started").exists()
+
+
+def test_overwrite_output_dir_applies_to_a_queue_jobs_first_attempt_only(tmp_path, capsys):
+    out = tmp_path / "out"
+    env = {"LLMSPAWNER_JOB_ID": "8"}
+    first = {"output_dir": str(out), "overwrite_output_dir": True}
+    assert training.first_attempt_only(first, env) is None
+    assert first["overwrite_output_dir"] is True  # attempt 1 starts afresh, as asked
+    assert (out / training.ATTEMPT_MARKER).read_text() == "8\n"
+    again = {"output_dir": str(out), "overwrite_output_dir": True}
+    note = training.first_attempt_only(again, env)
+    assert "overwrite_output_dir" not in again and "resumes" in note  # attempt 2 resumes
+    other = {"output_dir": str(out), "overwrite_output_dir": True}
+    assert training.first_attempt_only(other, {"LLMSPAWNER_JOB_ID": "9"}) is None
+    assert other["overwrite_output_dir"] is True  # another job reusing the folder
+    lamaboard = {"output_dir": str(out), "overwrite_output_dir": True}
+    assert training.first_attempt_only(lamaboard, {}) is None and lamaboard["overwrite_output_dir"]
+
+
+def test_a_requeued_attempt_runs_without_overwrite(tmp_path):
+    """run_training hands the real CLI a config without the key on the job's second attempt."""
+    out = tmp_path / "out"
+    seen = tmp_path / "seen.yaml"
+    cli = tmp_path / "llamafactory-cli"
+    cli.write_text(f"#!/bin/sh\ncp \"$2\" {seen}\n")
+    cli.chmod(0o755)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {out}\noverwrite_output_dir: true\n")
+    env = {"LLMSPAWNER_JOB_ID": "8", "PATH": os.environ["PATH"]}
+    assert training.run_training(["train", str(config)], environ=env, cli=str(cli)) == 0
+    assert "overwrite_output_dir: true" in seen.read_text()
+    assert training.run_training(["train", str(config)], environ=env, cli=str(cli)) == 0
+    assert "overwrite_output_dir" not in seen.read_text()
