@@ -43,8 +43,8 @@ The rules (decisions are marked *decided*):
   ``overwrite_output_dir: false`` is dropped, and ``true`` (as LLaMA-Factory's own example
   configs have it) applies to the job's first attempt only: the training wrapper drops it
   when an earlier attempt of the same job started in that folder
-  (:func:`llmspawner.training.first_attempt_only`), so a requeued attempt resumes. An ``output_dir`` that holds a finished model and no checkpoint makes
-  LLaMA-Factory stop with "Output directory already exists and is not empty", which the log
+  (:func:`llmspawner.training.first_attempt_only`), so a requeued attempt resumes. An
+  ``output_dir`` that holds a finished model and no checkpoint makes LLaMA-Factory stop with "Output directory already exists and is not empty", which the log
   shows. Checkpoints: ``save_steps`` is set to :data:`DEFAULT_SAVE_STEPS` when the config has
   neither ``save_steps`` nor ``save_strategy`` (transformers' default is 500 steps); a
   ``save_strategy: "no"`` is kept (the job then restarts from scratch after a disruption).
