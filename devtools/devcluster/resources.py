@@ -185,9 +185,7 @@ def api_resource_list(group: str, version: str) -> dict | None:
             if sub == "eviction":  # F: policy/v1 Eviction (devcluster.disruption)
                 entry.update(verbs=["create"], kind="Eviction", group="policy", version="v1")
             if sub == "token":  # R: TokenRequest (kubectl create token)
-                entry.update(
-                    verbs=["create"], kind="TokenRequest", group="authentication.k8s.io"
-                )
+                entry.update(verbs=["create"], kind="TokenRequest", group="authentication.k8s.io")
                 entry["version"] = "v1"
             items.append(entry)
     return {

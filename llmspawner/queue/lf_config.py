@@ -35,18 +35,18 @@ The rules (decisions are marked *decided*):
   to it; any other reporter (``wandb``, ``all``, ...) is refused (*decided*: it needs a network
   and an account, and a silent replacement would hide that); ``use_swanlab: true`` likewise.
   ``run_name`` is always the job's name.
-- **Resuming** (*decided*): a job whose pod is disrupted, deleted or preempted runs again in
-  the same ``output_dir`` (:mod:`llmspawner.queue.control`), and LLaMA-Factory resumes from
-  the newest ``checkpoint-*`` folder there unless ``overwrite_output_dir`` is set
-  (``hparams/parser.py``, ``get_train_args``: ``resume_from_checkpoint = last_checkpoint``
-  when ``not getattr(training_args, "overwrite_output_dir", False)``). So
-  ``overwrite_output_dir: false`` is dropped, and ``true`` (as LLaMA-Factory's own example
-  configs have it) applies to the job's first attempt only: the training wrapper drops it
-  when an earlier attempt of the same job started in that folder
-  (:func:`llmspawner.training.first_attempt_only`), so a requeued attempt resumes. An
-  ``output_dir`` that holds a finished model and no checkpoint makes LLaMA-Factory stop with "Output directory already exists and is not empty", which the log
-  shows. Checkpoints: ``save_steps`` is set to :data:`DEFAULT_SAVE_STEPS` when the config has
-  neither ``save_steps`` nor ``save_strategy`` (transformers' default is 500 steps); a
+- **Resuming** (*decided*): a job whose pod is disrupted, deleted or preempted runs again in the
+  same ``output_dir`` (:mod:`llmspawner.queue.control`), and LLaMA-Factory resumes from the
+  newest ``checkpoint-*`` folder there unless ``overwrite_output_dir`` is set
+  (``hparams/parser.py``, ``get_train_args``: ``resume_from_checkpoint = last_checkpoint`` when
+  ``not getattr(training_args, "overwrite_output_dir", False)``). So ``overwrite_output_dir:
+  false`` is dropped, and ``true`` (as LLaMA-Factory's own example configs have it) applies to
+  the job's first attempt only: the training wrapper drops it when an earlier attempt of the
+  same job started in that folder (:func:`llmspawner.training.first_attempt_only`), so a
+  requeued attempt resumes. An ``output_dir`` that holds a finished model and no checkpoint
+  makes LLaMA-Factory stop with "Output directory already exists and is not empty", which the
+  log shows. Checkpoints: ``save_steps`` is set to :data:`DEFAULT_SAVE_STEPS` when the config
+  has neither ``save_steps`` nor ``save_strategy`` (transformers' default is 500 steps); a
   ``save_strategy: "no"`` is kept (the job then restarts from scratch after a disruption).
 - **do_train** defaults to ``true`` (*decided*): it is the ``train`` command; without it
   LLaMA-Factory's stages load the model and skip training. An explicit ``false`` is kept.

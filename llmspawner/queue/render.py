@@ -3,16 +3,14 @@ the ConfigMap and Job that the queue would create for this submission, as YAML.
 
 For admins, as ``llmspawner profiles render`` is for a server's pod: the config is checked and
 prepared as the queue does it (:func:`llmspawner.queue.lf_config.check_config_now`: paths,
-MLflow, ``overwrite_output_dir`` for the first attempt only, the checkpoint interval), and the Job is the one the
-control loop builds (:func:`llmspawner.queue.control.job_manifests`): the retry and
-disruption settings (``backoffLimit``, ``podFailurePolicy``, ``restartPolicy``), the
-deadline (the profile's ``max_runtime``), the PriorityClass, the security contexts, the
-storage. No cluster, hub or MLflow is contacted. The output is valid for Kubernetes 1.32
-(``kubectl apply --dry-run=server -f -`` takes it).
-
-Settings come as for ``llmspawner profiles``: the options, then the environment of the hub's
-services (``LLMSPAWNER_PLATFORM``, ``LLMSPAWNER_<SETTING>``), then the defaults; the
-profiles folder defaults to the repository's ``profiles/``.
+MLflow, ``overwrite_output_dir`` for the first attempt only, the checkpoint interval), and the
+Job is the one the control loop builds (:func:`llmspawner.queue.control.job_manifests`): the
+retry and disruption settings (``backoffLimit``, ``podFailurePolicy``, ``restartPolicy``), the
+deadline (the profile's ``max_runtime``), the PriorityClass, the security contexts, the storage.
+No cluster, hub or MLflow is contacted. The output is valid for Kubernetes 1.32 (``kubectl apply
+--dry-run=server -f -`` takes it). Settings come as for ``llmspawner profiles``: the options,
+then the environment of the hub's services (``LLMSPAWNER_PLATFORM``, ``LLMSPAWNER_<SETTING>``),
+then the defaults; the profiles folder defaults to the repository's ``profiles/``.
 """
 
 from __future__ import annotations

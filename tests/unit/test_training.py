@@ -221,7 +221,7 @@ def test_a_requeued_attempt_runs_without_overwrite(tmp_path):
     out = tmp_path / "out"
     seen = tmp_path / "seen.yaml"
     cli = tmp_path / "llamafactory-cli"
-    cli.write_text(f"#!/bin/sh\ncp \"$2\" {seen}\n")
+    cli.write_text(f'#!/bin/sh\ncp "$2" {seen}\n')
     cli.chmod(0o755)
     config = tmp_path / "c.yaml"
     config.write_text(f"output_dir: {out}\noverwrite_output_dir: true\n")
