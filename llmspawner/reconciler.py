@@ -15,7 +15,10 @@ which servers are active (``GET /hub/api/users?state=active``, paginated: each u
 server is not among them is a candidate; it is deleted only once it has been a candidate for
 ``grace`` seconds in a row *and* is older than ``grace``, after one more look at that user
 (``GET /hub/api/users/<name>``), with a precondition on the pod's uid (never a newer pod of
-the same name). Each deletion is logged at warning level with the pod, user and server. The
+the same name). Each deletion is logged at warning level with the pod, user and server. A pod
+whose user the hub does not know (404: renamed while the server ran — the pod keeps the old
+name in its annotation —, deleted, or hidden from this token) is never deleted, only logged
+once; a user model without ``servers`` (a missing ``read:servers``) fails the pass. The
 pods list is read before the hub's list, so a pod that a start has just created always
 belongs to a server the hub already reports as pending; pods of ready or pending servers are
 never touched. When the hub or the cluster cannot be asked, the pass changes nothing.
@@ -134,8 +137,22 @@ def server_pod(pod: Mapping) -> ServerPod | None:
 
 def active_servers(users: Iterable[Mapping]) -> set[tuple[str, str]]:
     """``(user, server)`` of every server in the hub's user models (``GET /users``: each
-    ``servers`` holds the ready and pending servers only). Pure."""
-    return {(u["name"], name) for u in users for name in (u.get("servers") or {})}
+    ``servers`` holds the ready and pending servers only). Pure.
+
+    Raises:
+        ReconcileError: a model without ``servers`` (the token lacks ``read:servers``, or the
+            hub's model changed): read as "no servers", every pod would look orphaned.
+    """
+    out: set[tuple[str, str]] = set()
+    for u in users:
+        servers = u.get("servers")
+        if not isinstance(servers, Mapping):
+            raise ReconcileError(
+                f"the hub's model of user {u.get('name')!r} has no servers (is the "
+                "read:servers scope missing from the pod-reconciler role?)"
+            )
+        out.update((u["name"], name) for name in servers)
+    return out
 
 
 def plan(
@@ -224,6 +241,8 @@ class Reconciler:
         self._clock = clock
         self.page_limit = page_limit
         self.candidates: dict[str, float] = {}
+        #: uids of pods whose user the hub does not know (logged once, never deleted)
+        self.unknown_users: set[str] = set()
 
     async def core(self):
         if self._core is None:
@@ -269,10 +288,12 @@ class Reconciler:
                 return active_servers(users)
             offset = int(following["offset"])
 
-    async def user_active(self, user: str) -> set[tuple[str, str]]:
-        """One user's ready and pending servers, asked now (``GET /users/<name>``)."""
+    async def user_active(self, user: str) -> set[tuple[str, str]] | None:
+        """One user's ready and pending servers, asked now (``GET /users/<name>``);
+        ``None`` when the hub has no such user (404: renamed, deleted, or hidden from this
+        token), whose pods are never deleted (a rename keeps the running pod's old name)."""
         model = await self._hub(f"/users/{quote(user, safe='')}")
-        return active_servers([model]) if model else set()
+        return active_servers([model]) if model else None
 
     async def server_pods(self) -> list[ServerPod]:
         """The namespace's user-server pods.
@@ -332,7 +353,21 @@ class Reconciler:
         )
         deleted = []
         for pod in due:
-            if pod.key in await self.user_active(pod.user):
+            servers = await self.user_active(pod.user)
+            if servers is None:
+                if pod.uid not in self.unknown_users:
+                    self.unknown_users.add(pod.uid)
+                    log.warning(
+                        "Left %s in %s alone: the hub has no user %r (renamed or deleted?); "
+                        "if it is not in use: kubectl delete pod -n %s %s",
+                        pod.describe(),
+                        self.namespace,
+                        pod.user,
+                        self.namespace,
+                        pod.name,
+                    )
+                continue
+            if pod.key in servers:
                 self.candidates.pop(pod.uid, None)
                 continue
             if await self.delete(pod):

@@ -267,7 +267,10 @@ async def test_the_reconciler_deletes_an_orphan_and_never_a_ready_servers_pod(hu
     await hub.post("/users/erin")
     await start_ready(hub, "erin")
     (erin_pod,) = await user_pods(hub, "erin")
-    # A server pod the hub knows nothing of (kubespawner's labels and annotations).
+    # dave is a hub user with no server, and a pod of his server that the hub has forgotten
+    # (kubespawner's labels and annotations); a pod of a user the hub does not know (a rename)
+    # is left alone (tests/unit/test_reconciler.py).
+    await hub.post("/users/dave")
     await hub.core.create_namespaced_pod(
         "default",
         {

@@ -277,3 +277,47 @@ def test_the_hub_config_leaves_it_out_with_interval_0_and_names_a_bad_value():
 def test_main_refuses_without_token_or_namespace(capsys):
     assert rec.main(["--url=http://hub/hub/api"], env={}) == 2
     assert "JUPYTERHUB_API_TOKEN" in capsys.readouterr().err
+
+
+async def test_a_pod_of_a_user_the_hub_does_not_know_is_left_alone(caplog):
+    """A rename (JupyterHub allows it while the server runs; the pod keeps the old name in its
+    annotation) or a token that cannot see the user answers 404: never a deletion."""
+    core = FakeCore([api_pod("jupyter-alice", "alice", "a1")])
+    pages = {0: {"items": [{"name": "alice2", "servers": {"": {}}}], "_pagination": {}}}
+
+    async def core_factory():
+        return core
+
+    r = rec.Reconciler(
+        "http://hub/hub/api",
+        "secret",
+        "ns",
+        grace=0,
+        core=core_factory,
+        fetch=hub_fetch(pages, {}, []),
+    )
+    with caplog.at_level("WARNING", logger="llmspawner.reconciler"):
+        assert await r.reconcile() == [] and await r.reconcile() == []
+    assert core.deleted == []
+    assert caplog.text.count("the hub has no user 'alice'") == 1
+
+
+async def test_a_user_model_without_servers_fails_the_pass():
+    """Without read:servers the models have no ``servers``: not read as "no servers"."""
+    core = FakeCore([api_pod("jupyter-bob", "bob", "b1")])
+    pages = {0: {"items": [{"name": "bob"}], "_pagination": {}}}
+
+    async def core_factory():
+        return core
+
+    r = rec.Reconciler(
+        "http://hub/hub/api",
+        "secret",
+        "ns",
+        grace=0,
+        core=core_factory,
+        fetch=hub_fetch(pages, {"bob": {"name": "bob"}}, []),
+    )
+    with pytest.raises(rec.ReconcileError, match="read:servers"):
+        await r.reconcile()
+    assert core.deleted == []
