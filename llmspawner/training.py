@@ -82,6 +82,7 @@ import sys
 import tempfile
 import termios
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -613,7 +614,10 @@ def first_attempt_only(config: dict, environ: Mapping[str, str]) -> str | None:
     same ``output_dir`` (:mod:`llmspawner.queue.lf_config`, "Resuming"), so when this folder's
     :data:`ATTEMPT_MARKER` names this job (``LLMSPAWNER_JOB_ID``: an earlier attempt of it
     started here), the key is removed from ``config`` (in place) and the attempt resumes.
-    The marker is then (re)written. Outside a queue Job (no ``LLMSPAWNER_JOB_ID``: LlamaBoard)
+    On the first attempt with the key set, ``checkpoint-*`` folders already there (another
+    run's: transformers' overwrite leaves them, and a resume would take the highest-numbered)
+    are moved into ``overwritten-<UTC time>/`` in the same folder. The marker is then
+    (re)written. Outside a queue Job (no ``LLMSPAWNER_JOB_ID``: LlamaBoard)
     nothing changes.
 
     Args:
@@ -621,7 +625,7 @@ def first_attempt_only(config: dict, environ: Mapping[str, str]) -> str | None:
         environ: the Job's environment.
 
     Returns:
-        A line for the log when the key was removed, else ``None``.
+        A line for the log when the key was removed or checkpoints were moved, else ``None``.
     """
     job = environ.get("LLMSPAWNER_JOB_ID", "")
     output_dir = config.get("output_dir")
@@ -640,6 +644,22 @@ def first_attempt_only(config: dict, environ: Mapping[str, str]) -> str | None:
             "overwrite_output_dir applies to the first attempt only, so this one resumes "
             "from its last checkpoint-*"
         )
+    elif config.get("overwrite_output_dir") is True:
+        # transformers' overwrite leaves older checkpoint-* folders, and a requeued attempt
+        # would resume from the highest-numbered one, maybe another run's: set them aside
+        old = sorted(Path(output_dir).glob("checkpoint-*")) if Path(output_dir).is_dir() else []
+        if old:
+            aside = Path(output_dir) / time.strftime("overwritten-%Y%m%dT%H%M%SZ", time.gmtime())
+            try:
+                aside.mkdir(parents=True, exist_ok=True)
+                for folder in old:
+                    folder.rename(aside / folder.name)
+                note = (
+                    f"overwrite_output_dir: the earlier run's {len(old)} checkpoint folder(s) "
+                    f"were moved to {aside}, so a requeued attempt resumes from this run's own"
+                )
+            except OSError as e:
+                log(f"could not set the earlier checkpoints aside in {aside}: {_short(e)}")
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(job + "\n", encoding="utf-8")

@@ -53,6 +53,7 @@ import json
 import logging
 import time
 
+import aiohttp
 from sqlalchemy import select
 
 from .. import capacity as capacity_mod
@@ -193,9 +194,9 @@ class ControlLoop:
             await self._delete_stale(jobs)
             await self._sync_states(by_name, pods_of, profiles)
             if self.ctx.settings.kueue_queue:
-                await self._create_suspended(by_name, profiles)
+                await self._create_suspended(by_name, profiles, pods_of)
             else:
-                await self._admit(profiles, pods_of)
+                await self._admit(profiles, pods_of, by_name)
         self.start_mlflow_work()
 
     def start_mlflow_work(self) -> asyncio.Task | None:
@@ -323,7 +324,7 @@ class ControlLoop:
         self._write(changes)
         await self._record_pods(interrupted_pods)
         await self._requeue(requeue, pods_of)
-        await self._create(to_create, ADMITTED, profiles, pods_of)
+        await self._create(to_create, ADMITTED, profiles, pods_of, by_name)
 
     # -- interruptions --------------------------------------------------------------------
 
@@ -349,10 +350,13 @@ class ControlLoop:
         keep = disruption.MAX_SAVED_LOG
         data = b""
         try:
-            async for chunk in self.ctx.backend.stream_log(pod_name):
+            # the end only: a whole day's log would outlast the request's timeout
+            async for chunk in self.ctx.backend.stream_log(pod_name, tail_lines=SAVED_LOG_LINES):
                 data = (data + chunk)[-keep:]
-        except KubeError as e:
-            log.info("Cannot save the log of pod %s: %s", pod_name, e)
+        except (KubeError, asyncio.TimeoutError, aiohttp.ClientError, OSError) as e:
+            # a huge log past the request timeout, a reset, an unreachable node: what was
+            # read is kept, and the pass goes on (never a pass failing on one pod's log)
+            log.info("Cannot save the log of pod %s: %s", pod_name, type(e).__name__ + f" {e}")
             return None if not data else data.decode("utf-8", "replace")
         return data.decode("utf-8", "replace")
 
@@ -520,7 +524,9 @@ class ControlLoop:
 
     # -- admission ------------------------------------------------------------------------
 
-    async def _admit(self, profiles: dict[str, Profile], pods_of: dict) -> None:
+    async def _admit(
+        self, profiles: dict[str, Profile], pods_of: dict, by_name: dict | None = None
+    ) -> None:
         ctx = self.ctx
         nodes, all_pods = await ctx.backend.capacity.snapshot()
         caps = capacity_mod.capacities(profiles.values(), ctx.platform.gpu_cluster, nodes, all_pods)
@@ -555,7 +561,7 @@ class ControlLoop:
         # pass (admitted without a Job -> create), never by admitting twice.
         self._write(changes)
         ctx.waiting = Waiting(decision.positions, decision.reasons)
-        await self._create(list(decision.admit), ADMITTED, profiles, pods_of)
+        await self._create(list(decision.admit), ADMITTED, profiles, pods_of, by_name)
         if ctx.settings.preemption:
             free = {slug: (caps[slug].free if slug in caps else None) for slug in profiles}
             await self._preempt(decision, free, set(bound), all_pods, pods_of)
@@ -649,9 +655,11 @@ class ControlLoop:
                 )
             db.commit()
 
-    async def _create_suspended(self, by_name: dict, profiles) -> None:
+    async def _create_suspended(self, by_name: dict, profiles, pods_of: dict) -> None:
         rows = self._read(select(Job).where(Job.state == QUEUED))
-        await self._create([r.id for r in rows if r.k8s_name not in by_name], QUEUED, profiles)
+        await self._create(
+            [r.id for r in rows if r.k8s_name not in by_name], QUEUED, profiles, pods_of, by_name
+        )
 
     # -- Jobs -----------------------------------------------------------------------------
 
@@ -699,14 +707,21 @@ class ControlLoop:
         )
 
     async def _create(
-        self, job_ids: list[int], expected: str, profiles, pods_of: dict | None = None
+        self,
+        job_ids: list[int],
+        expected: str,
+        profiles,
+        pods_of: dict | None = None,
+        by_name: dict | None = None,
     ) -> None:
         """Create the ConfigMap and Job of each job still in state ``expected``
         (idempotent), then record the outcomes in one session: ``attempts`` and the MLflow
         experiment id, or ``failed`` when Kubernetes refuses a Job for good (a transient
         refusal is retried at the next pass). A job with a pod of an earlier attempt that
-        has not finished (``pods_of``, the pass's listing) waits for the next pass: two
-        attempts never write to the same output folder at once."""
+        has not finished (``pods_of``, the pass's listing), or whose earlier attempt's Job is
+        still listed (``by_name``: its controller could still make a replacement pod until
+        the Job is gone), waits for the next pass: two attempts never write to the same
+        output folder at once (with Kueue too: a suspended Job is created only then)."""
         if not job_ids:
             return
         ctx = self.ctx
@@ -728,6 +743,17 @@ class ControlLoop:
                     "Job %s waits for pod %s of its earlier attempt to end",
                     row.k8s_name,
                     earlier[0]["metadata"]["name"],
+                )
+                continue
+            base = k8s_objects.job_name(row.user, row.id)
+            earlier_jobs = [
+                n for n in (by_name or {}) if n != row.k8s_name and _attempt_of(n, base)
+            ]
+            if earlier_jobs:
+                log.info(
+                    "Job %s waits for Job %s of its earlier attempt to be gone",
+                    row.k8s_name,
+                    earlier_jobs[0],
                 )
                 continue
             profile = profiles.get(row.profile)
@@ -930,6 +956,10 @@ def job_manifests(
         mlflow_token_secret=mlflow_token_secret,
     )
     return config_map, job
+
+
+#: Lines of an interrupted pod's log asked for (its last ones; then cut to MAX_SAVED_LOG bytes).
+SAVED_LOG_LINES = 20_000
 
 
 def _attempt_of(name: str, base: str) -> bool:

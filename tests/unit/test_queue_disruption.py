@@ -179,6 +179,27 @@ async def test_a_later_attempt_waits_until_the_earlier_attempts_pod_has_ended(qu
     assert [j["metadata"]["name"] for j in queue.backend.created] == [first, f"{first}-a2"]
 
 
+async def test_a_later_attempt_waits_while_the_earlier_attempts_job_is_still_listed(queue):
+    """A Job whose delete has not taken effect yet (or a queue that crashed between the requeue's
+    commit and the delete) could still get a replacement pod from its controller: the next
+    attempt's Job is created only once the earlier Job is gone from the listing."""
+    row = await started(queue)
+    first = row.k8s_name
+    queue.backend.pods[row.id] = []
+    failed(queue.backend.jobs[first])
+    old_job = queue.backend.jobs[first]
+    await queue.loop.run_pass()  # requeued; the old Job deleted
+    assert queue.get(row.id, user=None).interruptions == 1
+    for _ in range(2):
+        queue.backend.jobs[first] = old_job  # ... but still listed (deletion in progress)
+        await queue.loop.run_pass()
+    assert queue.get(row.id, user=None).k8s_name == f"{first}-a2"
+    assert [j["metadata"]["name"] for j in queue.backend.created] == [first]
+    assert first not in queue.backend.jobs  # deleted again; now gone from the listing
+    await queue.loop.run_pass()
+    assert [j["metadata"]["name"] for j in queue.backend.created] == [first, f"{first}-a2"]
+
+
 async def test_a_running_job_whose_job_vanished_is_requeued_not_lost(queue):
     row = await started(queue)
     del queue.backend.jobs[row.k8s_name]

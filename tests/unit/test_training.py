@@ -230,3 +230,15 @@ def test_a_requeued_attempt_runs_without_overwrite(tmp_path):
     assert "overwrite_output_dir: true" in seen.read_text()
     assert training.run_training(["train", str(config)], environ=env, cli=str(cli)) == 0
     assert "overwrite_output_dir" not in seen.read_text()
+
+
+def test_a_first_attempt_with_overwrite_sets_another_runs_checkpoints_aside(tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoint-900").mkdir(parents=True)
+    (out / "adapter_model.safetensors").write_text("old")
+    config = {"output_dir": str(out), "overwrite_output_dir": True}
+    note = training.first_attempt_only(config, {"LLMSPAWNER_JOB_ID": "8"})
+    assert config["overwrite_output_dir"] is True and "moved" in note
+    assert not list(out.glob("checkpoint-*"))  # a resume can only find this run's own
+    (aside,) = out.glob("overwritten-*")
+    assert (aside / "checkpoint-900").is_dir() and (out / "adapter_model.safetensors").exists()
