@@ -480,12 +480,15 @@ class ApiServer:
         patched = self.store.patch(res, namespace, name, apply, sub, dry_run=dry_run)
         return _json_response(patched)
 
-    async def _delete_options(self, request: web.Request) -> tuple[int | None, str | None, bool]:
-        """``(gracePeriodSeconds, propagationPolicy, dryRun)`` from the query or the
-        DeleteOptions body."""
+    async def _delete_options(
+        self, request: web.Request
+    ) -> tuple[int | None, str | None, bool, dict | None]:
+        """``(gracePeriodSeconds, propagationPolicy, dryRun, preconditions)`` from the query
+        or the DeleteOptions body."""
         dry_run = _write_options(request)[0]
         grace = _int_param(request.query, "gracePeriodSeconds")
         policy = request.query.get("propagationPolicy")
+        preconditions = None
         raw = await request.read()
         if raw:
             try:
@@ -493,6 +496,8 @@ class ApiServer:
             except ValueError:
                 body = {}
             if isinstance(body, dict):
+                if isinstance(body.get("preconditions"), dict):
+                    preconditions = body["preconditions"]
                 if grace is None and body.get("gracePeriodSeconds") is not None:
                     grace = int(body["gracePeriodSeconds"])
                 policy = policy or body.get("propagationPolicy")
@@ -520,7 +525,7 @@ class ApiServer:
                     dry_run = True
         if policy not in (None, "Orphan", "Background", "Foreground"):
             raise ApiError(400, "BadRequest", f"invalid propagationPolicy: {policy!r}")
-        return grace, policy, dry_run
+        return grace, policy, dry_run, preconditions
 
     def _deleted_answer(self, res: Resource, obj: dict, dry_run: bool) -> dict:
         """What DELETE answers: the object (kinds that return it, or a deletion left pending),
@@ -547,8 +552,10 @@ class ApiServer:
     async def _delete(
         self, request: web.Request, res: Resource, namespace: str | None, name: str
     ) -> web.Response:
-        grace, policy, dry_run = await self._delete_options(request)
-        obj = self.store.delete(res, namespace, name, grace, policy, dry_run=dry_run)
+        grace, policy, dry_run, preconditions = await self._delete_options(request)
+        obj = self.store.delete(
+            res, namespace, name, grace, policy, dry_run=dry_run, preconditions=preconditions
+        )
         return _json_response(self._deleted_answer(res, obj, dry_run))
 
     def _delete_collection(

@@ -453,9 +453,17 @@ class Store:
         grace_period: int | None = None,
         propagation: str | None = None,
         dry_run: bool = False,
+        preconditions: dict | None = None,
     ) -> dict:
         """Delete an object (DELETE); returns the object as last seen (with ``dry_run``: as it
         would be, nothing changed).
+
+        ``preconditions`` (DeleteOptions ``{"uid", "resourceVersion"}``): a value that differs
+        from the object's is a 409 Conflict worded as kube-apiserver's
+        (``Operation cannot be fulfilled on pods "x": Precondition failed: UID in
+        precondition: a, UID in object meta: b``), nothing deleted; so a client never deletes
+        a newer object of the same name.
+        https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/delete-options/
 
         A pod bound to a node and not finished is only marked (``deletionTimestamp``,
         ``deletionGracePeriodSeconds`` = ``grace_period`` or its
@@ -467,6 +475,17 @@ class Store:
         old = self._objects.get(key)
         if old is None:
             raise not_found(res, name)
+        for field, label in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+            want = (preconditions or {}).get(field)
+            have = old["metadata"].get(field)
+            if want is not None and want != have:
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {res.plural} "{name}": Precondition '
+                    f"failed: {label} in precondition: {want}, {label} in object meta: {have}",
+                    {"name": name, "kind": res.plural},
+                )
         if propagation is None:
             propagation = "Orphan" if res == JOBS else "Background"
         meta = old["metadata"]

@@ -433,6 +433,29 @@ async def test_delete_answers_a_status_or_the_object_per_kind(cluster, api, name
     assert (doc["kind"], doc["metadata"]["name"]) == ("Pod", "po")  # pods return the object
 
 
+async def test_delete_preconditions_protect_a_newer_object_of_the_same_name(api, namespace):
+    """DeleteOptions.preconditions (uid, resourceVersion): a mismatch is 409 Conflict, nothing
+    deleted (the orphan reconciler and the spawner rely on it never to delete a newer pod)."""
+    core = client.CoreV1Api(api)
+    created = await core.create_namespaced_pod(namespace, pod("pre", nodeSelector={"no": "n"}))
+    wrong = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid="0000-old"))
+    doc = await refused(core.delete_namespaced_pod("pre", namespace, body=wrong), 409)
+    assert doc["reason"] == "Conflict"
+    assert doc["message"] == (
+        'Operation cannot be fulfilled on pods "pre": Precondition failed: UID in '
+        f"precondition: 0000-old, UID in object meta: {created.metadata.uid}"
+    )
+    stale = client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version="1"))
+    doc = await refused(core.delete_namespaced_pod("pre", namespace, body=stale), 409)
+    assert "ResourceVersion in precondition: 1" in doc["message"]
+    assert (await core.read_namespaced_pod("pre", namespace)).metadata.uid == created.metadata.uid
+    right = client.V1DeleteOptions(
+        preconditions=client.V1Preconditions(uid=created.metadata.uid), grace_period_seconds=0
+    )
+    await core.delete_namespaced_pod("pre", namespace, body=right)
+    await refused(core.read_namespaced_pod("pre", namespace), 404)
+
+
 # -- health and OpenAPI; kubectl ------------------------------------------------------------------
 
 
