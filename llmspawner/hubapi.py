@@ -85,7 +85,11 @@ class ServerAPIHandler(UserServerAPIHandler):
                 raise  # this request itself is being cancelled (the hub stops)
             if sentence is None:
                 raise
-            self.log.warning("%s of %s's server refused: %s (%s)", action, user_name, sentence, e)
+            # with the traceback: a KeyError or "pending" RuntimeError from a hook's bug must
+            # stay findable in the log although the user reads the race's sentence
+            self.log.warning(
+                "%s of %s's server refused: %s (%r)", action, user_name, sentence, e, exc_info=True
+            )
             raise UserFacingError(409, sentence) from None
 
     async def post(self, user_name, server_name=""):
