@@ -248,7 +248,11 @@ async def test_llamaboards_training_goes_through_the_shim_on_path(
     )
     assert done.returncode == 0, done.stderr
     assert "fake training of saves/Tiny/lora/train_1/training_args.yaml" in done.stdout
-    assert "a warning" in done.stderr  # LlamaBoard reads the training's stderr
+    # LlamaBoard's stderr pipe gets one line (nothing while it runs: it could fill and stall
+    # the training); the training's whole stderr is in train.log in the run's folder
+    assert "a warning" not in done.stderr
+    assert f"finished; the whole output is in {run_dir / training.TRAIN_LOG}" in done.stderr
+    assert "a warning" in (run_dir / training.TRAIN_LOG).read_text()
     (run_,) = [
         r
         for r in await runs_of(stack, alice["experiment_id"])
@@ -399,7 +403,12 @@ async def test_a_queue_job_may_register_its_adapter_owned_by_its_user(
         job_name="llm-job-alice-9",
     )
     assert prepared["register_model"] == "alice-adapters"
-    cfg = write_config(tmp_path, {**prepared, "output_dir": str(tmp_path / "out")})
+    model = tmp_path / "tiny"  # the pod's /storage/models/tiny (the training checks it exists)
+    model.mkdir()
+    cfg = write_config(
+        tmp_path,
+        {**prepared, "output_dir": str(tmp_path / "out"), "model_name_or_path": str(model)},
+    )
     env = pod_env(stack, alice["token"], path=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     for _ in range(2):  # two jobs: versions 1 and 2
         done = await run(
