@@ -3,25 +3,41 @@ PRODUCTION.
 
 It lets the real client code (kubespawner, kubernetes_asyncio, kubectl) run with no cluster:
 
-- an API server (`apiserver`, `store`) for namespaces, nodes, pods (with ``status`` and
-  ``log``), events, PVCs, ConfigMaps, Secrets, Services, ServiceAccounts, batch/v1 Jobs and
-  scheduling.k8s.io/v1 PriorityClasses: list/watch with label and field selectors and
-  resourceVersions, create/replace/patch/delete, Status errors, discovery for kubectl;
+- an API server (`apiserver`, `store`) claiming Kubernetes 1.32, for namespaces, nodes, pods
+  (with ``status``, ``log`` and ``eviction``), events, PVCs, ConfigMaps, Secrets, Services,
+  ServiceAccounts (with ``token``), batch/v1 Jobs, apps/v1 Deployments, RBAC roles and
+  bindings, the access and token reviews and scheduling.k8s.io/v1 PriorityClasses:
+  list/watch with label and field selectors, ``limit``/``continue``, bookmarks and
+  resourceVersions, create/replace/patch/delete with ``dryRun`` and delete preconditions,
+  Status errors, discovery and ``/openapi/v3`` for kubectl;
+- admission and validation as kube-apiserver 1.32 (`admission`, `validation`, `schema`):
+  schema decoding with ``fieldValidation``, the server's defaults, 422 ``Invalid`` for names,
+  labels, containers, volumes, ports, keys and immutable fields;
+- authentication and RBAC (`authn`, `rbac`): the kubeconfig's admin, signed ServiceAccount
+  tokens (mounted into pods with ``KUBERNETES_SERVICE_HOST`` of an HTTPS listener), the real
+  403/401 answers;
 - nodes with GPU labels, taints and allocatable resources (`nodes`);
 - a scheduler (`scheduler`) with kube-scheduler's filters and FailedScheduling wording;
 - a kubelet (`kubelet`, `sandbox`) running pods' containers as local processes, each pod on
-  its own loopback IP, volumes bind-mounted in a private mount namespace;
-- a Job controller (`jobs`), garbage collection by ownerReferences (`store`);
+  its own loopback IP, volumes bind-mounted in a private mount namespace, as the pod's
+  ``runAsUser``/``runAsGroup`` when run as root; memory limits enforced (`memory`: a memory
+  cgroup, or RSS polling, then ``OOMKilled``);
+- disruptions (`disruption`): eviction, preemption and drains with the ``DisruptionTarget``
+  condition, SIGTERM then SIGKILL after the grace period;
+- a Job controller (`jobs`) with ``podFailurePolicy``, a Deployment controller
+  (`deployments`), garbage collection by ownerReferences (`store`);
+- an API fault-injecting proxy for tests (`faults`);
 - a kubeconfig file (`kubeconfig`) and `DevCluster` / ``python -m devcluster``.
 
 Not emulated: network namespaces, Services' virtual IPs, DNS and kube-proxy (pods share the
-host network, on distinct loopback addresses); cgroups, resource limits and GPU isolation
-(a GPU "request" is only bookkeeping); container images (an image maps to a local Python
-environment); securityContext/users (processes run as the devcluster's user, which must be
-root for the mount namespaces); authentication, RBAC, admission webhooks and most validation;
-liveness/startup probes; preemption; persistent state across restarts (everything is in
-memory, except PVC folders); events.k8s.io, Deployments, StatefulSets, and other resources
-not listed above; server-side apply; OpenAPI (use ``kubectl apply --validate=false``).
+host network, on distinct loopback addresses); CPU limits, emptyDir ``sizeLimit`` and GPU
+isolation (a GPU "request" is only bookkeeping); capabilities and seccomp; container images
+(an image maps to a local Python environment); PodDisruptionBudgets; Indexed Jobs; ReplicaSets
+(a Deployment owns its pods: no rollout history, scale subresource or pause); aggregated and
+default user-facing ClusterRoles; admission webhooks and most per-field validation;
+liveness/startup probes; persistent state across restarts (everything is in memory, except
+PVC folders); events.k8s.io, StatefulSets and other resources not listed above; server-side
+apply; ``/openapi/v2``.
 """
 
 from __future__ import annotations
