@@ -623,6 +623,8 @@ class Tracker:
         self._clock = clock
         self._http_client = http_client
         self._experiments: dict[str, str] = {}
+        #: experiment name -> the owner granted MANAGE on it by this tracker
+        self._owners: dict[str, str] = {}
         self._failed: tuple[float, str] | None = None
         #: Experiment name -> the sentence of :func:`artifact_location_problem`, for the
         #: experiments found with a local artifact location (shown with their jobs).
@@ -652,7 +654,7 @@ class Tracker:
         Raises:
             TrackingUnavailable: MLflow failed now or less than ``retry_after`` s ago.
         """
-        if name in self._experiments:
+        if name in self._experiments and (owner is None or self._owners.get(name) == owner):
             return self._experiments[name]
         self._check_backoff()
         problems: list[str] = []
@@ -669,16 +671,23 @@ class Tracker:
         if problems:
             self.artifact_problems[name] = problems[0]
         self._experiments[name] = exp_id
+        if owner is not None:
+            # granted now: an experiment found without an owner (or made by a queue service
+            # killed between its create and its grant) is granted at the next owner's call
+            self._owners[name] = owner
         return exp_id
 
-    async def find_job_run(self, experiment: str, job_id: int | str) -> str | None:
+    async def find_job_run(
+        self, experiment: str, job_id: int | str, *, owner: str | None = None
+    ) -> str | None:
         """The id of queue job ``job_id``'s newest run in experiment ``experiment`` (a name),
-        or ``None`` while it has none (:func:`find_job_run`).
+        or ``None`` while it has none (:func:`find_job_run`); with ``owner``, the experiment
+        is also made theirs (:meth:`experiment_id`) if this tracker has not done so yet.
 
         Raises:
             TrackingUnavailable: MLflow failed now or less than ``retry_after`` s ago.
         """
-        exp_id = await self.experiment_id(experiment)
+        exp_id = await self.experiment_id(experiment, owner=owner)
         self._check_backoff()
         return await self._guarded(
             find_job_run(
@@ -690,18 +699,24 @@ class Tracker:
             )
         )
 
-    def known_experiment_id(self, name: str) -> str | None:
-        """The id of experiment ``name`` if this tracker found it before (no I/O)."""
+    def known_experiment_id(self, name: str, owner: str | None = None) -> str | None:
+        """The id of experiment ``name`` if this tracker found it before (with ``owner``:
+        and granted it to them) (no I/O)."""
+        if owner is not None and self._owners.get(name) != owner:
+            return None
         return self._experiments.get(name)
 
-    async def end_job_runs(self, experiment: str, job_id: int | str, status: str) -> list[str]:
+    async def end_job_runs(
+        self, experiment: str, job_id: int | str, status: str, *, owner: str | None = None
+    ) -> list[str]:
         """End the runs of queue job ``job_id`` still ``RUNNING`` in experiment ``experiment``
-        (a name) with ``status`` (:func:`end_job_runs`); return their ids.
+        (a name) with ``status`` (:func:`end_job_runs`); return their ids. ``owner``: as for
+        :meth:`find_job_run`.
 
         Raises:
             TrackingUnavailable: MLflow failed now or less than ``retry_after`` s ago.
         """
-        exp_id = await self.experiment_id(experiment)
+        exp_id = await self.experiment_id(experiment, owner=owner)
         self._check_backoff()
         return await self._guarded(
             end_job_runs(

@@ -763,11 +763,16 @@ class ControlLoop:
             experiment_id = None
             experiment = ctx.experiment(row.user)
             if ctx.tracker is not None and experiment:
-                # Never waited for here (under the lock): made to exist by mlflow_work; the
-                # pod's own client makes it too if it comes first.
-                experiment_id = ctx.tracker.known_experiment_id(experiment)
+                # Never waited for here (under the lock): made to exist and given to its user
+                # by mlflow_work, which then wakes the loop; the Job is created by the pass
+                # after that. A pod started before could meet the experiment made but not yet
+                # granted (a queue service killed in between: its runs/create answers 403 and
+                # the training fails), or MLflow down (the same).
+                experiment_id = ctx.tracker.known_experiment_id(experiment, owner=row.user)
                 if experiment_id is None:
                     self._pending_experiments[experiment] = row.user
+                    log.info("Job %s waits for its MLflow experiment %s", row.k8s_name, experiment)
+                    continue
             secret = await self._mlflow_token_secret(row, profile) if experiment else None
             config_map, job = self.manifests(
                 row, profile, mlflow_token_secret=secret["metadata"]["name"] if secret else None
@@ -816,6 +821,7 @@ class ControlLoop:
         for name, owner in list(self._pending_experiments.items()):
             experiment_id = await tracker.experiment_id(name, owner=owner)
             self._pending_experiments.pop(name, None)
+            self.ctx.wake()  # the jobs waiting for it get their Jobs at the next pass
             with self.ctx.sessions() as db:
                 for row in db.scalars(
                     select(Job).where(Job.user == owner, Job.mlflow_experiment_id.is_(None))
@@ -843,7 +849,9 @@ class ControlLoop:
             experiment = self.ctx.experiment(row.user)
             if not experiment:
                 continue
-            ended = await tracker.end_job_runs(experiment, row.id, FINAL_RUN_STATUS[row.state])
+            ended = await tracker.end_job_runs(
+                experiment, row.id, FINAL_RUN_STATUS[row.state], owner=row.user
+            )
             self._ended_runs.add(row.id)
             if ended:
                 log.info(
@@ -879,7 +887,9 @@ class ControlLoop:
                 continue  # it never reported; stop asking
             self._run_lookups[row.id] = (now, ended)
             try:
-                run_id = await tracker.find_job_run(self.ctx.experiment(row.user), row.id)
+                run_id = await tracker.find_job_run(
+                    self.ctx.experiment(row.user), row.id, owner=row.user
+                )
             except TrackingUnavailable as e:
                 log.log(
                     logging.DEBUG if e.cached else logging.WARNING,

@@ -104,21 +104,21 @@ class FakeTracker:
         self.runs: dict[int, str] = {}
         self.asked: list[tuple[str, int]] = []
         self.ended: list[tuple[str, int, str]] = []
-        self.experiments_known = False
+        self.experiments_known = True  # made and granted (False: mlflow_work must first)
 
     async def experiment_id(self, name, owner=None):
         no_session("MLflow")
         return "17"
 
-    async def find_job_run(self, experiment, job_id):
+    async def find_job_run(self, experiment, job_id, owner=None):
         no_session("MLflow")
         self.asked.append((experiment, job_id))
         return self.runs.get(job_id)
 
-    def known_experiment_id(self, name):
+    def known_experiment_id(self, name, owner=None):
         return "17" if self.experiments_known else None
 
-    async def end_job_runs(self, experiment, job_id, status):
+    async def end_job_runs(self, experiment, job_id, status, owner=None):
         no_session("MLflow")
         self.ended.append((experiment, job_id, status))
         return []

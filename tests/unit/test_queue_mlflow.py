@@ -98,11 +98,10 @@ async def test_a_hung_mlflow_never_holds_up_a_pass_or_a_cancel(tmp_path, platfor
     view = await ops.submit(
         user="alice", groups=[], config=CONFIG, profile="cpu", priority="normal"
     )
-    await loop.run_pass()  # creates the Job without waiting for the experiment
+    await loop.run_pass()  # admits, never waits for the experiment (the pass returns)
     assert ops.get(view["id"], user=None).state == "admitted"
-    assert [j["metadata"]["name"] for j in ops.ctx.backend.created] == [
-        f"llm-job-alice-{view['id']}"
-    ]
+    # ... but makes no Job until the experiment is alice's: its pod's runs/create would 403
+    assert ops.ctx.backend.created == []
     task = loop.mlflow_task
     await until(lambda: silent.accepted, "MLflow asked")
     await loop.run_pass()  # a pass while MLflow hangs: no second task, no wait
@@ -142,14 +141,20 @@ async def test_a_timed_out_mlflow_is_one_log_line_and_retried_after_retry_after(
 
 
 class FakeMLflow(web.RequestHandler):
-    """``runs/search`` and ``runs/update`` of MLflow's REST API, in memory."""
+    """``runs/search`` and ``runs/update`` of MLflow's REST API, in memory; the auth app's
+    ``users/create`` and ``users/permissions/*`` (the experiment's owner is granted MANAGE)."""
 
     runs: dict[str, dict] = {}
     updates: list[dict] = []
+    grants: list[dict] = []
 
     def post(self, path):
         body = json.loads(self.request.body)
-        if path == "runs/search":
+        if path in ("users/create", "users/permissions/grant"):
+            if path.endswith("grant"):
+                self.grants.append(body)
+            self.finish({})
+        elif path == "runs/search":
             job = body["filter"].split("'")[1]
             running_only = "attributes.status = 'RUNNING'" in body["filter"]
             found = [
@@ -167,6 +172,10 @@ class FakeMLflow(web.RequestHandler):
             self.finish({"error_code": "ENDPOINT_NOT_FOUND"})
 
     def get(self, path):
+        if path.startswith("users/permissions/get"):
+            self.set_status(404)
+            self.finish({"error_code": "RESOURCE_DOES_NOT_EXIST"})
+            return
         assert path.startswith("experiments/get-by-name")
         self.finish(
             {"experiment": {"experiment_id": "5", "artifact_location": "mlflow-artifacts:/5"}}
@@ -178,9 +187,9 @@ async def mlflow_server():
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
 
-    FakeMLflow.runs, FakeMLflow.updates = {}, []
+    FakeMLflow.runs, FakeMLflow.updates, FakeMLflow.grants = {}, [], []
     sockets = bind_sockets(0, "127.0.0.1")
-    server = HTTPServer(web.Application([(r"/api/2.0/mlflow/(.*)", FakeMLflow)]))
+    server = HTTPServer(web.Application([(r"/api/[23].0/mlflow/(.*)", FakeMLflow)]))
     server.add_sockets(sockets)
     yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
     server.stop()
@@ -231,3 +240,54 @@ async def test_the_runs_of_an_ended_job_get_its_final_status(
     await loop.run_pass()
     await loop.mlflow_task
     assert len(FakeMLflow.updates) == 1  # once
+    # the experiment was made alice's (a service restarted after a crash between an
+    # experiment's create and its grant would otherwise never grant it)
+    assert [g["username"] for g in FakeMLflow.grants] == ["alice"]
+
+
+class RecordingMLflow:
+    """A stand-in for MLflow's REST API (tornado's ``fetch`` signature): the experiment exists
+    (made by a queue service killed before its grant); every call is recorded."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str]] = []
+
+    async def fetch(self, url, *, method, body=None, **_):
+        path = url.split("?")[0].rsplit("/mlflow/", 1)[1]
+        self.calls.append((method, path))
+
+        class Resp:
+            code = 200
+            error = None
+
+        resp = Resp()
+        if path == "experiments/get-by-name":
+            resp.body = json.dumps(
+                {"experiment": {"experiment_id": "7", "artifact_location": "mlflow-artifacts:/7"}}
+            ).encode()
+        elif path == "users/permissions/get":
+            resp.code, resp.body = (
+                404,
+                json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST"}).encode(),
+            )
+        else:
+            resp.body = b"{}"
+        return resp
+
+
+async def test_an_experiment_found_without_its_owner_is_granted_at_the_owners_next_call():
+    """A queue service killed between an experiment's create and its grant left it without
+    its owner's MANAGE (the user's runs/create then answers 403); after the restart, the first
+    look-up was a run search (no owner), which must not make the grant be skipped for good."""
+    mlflow = RecordingMLflow()
+    tracker = Tracker("http://mlflow/services/mlflow", http_client=mlflow)
+    assert await tracker.find_job_run("alice-experiments", 3) is None  # no owner: no grant
+    assert ("POST", "users/permissions/grant") not in mlflow.calls
+    assert tracker.known_experiment_id("alice-experiments") == "7"
+    assert tracker.known_experiment_id("alice-experiments", owner="alice") is None
+    await tracker.find_job_run("alice-experiments", 3, owner="alice")
+    assert ("POST", "users/permissions/grant") in mlflow.calls
+    assert tracker.known_experiment_id("alice-experiments", owner="alice") == "7"
+    granted = len(mlflow.calls)
+    await tracker.end_job_runs("alice-experiments", 3, "FINISHED", owner="alice")
+    assert ("POST", "users/permissions/grant") not in mlflow.calls[granted:]  # once
