@@ -22,49 +22,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
-import re
 import secrets
 import time
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from .nodes import parse_quantity
 
-_SUFFIXES = {
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-    "m": 1,  # milli-bytes: rounded up below
-}
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([-+]?[0-9]+))?([A-Za-z]*)$")
+log = logging.getLogger(__name__)
 
 
 def parse_bytes(value: object) -> int:
     """A memory quantity (``"512Mi"``, ``"1G"``, ``"128974848"``, ``"1e3"``, ``400``) in bytes,
-    rounded up. Raises ValueError naming the value."""
-    text = str(value).strip()
-    match = _QUANTITY.match(text)
-    if not match or match.group(3) not in _SUFFIXES:
+    rounded up (the one quantity parser: :func:`devcluster.nodes.parse_quantity`). Raises
+    ValueError naming the value."""
+    try:
+        number = parse_quantity(value if isinstance(value, (int, float)) else str(value).strip())
+    except ValueError:
         raise ValueError(
             f"memory quantity {value!r}: expected a number with an optional suffix "
-            f"({', '.join(s for s in _SUFFIXES if s)})"
-        )
-    number = float(match.group(1)) * 10 ** int(match.group(2) or 0)
-    suffix = match.group(3)
-    if suffix == "m":
-        number /= 1000
-    scaled = number * _SUFFIXES[suffix]
-    return int(scaled) + (0 if scaled == int(scaled) else 1)
+            "(Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E, m)"
+        ) from None
+    return int(math.ceil(number))
 
 
 def memory_limit(container: dict) -> int | None:
