@@ -191,15 +191,24 @@ def _interruption(pods: list[dict]) -> str:
 
 
 def _exit_sentence(pods: list[dict]) -> str:
+    """The exit of the container that failed: a non-zero exit first, the training's own
+    container before init containers (the owner init container ends ``0 (Completed)``)."""
+    terms = []
     for pod in pods:
-        for state in _container_states(pod):
-            term = state.get("terminated") or {}
+        status = pod.get("status") or {}
+        for s in (status.get("containerStatuses") or []) + (
+            status.get("initContainerStatuses") or []
+        ):
+            term = (s.get("state") or {}).get("terminated")
             if term:
-                return (
-                    f"the training exited with code {term.get('exitCode')}"
-                    f"{' (' + term['reason'] + ')' if term.get('reason') else ''}; see its logs"
-                )
-    return "the training failed; see its logs"
+                terms.append(term)
+    term = next((t for t in terms if t.get("exitCode") != 0), terms[0] if terms else None)
+    if term is None:
+        return "the training failed; see its logs"
+    return (
+        f"the training exited with code {term.get('exitCode')}"
+        f"{' (' + term['reason'] + ')' if term.get('reason') else ''}; see its logs"
+    )
 
 
 def to_utc(ts: float) -> datetime.datetime:

@@ -208,3 +208,17 @@ def test_newest_pod_counts_and_times_are_read():
         job(("Complete", "", ""), done="2026-01-01T11:30:00Z"), [], now=NOW, unschedulable_timeout=1
     )
     assert iso(done.finished_at) == "2026-01-01T11:30:00Z"
+
+
+def test_the_failed_containers_exit_is_named_not_the_owner_init_containers():
+    """The owner init container ends 0 (Completed) before the training starts; a failed Job's
+    reason names the training's exit (was: "exited with code 0 (Completed)")."""
+    failed = pod(phase="Failed", state={"terminated": {"exitCode": 1, "reason": "Error"}})
+    failed["status"]["initContainerStatuses"] = [
+        {"name": "owner", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    ]
+    state, reason, _ = see(job(("Failed", "BackoffLimitExceeded", "")), [failed])
+    assert (state, reason) == (
+        "failed",
+        "BackoffLimitExceeded: the training exited with code 1 (Error); see its logs",
+    )
