@@ -14,8 +14,9 @@ itself into that cgroup (``cgroup.procs``) just before dropping root and ``exec`
 group and user (in that order, so root's groups are gone) and ``PR_SET_NO_NEW_PRIVS`` just
 before ``chdir``/``exec``; a uid/gid of ``null`` keeps this process's. Capabilities are not
 emulated beyond what dropping root does. ``traversable`` folders (those above the "image"
-prefix that the user cannot enter, e.g. ``/root`` of a pyenv interpreter) are shadowed with
-``o+x`` added to their mode, in this namespace only.
+prefix that the user cannot enter, e.g. ``/root`` of a pyenv interpreter, or a 0700 checkout
+whose editable install is on ``sys.path``) are shadowed with ``a+rx`` added to their mode
+(listable: Python's importer lists its path folders), in this namespace only.
 
 Layout of processes, so that nothing outlives the container:
 
@@ -307,7 +308,10 @@ def main(argv: list) -> None:
             _check(_libc.sethostname(name, len(name)), "sethostname")
         setup_mounts(spec.get("mounts") or [])
         for folder in spec.get("traversable") or []:
-            _shadow(folder, 0o111)
+            # r as well as x: Python lists every sys.path folder it imports from (FileFinder's
+            # cache), and an editable install puts the checkout, which may be such a folder
+            # (a mktemp -d clone is 0700), on sys.path
+            _shadow(folder, 0o555)
         hide_paths(spec.get("hide") or [])
     except SandboxError as exc:
         _write_error(spec, str(exc))
