@@ -89,7 +89,10 @@ async def hub(tmp_path_factory):
         child.start()
         url = f"http://127.0.0.1:{port}"
         try:
-            async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            # 30 s, not 10: the first submit after the service starts (probably waiting for its
+            # config-check worker process to start) took over 10 s on a loaded 2-core
+            # machine (CI run of 4940c95: httpx.ReadTimeout)
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
 
                 async def queue_up():
                     child.check_running()
