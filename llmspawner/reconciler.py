@@ -7,8 +7,9 @@ when a stop's pod DELETE keeps failing past ``LLMSpawner.stop_retry_timeout`` (J
 https://github.com/jupyterhub/jupyterhub/blob/5.5.4/jupyterhub/user.py), when a failed start
 could not remove the pod its create made, or when the hub's database was restored or reset.
 
-What: every ``interval`` seconds it lists the namespace's user-server pods (label
-``component=singleuser-server``, kubespawner's ``component_label``; the hub user and server
+What: every ``interval`` seconds it lists the namespace's user-server pods of this hub (label
+``component=singleuser-server``, kubespawner's ``component_label``, and the hub's release
+label where z2jh sets one, :func:`pod_selector`; the hub user and server
 from kubespawner's ``hub.jupyter.org/username``/``servername`` annotations), then asks the hub
 which servers are active (``GET /hub/api/users?state=active``, paginated: each user's
 ``servers`` holds exactly the servers that are ready or pending, stop included). A pod whose
@@ -68,6 +69,11 @@ SCOPES = ("list:users", "read:servers")
 RBAC_RULES = (("pods", ("list", "delete")),)
 #: Selector of user-server pods: kubespawner's ``component`` label (its ``component_label``).
 LABEL_SELECTOR = "component=singleuser-server"
+#: The hub's common labels that name *its* release: z2jh 4.x sets both from ``Release.Name``
+#: on every pod it spawns (``c.KubeSpawner.common_labels``,
+#: https://github.com/jupyterhub/zero-to-jupyterhub-k8s/blob/4.3.3/jupyterhub/files/hub/jupyterhub_config.py),
+#: so that two hubs in one namespace each see only their own server pods.
+RELEASE_LABELS = ("release", "app.kubernetes.io/instance")
 #: kubespawner's annotations with the hub's user name and (named servers only) server name.
 USER_ANNOTATION = "hub.jupyter.org/username"
 SERVER_ANNOTATION = "hub.jupyter.org/servername"
@@ -215,6 +221,7 @@ class Reconciler:
         fetch: the hub HTTP call (:func:`llmspawner.routes.tornado_fetch` when omitted).
         clock: seconds since the epoch (injectable).
         page_limit: users asked for per page.
+        selector: the label selector of this hub's server pods (:func:`pod_selector`).
 
     The constructor does no I/O.
     """
@@ -230,8 +237,10 @@ class Reconciler:
         fetch: Fetch | None = None,
         clock: Callable[[], float] = time.time,
         page_limit: int = 200,
+        selector: str = LABEL_SELECTOR,
     ):
         self.api_url = api_url.rstrip("/")
+        self.selector = selector
         self._token = token
         self.namespace = namespace
         self.grace = grace
@@ -305,7 +314,7 @@ class Reconciler:
             core = await self.core()
             resp = await core.list_namespaced_pod(
                 self.namespace,
-                label_selector=LABEL_SELECTOR,
+                label_selector=self.selector,
                 _preload_content=False,
                 _request_timeout=REQUEST_TIMEOUT,
             )
@@ -403,12 +412,35 @@ _PASS_PREFIXES = ("KUBERNETES_SERVICE_",)
 _PASS_NAMES = ("KUBECONFIG",)
 
 
+def pod_selector(common_labels: Mapping[str, str] | None = None) -> str:
+    """The label selector of this hub's server pods (pure).
+
+    Args:
+        common_labels: the spawner's ``common_labels`` (z2jh sets ``release`` and
+            ``app.kubernetes.io/instance`` to the Helm release's name); ``None``/empty: no
+            release label is known (the dev stack: one hub per emulated cluster).
+
+    Returns:
+        :data:`LABEL_SELECTOR` plus ``,release=<name>`` (and the instance label) when the
+        hub's pods carry them, e.g. ``component=singleuser-server,release=jhub,
+        app.kubernetes.io/instance=jhub`` — without it, a second hub's pods in the same
+        namespace would be this hub's "orphans".
+    """
+    parts = [LABEL_SELECTOR]
+    for key in RELEASE_LABELS:
+        value = (common_labels or {}).get(key)
+        if value:
+            parts.append(f"{key}={value}")
+    return ",".join(parts)
+
+
 def reconciler_service(
     *,
     interval: int,
     grace: int,
     environment: Mapping[str, str] | None = None,
     api_url: str | None = None,
+    selector: str = LABEL_SELECTOR,
 ) -> tuple[dict, dict]:
     """The ``c.JupyterHub.services`` entry and the role of the reconciler (pure).
 
@@ -419,6 +451,7 @@ def reconciler_service(
             credentials; :func:`service_environment`).
         api_url: the hub's API as the service reaches it (``--url``); under z2jh
             ``http://localhost:8081/hub/api``, as for the culler.
+        selector: the server pods' label selector (``--selector``, :func:`pod_selector`).
 
     Returns:
         ``(service, role)``; the role holds only :data:`SCOPES`.
@@ -441,6 +474,8 @@ def reconciler_service(
     ]
     if api_url:
         command.append(f"--url={api_url}")
+    if selector != LABEL_SELECTOR:
+        command.append(f"--selector={selector}")
     service = {"name": SERVICE_NAME, "command": command}
     if environment:
         service["environment"] = dict(environment)
@@ -467,7 +502,9 @@ def configure_reconciler(c, env: Mapping[str, str] = os.environ) -> None:
 
     ``LLMSPAWNER_RECONCILE_INTERVAL`` (seconds, default :data:`DEFAULT_INTERVAL`; ``0``: no
     service), ``LLMSPAWNER_RECONCILE_GRACE`` (seconds, default :data:`DEFAULT_GRACE`),
-    ``LLMSPAWNER_HUB_API_URL`` (its ``--url``). Skipped when a service of that name is
+    ``LLMSPAWNER_HUB_API_URL`` (its ``--url``); the pods' selector from
+    ``c.KubeSpawner.common_labels`` (:func:`pod_selector`: the release, under z2jh, whose
+    config sets them before ``hub.extraConfig`` runs). Skipped when a service of that name is
     configured already. The platform settings (the namespace) come from ``c.LLMPlatform`` as
     :func:`llmspawner.hubconfig.resolve_settings` resolves them.
 
@@ -490,11 +527,13 @@ def configure_reconciler(c, env: Mapping[str, str] = os.environ) -> None:
     if any(s.get("name") == SERVICE_NAME for s in existing):
         return
     settings = resolve_settings(c, env)
+    common = c.KubeSpawner.common_labels if "common_labels" in c.KubeSpawner else None
     service, role = reconciler_service(
         interval=interval,
         grace=grace,
         environment=service_environment(env, settings.to_env()),
         api_url=env.get("LLMSPAWNER_HUB_API_URL") or None,
+        selector=pod_selector(common),
     )
     add_service(c, service, [role])
 
@@ -517,6 +556,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> 
     parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL)
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE)
     parser.add_argument("--url", default=env.get("JUPYTERHUB_API_URL", ""))
+    parser.add_argument("--selector", default=LABEL_SELECTOR)
     args = parser.parse_args(argv)
     token = env.get("JUPYTERHUB_API_TOKEN", "")
     namespace = LLMPlatform.from_env(env).namespace
@@ -537,7 +577,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> 
         args.interval,
         args.url,
     )
-    reconciler = Reconciler(args.url, token, namespace, grace=args.grace)
+    reconciler = Reconciler(args.url, token, namespace, grace=args.grace, selector=args.selector)
     try:
         asyncio.run(reconciler.run(args.interval))
     except KeyboardInterrupt:

@@ -104,10 +104,16 @@ class FakeCore:
     def __init__(self, pods):
         self.pods = pods
         self.deleted = []
+        self.selectors = []
 
     async def list_namespaced_pod(self, namespace, **kwargs):
-        assert kwargs["label_selector"] == "component=singleuser-server"
-        body = json.dumps({"items": self.pods}).encode()
+        # The emulated API server's own selector code decides what matches.
+        from devcluster.selectors import match_labels, parse_label_selector
+
+        self.selectors.append(kwargs["label_selector"])
+        reqs = parse_label_selector(kwargs["label_selector"])
+        items = [p for p in self.pods if match_labels(reqs, p["metadata"].get("labels"))]
+        body = json.dumps({"items": items}).encode()
 
         class Resp:
             async def read(self):
@@ -132,12 +138,13 @@ def hub_fetch(pages, user_models, calls):
     return fetch
 
 
-def api_pod(name, user, uid):
+def api_pod(name, user, uid, **labels):
     return {
         "metadata": {
             "name": name,
             "uid": uid,
             "creationTimestamp": "2026-12-01T00:00:00Z",
+            "labels": {"component": "singleuser-server", **labels},
             "annotations": {"hub.jupyter.org/username": user},
         }
     }
@@ -173,6 +180,57 @@ async def test_a_pass_deletes_only_orphans_past_grace_with_a_uid_precondition(ca
     assert core.deleted == [("ns", "jupyter-bob", "b1")]
     assert "Deleted orphan pod jupyter-bob (user bob, default server) in ns" in caplog.text
     assert r.candidates == {}
+
+
+def test_the_selector_names_the_hubs_release():
+    assert rec.pod_selector(None) == "component=singleuser-server"
+    assert rec.pod_selector({"app": "jupyterhub", "heritage": "jupyterhub"}) == (
+        "component=singleuser-server"
+    )
+    # z2jh 4.x's common labels (both set from Release.Name).
+    z2jh = {"app": "jupyterhub", "release": "jhub", "app.kubernetes.io/instance": "jhub"}
+    assert rec.pod_selector(z2jh) == (
+        "component=singleuser-server,release=jhub,app.kubernetes.io/instance=jhub"
+    )
+
+
+async def test_a_second_hubs_pods_in_the_namespace_are_not_orphans():
+    """Review finding 3: two releases in one namespace; this hub (release ``jhub``) knows no
+    server for either pod, and deletes only its own release's pod."""
+    mine = rec.pod_selector({"release": "jhub", "app.kubernetes.io/instance": "jhub"})
+    core = FakeCore(
+        [
+            api_pod(
+                "jupyter-bob", "bob", "b1", release="jhub", **{"app.kubernetes.io/instance": "jhub"}
+            ),
+            api_pod(
+                "jupyter-carol",
+                "carol",
+                "c1",
+                release="lab2",
+                **{"app.kubernetes.io/instance": "lab2"},
+            ),
+        ]
+    )
+    pages = {0: {"items": [], "_pagination": {"next": None}}}
+
+    async def core_factory():
+        return core
+
+    r = rec.Reconciler(
+        "http://hub/hub/api",
+        "secret",
+        "ns",
+        grace=0,
+        core=core_factory,
+        # carol is a user of both hubs, with no server on this one.
+        fetch=hub_fetch(pages, {u: {"name": u, "servers": {}} for u in ("bob", "carol")}, []),
+        clock=lambda: 1796083200.0 + 1000,
+        selector=mine,
+    )
+    await r.reconcile()
+    assert core.selectors[0] == mine
+    assert core.deleted == [("ns", "jupyter-bob", "b1")]
 
 
 async def test_a_pass_re_asks_the_hub_before_deleting():
@@ -249,11 +307,14 @@ def test_the_hub_config_adds_it_with_the_clusters_credentials():
         "LLMSPAWNER_HUB_API_URL": "http://localhost:8081/hub/api",
         "OTHER": "x",
     }
+    # As z2jh's jupyterhub_config.py sets them before hub.extraConfig runs.
+    c.KubeSpawner.common_labels = {"app": "jupyterhub", "release": "jhub"}
     hubconfig.configure(c, env)
     services = {s["name"]: s for s in c.JupyterHub.services}
     entry = services["pod-reconciler"]
     assert "--grace=30" in entry["command"] and "--interval=60" in entry["command"]
-    assert entry["command"][-1] == "--url=http://localhost:8081/hub/api"
+    assert entry["command"][-2] == "--url=http://localhost:8081/hub/api"
+    assert entry["command"][-1] == "--selector=component=singleuser-server,release=jhub"
     assert entry["environment"]["KUBERNETES_SERVICE_HOST"] == "10.0.0.1"
     assert "OTHER" not in entry["environment"]
     from llmspawner.settings import LLMPlatform
