@@ -4,7 +4,9 @@ Run by the kubelet as ``python sandbox.py SPEC.json`` (this file only, no packag
 it starts fast). SPEC is ``{"argv": [...], "env": {...}, "cwd": "/", "hostname": "pod",
 "mounts": [{"source", "target", "readOnly"}], "hide": [paths], "error_file": path,
 "parent_pid": pid, "user": {"uid", "gid", "groups", "no_new_privs"} | null,
-"traversable": [paths], "cgroup": path | ""}``.
+"traversable": [paths], "cgroup": path | "", "capabilities": [numbers] | null,
+"read_only_root": bool}`` (``devcluster.isolation`` makes the hosts file, working folder,
+hostname and capability list; the kubelet passes them here as mounts, ``cwd`` and keys).
 
 ``cgroup`` (a container with a memory limit, see ``memory.py``): the container process moves
 itself into that cgroup (``cgroup.procs``) just before dropping root and ``exec``.
@@ -12,8 +14,23 @@ itself into that cgroup (``cgroup.procs``) just before dropping root and ``exec`
 ``user`` (the pod's ``runAsUser``/``runAsGroup``, ``supplementalGroups`` + ``fsGroup``, and
 ``allowPrivilegeEscalation: false``): the container process sets its supplementary groups,
 group and user (in that order, so root's groups are gone) and ``PR_SET_NO_NEW_PRIVS`` just
-before ``chdir``/``exec``; a uid/gid of ``null`` keeps this process's. Capabilities are not
-emulated beyond what dropping root does. ``traversable`` folders (those above the "image"
+before ``chdir``/``exec``; a uid/gid of ``null`` keeps this process's.
+
+``capabilities`` (the container's set, `isolation.capability_set`; ``null``: unchanged): the
+bounding set is cut to it before the user changes (`drop_privileges`, which the kubelet's exec
+uses too); a process that stays root keeps it as its effective and permitted sets
+(inheritable empty, as containerd), a non-root one has none (the kernel clears them on
+``setuid``; no ambient set). Without CAP_SYS_ADMIN (containerd's default set) the process
+cannot mount or unmount, so it cannot uncover what the ``hide`` tmpfs covers nor change
+its view.
+
+``read_only_root`` (``readOnlyRootFilesystem``): after the volumes are mounted every other
+mount (the host's ``/`` and what is mounted on it), except ``/proc``, ``/sys`` and ``/dev``,
+is remounted read-only in this namespace (`read_only_root`); the volumes and ``/etc/hosts``
+stay as they are. The tmpfs that a created mount point's parent gets stays writable (memory
+of this namespace only).
+
+``traversable`` folders (those above the "image"
 prefix that the user cannot enter, e.g. ``/root`` of a pyenv interpreter, or a 0700 checkout
 whose editable install is on ``sys.path``) are shadowed with ``a+rx`` added to their mode
 (listable: Python's importer lists its path folders), in this namespace only.
@@ -59,8 +76,27 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_NOEXEC = 8
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+#: Mount options of /proc/self/mountinfo kept by a read-only remount.
+_MOUNT_FLAGS = {
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+    "noatime": MS_NOATIME,
+    "nodiratime": MS_NODIRATIME,
+    "relatime": MS_RELATIME,
+    "strictatime": MS_STRICTATIME,
+}
 START_ERROR = 128
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -161,8 +197,9 @@ def _prepare_target(target: str, is_dir: bool, private: set, volumes: set) -> No
             os.mkdir(path)
 
 
-def setup_mounts(mounts: list) -> None:
-    """Bind-mount every ``{"source","target","readOnly"}`` (see the module docstring)."""
+def setup_mounts(mounts: list) -> set:
+    """Bind-mount every ``{"source","target","readOnly"}`` (see the module docstring);
+    returns the set of targets."""
     opened = []
     for m in mounts:
         try:
@@ -181,6 +218,7 @@ def setup_mounts(mounts: list) -> None:
             _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
         volumes.add(target)
         os.close(fd)
+    return volumes
 
 
 def _status_code(status: int) -> int:
@@ -227,6 +265,126 @@ def _become_user(user: dict) -> None:
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 40
+
+
+def _drop_bounding(keep: set) -> None:
+    """Drop every capability not in ``keep`` from the bounding set (needs CAP_SETPCAP, so
+    before ``setuid``) and clear the ambient set."""
+    for cap in range(_last_cap() + 1):
+        if cap not in keep:
+            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(PR_CAPBSET_DROP, {cap})")
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL on old kernels
+
+
+def _set_capabilities(keep: set) -> None:
+    """capset: effective = permitted = ``keep`` (of what this process has), inheritable
+    empty."""
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    for i in range(2):
+        mask = 0
+        for cap in keep:
+            if cap // 32 == i:
+                mask |= 1 << (cap % 32)
+        data[i].permitted &= mask
+        data[i].effective = data[i].permitted
+        data[i].inheritable = 0
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+def drop_privileges(spec: dict) -> None:
+    """The identity step of a container process (also of a process exec'd into it), just
+    before ``chdir``/``exec``, in this order: the capability bounding set becomes
+    ``spec["capabilities"]`` (a list of capability numbers; ``None``: unchanged), the
+    process becomes ``spec["user"]`` (`_become_user`; a non-root uid loses every capability
+    there, as the kernel clears them on ``setuid``), a process still root keeps only those
+    capabilities (effective, permitted; inheritable empty), then ``no_new_privs``.
+
+    Raises:
+        OSError, SandboxError: a step failed (the message names it).
+    """
+    caps = spec.get("capabilities")
+    keep = None if caps is None else {int(c) for c in caps}
+    if keep is not None:
+        _drop_bounding(keep)
+    user = dict(spec.get("user") or {})
+    no_new_privs = user.pop("no_new_privs", False)
+    if user:
+        _become_user(user)
+    if keep is not None and os.geteuid() == 0:
+        _set_capabilities(keep)
+    if no_new_privs:
+        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def apply_capabilities(spec: dict) -> None:
+    """For a caller that has already run `_become_user` (prefer `drop_privileges`, which
+    orders the steps): a process still root gets the bounding, effective and permitted sets
+    of ``spec["capabilities"]``; a non-root one has no capability left and can no longer
+    change its bounding set, which then stays as it was (``no_new_privs``, set by
+    `_become_user` for ``allowPrivilegeEscalation: false``, keeps setuid binaries from using
+    it). Raises SandboxError."""
+    caps = spec.get("capabilities")
+    if caps is None or os.geteuid() != 0:
+        return
+    keep = {int(c) for c in caps}
+    _drop_bounding(keep)
+    _set_capabilities(keep)
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """mountinfo's octal escapes (``\\040`` for a space) decoded."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def read_only_root(volumes: set) -> None:
+    """``readOnlyRootFilesystem``: every mount of this namespace made read-only (its other
+    options kept) except the ``volumes`` (targets, which stay as their ``readOnly`` says),
+    ``/proc``, ``/sys``, ``/dev`` and what lies below them. Run after the volumes are
+    mounted, so their mount points could still be made."""
+    with open("/proc/self/mountinfo") as f:
+        lines = f.read().splitlines()
+    done = set()
+    for line in lines:
+        fields = line.split()
+        target, options = _unescape_mountinfo(fields[4]), fields[5].split(",")
+        skip = target in done or target in volumes or "ro" in options
+        if skip or _inside(target, {"/proc", "/sys", "/dev"}):
+            continue
+        done.add(target)
+        flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+        for option in options:
+            flags |= _MOUNT_FLAGS.get(option, 0)
+        _mount(None, target, None, flags)
+
+
 def _join_cgroup(spec: dict) -> None:
     """Move this process (the container's, before ``exec``) into its memory cgroup."""
     if not spec.get("cgroup"):
@@ -241,11 +399,11 @@ def _join_cgroup(spec: dict) -> None:
 
 def _exec_container(spec: dict) -> None:
     _join_cgroup(spec)
-    if spec.get("user"):
+    if spec.get("user") or spec.get("capabilities") is not None:
         try:
-            _become_user(spec["user"])
+            drop_privileges(spec)
         except (OSError, SandboxError) as exc:
-            _write_error(spec, f"cannot run as {spec['user']}: {exc}")
+            _write_error(spec, f"cannot run as {spec.get('user')}: {exc}")
             os._exit(START_ERROR)
     try:
         os.chdir(spec.get("cwd") or "/")
@@ -306,7 +464,9 @@ def main(argv: list) -> None:
         if spec.get("hostname"):
             name = spec["hostname"].encode()[:64]
             _check(_libc.sethostname(name, len(name)), "sethostname")
-        setup_mounts(spec.get("mounts") or [])
+        volumes = setup_mounts(spec.get("mounts") or [])
+        if spec.get("read_only_root"):
+            read_only_root(volumes)
         for folder in spec.get("traversable") or []:
             # r as well as x: Python lists every sys.path folder it imports from (FileFinder's
             # cache), and an editable install puts the checkout, which may be such a folder
