@@ -8,7 +8,10 @@ Capabilities and users need a kubelet that runs as root (as the dev stack and CI
 elsewhere those tests are skipped.
 """
 
+import asyncio
 import os
+import shutil
+import subprocess
 
 import pytest
 from kubernetes_asyncio import client, config
@@ -355,3 +358,38 @@ def test_hostname_rules():
     assert isolation.uts_hostname(fqdn) == "h.s.n.svc.cluster.local"
     with pytest.raises(ValueError, match=r"image_config\['x'\].user must be 'uid:gid'"):
         isolation.image_config("x", {"x": {"user": "jovyan"}})
+
+
+@needs_root
+async def test_kubectl_exec_into_a_root_pod_gets_the_containers_capabilities(cluster, core):
+    """The same attack through ``kubectl exec`` (issue 14 §6): the exec'd command has the
+    container's capability set, so it cannot unmount the hide-tmpfs either."""
+    pytest.importorskip("devcluster.streams", reason="exec is issue 14 §6 (helper D)")
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    await core.create_namespaced_pod(
+        "default", pod("sleeper", sh("main", "exec sleep 600", securityContext={"runAsUser": 0}))
+    )
+
+    async def running():
+        p = await core.read_namespaced_pod("sleeper", "default")
+        statuses = p.status.container_statuses or []
+        return p if statuses and statuses[0].state.running else None
+
+    await wait_for(running, timeout=30, what="pod sleeper running")
+    script = f"{CAPS}; umount {cluster.data_dir}; echo umount-hide=$?"
+    argv = ["kubectl", "--kubeconfig", str(cluster.kubeconfig_path), "-n", "default"]
+    argv += ["exec", "sleeper", "--", "sh", "-c", script]
+    result = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    want = mask(isolation.DEFAULT_CAPABILITIES)
+    assert caps_of(result.stdout) == {
+        "CapInh": "0" * 16,
+        "CapPrm": want,
+        "CapEff": want,
+        "CapBnd": want,
+    }, result.stdout
+    assert "umount-hide=32" in result.stdout, result.stdout
+    await core.delete_namespaced_pod("sleeper", "default", grace_period_seconds=0)
