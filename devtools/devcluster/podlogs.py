@@ -1,0 +1,297 @@
+"""Container logs as the kubelet keeps and serves them: one file per container instance, one
+timestamped record per line, and ``pods/<name>/log`` with its options.
+
+Writing (:class:`LogWriter`): the kubelet gives each container process a pipe as stdout and
+stderr; every line read from it becomes one record in the CRI log format of containerd
+(``<RFC3339Nano time> stdout F <line>``; a piece of a line that is not ended yet, as a
+progress bar's ``\\r`` updates, is written at once as a ``P`` partial record), in
+``<pod dir>/logs/<container>-<restart>.log``: https://github.com/kubernetes/design-proposals-archive/blob/main/node/kubelet-cri-logging.md
+Subscribers (`subscribe`, for ``kubectl attach``) get the raw bytes as they come.
+
+Reading (:func:`read_log`) with `LogOptions`, the ``PodLogOptions`` of
+https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/pod-v1/#get-read-log-of-the-specified-pod:
+``follow``, ``previous`` (the kubelet picks the file), ``sinceSeconds``/``sinceTime``
+(records at or after that time), ``timestamps`` (each line prefixed by its record's time and
+a space, as ``kubectl logs --timestamps``), ``tailLines`` (the last N lines), ``limitBytes``
+(the output stops after N bytes). Parsing of the query: :func:`options_from_query`, with 400s
+worded as kube-apiserver's validation of PodLogOptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .store import ApiError
+
+
+def rfc3339nano(ns: int | None = None) -> str:
+    """``2026-12-01T23:00:00.123456789Z`` (always 9 fraction digits, UTC) of ``ns`` (epoch
+    nanoseconds; default now)."""
+    ns = time.time_ns() if ns is None else ns
+    secs, frac = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{frac:09d}Z"
+
+
+def parse_time(text: str) -> int:
+    """Epoch nanoseconds of an RFC 3339 time (``Z`` or an offset, up to 9 fraction digits);
+    raises ValueError."""
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    frac_ns = 0
+    if "." in text[:26]:
+        head, rest = text.split(".", 1)
+        digits = "".join(itertools.takewhile(str.isdigit, rest))
+        tail = rest[len(digits) :]
+        frac_ns = int((digits + "000000000")[:9])
+        text = head + tail
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"no time zone in {text!r}")
+    return int(moment.timestamp()) * 1_000_000_000 + frac_ns
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """What a ``pods/log`` request asks (see the module docstring); ``since_ns``: epoch ns."""
+
+    follow: bool = False
+    previous: bool = False
+    since_ns: int | None = None
+    timestamps: bool = False
+    tail_lines: int | None = None
+    limit_bytes: int | None = None
+
+
+def _bool(query, name: str) -> bool:
+    return (query.get(name) or "").lower() in ("true", "1")
+
+
+def _int(query, name: str) -> int | None:
+    value = query.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError(400, "BadRequest", f"invalid {name}: {value!r}") from None
+
+
+def options_from_query(query, now_ns: Callable[[], int] = time.time_ns) -> LogOptions:
+    """`LogOptions` of a request's query; 422 as kube-apiserver for negative values or both
+    ``sinceSeconds`` and ``sinceTime`` (``PodLogOptions`` validation)."""
+    since_seconds = _int(query, "sinceSeconds")
+    since_time = query.get("sinceTime")
+    tail, limit = _int(query, "tailLines"), _int(query, "limitBytes")
+    errors = []
+    if since_seconds is not None and since_time:
+        errors.append("at most one of `sinceTime` or `sinceSeconds` may be specified")
+    if since_seconds is not None and since_seconds < 1:
+        errors.append("sinceSeconds: Invalid value: must be greater than 0")
+    if tail is not None and tail < 0:
+        errors.append("tailLines: Invalid value: must be greater than or equal to 0")
+    if limit is not None and limit < 1:
+        errors.append("limitBytes: Invalid value: must be greater than 0")
+    if errors:
+        raise ApiError(422, "Invalid", f'PodLogOptions "" is invalid: {", ".join(errors)}')
+    since_ns = None
+    if since_seconds is not None:
+        since_ns = now_ns() - since_seconds * 1_000_000_000
+    elif since_time:
+        try:
+            since_ns = parse_time(since_time)
+        except ValueError:
+            raise ApiError(
+                400, "BadRequest", f'parsing time "{since_time}" as RFC3339: cannot parse'
+            ) from None
+    return LogOptions(
+        follow=_bool(query, "follow"),
+        previous=_bool(query, "previous"),
+        since_ns=since_ns,
+        timestamps=_bool(query, "timestamps"),
+        tail_lines=tail,
+        limit_bytes=limit,
+    )
+
+
+class LogWriter:
+    """Reads a container's output pipe (``fd``, the read end; owned from now on) into its
+    log file at ``path`` (see the module docstring). `start` it, `finish` it after the
+    process exited (waits up to ``timeout`` s for the pipe's end)."""
+
+    def __init__(self, path: Path, fd: int, stream: str = "stdout"):
+        self.path = Path(path)
+        self.fd = fd
+        self.stream = stream.encode()
+        self.task: asyncio.Task | None = None
+        self._subscribers: set[asyncio.Queue] = set()
+
+    def start(self) -> None:
+        """Begin copying (an asyncio task of the running loop)."""
+        self.task = asyncio.create_task(self._copy())
+
+    def subscribe(self) -> asyncio.Queue:
+        """A queue of the raw output bytes from now on; ``b""`` when the output ends."""
+        queue: asyncio.Queue = asyncio.Queue()
+        if self.task is None or self.task.done():
+            queue.put_nowait(b"")
+        else:
+            self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        """Stop feeding ``queue``."""
+        self._subscribers.discard(queue)
+
+    def _records(self, data: bytes) -> bytes:
+        stamp = rfc3339nano().encode()
+        out = []
+        lines = data.split(b"\n")
+        for i, line in enumerate(lines):
+            last = i == len(lines) - 1
+            if last and not line:
+                break
+            tag = b"P" if last else b"F"
+            out.append(b"%s %s %s %s\n" % (stamp, self.stream, tag, line))
+        return b"".join(out)
+
+    async def _copy(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        pipe = os.fdopen(self.fd, "rb", buffering=0)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+        out = open(self.path, "ab", buffering=0)  # noqa: SIM115, ASYNC230 (a local file)
+        try:
+            while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
+                out.write(self._records(data))
+                for queue in list(self._subscribers):
+                    queue.put_nowait(data)
+        finally:
+            out.close()
+            transport.close()
+            for queue in list(self._subscribers):
+                queue.put_nowait(b"")
+            self._subscribers.clear()
+
+    async def finish(self, timeout: float = 2.0) -> None:
+        """Wait (up to ``timeout`` s) for the output's end, then stop."""
+        if self.task is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self.task), timeout)
+        if not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+
+def _parse(record: bytes) -> tuple[bytes, bool, bytes] | None:
+    """``(timestamp, full, content)`` of one record line (without its ``\\n``)."""
+    parts = record.split(b" ", 3)
+    if len(parts) < 3:
+        return None
+    content = parts[3] if len(parts) == 4 else b""
+    return parts[0], parts[2] != b"P", content
+
+
+class _Formatter:
+    """Turns records into output lines per `LogOptions` (timestamps, since, limitBytes)."""
+
+    def __init__(self, opts: LogOptions):
+        self.opts = opts
+        self.left = opts.limit_bytes
+        self.open_line = False  # the last output ended inside a line (a P record)
+
+    def lines(self, records: list[bytes]) -> list[bytes]:
+        """Whole logical lines (P records joined to what follows) of ``records``."""
+        out, current, stamp = [], b"", b""
+        for rec in records:
+            parsed = _parse(rec)
+            if parsed is None:
+                continue
+            ts, full, content = parsed
+            if not current:
+                stamp = ts
+            current += content
+            if full:
+                out.append((stamp, current + b"\n"))
+                current = b""
+        if current:
+            out.append((stamp, current))
+        return out  # type: ignore[return-value]
+
+    def render(self, pieces: list[tuple[bytes, bytes]]) -> bytes:
+        out = []
+        for ts, text in pieces:
+            if self.opts.since_ns is not None:
+                try:
+                    if parse_time(ts.decode()) < self.opts.since_ns:
+                        continue
+                except ValueError:
+                    continue
+            if self.opts.timestamps and not self.open_line:
+                text = ts + b" " + text
+            self.open_line = not text.endswith(b"\n")
+            out.append(text)
+        data = b"".join(out)
+        if self.left is not None:
+            data = data[: self.left]
+            self.left -= len(data)
+        return data
+
+    @property
+    def exhausted(self) -> bool:
+        return self.left is not None and self.left <= 0
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+async def read_log(
+    path: Path, opts: LogOptions, ended: Callable[[], bool], poll: float = 0.1
+) -> AsyncIterator[bytes]:
+    """The log at ``path`` per ``opts``; with ``follow``, what is added until ``ended()``
+    (the container exited) and nothing more is left to read."""
+    fmt = _Formatter(opts)
+    data = _read_from(path, 0)
+    cut = data.rfind(b"\n") + 1
+    offset, records = cut, data[:cut].split(b"\n")[:-1]
+    pieces = fmt.lines(records)
+    if opts.tail_lines is not None:
+        pieces = pieces[-opts.tail_lines :] if opts.tail_lines > 0 else []
+    first = fmt.render(pieces)
+    if first:
+        yield first
+    while opts.follow and not fmt.exhausted:
+        done = ended()
+        more = _read_from(path, offset)
+        cut = more.rfind(b"\n") + 1
+        if cut:
+            offset += cut
+            chunk = fmt.render(fmt.lines(more[:cut].split(b"\n")[:-1]))
+            if chunk:
+                yield chunk
+        elif done:
+            return
+        else:
+            await asyncio.sleep(poll)
