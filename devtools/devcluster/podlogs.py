@@ -86,23 +86,27 @@ def _int(query, name: str) -> int | None:
         raise ApiError(400, "BadRequest", f"invalid {name}: {value!r}") from None
 
 
-def options_from_query(query, now_ns: Callable[[], int] = time.time_ns) -> LogOptions:
-    """`LogOptions` of a request's query; 422 as kube-apiserver for negative values or both
-    ``sinceSeconds`` and ``sinceTime`` (``PodLogOptions`` validation)."""
+def options_from_query(
+    query, name: str = "", now_ns: Callable[[], int] = time.time_ns
+) -> LogOptions:
+    """`LogOptions` of a request's query for pod ``name``; 422 ``Invalid`` as kube-apiserver's
+    ``ValidatePodLogOptions`` (``PodLogOptions "x" is invalid: tailLines: Invalid value: -1:
+    must be greater than or equal to 0``), 400 for a value that is not a number or time."""
     since_seconds = _int(query, "sinceSeconds")
     since_time = query.get("sinceTime")
     tail, limit = _int(query, "tailLines"), _int(query, "limitBytes")
     errors = []
-    if since_seconds is not None and since_time:
-        errors.append("at most one of `sinceTime` or `sinceSeconds` may be specified")
-    if since_seconds is not None and since_seconds < 1:
-        errors.append("sinceSeconds: Invalid value: must be greater than 0")
     if tail is not None and tail < 0:
-        errors.append("tailLines: Invalid value: must be greater than or equal to 0")
+        errors.append(f"tailLines: Invalid value: {tail}: must be greater than or equal to 0")
     if limit is not None and limit < 1:
-        errors.append("limitBytes: Invalid value: must be greater than 0")
+        errors.append(f"limitBytes: Invalid value: {limit}: must be greater than 0")
+    if since_seconds is not None and since_time:
+        errors.append(": Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified")
+    if since_seconds is not None and since_seconds < 1:
+        errors.append(f"sinceSeconds: Invalid value: {since_seconds}: must be greater than 0")
     if errors:
-        raise ApiError(422, "Invalid", f'PodLogOptions "" is invalid: {", ".join(errors)}')
+        shown = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
+        raise ApiError(422, "Invalid", f'PodLogOptions "{name}" is invalid: {shown}')
     since_ns = None
     if since_seconds is not None:
         since_ns = now_ns() - since_seconds * 1_000_000_000

@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 import yaml
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
 from kubernetes_asyncio.stream import WsApiClient
 
 from devcluster.authn import token_kubeconfig
@@ -286,10 +287,13 @@ async def test_logs_previous_timestamps_tail_since_limit(cluster, core):
         'Error from server (BadRequest): previous terminated container "main" in pod "box" '
         "not found\n"
     )
-    code, _, err = await run_kubectl(
-        cluster, "logs", "twice", "--since=1h", "--since-time=2020-01-01T00:00:00Z"
+    with pytest.raises(ApiException) as refused:
+        await core.read_namespaced_pod_log("twice", NS, tail_lines=-1)
+    assert refused.value.status == 422
+    assert json.loads(refused.value.body)["message"] == (
+        'PodLogOptions "twice" is invalid: tailLines: Invalid value: -1: must be greater than '
+        "or equal to 0"
     )
-    assert code != 0
     await core.delete_namespaced_pod("twice", NS, grace_period_seconds=0)
 
 
