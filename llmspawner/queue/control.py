@@ -31,10 +31,15 @@ what it needs and closes the session, awaits, then writes in a new session, re-c
 under the lock that each row is still in the state it was read in.
 
 Interruptions (:mod:`llmspawner.queue.disruption`): a pod of a live Job with
-``DisruptionTarget`` is counted once and its log saved (the Job controller replaces it); a
-Job that failed because its pod was deleted, or a Job that vanished, is requeued as the next
-attempt's Job; a ``high`` job waiting for a full profile preempts a running ``low``/``normal``
-one (its log saved, its Job deleted, requeued). Requeuing commits the row (``queued``, the
+``DisruptionTarget`` is counted once and its log saved (the Job controller replaces it),
+also when it is gone before the next pass (:meth:`ControlLoop.note_pod`, the pod watch's
+memory, and the pods an earlier pass listed); a Job that failed because its pod was deleted,
+or a Job that vanished, is requeued as the next attempt's Job; a ``high`` job waiting for a
+full profile preempts a running ``low``/``normal`` one (its log saved, its Job deleted,
+requeued; at most ``max_preemptions`` times per job) and is admitted in the same pass, so
+the freed slice is its own (:meth:`ControlLoop._preempt`). An admitted job without its Job
+says why in its reason (:data:`WAITING_PREFIXES`: MLflow, the cluster's API, an earlier
+attempt's pod or Job). Requeuing commits the row (``queued``, the
 next attempt's Job name) before the old Job is deleted, and a later attempt's Job is created
 only when no pod of an earlier attempt is left running, so a crash at any point never runs
 one job twice at once; Jobs of earlier attempts are deleted by every pass.
@@ -89,6 +94,9 @@ RUN_LOOKUP_INTERVAL = 10.0
 RUN_LOOKUP_MAX_AGE = 3600.0
 #: The MLflow status a job's runs get when it ends in each final state.
 FINAL_RUN_STATUS = {SUCCEEDED: "FINISHED", FAILED: "FAILED", CANCELLED: "KILLED"}
+#: After a wake-up the loop gathers this many times as long as the last pass took (P2, issue
+#: 16: passes then take at most about a quarter of a burst, not half).
+PASS_GATHER = 3.0
 
 
 class ControlLoop:
@@ -112,6 +120,13 @@ class ControlLoop:
         self._pending_experiments: dict[str, str] = {}
         # jobs whose runs got their final status (by this process)
         self._ended_runs: set[int] = set()
+        #: The last failure to make an experiment exist (shown on the jobs that wait for
+        #: it, :data:`WAITING_FOR_MLFLOW`); ``None`` after one that worked.
+        self.experiment_error: str | None = None
+        # pod name -> (its last state seen, removed: the watch saw it DELETED, listed: a
+        # pass listed it): what the watch (note_pod) and the passes saw of the queue's pods,
+        # so that a disrupted pod removed between two passes is still counted
+        self._seen_pods: dict[str, tuple[dict, bool, bool]] = {}
 
     # -- running --------------------------------------------------------------------------
 
@@ -149,10 +164,11 @@ class ControlLoop:
         """Pass after pass until cancelled: on a wake-up, or every ``interval`` seconds.
 
         A failed pass (e.g. the cluster unreachable) is logged and retried at the next one.
-        After a wake-up the loop gathers more for as long as the last pass took (at least
-        0.05 s, at most 1 s), so that passes take at most about half of the time however
-        fast submits come (each pass reads every queued job): measured, submits under load
-        went from 30/s to 67/s over a burst of 1,000 (benchmarks/queue_throughput.py).
+        After a wake-up the loop gathers more for :data:`PASS_GATHER` times as long as the
+        last pass took (at least 0.05 s, at most 1 s), so that passes take at most about a
+        quarter of the time however fast submits come (each pass reads every queued job):
+        measured, submits under load went from 30/s to 67/s over a burst of 1,000 with
+        passes at most half of the time (benchmarks/queue_throughput.py).
         """
         try:
             await self._run()
@@ -164,7 +180,7 @@ class ControlLoop:
         took = 0.0
         while True:
             await self.ctx.wait_for_wake(
-                self.ctx.settings.interval, gather=min(1.0, max(0.05, took))
+                self.ctx.settings.interval, gather=min(1.0, max(0.05, PASS_GATHER * took))
             )
             started = time.monotonic()
             try:
@@ -208,11 +224,33 @@ class ControlLoop:
             self.mlflow_task = asyncio.create_task(self.mlflow_work(), name="llm-queue-mlflow")
         return self.mlflow_task
 
+    def note_pod(self, type_: str, pod: dict) -> None:
+        """Remember a queue pod's state from the pod watch
+        (:meth:`~llmspawner.queue.backend.KubeBackend.watch_changes`, ``on_queue_pod``):
+        ``type_`` is ``ADDED``, ``MODIFIED`` or ``DELETED``. A pod with ``DisruptionTarget``
+        that the Job controller replaces within one pass is then still counted by the next
+        pass (with the watch's last state of it, so with its reason). Memory only: what was
+        not seen by a pass before a restart of the service is not counted."""
+        meta = pod.get("metadata") or {}
+        name = meta.get("name")
+        if not name or not (meta.get("labels") or {}).get(JOB_ID_LABEL):
+            return
+        _, removed, listed = self._seen_pods.get(name, (pod, False, False))
+        self._seen_pods[name] = (pod, removed or type_ == "DELETED", listed)
+
     async def mlflow_work(self) -> None:
         """Experiments to make, runs to find, runs to end (see the module docstring, step 4);
         a failure is logged in one line and retried by a later pass."""
         try:
-            await self._ensure_experiments()
+            try:
+                await self._ensure_experiments()
+            except TrackingUnavailable as e:
+                error = self.experiment_error if e.cached and self.experiment_error else str(e)
+                if self._pending_experiments and self.experiment_error != error:
+                    self.ctx.wake()  # a new reason for the jobs that wait: shown at once
+                self.experiment_error = error
+                raise
+            self.experiment_error = None
             await self._find_runs()
             await self._end_runs()
         except asyncio.CancelledError:
@@ -262,11 +300,15 @@ class ControlLoop:
         to_create: list[int] = []
         requeue: list[tuple[Job, str, bool]] = []
         interrupted_pods: list[tuple[Job, dict, str]] = []
+        gone_of = self._gone_pods(pods_of)
+        unresolved: set[str] = set()
         for row in rows:
             job = by_name.get(row.k8s_name)
             own = [
                 p for p in pods_of.get(str(row.id), []) if pod_job_name(p) in (None, row.k8s_name)
             ]
+            # a Failed Job's vanished pod is observe()'s (interrupted: requeued and counted)
+            gone = gone_of.get(row.k8s_name, []) if job is not None and not _failed(job) else []
             if job is None:
                 if row.state == RUNNING:
                     log.warning("Job %s of queue job %s is gone", row.k8s_name, row.id)
@@ -286,6 +328,20 @@ class ControlLoop:
                     counted_here = True
                 elif counted is None and is_deleting(pod):
                     interrupted_pods.append((row, pod, ""))  # save its log while it lasts
+            for pod in gone:  # removed since a pass or the watch saw it: never seen failing
+                name = pod["metadata"]["name"]
+                if known.get((row.id, name)):
+                    continue
+                reason = disruption_reason(pod)
+                if not reason and settings.backoff_limit == 0 and own:
+                    # replaced by the Job controller, so its failure was ignored: only a
+                    # DisruptionTarget is (k8s_objects.POD_FAILURE_POLICY)
+                    reason = disruption.REMOVED
+                if reason:
+                    interrupted_pods.append((row, pod, reason))
+                    counted_here = True
+                else:
+                    unresolved.add(name)  # the next pass sees its replacement or the Job fail
             seen = observe(
                 job,
                 own,
@@ -322,11 +378,34 @@ class ControlLoop:
             if any(getattr(row, key) != value for key, value in values.items()):
                 changes[row.id] = (row.state, values)
         self._write(changes)
+        listed = {p["metadata"]["name"] for pods in pods_of.values() for p in pods}
+        self._seen_pods = {
+            name: seen
+            for name, seen in self._seen_pods.items()
+            if name in listed or name in unresolved or not (seen[1] or seen[2])
+        }
         await self._record_pods(interrupted_pods)
         await self._requeue(requeue, pods_of)
         await self._create(to_create, ADMITTED, profiles, pods_of, by_name)
 
     # -- interruptions --------------------------------------------------------------------
+
+    def _gone_pods(self, pods_of: dict) -> dict[str, list[dict]]:
+        """Record the pass's listing in the pod memory (:meth:`note_pod`) and return the
+        pods that are gone, by the name of their Job: listed by an earlier pass, or seen
+        ``DELETED`` by the watch, and not in this listing; each with its last state seen."""
+        listed = set()
+        for pods in pods_of.values():
+            for p in pods:
+                name = p["metadata"]["name"]
+                listed.add(name)
+                _, removed, _ = self._seen_pods.get(name, (p, False, False))
+                self._seen_pods[name] = (p, removed, True)
+        gone: dict[str, list[dict]] = {}
+        for name, (pod, removed, was_listed) in self._seen_pods.items():
+            if name not in listed and (removed or was_listed):
+                gone.setdefault(pod_job_name(pod) or "", []).append(pod)
+        return gone
 
     def _known_pods(self, job_ids: list[int]) -> dict[tuple[int, str], bool]:
         """``{(job id, pod name): counted}`` of the pods already recorded (:class:`JobPod`)."""
@@ -397,6 +476,11 @@ class ControlLoop:
                     continue
                 jp.counted = 1
                 current = db.get(Job, row.id)
+                if current is not None and current.state == SUCCEEDED:
+                    # its replacement succeeded before a pass saw the disruption: counted,
+                    # never failed for it
+                    current.interruptions = (current.interruptions or 0) + 1
+                    continue
                 if current is None or current.state not in ACTIVE_STATES:
                     continue
                 n = (current.interruptions or 0) + 1
@@ -564,13 +648,30 @@ class ControlLoop:
         await self._create(list(decision.admit), ADMITTED, profiles, pods_of, by_name)
         if ctx.settings.preemption:
             free = {slug: (caps[slug].free if slug in caps else None) for slug in profiles}
-            await self._preempt(decision, free, set(bound), all_pods, pods_of)
+            await self._preempt(
+                decision, free, set(bound), all_pods, pods_of, profiles, by_name or {}
+            )
 
-    async def _preempt(self, decision, free: dict, bound: set[int], all_pods, pods_of) -> None:
+    async def _preempt(
+        self, decision, free: dict, bound: set[int], all_pods, pods_of, profiles, by_name
+    ) -> None:
         """Preempt running ``low``/``normal`` queue jobs for the ``high`` jobs that wait only
         for a slice (:func:`llmspawner.queue.disruption.choose_preemptions`): each victim's
         log is saved, it is requeued (not counted against ``max_requeues``) and its Job
-        deleted; the ``high`` job is admitted once the slice is free."""
+        deleted.
+
+        The freed slice is the ``high`` job's: it is admitted in the same pass and its Job
+        created, so that (a) the queue's own admission counts it as holding a slice of the
+        profile (an admitted job whose pod holds none yet takes one from the free count,
+        :func:`llmspawner.queue.admission.decide`), and no other queued job is admitted into
+        it, and (b) its pod waits, pending, for the slice and the scheduler binds it the
+        moment the victim's pod is gone, before any pod created later with a lower priority
+        (its PriorityClass ``llm-high``; the scheduler orders pending pods by priority). What
+        this cannot stop: a server whose pod is bound in the moment the victim's pod
+        terminates and the high job's is not yet pending (the spawner counts bound pods, not
+        pending ones); the high job then waits, and preempts again only while the victims'
+        ``max_preemptions`` allow (a victim preempted that often is never chosen again and
+        the waiter's reason says so: :func:`~llmspawner.queue.disruption.capped_sentence`)."""
         waiting_ids = [
             job_id
             for job_id, reason in decision.reasons.items()
@@ -602,21 +703,31 @@ class ControlLoop:
                 slug = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_PROFILE)
                 if slug:
                     freeing[slug] = freeing.get(slug, 0) + 1
+        counts = self._preemption_counts([r.id for r in running])
+        cap = self.ctx.settings.max_preemptions
+        candidates = [
+            disruption.Running(
+                r.id,
+                r.profile,
+                r.priority,
+                to_epoch(r.started_at or r.admitted_at or r.submitted_at),
+                holds_slice=r.id in bound,
+                preemptions=counts.get(r.id, 0),
+            )
+            for r in running
+        ]
+        wanting = [disruption.Waiter(w.id, w.profile) for w in waiters]
         chosen = disruption.choose_preemptions(
-            [disruption.Waiter(w.id, w.profile) for w in waiters],
-            [
-                disruption.Running(
-                    r.id,
-                    r.profile,
-                    r.priority,
-                    to_epoch(r.started_at or r.admitted_at or r.submitted_at),
-                    holds_slice=r.id in bound,
-                )
-                for r in running
-            ],
-            free=free,
-            freeing=freeing,
+            wanting, candidates, free=free, freeing=freeing, max_preemptions=cap
         )
+        reasons = self.ctx.waiting.reasons
+        capped = disruption.capped_waiters(
+            wanting, candidates, free=free, freeing=freeing, max_preemptions=cap
+        )
+        for waiter, jobs in capped.items():
+            note = disruption.capped_sentence(jobs, cap)
+            reasons[waiter] = f"{reasons[waiter]}; {note}" if reasons.get(waiter) else note
+            log.info("Queue job %s (high) waits: %s", waiter, note)
         if not chosen:
             return
         by_id = {r.id: r for r in running}
@@ -635,6 +746,29 @@ class ControlLoop:
             items.append((row, reason, False))
         await self._record_preemptions(items)
         await self._requeue(items, pods_of)
+        # the freed slice is reserved for the high job: admitted now (see the docstring)
+        now = to_utc(self.ctx.clock())
+        admit = [waiter for _, waiter in chosen]
+        self._write(
+            {w: (QUEUED, {"state": ADMITTED, "reason": "", "admitted_at": now}) for w in admit}
+        )
+        for w in admit:
+            reasons.pop(w, None)
+        await self._create(admit, ADMITTED, profiles, pods_of, by_name)
+
+    def _preemption_counts(self, job_ids: list[int]) -> dict[int, int]:
+        """``{job id: times the queue preempted it}`` (its :class:`JobPod` rows of a
+        preemption, :meth:`_record_preemptions`)."""
+        if not job_ids:
+            return {}
+        out: dict[int, int] = {}
+        with self.ctx.sessions() as db:
+            for job_id, pod in db.execute(
+                select(JobPod.job_id, JobPod.pod).where(JobPod.job_id.in_(job_ids[:5000]))
+            ):
+                if pod.endswith(PREEMPTED_SUFFIX):
+                    out[job_id] = out.get(job_id, 0) + 1
+        return out
 
     async def _record_preemptions(self, items: list[tuple[Job, str, bool]]) -> None:
         """One :class:`JobPod` row per preempted job (its log is saved by :meth:`_requeue`),
@@ -645,7 +779,7 @@ class ControlLoop:
                 db.add(
                     JobPod(
                         job_id=row.id,
-                        pod=f"{row.k8s_name} (preempted)",
+                        pod=f"{row.k8s_name}{PREEMPTED_SUFFIX}",
                         k8s_job=row.k8s_name,
                         reason=reason,
                         counted=0,
@@ -732,6 +866,7 @@ class ControlLoop:
             rows += self._read(select(Job).where(Job.id.in_(chunk), Job.state == expected))
         failed: dict[int, tuple[str, dict]] = {}
         created: dict[int, tuple[bool, str | None]] = {}  # id -> (existed, experiment id)
+        waiting: dict[int, str] = {}  # id -> why it has no Job yet (shown as its reason)
         for row in sorted(rows, key=lambda r: order[r.id]):
             earlier = [
                 p
@@ -744,6 +879,10 @@ class ControlLoop:
                     row.k8s_name,
                     earlier[0]["metadata"]["name"],
                 )
+                waiting[row.id] = (
+                    f"waiting for the pod {earlier[0]['metadata']['name']} of its earlier "
+                    "attempt to end"
+                )
                 continue
             base = k8s_objects.job_name(row.user, row.id)
             earlier_jobs = [
@@ -754,6 +893,9 @@ class ControlLoop:
                     "Job %s waits for Job %s of its earlier attempt to be gone",
                     row.k8s_name,
                     earlier_jobs[0],
+                )
+                waiting[row.id] = (
+                    f"waiting for the Job {earlier_jobs[0]} of its earlier attempt to be deleted"
                 )
                 continue
             profile = profiles.get(row.profile)
@@ -772,6 +914,7 @@ class ControlLoop:
                 if experiment_id is None:
                     self._pending_experiments[experiment] = row.user
                     log.info("Job %s waits for its MLflow experiment %s", row.k8s_name, experiment)
+                    waiting[row.id] = waiting_for_mlflow(self.experiment_error)
                     continue
             secret = await self._mlflow_token_secret(row, profile) if experiment else None
             config_map, job = self.manifests(
@@ -787,6 +930,7 @@ class ControlLoop:
             except KubeError as e:
                 if e.status == 0 or e.status >= 500 or e.status == 429:
                     log.warning("Cannot create Job %s yet (will retry): %s", row.k8s_name, e)
+                    waiting[row.id] = waiting_for_cluster(e)
                     continue
                 log.warning("Kubernetes refused Job %s: %s", row.k8s_name, e)
                 reason = f"ConfigError: Kubernetes refused the Job ({e.status}): {e.message}"
@@ -795,6 +939,13 @@ class ControlLoop:
             # A stand-in backend may return None.
             created[row.id] = (getattr(outcome, "existed", False), experiment_id)
         self._write(failed)
+        self._write(
+            {
+                r.id: (expected, {"reason": waiting[r.id]})
+                for r in rows
+                if r.id in waiting and r.reason != waiting[r.id]
+            }
+        )
         stale: set[int] = set()
         with ctx.sessions() as db:
             for job_id, (existed, experiment_id) in created.items():
@@ -802,8 +953,13 @@ class ControlLoop:
                 if current is None or current.state != expected:
                     stale.add(job_id)
                     continue
-                if not existed:
-                    current.attempts = (current.attempts or 0) + 1
+                # the attempt its name says: a Job found existing (a create whose reply was
+                # lost, a restart between the create and this write) is this attempt's too
+                number = _attempt_number(current.k8s_name, k8s_objects.job_name(row.user, job_id))
+                if not existed or (current.attempts or 0) < number:
+                    current.attempts = max((current.attempts or 0) + (not existed), number)
+                if (current.reason or "").startswith(WAITING_PREFIXES):
+                    current.reason = ""  # the next pass reads the Job's own
                 if experiment_id:
                     current.mlflow_experiment_id = experiment_id
             db.commit()
@@ -972,6 +1128,35 @@ def job_manifests(
 SAVED_LOG_LINES = 20_000
 
 
+#: The end of the :class:`JobPod` ``pod`` of a preemption (its Job's name before it).
+PREEMPTED_SUFFIX = " (preempted)"
+
+#: The start of the reason of an admitted job whose Job is not created yet: it waits for
+#: MLflow, for the cluster's API (:func:`waiting_for_mlflow`, :func:`waiting_for_cluster`), or
+#: for the pod or Job of its earlier attempt to be gone.
+WAITING_PREFIXES = (
+    "waiting for MLflow",
+    "waiting for the cluster's API",
+    "waiting for the pod ",
+    "waiting for the Job ",
+)
+
+
+def waiting_for_mlflow(error: str | None) -> str:
+    """The reason of an admitted job whose Job is not created because its MLflow experiment
+    could not be made yet: ``"waiting for MLflow: <error>, retrying"`` (``error`` from the
+    last try; ``None``: none ended yet, e.g. MLflow hangs)."""
+    if error:
+        return f"waiting for MLflow: {error}, retrying"
+    return "waiting for MLflow to make its experiment, retrying"
+
+
+def waiting_for_cluster(error: KubeError) -> str:
+    """The reason of an admitted job whose Job create failed on a transient API error
+    (5xx, 429, unreachable), retried by every pass."""
+    return f"waiting for the cluster's API: {error}, retrying"
+
+
 def _attempt_of(name: str, base: str) -> bool:
     """Whether ``name`` is the Job of an attempt of the job whose first Job is ``base``
     (``base``, or ``base-a<n>``)."""
@@ -979,6 +1164,24 @@ def _attempt_of(name: str, base: str) -> bool:
         return True
     rest = name[len(base) :] if name.startswith(base) else ""
     return rest.startswith("-a") and rest[2:].isdigit()
+
+
+def _attempt_number(name: str, base: str) -> int:
+    """The attempt a Job name stands for: 1 for ``base``, ``n`` for ``base-a<n>``, 0 for
+    another name."""
+    if name == base:
+        return 1
+    if _attempt_of(name, base):
+        return int(name[len(base) + 2 :])
+    return 0
+
+
+def _failed(job: dict) -> bool:
+    """Whether a Job has the condition ``Failed``."""
+    return any(
+        c.get("type") == "Failed" and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
 
 
 def _gone(profile: str) -> str:

@@ -17,7 +17,12 @@ is the job's failure. The control loop (:mod:`llmspawner.queue.control`) uses th
   :func:`llmspawner.queue.k8s_objects.job_name`), counted the same way.
 - **Preempted by the queue** (:func:`choose_preemptions`): its Job is deleted and it goes back
   to its place in the queue as a new Job later; not counted against the cap (a policy, not a
-  fault), its reason names the ``high`` job.
+  fault), its reason names the ``high`` job. The ``high`` job is admitted at once (the freed
+  slice is its own: :meth:`llmspawner.queue.control.ControlLoop._preempt`). A job is
+  preempted at most ``max_preemptions`` times (:func:`capped_waiters`, :func:`capped_sentence`).
+- **Removed before a pass saw it** (a disrupted pod gone within one pass interval): the pod
+  watch's last state of it gives the reason; a pod listed by an earlier pass and replaced by
+  the Job controller is :data:`REMOVED`.
 - More than ``max_requeues`` counted interruptions: the job fails with ``Interrupted: ...``.
 
 Logs: the pod of an interrupted attempt is deleted by Kubernetes, with its log; the queue
@@ -39,6 +44,9 @@ MAX_SAVED_LOG = 1024 * 1024
 POD_DELETED = "its pod was deleted"
 #: The reason of a Job that disappeared while it ran (``kubectl delete job``).
 JOB_DELETED = "its Kubernetes Job was deleted"
+#: The reason of a pod of a live Job that was removed before any pass saw why, and that the
+#: Job controller replaced (so its failure was ignored: a ``DisruptionTarget``).
+REMOVED = "its pod was disrupted and removed (replaced by the Job controller)"
 #: Labels the Job controller puts on its pods (the first on Kubernetes >= 1.27).
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 
@@ -102,6 +110,7 @@ class Running:
         priority: ``high``, ``normal`` or ``low``.
         started: when its current attempt started (seconds since the epoch; 0 if unknown).
         holds_slice: its pod holds a GPU slice now.
+        preemptions: how many times the queue preempted it already.
     """
 
     id: int
@@ -109,6 +118,7 @@ class Running:
     priority: str
     started: float
     holds_slice: bool = True
+    preemptions: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,7 @@ def choose_preemptions(
     *,
     free: Mapping[str, int | None],
     freeing: Mapping[str, int],
+    max_preemptions: int | None = None,
 ) -> list[tuple[int, int]]:
     """Which running queue jobs to preempt for the ``high`` jobs that wait. Pure.
 
@@ -134,26 +145,59 @@ def choose_preemptions(
     preempted in an earlier pass) each preempt one running queue job of the same profile with
     a lower priority that holds a slice: the lowest priority first, then the most recently
     started. Interactive servers are never candidates (they are not queue jobs), nor are
-    ``high`` jobs.
+    ``high`` jobs, nor jobs preempted ``max_preemptions`` times already.
 
     Args:
         waiters: queued ``high`` jobs that wait for a slice (in queue order).
         running: the active queue jobs.
         free: free slices per profile slug.
         freeing: slices per profile that are being freed now.
+        max_preemptions: the most times one job is preempted (``None``: no limit).
 
     Returns:
         ``[(victim id, for waiter id), ...]``, in the waiters' order.
     """
+    return [
+        (victim, waiter)
+        for waiter, victim, _ in _assign(waiters, running, free, freeing, max_preemptions)
+        if victim is not None
+    ]
+
+
+def capped_waiters(
+    waiters: Iterable[Waiter],
+    running: Iterable[Running],
+    *,
+    free: Mapping[str, int | None],
+    freeing: Mapping[str, int],
+    max_preemptions: int,
+) -> dict[int, list[Running]]:
+    """The waiters of :func:`choose_preemptions` that get no victim only because the jobs
+    that could be preempted for them were preempted ``max_preemptions`` times already:
+    ``{waiter id: [those jobs]}``. Pure."""
+    return {
+        waiter: capped
+        for waiter, victim, capped in _assign(waiters, running, free, freeing, max_preemptions)
+        if victim is None and capped
+    }
+
+
+def _assign(waiters, running, free, freeing, max_preemptions):
+    """``[(waiter id, victim id or None, [capped candidates]), ...]`` for the waiters of a
+    full profile that no slice being freed covers (see :func:`choose_preemptions`)."""
     rank = {p: i for i, p in enumerate(PRIORITIES)}
     victims: dict[str, list[Running]] = {}
+    capped: dict[str, list[Running]] = {}
     for job in running:
         if job.holds_slice and rank[job.priority] > rank["high"]:
-            victims.setdefault(job.profile, []).append(job)
+            if max_preemptions is not None and job.preemptions >= max_preemptions:
+                capped.setdefault(job.profile, []).append(job)
+            else:
+                victims.setdefault(job.profile, []).append(job)
     for lst in victims.values():
         lst.sort(key=lambda j: (-rank[j.priority], -j.started, -j.id))
     covered = dict(freeing)
-    out: list[tuple[int, int]] = []
+    out: list[tuple[int, int | None, list[Running]]] = []
     for waiter in waiters:
         p = waiter.profile
         if free.get(p) != 0:
@@ -162,5 +206,17 @@ def choose_preemptions(
             covered[p] -= 1
             continue
         if victims.get(p):
-            out.append((victims[p].pop(0).id, waiter.id))
+            out.append((waiter.id, victims[p].pop(0).id, []))
+        else:
+            out.append((waiter.id, None, list(capped.get(p, []))))
     return out
+
+
+def capped_sentence(capped: Iterable[Running], cap: int) -> str:
+    """What a ``high`` job that waits says about the jobs not preempted for it because of
+    the cap (shown after its waiting reason)."""
+    ids = ", ".join(str(j.id) for j in capped)
+    return (
+        f"job(s) {ids} not preempted for it: preempted {cap} times already, the limit "
+        "(LLMQueue.max_preemptions)"
+    )

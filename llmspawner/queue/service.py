@@ -284,10 +284,28 @@ class LLMQueue(Application):
         When a ``high`` job waits for a profile whose slices are all taken and running
         ``low``/``normal`` queue jobs hold some of them, stop the lowest-priority, most recently
         started of those (it goes back to the queue and resumes from its last checkpoint
-        later). Interactive servers are never stopped. ``False``: ``high`` only goes first in
-        the line.
+        later); the ``high`` job is admitted at once, so the freed slice is its own.
+        Interactive servers are never stopped. ``False``: ``high`` only goes first in the
+        line. See also ``max_preemptions``.
         """,
     )
+
+    max_preemptions = Integer(
+        2,
+        config=True,
+        help="""
+        How many times one job may be preempted for ``high`` jobs (``preemption``); a job
+        preempted that often runs on until it ends, and the ``high`` jobs that wait for its
+        slice say so in their reason. Preemptions are not counted in ``max_requeues``.
+        ``0``: jobs are never preempted. Example: ``c.LLMQueue.max_preemptions = 1``.
+        """,
+    )
+
+    @validate("max_preemptions")
+    def _check_preemptions(self, proposal):
+        if proposal["value"] < 0:
+            raise TraitError(f"LLMQueue.max_preemptions must be >= 0, not {proposal['value']}")
+        return proposal["value"]
 
     service_account = Unicode(
         "", config=True, help="Service account of the Jobs' pods (empty: the namespace's)."
@@ -424,6 +442,7 @@ class LLMQueue(Application):
             interval=self.admission_interval,
             max_requeues=self.max_requeues,
             preemption=self.preemption,
+            max_preemptions=self.max_preemptions,
         )
 
     def build(self, platform: LLMPlatform | None = None):
@@ -487,6 +506,7 @@ class LLMQueue(Application):
     async def serve(self) -> None:
         """Listen (answering "starting"), import and build, hand over, reconcile, and run the
         loop until SIGTERM/SIGINT (see the module docstring)."""
+        from . import limits
         from .limits import MAX_BODY_BYTES
 
         started = time.monotonic()
@@ -504,6 +524,7 @@ class LLMQueue(Application):
             self.bind_url.rstrip("/"),
             self.service_prefix,
         )
+        limits.start_worker()  # C: the config checks' worker starts beside the imports
         importing = asyncio.ensure_future(self._import_heavy())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({importing, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -521,6 +542,15 @@ class LLMQueue(Application):
         # garbage collector's full passes, which would otherwise scan it all and pause the
         # event loop (~0.25 s with the hub's libraries loaded; benchmarks/queue_bad_input.py).
         gc.freeze()
+        # C (issue 13 §5): "starting" until a submit's config can be checked: the checks'
+        # worker imports kubespawner (seconds; tens of seconds on a loaded 2-core machine),
+        # and every submit after "ready" used to wait for it (client timeouts, a service
+        # that seemed not to answer right after its start).
+        try:
+            await limits.worker_ready()
+        except limits.LimitExceeded as e:
+            log.warning("%s: %s; ready without it", SERVICE_NAME, e)
+        log.info("%s: config checker up after %.1f s", SERVICE_NAME, time.monotonic() - started)
         backend = loop_.ctx.backend
         handoff.target = app
         log.info(
@@ -533,7 +563,8 @@ class LLMQueue(Application):
         tasks = [
             asyncio.create_task(self._start_loop(loop_), name=f"{SERVICE_NAME}-loop"),
             asyncio.create_task(
-                backend.watch_changes(loop_.ctx.wake), name=f"{SERVICE_NAME}-watch"
+                backend.watch_changes(loop_.ctx.wake, on_queue_pod=loop_.note_pod),
+                name=f"{SERVICE_NAME}-watch",
             ),
         ]
         await stop.wait()

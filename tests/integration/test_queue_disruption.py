@@ -11,6 +11,8 @@ folder, as LLaMA-Factory's ``save_steps`` would) and waits; a later attempt that
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from kubernetes_asyncio import client
 
@@ -84,7 +86,7 @@ async def checkpointed_pod(queue, backend, job_id: int) -> dict:  # noqa: F811
         text = b"".join([c async for c in backend.stream_log(pod["metadata"]["name"])])
         return pod if b"saved checkpoint-1" in text else None
 
-    return await wait_for(saved, timeout=30, interval=0.2)
+    return await wait_for(saved, timeout=60, interval=0.2)  # a pod starts slowly under load
 
 
 async def passes_until(queue, job_id: int, predicate, what: str, timeout: float = 30):
@@ -134,6 +136,46 @@ async def test_an_evicted_pod_is_replaced_in_the_same_job_and_resumes(make_queue
     [attempt] = queue.ops.attempts(job_id)
     assert (attempt["pod"], attempt["reason"]) == (name, "EvictionByEvictionAPI")
     assert_saved(await saved_log(queue, job_id, 1))
+
+
+async def test_a_pod_evicted_and_replaced_between_two_passes_is_counted(make_queue, backend, api):  # noqa: F811
+    """No pass runs from the eviction until the replacement pod has resumed and the Job is
+    complete; the queue's pod watch (as the service runs it) saw the eviction."""
+    queue = make_queue()
+    watch = asyncio.create_task(
+        backend.watch_changes(lambda: None, on_queue_pod=queue.loop.note_pod)
+    )
+    try:
+        view = await queue.submit(
+            user="gina", groups=[], config=config("out/resume"), profile="cpu", priority="normal"
+        )
+        job_id = view["id"]
+        pod = await checkpointed_pod(queue, backend, job_id)
+        name = pod["metadata"]["name"]
+        await client.CoreV1Api(api).create_namespaced_pod_eviction(
+            name, NS, {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}}
+        )
+
+        async def complete():
+            [job] = [
+                j
+                for j in await backend.list_jobs()
+                if j["metadata"]["name"] == k8s_objects.job_name("gina", job_id)
+            ]
+            pods = [p["metadata"]["name"] for p in await backend.list_job_pods()]
+            conditions = (job.get("status") or {}).get("conditions") or []
+            done = any(c["type"] == "Complete" and c["status"] == "True" for c in conditions)
+            return done and name not in pods
+
+        await wait_for(complete, timeout=30, interval=0.2)
+        await queue.run_pass()
+        row = queue.get(job_id, user=None)
+        assert (row.state, row.interruptions) == ("succeeded", 1), row.reason
+        [attempt] = queue.ops.attempts(job_id)
+        assert (attempt["pod"], attempt["reason"]) == (name, "EvictionByEvictionAPI")
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
 
 
 def assert_saved(text: str) -> None:

@@ -21,6 +21,7 @@ from llmspawner.queue.control import ControlLoop
 from llmspawner.queue.models import Job
 from llmspawner.queue.operations import QueueError, QueueOperations
 from llmspawner.settings import LLMPlatform
+from llmspawner.tracking import TrackingUnavailable
 
 CONFIG = (
     "stage: sft\ndo_train: true\nmodel_name_or_path: /storage/models/tiny\n"
@@ -267,7 +268,12 @@ async def test_a_refused_job_fails_a_transient_refusal_is_retried(queue):
     view = await submit(queue)
     queue.backend.refuse = KubeError(503, "ServiceUnavailable", "etcd is slow")
     await queue.loop.run_pass()
-    assert queue.get(view["id"], user=None).state == "admitted"
+    row = queue.get(view["id"], user=None)
+    assert row.state == "admitted"
+    assert queue.view(row)["reason"] == (
+        "waiting for the cluster's API: Kubernetes API 503 ServiceUnavailable: etcd is slow, "
+        "retrying"
+    )
     queue.backend.refuse = KubeError(422, "Invalid", "spec.template is bad")
     await queue.loop.run_pass()
     row = queue.get(view["id"], user=None)
@@ -342,3 +348,41 @@ async def test_the_plan_in_the_worker_process_is_the_plan_on_the_loop(tmp_path):
     assert decision.admit and decision.positions and unknown
     assert {p for _, p in unknown} == {"gone"}
     assert queue_db.shared_url(queue_db.connect("sqlite://").kw["bind"]) is None
+
+
+class DownMLflow(FakeTracker):
+    """MLflow down: making an experiment fails until ``up`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.experiments_known = False
+        self.up = False
+        self.tries = 0
+
+    async def experiment_id(self, name, owner=None):
+        no_session("MLflow")
+        self.tries += 1
+        if not self.up:
+            raise TrackingUnavailable("MLflow at http://mlflow:5000 is unreachable: refused")
+        self.experiments_known = True
+        return "17"
+
+
+async def test_a_job_waiting_for_mlflow_says_so_and_gets_its_job_once_mlflow_is_back(queue):
+    tracker = queue.ctx.tracker = DownMLflow()
+    view = await submit(queue)
+    for _ in range(3):  # each pass: the MLflow work it starts fails
+        await queue.loop.run_pass()
+    row = queue.get(view["id"], user=None)
+    assert (row.state, queue.backend.created, tracker.tries) == ("admitted", [], 3)
+    assert queue.view(row)["reason"] == (
+        "waiting for MLflow: MLflow at http://mlflow:5000 is unreachable: refused, retrying"
+    )
+    tracker.up = True
+    for _ in range(3):
+        await queue.loop.run_pass()
+    [job] = queue.backend.created  # once, never twice
+    row = queue.get(view["id"], user=None)
+    assert job["metadata"]["name"] == row.k8s_name
+    assert (row.state, row.attempts, row.mlflow_experiment_id) == ("admitted", 1, "17")
+    assert not queue.view(row)["reason"].startswith("waiting for MLflow")

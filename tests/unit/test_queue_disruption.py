@@ -13,7 +13,13 @@ import types
 import pytest
 
 from llmspawner.queue import control as control_mod
-from llmspawner.queue.disruption import Running, Waiter, choose_preemptions
+from llmspawner.queue.disruption import (
+    Running,
+    Waiter,
+    capped_sentence,
+    capped_waiters,
+    choose_preemptions,
+)
 from llmspawner.queue.operations import QueueError
 
 from .test_queue_control import CONFIG, platform  # noqa: F401  (a fixture)
@@ -252,7 +258,11 @@ async def test_a_high_job_preempts_the_most_recent_low_job_never_a_server(queue,
     assert low_new.k8s_name in queue.backend.deleted
     assert queue.get(low_old.id, user=None).state == "running"
     assert queue.get(normal.id, user=None).state == "running"
-    assert queue.get(high["id"], user=None).state == "queued"  # until the slice is free
+    # the freed slice is the high job's: admitted in the same pass, its Job created (its pod
+    # waits, pending, for the slice), so nothing else is admitted into it
+    high_row = queue.get(high["id"], user=None)
+    assert high_row.state == "admitted"
+    assert [j["metadata"]["name"] for j in queue.backend.created].count(high_row.k8s_name) == 1
     view = queue.view(victim, with_config=True)
     assert view["reason"].startswith(f"interrupted: preempted by job {high['id']} of priority high")
     reasons = [a["reason"] for a in view["attempts"]]
@@ -298,6 +308,161 @@ async def test_a_high_job_preempts_the_most_recent_low_job_never_a_server(queue,
 )
 def test_choose_preemptions(waiters, running, free, freeing, expected):
     assert choose_preemptions(waiters, running, free=free, freeing=freeing) == expected
+
+
+def test_a_job_preempted_max_preemptions_times_is_not_chosen_and_the_waiter_learns_why():
+    running = [Running(1, "a", "low", 10, preemptions=2), Running(2, "a", "normal", 5)]
+    kw = {"free": {"a": 0}, "freeing": {}, "max_preemptions": 2}
+    assert choose_preemptions([Waiter(9, "a")], running, **kw) == [(2, 9)]
+    assert capped_waiters([Waiter(9, "a")], running, **kw) == {}
+    assert choose_preemptions([Waiter(8, "a"), Waiter(9, "a")], running, **kw) == [(2, 8)]
+    assert capped_waiters([Waiter(8, "a"), Waiter(9, "a")], running, **kw) == {9: [running[0]]}
+    assert capped_sentence([running[0]], 2) == (
+        "job(s) 1 not preempted for it: preempted 2 times already, the limit "
+        "(LLMQueue.max_preemptions)"
+    )
+
+
+def full_profile(monkeypatch, free=0):
+    full = {"cpu": types.SimpleNamespace(free=free, total=4)}
+    monkeypatch.setattr(control_mod.capacity_mod, "capacities", lambda *a: full)
+    return full
+
+
+async def test_the_slice_freed_by_a_preemption_stays_the_high_jobs(queue, monkeypatch):
+    """The victim's slice is not taken by another queued job, and when a server takes it
+    anyway (what the queue cannot stop) no second job is preempted for the same high job."""
+    old = await started(queue, user="bob", priority="low")
+    new = await started(queue, user="carol", priority="low")
+    with queue.ctx.sessions() as db:
+        import datetime
+
+        from llmspawner.queue.models import Job
+
+        db.get(Job, old.id).started_at = datetime.datetime(2026, 1, 1, 0, 1)
+        db.get(Job, new.id).started_at = datetime.datetime(2026, 1, 1, 0, 5)
+        db.commit()
+    full = full_profile(monkeypatch)
+    high = await queue.submit(
+        user="alice", groups=[], config=CONFIG, profile="cpu", priority="high"
+    )
+    await queue.loop.run_pass()
+    assert queue.get(new.id, user=None).state == "queued"
+    # carol's pod is gone: one free slice, the high job's pod not bound yet; another job waits
+    del queue.backend.pods[new.id]
+    full["cpu"].free = 1
+    other = await queue.submit(
+        user="dave", groups=[], config=CONFIG, profile="cpu", priority="normal"
+    )
+    await queue.loop.run_pass()
+    assert queue.get(other["id"], user=None).state == "queued"
+    assert queue.get(new.id, user=None).state == "queued"
+    # a server took the slice: the high job's pod waits, and bob is not preempted as well
+    full["cpu"].free = 0
+    for _ in range(2):
+        await queue.loop.run_pass()
+    assert queue.get(old.id, user=None).state == "running"
+    assert queue.get(high["id"], user=None).state == "admitted"
+    names = [j["metadata"]["name"] for j in queue.backend.created]
+    assert names.count(queue.get(high["id"], user=None).k8s_name) == 1
+
+
+async def test_a_job_preempted_max_preemptions_times_runs_on_and_the_high_job_says_why(
+    queue, monkeypatch
+):
+    queue.ctx.settings = queue.ctx.settings.__class__(
+        **{**queue.ctx.settings.__dict__, "max_preemptions": 1}
+    )
+    low = await started(queue, user="bob", priority="low")
+    with queue.ctx.sessions() as db:  # preempted once already (as _record_preemptions writes)
+        from llmspawner.queue.models import JobPod
+
+        db.add(
+            JobPod(
+                job_id=low.id,
+                pod=f"{low.k8s_name}-x (preempted)",
+                k8s_job="x",
+                reason="preempted by job 99 of priority high",
+                counted=0,
+            )
+        )
+        db.commit()
+    full_profile(monkeypatch)
+    high = await queue.submit(
+        user="alice", groups=[], config=CONFIG, profile="cpu", priority="high"
+    )
+    await queue.loop.run_pass()
+    assert queue.get(low.id, user=None).state == "running"
+    view = queue.view(queue.get(high["id"], user=None))
+    assert view["state"] == "queued"
+    assert view["reason"].endswith(
+        f"; job(s) {low.id} not preempted for it: preempted 1 times already, the limit "
+        "(LLMQueue.max_preemptions)"
+    ), view["reason"]
+
+
+async def test_a_disrupted_pod_removed_between_two_passes_is_counted(queue):
+    """The pass saw the pod running; before the next one it was evicted, removed and
+    replaced by the Job controller (podFailurePolicy Ignore): counted once."""
+    row = await started(queue)
+    queue.backend.pods[row.id] = [pod(row.id, row.k8s_name, f"{row.k8s_name}-bbbbbb")]
+    await queue.loop.run_pass()
+    await queue.loop.run_pass()
+    row = queue.get(row.id, user=None)
+    assert (row.state, row.interruptions) == ("running", 1)
+    assert queue.view(row)["reason"].startswith(
+        "interrupted: its pod was disrupted and removed (replaced by the Job controller), "
+        "requeued (1 of 3)"
+    )
+    assert [a["pod"] for a in queue.attempts(row.id)] == [f"{row.k8s_name}-aaaaa"]
+    assert [j["metadata"]["name"] for j in queue.backend.created] == [row.k8s_name]
+
+
+async def test_a_disrupted_pod_only_the_watch_saw_is_counted_with_its_reason(queue):
+    view = await queue.submit(
+        user="alice", groups=[], config=CONFIG, profile="cpu", priority="normal"
+    )
+    await queue.loop.run_pass()
+    row = queue.get(view["id"], user=None)
+    first = pod(row.id, row.k8s_name, f"{row.k8s_name}-aaaaa")
+    queue.loop.note_pod("ADDED", first)
+    gone = pod(
+        row.id,
+        row.k8s_name,
+        f"{row.k8s_name}-aaaaa",
+        condition="PreemptionByScheduler",
+        deleting=True,
+    )
+    queue.loop.note_pod("MODIFIED", gone)
+    queue.loop.note_pod("DELETED", gone)
+    queue.backend.pods[row.id] = [pod(row.id, row.k8s_name, f"{row.k8s_name}-bbbbbb")]
+    await queue.loop.run_pass()
+    await queue.loop.run_pass()
+    row = queue.get(row.id, user=None)
+    assert (row.state, row.interruptions) == ("running", 1)
+    assert queue.view(row)["reason"].startswith(
+        "interrupted: PreemptionByScheduler, requeued (1 of 3)"
+    )
+    [attempt] = queue.attempts(row.id)
+    assert (attempt["pod"], attempt["reason"]) == (
+        first["metadata"]["name"],
+        "PreemptionByScheduler",
+    )
+
+
+async def test_a_deleted_pod_gone_before_its_job_failed_is_counted_once(queue):
+    """No replacement (a deletion is not ignored): nothing counted until the Job fails,
+    then once."""
+    row = await started(queue)
+    queue.backend.pods[row.id] = []
+    await queue.loop.run_pass()
+    assert queue.get(row.id, user=None).interruptions == 0
+    failed(queue.backend.jobs[row.k8s_name])
+    await queue.loop.run_pass()
+    await queue.loop.run_pass()
+    row = queue.get(row.id, user=None)
+    assert row.interruptions == 1, row.reason
+    assert row.k8s_name.endswith("-a2")
 
 
 async def test_stale_attempts_are_deleted_never_another_installations_job(queue):
