@@ -143,3 +143,28 @@ def test_spdy_streams_replies_data_fin_and_ping():
     assert inflate.decompress(reply[12:]) == struct.pack(">I", 0)  # no headers
     assert sent[1] == struct.pack(">HHI", 0x8003, spdy.PING, 4) + struct.pack(">I", 7)
     assert sent[2:] == [struct.pack(">II", 1, 4) + b"pong", struct.pack(">II", 1, 1 << 24)]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, b"a\nbc\nd\n"),
+        ({"tail_lines": 0}, b""),
+        ({"tail_lines": 1}, b"d\n"),
+        ({"tail_lines": 2}, b"bc\nd\n"),  # the window starts after a partial piece
+        ({"tail_lines": 9}, b"a\nbc\nd\n"),
+        ({"tail_lines": 1, "timestamps": True}, b"2026-12-01T23:00:00.000000003Z d\n"),
+        ({"limit_bytes": 3}, b"a\nb"),
+    ],
+)
+def test_read_log_tail_whole_lines_and_partial_pieces(tmp_path, options, expected):
+    stamp = "2026-12-01T23:00:00.00000000{}Z stdout {} {}\n"
+    pieces = [("F", "a"), ("P", "b"), ("F", "c"), ("F", "d")]
+    path = tmp_path / "c-0.log"
+    path.write_text("".join(stamp.format(i, t, c) for i, (t, c) in enumerate(pieces)))
+
+    async def read():
+        opts = podlogs.LogOptions(**options)
+        return b"".join([c async for c in podlogs.read_log(path, opts, lambda: True)])
+
+    assert asyncio.run(read()) == expected
