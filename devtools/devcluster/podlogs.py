@@ -4,7 +4,8 @@ timestamped record per line, and ``pods/<name>/log`` with its options.
 Writing (:class:`LogWriter`): the kubelet gives each container process a pipe as stdout and
 stderr; every line read from it becomes one record in the CRI log format of containerd
 (``<RFC3339Nano time> stdout F <line>``; a piece of a line that is not ended yet, as a
-progress bar's ``\\r`` updates, is written at once as a ``P`` partial record), in
+progress bar's ``\\r`` updates, is written as a ``P`` partial record if the rest of the
+line does not follow within 50 ms), in
 ``<pod dir>/logs/<container>-<restart>.log``: https://github.com/kubernetes/design-proposals-archive/blob/main/node/kubelet-cri-logging.md
 Subscribers (`subscribe`, for ``kubectl attach``) get the raw bytes as they come.
 
@@ -181,6 +182,13 @@ class LogWriter:
                 data = await reader.read(1 << 16)
                 if not data:
                     break
+                if not data.endswith(b"\n"):  # the line's rest, if it follows at once
+                    try:
+                        data += await asyncio.wait_for(reader.readuntil(b"\n"), 0.05)
+                    except asyncio.IncompleteReadError as end:
+                        data += end.partial
+                    except (asyncio.TimeoutError, asyncio.LimitOverrunError):
+                        pass
                 out.write(self._records(data))
                 for queue in list(self._subscribers):
                     queue.put_nowait(data)
