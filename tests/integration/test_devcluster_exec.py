@@ -270,7 +270,10 @@ async def test_logs_previous_timestamps_tail_since_limit(cluster, core):
         assert code == 0, err
         return out
 
-    await wait_for(lambda: logs(), timeout=10, what="the second instance's log")
+    async def both_lines():
+        return (await logs()).endswith("more\n")
+
+    await wait_for(both_lines, timeout=10, what="the second instance's log")
     assert await logs("--previous") == "first\n"
     assert await logs() == "second\nmore\n"
     assert await logs("--tail=1") == "more\n"
