@@ -330,8 +330,9 @@ def full_profile(monkeypatch, free=0):
 
 
 async def test_the_slice_freed_by_a_preemption_stays_the_high_jobs(queue, monkeypatch):
-    """The victim's slice is not taken by another queued job, and when a server takes it
-    anyway (what the queue cannot stop) no second job is preempted for the same high job."""
+    """A server that takes the victim's slice the moment it frees (what the queue cannot
+    stop) makes no second victim for the same high job, and while the high job's pod is not
+    bound yet no other queued job is admitted into a slice that frees."""
     old = await started(queue, user="bob", priority="low")
     new = await started(queue, user="carol", priority="low")
     with queue.ctx.sessions() as db:
@@ -348,8 +349,13 @@ async def test_the_slice_freed_by_a_preemption_stays_the_high_jobs(queue, monkey
     )
     await queue.loop.run_pass()
     assert queue.get(new.id, user=None).state == "queued"
-    # carol's pod is gone: one free slice, the high job's pod not bound yet; another job waits
+    # carol's pod is gone and a server took its slice at once: still no free slice
     del queue.backend.pods[new.id]
+    for _ in range(2):
+        await queue.loop.run_pass()
+    assert queue.get(old.id, user=None).state == "running"  # bob is not preempted as well
+    assert queue.get(high["id"], user=None).state == "admitted"
+    # the server stops: a free slice while the high job's pod is not bound yet
     full["cpu"].free = 1
     other = await queue.submit(
         user="dave", groups=[], config=CONFIG, profile="cpu", priority="normal"
@@ -357,12 +363,6 @@ async def test_the_slice_freed_by_a_preemption_stays_the_high_jobs(queue, monkey
     await queue.loop.run_pass()
     assert queue.get(other["id"], user=None).state == "queued"
     assert queue.get(new.id, user=None).state == "queued"
-    # a server took the slice: the high job's pod waits, and bob is not preempted as well
-    full["cpu"].free = 0
-    for _ in range(2):
-        await queue.loop.run_pass()
-    assert queue.get(old.id, user=None).state == "running"
-    assert queue.get(high["id"], user=None).state == "admitted"
     names = [j["metadata"]["name"] for j in queue.backend.created]
     assert names.count(queue.get(high["id"], user=None).k8s_name) == 1
 
