@@ -397,3 +397,12 @@ async def test_kubectl_port_forward_reaches_the_pods_port(cluster, core):
         if proc.returncode is None:
             proc.terminate()
         await proc.wait()
+
+
+async def test_kubectl_run_interactive_attaches_and_removes_the_pod(cluster, core):
+    """``kubectl run -i --rm``: a pod with ``stdin: true``, attached, then deleted."""
+    code, out, err = await run_kubectl(
+        cluster, "run", "-i", "--rm", "--restart=Never", "once", "--image=python", "--",
+        "sh", "-c", "read x; echo got $x", stdin="hello\n",
+    )  # fmt: skip
+    assert (code, out) == (0, 'got hello\npod "once" deleted\n'), err
