@@ -133,9 +133,12 @@ class LogWriter:
     log file at ``path`` (see the module docstring). `start` it, `finish` it after the
     process exited (waits up to ``timeout`` s for the pipe's end)."""
 
-    def __init__(self, path: Path, fd: int, stream: str = "stdout"):
+    def __init__(self, path: Path, fd: int, stream: str = "stdout", tty: bool = False):
         self.path = Path(path)
         self.fd = fd
+        #: ``fd`` is a terminal's master side (a ``tty: true`` container): `write` types
+        #: into it (attach), `resize` sets its size
+        self.tty = tty
         self.stream = stream.encode()
         self.task: asyncio.Task | None = None
         self._subscribers: set[asyncio.Queue] = set()
@@ -143,6 +146,10 @@ class LogWriter:
     def start(self) -> None:
         """Begin copying (an asyncio task of the running loop)."""
         self.task = asyncio.create_task(self._copy())
+
+    def write(self, data: bytes) -> None:
+        """Type ``data`` into the container's terminal (``tty`` only; OSError once gone)."""
+        os.write(self.fd, data)
 
     def subscribe(self) -> asyncio.Queue:
         """A queue of the raw output bytes from now on; ``b""`` when the output ends."""
@@ -179,7 +186,10 @@ class LogWriter:
         out = open(self.path, "ab", buffering=0)  # noqa: SIM115, ASYNC230 (a local file)
         try:
             while True:
-                data = await reader.read(1 << 16)
+                try:
+                    data = await reader.read(1 << 16)
+                except OSError:  # EIO: a terminal's last holder closed it
+                    break
                 if not data:
                     break
                 if not data.endswith(b"\n"):  # the line's rest, if it follows at once
@@ -187,7 +197,7 @@ class LogWriter:
                         data += await asyncio.wait_for(reader.readuntil(b"\n"), 0.05)
                     except asyncio.IncompleteReadError as end:
                         data += end.partial
-                    except (asyncio.TimeoutError, asyncio.LimitOverrunError):
+                    except (asyncio.TimeoutError, asyncio.LimitOverrunError, OSError):
                         pass
                 out.write(self._records(data))
                 for queue in list(self._subscribers):

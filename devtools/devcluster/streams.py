@@ -27,7 +27,8 @@ its user, with its environment, working folder and memory cgroup; ``tty`` gets a
 pseudo-terminal (its size from the resize channel, ``TERM=xterm`` unless the container sets
 it, stderr merged as with a runtime's terminal). attach: the container's output from now on
 (stdout channel) until it exits, and stdin into the container if its spec has ``stdin:
-true`` (else stdin is read and dropped, as a runtime does for a container without stdin).
+true`` (else stdin is read and dropped, as a runtime does for a container without stdin);
+a ``tty: true`` container has a terminal (its output and input; resize sets its size).
 
 portforward (https://kubernetes.io/docs/reference/using-api/websockets/ and upstream
 ``k8s.io/kubelet/pkg/cri/streaming/portforward/websocket.go``): WebSocket with
@@ -427,6 +428,13 @@ async def _attach(ws, target, streams: dict) -> None:
             if frame is None:
                 continue
             channel, payload = frame
+            if writer.tty:  # a tty: true container: its terminal
+                if channel == STDIN and streams["stdin"]:
+                    with contextlib.suppress(OSError):
+                        writer.write(payload)
+                elif channel == RESIZE:
+                    _set_size(writer.fd, payload)
+                continue
             if channel == STDIN and stdin is not None and not stdin.is_closing():
                 stdin.write(payload)
                 with contextlib.suppress(ConnectionResetError, BrokenPipeError):

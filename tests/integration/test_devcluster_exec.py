@@ -135,9 +135,9 @@ async def test_kubectl_exec_stdin_and_cp_both_ways(cluster, core, tmp_path):
     assert back.read_text() == "uploaded by kubectl cp\n"
 
 
-def _with_terminal(argv, keys: bytes, rows=31, cols=101, timeout=30.0):
-    """Run ``argv`` on a pseudo-terminal of ``rows``x``cols``; type ``keys`` once the shell
-    prompts; returns (exit code, everything shown)."""
+def _with_terminal(argv, keys: bytes, rows=31, cols=101, timeout=30.0, ready=(b"$", b"#")):
+    """Run ``argv`` on a pseudo-terminal of ``rows``x``cols``; type ``keys`` once what is
+    shown ends with one of ``ready`` (the shell's prompt); returns (exit code, all shown)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
@@ -145,17 +145,17 @@ def _with_terminal(argv, keys: bytes, rows=31, cols=101, timeout=30.0):
     shown, typed, deadline = b"", False, time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
+            readable, _, _ = select.select([master], [], [], 0.2)
+            if readable:
                 try:
                     data = os.read(master, 4096)
                 except OSError:  # EIO: kubectl exited
                     break
                 shown += data
-            if not typed and shown.rstrip().endswith((b"$", b"#")):
+            if not typed and shown.rstrip().endswith(ready):
                 os.write(master, keys)
                 typed = True
-            if proc.poll() is not None and not ready:
+            if proc.poll() is not None and not readable:
                 break
         return proc.wait(timeout=10), shown.decode(errors="replace")
     finally:
@@ -406,3 +406,33 @@ async def test_kubectl_run_interactive_attaches_and_removes_the_pod(cluster, cor
         "sh", "-c", "read x; echo got $x", stdin="hello\n",
     )  # fmt: skip
     assert (code, out) == (0, 'got hello\npod "once" deleted\n'), err
+
+
+async def test_kubectl_attach_it_to_a_tty_container(cluster, core):
+    """A ``stdin: true, tty: true`` container (as ``kubectl run -it`` makes) has a terminal:
+    ``kubectl attach -it`` types into it and sizes it."""
+    term = {
+        "metadata": {"name": "term"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "main", "image": "python", "stdin": True, "tty": True, "command": ["sh"]}
+            ],
+        },
+    }
+    await core.create_namespaced_pod(NS, term)
+    await running(core, "term")
+    argv = ["kubectl", "--kubeconfig", str(cluster.kubeconfig_path), "-n", NS]
+    argv += ["attach", "-it", "term"]
+    keys = b"stty size; echo typed-$((6*7)); exit 4\n"
+    code, shown = await asyncio.to_thread(_with_terminal, argv, keys, 24, 77, ready=(b"enter.",))
+    assert "24 77" in shown
+    assert "typed-42" in shown
+    pod = await wait_for(lambda: phase_is(core, "term", "Failed"), timeout=15, what="term exited 4")
+    assert pod.status.container_statuses[0].state.terminated.exit_code == 4
+    await core.delete_namespaced_pod("term", NS, grace_period_seconds=0)
+
+
+async def phase_is(core, name, phase):
+    pod = await core.read_namespaced_pod(name, NS)
+    return pod if pod.status.phase == phase else None
