@@ -77,3 +77,14 @@ def test_the_queue_gets_the_hubs_pull_secrets(env):
     for key, value in platform.to_env().items():
         env.setenv(key, value)
     assert LLMQueue().platform().image_pull_secrets == ["regcred"]
+
+
+def test_max_preemptions_reaches_the_loop_and_must_not_be_negative(env):
+    from traitlets import TraitError
+    from traitlets.config import Config
+
+    assert LLMQueue().queue_settings().max_preemptions == 2
+    app = LLMQueue(config=Config({"LLMQueue": {"max_preemptions": 0}}))
+    assert app.queue_settings().max_preemptions == 0
+    with pytest.raises(TraitError, match="LLMQueue.max_preemptions must be >= 0, not -1"):
+        LLMQueue(config=Config({"LLMQueue": {"max_preemptions": -1}}))
