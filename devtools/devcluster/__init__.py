@@ -20,8 +20,14 @@ It lets the real client code (kubespawner, kubernetes_asyncio, kubectl) run with
 - a scheduler (`scheduler`) with kube-scheduler's filters and FailedScheduling wording;
 - a kubelet (`kubelet`, `sandbox`) running pods' containers as local processes, each pod on
   its own loopback IP, volumes bind-mounted in a private mount namespace, as the pod's
-  ``runAsUser``/``runAsGroup`` when run as root; memory limits enforced (`memory`: a memory
-  cgroup, or RSS polling, then ``OOMKilled``);
+  ``runAsUser``/``runAsGroup`` (or the image's USER, ``KubeletConfig.image_config``) when run
+  as root, with containerd's default capabilities and ``drop``/``add``, a per-pod
+  ``/etc/hosts`` and hostname, ``readOnlyRootFilesystem``, a working folder at the image's
+  WORKDIR (`isolation`); memory limits enforced (`memory`: a memory cgroup, or RSS polling,
+  then ``OOMKilled``); logs as timestamped records (`podlogs`: ``previous``, ``since``,
+  ``timestamps``, ``tailLines``, ``limitBytes``);
+- ``pods/exec``, ``attach`` and ``portforward`` over WebSocket (`streams`, `nsexec`, `spdy`:
+  kubectl 1.32 and kubernetes_asyncio's ``WsApiClient``), in the container's namespaces;
 - disruptions (`disruption`): eviction, preemption and drains with the ``DisruptionTarget``
   condition, SIGTERM then SIGKILL after the grace period;
 - a Job controller (`jobs`) with ``podFailurePolicy``, a Deployment controller
@@ -29,9 +35,10 @@ It lets the real client code (kubespawner, kubernetes_asyncio, kubectl) run with
 - an API fault-injecting proxy for tests (`faults`);
 - a kubeconfig file (`kubeconfig`) and `DevCluster` / ``python -m devcluster``.
 
-Not emulated: network namespaces, Services' virtual IPs, DNS and kube-proxy (pods share the
+Not emulated: network namespaces (one pod can reach another's loopback-bound port), Services'
+virtual IPs, DNS and kube-proxy (pods share the
 host network, on distinct loopback addresses); CPU limits, emptyDir ``sizeLimit`` and GPU
-isolation (a GPU "request" is only bookkeeping); capabilities and seccomp; container images
+isolation (a GPU "request" is only bookkeeping); seccomp; container images
 (an image maps to a local Python environment); PodDisruptionBudgets; Indexed Jobs; ReplicaSets
 (a Deployment owns its pods: no rollout history, scale subresource or pause); aggregated and
 default user-facing ClusterRoles; admission webhooks and most per-field validation;

@@ -5,7 +5,10 @@ each resource in `resources.RESOURCES`: list (``labelSelector``, ``fieldSelector
 (``watch=true|True|1``, ``resourceVersion``, ``timeoutSeconds``; also ``/watch/`` paths), get,
 create (POST), replace (PUT), patch (merge, strategic, JSON patch), delete
 (``gracePeriodSeconds``, ``propagationPolicy``, in the query or a DeleteOptions body),
-deletecollection, the ``status`` subresource and the pods ``log`` subresource. Errors are
+deletecollection, the ``status`` subresource and the pods ``log`` subresource (D: with
+``previous``, ``sinceSeconds``/``sinceTime``, ``timestamps``, ``tailLines``, ``limitBytes``,
+`podlogs`), the pods ``exec``, ``attach`` and ``portforward`` subresources over WebSocket
+(D: `streams`). Errors are
 ``Status`` objects. ``Accept: ...;as=Table`` gets a server-side Table (as kubectl asks).
 
 As kube-apiserver (https://kubernetes.io/docs/reference/using-api/api-concepts/):
@@ -41,7 +44,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from . import disruption, resources, schema, selectors, tables, validation
+from . import disruption, podlogs, resources, schema, selectors, streams, tables, validation
 from .patching import PatchError, apply_patch
 from .resources import Resource
 from .selectors import Selector, SelectorError
@@ -66,9 +69,10 @@ class LogSource(Protocol):
     """What the API server needs from the kubelet to serve ``pods/<name>/log``."""
 
     async def stream_log(
-        self, pod: dict, container: str, follow: bool, tail_lines: int | None
+        self, pod: dict, container: str, follow: bool, tail_lines: int | None, options=None
     ) -> object:
-        """An async iterator of bytes chunks; raises `ApiError` 400 if there is no log yet."""
+        """An async iterator of bytes chunks; raises `ApiError` 400 if there is no log yet.
+        ``options``: a `podlogs.LogOptions` (previous, since, timestamps, limitBytes)."""
 
 
 def _truthy(value: str | None) -> bool:
@@ -285,6 +289,8 @@ class ApiServer:
                 return _json_response(disruption.evict(self.store, namespace, name, body), 201)
             if sub == "log" and method == "GET":
                 return await self._log(request, res, namespace, name)
+            if sub in streams.SUBRESOURCES:  # D: exec, attach, portforward (devcluster.streams)
+                return await streams.serve(self, request, res, namespace, name, sub)
             if method == "GET":
                 return _json_response(self.store.get(res, namespace, name))
             if method == "PUT":
@@ -638,9 +644,10 @@ class ApiServer:
             raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
         if self.logs is None:
             raise ApiError(400, "BadRequest", "no kubelet serves logs in this cluster")
-        follow = _truthy(request.query.get("follow"))
-        tail = _int_param(request.query, "tailLines")
-        chunks = await self.logs.stream_log(pod, container, follow, tail)
+        opts = podlogs.options_from_query(request.query, name)  # D: previous/since/...
+        chunks = await self.logs.stream_log(
+            pod, container, opts.follow, opts.tail_lines, options=opts
+        )
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await response.prepare(request)
         try:

@@ -12,7 +12,8 @@ One kubelet serves every node. For each pod bound to a node (``spec.nodeName``) 
   ``terminated.reason`` Completed/Error/StartError with ``exitCode``), conditions
   (PodScheduled, Initialized, ContainersReady, Ready), restarts per ``restartPolicy`` with a
   back-off, and Events (Pulled, Created, Started, Killing, BackOff, Failed, FailedMount);
-- keeps each container instance's output (stdout+stderr) for ``pods/<name>/log``;
+- keeps each container instance's output (stdout+stderr) for ``pods/<name>/log``, one
+  timestamped record per line (D: `podlogs`; ``--previous`` reads the instance before);
 - on deletion (and eviction, `disruption`): SIGTERM to the container, SIGKILL to what is left
   after the grace period, writes the final status (phase Failed unless every container
   exited 0; ``terminated`` exitCode 143 after SIGTERM, 137 after SIGKILL, reason Error; a
@@ -29,13 +30,20 @@ without ``runAsGroup`` the uid's primary group, else 0, as containerd), with
 ``allowPrivilegeEscalation: false``; emptyDir/configMap/secret volumes are given to the
 ``fsGroup`` (:func:`containers.process_identity`, :func:`containers.prepare_volumes`);
 ``runAsNonRoot`` with ``runAsUser: 0`` fails with CreateContainerConfigError. Without
-``runAsUser`` a process runs as the kubelet's own user (the emulated images carry no USER, so
-``runAsNonRoot`` is not checked against it). When the kubelet is *not* root, no identity is
+``runAsUser`` a process runs as its image's user (``KubeletConfig.image_config``; checked
+against ``runAsNonRoot``), or the kubelet's own user for an image whose user is not known
+there (unchecked: ``isolation``'s docstring). When the kubelet is *not* root, no identity is
 applied: every process runs as the kubelet's user, as before (logged once).
 
-Not emulated: liveness/startup probes, CPU limits, capabilities and seccomp
-profiles (beyond what dropping root does), emptyDir ``sizeLimit``, image pulls, networking
-namespaces.
+E: each pod gets its own ``/etc/hosts`` (its hostname and FQDN on its IP, ``hostAliases``) and
+hostname; containers get containerd's default capability set with ``drop``/``add`` applied
+(all for ``privileged``; none for a non-root user), ``readOnlyRootFilesystem``, and, without
+``workingDir``, a fresh working folder at the image's WORKDIR; the image's USER applies when
+the pod sets no ``runAsUser`` (`isolation`, ``KubeletConfig.image_config``). The kubelet's
+data folder (PVCs, pods, kubeconfig, TLS keys) is hidden from every container.
+
+Not emulated: liveness/startup probes, CPU limits, seccomp profiles, emptyDir ``sizeLimit``,
+image pulls, networking namespaces (pods share the host's loopback).
 """
 
 from __future__ import annotations
@@ -49,12 +57,13 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import containers, memory
+from . import containers, isolation, memory, podlogs
 from .controller import reconcile_loop
 from .events import record_event
 from .resources import PODS
@@ -103,6 +112,11 @@ class KubeletConfig:
         "NO_PROXY",
     )
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: E: image → ``{"user": "uid:gid" | None, "workingDir": path}``, what its Dockerfile's
+    #: USER and WORKDIR would say (`isolation.image_config`; looked up as ``images``).
+    image_config: dict[str, dict] = field(
+        default_factory=lambda: {k: dict(v) for k, v in isolation.DEFAULT_IMAGE_CONFIG.items()}
+    )
 
 
 class IpPool:
@@ -154,6 +168,7 @@ class ContainerRun:
         self.container_id = ""
         self.cgroup = ""  # this instance's memory cgroup (memory.Cgroups), if any
         self.oom_killed = False
+        self.log_writer: podlogs.LogWriter | None = None  # D: this instance's output
 
     def status(self) -> dict:
         """The ``containerStatuses`` entry."""
@@ -211,16 +226,6 @@ async def probe_once(probe: dict, spec: dict, pod_ip: str, timeout: float) -> bo
         return True
     except (OSError, ValueError, asyncio.TimeoutError):
         return False
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    """The bytes of ``path`` from ``offset`` on (b"" if the file is gone)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read()
-    except FileNotFoundError:
-        return b""
 
 
 class PodWorker:
@@ -429,14 +434,30 @@ class PodWorker:
         if user is not None and not self.kubelet.as_root:
             self.kubelet.note_not_root()
             user = None
-        if user is not None and user["uid"] not in (None, 0):
+        instance = f"{run.name}-{run.restart_count}"
+        # E: /etc/hosts, capabilities, the image's user and working folder (devcluster.isolation)
+        extra = isolation.container_setup(
+            pod,
+            run.spec,
+            user=user,
+            pod_ips=[self.ip],
+            pod_dir=self.dir,
+            instance=instance,
+            images=cfg.image_config,
+            as_root=self.kubelet.as_root,
+        )
+        user = extra["user"]
+        mounts += extra["mounts"]
+        if env.get("HOSTNAME") == self.name:
+            env["HOSTNAME"] = extra["hostname"]
+        ids = user or {"uid": None, "gid": None, "groups": []}
+        if ids["uid"] not in (None, 0) or isolation.needs_traversable(extra["capabilities"]):
             python = os.path.realpath(os.path.join(prefix, "bin", "python"))
             traversable = containers.untraversable(
                 [prefix, os.path.realpath(prefix), os.path.dirname(python)],
-                user["uid"],
-                {g for g in [user["gid"], *user["groups"]] if g is not None},
+                os.geteuid() if ids["uid"] is None else ids["uid"],
+                {g for g in [ids["gid"], *ids["groups"]] if g is not None},
             )
-        instance = f"{run.name}-{run.restart_count}"
         try:
             limit = memory.memory_limit(run.spec)
         except ValueError as exc:
@@ -453,15 +474,17 @@ class PodWorker:
         spec = {
             "argv": argv,
             "env": env,
-            "cwd": run.spec.get("workingDir") or "/",
-            "hostname": self.name,
+            "cwd": extra["cwd"],
+            "hostname": extra["hostname"],
             "mounts": mounts,
-            "hide": [str(self.kubelet.data_dir / "pvc"), str(self.kubelet.data_dir / "pods")],
+            "hide": [str(self.kubelet.data_dir)],  # E: its pvc/, pods/, kubeconfig, tls/
             "error_file": str(self.dir / f"{instance}.error"),
             "parent_pid": os.getpid(),
             "user": user,
             "traversable": traversable,
             "cgroup": run.cgroup,
+            "capabilities": extra["capabilities"],  # E
+            "read_only_root": extra["read_only_root"],  # E
         }
         path = self.dir / f"{instance}.json"
         path.write_text(json.dumps(spec))
@@ -475,19 +498,27 @@ class PodWorker:
             self.event(
                 "Pulled", f'Container image "{run.spec.get("image")}" already present on machine'
             )
-        logfd = os.open(run.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # D: output as timestamped records (devcluster.podlogs); ``tty: true``: a terminal
+        tty = bool(run.spec.get("tty"))
+        logfd, pipe_w = os.openpty() if tty else os.pipe()
+        stdin = asyncio.subprocess.PIPE if run.spec.get("stdin") else subprocess.DEVNULL
         try:
             run.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 SANDBOX,
                 str(spec_path),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=logfd,
+                stdin=pipe_w if tty else stdin,
+                stdout=pipe_w,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
-        finally:
+        except BaseException:
             os.close(logfd)
+            raise
+        finally:
+            os.close(pipe_w)
+        run.log_writer = podlogs.LogWriter(run.log_path, logfd, tty=tty)
+        run.log_writer.start()
         started_at = now_iso()
         run.container_id = f"devcluster://{run.proc.pid}"
         run.state = {"running": {"startedAt": started_at}}
@@ -506,6 +537,7 @@ class PodWorker:
         if limit is not None and not run.cgroup:
             poller = asyncio.create_task(self._poll_memory(run, limit))
         code = await run.proc.wait()
+        await run.log_writer.finish()
         if code < 0:  # the supervisor itself was killed (SIGKILL after the grace period)
             code = 128 - code
         for task in (prober, poller):
@@ -622,11 +654,25 @@ class PodWorker:
     # -- logs ------------------------------------------------------------------------------
 
     async def stream_log(
-        self, container: str, follow: bool, tail_lines: int | None
+        self, container: str, follow: bool, tail_lines: int | None, options=None
     ) -> AsyncIterator[bytes]:
-        """The output of the container's current instance, then (``follow``) what it
-        writes until it exits. Raises `ApiError` 400 if it has not started yet."""
+        """The log of the container's current instance (``options.previous``: the one
+        before), then (``follow``) what it writes until it exits, per ``options``
+        (`podlogs.LogOptions`; default: ``follow``/``tail_lines`` alone). Raises `ApiError`
+        400 if it has not started yet (or has no previous instance)."""
+        opts = options or podlogs.LogOptions(follow=follow, tail_lines=tail_lines)
         run = next((r for r in self.inits + self.containers if r.name == container), None)
+        if opts.previous:  # D: the instance before the last restart
+            path = None
+            if run is not None and run.log_path is not None and run.restart_count > 0:
+                path = run.log_path.with_name(f"{run.name}-{run.restart_count - 1}.log")
+            if path is None or not path.exists():
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f'previous terminated container "{container}" in pod "{self.name}" not found',
+                )
+            return podlogs.read_log(path, opts, lambda: True)
         if run is None or run.log_path is None or not run.log_path.exists():
             reason = "ContainerCreating"
             if run is not None and "waiting" in run.state:
@@ -636,28 +682,14 @@ class PodWorker:
                 "BadRequest",
                 f'container "{container}" in pod "{self.name}" is waiting to start: {reason}',
             )
-        path, proc = run.log_path, run.proc
+        path, proc, writer = run.log_path, run.proc, run.log_writer
 
-        async def chunks() -> AsyncIterator[bytes]:
-            data = _read_from(path, 0)
-            offset = len(data)
-            if tail_lines is not None:
-                lines = data.splitlines(keepends=True)
-                data = b"".join(lines[-tail_lines:]) if tail_lines > 0 else b""
-            if data:
-                yield data
-            while follow:
-                ended = proc is None or proc.returncode is not None or self.stopping.is_set()
-                more = _read_from(path, offset)
-                offset += len(more)
-                if more:
-                    yield more
-                elif ended:
-                    return
-                else:
-                    await asyncio.sleep(0.1)
+        def ended() -> bool:  # the output's end is in the file once its writer is done
+            if writer is not None and writer.task is not None:
+                return writer.task.done()
+            return proc is None or proc.returncode is not None or self.stopping.is_set()
 
-        return chunks()
+        return podlogs.read_log(path, opts, ended)
 
 
 class Kubelet:
@@ -762,7 +794,7 @@ class Kubelet:
         worker.cleanup()
 
     async def stream_log(
-        self, pod: dict, container: str, follow: bool, tail_lines: int | None
+        self, pod: dict, container: str, follow: bool, tail_lines: int | None, options=None
     ) -> AsyncIterator[bytes]:
         """`apiserver.LogSource`: the log of a container of ``pod``."""
         worker = self.workers.get(pod["metadata"]["uid"])
@@ -773,7 +805,7 @@ class Kubelet:
                 f'container "{container}" in pod "{pod["metadata"]["name"]}" is waiting to '
                 "start: ContainerCreating",
             )
-        return await worker.stream_log(container, follow, tail_lines)
+        return await worker.stream_log(container, follow, tail_lines, options)
 
     async def shutdown(self) -> None:
         """Stop every pod's processes (SIGTERM, then SIGKILL after ``shutdown_grace``)."""

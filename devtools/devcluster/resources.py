@@ -51,7 +51,16 @@ class Resource:
 RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "namespaces", "Namespace", False, ("status",), ("ns",)),
     Resource("", "v1", "nodes", "Node", False, ("status",), ("no",)),
-    Resource("", "v1", "pods", "Pod", True, ("status", "log", "eviction"), ("po",), ("all",)),
+    Resource(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        True,
+        ("status", "log", "eviction", "exec", "attach", "portforward"),  # D: devcluster.streams
+        ("po",),
+        ("all",),
+    ),
     Resource("", "v1", "events", "Event", True, (), ("ev",)),
     Resource(
         "", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("status",), ("pvc",)
@@ -182,6 +191,9 @@ def api_resource_list(group: str, version: str) -> dict | None:
                 "kind": kind,
                 "verbs": verbs,
             }
+            if sub in ("exec", "attach", "portforward"):  # D: devcluster.streams
+                kinds = {"attach": "PodAttachOptions", "portforward": "PodPortForwardOptions"}
+                entry.update(verbs=["create", "get"], kind=kinds.get(sub, "PodExecOptions"))
             if sub == "eviction":  # F: policy/v1 Eviction (devcluster.disruption)
                 entry.update(verbs=["create"], kind="Eviction", group="policy", version="v1")
             if sub == "token":  # R: TokenRequest (kubectl create token)
