@@ -331,6 +331,34 @@ class LlamaBoardPage:
         if output_dir is not None:
             self.choose("Output dir", output_dir)
 
+    def preview_until_sent(self, path: str, *, timeout: float = 60) -> None:
+        """Type the model ``path`` until the Train tab's "Preview command" shows it: Start
+        builds its command from the same values, so Start then sends this path.
+
+        The model name's change handler sets the model path (empty for "Custom") in a server
+        round trip; on a busy machine its answer can land after the path was typed, and Start
+        then fails with "Model not found." (``test_culling.preview_until_sent``, seen there).
+
+        Raises:
+            AssertionError: the preview does not show the path within ``timeout`` seconds.
+        """
+        from playwright.sync_api import expect
+
+        self.tab("Train")
+        shown = f"--model_name_or_path {path}"
+        deadline = time.monotonic() + timeout
+        while True:
+            box = self.field("Model path")
+            box.fill(path)
+            box.press("Tab")
+            self.button("Preview command").click()
+            try:
+                expect(self.root.locator("body")).to_contain_text(shown, timeout=10_000)
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+
     def start_training(self) -> None:
         """Press Start on the Train tab."""
         self.tab("Train")
