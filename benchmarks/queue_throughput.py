@@ -29,8 +29,11 @@ it adds the same ~1 ms to every service behind it.
 
 Run: ``.venv/bin/python benchmarks/queue_throughput.py`` (about a minute on 2 cores). Prints
 one line per figure with its target; exits 0 (these are measurements, not tests) unless
-``--check`` is given and a target is missed. (The file was ``benchmarks/queue.py``, a name that
-shadowed the standard library's ``queue`` module when run as a script.)
+``--check`` is given and a target is missed. With ``BENCH_CPU_BY_PROCESS=1`` in the
+environment the CPU line also names each worker process of the service by pid (the config
+checks' worker starts first, the planning worker second). (The file was
+``benchmarks/queue.py``, a name that shadowed the standard library's ``queue`` module when
+run as a script.)
 """
 
 from __future__ import annotations
@@ -391,10 +394,16 @@ async def bench_submits(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the service did not answer:\n{service.log_tail()}")
                 await asyncio.sleep(0.25)
+            # The first PUT waits for the checks' worker process to start (it decodes the
+            # body): seconds, more on a loaded machine, so the set-up calls wait longer.
+            setup_timeout = aiohttp.ClientTimeout(total=timeout)
             for name in names:
                 try:
                     r = await client.put(
-                        f"{api}/users/{name}/limit", json={"max_running": 0}, headers=admin
+                        f"{api}/users/{name}/limit",
+                        json={"max_running": 0},
+                        headers=admin,
+                        timeout=setup_timeout,
                     )
                 except (aiohttp.ClientError, asyncio.TimeoutError):
                     print(f"the service did not answer:\n{service.log_tail()}", file=sys.stderr)
@@ -487,6 +496,8 @@ def cpu_seconds(groups: dict[str, int | None]) -> dict[str, float]:
                     try:
                         t = child.cpu_times()
                         workers += t.user + t.system
+                        if os.environ.get("BENCH_CPU_BY_PROCESS"):  # while developing
+                            out[f"{name}/{child.pid}"] = t.user + t.system
                     except psutil.Error:
                         pass
         except (psutil.Error, TypeError, ValueError):
@@ -583,6 +594,8 @@ async def submit_run(args, db: str, workdir: Path, beside: str) -> float:
     workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (before the timing)
     submits, service_args, db_url = args.submits, (), ""
     profile = Path(args.profile) / f"{db}.raw" if args.profile else None
+    if profile is not None:
+        profile.parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (py-spy needs it)
     if db == "sqlite-rollback":  # the baseline: SQLite's defaults, fewer submits (slow)
         submits, service_args = max(100, args.submits // 4), ("--LLMQueue.sqlite_wal=False",)
     if db == "postgresql":

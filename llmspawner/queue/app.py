@@ -50,7 +50,7 @@ from jupyterhub.utils import url_path_join
 from tornado import httputil, web
 from tornado.iostream import StreamClosedError
 
-from . import limits
+from . import lf_config, limits
 from .limits import LimitExceeded
 from .operations import QueueError, QueueOperations
 from .states import ADMIN_SCOPE, CANCELLABLE_STATES, DEFAULT_PRIORITY, PRIORITIES, STATES
@@ -311,29 +311,31 @@ class JobListAPIHandler(APIHandler):
     async def post(self):
         if self.caller.kind != "user":
             raise QueueError(403, "only users can submit jobs (a service has no folder)")
-        body = await self.body_json()
-        unknown = sorted(set(body) - {"config", "profile", "priority"})
-        if unknown:
-            raise QueueError(400, "unknown field; allowed: config, profile, priority", unknown[0])
-        if "config" not in body:
+        # One round trip to the checks' worker: the body decoded and its config checked
+        # together (lf_config.check_submit_body); the fields' errors are answered first.
+        try:
+            body = await lf_config.check_submit(self.request.body, username=self.caller.name)
+        except lf_config.BadBody as e:
+            raise QueueError(400, str(e), "body") from None
+        if body.unknown:
+            raise QueueError(400, "unknown field; allowed: config, profile, priority", body.unknown)
+        if not body.has_config:
             raise QueueError(400, "the training config is required", "config")
-        config = body["config"]
-        if not isinstance(config, str | dict):
+        if not body.config_ok:
             raise QueueError(400, "must be YAML/JSON text or an object", "config")
-        profile = body.get("profile")
-        if not isinstance(profile, str) or not profile:
+        if not body.profile:
             allowed = ", ".join(self.ops.profile_slugs())
             raise QueueError(400, f"a profile is required; allowed: {allowed}", "profile")
-        priority = body.get("priority", DEFAULT_PRIORITY)
-        if not isinstance(priority, str):
+        if not body.priority_ok:
             choices = f"{', '.join(PRIORITIES[:-1])} or {PRIORITIES[-1]}"
             raise QueueError(400, f"must be {choices}", "priority")
         view = await self.ops.submit(
             user=self.caller.name,
             groups=self.caller.groups,
-            config=config,
-            profile=profile,
-            priority=priority,
+            config=None,
+            profile=body.profile,
+            priority=body.priority or DEFAULT_PRIORITY,
+            prepared=body.prepared,
         )
         self.set_header("Location", url_path_join(self.request.path, str(view["id"])))
         self.write_json(view, 201)

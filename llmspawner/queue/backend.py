@@ -28,6 +28,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import aiohttp
+
 from ..capacity import ClusterLister
 from .k8s_objects import LABEL_JOB_ID, LABEL_MANAGED_BY, MANAGED_BY
 
@@ -173,7 +175,8 @@ class KubeBackend:
                     _request_timeout=self.request_timeout,
                     **kwargs,
                 )
-            except (OSError, asyncio.TimeoutError) as e:
+            except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as e:
+                # ClientError: also a connection closed with no answer (ServerDisconnected)
                 error = KubeError(0, "Unreachable", f"{type(e).__name__}: {e}")
             else:
                 if 200 <= resp.status < 300:
@@ -383,7 +386,13 @@ class KubeBackend:
 
     # -- watching -----------------------------------------------------------------------
 
-    async def watch_changes(self, on_change: Callable[[], None], *, timeout: int = 300) -> None:
+    async def watch_changes(
+        self,
+        on_change: Callable[[], None],
+        *,
+        timeout: int = 300,
+        on_queue_pod: Callable[[str, dict], None] | None = None,
+    ) -> None:
         """Call ``on_change()`` when a queue Job or pod changes, or a GPU slice frees up;
         runs until cancelled.
 
@@ -399,6 +408,10 @@ class KubeBackend:
           terminated (a server stopped), or one newly bound. Such a change also drops
           the capacity listing's cache (:meth:`~llmspawner.capacity.ClusterLister.invalidate`),
           so that the pass it triggers counts the freed slice at once.
+
+        ``on_queue_pod(type, pod)``, if given, gets each event of a queue pod first (the
+        control loop remembers disrupted pods that are gone before its next pass:
+        :meth:`llmspawner.queue.control.ControlLoop.note_pod`).
 
         ``on_change`` is only a trigger (the control loop gathers a burst of them into one
         pass, then lists and compares): a missed event costs at most one resync interval
@@ -421,7 +434,10 @@ class KubeBackend:
             if changed:
                 self.capacity.invalidate()
             labels = (pod.get("metadata") or {}).get("labels") or {}
-            if changed or labels.get(LABEL_MANAGED_BY) == MANAGED_BY:
+            ours = labels.get(LABEL_MANAGED_BY) == MANAGED_BY
+            if ours and on_queue_pod is not None:
+                on_queue_pod(type_, pod)
+            if changed or ours:
                 on_change()
 
         await asyncio.gather(

@@ -27,6 +27,7 @@ default driver for that scheme, is not installed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -247,13 +248,18 @@ MAX_INSERT_BATCH = 256
 def row_defaults(table) -> dict:
     """``{column: value}`` of ``table``'s columns that have a plain (not callable, not SQL)
     default, e.g. ``{"priority": "normal", "attempts": 0}``; a new row's attributes before the
-    database fills them."""
-    out = {}
+    database fills them. A new dict each call (computed once per table: it runs per submit)."""
+    return dict(_row_defaults(table))
+
+
+@functools.lru_cache(maxsize=16)
+def _row_defaults(table) -> tuple[tuple[str, object], ...]:
+    out = []
     for column in table.columns:
         default = column.default
         if default is not None and default.is_scalar:
-            out[column.key] = default.arg
-    return out
+            out.append((column.key, default.arg))
+    return tuple(out)
 
 
 class JobInserter:

@@ -52,9 +52,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import concurrent.futures.process
+import functools
 import json
 import multiprocessing
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -406,8 +408,11 @@ async def worker_ready() -> None:
         LimitExceeded: 503 ``check_seconds`` when it took more than :data:`START_SECONDS`.
     """
     _pool()
+    started = _started
+    if started is not None and started.done() and started.exception() is None:
+        return  # the usual case: no future to wrap, nothing to wait for
     try:
-        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(_started)), START_SECONDS)
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(started)), START_SECONDS)
     except asyncio.TimeoutError:
         raise LimitExceeded(
             503,
@@ -417,28 +422,113 @@ async def worker_ready() -> None:
         ) from None
 
 
+#: Most calls of :func:`off_loop` sent to the worker process in one round trip.
+MAX_BATCH = 64
+
+
+def _run_batch(calls: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+    """Run in the worker: ``[(True, result) or (False, exception), ...]``, one per call.
+
+    An exception that cannot be pickled comes back as a :class:`RuntimeError` naming it
+    (alone, it would fail the whole batch's answer).
+    """
+    import pickle
+
+    out = []
+    for call in calls:
+        try:
+            out.append((True, call()))
+        except Exception as e:
+            try:
+                pickle.dumps(e)
+            except Exception:
+                e = RuntimeError(f"{type(e).__name__}: {e}")
+            out.append((False, e))
+    return out
+
+
+class _Batches:
+    """The calls of :func:`off_loop` waiting for the worker, on one event loop.
+
+    At most one batch is with the worker at a time; the calls that arrive meanwhile go
+    together in the next one (as :class:`~llmspawner.queue.db.JobInserter` does for commits):
+    under a burst of submits the service then pays the round trip's fixed cost (pickling,
+    the executor's threads, waking the loop) once per batch instead of once per call. The
+    worker runs one call at a time either way.
+    """
+
+    def __init__(self):
+        self.pending: list[tuple[Callable[[], Any], asyncio.Future]] = []
+        self.sender: asyncio.Task | None = None
+
+    def add(self, call: Callable[[], Any]) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((call, future))
+        if self.sender is None or self.sender.done():
+            self.sender = asyncio.ensure_future(self._send_all())
+        return future
+
+    async def _send_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            batch = [(c, f) for c, f in self.pending[:MAX_BATCH] if not f.done()]
+            del self.pending[:MAX_BATCH]
+            if not batch:
+                continue  # every caller gave up (timed out) before it was sent
+            pool = _pool()
+            try:
+                outcomes = await loop.run_in_executor(pool, _run_batch, [c for c, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as e:
+                if isinstance(e, concurrent.futures.process.BrokenProcessPool):
+                    _forget(pool)  # the worker died (killed): the next call starts a new one
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+
+
+_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batches] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def off_loop(fn: Callable[..., T], *args, seconds: float = CHECK_SECONDS) -> T:
     """Run ``fn(*args)`` in the checks' worker process; return its result.
 
     Keeps CPU-bound parsing and validation off the event loop and out of its GIL. ``fn``,
     its arguments, result and exceptions travel by pickle (module-level functions,
     :func:`functools.partial` of them; :class:`LimitExceeded` and
-    :class:`~llmspawner.queue.lf_config.ConfigInvalid` pickle whole). Its inputs are bounded
-    by the limits above, so it ends in bounded time; ``seconds`` bounds the wait (queueing
-    behind other checks included, the worker's start-up not: up to :data:`START_SECONDS`),
-    after which the caller gets a 503 and the work finishes unseen.
+    :class:`~llmspawner.queue.lf_config.ConfigInvalid` pickle whole). Calls made while the
+    worker is busy go to it together, in one round trip (:class:`_Batches`). Its inputs are
+    bounded by the limits above, so it ends in bounded time; ``seconds`` bounds the wait
+    (queueing behind other checks included, the worker's start-up not: up to
+    :data:`START_SECONDS`), after which the caller gets a 503 and the work finishes unseen
+    (or, not yet sent, is not run).
 
     Raises:
-        LimitExceeded: 503 ``check_seconds`` when ``seconds`` passed.
+        LimitExceeded: 503 ``check_seconds`` when ``seconds`` passed, or when the worker
+            died (it is restarted for the next call).
         Exception: whatever ``fn`` raises.
     """
-    pool = _pool()
     await worker_ready()  # a start-up is not the check's time
-    future = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    loop = asyncio.get_running_loop()
+    batches = _batches.get(loop)
+    if batches is None:
+        batches = _batches[loop] = _Batches()
+    call = functools.partial(fn, *args) if args else fn
     try:
-        return await asyncio.wait_for(future, seconds)
+        return await asyncio.wait_for(batches.add(call), seconds)
     except concurrent.futures.process.BrokenProcessPool:
-        _forget(pool)  # the worker died (killed): the next check starts a new one
         raise LimitExceeded(
             503,
             "the queue's config checker stopped; it is being restarted: retry shortly",

@@ -230,6 +230,20 @@ async def test_identity_comes_from_the_token_not_the_body(service):
             "unknown priority 'urgent'; allowed: high, normal, low",
         ),
         ({"config": 5}, 400, "config", "must be YAML/JSON text or an object"),
+        # The body and its config are checked in one worker call; the fields' errors still
+        # come first, as when the config was checked only after them.
+        (
+            {"config": "stage: magic\n", "profile": "nope"},
+            400,
+            "profile",
+            "unknown profile 'nope'; allowed: cpu, medium",
+        ),
+        (
+            {"config": "a: *b\n", "priority": "urgent"},
+            400,
+            "priority",
+            "unknown priority 'urgent'; allowed: high, normal, low",
+        ),
     ],
 )
 async def test_bad_submissions_name_the_field(service, body, status, field, error):

@@ -258,3 +258,112 @@ async def test_a_killed_worker_is_a_503_then_replaced():
         await limits.off_loop(os._exit, 1)
     assert (e.value.status, e.value.limit) == (503, "check_seconds")
     assert await limits.off_loop(operator.add, 1, 2) == 3
+
+
+# -- one round trip per submit, calls to the worker in batches -------------------------------
+
+
+def _submit_body(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_a_submit_body_is_decoded_and_its_config_checked_in_one_call():
+    body = lf_config.check_submit_body(
+        _submit_body(config=BASE, profile="cpu", priority="high"), username="alice"
+    )
+    assert (body.unknown, body.has_config, body.config_ok) == (None, True, True)
+    assert (body.profile, body.priority, body.priority_ok) == ("cpu", "high", True)
+    assert body.prepared() == lf_config.check_config_json(BASE, username="alice")
+    # The other fields' errors are the caller's to answer first: the config is checked anyway.
+    bad = BASE + "no_such_argument: 1\n"
+    body = lf_config.check_submit_body(
+        _submit_body(config=bad, profile=3, priority=["x"], user="bob", zz=1), username="alice"
+    )
+    assert (body.unknown, body.profile, body.priority, body.priority_ok) == (
+        "user",
+        None,
+        None,
+        False,
+    )
+    with pytest.raises(lf_config.ConfigInvalid) as e:
+        body.prepared()
+    assert e.value.problems[0].field == "no_such_argument"
+    body = lf_config.check_submit_body(_submit_body(config=5, profile="cpu"), username="alice")
+    assert (body.has_config, body.config_ok, body.checked, body.priority) == (
+        True,
+        False,
+        None,
+        None,
+    )
+    with pytest.raises(ValueError, match="not checked"):
+        body.prepared()
+    body = lf_config.check_submit_body(_submit_body(profile="cpu"), username="alice")
+    assert (body.has_config, body.priority_ok) == (False, True)
+
+
+def test_a_submit_body_over_a_limit_or_not_an_object_is_refused_whole():
+    deep = "".join(" " * i + f"k{i}:\n" for i in range(40)) + " " * 40 + "x: 1\n"
+    body = lf_config.check_submit_body(_submit_body(config=deep, profile="cpu"), username="a")
+    with pytest.raises(LimitExceeded) as e:
+        body.prepared()
+    assert e.value.limit == "max_config_depth"
+    with pytest.raises(LimitExceeded) as e:
+        lf_config.check_submit_body(b"[" * 40 + b"]" * 40, username="a")
+    assert (e.value.field, e.value.limit) == ("body", "max_config_depth")
+    secret = b'{"config": "hf_secret_token_value", '
+    with pytest.raises(lf_config.BadBody) as e:
+        lf_config.check_submit_body(secret, username="a")
+    assert str(e.value).startswith("the body is not valid JSON: ")
+    assert b"hf_secret" not in str(e.value).encode()  # the decoder's message, not the body
+    with pytest.raises(lf_config.BadBody, match="must be a JSON object"):
+        lf_config.check_submit_body(b"[1, 2]", username="a")
+
+
+async def test_check_submit_answers_from_the_worker():
+    body = await lf_config.check_submit(_submit_body(config=BASE, profile="cpu"), username="al")
+    assert json.loads(lf_config.name_run(body.prepared(), "j"))["run_name"] == "j"
+    with pytest.raises(lf_config.BadBody):
+        await lf_config.check_submit(b"{", username="al")
+
+
+def _unpicklable():
+    class Local(Exception):
+        pass
+
+    raise Local("made inside a function: pickle cannot find its class")
+
+
+def test_a_batch_answers_each_call_and_never_fails_on_an_unpicklable_error():
+    import functools
+    import pickle
+
+    outcomes = limits._run_batch(
+        [functools.partial(operator.add, 1, 2), _unpicklable, functools.partial(int, "x")]
+    )
+    assert outcomes[0] == (True, 3)
+    assert outcomes[1][0] is False and isinstance(outcomes[1][1], RuntimeError)
+    assert "Local: made inside a function" in str(outcomes[1][1])
+    assert outcomes[2][0] is False and isinstance(outcomes[2][1], ValueError)
+    pickle.dumps(outcomes)  # what the worker sends back
+
+
+async def test_calls_made_together_share_round_trips_each_with_its_own_answer():
+    await limits.worker_ready()
+    loop = asyncio.get_running_loop()
+    trips = []
+    original = loop.run_in_executor
+
+    def counting(executor, fn, *args):
+        trips.append(len(args[0]) if fn is limits._run_batch else None)
+        return original(executor, fn, *args)
+
+    loop.run_in_executor = counting
+    try:
+        calls = [limits.off_loop(operator.add, i, 1) for i in range(20)]
+        calls.append(limits.off_loop(int, "not a number"))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        del loop.run_in_executor
+    assert results[:20] == [i + 1 for i in range(20)]
+    assert isinstance(results[20], ValueError)
+    assert sum(trips) == 21 and len(trips) < 21  # one batch with the worker at a time
