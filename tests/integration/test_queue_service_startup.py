@@ -6,10 +6,20 @@ real process is started with one of those imports made slow (a ``sitecustomize``
 in ``llmspawner.queue.backend``'s import); its first answer comes before the import is done:
 the page 200 "starting" HTML that reloads, the API 503 JSON with ``Retry-After``; after the
 import, the real application answers.
+
+The first submit after the start must not wait for the config checks' worker process either
+(issue 13 §5: over 10 s on a loaded 2-core machine, a client's timeout; a burst of submits
+right after the start looked like a service that stopped answering): that worker imports
+kubespawner, 2-30 s. It is started as soon as the service listens, beside the service's own
+imports, and the service answers "starting" until it is up. Tested with the worker processes
+held at their start (a ``sitecustomize`` that waits for a file in every
+``--multiprocessing-fork`` process) and the service's own slow import waiting for the worker
+to have started: no timing, only the order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -49,19 +59,56 @@ SITECUSTOMIZE = textwrap.dedent(
 )
 
 
+#: In the worker processes (``--multiprocessing-fork``): say so, then wait for the gate.
+#: In the service: its import of ``llmspawner.queue.backend`` (one of the heavy imports)
+#: waits up to 60 s for a worker to have started, and says when none had.
+GATED_WORKERS = textwrap.dedent(
+    """
+    import glob, os, sys, time
+    from importlib.abc import MetaPathFinder
+
+    folder = os.environ["STARTUP_DIR"]
+
+    def workers():
+        return glob.glob(os.path.join(folder, "worker-*"))
+
+    if "--multiprocessing-fork" in sys.argv:
+        parent = os.getppid()
+        open(os.path.join(folder, f"worker-{os.getpid()}"), "w").close()
+        while not os.path.exists(os.path.join(folder, "open")):
+            if os.getppid() != parent:  # the service ended first
+                os._exit(0)
+            time.sleep(0.05)
+    else:
+        class AfterWorker(MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name != "llmspawner.queue.backend":
+                    return None
+                deadline = time.monotonic() + 60
+                while not workers() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if not workers():
+                    open(os.path.join(folder, "no-worker-during-imports"), "w").close()
+                return None
+
+        sys.meta_path.insert(0, AfterWorker())
+    """
+)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def slow_service(tmp_path):
-    """The real service process (``python -m llmspawner.queue``) with a slow heavy import;
-    yields ``(base URL, popen, marker path, start time)``."""
+@contextlib.contextmanager
+def start_service(tmp_path: Path, sitecustomize: str, **extra_env: str):
+    """Start the real service process (``python -m llmspawner.queue``) with ``sitecustomize``
+    on its path; yield ``(base URL, popen)``, and stop it afterwards."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (site / "sitecustomize.py").write_text(sitecustomize)
     port = free_port()
     env = {
         k: v
@@ -70,9 +117,6 @@ def slow_service(tmp_path):
     }
     env.update(
         PYTHONPATH=os.pathsep.join([str(site), str(REPO)]),
-        SLOW_MODULE=SLOW_MODULE,
-        SLOW_MARKER=str(tmp_path / "slow"),
-        SLOW_SECONDS=str(SLOW_SECONDS),
         JUPYTERHUB_SERVICE_NAME="llm-queue",
         JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{port}",
         JUPYTERHUB_SERVICE_PREFIX=PREFIX,
@@ -83,18 +127,18 @@ def slow_service(tmp_path):
         LLMSPAWNER_QUEUE_DB_URL=f"sqlite:///{tmp_path / 'queue.sqlite'}",
         KUBECONFIG=str(tmp_path / "no-kubeconfig"),
         LLMSPAWNER_PROFILES_DIR=str(REPO / "profiles"),
+        **extra_env,
     )
     log = (tmp_path / "service.log").open("w")
-    t0 = time.monotonic()
     popen = subprocess.Popen(
-        [sys.executable, "-m", "llmspawner.queue"],
+        [sys.executable, "-m", "llmspawner.queue", "--log-level=INFO"],
         cwd=tmp_path,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
-        yield f"http://127.0.0.1:{port}", popen, tmp_path / "slow", t0
+        yield f"http://127.0.0.1:{port}", popen
     finally:
         popen.terminate()
         try:
@@ -104,6 +148,20 @@ def slow_service(tmp_path):
             popen.wait(10)
         log.close()
         print((tmp_path / "service.log").read_text()[-4000:])
+
+
+@pytest.fixture
+def slow_service(tmp_path):
+    """The service with a slow heavy import; yields ``(base URL, popen, marker, start)``."""
+    t0 = time.monotonic()
+    with start_service(
+        tmp_path,
+        SITECUSTOMIZE,
+        SLOW_MODULE=SLOW_MODULE,
+        SLOW_MARKER=str(tmp_path / "slow"),
+        SLOW_SECONDS=str(SLOW_SECONDS),
+    ) as (base, popen):
+        yield base, popen, tmp_path / "slow", t0
 
 
 def first_answer(url: str, popen, deadline: float) -> httpx.Response:
@@ -162,3 +220,51 @@ def test_the_service_answers_before_its_slow_imports_and_then_serves(slow_servic
     assert Path(f"{marker}.end").exists()
     assert r.status_code in (401, 403), r.text
     assert "starting" not in r.text
+
+
+def wait_for_file(popen, what: str, found, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not found():
+        assert popen.poll() is None, "the service exited"
+        assert time.monotonic() < deadline, f"{what}: not after {timeout:g} s"
+        time.sleep(0.1)
+
+
+def test_the_service_is_ready_only_once_its_config_checker_is_up(tmp_path):
+    folder = tmp_path / "startup"
+    folder.mkdir()
+    log = tmp_path / "service.log"
+    with (
+        start_service(tmp_path, GATED_WORKERS, STARTUP_DIR=str(folder)) as (base, popen),
+        contextlib.ExitStack() as opened,
+    ):
+        # Released before the service is stopped (a held worker would delay its exit).
+        opened.callback((folder / "open").touch)
+        api = f"{base}{PREFIX}api/jobs"
+        # Both workers (the config checks' and admission's) are held at their start, after
+        # the service's imports and build: it must still say "starting".
+        wait_for_file(
+            popen,
+            "the service's imports and both worker processes",
+            lambda: (
+                (folder / "no-worker-during-imports").exists()
+                or ("imports took" in log.read_text() and len(list(folder.glob("worker-*"))) == 2)
+            ),
+        )
+        assert not (folder / "no-worker-during-imports").exists(), (
+            "the config checks' worker was started only after the service's imports"
+        )
+        r = httpx.get(api, timeout=5)
+        assert r.status_code == 503, r.text
+        assert r.json()["starting"] is True
+        assert " ready after " not in log.read_text()
+
+        (folder / "open").touch()
+        deadline = time.monotonic() + 120
+        while (r := httpx.get(api, timeout=5)).status_code == 503:
+            assert popen.poll() is None, "the service exited"
+            assert time.monotonic() < deadline, "still starting after the workers are up"
+            time.sleep(0.2)
+        assert r.status_code in (401, 403), r.text
+        text = log.read_text()
+        assert text.index("config checker up") < text.index(" ready after "), text
