@@ -247,6 +247,7 @@ async def find_job_run(
     timeout: float = 10.0,
     headers: dict[str, str] | None = None,
     http_client=None,
+    started_after_ms: int | None = None,
 ) -> str | None:
     """Return the id of the newest run of queue job ``job_id`` in an experiment, or ``None``.
 
@@ -260,6 +261,8 @@ async def find_job_run(
         timeout: per-request timeout in seconds.
         headers: HTTP headers; default :func:`admin_headers` of this process's environment.
         http_client: a ``tornado.httpclient.AsyncHTTPClient``; the shared one when omitted.
+        started_after_ms: only runs started after this time (ms since the epoch): a requeued
+            job's current attempt's, not an interrupted one's (C, issue 13 §5).
 
     Raises:
         TrackingUnavailable: MLflow could not be reached in time or answered with an error.
@@ -270,6 +273,8 @@ async def find_job_run(
         "max_results": 1,
         "order_by": ["attributes.start_time DESC"],
     }
+    if started_after_ms is not None:
+        body["filter"] += f" and attributes.start_time > {int(started_after_ms)}"
     code, data = await _call(
         _client(http_client),
         tracking_uri,
@@ -301,6 +306,7 @@ async def end_job_runs(
     headers: dict[str, str] | None = None,
     http_client=None,
     now_ms: int | None = None,
+    started_before_ms: int | None = None,
 ) -> list[str]:
     """Give every run of queue job ``job_id`` that is still ``RUNNING`` the final ``status``.
 
@@ -320,6 +326,8 @@ async def end_job_runs(
         headers: HTTP headers; default :func:`admin_headers` of this process's environment.
         http_client: a ``tornado.httpclient.AsyncHTTPClient``; the shared one when omitted.
         now_ms: the end time in milliseconds since the epoch (default now).
+        started_before_ms: only runs started before this time (ms since the epoch): those of
+            an interrupted attempt, not the next attempt's (C, issue 13 §5).
 
     Returns:
         The ids of the runs ended.
@@ -337,6 +345,8 @@ async def end_job_runs(
         "filter": f"{job_run_filter(job_id)} and attributes.status = 'RUNNING'",
         "max_results": 100,
     }
+    if started_before_ms is not None:
+        body["filter"] += f" and attributes.start_time < {int(started_before_ms)}"
     code, data = await _call(
         client, tracking_uri, "POST", "runs/search", body, timeout=timeout, headers=headers
     )
@@ -678,11 +688,17 @@ class Tracker:
         return exp_id
 
     async def find_job_run(
-        self, experiment: str, job_id: int | str, *, owner: str | None = None
+        self,
+        experiment: str,
+        job_id: int | str,
+        *,
+        owner: str | None = None,
+        started_after_ms: int | None = None,
     ) -> str | None:
         """The id of queue job ``job_id``'s newest run in experiment ``experiment`` (a name),
-        or ``None`` while it has none (:func:`find_job_run`); with ``owner``, the experiment
-        is also made theirs (:meth:`experiment_id`) if this tracker has not done so yet.
+        or ``None`` while it has none (:func:`find_job_run`, ``started_after_ms`` too); with
+        ``owner``, the experiment is also made theirs (:meth:`experiment_id`) if this tracker
+        has not done so yet.
 
         Raises:
             TrackingUnavailable: MLflow failed now or less than ``retry_after`` s ago.
@@ -696,6 +712,7 @@ class Tracker:
                 job_id,
                 timeout=self.timeout,
                 http_client=self._http_client,
+                started_after_ms=started_after_ms,
             )
         )
 
@@ -707,11 +724,17 @@ class Tracker:
         return self._experiments.get(name)
 
     async def end_job_runs(
-        self, experiment: str, job_id: int | str, status: str, *, owner: str | None = None
+        self,
+        experiment: str,
+        job_id: int | str,
+        status: str,
+        *,
+        owner: str | None = None,
+        started_before_ms: int | None = None,
     ) -> list[str]:
         """End the runs of queue job ``job_id`` still ``RUNNING`` in experiment ``experiment``
-        (a name) with ``status`` (:func:`end_job_runs`); return their ids. ``owner``: as for
-        :meth:`find_job_run`.
+        (a name) with ``status`` (:func:`end_job_runs`, ``started_before_ms`` too); return
+        their ids. ``owner``: as for :meth:`find_job_run`.
 
         Raises:
             TrackingUnavailable: MLflow failed now or less than ``retry_after`` s ago.
@@ -726,6 +749,7 @@ class Tracker:
                 status,
                 timeout=self.timeout,
                 http_client=self._http_client,
+                started_before_ms=started_before_ms,
             )
         )
 

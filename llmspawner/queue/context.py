@@ -50,6 +50,7 @@ class QueueSettings:
             preemptions by the queue are not counted.
         preemption: preempt running ``low``/``normal`` queue jobs for a waiting ``high`` one
             (:func:`llmspawner.queue.disruption.choose_preemptions`).
+        max_preemptions: how many times one job may be preempted (``LLMQueue.max_preemptions``).
     """
 
     image: str = ""
@@ -63,6 +64,7 @@ class QueueSettings:
     plan_off_loop: bool = True
     max_requeues: int = 3
     preemption: bool = True
+    max_preemptions: int = 2
 
 
 @dataclass
@@ -144,6 +146,11 @@ class QueueContext:
     def wake(self) -> None:
         """Ask the control loop for a pass as soon as possible."""
         self._wake.set()
+
+    def wake_pending(self) -> bool:
+        """Whether a pass was asked for (:meth:`wake`) and :meth:`wait_for_wake` has not
+        cleared it yet (asked during the last pass: a burst)."""
+        return self._wake.is_set()
 
     async def wait_for_wake(self, timeout: float, *, gather: float = 0.05) -> None:
         """Return after :meth:`wake` or ``timeout`` seconds, whichever comes first, then

@@ -94,9 +94,10 @@ RUN_LOOKUP_INTERVAL = 10.0
 RUN_LOOKUP_MAX_AGE = 3600.0
 #: The MLflow status a job's runs get when it ends in each final state.
 FINAL_RUN_STATUS = {SUCCEEDED: "FINISHED", FAILED: "FAILED", CANCELLED: "KILLED"}
-#: After a wake-up the loop gathers this many times as long as the last pass took (P2, issue
-#: 16: passes then take at most about a quarter of a burst, not half).
-PASS_GATHER = 3.0
+#: After a wake-up that came during the last pass (a burst of submits), the loop gathers this
+#: many times as long as that pass took (P2, issue 16: passes, each reading every queued job,
+#: then take at most about a tenth of a burst, not half); other wake-ups (a freed slice) once.
+PASS_GATHER = 9.0
 
 
 class ControlLoop:
@@ -120,6 +121,9 @@ class ControlLoop:
         self._pending_experiments: dict[str, str] = {}
         # jobs whose runs got their final status (by this process)
         self._ended_runs: set[int] = set()
+        # C: requeued job id -> (user, requeue time in ms): its interrupted attempt's runs
+        # still RUNNING (a training killed with its stack, or past its grace) end KILLED
+        self._interrupted_runs: dict[int, tuple[str, int]] = {}
         #: The last failure to make an experiment exist (shown on the jobs that wait for
         #: it, :data:`WAITING_FOR_MLFLOW`); ``None`` after one that worked.
         self.experiment_error: str | None = None
@@ -164,11 +168,12 @@ class ControlLoop:
         """Pass after pass until cancelled: on a wake-up, or every ``interval`` seconds.
 
         A failed pass (e.g. the cluster unreachable) is logged and retried at the next one.
-        After a wake-up the loop gathers more for :data:`PASS_GATHER` times as long as the
-        last pass took (at least 0.05 s, at most 1 s), so that passes take at most about a
-        quarter of the time however fast submits come (each pass reads every queued job):
-        measured, submits under load went from 30/s to 67/s over a burst of 1,000 with
-        passes at most half of the time (benchmarks/queue_throughput.py).
+        After a wake-up the loop gathers more for as long as the last pass took, or, when
+        the wake-up came during that pass (a burst), :data:`PASS_GATHER` times as long (at
+        least 0.05 s, at most 1 s), so that passes take at most about a tenth of the time
+        however fast submits come (each pass reads every queued job): measured, submits
+        under load went from 30/s to 67/s over a burst of 1,000 with passes at most half of
+        the time (benchmarks/queue_throughput.py).
         """
         try:
             await self._run()
@@ -179,8 +184,9 @@ class ControlLoop:
     async def _run(self) -> None:
         took = 0.0
         while True:
+            factor = PASS_GATHER if self.ctx.wake_pending() else 1.0
             await self.ctx.wait_for_wake(
-                self.ctx.settings.interval, gather=min(1.0, max(0.05, PASS_GATHER * took))
+                self.ctx.settings.interval, gather=min(1.0, max(0.05, factor * took))
             )
             started = time.monotonic()
             try:
@@ -253,6 +259,7 @@ class ControlLoop:
             self.experiment_error = None
             await self._find_runs()
             await self._end_runs()
+            await self._end_interrupted_runs()
         except asyncio.CancelledError:
             raise
         except TrackingUnavailable as e:
@@ -551,6 +558,10 @@ class ControlLoop:
                 )
                 current.state, current.reason = QUEUED, ""
                 current.admitted_at = current.started_at = None
+                # C: the next attempt's run is the job's (found again once it runs)
+                current.mlflow_run_id = None
+                self._run_lookups.pop(row.id, None)
+                self._interrupted_runs[row.id] = (current.user, int(self.ctx.clock() * 1000))
                 current.k8s_name = k8s_objects.job_name(
                     current.user, current.id, (current.attempts or 0) + 1
                 )
@@ -1017,6 +1028,25 @@ class ControlLoop:
                     FINAL_RUN_STATUS[row.state],
                 )
 
+    async def _end_interrupted_runs(self) -> None:
+        """End as ``KILLED`` the runs still ``RUNNING`` of the attempts that were interrupted
+        and requeued (those started before the requeue: never the next attempt's), e.g. a
+        training killed with the whole stack (issue 13 §5); a failure is retried later."""
+        tracker = self.ctx.tracker
+        for job_id, (user, before_ms) in list(self._interrupted_runs.items()):
+            experiment = self.ctx.experiment(user)
+            if experiment:
+                ended = await tracker.end_job_runs(
+                    experiment, job_id, "KILLED", owner=user, started_before_ms=before_ms
+                )
+                if ended:
+                    log.info(
+                        "MLflow run(s) %s of job %s's interrupted attempt ended as KILLED",
+                        ", ".join(ended),
+                        job_id,
+                    )
+            self._interrupted_runs.pop(job_id, None)
+
     async def _find_runs(self) -> None:
         """Record the MLflow run of jobs that started (looked up at most every
         :data:`RUN_LOOKUP_INTERVAL` s each, until :data:`RUN_LOOKUP_MAX_AGE` s after the end),
@@ -1043,8 +1073,13 @@ class ControlLoop:
                 continue  # it never reported; stop asking
             self._run_lookups[row.id] = (now, ended)
             try:
+                # C: a requeued job's run is its current attempt's, started after that
+                # attempt's admission (2 s for clocks), never an interrupted one's
+                after = {}
+                if (row.attempts or 0) > 1 and row.admitted_at is not None:
+                    after["started_after_ms"] = int(to_epoch(row.admitted_at) * 1000) - 2000
                 run_id = await tracker.find_job_run(
-                    self.ctx.experiment(row.user), row.id, owner=row.user
+                    self.ctx.experiment(row.user), row.id, owner=row.user, **after
                 )
             except TrackingUnavailable as e:
                 log.log(

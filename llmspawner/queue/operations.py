@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from sqlalchemy import select
 
@@ -87,7 +87,14 @@ class QueueOperations:
     # -- jobs -----------------------------------------------------------------------------
 
     async def submit(
-        self, *, user: str, groups: Iterable[str], config, profile: str, priority: str
+        self,
+        *,
+        user: str,
+        groups: Iterable[str],
+        config,
+        profile: str,
+        priority: str,
+        prepared: Callable[[], str] | None = None,
     ) -> dict:
         """Validate and store a new queued job; return its view (:meth:`view`).
 
@@ -97,6 +104,9 @@ class QueueOperations:
             config: the LLaMA-Factory training config, a YAML/JSON string or a mapping.
             profile: a profile slug.
             priority: one of :data:`llmspawner.queue.states.PRIORITIES`.
+            prepared: ``config`` already checked in the worker
+                (:meth:`llmspawner.queue.lf_config.SubmitBody.prepared`: returns the prepared
+                text or raises the check's error); ``None``: ``config`` is checked here.
 
         Raises:
             QueueError: 400 naming the field; for a bad config, ``problems`` lists all.
@@ -112,7 +122,10 @@ class QueueOperations:
         try:
             # Within the limits of .limits (LimitExceeded passes through to the handlers),
             # parsed and checked off the event loop; run_name is set once the row has its id.
-            checked = await lf_config.check_config(config, username=user)
+            if prepared is None:
+                checked = await lf_config.check_config(config, username=user)
+            else:
+                checked = prepared()
         except lf_config.ConfigInvalid as e:
             raise _config_error(e) from None
         # Group commit (db.JobInserter): answered once the row's transaction committed.

@@ -105,6 +105,8 @@ class FakeTracker:
         self.runs: dict[int, str] = {}
         self.asked: list[tuple[str, int]] = []
         self.ended: list[tuple[str, int, str]] = []
+        #: (job id, status, ms): the runs of an interrupted attempt ended (started before ms)
+        self.ended_before: list[tuple[int, str, int]] = []
         self.experiments_known = True  # made and granted (False: mlflow_work must first)
 
     async def experiment_id(self, name, owner=None):
@@ -119,9 +121,11 @@ class FakeTracker:
     def known_experiment_id(self, name, owner=None):
         return "17" if self.experiments_known else None
 
-    async def end_job_runs(self, experiment, job_id, status, owner=None):
+    async def end_job_runs(self, experiment, job_id, status, owner=None, started_before_ms=None):
         no_session("MLflow")
         self.ended.append((experiment, job_id, status))
+        if started_before_ms is not None:
+            self.ended_before.append((job_id, status, started_before_ms))
         return []
 
     def run_url(self, run_id):

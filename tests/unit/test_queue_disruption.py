@@ -207,7 +207,9 @@ async def test_a_later_attempt_waits_while_the_earlier_attempts_job_is_still_lis
 
 
 async def test_a_running_job_whose_job_vanished_is_requeued_not_lost(queue):
+    queue.tracker.runs[1] = "run-killed"
     row = await started(queue)
+    assert row.mlflow_run_id == "run-killed"
     del queue.backend.jobs[row.k8s_name]
     queue.backend.pods[row.id] = []
     await queue.loop.run_pass()
@@ -216,6 +218,11 @@ async def test_a_running_job_whose_job_vanished_is_requeued_not_lost(queue):
     assert queue.view(row)["reason"].startswith(
         "interrupted: its Kubernetes Job was deleted, requeued (1 of 3)"
     )
+    # The killed attempt's run (left RUNNING: e.g. MLflow died with the whole stack) ends
+    # KILLED, only the runs started before the requeue (never the next attempt's), and the
+    # job no longer links the dead run (tests/e2e/test_stack_restart.py end to end).
+    assert queue.tracker.ended_before == [(row.id, "KILLED", 1_767_225_600_000)]
+    assert row.mlflow_run_id is None
 
 
 async def test_a_real_failure_is_a_failure(queue):
