@@ -66,9 +66,8 @@ def configure_dev(c) -> None:
     _set_default(s, "uid", DEV_UID)
     _set_default(s, "gid", DEV_GID)
     _set_default(s, "fs_gid", DEV_GID)
-    # A kubelet that is not root runs pod processes as its own user (root would need it),
-    # and Jupyter Server refuses to run as root unless told.
-    _set_default(s, "args", ["--ServerApp.allow_root=True"])
+    # No ``--ServerApp.allow_root``: a root kubelet runs servers as DEV_UID (above), one that
+    # is not root runs them as its own user; a server as root would be a bug to see.
     _set_default(s, "start_timeout", 300)
     _set_default(s, "http_timeout", 120)
     # A test or a demo needs no grace: the process gets SIGTERM and a second to stop.

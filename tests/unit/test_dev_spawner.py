@@ -84,7 +84,7 @@ def test_dev_config_applies_dev_settings_then_the_repository_config(monkeypatch)
     assert s.image == "llmspawner/singleuser:dev"
     assert s.image_pull_policy == "IfNotPresent"
     assert s.cmd == ["jupyterhub-singleuser"]
-    assert s.args == ["--ServerApp.allow_root=True"]
+    assert "args" not in s  # no --ServerApp.allow_root: servers never run as root
     assert (s.start_timeout, s.http_timeout, s.delete_grace_period) == (300, 120, 1)
     assert "bind_pod_ip" not in s
     # The repository's jupyterhub_config.py ran on the same config, after the dev settings:
