@@ -79,14 +79,7 @@ def _truthy(value: str | None) -> bool:
     return (value or "").lower() in ("true", "1", "yes")
 
 
-def _int_param(query, name: str) -> int | None:
-    value = query.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ApiError(400, "BadRequest", f"invalid {name}: {value!r}") from None
+_int_param = podlogs.query_int  # one rule for whole-number query parameters
 
 
 #: Kinds whose DELETE answers the deleted object (``ReturnDeletedObject`` in their registry);

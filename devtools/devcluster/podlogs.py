@@ -77,7 +77,12 @@ def _bool(query, name: str) -> bool:
     return (query.get(name) or "").lower() in ("true", "1")
 
 
-def _int(query, name: str) -> int | None:
+def query_int(query, name: str) -> int | None:
+    """The whole number in query parameter ``name`` (``None`` when absent or empty).
+
+    Raises:
+        ApiError: 400 ``invalid <name>: '<value>'`` for anything else.
+    """
     value = query.get(name)
     if value in (None, ""):
         return None
@@ -93,9 +98,9 @@ def options_from_query(
     """`LogOptions` of a request's query for pod ``name``; 422 ``Invalid`` as kube-apiserver's
     ``ValidatePodLogOptions`` (``PodLogOptions "x" is invalid: tailLines: Invalid value: -1:
     must be greater than or equal to 0``), 400 for a value that is not a number or time."""
-    since_seconds = _int(query, "sinceSeconds")
+    since_seconds = query_int(query, "sinceSeconds")
     since_time = query.get("sinceTime")
-    tail, limit = _int(query, "tailLines"), _int(query, "limitBytes")
+    tail, limit = query_int(query, "tailLines"), query_int(query, "limitBytes")
     errors = []
     if tail is not None and tail < 0:
         errors.append(f"tailLines: Invalid value: {tail}: must be greater than or equal to 0")
