@@ -57,7 +57,7 @@ fi
 
 # Converted once into ~/.cache/llmspawner/models (or $XDG_CACHE_HOME/llmspawner/models);
 # the dev stack hard-links it into its models/ folder (llmspawner_dev.models).
-echo "install.sh: converting SmolLM2-135M-Instruct to safetensors (once; 1-2 minutes)"
+echo "install.sh: SmolLM2-135M-Instruct as safetensors (converted on the first install only, 1-2 minutes; cached in ~/.cache/llmspawner/models)"
 "$VENV/bin/python" -m llmspawner_dev.models >/dev/null
 
 rm -f "$VENV"/.llmspawner-installed-*
