@@ -78,11 +78,7 @@ def _child(spec: dict) -> None:
         except OSError:
             pass  # the container's cgroup is gone: the container is ending
     try:
-        drop = getattr(sandbox, "drop_privileges", None)
-        if drop is not None:  # capability bounding set, user, capabilities, no_new_privs
-            drop(spec)
-        elif spec.get("user"):
-            sandbox._become_user(spec["user"])
+        sandbox.drop_privileges(spec)  # capability bounding set, user, capabilities, no_new_privs
     except (OSError, sandbox.SandboxError) as exc:
         _fail(spec, f"unable to start container process: cannot run as {spec['user']}: {exc}")
     try:
@@ -119,17 +115,7 @@ def main(argv: list) -> None:
     if child == 0:
         _child(spec)
 
-    def forward(signum, frame):
-        try:
-            os.killpg(child, signum)
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(child, signum)
-            except ProcessLookupError:
-                pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    sandbox._forward_signals(child, group=True)  # the exec'd command leads its own session
     while True:
         try:
             _, status = os.waitpid(child, 0)

@@ -106,11 +106,18 @@ class SandboxError(Exception):
     """A failure to set up the container; the message is reported as the StartError."""
 
 
-def _forward_signals(pid: int) -> None:
-    """Pass SIGTERM, SIGINT and SIGHUP received by this process on to ``pid``."""
+def _forward_signals(pid: int, group: bool = False) -> None:
+    """Pass SIGTERM, SIGINT and SIGHUP received by this process on to ``pid`` (``group``:
+    to its process group, falling back to ``pid`` alone when it has none yet)."""
 
     def forward(signum, frame):
         try:
+            if group:
+                try:
+                    os.killpg(pid, signum)
+                    return
+                except (ProcessLookupError, PermissionError):
+                    pass  # no such group yet (before its setsid): the process alone
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
