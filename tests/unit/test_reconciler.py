@@ -125,6 +125,16 @@ class FakeCore:
         self.deleted.append((namespace, name, body.preconditions.uid))
 
 
+def reconciler(core, **kwargs) -> rec.Reconciler:
+    """A reconciler of namespace ``ns`` against ``core`` (a :class:`FakeCore`) and a hub
+    at ``http://hub/hub/api`` reached with token ``secret``."""
+
+    async def core_factory():
+        return core
+
+    return rec.Reconciler("http://hub/hub/api", "secret", "ns", core=core_factory, **kwargs)
+
+
 def hub_fetch(pages, user_models, calls):
     async def fetch(method, url, headers):
         calls.append(url)
@@ -159,15 +169,9 @@ async def test_a_pass_deletes_only_orphans_past_grace_with_a_uid_precondition(ca
     calls = []
     clock = [1796083200.0 + 1000]
 
-    async def core_factory():
-        return core
-
-    r = rec.Reconciler(
-        "http://hub/hub/api",
-        "secret",
-        "ns",
+    r = reconciler(
+        core,
         grace=5,
-        core=core_factory,
         fetch=hub_fetch(pages, {"bob": {"name": "bob", "servers": {}}}, calls),
         clock=lambda: clock[0],
     )
@@ -214,15 +218,9 @@ async def test_a_second_hubs_pods_in_the_namespace_are_not_orphans():
     )
     pages = {0: {"items": [], "_pagination": {"next": None}}}
 
-    async def core_factory():
-        return core
-
-    r = rec.Reconciler(
-        "http://hub/hub/api",
-        "secret",
-        "ns",
+    r = reconciler(
+        core,
         grace=0,
-        core=core_factory,
         # carol is a user of both hubs, with no server on this one.
         fetch=hub_fetch(pages, {u: {"name": u, "servers": {}} for u in ("bob", "carol")}, []),
         clock=lambda: 1796083200.0 + 1000,
@@ -237,15 +235,9 @@ async def test_a_pass_re_asks_the_hub_before_deleting():
     core = FakeCore([api_pod("jupyter-bob", "bob", "b1")])
     pages = {0: {"items": [], "_pagination": {"next": None}}}
 
-    async def core_factory():
-        return core
-
-    r = rec.Reconciler(
-        "http://hub/hub/api",
-        "secret",
-        "ns",
+    r = reconciler(
+        core,
         grace=0,
-        core=core_factory,
         # bob's start began between the list and the deletion: his server is pending now.
         fetch=hub_fetch(pages, {"bob": {"name": "bob", "servers": {"": {"pending": "spawn"}}}}, []),
     )
@@ -256,15 +248,10 @@ async def test_a_pass_re_asks_the_hub_before_deleting():
 async def test_a_pass_changes_nothing_when_the_hub_cannot_be_asked():
     core = FakeCore([api_pod("jupyter-bob", "bob", "b1")])
 
-    async def core_factory():
-        return core
-
     async def fetch(method, url, headers):
         return 503, "down"
 
-    r = rec.Reconciler(
-        "http://hub/hub/api", "secret", "ns", grace=0, core=core_factory, fetch=fetch
-    )
+    r = reconciler(core, grace=0, fetch=fetch)
     with pytest.raises(rec.ReconcileError, match="HTTP 503"):
         await r.reconcile()
     assert core.deleted == []
@@ -346,15 +333,9 @@ async def test_a_pod_of_a_user_the_hub_does_not_know_is_left_alone(caplog):
     core = FakeCore([api_pod("jupyter-alice", "alice", "a1")])
     pages = {0: {"items": [{"name": "alice2", "servers": {"": {}}}], "_pagination": {}}}
 
-    async def core_factory():
-        return core
-
-    r = rec.Reconciler(
-        "http://hub/hub/api",
-        "secret",
-        "ns",
+    r = reconciler(
+        core,
         grace=0,
-        core=core_factory,
         fetch=hub_fetch(pages, {}, []),
     )
     with caplog.at_level("WARNING", logger="llmspawner.reconciler"):
@@ -368,15 +349,9 @@ async def test_a_user_model_without_servers_fails_the_pass():
     core = FakeCore([api_pod("jupyter-bob", "bob", "b1")])
     pages = {0: {"items": [{"name": "bob"}], "_pagination": {}}}
 
-    async def core_factory():
-        return core
-
-    r = rec.Reconciler(
-        "http://hub/hub/api",
-        "secret",
-        "ns",
+    r = reconciler(
+        core,
         grace=0,
-        core=core_factory,
         fetch=hub_fetch(pages, {"bob": {"name": "bob"}}, []),
     )
     with pytest.raises(rec.ReconcileError, match="read:servers"):
