@@ -1,35 +1,51 @@
-"""apps/v1 Deployments of the emulated cluster: admission (defaults, selector check) and a
-controller that keeps ``spec.replicas`` pods of the current template.
+"""apps/v1 Deployments of the emulated cluster: admission (defaults, selector check) and the
+Deployment controller, which runs one ReplicaSet per pod template (`replicasets` makes the
+pods).
 
-What is emulated (https://kubernetes.io/docs/concepts/workloads/controllers/deployment/):
+What is emulated (https://kubernetes.io/docs/concepts/workloads/controllers/deployment/,
+upstream ``pkg/controller/deployment``: ``sync.go``, ``rolling.go``, ``recreate.go``,
+``progress.go``, ``util/deployment_util.go``):
 
 - **Defaults on create**, as the real server fills them: ``replicas`` 1, ``strategy``
   RollingUpdate with ``maxSurge``/``maxUnavailable`` 25%, ``revisionHistoryLimit`` 10,
   ``progressDeadlineSeconds`` 600, the template's ``restartPolicy`` Always; ``generation`` 1.
   Refused with 422 ``Invalid`` as the real server words it: a missing ``spec.selector``, a
   selector that does not match the template's labels, a template ``restartPolicy`` other than
-  Always.
-- **Pods** named ``<deployment>-<pod-template-hash>-<5 characters>``, labelled
-  ``pod-template-hash`` (a hash of the template, in the real controller's alphabet), owned by
-  the Deployment (``ownerReferences`` with ``controller: true``), so deleting the Deployment
-  deletes them (the store's garbage collection). There is no ReplicaSet object: the pods' owner
-  is the Deployment itself (kubectl's ``get``/``apply``/``rollout status``/``rollout restart``
-  do not need one; ``kubectl rollout history``/``undo`` and ``describe``'s ReplicaSet lines do).
-- **Replacement**: a pod deleted, failed or succeeded is replaced; a template change
-  (``kubectl rollout restart`` patches an annotation) rolls the pods: ``Recreate`` removes every
-  old pod before the first new one is created; ``RollingUpdate`` creates new pods up to
-  ``replicas + maxSurge`` and removes old ones while at least ``replicas - maxUnavailable`` pods
-  are ready.
-- **Status**: ``observedGeneration``, ``replicas``, ``updatedReplicas``, ``readyReplicas``,
-  ``availableReplicas`` (ready for ``minReadySeconds``), ``unavailableReplicas`` (zero fields
-  left out, as the API's ``omitempty``), conditions ``Available`` and ``Progressing`` with the
-  real controller's reasons and messages.
+  Always, a negative ``replicas``, an unknown strategy.
 - **Updates** (:func:`admit_deployment_update`): ``metadata.generation`` goes up by one when
-  the spec changes, the selector is immutable (422 ``field is immutable``), the spec is checked
-  as on create.
+  the spec changes, the selector is immutable (422 ``field is immutable``).
+- **ReplicaSets**: one per template, named ``<deployment>-<pod-template-hash>`` (the hash of
+  the template, in the real controller's alphabet; a name taken by another template bumps
+  ``status.collisionCount``), the template and selector carrying the ``pod-template-hash``
+  label, owned by the Deployment, annotated ``deployment.kubernetes.io/revision`` (the
+  Deployment gets its new ReplicaSet's), ``revision-history`` (a rolled-back-to set's earlier
+  revisions), ``desired-replicas`` and ``max-replicas``, and the Deployment's own annotations
+  (``kubernetes.io/change-cause`` for ``rollout history``). A template equal to an older
+  set's (``kubectl rollout undo``) makes that set the new one again, with the next revision.
+  Old sets with no replicas beyond ``revisionHistoryLimit`` are deleted, lowest revision first.
+- **Strategies**: ``RollingUpdate`` scales the new set up to ``replicas + maxSurge`` pods in
+  all and the old ones down while ``replicas - maxUnavailable`` are available (unhealthy old
+  replicas first); ``Recreate`` scales the old sets to 0 and creates the new set only once no
+  old pod is left running (terminating pods count), so two pods never run at once. A change of
+  ``replicas`` alone is a scaling event: the only active set is resized, or, mid-rollout, all
+  active sets proportionally (``max-replicas``), as upstream. ``paused`` stops rollouts
+  (scaling still applies). Events ``ScalingReplicaSet`` (``Scaled up replica set x from 0 to
+  2``), component ``deployment-controller``.
+- **Status**: ``observedGeneration``, ``replicas``, ``updatedReplicas``, ``readyReplicas``,
+  ``availableReplicas``, ``unavailableReplicas`` (sums of the sets' status; zero fields left
+  out), ``collisionCount``; conditions ``Available`` (MinimumReplicasAvailable /
+  MinimumReplicasUnavailable) and ``Progressing`` with the real reasons and messages
+  (NewReplicaSetCreated, FoundNewReplicaSet, ReplicaSetUpdated, NewReplicaSetAvailable,
+  ProgressDeadlineExceeded after ``progressDeadlineSeconds`` without progress,
+  DeploymentPaused, DeploymentResumed), kept in upstream's order and timestamps, so
+  ``kubectl rollout status/history/undo/restart/pause/resume`` and ``kubectl scale`` behave
+  as against a real cluster.
+- **Deletion**: the store's garbage collection deletes the ReplicaSets, which deletes their
+  pods (``propagationPolicy`` Foreground is treated as Background: the Deployment goes at once,
+  its dependents after; Orphan keeps them, without their owner reference).
 
-Not emulated: ``paused``, ``progressDeadlineSeconds`` expiry, revision history, the ``scale``
-subresource (``kubectl scale`` needs it: patch ``spec.replicas`` instead).
+Not emulated: adoption of orphan ReplicaSets matching the selector, the deprecated
+``rollbackTo``, ``ReplicaFailure`` conditions copied from the sets.
 """
 
 from __future__ import annotations
@@ -43,83 +59,58 @@ import math
 
 from .controller import reconcile_loop
 from .events import record_event
-from .resources import DEPLOYMENTS, PODS, Resource
+from .replicasets import (
+    HASH_LABEL,
+    check_workload_spec,
+    controller_ref,
+    default_template,
+    go_selector,
+    invalid,
+    parse_time,
+    pod_available,
+    pod_ready,
+    selector_matches,
+)
+from .resources import DEPLOYMENTS, PODS, REPLICASETS, Resource
 from .store import ApiError, Event, Store, now_iso
 
 log = logging.getLogger(__name__)
 
-HASH_LABEL = "pod-template-hash"
+__all__ = [
+    "HASH_LABEL",
+    "DeploymentController",
+    "admit_deployment",
+    "admit_deployment_update",
+    "pod_available",
+    "pod_ready",
+    "resolve_int_or_percent",
+    "selector_matches",
+    "template_hash",
+]
+
 _SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery rand.SafeEncodeString
+REVISION = "deployment.kubernetes.io/revision"
+REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
+DESIRED = "deployment.kubernetes.io/desired-replicas"
+MAX_REPLICAS = "deployment.kubernetes.io/max-replicas"
+#: annotations a Deployment does not copy to its ReplicaSets (``annotationsToSkip``)
+SKIPPED_ANNOTATIONS = frozenset(
+    {
+        "kubectl.kubernetes.io/last-applied-configuration",
+        REVISION,
+        REVISION_HISTORY,
+        DESIRED,
+        MAX_REPLICAS,
+        "apps.kubernetes.io/deprecated.daemonset.templateGeneration",
+    }
+)
+MAX_REVISION_HISTORY_CHARS = 2000
+COMPONENT = "deployment-controller"
+_NO_DEADLINE = 2**31 - 1  # progressDeadlineSeconds MaxInt32: no deadline
 
 
 def _invalid(name: str, message: str) -> ApiError:
-    return ApiError(
-        422,
-        "Invalid",
-        f'Deployment.apps "{name}" is invalid: {message}',
-        {"name": name, "group": "apps", "kind": "Deployment"},
-    )
-
-
-def _go_map(labels: dict) -> str:
-    inner = ", ".join(f'"{k}":"{v}"' for k, v in sorted(labels.items()))
-    return f"map[string]string{{{inner}}}"
-
-
-def selector_matches(selector: dict, labels: dict) -> bool:
-    """Whether a LabelSelector (``matchLabels``, ``matchExpressions`` with In/NotIn/Exists/
-    DoesNotExist) selects ``labels``. An empty selector selects nothing (as a Deployment's)."""
-    match = selector.get("matchLabels") or {}
-    exprs = selector.get("matchExpressions") or []
-    if not match and not exprs:
-        return False
-    if any(labels.get(k) != v for k, v in match.items()):
-        return False
-    for expr in exprs:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True
-
-
-def _check_spec(name: str, spec: dict) -> None:
-    template = spec.get("template") or {}
-    if not (template.get("spec") or {}).get("containers"):
-        raise _invalid(name, "spec.template.spec.containers: Required value")
-    selector = spec.get("selector")
-    if not selector:
-        raise _invalid(name, "spec.selector: Required value")
-    labels = (template.get("metadata") or {}).get("labels") or {}
-    if not selector_matches(selector, labels):
-        raise _invalid(
-            name,
-            f"spec.template.metadata.labels: Invalid value: {_go_map(labels)}: "
-            "`selector` does not match template `labels`",
-        )
-    restart = template["spec"].setdefault("restartPolicy", "Always")
-    if restart != "Always":
-        raise _invalid(
-            name,
-            f'spec.template.spec.restartPolicy: Unsupported value: "{restart}": '
-            'supported values: "Always"',
-        )
-
-
-def _go_selector(selector: dict) -> str:
-    labels = selector.get("matchLabels")
-    shown = _go_map(labels) if labels else "map[string]string(nil)"
-    exprs = (
-        "[]v1.LabelSelectorRequirement(nil)"
-        if not selector.get("matchExpressions")
-        else ("[]v1.LabelSelectorRequirement{...}")
-    )
-    return f"v1.LabelSelector{{MatchLabels:{shown}, MatchExpressions:{exprs}}}"
+    return invalid("Deployment", name, message)
 
 
 def admit_deployment_update(
@@ -140,10 +131,10 @@ def admit_deployment_update(
     if spec.get("selector") != old_selector:
         raise _invalid(
             name,
-            f"spec.selector: Invalid value: {_go_selector(spec.get('selector') or {})}: "
+            f"spec.selector: Invalid value: {go_selector(spec.get('selector') or {})}: "
             "field is immutable",
         )
-    _check_spec(name, spec)
+    check_workload_spec("Deployment", name, spec)
     new["metadata"]["generation"] = generation + 1
 
 
@@ -155,8 +146,7 @@ def admit_deployment(store: Store, res: Resource, obj: dict) -> None:
         return
     name = obj["metadata"]["name"]
     spec = obj.setdefault("spec", {})
-    _check_spec(name, spec)
-    template = spec["template"]
+    check_workload_spec("Deployment", name, spec)
     spec.setdefault("replicas", 1)
     strategy = spec.setdefault("strategy", {"type": "RollingUpdate"})
     strategy.setdefault("type", "RollingUpdate")
@@ -172,19 +162,44 @@ def admit_deployment(store: Store, res: Resource, obj: dict) -> None:
         )
     spec.setdefault("revisionHistoryLimit", 10)
     spec.setdefault("progressDeadlineSeconds", 600)
-    template["spec"].setdefault("terminationGracePeriodSeconds", 30)
-    template["spec"].setdefault("dnsPolicy", "ClusterFirst")
-    template["spec"].setdefault("schedulerName", "default-scheduler")
+    default_template(spec["template"])
     obj["metadata"]["generation"] = 1
     obj["status"] = {}
 
 
-def template_hash(template: dict) -> str:
-    """The ``pod-template-hash`` of a pod template: FNV-1a (32 bit) of its canonical JSON,
-    written in the real controller's safe alphabet (as ``rand.SafeEncodeString`` of the
-    decimal hash). Pure; the same template always gives the same value."""
+def _compact(value: object) -> object:
+    """A template as Go decodes it: nulls, empty maps and empty lists dropped (what a client's
+    round trip through a Go struct adds: ``creationTimestamp: null``, ``resources: {}``)."""
+    if isinstance(value, dict):
+        out = {k: _compact(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    return value
+
+
+def _without_hash(template: dict) -> dict:
+    template = copy.deepcopy(template)
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    labels.pop(HASH_LABEL, None)
+    return _compact(template)  # type: ignore[return-value]
+
+
+def templates_equal(a: dict, b: dict) -> bool:
+    """``EqualIgnoreHash``: two pod templates equal but for the ``pod-template-hash`` label."""
+    return _without_hash(a) == _without_hash(b)
+
+
+def template_hash(template: dict, collision_count: int | None = None) -> str:
+    """The ``pod-template-hash`` of a pod template: FNV-1a (32 bit) of its canonical JSON (and
+    ``collision_count``, as upstream's ``ComputeHash``), written in the real controller's safe
+    alphabet (as ``rand.SafeEncodeString`` of the decimal hash). Pure; the same template always
+    gives the same value."""
+    canonical = json.dumps(_without_hash(template), sort_keys=True, separators=(",", ":"))
+    if collision_count:
+        canonical += str(collision_count)
     h = 0x811C9DC5
-    for byte in json.dumps(template, sort_keys=True, separators=(",", ":")).encode():
+    for byte in canonical.encode():
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
     return "".join(_SAFE_ALPHABET[b % len(_SAFE_ALPHABET)] for b in str(h).encode())
 
@@ -198,157 +213,206 @@ def resolve_int_or_percent(value: object, total: int, round_up: bool) -> int:
     return int(value or 0)
 
 
-def _parse_time(stamp: str) -> datetime.datetime:
-    return datetime.datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(
-        tzinfo=datetime.timezone.utc
+def _rolling(d: dict) -> bool:
+    return ((d.get("spec") or {}).get("strategy") or {}).get("type", "RollingUpdate") == (
+        "RollingUpdate"
     )
 
 
-def pod_ready(pod: dict) -> bool:
-    """Whether the pod's ``Ready`` condition is True."""
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+def _fenceposts(d: dict) -> tuple[int, int]:
+    """``ResolveFenceposts``: (maxSurge, maxUnavailable) in pods; both 0 means 1 unavailable."""
+    spec = d.get("spec") or {}
+    replicas = int(spec.get("replicas", 1))
+    rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
+    surge = resolve_int_or_percent(rolling.get("maxSurge", "25%"), replicas, True)
+    unavailable = resolve_int_or_percent(rolling.get("maxUnavailable", "25%"), replicas, False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    return surge, unavailable
 
 
-def pod_available(pod: dict, min_ready_seconds: int, now: datetime.datetime) -> bool:
-    """Ready for at least ``min_ready_seconds`` (``podutil.IsPodAvailable``)."""
-    if not pod_ready(pod):
-        return False
-    if min_ready_seconds <= 0:
-        return True
-    for c in (pod.get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready" and c.get("lastTransitionTime"):
-            elapsed = (now - _parse_time(c["lastTransitionTime"])).total_seconds()
-            return elapsed >= min_ready_seconds
-    return False
+def max_surge(d: dict) -> int:
+    """``MaxSurge``: 0 for Recreate."""
+    return _fenceposts(d)[0] if _rolling(d) else 0
 
 
-def _condition(kind: str, status: str, reason: str, message: str, old: list[dict]) -> dict:
+def max_unavailable(d: dict) -> int:
+    """``MaxUnavailable``: 0 for Recreate or no replicas, at most ``replicas``."""
+    replicas = int((d.get("spec") or {}).get("replicas", 1))
+    if not _rolling(d) or replicas == 0:
+        return 0
+    return min(_fenceposts(d)[1], replicas)
+
+
+def revision(obj: dict | None) -> int:
+    """The ``deployment.kubernetes.io/revision`` annotation as an int (0 if none)."""
+    if obj is None:
+        return 0
+    try:
+        return int((obj["metadata"].get("annotations") or {}).get(REVISION, 0))
+    except ValueError:
+        return 0
+
+
+def _replicas(rs: dict | None) -> int:
+    return int((rs.get("spec") or {}).get("replicas", 0)) if rs else 0
+
+
+def _st(rs: dict | None, field: str) -> int:
+    return int((rs.get("status") or {}).get(field) or 0) if rs else 0
+
+
+def _created(rs: dict) -> tuple:
+    return (rs["metadata"].get("creationTimestamp", ""), rs["metadata"]["name"])
+
+
+def _condition(status: dict, kind: str) -> dict | None:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
+
+
+def _new_condition(kind: str, status: str, reason: str, message: str) -> dict:
     now = now_iso()
-    previous = next((c for c in old if c.get("type") == kind), None)
-    same = previous is not None and previous.get("status") == status
     return {
         "type": kind,
         "status": status,
-        "lastUpdateTime": now
-        if previous is None or previous.get("reason") != reason
-        else previous.get("lastUpdateTime", now),
-        "lastTransitionTime": previous.get("lastTransitionTime", now) if same else now,
+        "lastUpdateTime": now,
+        "lastTransitionTime": now,
         "reason": reason,
         "message": message,
     }
 
 
-class DeploymentController:
-    """Keeps every Deployment's pods and status (see the module docstring).
+def set_condition(status: dict, cond: dict) -> None:
+    """``SetDeploymentCondition``: nothing if the same status and reason are there; the
+    transition time kept when only the reason changes; the condition moved to the end."""
+    current = _condition(status, cond["type"])
+    if current and current["status"] == cond["status"] and current["reason"] == cond["reason"]:
+        return
+    if current and current["status"] == cond["status"]:
+        cond["lastTransitionTime"] = current["lastTransitionTime"]
+    others = [c for c in status.get("conditions") or [] if c.get("type") != cond["type"]]
+    status["conditions"] = [*others, cond]
 
-    ``interval``: resync period in seconds; a pass also runs on every Deployment or pod change.
-    """
 
-    def __init__(self, store: Store, interval: float = 1.0):
-        self.store = store
-        self.interval = interval
-        self._wake: asyncio.Event | None = None
-        store.add_listener(self._on_event)
+def _remove_condition(status: dict, kind: str) -> None:
+    status["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") != kind]
 
-    def _on_event(self, event: Event) -> None:
-        if self._wake is not None and event.resource in (DEPLOYMENTS, PODS):
-            self._wake.set()
 
-    async def run(self) -> None:
-        """Reconcile until cancelled."""
-        self._wake = asyncio.Event()
-        await reconcile_loop(self.reconcile, self._wake, self.interval, "deployments")
+def _has_deadline(d: dict) -> bool:
+    value = (d.get("spec") or {}).get("progressDeadlineSeconds")
+    return value is not None and int(value) != _NO_DEADLINE
 
-    def reconcile(self) -> None:
-        """One pass over every Deployment."""
-        deployments = list(self.store.iter(DEPLOYMENTS))
-        if not deployments:  # (most clusters: no scan of the pods)
-            return
-        owned: dict[str, list[dict]] = {}
-        for pod in self.store.iter(PODS):
-            for ref in pod["metadata"].get("ownerReferences") or []:
-                if ref.get("kind") == "Deployment" and ref.get("controller"):
-                    owned.setdefault(ref.get("uid", ""), []).append(pod)
-        for deployment in deployments:
-            if deployment["metadata"].get("deletionTimestamp"):
-                continue
-            self._sync(deployment, owned.get(deployment["metadata"]["uid"], []))
 
-    def _sync(self, deployment: dict, pods: list[dict]) -> None:
-        spec = deployment.get("spec") or {}
-        template = spec.get("template") or {}
-        current = template_hash(template)
-        replicas = int(spec.get("replicas", 1))
-        now = datetime.datetime.now(datetime.timezone.utc)
-        min_ready = int(spec.get("minReadySeconds") or 0)
-        finished = [
-            p for p in pods if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-        ]
-        for pod in finished:  # a finished pod of a Deployment is replaced (ReplicaSet controller)
-            if not pod["metadata"].get("deletionTimestamp"):
-                self._delete(pod)
-        active = [
-            p for p in pods if p not in finished and not p["metadata"].get("deletionTimestamp")
-        ]
-        terminating = [p for p in pods if p["metadata"].get("deletionTimestamp")]
-        new = [p for p in active if (p["metadata"].get("labels") or {}).get(HASH_LABEL) == current]
-        old = [p for p in active if p not in new]
-        strategy = spec.get("strategy") or {}
-        if strategy.get("type") == "Recreate":
-            if old:
-                for pod in old:
-                    self._delete(pod)
-            elif not any(p for p in terminating if p not in new):
-                self._scale(deployment, new, replicas, current)
-        else:
-            rolling = strategy.get("rollingUpdate") or {}
-            surge = resolve_int_or_percent(rolling.get("maxSurge", "25%"), replicas, True)
-            unavailable = resolve_int_or_percent(
-                rolling.get("maxUnavailable", "25%"), replicas, False
+class _Sync:
+    """One sync of one Deployment: its ReplicaSets (copies, updated as written), its pods by
+    set uid, and the status being built (``self.status``, ``self.annotations``)."""
+
+    def __init__(self, ctl: DeploymentController, d: dict, sets: list[dict], pods: dict):
+        self.ctl, self.store = ctl, ctl.store
+        self.d = d
+        self.spec = d.get("spec") or {}
+        self.replicas = int(self.spec.get("replicas", 1))
+        self.sets = sorted(sets, key=_created)
+        self.pods = pods
+        self.old_status = copy.deepcopy(d.get("status") or {})
+        self.status = copy.deepcopy(d.get("status") or {})
+        self.annotations = dict(d["metadata"].get("annotations") or {})
+        self.now = datetime.datetime.now(datetime.timezone.utc)
+
+    # -- finding and creating the new set ----------------------------------------------------
+
+    def split(self) -> tuple[dict | None, list[dict]]:
+        template = self.spec.get("template") or {}
+        new = next(
+            (rs for rs in self.sets if templates_equal(rs["spec"]["template"], template)), None
+        )
+        return new, [rs for rs in self.sets if rs is not new]
+
+    def new_replica_set(self, create: bool) -> tuple[dict | None, list[dict]]:
+        """``getAllReplicaSetsAndSyncRevision``: the new set (annotations and revision synced;
+        created if ``create``) and the old ones."""
+        new, old = self.split()
+        next_revision = max((revision(rs) for rs in old), default=0) + 1
+        if new is not None:
+            annotations = dict(new["metadata"].get("annotations") or {})
+            changed = self._copy_annotations(annotations)
+            current = revision(new)
+            if current < next_revision:
+                annotations[REVISION] = str(next_revision)
+                changed = True
+                if REVISION in (new["metadata"].get("annotations") or {}):
+                    self._append_history(annotations, str(current))
+            min_ready = self.spec.get("minReadySeconds") or 0
+            if changed or (new["spec"].get("minReadySeconds") or 0) != min_ready:
+                new = self._write_set(new, lambda o: self._set_meta(o, annotations, min_ready))
+            self.annotations[REVISION] = (new["metadata"].get("annotations") or {}).get(
+                REVISION, str(next_revision)
             )
-            if surge == 0 and unavailable == 0:
-                unavailable = 1  # the API refuses both 0; be safe for objects made otherwise
-            if not old:
-                self._scale(deployment, new, replicas, current)
-            else:
-                room = replicas + surge - len(active)
-                missing = replicas - len(new)
-                if missing > 0 and room > 0:
-                    for _ in range(min(missing, room)):
-                        self._create(deployment, current)
-                available = sum(pod_available(p, min_ready, now) for p in active)
-                can_remove = max(0, available - (replicas - unavailable))
-                # unready old pods first: removing them costs no availability
-                for pod in sorted(old, key=lambda p: pod_available(p, min_ready, now)):
-                    if pod_available(pod, min_ready, now):
-                        if can_remove <= 0:
-                            break
-                        can_remove -= 1
-                    self._delete(pod)
-        self._status(deployment, pods, current, now)
+            if _has_deadline(self.d) and _condition(self.status, "Progressing") is None:
+                set_condition(
+                    self.status,
+                    _new_condition(
+                        "Progressing",
+                        "True",
+                        "FoundNewReplicaSet",
+                        f'Found new replica set "{new["metadata"]["name"]}"',
+                    ),
+                )
+            return new, old
+        if not create:
+            return None, old
+        return self._create_set(old, next_revision), old
 
-    def _scale(self, deployment: dict, new: list[dict], replicas: int, current: str) -> None:
-        for _ in range(replicas - len(new)):
-            self._create(deployment, current)
-        if len(new) > replicas:
-            extra = sorted(new, key=lambda p: (pod_ready(p), p["metadata"]["creationTimestamp"]))
-            for pod in extra[: len(new) - replicas]:
-                self._delete(pod)
+    def _set_meta(self, obj: dict, annotations: dict, min_ready: int) -> None:
+        obj["metadata"]["annotations"] = annotations
+        if min_ready:
+            obj["spec"]["minReadySeconds"] = min_ready
+        else:
+            obj["spec"].pop("minReadySeconds", None)
 
-    def _create(self, deployment: dict, current: str) -> None:
-        meta = deployment["metadata"]
-        template = copy.deepcopy((deployment.get("spec") or {}).get("template") or {})
-        pod_meta = template.get("metadata") or {}
-        labels = {**(pod_meta.get("labels") or {}), HASH_LABEL: current}
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
+    def _copy_annotations(self, annotations: dict) -> bool:
+        changed = False
+        for key, value in (self.d["metadata"].get("annotations") or {}).items():
+            if key in SKIPPED_ANNOTATIONS or annotations.get(key) == value:
+                continue
+            annotations[key] = value
+            changed = True
+        return changed
+
+    @staticmethod
+    def _append_history(annotations: dict, old_revision: str) -> None:
+        history = annotations.get(REVISION_HISTORY, "")
+        revisions = history.split(",") if history else []
+        total = len(history) + len(old_revision) + 1
+        while total > MAX_REVISION_HISTORY_CHARS and revisions:
+            total -= len(revisions.pop(0)) + 1
+        if total <= MAX_REVISION_HISTORY_CHARS:
+            annotations[REVISION_HISTORY] = ",".join([*revisions, old_revision])
+
+    def _create_set(self, old: list[dict], next_revision: int) -> dict | None:
+        meta = self.d["metadata"]
+        collisions = self.status.get("collisionCount")
+        template = copy.deepcopy(self.spec.get("template") or {})
+        pod_hash = template_hash(template, collisions)
+        tmeta = template.setdefault("metadata", {})
+        tmeta["labels"] = {**(tmeta.get("labels") or {}), HASH_LABEL: pod_hash}
+        selector = copy.deepcopy(self.spec.get("selector") or {})
+        selector["matchLabels"] = {**(selector.get("matchLabels") or {}), HASH_LABEL: pod_hash}
+        annotations: dict = {}
+        self._copy_annotations(annotations)
+        annotations[REVISION] = str(next_revision)
+        annotations[DESIRED] = str(self.replicas)
+        annotations[MAX_REPLICAS] = str(self.replicas + max_surge(self.d))
+        name = f"{meta['name']}-{pod_hash}"
+        replicas = self._new_set_replicas(old, None)
+        rs = {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
             "metadata": {
-                **{k: v for k, v in pod_meta.items() if k in ("annotations",)},
-                "generateName": f"{meta['name']}-{current}-",
+                "name": name,
                 "namespace": meta["namespace"],
-                "labels": labels,
+                "labels": dict(tmeta["labels"]),
+                "annotations": annotations,
                 "ownerReferences": [
                     {
                         "apiVersion": "apps/v1",
@@ -360,103 +424,502 @@ class DeploymentController:
                     }
                 ],
             },
-            "spec": template.get("spec") or {},
+            "spec": {"replicas": replicas, "selector": selector, "template": template},
         }
+        if self.spec.get("minReadySeconds"):
+            rs["spec"]["minReadySeconds"] = self.spec["minReadySeconds"]
         try:
-            self.store.create(PODS, pod, meta["namespace"])
-        except ApiError as exc:  # the real controller reports it as a FailedCreate event
-            log.warning(
-                "devcluster deployment %s/%s: pod not created: %s",
-                meta["namespace"],
-                meta["name"],
-                exc.message,
+            created = self.store.create(REPLICASETS, rs, meta["namespace"])
+        except ApiError as exc:
+            if exc.code == 409:  # a hash collision: another template has this name
+                self.status["collisionCount"] = int(collisions or 0) + 1
+                return None
+            self.ctl.event(self.d, "FailedCreate", exc.message, "Warning")
+            if _has_deadline(self.d):
+                set_condition(
+                    self.status,
+                    _new_condition("ReplicaFailure", "True", "FailedCreate", exc.message),
+                )
+            return None
+        if replicas > 0:
+            self.ctl.event(
+                self.d, "ScalingReplicaSet", f"Scaled up replica set {name} from 0 to {replicas}"
             )
-            self._event(deployment, "FailedCreate", f"Error creating: {exc.message}")
-
-    def _event(self, deployment: dict, reason: str, message: str) -> None:
-        record_event(
-            self.store, deployment, reason, message, "Warning", component="replicaset-controller"
-        )
-
-    def _delete(self, pod: dict) -> None:
-        meta = pod["metadata"]
-        try:
-            self.store.delete(PODS, meta["namespace"], meta["name"])
-        except ApiError:
-            pass
-
-    def _status(self, deployment: dict, pods: list[dict], current: str, now) -> None:
-        meta, spec = deployment["metadata"], deployment.get("spec") or {}
-        fresh = {p["metadata"]["uid"]: p for p in self.store.iter(PODS)}
-        active = [
-            fresh[p["metadata"]["uid"]]
-            for p in pods
-            if p["metadata"]["uid"] in fresh
-            and not fresh[p["metadata"]["uid"]]["metadata"].get("deletionTimestamp")
-            and (fresh[p["metadata"]["uid"]].get("status") or {}).get("phase")
-            not in ("Succeeded", "Failed")
-        ]
-        replicas = int(spec.get("replicas", 1))
-        min_ready = int(spec.get("minReadySeconds") or 0)
-        updated = [
-            p for p in active if (p["metadata"].get("labels") or {}).get(HASH_LABEL) == current
-        ]
-        ready = sum(pod_ready(p) for p in active)
-        available = sum(pod_available(p, min_ready, now) for p in active)
-        strategy = spec.get("strategy") or {}
-        max_unavailable = 0
-        if strategy.get("type", "RollingUpdate") == "RollingUpdate":
-            max_unavailable = resolve_int_or_percent(
-                (strategy.get("rollingUpdate") or {}).get("maxUnavailable", "25%"),
-                replicas,
-                False,
+        self.annotations[REVISION] = str(next_revision)
+        if _has_deadline(self.d):
+            set_condition(
+                self.status,
+                _new_condition(
+                    "Progressing",
+                    "True",
+                    "NewReplicaSetCreated",
+                    f'Created new replica set "{name}"',
+                ),
             )
-        old_conditions = (deployment.get("status") or {}).get("conditions") or []
-        rs_name = f"{meta['name']}-{current}"
-        conditions = [
-            _condition(
-                "Available",
-                "True" if available >= replicas - max_unavailable else "False",
-                "MinimumReplicasAvailable"
-                if available >= replicas - max_unavailable
-                else "MinimumReplicasUnavailable",
-                "Deployment has minimum availability."
-                if available >= replicas - max_unavailable
-                else "Deployment does not have minimum availability.",
-                old_conditions,
-            ),
-        ]
-        complete = len(updated) == replicas == len(active) and available >= replicas
-        conditions.append(
-            _condition(
-                "Progressing",
-                "True",
-                "NewReplicaSetAvailable" if complete else "ReplicaSetUpdated",
-                f'ReplicaSet "{rs_name}" has successfully progressed.'
-                if complete
-                else f'ReplicaSet "{rs_name}" is progressing.',
-                old_conditions,
-            )
-        )
-        status = {
-            "observedGeneration": int(meta.get("generation") or 1),
-            "replicas": len(active),
-            "updatedReplicas": len(updated),
-            "readyReplicas": ready,
-            "availableReplicas": available,
-            "unavailableReplicas": max(0, replicas - available),
-            "conditions": conditions,
-        }
-        status = {k: v for k, v in status.items() if v not in (0, [], None)}
+        self.sets.append(created)
+        return created
+
+    def _new_set_replicas(self, all_sets: list[dict], new: dict | None) -> int:
+        """``NewRSNewReplicas``."""
+        if not _rolling(self.d):
+            return self.replicas
+        current = sum(_replicas(rs) for rs in all_sets if rs is not new) + _replicas(new)
+        room = self.replicas + max_surge(self.d) - current
+        if room <= 0:
+            return _replicas(new)
+        return _replicas(new) + min(room, self.replicas - _replicas(new))
+
+    # -- writing sets ----------------------------------------------------------------------
+
+    def _write_set(self, rs: dict, change) -> dict:
+        def apply(obj: dict) -> None:
+            before = copy.deepcopy(obj.get("spec"))
+            change(obj)
+            if obj.get("spec") != before:
+                obj["metadata"]["generation"] = int(obj["metadata"].get("generation") or 1) + 1
+
+        meta = rs["metadata"]
+        stored = self.store.mutate(REPLICASETS, meta["namespace"], meta["name"], apply)
+        if stored is None:
+            return rs
+        stored = copy.deepcopy(stored)
+        self.sets = [stored if s["metadata"]["uid"] == meta["uid"] else s for s in self.sets]
+        return stored
+
+    def scale(self, rs: dict, size: int, operation: str | None = None) -> tuple[bool, dict]:
+        """``scaleReplicaSet``: set ``spec.replicas`` and the replica annotations; an event if
+        the size changed. Returns (scaled, the set as stored)."""
+        old_size = _replicas(rs)
+        operation = operation or ("up" if size > old_size else "down")
+        annotations = dict(rs["metadata"].get("annotations") or {})
+        want = {DESIRED: str(self.replicas), MAX_REPLICAS: str(self.replicas + max_surge(self.d))}
+        if old_size == size and all(annotations.get(k) == v for k, v in want.items()):
+            return False, rs
+        annotations.update(want)
 
         def change(obj: dict) -> None:
-            before = obj.get("status") or {}
-            if {k: v for k, v in before.items() if k != "conditions"} == {
-                k: v for k, v in status.items() if k != "conditions"
-            } and [(c["type"], c["status"], c["reason"]) for c in before.get("conditions", [])] == [
-                (c["type"], c["status"], c["reason"]) for c in conditions
-            ]:
+            obj["spec"]["replicas"] = size
+            obj["metadata"]["annotations"] = annotations
+
+        rs = self._write_set(rs, change)
+        if old_size != size:
+            name = rs["metadata"]["name"]
+            message = f"Scaled {operation} replica set {name} from {old_size} to {size}"
+            self.ctl.event(self.d, "ScalingReplicaSet", message)
+        return old_size != size, rs
+
+    def scale_to(self, rs: dict, size: int) -> tuple[bool, dict]:
+        """``scaleReplicaSetAndRecordEvent``: nothing if the size is already right."""
+        if _replicas(rs) == size:
+            return False, rs
+        return self.scale(rs, size)
+
+    # -- strategies ------------------------------------------------------------------------
+
+    def is_scaling_event(self) -> bool:
+        new, old = self.split()
+        for rs in [r for r in [new, *old] if r is not None and _replicas(r) > 0]:
+            desired = (rs["metadata"].get("annotations") or {}).get(DESIRED)
+            if desired is not None and desired.isdigit() and int(desired) != self.replicas:
+                return True
+        return False
+
+    def sync_scaling(self) -> None:
+        """``sync``: the revision synced, the sets resized (``scale``), status only."""
+        new, old = self.new_replica_set(create=False)
+        self._proportional(new, old)
+        new, old = self.split()
+        if self.spec.get("paused"):
+            self.cleanup(old)
+        self.status_write(new, rollout=False)
+
+    def _proportional(self, new: dict | None, old: list[dict]) -> None:
+        active = [rs for rs in [new, *old] if rs is not None and _replicas(rs) > 0]
+        if len(active) <= 1:
+            target = active[0] if active else (new or (max(old, key=_created) if old else None))
+            if target is not None:
+                self.scale_to(target, self.replicas)
+            return
+        if new is not None and self._saturated(new):
+            for rs in old:
+                if _replicas(rs) > 0:
+                    self.scale_to(rs, 0)
+            return
+        if not _rolling(self.d):
+            return
+        total = sum(_replicas(rs) for rs in active)
+        allowed = self.replicas + max_surge(self.d) if self.replicas > 0 else 0
+        to_add = allowed - total
+        if to_add > 0:  # ReplicaSetsBySizeNewer: larger first, newer first among equals
+            active.sort(key=_created, reverse=True)
+            active.sort(key=_replicas, reverse=True)
+            operation = "up"
+        elif to_add < 0:  # ReplicaSetsBySizeOlder: larger first, older first among equals
+            active.sort(key=_created)
+            active.sort(key=_replicas, reverse=True)
+            operation = "down"
+        else:
+            operation = None
+        sizes, added = {}, 0
+        for rs in active:
+            if to_add:
+                share = self._proportion(rs, to_add, added)
+                sizes[rs["metadata"]["uid"]] = _replicas(rs) + share
+                added += share
+            else:
+                sizes[rs["metadata"]["uid"]] = _replicas(rs)
+        for i, rs in enumerate(active):
+            uid = rs["metadata"]["uid"]
+            if i == 0 and to_add:
+                sizes[uid] = max(0, sizes[uid] + to_add - added)
+            self.scale(rs, sizes[uid], operation)
+
+    def _saturated(self, rs: dict) -> bool:
+        desired = (rs["metadata"].get("annotations") or {}).get(DESIRED, "")
+        return (
+            desired.isdigit()
+            and _replicas(rs) == self.replicas
+            and int(desired) == self.replicas
+            and _st(rs, "availableReplicas") == self.replicas
+        )
+
+    def _proportion(self, rs: dict, to_add: int, added: int) -> int:
+        """``GetReplicaSetProportion``."""
+        if _replicas(rs) == 0 or to_add == added:
+            return 0
+        if self.replicas == 0:
+            fraction = -_replicas(rs)
+        else:
+            before = (rs["metadata"].get("annotations") or {}).get(MAX_REPLICAS, "")
+            before_n = int(before) if before.isdigit() else 0
+            if before_n == 0:
+                before_n = int(self.old_status.get("replicas") or 0)
+            if before_n == 0:
+                fraction = 0
+            else:
+                size = _replicas(rs) * (self.replicas + max_surge(self.d)) / before_n
+                fraction = int(size + 0.5) - _replicas(rs)
+        allowed = to_add - added
+        return min(fraction, allowed) if to_add > 0 else max(fraction, allowed)
+
+    def rolling(self) -> None:
+        """``rolloutRolling``."""
+        new, old = self.new_replica_set(create=True)
+        if new is None:
+            self.status_write(None, rollout=True)
+            return
+        if self._reconcile_new(new) or self._reconcile_old(new):
+            new, _ = self.split()
+            self.status_write(new, rollout=True)
+            return
+        new, old = self.split()
+        if self._complete(self.old_status):
+            self.cleanup(old)
+        self.status_write(new, rollout=True)
+
+    def _reconcile_new(self, new: dict) -> bool:
+        if _replicas(new) == self.replicas:
+            return False
+        if _replicas(new) > self.replicas:
+            return self.scale_to(new, self.replicas)[0]
+        return self.scale_to(new, self._new_set_replicas(self.sets, new))[0]
+
+    def _reconcile_old(self, new: dict) -> bool:
+        old = [rs for rs in self.sets if rs["metadata"]["uid"] != new["metadata"]["uid"]]
+        if sum(_replicas(rs) for rs in old) == 0:
+            return False
+        all_count = sum(_replicas(rs) for rs in self.sets)
+        min_available = self.replicas - max_unavailable(self.d)
+        new_unavailable = _replicas(new) - _st(new, "availableReplicas")
+        max_down = all_count - min_available - new_unavailable
+        if max_down <= 0:
+            return False
+        cleaned = 0
+        for rs in sorted(old, key=_created):  # unhealthy old replicas first
+            if cleaned >= max_down:
+                break
+            if _replicas(rs) == 0 or _st(rs, "availableReplicas") == _replicas(rs):
+                continue
+            down = min(max_down - cleaned, _replicas(rs) - _st(rs, "availableReplicas"))
+            self.scale_to(rs, _replicas(rs) - down)
+            cleaned += down
+        # then available ones, while minAvailable stays available
+        available = sum(_st(rs, "availableReplicas") for rs in self.sets)
+        scaled = 0
+        if available > min_available:
+            budget = available - min_available
+            old = [rs for rs in self.sets if rs["metadata"]["uid"] != new["metadata"]["uid"]]
+            for rs in sorted(old, key=_created):
+                if scaled >= budget:
+                    break
+                if _replicas(rs) == 0:
+                    continue
+                down = min(_replicas(rs), budget - scaled)
+                self.scale_to(rs, _replicas(rs) - down)
+                scaled += down
+        return cleaned + scaled > 0
+
+    def recreate(self) -> None:
+        """``rolloutRecreate``: old sets to 0; the new one only when no old pod runs."""
+        new, old = self.new_replica_set(create=False)
+        scaled = False
+        for rs in old:
+            if _replicas(rs) > 0:
+                scaled = self.scale_to(rs, 0)[0] or scaled
+        if scaled:
+            self.status_write(new, rollout=True)
+            return
+        if self._old_pods_running(new):
+            self.status_write(new, rollout=True)
+            return
+        if new is None:
+            new, old = self.new_replica_set(create=True)
+            if new is None:
+                self.status_write(None, rollout=True)
                 return
+        self.scale_to(new, self.replicas)
+        new, old = self.split()
+        if self._complete(self.old_status):
+            self.cleanup(old)
+        self.status_write(new, rollout=True)
+
+    def _old_pods_running(self, new: dict | None) -> bool:
+        new_uid = new["metadata"]["uid"] if new else None
+        if sum(_st(rs, "replicas") for rs in self.sets if rs["metadata"]["uid"] != new_uid):
+            return True
+        for rs in self.sets:
+            if rs["metadata"]["uid"] == new_uid:
+                continue
+            for pod in self.pods.get(rs["metadata"]["uid"], []):
+                if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                    return True
+        return False
+
+    def cleanup(self, old: list[dict]) -> None:
+        """``cleanupDeployment``: old sets beyond ``revisionHistoryLimit`` deleted, lowest
+        revision first, never one that still has replicas."""
+        limit = self.spec.get("revisionHistoryLimit")
+        if limit is None:
+            return
+        alive = [rs for rs in old if not rs["metadata"].get("deletionTimestamp")]
+        extra = len(alive) - int(limit)
+        if extra <= 0:
+            return
+        for rs in sorted(alive, key=lambda r: (revision(r), _created(r)))[:extra]:
+            if (
+                _st(rs, "replicas")
+                or _replicas(rs)
+                or int(rs["metadata"].get("generation") or 1) > _st(rs, "observedGeneration")
+            ):
+                continue
+            try:
+                self.store.delete(REPLICASETS, rs["metadata"]["namespace"], rs["metadata"]["name"])
+            except ApiError:
+                pass
+            self.sets = [s for s in self.sets if s["metadata"]["uid"] != rs["metadata"]["uid"]]
+
+    # -- status ----------------------------------------------------------------------------
+
+    def _complete(self, status: dict) -> bool:
+        """``DeploymentComplete``."""
+        r = self.replicas
+        return (
+            int(status.get("updatedReplicas") or 0) == r
+            and int(status.get("replicas") or 0) == r
+            and int(status.get("availableReplicas") or 0) == r
+            and int(status.get("observedGeneration") or 0)
+            >= int(self.d["metadata"].get("generation") or 1)
+        )
+
+    def calculate(self, new: dict | None) -> dict:
+        """``calculateStatus``: the sets' sums and the Available condition."""
+        available = sum(_st(rs, "availableReplicas") for rs in self.sets)
+        total = sum(_replicas(rs) for rs in self.sets)
+        status = {
+            "observedGeneration": int(self.d["metadata"].get("generation") or 1),
+            "replicas": sum(_st(rs, "replicas") for rs in self.sets),
+            "updatedReplicas": _st(new, "replicas"),
+            "readyReplicas": sum(_st(rs, "readyReplicas") for rs in self.sets),
+            "availableReplicas": available,
+            "unavailableReplicas": max(0, total - available),
+            "conditions": copy.deepcopy(self.status.get("conditions") or []),
+        }
+        if self.status.get("collisionCount") is not None:
+            status["collisionCount"] = self.status["collisionCount"]
+        if available >= self.replicas - max_unavailable(self.d):
+            cond = _new_condition(
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.",
+            )
+        else:
+            cond = _new_condition(
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.",
+            )
+        set_condition(status, cond)
+        return status
+
+    def _progress(self, new: dict | None, status: dict) -> None:
+        """``syncRolloutStatus``'s Progressing condition."""
+        if not _has_deadline(self.d):
+            _remove_condition(status, "Progressing")
+            return
+        current = _condition(self.status, "Progressing")
+        if (
+            status["replicas"] == status["updatedReplicas"]
+            and current is not None
+            and current["reason"] == "NewReplicaSetAvailable"
+        ):
+            return
+        name = new["metadata"]["name"] if new else None
+        old = self.old_status
+
+        def said(done: str) -> str:
+            if name:
+                return f'ReplicaSet "{name}" {done}.'
+            return f'Deployment "{self.d["metadata"]["name"]}" {done}.'
+
+        if self._complete(status):
+            cond = _new_condition(
+                "Progressing", "True", "NewReplicaSetAvailable", said("has successfully progressed")
+            )
+            set_condition(status, cond)
+        elif (
+            status["updatedReplicas"] > int(old.get("updatedReplicas") or 0)
+            or status["replicas"] - status["updatedReplicas"]
+            < int(old.get("replicas") or 0) - int(old.get("updatedReplicas") or 0)
+            or status["readyReplicas"] > int(old.get("readyReplicas") or 0)
+            or status["availableReplicas"] > int(old.get("availableReplicas") or 0)
+        ):
+            cond = _new_condition(
+                "Progressing", "True", "ReplicaSetUpdated", said("is progressing")
+            )
+            now_cond = _condition(status, "Progressing")
+            if now_cond is not None:
+                if now_cond["status"] == "True":
+                    cond["lastTransitionTime"] = now_cond["lastTransitionTime"]
+                _remove_condition(status, "Progressing")
+            set_condition(status, cond)
+        elif self._timed_out(status):
+            cond = _new_condition(
+                "Progressing",
+                "False",
+                "ProgressDeadlineExceeded",
+                said("has timed out progressing"),
+            )
+            set_condition(status, cond)
+
+    def _timed_out(self, status: dict) -> bool:
+        cond = _condition(status, "Progressing")
+        if cond is None or cond["reason"] == "NewReplicaSetAvailable":
+            return False
+        if cond["reason"] == "ProgressDeadlineExceeded":
+            return True
+        deadline = int(self.spec.get("progressDeadlineSeconds") or 0)
+        since = parse_time(cond.get("lastUpdateTime") or now_iso())
+        return (self.now - since).total_seconds() > deadline
+
+    def paused_conditions(self) -> None:
+        """``checkPausedConditions``: Progressing Unknown DeploymentPaused/Resumed."""
+        if not _has_deadline(self.d):
+            return
+        cond = _condition(self.status, "Progressing")
+        if cond is not None and cond["reason"] == "ProgressDeadlineExceeded":
+            return
+        paused_cond = cond is not None and cond["reason"] == "DeploymentPaused"
+        if self.spec.get("paused") and not paused_cond:
+            set_condition(
+                self.status,
+                _new_condition(
+                    "Progressing", "Unknown", "DeploymentPaused", "Deployment is paused"
+                ),
+            )
+        elif not self.spec.get("paused") and paused_cond:
+            set_condition(
+                self.status,
+                _new_condition(
+                    "Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed"
+                ),
+            )
+
+    def status_write(self, new: dict | None, rollout: bool) -> None:
+        status = self.calculate(new)
+        if rollout:
+            self._progress(new, status)
+        status = {
+            k: v
+            for k, v in status.items()
+            if v not in (0, [], None) or k == "collisionCount" and v is not None
+        }
+        annotations = self.annotations
+
+        def change(obj: dict) -> None:
+            if annotations:
+                obj["metadata"]["annotations"] = annotations
             obj["status"] = status
 
+        meta = self.d["metadata"]
         self.store.mutate(DEPLOYMENTS, meta["namespace"], meta["name"], change)
+
+
+class DeploymentController:
+    """Keeps every Deployment's ReplicaSets and status (see the module docstring).
+
+    ``interval``: resync period in seconds; a pass also runs on every Deployment, ReplicaSet
+    or pod change (pods: for Recreate's "no old pod running" and progress deadlines).
+    """
+
+    def __init__(self, store: Store, interval: float = 1.0):
+        self.store = store
+        self.interval = interval
+        self._wake: asyncio.Event | None = None
+        store.add_listener(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if self._wake is not None and event.resource in (DEPLOYMENTS, REPLICASETS, PODS):
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Reconcile until cancelled."""
+        self._wake = asyncio.Event()
+        await reconcile_loop(self.reconcile, self._wake, self.interval, "deployments")
+
+    def event(self, d: dict, reason: str, message: str, type_: str = "Normal") -> None:
+        """Record an Event about Deployment ``d`` as the real controller does."""
+        record_event(self.store, d, reason, message, type_, component=COMPONENT)
+
+    def reconcile(self) -> None:
+        """One pass over every Deployment."""
+        deployments = list(self.store.iter(DEPLOYMENTS))
+        if not deployments:  # (most clusters: no scan of the sets and pods)
+            return
+        sets: dict[str, list[dict]] = {}
+        for rs in self.store.iter(REPLICASETS):
+            ref = controller_ref(rs)
+            if ref is not None and ref.get("kind") == "Deployment":
+                sets.setdefault(ref.get("uid", ""), []).append(copy.deepcopy(rs))
+        pods: dict[str, list[dict]] = {}
+        if any(not _rolling(d) for d in deployments):
+            for pod in self.store.iter(PODS):
+                ref = controller_ref(pod)
+                if ref is not None and ref.get("kind") == "ReplicaSet":
+                    pods.setdefault(ref.get("uid", ""), []).append(pod)
+        for d in deployments:
+            if d["metadata"].get("deletionTimestamp"):
+                continue
+            self.sync(copy.deepcopy(d), sets.get(d["metadata"]["uid"], []), pods)
+
+    def sync(self, d: dict, sets: list[dict], pods: dict[str, list[dict]]) -> None:
+        """``syncDeployment`` of one Deployment (a deep copy) with its ReplicaSets."""
+        run = _Sync(self, d, sets, pods)
+        run.paused_conditions()
+        if (d.get("spec") or {}).get("paused") or run.is_scaling_event():
+            run.sync_scaling()
+        elif _rolling(d):
+            run.rolling()
+        else:
+            run.recreate()

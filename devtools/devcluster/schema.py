@@ -355,6 +355,15 @@ def _refs(schema: object, found: set[str], defs: dict) -> None:
             _refs(value, found, defs)
 
 
+_PATCH = "io.k8s.apimachinery.pkg.apis.meta.v1.Patch"
+#: the patch content types the emulated server accepts (`patching`; no server-side apply)
+PATCH_TYPES = (
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+)
+
+
 def openapi_group_document(group_version: str, resources: list, minor: str = SERVED_MINOR) -> dict:
     """The ``/openapi/v3/api/v1`` (or ``/openapi/v3/apis/<group>/<version>``) document.
 
@@ -417,7 +426,11 @@ def openapi_group_document(group_version: str, resources: list, minor: str = SER
             "delete": op("deletecollection", False, extra=("dryRun",) + list_params),
             "parameters": scope + [_param("pretty")],
         }
-        patch = op("patch", True, {"content": {"application/merge-patch+json": {"schema": {}}}})
+        # R: every patch type the server takes; kubectl computes its strategic merge patch
+        # from this document's x-kubernetes-patch-* keys when the strategic type is listed
+        # (``gvkSupportsPatchOpenAPIV3``), instead of asking for ``/openapi/v2``.
+        patch_schema = {"schema": {"$ref": "#/components/schemas/" + _PATCH}}
+        patch = op("patch", True, {"content": {t: patch_schema for t in PATCH_TYPES}})
         patch["parameters"].append(_param("force", schema_type="boolean"))
         paths[f"{base}/{{name}}"] = {
             "get": op("get", False),

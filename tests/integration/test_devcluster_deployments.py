@@ -88,7 +88,7 @@ async def test_pods_from_template_replaced_and_rolled(cluster, api, namespace):
     current = first.metadata.labels[HASH_LABEL]
     assert first.metadata.name.startswith(f"web-{current}-")
     ref = first.metadata.owner_references[0]
-    assert (ref.kind, ref.name, ref.controller) == ("Deployment", "web", True)
+    assert (ref.kind, ref.name, ref.controller) == ("ReplicaSet", f"web-{current}", True)
 
     code, out, err = await asyncio.to_thread(
         kubectl, cluster, "rollout", "status", "-n", namespace, "deployment/web", "--timeout=30s"
@@ -158,14 +158,21 @@ async def test_recreate_stops_old_pods_before_new_ones(cluster, api, namespace):
 
     new = (await wait_for(rolled, 30, "the new pod"))[0]
     assert new.metadata.labels[HASH_LABEL] != old.metadata.labels[HASH_LABEL]
-    # Recreate: the new pod is created only after the old one is gone (never two at once)
+    # Recreate: the new pod is created only once no old pod runs (upstream's oldPodsRunning:
+    # a pod in a terminal phase, its processes gone, or removed; never two running at once)
     seen = []
     stream = watch.Watch().stream(
         core.list_namespaced_pod, namespace, resource_version=since, timeout_seconds=2
     )
     async for event in stream:
-        seen.append((event["type"], event["object"].metadata.name))
-    assert seen.index(("DELETED", old.metadata.name)) < seen.index(("ADDED", new.metadata.name))
+        pod = event["object"]
+        stopped = event["type"] == "DELETED" or pod.status.phase in ("Succeeded", "Failed")
+        seen.append((pod.metadata.name, "stopped" if stopped else event["type"]))
+    assert seen.index((old.metadata.name, "stopped")) < seen.index((new.metadata.name, "ADDED"))
+    assert ("ReplicaSet", f"one-{new.metadata.labels[HASH_LABEL]}") == (
+        new.metadata.owner_references[0].kind,
+        new.metadata.owner_references[0].name,
+    )
 
 
 async def test_refusals_are_worded_as_the_real_server(api, namespace):
@@ -261,3 +268,272 @@ async def _apply_kit(cluster, api):
 
 async def pods_of_labels(core, namespace, selector):
     return (await core.list_namespaced_pod(namespace, label_selector=selector)).items
+
+
+# -- ReplicaSets (Deployment -> ReplicaSet -> pods) ----------------------------------------------
+
+
+def _run(cluster, *args):
+    return asyncio.to_thread(kubectl, cluster, *args)
+
+
+async def _rollout_done(cluster, namespace, name):
+    code, out, err = await _run(
+        cluster, "rollout", "status", "-n", namespace, f"deployment/{name}", "--timeout=40s"
+    )
+    assert code == 0, err
+    assert f'deployment "{name}" successfully rolled out' in out
+    return out
+
+
+async def test_replicasets_history_undo_scale_and_garbage_collection(cluster, api, namespace):
+    """One ReplicaSet per template named ``<deployment>-<hash>``, its revision shown by
+    ``kubectl rollout history``; ``rollout undo`` brings revision 1's template back (that set
+    becomes revision 3); ``kubectl scale`` uses the scale subresource; deleting the Deployment
+    deletes its sets and their pods."""
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    await apps.create_namespaced_deployment(namespace, deployment("hist"))
+    await _rollout_done(cluster, namespace, "hist")
+    (rs1,) = (await apps.list_namespaced_replica_set(namespace)).items
+    pod_hash = rs1.metadata.labels[HASH_LABEL]
+    assert rs1.metadata.name == f"hist-{pod_hash}"
+    assert rs1.metadata.annotations["deployment.kubernetes.io/revision"] == "1"
+    assert rs1.spec.selector.match_labels == {"app": "hist", HASH_LABEL: pod_hash}
+    ref = rs1.metadata.owner_references[0]
+    assert (ref.kind, ref.name, ref.controller) == ("Deployment", "hist", True)
+    assert (rs1.status.replicas, rs1.status.ready_replicas, rs1.status.available_replicas) == (
+        2,
+        2,
+        2,
+    )
+    pods = await pods_of(core, namespace, "hist")
+    assert {p.metadata.owner_references[0].name for p in pods} == {rs1.metadata.name}
+    assert all(p.metadata.name.startswith(f"{rs1.metadata.name}-") for p in pods)
+
+    # revision 2: a new template, with a change cause
+    code, _, err = await _run(cluster, "set", "env", "-n", namespace, "deployment/hist", "X=2")
+    assert code == 0, err
+    code, _, err = await _run(
+        cluster,
+        "annotate",
+        "-n",
+        namespace,
+        "deployment/hist",
+        "kubernetes.io/change-cause=set X=2",
+    )
+    assert code == 0, err
+    await _rollout_done(cluster, namespace, "hist")
+    code, out, err = await _run(cluster, "rollout", "history", "-n", namespace, "deployment/hist")
+    assert code == 0, err
+    rows = [line.split(None, 1) for line in out.strip().splitlines()[2:]]
+    assert rows == [["1", "<none>"], ["2", "set X=2"]], out
+    dep = await apps.read_namespaced_deployment("hist", namespace)
+    assert dep.metadata.annotations["deployment.kubernetes.io/revision"] == "2"
+    assert dep.spec.template.spec.containers[0].env[0].name == "X"
+
+    # undo: revision 1's template again, the same ReplicaSet now revision 3
+    code, out, err = await _run(cluster, "rollout", "undo", "-n", namespace, "deployment/hist")
+    assert code == 0, err
+    assert "rolled back" in out
+    await _rollout_done(cluster, namespace, "hist")
+    dep = await apps.read_namespaced_deployment("hist", namespace)
+    assert not dep.spec.template.spec.containers[0].env
+    assert dep.metadata.annotations["deployment.kubernetes.io/revision"] == "3"
+    rs1 = await apps.read_namespaced_replica_set(rs1.metadata.name, namespace)
+    assert rs1.metadata.annotations["deployment.kubernetes.io/revision"] == "3"
+    assert rs1.metadata.annotations["deployment.kubernetes.io/revision-history"] == "1"
+    assert (rs1.spec.replicas, dep.status.updated_replicas) == (2, 2)
+    code, out, err = await _run(cluster, "rollout", "history", "-n", namespace, "deployment/hist")
+    assert [line.split()[0] for line in out.strip().splitlines()[2:]] == ["2", "3"], out
+
+    # kubectl scale: the scale subresource (autoscaling/v1 Scale)
+    code, out, err = await _run(
+        cluster, "scale", "-n", namespace, "deployment/hist", "--replicas=3"
+    )
+    assert code == 0, err
+    assert out.strip() == "deployment.apps/hist scaled"
+    await wait_for(lambda: _exactly(pods_of(core, namespace, "hist", True), 3), 20, "3 pods")
+    scale = await apps.read_namespaced_deployment_scale("hist", namespace)
+    assert (scale.spec.replicas, scale.status.selector) == (3, "app=hist")
+    assert (await apps.read_namespaced_replica_set(rs1.metadata.name, namespace)).spec.replicas == 3
+    await _rollout_done(cluster, namespace, "hist")
+
+    # garbage collection: the sets, then their pods
+    await apps.delete_namespaced_deployment("hist", namespace)
+
+    async def gone():
+        sets = (await apps.list_namespaced_replica_set(namespace)).items
+        return not sets and not await pods_of(core, namespace, "hist")
+
+    await wait_for(gone, 20, "the sets and pods of a deleted Deployment gone")
+
+
+async def test_a_replicaset_keeps_its_pods_and_answers_scale(cluster, api, namespace):
+    """A ReplicaSet made directly: ``replicas`` pods named ``<set>-xxxxx``, a deleted one
+    replaced, scaled down through the scale subresource, refusals worded as the real server."""
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    body = deployment("solo")
+    del body["spec"]["strategy"]
+    body["kind"] = "ReplicaSet"
+    created = await apps.create_namespaced_replica_set(namespace, body)
+    assert (created.metadata.generation, created.spec.replicas) == (1, 2)
+    pods = await wait_for(lambda: _exactly(pods_of(core, namespace, "solo", True), 2), 20)
+    assert all(p.metadata.name.startswith("solo-") for p in pods)
+    assert {p.metadata.owner_references[0].kind for p in pods} == {"ReplicaSet"}
+    victim = pods[0].metadata.name
+    await core.delete_namespaced_pod(victim, namespace, grace_period_seconds=0)
+
+    async def replaced():
+        names = {p.metadata.name for p in await pods_of(core, namespace, "solo", True)}
+        return len(names) == 2 and victim not in names
+
+    await wait_for(replaced, 20, "a replacement pod")
+    scale = await apps.patch_namespaced_replica_set_scale(
+        "solo", namespace, {"spec": {"replicas": 1}}
+    )
+    assert (scale.kind, scale.spec.replicas, scale.status.selector) == ("Scale", 1, "app=solo")
+    await wait_for(lambda: _exactly(pods_of(core, namespace, "solo"), 1), 20, "one pod left")
+    rs = await apps.read_namespaced_replica_set("solo", namespace)
+    assert rs.metadata.generation == 2
+    await wait_for(
+        lambda: _observed(apps, namespace), 20, "the set's status of generation 2 with 1 pod"
+    )
+
+    with pytest.raises(ApiException) as e:
+        await apps.patch_namespaced_replica_set_scale("solo", namespace, {"spec": {"replicas": -1}})
+    assert e.value.status == 422
+    assert json.loads(e.value.body)["message"] == (
+        'Scale.autoscaling "solo" is invalid: spec.replicas: Invalid value: -1: must be greater '
+        "than or equal to 0"
+    )
+    with pytest.raises(ApiException) as e:
+        await apps.patch_namespaced_replica_set(
+            "solo", namespace, {"spec": {"selector": {"matchLabels": {"app": "other"}}}}
+        )
+    assert json.loads(e.value.body)["message"] == (
+        'ReplicaSet.apps "solo" is invalid: spec.selector: Invalid value: '
+        'v1.LabelSelector{MatchLabels:map[string]string{"app":"other"}, '
+        "MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: field is immutable"
+    )
+    code, out, err = await _run(cluster, "get", "rs", "-n", namespace)
+    assert code == 0, err
+    assert out.split() == ["NAME", "DESIRED", "CURRENT", "READY", "AGE", "solo", "1", "1", "1"] + [
+        out.split()[-1]
+    ]
+
+
+async def _observed(apps, namespace):
+    rs = await apps.read_namespaced_replica_set("solo", namespace)
+    return rs.status.observed_generation == 2 and rs.status.replicas == 1
+
+
+def _pod(name, phase="Running", ready=True, node="n1", created="2026-01-01T00:00:00Z", **meta):
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if ready:
+        conditions[0]["lastTransitionTime"] = created
+    return {
+        "metadata": {"name": name, "uid": name, "creationTimestamp": created, **meta},
+        "spec": {"nodeName": node},
+        "status": {"phase": phase, "conditions": conditions},
+    }
+
+
+def test_scale_down_deletes_pods_in_the_real_controllers_order():
+    """``ActivePodsWithRanks``: unscheduled, pending, not ready, lower deletion cost, doubled
+    up on a node, ready more recently, newer."""
+    import datetime
+
+    from devcluster.replicasets import DELETION_COST, deletion_order
+
+    now = datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)
+    old, new = "2026-01-01T00:00:00Z", "2026-01-01T23:59:00Z"
+    pods = [
+        _pod("ready-old", created=old, node="n2"),
+        _pod("ready-new", created=new, node="n3"),
+        _pod("costly", created=new, node="n4", annotations={DELETION_COST: "10"}),
+        _pod("cheap", created=old, node="n5", annotations={DELETION_COST: "-5"}),
+        _pod("unready", ready=False, node="n6"),
+        _pod("pending", phase="Pending", ready=False, node="n7"),
+        _pod("unscheduled", phase="Pending", ready=False, node=""),
+    ]
+    order = [p["metadata"]["name"] for p in deletion_order(pods, pods, now)]
+    assert order == [
+        "unscheduled",
+        "pending",
+        "unready",
+        "cheap",
+        "ready-new",
+        "ready-old",
+        "costly",
+    ]
+    # two pods on one node go before a lone one
+    doubled = [_pod("a", node="n1"), _pod("b", node="n1"), _pod("lone", node="n2")]
+    assert deletion_order(doubled, doubled, now)[-1]["metadata"]["name"] == "lone"
+
+
+def test_rolling_update_keeps_within_max_surge_and_max_unavailable():
+    """The controllers stepped by hand on a store (no kubelet: pods marked Ready here): a
+    rollout of 4 replicas with maxSurge 1 and maxUnavailable 0 never has more than 5 pods nor
+    fewer than 4 available, ends with 4 new pods, and the status says so."""
+    from devcluster.deployments import DeploymentController, admit_deployment
+    from devcluster.replicasets import ReplicaSetController, admit_replicaset
+    from devcluster.resources import DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS
+    from devcluster.store import Store
+
+    store = Store()
+    store.admit.extend((admit_deployment, admit_replicaset))
+    store.create(NAMESPACES, {"metadata": {"name": "default"}})
+    body = deployment("roll", 4)
+    body["spec"]["strategy"] = {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    store.create(DEPLOYMENTS, body, "default")
+    dc, rc = DeploymentController(store), ReplicaSetController(store)
+
+    def ready_all():
+        for pod in list(store.iter(PODS)):
+            if not pod["metadata"].get("deletionTimestamp") and not (pod.get("status") or {}):
+                store.mutate(PODS, "default", pod["metadata"]["name"], _make_ready)
+
+    def step():
+        dc.reconcile()
+        rc.reconcile()
+        ready_all()
+        rc.reconcile()
+        dc.reconcile()
+        pods = [p for p in store.iter(PODS) if not p["metadata"].get("deletionTimestamp")]
+        ready = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        return len(pods), len(ready)
+
+    for _ in range(3):
+        step()
+    assert step() == (4, 4)
+    store.patch(DEPLOYMENTS, "default", "roll", _new_template)
+    seen = [step() for _ in range(12)]
+    assert max(total for total, _ in seen) == 5, seen
+    assert min(ready for _, ready in seen) >= 4, seen
+    live = [p for p in store.iter(PODS) if not p["metadata"].get("deletionTimestamp")]
+    new_hash = template_hash(store.peek(DEPLOYMENTS, "default", "roll")["spec"]["template"])
+    assert [p["metadata"]["labels"][HASH_LABEL] for p in live] == [new_hash] * 4
+    status = store.peek(DEPLOYMENTS, "default", "roll")["status"]
+    assert (status["replicas"], status["updatedReplicas"], status["availableReplicas"]) == (4, 4, 4)
+    reasons = {c["type"]: c["reason"] for c in status["conditions"]}
+    assert reasons == {
+        "Available": "MinimumReplicasAvailable",
+        "Progressing": "NewReplicaSetAvailable",
+    }
+    assert [c["type"] for c in status["conditions"]] == ["Available", "Progressing"]
+    assert len(list(store.iter(REPLICASETS))) == 2  # the old one kept, scaled to 0 (history)
+
+
+def _make_ready(pod: dict) -> None:
+    pod["spec"]["nodeName"] = "n1"
+    pod["status"] = {
+        "phase": "Running",
+        "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        ],
+    }
+
+
+def _new_template(obj: dict) -> dict:
+    obj["spec"]["template"]["metadata"]["annotations"] = {"v": "2"}
+    return obj
