@@ -32,6 +32,17 @@ capability set, and the "image"'s user and working folder.
   container's user) mounted there (unless a volume is mounted at that very path, as z2jh
   mounts the home at ``/home/jovyan``), never the host's ``/``. With
   ``readOnlyRootFilesystem`` that folder is read-only too.
+- HOME (:func:`container_home`, R): a container whose environment sets no ``HOME`` (neither
+  ``env`` nor ``envFrom``) gets the one a container runtime gives it: the image's own
+  ``ENV HOME`` (``image_config`` ``home``: ``/home/jovyan`` for ``llmspawner/singleuser``, as
+  its Dockerfile), else runc's rule (``libcontainer`` ``setupUser``: the home of the process's
+  uid in the image's ``/etc/passwd``, ``/`` when the uid has no entry). An image's passwd is
+  ``image_config`` ``passwd`` (``{"uid": home}``) where known; for other images it is this
+  machine's ``/etc/passwd``, since an emulated image's root filesystem is the host's.
+  https://github.com/opencontainers/runc/blob/main/libcontainer/init_linux.go
+  (``if envHome := os.Getenv("HOME"); envHome == ""``; ``defaultExecUser`` Home ``/``),
+  https://github.com/containerd/containerd/blob/main/pkg/oci/spec_opts.go (``WithUser``:
+  the uid resolved from the image's passwd; the image's ``Env`` first, the pod's after).
 """
 
 from __future__ import annotations
@@ -82,10 +93,23 @@ DEFAULT_WORKDIR = "/workspace"
 #: ``KubeletConfig.image_config``'s default. ``llmspawner/singleuser``: the repository's
 #: ``deploy/images/singleuser/Dockerfile`` (``USER 1000``, jovyan's group 100,
 #: ``WORKDIR /home/jovyan``).
+#: R: ``home`` is the image's ``ENV HOME`` (the singleuser Dockerfile sets it), ``passwd`` the
+#: homes of its ``/etc/passwd`` by uid (the hub image: quay.io/jupyterhub/k8s-hub's jovyan;
+#: the MLflow image: root only, as deploy/manifests/mlflow says of uid 1000).
 DEFAULT_IMAGE_CONFIG: dict[str, dict] = {
     "*": {"user": None, "workingDir": DEFAULT_WORKDIR},
-    "llmspawner/singleuser": {"user": "1000:100", "workingDir": "/home/jovyan"},
+    "llmspawner/singleuser": {
+        "user": "1000:100",
+        "workingDir": "/home/jovyan",
+        "home": "/home/jovyan",
+    },
+    "ghcr.io/llmspawner/hub": {"passwd": {"0": "/root", "1000": "/home/jovyan"}},
+    "ghcr.io/mlflow/mlflow": {"passwd": {"0": "/root"}},
 }
+
+#: Where a container's process finds its passwd entry when its image has no ``passwd`` entry
+#: in ``image_config``: this machine's, the emulated images' root filesystem.
+HOST_PASSWD = "/etc/passwd"
 
 
 def pod_hostname(pod: dict) -> tuple[str, str]:
@@ -166,9 +190,11 @@ def capability_set(container: dict) -> list[int]:
 
 
 def image_config(image: str, table: dict[str, dict]) -> dict:
-    """``{"user": (uid, gid) | None, "workingDir": str}`` of ``image``: its entry in
-    ``table`` (exact name, then without tag/digest, then ``"*"``), filled from ``"*"`` and
-    `DEFAULT_IMAGE_CONFIG`. Raises ValueError for a ``user`` that is not ``"uid:gid"``."""
+    """``{"user": (uid, gid) | None, "workingDir": str, "home": str | None, "passwd":
+    {uid: home} | None}`` of ``image``: its entry in ``table`` (exact name, then without
+    tag/digest, then ``"*"``), filled from ``"*"`` and `DEFAULT_IMAGE_CONFIG`. Raises
+    ValueError for a ``user`` that is not ``"uid:gid"`` or a ``passwd`` key that is not a
+    uid."""
     bare = image.split("@", 1)[0]
     if ":" in bare.rsplit("/", 1)[-1]:
         bare = bare.rsplit(":", 1)[0]
@@ -183,7 +209,52 @@ def image_config(image: str, table: dict[str, dict]) -> dict:
                 f"image_config[{image!r}].user must be 'uid:gid' (numbers), not {user!r}"
             ) from None
         user = (uid, gid)
-    return {"user": user, "workingDir": merged.get("workingDir") or DEFAULT_WORKDIR}
+    passwd = merged.get("passwd")
+    if passwd is not None:
+        try:
+            passwd = {int(uid): str(home) for uid, home in dict(passwd).items()}
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"image_config[{image!r}].passwd must map uids (numbers) to homes, not {passwd!r}"
+            ) from None
+    return {
+        "user": user,
+        "workingDir": merged.get("workingDir") or DEFAULT_WORKDIR,
+        "home": merged.get("home") or None,
+        "passwd": passwd,
+    }
+
+
+def passwd_homes(text: str) -> dict[int, str]:
+    """The homes of an ``/etc/passwd`` text by uid (``name:pw:uid:gid:gecos:home:shell``;
+    malformed lines skipped; the first entry of a uid wins, as ``getpwuid``). Pure."""
+    homes: dict[int, str] = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) < 7 or line.startswith("#"):
+            continue
+        try:
+            homes.setdefault(int(fields[2]), fields[5])
+        except ValueError:
+            continue
+    return homes
+
+
+def container_home(uid: int, image: dict, host_passwd: str = HOST_PASSWD) -> str:
+    """The HOME a container runtime gives a process of ``uid`` whose environment sets none
+    (see the module docstring): the image's ``ENV HOME``, else its passwd entry's home (the
+    image's ``passwd`` from `image_config`, else the file ``host_passwd``), else ``/``.
+    ``image``: `image_config`'s answer. An unreadable ``host_passwd`` counts as empty."""
+    if image.get("home"):
+        return image["home"]
+    homes = image.get("passwd")
+    if homes is None:
+        try:
+            with open(host_passwd, encoding="utf-8", errors="replace") as f:
+                homes = passwd_homes(f.read())
+        except OSError:
+            homes = {}
+    return homes.get(uid) or "/"
 
 
 def non_root_refusal(pod: dict, container: dict, image_user: tuple[int, int] | None) -> str:
@@ -224,7 +295,8 @@ def container_setup(
 
     Returns:
         ``{"user": dict | None, "capabilities": [int] | None, "mounts": [mount, ...],
-        "cwd": str, "hostname": str, "read_only_root": bool}``: ``user`` with the image's
+        "cwd": str, "hostname": str, "read_only_root": bool, "home": str}``: ``home`` the
+        HOME for an environment that sets none (`container_home`); ``user`` with the image's
         uid/gid where the pod sets none (root kubelet only); ``mounts`` to append (the hosts
         file, the working folder).
 
@@ -276,7 +348,9 @@ def container_setup(
         if as_root and (uid is not None or gid is not None):
             os.chown(folder, -1 if uid is None else uid, -1 if gid is None else gid)
         mounts.append({"source": str(folder), "target": cwd, "readOnly": read_only})
+    uid = (user or {}).get("uid")
     return {
+        "home": container_home(os.geteuid() if uid is None else uid, image),  # R
         "user": user,
         "capabilities": capability_set(container) if as_root else None,
         "mounts": mounts,

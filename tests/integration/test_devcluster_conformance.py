@@ -18,6 +18,8 @@ import pytest
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
+from devcluster.testing import wait_for
+
 SUBDOMAIN_MSG = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
     "or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex "
@@ -528,3 +530,99 @@ async def test_kubectl_validates_server_side_dry_runs_diffs_and_chunks(cluster, 
         'Error from server (BadRequest): Unable to find "/v1, Resource=pods" that match label '
         'selector "", field selector "spec.foo=bar": field label not supported: spec.foo'
     )
+
+
+# -- §3 apps/v1: ReplicaSets and the scale subresource (R) -------------------------------------
+
+
+async def test_discovery_serves_replicasets_and_scale_as_autoscaling_v1(cluster):
+    code, _, doc = await raw(cluster, "GET", "/apis/apps/v1")
+    assert code == 200
+    by_name = {r["name"]: r for r in doc["resources"]}
+    assert by_name["replicasets"]["shortNames"] == ["rs"]
+    for parent in ("deployments", "replicasets"):
+        scale = by_name[f"{parent}/scale"]
+        assert (scale["group"], scale["version"], scale["kind"]) == ("autoscaling", "v1", "Scale")
+        assert scale["verbs"] == ["get", "patch", "update"]
+
+
+@needs_kubectl
+async def test_kubectl_scale_rollout_and_apply_need_no_openapi_v2(cluster, namespace):
+    """kubectl 1.32 asks for ``/openapi/v2`` only when the v3 document does not offer the
+    strategic merge patch for a kind (apply/diff of a change); with it, never."""
+    manifest = (
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: v2\n"
+        f"  namespace: {namespace}\nspec:\n  replicas: REPLICAS\n"
+        "  selector: {matchLabels: {app: v2}}\n  template:\n    metadata: {labels: {app: v2}}\n"
+        '    spec: {containers: [{name: main, image: python, command: [sleep, "60"]}]}\n'
+    )
+    asked = []
+    for args, stdin in (
+        (("apply", "-f", "-"), manifest.replace("REPLICAS", "1")),
+        (("apply", "-f", "-"), manifest.replace("REPLICAS", "2")),
+        (("diff", "-f", "-"), manifest.replace("REPLICAS", "3")),
+        (("scale", "-n", namespace, "deployment/v2", "--replicas=0"), None),
+        (("rollout", "status", "-n", namespace, "deployment/v2", "--timeout=30s"), None),
+    ):
+        code, out = await asyncio.to_thread(kubectl, cluster, *args, "-v=6", stdin=stdin)
+        assert code == (1 if args[0] == "diff" else 0), out  # diff: 1 when it differs
+        asked += [line for line in out.splitlines() if "/openapi/" in line]
+    assert any("/openapi/v3/apis/apps/v1" in line for line in asked)
+    assert not [line for line in asked if "/openapi/v2" in line]
+
+
+# -- §4 HOME as a container runtime sets it (R) ------------------------------------------------
+
+
+def test_home_from_the_images_env_then_its_passwd_then_slash(tmp_path):
+    from devcluster import isolation
+
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\nbad line\nu:x:1000:1000::/home/u:/bin/sh\n")
+    single = isolation.image_config("llmspawner/singleuser:1.0", isolation.DEFAULT_IMAGE_CONFIG)
+    other = isolation.image_config("busybox", isolation.DEFAULT_IMAGE_CONFIG)
+    mlflow = isolation.image_config("ghcr.io/mlflow/mlflow:v3", isolation.DEFAULT_IMAGE_CONFIG)
+    assert isolation.container_home(1000, single, str(passwd)) == "/home/jovyan"  # ENV HOME
+    assert isolation.container_home(0, single, str(passwd)) == "/home/jovyan"
+    assert isolation.container_home(0, other, str(passwd)) == "/root"  # runc: passwd
+    assert isolation.container_home(1000, other, str(passwd)) == "/home/u"
+    assert isolation.container_home(4242, other, str(passwd)) == "/"  # no entry
+    assert isolation.container_home(1000, mlflow, str(passwd)) == "/"  # the image's passwd
+    assert isolation.container_home(0, other, str(tmp_path / "none")) == "/"
+    with pytest.raises(ValueError, match=r"image_config\['x'\].passwd must map uids"):
+        isolation.image_config("x", {"x": {"passwd": {"root": "/root"}}})
+
+
+async def test_a_container_without_home_gets_its_images_home(cluster, api, namespace):
+    import os
+
+    from devcluster import isolation
+
+    core = client.CoreV1Api(api)
+    show = {"name": "main", "image": "python", "command": ["sh", "-c", "echo HOME=$HOME"]}
+    cases = {
+        "single": ({**show, "image": "llmspawner/singleuser"}, "/home/jovyan"),
+        "given": ({**show, "env": [{"name": "HOME", "value": "/data"}]}, "/data"),
+        "own": (dict(show), None),  # the kubelet's user (root: /root), from passwd
+    }
+    if os.geteuid() == 0:  # identities are applied by a root kubelet only
+        cases["nobody"] = ({**show, "securityContext": {"runAsUser": 4242}}, "/")
+    own_home = isolation.container_home(os.geteuid(), isolation.image_config("python", {}))
+    cases["own"] = (cases["own"][0], own_home)
+    for name, (container, _) in cases.items():
+        await core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": name},
+                "spec": {"restartPolicy": "Never", "containers": [container]},
+            },
+        )
+    for name, (_, want) in cases.items():
+
+        async def done(name=name):
+            pod = await core.read_namespaced_pod(name, namespace)
+            return pod.status.phase in ("Succeeded", "Failed") and pod
+
+        pod = await wait_for(done, 30, f"pod {name} finished")
+        log = await core.read_namespaced_pod_log(name, namespace)
+        assert (pod.status.phase, log.strip()) == ("Succeeded", f"HOME={want}"), name
