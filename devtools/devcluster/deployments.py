@@ -638,8 +638,8 @@ class _Sync:
         for rs in sorted(old, key=_created):  # unhealthy old replicas first
             if cleaned >= max_down:
                 break
-            if _replicas(rs) == 0 or _st(rs, "availableReplicas") == _replicas(rs):
-                continue
+            if _replicas(rs) == 0 or _st(rs, "availableReplicas") >= _replicas(rs):
+                continue  # (upstream refuses a negative clean-up; none is asked here)
             down = min(max_down - cleaned, _replicas(rs) - _st(rs, "availableReplicas"))
             self.scale_to(rs, _replicas(rs) - down)
             cleaned += down

@@ -537,3 +537,78 @@ def _make_ready(pod: dict) -> None:
 def _new_template(obj: dict) -> dict:
     obj["spec"]["template"]["metadata"]["annotations"] = {"v": "2"}
     return obj
+
+
+def test_deleting_a_deployment_orphan_keeps_its_sets_background_removes_them():
+    """``propagationPolicy`` Orphan: the ReplicaSet stays, without its owner reference (its
+    pods keep theirs); Background (the default): the set goes, then its pods."""
+    from devcluster.deployments import DeploymentController, admit_deployment
+    from devcluster.replicasets import ReplicaSetController, admit_replicaset
+    from devcluster.resources import DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS
+    from devcluster.store import Store
+
+    store = Store()
+    store.admit.extend((admit_deployment, admit_replicaset))
+    store.create(NAMESPACES, {"metadata": {"name": "default"}})
+    dc, rc = DeploymentController(store), ReplicaSetController(store)
+    for name in ("kept", "gone"):
+        store.create(DEPLOYMENTS, deployment(name, 1), "default")
+    dc.reconcile()
+    rc.reconcile()
+    assert len(list(store.iter(PODS))) == 2
+    store.delete(DEPLOYMENTS, "default", "kept", propagation="Orphan")
+    store.delete(DEPLOYMENTS, "default", "gone")
+    (rs,) = list(store.iter(REPLICASETS))
+    assert rs["metadata"]["name"].startswith("kept-")
+    assert rs["metadata"]["ownerReferences"] == []
+    (pod,) = list(store.iter(PODS))  # unscheduled pods go at once (no kubelet to wait for)
+    assert pod["metadata"]["ownerReferences"][0]["name"] == rs["metadata"]["name"]
+
+
+def test_scaling_mid_rollout_is_proportional_as_the_docs_example():
+    """The example of the Deployment docs ("Proportional scaling"): 10 replicas, maxSurge 3,
+    maxUnavailable 2, a rollout whose new pods never get ready: the old set at 8, the new at
+    5; scaled to 15, the 5 more go 3 to the old set and 2 to the new one."""
+    from devcluster.deployments import DeploymentController, admit_deployment
+    from devcluster.replicasets import ReplicaSetController, admit_replicaset
+    from devcluster.resources import DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS
+    from devcluster.store import Store
+
+    store = Store()
+    store.admit.extend((admit_deployment, admit_replicaset))
+    store.create(NAMESPACES, {"metadata": {"name": "default"}})
+    body = deployment("prop", 10)
+    body["spec"]["strategy"] = {"rollingUpdate": {"maxSurge": 3, "maxUnavailable": 2}}
+    store.create(DEPLOYMENTS, body, "default")
+    dc, rc = DeploymentController(store), ReplicaSetController(store)
+    first = template_hash(body["spec"]["template"])
+
+    def step():
+        dc.reconcile()
+        rc.reconcile()
+        for pod in list(store.iter(PODS)):  # only the first template's pods get ready
+            if pod["metadata"]["labels"][HASH_LABEL] == first and not pod.get("status"):
+                store.mutate(PODS, "default", pod["metadata"]["name"], _make_ready)
+        rc.reconcile()
+
+    def sizes():
+        sets = sorted(
+            store.iter(REPLICASETS), key=lambda r: r["metadata"]["labels"][HASH_LABEL] != first
+        )
+        return [rs["spec"]["replicas"] for rs in sets]
+
+    for _ in range(3):
+        step()
+    assert sizes() == [10]
+    store.patch(DEPLOYMENTS, "default", "prop", _new_template)
+    for _ in range(4):
+        step()
+    assert sizes() == [8, 5]
+    store.patch(
+        DEPLOYMENTS, "default", "prop", lambda o: {**o, "spec": {**o["spec"], "replicas": 15}}
+    )
+    step()
+    assert sizes() == [11, 7]
+    dc.reconcile()  # the status of the sets' new pods
+    status = store.peek(DEPLOYMENTS, "default", "prop")["status"]
+    assert (status["replicas"], status["updatedReplicas"]) == (18, 7)
