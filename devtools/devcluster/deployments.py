@@ -44,8 +44,12 @@ upstream ``pkg/controller/deployment``: ``sync.go``, ``rolling.go``, ``recreate.
   pods (``propagationPolicy`` Foreground is treated as Background: the Deployment goes at once,
   its dependents after; Orphan keeps them, without their owner reference).
 
-Not emulated: adoption of orphan ReplicaSets matching the selector, the deprecated
-``rollbackTo``, ``ReplicaFailure`` conditions copied from the sets.
+- **Adoption**: a ReplicaSet with no controller whose labels the Deployment's selector
+  selects (e.g. left by ``kubectl delete deployment --cascade=orphan``) is adopted, so a
+  Deployment made again takes its old sets (and their pods) back instead of doubling them.
+
+Not emulated: release of sets whose labels stop matching, the deprecated ``rollbackTo``,
+``ReplicaFailure`` conditions copied from the sets.
 """
 
 from __future__ import annotations
@@ -61,11 +65,13 @@ from .controller import reconcile_loop
 from .events import record_event
 from .replicasets import (
     HASH_LABEL,
+    adopt,
     check_workload_spec,
     controller_ref,
     default_template,
     go_selector,
     invalid,
+    orphans_for,
     parse_time,
     pod_available,
     pod_ready,
@@ -898,10 +904,21 @@ class DeploymentController:
         if not deployments:  # (most clusters: no scan of the sets and pods)
             return
         sets: dict[str, list[dict]] = {}
+        orphans: list[dict] = []
         for rs in self.store.iter(REPLICASETS):
             ref = controller_ref(rs)
             if ref is not None and ref.get("kind") == "Deployment":
                 sets.setdefault(ref.get("uid", ""), []).append(copy.deepcopy(rs))
+            elif ref is None and not rs["metadata"].get("deletionTimestamp"):
+                orphans.append(rs)
+        for d in deployments if orphans else ():  # ClaimReplicaSets: adopt matching orphans
+            if d["metadata"].get("deletionTimestamp"):
+                continue
+            for rs in orphans_for(orphans, d):
+                adopted = adopt(self.store, REPLICASETS, rs, d)
+                orphans.remove(rs)
+                if adopted is not None:
+                    sets.setdefault(d["metadata"]["uid"], []).append(adopted)
         pods: dict[str, list[dict]] = {}
         if any(not _rolling(d) for d in deployments):
             for pod in self.store.iter(PODS):

@@ -28,9 +28,14 @@ upstream ``pkg/controller/replicaset/replica_set.go``):
   ``spec.replicas`` of the object (generation +1), ``dryRun`` honoured, a stale
   ``metadata.resourceVersion`` 409.
 
-Not emulated: adoption of orphan pods that match a selector and release of pods that stop
-matching (only pods this controller made are counted), slow-start batches and expectations
-(a pass sees its own writes at once), ``status.terminatingReplicas`` (1.33).
+- **Adoption** (`adopt`): an active pod with no controller whose labels the set's selector
+  selects (it carries the set's ``pod-template-hash``: e.g. left by ``kubectl delete rs
+  --cascade=orphan``) is adopted (a controller reference added) and counted.
+
+Not emulated: pods adopted without the hash label (upstream adopts any pod its selector
+matches; only pods with a ``pod-template-hash`` label are looked at here), release of pods
+whose labels stop matching, slow-start batches and expectations (a pass sees its own writes
+at once), ``status.terminatingReplicas`` (1.33).
 """
 
 from __future__ import annotations
@@ -179,6 +184,46 @@ def controller_ref(obj: dict) -> dict | None:
         if ref.get("controller"):
             return ref
     return None
+
+
+def adopt(store: Store, res: Resource, obj: dict, owner: dict) -> dict | None:
+    """Make ``owner`` (a Deployment or ReplicaSet) the controller of ``obj``, an object of
+    ``res`` that has none (``ClaimObject``'s adoption): a controller reference is appended to
+    its ``ownerReferences``. Returns the stored copy, or None if it is gone or has a
+    controller by now."""
+    meta = owner["metadata"]
+    ref = {
+        "apiVersion": "apps/v1",
+        "kind": owner.get("kind", ""),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    taken = False
+
+    def change(o: dict) -> None:
+        nonlocal taken
+        if controller_ref(o) is not None:
+            taken = True
+            return
+        o["metadata"]["ownerReferences"] = [*(o["metadata"].get("ownerReferences") or []), ref]
+
+    stored = store.mutate(res, obj["metadata"].get("namespace"), obj["metadata"]["name"], change)
+    return None if stored is None or taken else copy.deepcopy(stored)
+
+
+def orphans_for(orphans: list[dict], owner: dict) -> list[dict]:
+    """The objects of ``orphans`` (no controller, not being deleted) in ``owner``'s namespace
+    whose labels ``owner``'s ``spec.selector`` selects."""
+    ns = owner["metadata"].get("namespace")
+    selector = (owner.get("spec") or {}).get("selector") or {}
+    return [
+        o
+        for o in orphans
+        if o["metadata"].get("namespace") == ns
+        and selector_matches(selector, o["metadata"].get("labels") or {})
+    ]
 
 
 def parse_time(stamp: str) -> datetime.datetime:
@@ -474,10 +519,25 @@ class ReplicaSetController:
         if not sets:
             return
         owned: dict[str, list[dict]] = {}
+        orphans: list[dict] = []
         for pod in self.store.iter(PODS):
             ref = controller_ref(pod)
             if ref is not None and ref.get("kind") == "ReplicaSet":
                 owned.setdefault(ref.get("uid", ""), []).append(pod)
+            elif (
+                ref is None
+                and pod_active(pod)
+                and HASH_LABEL in (pod["metadata"].get("labels") or {})
+            ):
+                orphans.append(pod)  # (only a set's pods carry the hash its selector asks)
+        for rs in sets if orphans else ():
+            if rs["metadata"].get("deletionTimestamp"):
+                continue
+            for pod in orphans_for(orphans, rs):
+                adopted = adopt(self.store, PODS, pod, rs)
+                orphans.remove(pod)
+                if adopted is not None:
+                    owned.setdefault(rs["metadata"]["uid"], []).append(adopted)
         family: dict[str, list[dict]] = {}  # owner uid (a Deployment's) -> pods of its sets
         for rs in sets:
             ref = controller_ref(rs)

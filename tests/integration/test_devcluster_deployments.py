@@ -541,7 +541,8 @@ def _new_template(obj: dict) -> dict:
 
 def test_deleting_a_deployment_orphan_keeps_its_sets_background_removes_them():
     """``propagationPolicy`` Orphan: the ReplicaSet stays, without its owner reference (its
-    pods keep theirs); Background (the default): the set goes, then its pods."""
+    pods keep theirs); Background (the default): the set goes, then its pods. Orphans are
+    adopted back by a Deployment (or set) made again whose selector matches them."""
     from devcluster.deployments import DeploymentController, admit_deployment
     from devcluster.replicasets import ReplicaSetController, admit_replicaset
     from devcluster.resources import DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS
@@ -563,6 +564,22 @@ def test_deleting_a_deployment_orphan_keeps_its_sets_background_removes_them():
     assert rs["metadata"]["ownerReferences"] == []
     (pod,) = list(store.iter(PODS))  # unscheduled pods go at once (no kubelet to wait for)
     assert pod["metadata"]["ownerReferences"][0]["name"] == rs["metadata"]["name"]
+
+    # made again, the Deployment adopts its orphaned set (no second set, no second pod)
+    again = store.create(DEPLOYMENTS, deployment("kept", 1), "default")
+    dc.reconcile()
+    rc.reconcile()
+    (rs,) = list(store.iter(REPLICASETS))
+    assert [r["uid"] for r in rs["metadata"]["ownerReferences"]] == [again["metadata"]["uid"]]
+    assert [p["metadata"]["name"] for p in store.iter(PODS)] == [pod["metadata"]["name"]]
+    # and a set made again adopts the pods an orphaning deletion left
+    store.delete(REPLICASETS, "default", rs["metadata"]["name"], propagation="Orphan")
+    dc.reconcile()
+    rc.reconcile()
+    (rs2,) = list(store.iter(REPLICASETS))
+    assert rs2["metadata"]["uid"] != rs["metadata"]["uid"]
+    (pod,) = list(store.iter(PODS))
+    assert [r["uid"] for r in pod["metadata"]["ownerReferences"]] == [rs2["metadata"]["uid"]]
 
 
 def test_scaling_mid_rollout_is_proportional_as_the_docs_example():
