@@ -629,3 +629,33 @@ def test_scaling_mid_rollout_is_proportional_as_the_docs_example():
     dc.reconcile()  # the status of the sets' new pods
     status = store.peek(DEPLOYMENTS, "default", "prop")["status"]
     assert (status["replicas"], status["updatedReplicas"]) == (18, 7)
+
+
+async def test_rollout_status_fails_past_the_progress_deadline(cluster, api, namespace):
+    """A Deployment whose pod cannot be scheduled: after ``progressDeadlineSeconds`` its
+    Progressing condition is False/ProgressDeadlineExceeded and ``kubectl rollout status``
+    fails with upstream's message."""
+    apps = client.AppsV1Api(api)
+    body = deployment("stuck", 1)
+    body["spec"]["progressDeadlineSeconds"] = 1
+    body["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "requests": {"cpu": "1000"}  # no node has 1000 CPUs
+    }
+    await apps.create_namespaced_deployment(namespace, body)
+
+    async def timed_out():
+        status = (await apps.read_namespaced_deployment("stuck", namespace)).status
+        cond = {c.type: c for c in status.conditions or []}.get("Progressing")
+        return cond if cond is not None and cond.reason == "ProgressDeadlineExceeded" else None
+
+    cond = await wait_for(timed_out, 20, "the progress deadline")
+    (rs,) = (await apps.list_namespaced_replica_set(namespace)).items
+    assert (cond.status, cond.message) == (
+        "False",
+        f'ReplicaSet "{rs.metadata.name}" has timed out progressing.',
+    )
+    code, _, err = await _run(
+        cluster, "rollout", "status", "-n", namespace, "deployment/stuck", "--timeout=20s"
+    )
+    assert code == 1
+    assert 'error: deployment "stuck" exceeded its progress deadline' in err
