@@ -396,6 +396,17 @@ def _forget(pool) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
+def shutdown() -> None:
+    """Stop the checks' worker within about 3 s, even one still starting (the next check
+    starts a new one; :func:`.pools.stop_pool`)."""
+    from .pools import stop_pool
+
+    global _executor, _started
+    with _lock:
+        pool, _executor, _started = _executor, None, None
+    stop_pool(pool)
+
+
 def start_worker() -> None:
     """Start the checks' worker process now (in the background), not at the first check."""
     _pool()

@@ -153,9 +153,11 @@ def start_worker() -> None:
 
 
 def shutdown() -> None:
-    """Stop the planning worker (the next plan starts a new one)."""
+    """Stop the planning worker within about 3 s, even one still starting (the next plan
+    starts a new one; :func:`.pools.stop_pool`)."""
+    from .pools import stop_pool
+
     global _pool
     with _pool_lock:
         pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+    stop_pool(pool)

@@ -45,6 +45,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -55,6 +56,7 @@ from traitlets.config import Application
 
 from ..profiles import ProfileError
 from ..settings import LLMPlatform, SettingError
+from . import pools  # noqa: F401 (imported at the start: :meth:`LLMQueue._stop_workers`)
 from .states import ADMIN_SCOPE, SERVICE_NAME
 
 log = logging.getLogger(__name__)
@@ -531,6 +533,7 @@ class LLMQueue(Application):
         if not importing.done():  # stopped while starting: the import thread ends on its own
             log.info("%s stopping (while starting)", SERVICE_NAME)
             server.stop()
+            await self._stop_workers()
             return
         stopping.cancel()
         importing.result()
@@ -546,8 +549,18 @@ class LLMQueue(Application):
         # worker imports kubespawner (seconds; tens of seconds on a loaded 2-core machine),
         # and every submit after "ready" used to wait for it (client timeouts, a service
         # that seemed not to answer right after its start).
+        checker = asyncio.ensure_future(limits.worker_ready())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({checker, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not checker.done():  # stopped while the checks' worker was still starting
+            log.info("%s stopping (while starting)", SERVICE_NAME)
+            checker.cancel()
+            server.stop()
+            await self._stop_workers()
+            return
+        stopping.cancel()
         try:
-            await limits.worker_ready()
+            checker.result()
         except limits.LimitExceeded as e:
             log.warning("%s: %s; ready without it", SERVICE_NAME, e)
         log.info("%s: config checker up after %.1f s", SERVICE_NAME, time.monotonic() - started)
@@ -574,16 +587,56 @@ class LLMQueue(Application):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await backend.close()
-        from .planning import shutdown
+        await self._stop_workers()
 
-        await asyncio.to_thread(shutdown)
+    @staticmethod
+    async def _stop_workers() -> None:
+        """End the checks' and the planning worker processes, not waiting for one still
+        importing (:mod:`.pools`): a hub stopping its services gives each 10 s after
+        ``SIGINT``.
+
+        Only modules already imported: an import here could wait forever for the import
+        lock of a module that the stopped start-up is still importing in its thread.
+        """
+        modules = [sys.modules.get(f"{__package__}.{name}") for name in ("planning", "limits")]
+        await asyncio.gather(
+            *(asyncio.to_thread(module.shutdown) for module in modules if module is not None)
+        )
 
     async def _import_heavy(self) -> None:
-        """Import :data:`HEAVY_MODULES` in a worker thread, one after the other (the event
-        loop keeps answering "starting" meanwhile)."""
+        """Import :data:`HEAVY_MODULES` in a daemon thread, one after the other (the event
+        loop keeps answering "starting" meanwhile).
+
+        A daemon thread, not ``asyncio.to_thread``: a service stopped while starting must
+        not wait for its imports (tens of seconds on a loaded machine), and ``asyncio.run``
+        joins its default executor's threads before it returns (a hub stopping its services
+        gives each 10 s after ``SIGINT``, then kills it, and a killed hub leaves its proxy).
+
+        Raises:
+            Exception: what an import raised.
+        """
         t0 = time.monotonic()
-        for name in HEAVY_MODULES:
-            await asyncio.to_thread(importlib.import_module, name)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if not done.done():
+                done.set_exception(error) if error is not None else done.set_result(None)
+
+        def run() -> None:
+            error: BaseException | None = None
+            try:
+                for name in HEAVY_MODULES:
+                    importlib.import_module(name)
+            except BaseException as e:  # handed to the awaiting coroutine
+                error = e
+            try:
+                loop.call_soon_threadsafe(settle, error)
+            except RuntimeError:  # the loop has closed: the service is stopping
+                pass
+
+        threading.Thread(target=run, name=f"{SERVICE_NAME}-imports", daemon=True).start()
+        await done
         log.info("%s: imports took %.1f s", SERVICE_NAME, time.monotonic() - t0)
 
     async def _start_loop(self, loop_) -> None:

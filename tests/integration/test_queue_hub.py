@@ -99,8 +99,14 @@ async def hub(tmp_path_factory):
                     r = await http.get("/services/llm-queue/api/jobs")
                     return r.status_code == 401  # the service answers (not the proxy's 503)
 
+                # 180 s: "starting" lasts until the config checks' worker has imported
+                # kubespawner; at load 10 (five test runs on 2 cores) that took over 60 s.
                 await wait_for(
-                    queue_up, 60, "the queue behind the hub's proxy", 0.2, ignore=(httpx.HTTPError,)
+                    queue_up,
+                    180,
+                    "the queue behind the hub's proxy",
+                    0.2,
+                    ignore=(httpx.HTTPError,),
                 )
                 http.work = work
                 yield http
@@ -108,7 +114,24 @@ async def hub(tmp_path_factory):
             print(child.log_tail(60), file=sys.stderr)
             raise
         finally:
-            child.stop(10)
+            child.stop(20)
+            _assert_proxy_stopped(work)
+
+
+def _assert_proxy_stopped(work: Path) -> None:
+    """The hub stopped its proxy itself: a hub killed because a service would not stop (the
+    queue once waited for a worker still importing) leaves configurable-http-proxy running,
+    with its pid file."""
+    pid_file = work / "jupyterhub-proxy.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text().strip() or 0)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    os.kill(pid, 15)
+    raise AssertionError(f"the hub left its proxy (pid {pid}) running: {pid_file}")
 
 
 def admin_api(http, method, path, **kwargs):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -268,3 +269,48 @@ def test_the_service_is_ready_only_once_its_config_checker_is_up(tmp_path):
         assert r.status_code in (401, 403), r.text
         text = log.read_text()
         assert text.index("config checker up") < text.index(" ready after "), text
+
+
+def test_a_service_stopped_during_its_imports_exits_without_waiting_for_them(tmp_path):
+    # A hub stopping its services sends SIGINT and kills a service still there 10 s later
+    # (a killed hub then leaves its proxy running). The import here would take 600 s.
+    with start_service(
+        tmp_path,
+        SITECUSTOMIZE,
+        SLOW_MODULE=SLOW_MODULE,
+        SLOW_MARKER=str(tmp_path / "slow"),
+        SLOW_SECONDS="600",
+    ) as (base, popen):
+        wait_for_file(popen, f"the import of {SLOW_MODULE}", Path(f"{tmp_path}/slow.begin").exists)
+        popen.send_signal(signal.SIGINT)
+        assert popen.wait(120) == 0
+    assert not Path(f"{tmp_path}/slow.end").exists()
+    assert "stopping (while starting)" in (tmp_path / "service.log").read_text()
+
+
+def test_a_service_stopped_while_its_workers_start_ends_them(tmp_path):
+    # The workers are held at their start for good (the gate never opens): the service's
+    # stop must neither wait for them (shutdown(wait=True), the interpreter's exit) nor
+    # leave them running.
+    folder = tmp_path / "startup"
+    folder.mkdir()
+    log = tmp_path / "service.log"
+    with start_service(tmp_path, GATED_WORKERS, STARTUP_DIR=str(folder)) as (base, popen):
+        wait_for_file(
+            popen,
+            "the service's imports and the config checks' worker",
+            lambda: "imports took" in log.read_text() and list(folder.glob("worker-*")),
+        )
+        workers = [int(p.name.split("-")[1]) for p in folder.glob("worker-*")]
+        popen.send_signal(signal.SIGINT)
+        assert popen.wait(120) == 0
+    assert "stopping (while starting)" in log.read_text()
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in _proc_state(pid), pid
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
