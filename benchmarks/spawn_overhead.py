@@ -16,7 +16,16 @@ counted, alternating the two spawners (which one goes first alternates too):
   the two spawners (wall-clock time on a shared machine would mostly measure the neighbours);
 - start: seconds to start ``--servers`` servers concurrently, until every pod is Running
   and ready (each pod runs ``sleep``, so the figure is the spawner's and the cluster's, not
-  a Jupyter server's start-up).
+  a Jupyter server's start-up). The emulated cluster runs on the spawners' event loop
+  (``--cluster inline``, the default, as the README's figures were measured), so its own
+  per-pod work counts too: admission, validation, the kubelet writing the container spec and
+  checking the pod user's folders, which is larger for LLMSpawner's hardened pod (security
+  context, ``/dev/shm`` volume, labels). Profiled (cProfile of 20-server rounds, 2026-12-02):
+  LLMSpawner's own extra work per start is its ``load_user_options`` (the workload built and
+  mapped onto kubespawner's traits), about 0.9 ms of CPU against kubespawner's 0.1 ms, while
+  the emulator's extra work for LLMSpawner's pod is several times that.
+  ``--cluster process`` runs the cluster in a child process instead, as the hub and the API
+  server are separate processes in production.
 
 Run: ``.venv/bin/python benchmarks/spawn_overhead.py`` (about a minute on 2 cores). Prints a
 table, then the two ratios LLMSpawner / KubeSpawner as ``ratio spawn_manifest VALUE target
@@ -30,8 +39,10 @@ import argparse
 import asyncio
 import logging
 import statistics
+import sys
 import tempfile
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,25 +164,77 @@ async def time_starts(cls, config, n: int, tag: str, api) -> float:
     return elapsed
 
 
+async def serve_cluster(data_dir: str) -> None:
+    """``--serve-cluster DIR``: run :func:`devcluster.testing.fast_cluster` in this process,
+    print its kubeconfig path as one line once it is up, and stop when stdin closes (the
+    benchmark's process ended, whatever the way)."""
+    from devcluster.testing import fast_cluster
+
+    async with fast_cluster(Path(data_dir)) as cluster:
+        print(cluster.kubeconfig_path, flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)
+
+
+@asynccontextmanager
+async def cluster_kubeconfig(data_dir: Path, *, own_process: bool):
+    """The emulated cluster for the run; yields its kubeconfig path.
+
+    ``own_process`` (``--cluster process``): the cluster runs in a child process
+    (:func:`serve_cluster`), as the hub and the Kubernetes API server are separate processes
+    in production, so the cluster's own CPU work (which grows with what a pod asks for) runs
+    on its own event loop; otherwise (``--cluster inline``, the default) on this process's
+    event loop, beside the spawners.
+    """
+    if not own_process:
+        from devcluster.testing import fast_cluster
+
+        async with fast_cluster(data_dir) as cluster:
+            yield cluster.kubeconfig_path
+        return
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-P",
+        __file__,
+        "--serve-cluster",
+        str(data_dir),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        line = (await child.stdout.readline()).decode().strip()
+        if not line:
+            raise RuntimeError(
+                f"the cluster process exited ({await child.wait()}) before it was up"
+            )
+        yield Path(line)
+    finally:
+        child.stdin.close()  # serve_cluster stops the cluster and exits
+        try:
+            await asyncio.wait_for(child.wait(), 60)
+        except TimeoutError:
+            child.kill()
+            await child.wait()
+
+
 async def run(args) -> list[tuple[str, float, float]]:
     from kubernetes_asyncio import client
     from kubernetes_asyncio.config import kube_config
-
-    from devcluster.testing import fast_cluster
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         profiles_dir = tmp / "profiles"
         profiles_dir.mkdir()
         (profiles_dir / "bench.yaml").write_text(BENCH_PROFILE)
-        async with fast_cluster(tmp / "cluster") as cluster:
-            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(cluster.kubeconfig_path)
+        own_process = args.cluster == "process"
+        async with cluster_kubeconfig(tmp / "cluster", own_process=own_process) as kubeconfig:
+            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
             from kubespawner import KubeSpawner
 
             from llmspawner.spawner import LLMSpawner
 
             llm_config, plain_config = configs(profiles_dir)
-            api_client = await kube_config.new_client_from_config(str(cluster.kubeconfig_path))
+            api_client = await kube_config.new_client_from_config(str(kubeconfig))
             api = client.CoreV1Api(api_client)
             await api.create_namespaced_persistent_volume_claim(
                 "default",
@@ -218,8 +281,18 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--manifests", type=int, default=200)
     parser.add_argument("--servers", type=int, default=20)
+    parser.add_argument(
+        "--cluster",
+        choices=("process", "inline"),
+        default="inline",
+        help="run the emulated cluster on this event loop (default) or in its own process",
+    )
+    parser.add_argument("--serve-cluster", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.serve_cluster:
+        asyncio.run(serve_cluster(args.serve_cluster))
+        return 0
     rows = asyncio.run(run(args))
     base = dict((name, (m, s)) for name, m, s in rows)
     print()

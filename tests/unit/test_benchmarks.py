@@ -1,6 +1,7 @@
 """benchmarks/: nothing shadows the standard library, and run_all's summary (make bench)."""
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -92,8 +93,10 @@ def test_a_failing_benchmark_is_reported_and_its_figures_printed_as_failed(
     assert run_all.main([]) == 1
     out = capsys.readouterr().out.splitlines()
     ratios = [line for line in out if line.startswith("ratio ")]
-    # The summary ends the output, one line per figure, issue 16's figures first, in order.
+    # The summary ends the output, one line per figure, issue 16's figures first, in order,
+    # then the whole run's seconds (issue 16 §1: under 20 minutes).
     assert out[-len(ratios) :] == ratios
+    assert re.fullmatch(r"ratio bench_total_seconds \d+ target 1200", ratios.pop())
     assert ratios == [
         "ratio spawn_manifest 0.70 target 1.50",
         "ratio spawn_start failed target 1.1",
@@ -124,7 +127,8 @@ def test_a_missed_target_fails_only_with_check(run_all, tmp_path, monkeypatch, c
     assert run_all.main(["--check"]) == 2
     out = capsys.readouterr().out.splitlines()
     assert "targets missed: spawn_start" in out
-    assert out[-1] == "ratio spawn_start 1.30 target 1.10"
+    assert out[-2] == "ratio spawn_start 1.30 target 1.10"
+    assert out[-1].startswith("ratio bench_total_seconds ")
 
 
 def test_a_figure_no_benchmark_printed_is_a_failure(run_all, tmp_path, monkeypatch, capsys):
@@ -134,7 +138,83 @@ def test_a_figure_no_benchmark_printed_is_a_failure(run_all, tmp_path, monkeypat
     monkeypatch.setattr(run_all, "BENCHMARKS", (run_all.Benchmark("one.py", ("spawn_start",)),))
     monkeypatch.setattr(run_all, "FIGURES", {"spawn_start": 1.1, "gradio_event": 1.2})
     assert run_all.main([]) == 1
-    assert capsys.readouterr().out.splitlines()[-2:] == [
+    assert capsys.readouterr().out.splitlines()[-3:-1] == [
         "ratio spawn_start 1.00 target 1.10",
         "ratio gradio_event failed target 1.2",
     ]
+
+
+def test_the_total_is_a_figure_of_a_full_run_only(run_all, tmp_path, monkeypatch, capsys):
+    (tmp_path / "one.py").write_text("print('ratio spawn_start 1.00 target 1.10')\n")
+    monkeypatch.setattr(run_all, "HERE", tmp_path)
+    monkeypatch.setattr(run_all, "REPO", tmp_path)
+    monkeypatch.setattr(
+        run_all, "BENCHMARKS", (run_all.Benchmark("one.py", ("spawn_start",), quick_args=()),)
+    )
+    monkeypatch.setattr(run_all, "FIGURES", {"spawn_start": 1.1})
+    monkeypatch.setattr(run_all, "TOTAL_TARGET", -1.0)  # any run misses it
+    assert run_all.main(["--check"]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert "targets missed: bench_total_seconds" in out
+    assert re.fullmatch(r"ratio bench_total_seconds \d+ target -1", out[-1])
+    for argv in (["--quick"], ["--only", "one"]):
+        assert run_all.main(argv) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[-1] == "ratio spawn_start 1.00 target 1.10"
+        assert not any("bench_total_seconds" in line for line in out)
+
+
+@pytest.fixture(scope="module")
+def llamaboard_path():
+    spec = importlib.util.spec_from_file_location(
+        "llamaboard_path_bench", BENCHMARKS / "llamaboard_path.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_llamaboard_path_prints_every_figure_the_runner_expects(run_all, llamaboard_path):
+    (entry,) = [b for b in run_all.BENCHMARKS if b.script == "llamaboard_path.py"]
+    lines = llamaboard_path.ratio_lines(
+        {"llamaboard_start": 0.9, "gradio_event": 1.234}, progress=True
+    )
+    assert [run_all.parse_ratio(line)[0] for line in lines] == list(entry.figures)
+    assert lines == [
+        "ratio llamaboard_start 0.90 target 1.25",
+        "ratio llamaboard_page failed target 1.20",
+        "ratio gradio_event 1.23 target 1.20",
+        "ratio progress_delay failed target 1.20",
+    ]
+    # --no-progress (make bench --quick): the progress figure is not owed.
+    assert "--no-progress" in entry.quick_args
+    assert [line.split()[1] for line in llamaboard_path.ratio_lines({}, progress=False)] == [
+        "llamaboard_start",
+        "llamaboard_page",
+        "gradio_event",
+    ]
+
+
+def test_spawn_overheads_cluster_process_serves_and_ends_with_the_run(tmp_path):
+    """``spawn_overhead.py --cluster process``: the cluster's child is up once its kubeconfig
+    is yielded and is gone once the run's context ends."""
+    import asyncio
+
+    spec = importlib.util.spec_from_file_location(
+        "spawn_overhead_bench", BENCHMARKS / "spawn_overhead.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    async def scenario():
+        import httpx
+
+        async with module.cluster_kubeconfig(tmp_path / "c", own_process=True) as kubeconfig:
+            url = re.search(r"server: (\S+)", kubeconfig.read_text())[1]
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(f"{url}/version")).status_code == 200
+        with pytest.raises(httpx.ConnectError):  # the child stopped its API server and exited
+            async with httpx.AsyncClient() as client:
+                await client.get(f"{url}/version")
+
+    asyncio.run(scenario())
