@@ -399,6 +399,14 @@ async def test_a_replicaset_keeps_its_pods_and_answers_scale(cluster, api, names
         lambda: _observed(apps, namespace), 20, "the set's status of generation 2 with 1 pod"
     )
 
+    stale = {"metadata": {"name": "solo", "resourceVersion": "1"}, "spec": {"replicas": 3}}
+    with pytest.raises(ApiException) as e:
+        await apps.replace_namespaced_replica_set_scale("solo", namespace, stale)
+    assert (e.value.status, json.loads(e.value.body)["reason"]) == (409, "Conflict")
+    current = await apps.read_namespaced_replica_set_scale("solo", namespace)
+    current.spec.replicas = 1
+    replaced = await apps.replace_namespaced_replica_set_scale("solo", namespace, current)
+    assert replaced.spec.replicas == 1
     with pytest.raises(ApiException) as e:
         await apps.patch_namespaced_replica_set_scale("solo", namespace, {"spec": {"replicas": -1}})
     assert e.value.status == 422
