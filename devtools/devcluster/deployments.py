@@ -324,14 +324,22 @@ class _Sync:
         self.status = copy.deepcopy(d.get("status") or {})
         self.annotations = dict(d["metadata"].get("annotations") or {})
         self.now = datetime.datetime.now(datetime.timezone.utc)
+        self._template = _without_hash(self.spec.get("template") or {})
+        self._equal: dict[tuple, bool] = {}  # (set uid, resourceVersion) -> same template
 
     # -- finding and creating the new set ----------------------------------------------------
 
     def split(self) -> tuple[dict | None, list[dict]]:
-        template = self.spec.get("template") or {}
-        new = next(
-            (rs for rs in self.sets if templates_equal(rs["spec"]["template"], template)), None
-        )
+        """(the set whose template is the Deployment's, ignoring the hash; the others), the
+        oldest first (``FindNewReplicaSet``, ``FindOldReplicaSets``)."""
+
+        def same(rs: dict) -> bool:
+            key = (rs["metadata"]["uid"], rs["metadata"].get("resourceVersion"))
+            if key not in self._equal:
+                self._equal[key] = _without_hash(rs["spec"]["template"]) == self._template
+            return self._equal[key]
+
+        new = next((rs for rs in self.sets if same(rs)), None)
         return new, [rs for rs in self.sets if rs is not new]
 
     def new_replica_set(self, create: bool) -> tuple[dict | None, list[dict]]:
@@ -920,11 +928,17 @@ class DeploymentController:
                 if adopted is not None:
                     sets.setdefault(d["metadata"]["uid"], []).append(adopted)
         pods: dict[str, list[dict]] = {}
-        if any(not _rolling(d) for d in deployments):
+        wanted = {  # Recreate waits for the old sets' pods: only those are gathered
+            rs["metadata"]["uid"]
+            for d in deployments
+            if not _rolling(d)
+            for rs in sets.get(d["metadata"]["uid"], [])
+        }
+        if wanted:
             for pod in self.store.iter(PODS):
-                ref = controller_ref(pod)
-                if ref is not None and ref.get("kind") == "ReplicaSet":
-                    pods.setdefault(ref.get("uid", ""), []).append(pod)
+                for ref in pod["metadata"].get("ownerReferences") or ():
+                    if ref.get("uid") in wanted and ref.get("controller"):
+                        pods.setdefault(ref["uid"], []).append(pod)
         for d in deployments:
             if d["metadata"].get("deletionTimestamp"):
                 continue
