@@ -5,7 +5,8 @@ It lets the real client code (kubespawner, kubernetes_asyncio, kubectl) run with
 
 - an API server (`apiserver`, `store`) claiming Kubernetes 1.32, for namespaces, nodes, pods
   (with ``status``, ``log`` and ``eviction``), events, PVCs, ConfigMaps, Secrets, Services,
-  ServiceAccounts (with ``token``), batch/v1 Jobs, apps/v1 Deployments, RBAC roles and
+  ServiceAccounts (with ``token``), batch/v1 Jobs, apps/v1 Deployments and ReplicaSets (with
+  ``scale``, R), RBAC roles and
   bindings, the access and token reviews and scheduling.k8s.io/v1 PriorityClasses:
   list/watch with label and field selectors, ``limit``/``continue``, bookmarks and
   resourceVersions, create/replace/patch/delete with ``dryRun`` and delete preconditions,
@@ -30,8 +31,10 @@ It lets the real client code (kubespawner, kubernetes_asyncio, kubectl) run with
   kubectl 1.32 and kubernetes_asyncio's ``WsApiClient``), in the container's namespaces;
 - disruptions (`disruption`): eviction, preemption and drains with the ``DisruptionTarget``
   condition, SIGTERM then SIGKILL after the grace period;
-- a Job controller (`jobs`) with ``podFailurePolicy``, a Deployment controller
-  (`deployments`), garbage collection by ownerReferences (`store`);
+- a Job controller (`jobs`) with ``podFailurePolicy``, Deployment and ReplicaSet controllers
+  (`deployments`, `replicasets`: one set per template, RollingUpdate/Recreate, revisions,
+  ``kubectl rollout``/``scale``), garbage collection by ownerReferences (`store`; Foreground
+  as Background);
 - an API fault-injecting proxy for tests (`faults`);
 - a kubeconfig file (`kubeconfig`) and `DevCluster` / ``python -m devcluster``.
 
@@ -39,12 +42,12 @@ Not emulated: network namespaces (one pod can reach another's loopback-bound por
 virtual IPs, DNS and kube-proxy (pods share the
 host network, on distinct loopback addresses); CPU limits, emptyDir ``sizeLimit`` and GPU
 isolation (a GPU "request" is only bookkeeping); seccomp; container images
-(an image maps to a local Python environment); PodDisruptionBudgets; Indexed Jobs; ReplicaSets
-(a Deployment owns its pods: no rollout history, scale subresource or pause); aggregated and
+(an image maps to a local Python environment); PodDisruptionBudgets; Indexed Jobs; adoption
+of orphan pods without a ``pod-template-hash``; aggregated and
 default user-facing ClusterRoles; admission webhooks and most per-field validation;
 liveness/startup probes; persistent state across restarts (everything is in memory, except
 PVC folders); events.k8s.io, StatefulSets and other resources not listed above; server-side
-apply; ``/openapi/v2``.
+apply; ``/openapi/v2`` (kubectl 1.32 needs only v3).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ each resource in `resources.RESOURCES`: list (``labelSelector``, ``fieldSelector
 (``watch=true|True|1``, ``resourceVersion``, ``timeoutSeconds``; also ``/watch/`` paths), get,
 create (POST), replace (PUT), patch (merge, strategic, JSON patch), delete
 (``gracePeriodSeconds``, ``propagationPolicy``, in the query or a DeleteOptions body),
-deletecollection, the ``status`` subresource and the pods ``log`` subresource (D: with
+deletecollection, the ``status`` subresource, ``scale`` of Deployments and ReplicaSets
+(R: autoscaling/v1 ``Scale``, `replicasets.serve_scale`) and the pods ``log`` subresource (D: with
 ``previous``, ``sinceSeconds``/``sinceTime``, ``timestamps``, ``tailLines``, ``limitBytes``,
 `podlogs`), the pods ``exec``, ``attach`` and ``portforward`` subresources over WebSocket
 (D: `streams`). Errors are
@@ -44,7 +45,17 @@ from typing import Protocol
 
 from aiohttp import web
 
-from . import disruption, podlogs, resources, schema, selectors, streams, tables, validation
+from . import (
+    disruption,
+    podlogs,
+    replicasets,
+    resources,
+    schema,
+    selectors,
+    streams,
+    tables,
+    validation,
+)
 from .patching import PatchError, apply_patch
 from .resources import Resource
 from .selectors import Selector, SelectorError
@@ -284,6 +295,8 @@ class ApiServer:
                 return await self._log(request, res, namespace, name)
             if sub in streams.SUBRESOURCES:  # D: exec, attach, portforward (devcluster.streams)
                 return await streams.serve(self, request, res, namespace, name, sub)
+            if sub == "scale":  # R: autoscaling/v1 Scale (devcluster.replicasets)
+                return await replicasets.serve_scale(self, request, res, namespace, name)
             if method == "GET":
                 return _json_response(self.store.get(res, namespace, name))
             if method == "PUT":

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import admission, authn, deployments, rbac
+from . import admission, authn, deployments, rbac, replicasets
 from . import nodes as nodes_mod
 from .apiserver import ApiServer
 from .jobs import JobController
@@ -95,6 +95,8 @@ class DevCluster:
         store.admit_update.extend(admission.UPDATE_HOOKS)  # V: validation on updates
         store.admit.extend((deployments.admit_deployment, authn.admit_pod_token))  # R
         store.admit_update.append(deployments.admit_deployment_update)  # R
+        store.admit.append(replicasets.admit_replicaset)  # R: apps/v1 ReplicaSets
+        store.admit_update.append(replicasets.admit_replicaset_update)  # R
         for ns in self.namespaces:
             store.create(NAMESPACES, {"metadata": {"name": ns}, "status": {"phase": "Active"}})
         rbac.bootstrap(store)  # R: cluster-admin, system:basic-user
@@ -123,6 +125,10 @@ class DevCluster:
             asyncio.create_task(  # R
                 deployments.DeploymentController(store, self.jobs_interval).run(),
                 name="devcluster-deployments",
+            ),
+            asyncio.create_task(  # R: Deployment -> ReplicaSet -> pods
+                replicasets.ReplicaSetController(store, self.jobs_interval).run(),
+                name="devcluster-replicasets",
             ),
             asyncio.create_task(  # R
                 authn.ServiceAccountController(store, self.jobs_interval).run(),

@@ -73,7 +73,13 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", False, (), ("pc",)),
     # R (issue 14 §2, §3): Deployments (devcluster.deployments), RBAC (devcluster.rbac),
     # ServiceAccount tokens and identity reviews (devcluster.authn).
-    Resource("apps", "v1", "deployments", "Deployment", True, ("status",), ("deploy",), ("all",)),
+    Resource(
+        "apps", "v1", "deployments", "Deployment", True, ("status", "scale"), ("deploy",), ("all",)
+    ),
+    # R (issue 14 §3): ReplicaSets (devcluster.replicasets), Scale of both (autoscaling/v1)
+    Resource(
+        "apps", "v1", "replicasets", "ReplicaSet", True, ("status", "scale"), ("rs",), ("all",)
+    ),
     *(
         Resource("rbac.authorization.k8s.io", "v1", plural, kind, namespaced)
         for plural, kind, namespaced in (
@@ -106,6 +112,7 @@ PVCS = next(r for r in RESOURCES if r.plural == "persistentvolumeclaims")
 PRIORITYCLASSES = next(r for r in RESOURCES if r.plural == "priorityclasses")
 SERVICEACCOUNTS = next(r for r in RESOURCES if r.plural == "serviceaccounts")  # R
 DEPLOYMENTS = next(r for r in RESOURCES if r.plural == "deployments")  # R
+REPLICASETS = next(r for r in RESOURCES if r.plural == "replicasets")  # R
 
 
 def find_resource(group: str, version: str, plural: str) -> Resource | None:
@@ -196,6 +203,8 @@ def api_resource_list(group: str, version: str) -> dict | None:
                 entry.update(verbs=["create", "get"], kind=kinds.get(sub, "PodExecOptions"))
             if sub == "eviction":  # F: policy/v1 Eviction (devcluster.disruption)
                 entry.update(verbs=["create"], kind="Eviction", group="policy", version="v1")
+            if sub == "scale":  # R: autoscaling/v1 Scale (devcluster.replicasets.serve_scale)
+                entry.update(kind="Scale", group="autoscaling", version="v1")
             if sub == "token":  # R: TokenRequest (kubectl create token)
                 entry.update(verbs=["create"], kind="TokenRequest", group="authentication.k8s.io")
                 entry["version"] = "v1"

@@ -108,11 +108,37 @@ def _job_row(job: dict) -> list:
     ]
 
 
+def _deployment_row(obj: dict) -> list:  # R: kubectl get deployments
+    status, replicas = obj.get("status") or {}, (obj.get("spec") or {}).get("replicas", 1)
+    return [
+        obj["metadata"]["name"],
+        f"{status.get('readyReplicas', 0)}/{replicas}",
+        status.get("updatedReplicas", 0),
+        status.get("availableReplicas", 0),
+        _age(obj["metadata"].get("creationTimestamp")),
+    ]
+
+
+def _replicaset_row(obj: dict) -> list:  # R: kubectl get replicasets
+    status = obj.get("status") or {}
+    return [
+        obj["metadata"]["name"],
+        (obj.get("spec") or {}).get("replicas", 1),
+        status.get("replicas", 0),
+        status.get("readyReplicas", 0),
+        _age(obj["metadata"].get("creationTimestamp")),
+    ]
+
+
+_INTEGER_COLUMNS = {"Restarts", "Up-to-date", "Available", "Desired", "Current"}
+
 _COLUMNS = {
     "pods": (["Name", "Ready", "Status", "Restarts", "Age", "IP", "Node"], _pod_row, 5),
     "nodes": (["Name", "Status", "Roles", "Age", "Version"], _node_row, 5),
     "events": (["Last Seen", "Type", "Reason", "Object", "Message"], _event_row, 5),
     "jobs": (["Name", "Status", "Completions", "Age"], _job_row, 4),
+    "deployments": (["Name", "Ready", "Up-to-date", "Available", "Age"], _deployment_row, 5),
+    "replicasets": (["Name", "Desired", "Current", "Ready", "Age"], _replicaset_row, 5),
 }
 
 
@@ -129,7 +155,7 @@ def table(res: Resource, items: list[dict], resource_version: str) -> dict:
     columns = [
         {
             "name": name,
-            "type": "integer" if name == "Restarts" else "string",
+            "type": "integer" if name in _INTEGER_COLUMNS else "string",
             "format": "name" if name == "Name" else "",
             "description": name,
             "priority": 0 if i < shown else 1,
