@@ -12,8 +12,18 @@ Deletion follows https://kubernetes.io/docs/concepts/architecture/garbage-collec
 objects with finalizers, and pods bound to a node that have not finished, get a
 ``deletionTimestamp`` and stay until released (finalizers emptied, or the kubelet reports the
 processes gone); dependents (``ownerReferences`` to a removed object's uid) are deleted with
-``propagationPolicy`` Background (Foreground is treated as Background), or orphaned with
-Orphan, the default for Jobs as in the API.
+``propagationPolicy`` Background, or orphaned with Orphan, the default for Jobs as in the API.
+With Foreground the owner gets a ``deletionTimestamp`` and the ``foregroundDeletion``
+finalizer, its dependents are deleted, and it stays visible until no dependent that has
+``blockOwnerDeletion: true`` in its reference to the owner is left (gone, not merely
+marked); then the finalizer is dropped and the owner goes, as the garbage collector's
+``processDeletingDependentsItem`` does
+(https://kubernetes.io/docs/concepts/architecture/garbage-collection/#foreground-deletion,
+https://github.com/kubernetes/kubernetes/blob/v1.32.0/pkg/controller/garbagecollector/garbagecollector.go).
+Dependents that have dependents themselves are deleted in the foreground too, the others in
+the background (pods gracefully, so a Job or ReplicaSet deleted in the foreground stays
+until its pods' processes are gone). A pod is never a foreground owner here (its own
+deletion is the kubelet's).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from dataclasses import dataclass
 from .resources import JOBS, NAMESPACES, PODS, RESOURCES, Resource
 from .selectors import Selector
 
+FOREGROUND = "foregroundDeletion"  # the finalizer of an owner deleted in the foreground
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # as apimachinery's rand.String
 
 
@@ -443,6 +454,8 @@ class Store:
         self._bump(new)
         self._put(key, new)
         self._emit(res, "MODIFIED", new, old)
+        if old["metadata"].get("ownerReferences") != meta.get("ownerReferences"):
+            self._release_owners_of(old, new)
         return copy.deepcopy(new)
 
     def delete(
@@ -496,6 +509,8 @@ class Store:
         )
         if graceful and grace_period is None:
             grace_period = old["spec"].get("terminationGracePeriodSeconds", 30)
+        if propagation == "Foreground" and res != PODS:
+            return self._delete_foreground(res, key, old, dry_run)
         if meta.get("finalizers") or (graceful and grace_period):
             if meta.get("deletionTimestamp"):
                 if not dry_run:
@@ -524,6 +539,83 @@ class Store:
                         self.delete(other, name, obj["metadata"]["name"], grace_period=0)
         return self._remove_key(res, key)
 
+    def _delete_foreground(self, res: Resource, key: Key, old: dict, dry_run: bool) -> dict:
+        """Mark ``old`` with ``deletionTimestamp`` and the ``foregroundDeletion`` finalizer,
+        delete its dependents, and release it at once if none blocks it. Returns the owner as
+        stored after that (still there, marked, while a blocking dependent is left; as last
+        seen if it went). With ``dry_run`` nothing changes and the marked owner is returned."""
+        new = copy.deepcopy(old)
+        meta = new["metadata"]
+        meta.setdefault("deletionTimestamp", now_iso())
+        if FOREGROUND not in (meta.get("finalizers") or []):
+            meta["finalizers"] = [*(meta.get("finalizers") or []), FOREGROUND]
+        if dry_run:
+            return new
+        self._pending_policy[key] = "Background"
+        if new != old:
+            self._bump(new)
+            self._put(key, new)
+            self._emit(res, "MODIFIED", new, old)
+        uid = meta["uid"]
+        for (rkey, ns, name), obj in list(self._objects.items()):
+            if (rkey, ns, name) not in self._objects:
+                continue
+            if not any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or []):
+                continue
+            dep_res = next(r for r in RESOURCES if r.key == rkey)
+            dep_uid = obj["metadata"]["uid"]
+            has_own = any(
+                ref.get("uid") == dep_uid
+                for other in self._objects.values()
+                for ref in other["metadata"].get("ownerReferences") or []
+            )
+            self.delete(dep_res, ns, name, propagation="Foreground" if has_own else "Background")
+        released = self._release_foreground(uid)
+        if released is not None:
+            return released
+        current = self._objects.get(key)
+        return copy.deepcopy(current if current is not None else new)
+
+    def _blocking_dependents(self, uid: str) -> bool:
+        return any(
+            ref.get("uid") == uid and ref.get("blockOwnerDeletion")
+            for obj in self._objects.values()
+            for ref in obj["metadata"].get("ownerReferences") or []
+        )
+
+    def _release_foreground(self, uid: str) -> dict | None:
+        """Drop the ``foregroundDeletion`` finalizer of the owner with ``uid`` if it is waiting
+        and no blocking dependent is left (which removes it unless other finalizers remain).
+        Returns the owner as last stored, or None if there is no such waiting owner or it
+        must still wait."""
+        for key, owner in list(self._objects.items()):
+            meta = owner["metadata"]
+            if meta.get("uid") != uid:
+                continue
+            if not meta.get("deletionTimestamp") or FOREGROUND not in (
+                meta.get("finalizers") or []
+            ):
+                return None
+            if self._blocking_dependents(uid):
+                return None
+            new = copy.deepcopy(owner)
+            new["metadata"]["finalizers"] = [
+                f for f in new["metadata"]["finalizers"] if f != FOREGROUND
+            ]
+            if not new["metadata"]["finalizers"]:
+                del new["metadata"]["finalizers"]
+            res = next(r for r in RESOURCES if r.key == key[0])
+            return self._store_update(res, key, owner, new)
+        return None
+
+    def _release_owners_of(self, old: dict, new: dict | None) -> None:
+        """After ``old`` went (``new`` None) or lost owner references, release any owner it was
+        blocking that waits in the foreground."""
+        kept = {r.get("uid") for r in (new or {}).get("metadata", {}).get("ownerReferences") or []}
+        for ref in old["metadata"].get("ownerReferences") or []:
+            if ref.get("blockOwnerDeletion") and ref.get("uid") not in kept:
+                self._release_foreground(ref["uid"])
+
     def remove(self, res: Resource, namespace: str | None, name: str) -> dict | None:
         """Remove an object at once (kubelet: processes gone). Returns it, or None if gone."""
         key = self._key(res, namespace, name)
@@ -539,6 +631,7 @@ class Store:
         self._emit(res, "DELETED", gone, old)
         policy = self._pending_policy.pop(key, "Background")
         self._collect_dependents(old["metadata"]["uid"], policy)
+        self._release_owners_of(old, None)
         return copy.deepcopy(gone)
 
     def _collect_dependents(self, uid: str, policy: str) -> None:

@@ -667,3 +667,96 @@ async def test_rollout_status_fails_past_the_progress_deadline(cluster, api, nam
     )
     assert code == 1
     assert 'error: deployment "stuck" exceeded its progress deadline' in err
+
+
+def test_foreground_deletion_keeps_the_owner_until_its_blocking_dependents_are_gone():
+    """``propagationPolicy: Foreground`` (garbage-collection docs, "Foreground cascading
+    deletion"): the Deployment and its ReplicaSet get ``deletionTimestamp`` and the
+    ``foregroundDeletion`` finalizer and stay while a pod (``blockOwnerDeletion: true``) is
+    left, even one only marked for deletion; once the kubelet removes it the set goes, then
+    the Deployment. A dependent without ``blockOwnerDeletion`` is deleted but does not hold
+    its owner. ``dryRun`` changes nothing."""
+    from devcluster.deployments import DeploymentController, admit_deployment
+    from devcluster.replicasets import ReplicaSetController, admit_replicaset
+    from devcluster.resources import CONFIGMAPS, DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS
+    from devcluster.store import Store
+
+    store = Store()
+    store.admit.extend((admit_deployment, admit_replicaset))
+    store.create(NAMESPACES, {"metadata": {"name": "default"}})
+    dc, rc = DeploymentController(store), ReplicaSetController(store)
+    owner = store.create(DEPLOYMENTS, deployment("fg", 1), "default")
+    dc.reconcile()
+    rc.reconcile()
+    (pod,) = list(store.iter(PODS))
+
+    def running(p):
+        p["spec"]["nodeName"] = "node-1"
+        p.setdefault("status", {})["phase"] = "Running"
+
+    store.mutate(PODS, "default", pod["metadata"]["name"], running)
+    ref = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "fg",
+        "uid": owner["metadata"]["uid"],
+    }
+    store.create(CONFIGMAPS, {"metadata": {"name": "side", "ownerReferences": [ref]}}, "default")
+
+    dry = store.delete(DEPLOYMENTS, "default", "fg", propagation="Foreground", dry_run=True)
+    assert dry["metadata"]["finalizers"] == ["foregroundDeletion"]
+    assert "finalizers" not in store.get(DEPLOYMENTS, "default", "fg")["metadata"]
+
+    answer = store.delete(DEPLOYMENTS, "default", "fg", propagation="Foreground")
+    assert answer["metadata"]["finalizers"] == ["foregroundDeletion"]
+    assert answer["metadata"]["deletionTimestamp"]
+    (rs,) = list(store.iter(REPLICASETS))
+    assert rs["metadata"]["finalizers"] == ["foregroundDeletion"]
+    assert rs["metadata"]["deletionTimestamp"]
+    (marked,) = list(store.iter(PODS))
+    assert marked["metadata"]["deletionTimestamp"]  # graceful: the kubelet's to remove
+    assert store.peek(CONFIGMAPS, "default", "side") is None  # not blocking: gone, not waited on
+    dc.reconcile()
+    rc.reconcile()  # a set being deleted makes no new pod
+    assert len(list(store.iter(PODS))) == 1
+    assert store.peek(DEPLOYMENTS, "default", "fg") is not None
+
+    store.remove(PODS, "default", pod["metadata"]["name"])  # the kubelet: processes gone
+    assert list(store.iter(REPLICASETS)) == []
+    assert store.peek(DEPLOYMENTS, "default", "fg") is None
+
+
+async def test_kubectl_delete_cascade_foreground(cluster, api, namespace):
+    """``kubectl delete --cascade=foreground``: the Deployment is still listed, marked with the
+    ``foregroundDeletion`` finalizer, while its pod's processes stop; then it is gone."""
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    await apps.create_namespaced_deployment(namespace, deployment("fgk", 1))
+    await wait_for(lambda: pods_of(core, namespace, "fgk", running_only=True), timeout=60)
+    code, out, err = await asyncio.to_thread(
+        kubectl,
+        cluster,
+        "delete",
+        "deployment",
+        "fgk",
+        "-n",
+        namespace,
+        "--cascade=foreground",
+        "--wait=false",
+    )
+    assert code == 0, err
+    marked = await apps.read_namespaced_deployment("fgk", namespace)
+    assert marked.metadata.finalizers == ["foregroundDeletion"]
+    assert marked.metadata.deletion_timestamp is not None
+    code, out, err = await asyncio.to_thread(
+        kubectl,
+        cluster,
+        "wait",
+        "--for=delete",
+        "deployment/fgk",
+        "-n",
+        namespace,
+        "--timeout=60s",
+    )
+    assert code == 0, err
+    assert (await core.list_namespaced_pod(namespace, label_selector="app=fgk")).items == []
+    assert (await apps.list_namespaced_replica_set(namespace)).items == []
