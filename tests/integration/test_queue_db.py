@@ -326,3 +326,117 @@ async def test_a_failed_group_commit_fails_its_submits_and_stores_none(url):
         assert s.scalars(select(Job)).all() == []
     ok = await db.insert_job(sessions, _new_job("bob"), lambda i: {"k8s_name": f"b-{i}"})
     assert ok["k8s_name"] == f"b-{ok['id']}"  # the inserter goes on after a failure
+
+
+def _plan(sessions):
+    from llmspawner.queue import planning
+
+    return planning.plan_admission(
+        sessions,
+        free={"cpu": None, "medium": 2, "large": 0},
+        bound=[],
+        default_limit=1,
+        labels={},
+        totals={},
+    )
+
+
+def _reference_plan(sessions):
+    """The decision from the ORM's rows, converted afresh (no memo, no raw read)."""
+    from llmspawner.queue import admission
+    from llmspawner.queue.status import to_epoch
+
+    free = {"cpu": None, "medium": 2, "large": 0}
+    with sessions() as s:
+        rows = s.scalars(select(Job).where(Job.state.in_(["queued", "admitted", "running"])))
+        queued, active = [], []
+        for r in rows:
+            if r.state != "queued":
+                active.append(admission.ActiveJob(r.id, r.user, r.profile, False))
+            elif r.profile in free:
+                queued.append(
+                    admission.QueuedJob(
+                        r.id, r.user, r.profile, r.priority, to_epoch(r.submitted_at)
+                    )
+                )
+        limits = {u.user: u.max_running for u in s.scalars(select(UserLimit))}
+    return admission.decide(queued, active, free=free, user_limits=limits, default_limit=1)
+
+
+def test_admission_reads_submit_times_as_stored(url):
+    """planning reads submitted_at as the driver returns it (SQLite: text) and converts it
+    itself: the same datetime as the ORM's, with or without microseconds."""
+    from llmspawner.queue import planning
+
+    sessions = db.connect(url)
+    times = [
+        datetime.datetime(2026, 1, 1),
+        datetime.datetime(2026, 1, 1, 0, 0, 0, 1),
+        datetime.datetime(2026, 3, 4, 5, 6, 7, 890123),
+    ]
+    with sessions() as s:
+        s.add_all(Job(**{**_new_job(f"u{i}"), "submitted_at": t}) for i, t in enumerate(times))
+        s.commit()
+    with sessions() as s:
+        raw = [r[4] for r in s.connection().execute(planning._ROWS, {"states": ["queued"]})]
+        stored = [j.submitted_at for j in s.scalars(select(Job).order_by(Job.id))]
+    assert [planning._as_datetime(v) for v in raw] == stored == times
+
+
+def test_admission_memo_never_decides_differently_from_the_database(url):
+    """The planning memo (planning._queued_memo: a queued job's QueuedJob by its row) gives
+    the decision a fresh read gives after every kind of change between two passes, made
+    behind the service's back too (an admin's SQL): a priority, a submit time, a state, a
+    profile, a user's limit, new and deleted rows; and a memo from another database (a
+    restart: the same ids with other values) is never taken for this one's."""
+    from llmspawner.queue import planning
+
+    sessions = db.connect(url)
+    base = datetime.datetime(2026, 1, 1)
+    with sessions() as s:
+        s.add_all(
+            Job(
+                **{
+                    **_new_job(f"u{i % 4}"),
+                    "profile": ("medium", "cpu", "large")[i % 3],
+                    "priority": ("low", "normal", "high")[i % 3],
+                    "submitted_at": base + datetime.timedelta(seconds=i),
+                    "k8s_name": f"job-{i}",
+                }
+            )
+            for i in range(30)
+        )
+        s.commit()
+    planning._queued_memo = {  # another database's rows with these ids (before a restart)
+        (i, "u0", "medium", "high", "x"): planning.admission.QueuedJob(i, "u0", "medium", "high", 0)
+        for i in range(1, 31)
+    }
+    assert _plan(sessions)[0] == _reference_plan(sessions)
+    changes = [
+        "UPDATE jobs SET priority = 'high' WHERE id = 4",
+        "UPDATE jobs SET submitted_at = '2025-12-31 00:00:00.000000' WHERE id = 20",
+        "UPDATE jobs SET state = 'cancelled' WHERE id = 1",
+        "UPDATE jobs SET state = 'running' WHERE id = 7",
+        "UPDATE jobs SET profile = 'cpu' WHERE id = 3",
+        "DELETE FROM jobs WHERE id = 10",
+        "INSERT INTO user_limits (user, max_running) VALUES ('u1', 3)",
+    ]
+    if not url.startswith("sqlite"):
+        changes = [c.replace("(user,", '("user",') for c in changes]
+        changes[1] = "UPDATE jobs SET submitted_at = '2025-12-31 00:00:00' WHERE id = 20"
+    for change in changes:
+        before = dict(planning._queued_memo)
+        with sessions() as s:
+            s.execute(text(change))
+            s.commit()
+        decision, _ = _plan(sessions)
+        assert decision == _reference_plan(sessions), change
+        assert before, "the memo was used"
+    with sessions() as s:
+        s.add(Job(**{**_new_job("u3"), "priority": "high", "k8s_name": "job-new"}))
+        s.commit()
+    decision, _ = _plan(sessions)
+    assert decision == _reference_plan(sessions)
+    assert set(j.id for j in planning._queued_memo.values()) == set(decision.positions) | set(
+        decision.admit
+    ) - {7}
