@@ -2,8 +2,15 @@
 
 One kubelet serves every node. For each pod bound to a node (``spec.nodeName``) it:
 
-- gives the pod its own loopback address (``127.A.B.1`` upward, A.B random per cluster) as
-  ``status.podIP``/``podIPs``; processes bind it, so servers of several pods share a port;
+- gives the pod its own network (``KubeletConfig.pod_network``): in ``isolated`` mode a
+  network namespace of its own, shared by its containers, with ``lo`` and an address from
+  the cluster's private subnet on a host bridge (`podnet`; the host reaches pods by pod IP,
+  pods reach the host at ``host_address``, the bridge's gateway); in ``host`` mode a
+  loopback address of its own (``127.A.B.1`` upward, A.B random per cluster) in the host's
+  namespace, so servers of several pods share a port but every pod reaches every other
+  pod's loopback-bound ports. ``auto`` (the default): isolated where the kubelet can
+  (root, CAP_NET_ADMIN, ``ip``, bridge and veth), else host with one warning. Either way
+  the address is ``status.podIP``/``podIPs``;
 - prepares the volumes (`containers.prepare_volumes`), runs the init containers one after
   the other, then the containers, each through `sandbox.py` (private mount/PID namespace,
   volumes at their mountPath, nothing outlives it);
@@ -43,7 +50,9 @@ the pod sets no ``runAsUser`` (`isolation`, ``KubeletConfig.image_config``). The
 data folder (PVCs, pods, kubeconfig, TLS keys) is hidden from every container.
 
 Not emulated: liveness/startup probes, CPU limits, seccomp profiles, emptyDir ``sizeLimit``,
-image pulls, networking namespaces (pods share the host's loopback).
+image pulls; in the pod network: NetworkPolicy, Services' virtual IPs, egress beyond the
+host (no NAT, no default route: `podnet`), IPv6, hostNetwork/hostPort (``hostNetwork: true``
+pods get a namespace of their own like any other).
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import containers, isolation, memory, podlogs
+from . import containers, isolation, memory, podlogs, podnet
 from .controller import reconcile_loop
 from .events import record_event
 from .resources import PODS
@@ -75,6 +84,10 @@ log = logging.getLogger(__name__)
 SANDBOX = str(Path(__file__).with_name("sandbox.py"))
 START_ERROR = 128
 NAMESPACE_FAILURE = "cannot create the container's mount/PID namespaces"
+#: N: the environment variable that sets ``KubeletConfig.pod_network``'s default, and that
+#: default without it.
+POD_NETWORK_ENV = "DEVCLUSTER_POD_NETWORK"
+DEFAULT_POD_NETWORK = "auto"
 
 
 @dataclass
@@ -96,11 +109,20 @@ class KubeletConfig:
     #: Seconds between two memory polls of a container with a memory limit, where the kubelet
     #: cannot use cgroups (`memory.session_rss`).
     memory_period: float = 0.5
-    #: First pod address; empty: a random ``127.A.B.1`` per cluster, so that two clusters on
-    #: one machine (a dev stack and a test run) do not hand out the same addresses.
+    #: First pod address in ``host`` mode; empty: a random ``127.A.B.1`` per cluster, so that
+    #: two clusters on one machine (a dev stack and a test run) do not hand out the same
+    #: addresses.
     first_ip: str = ""
+    #: N: ``"auto"`` | ``"isolated"`` | ``"host"`` (`podnet.MODES`; the module docstring):
+    #: isolated gives each pod its own network namespace, host shares this machine's.
+    #: Default: ``$DEVCLUSTER_POD_NETWORK``, else ``"auto"``.
+    pod_network: str = field(
+        default_factory=lambda: os.environ.get(POD_NETWORK_ENV) or DEFAULT_POD_NETWORK
+    )
+    #: N: the pods' subnet in isolated mode (``"10.1.4.0/22"``); empty: a free one at random.
+    pod_subnet: str = ""
+    #: (R: no HOME: a container gets its image's, `isolation.container_home`)
     pass_env: tuple[str, ...] = (
-        "HOME",
         "LANG",
         "LC_ALL",
         "TZ",
@@ -120,10 +142,17 @@ class KubeletConfig:
 
 
 class IpPool:
-    """Loopback addresses for pods: from ``first`` upward, skipping those in use and any
-    ``x.y.z.0``/``x.y.z.255``; raises RuntimeError when 127/8 is exhausted."""
+    """Addresses for pods: from ``first`` upward, skipping those in use and any
+    ``x.y.z.0``/``x.y.z.255``, up to ``last`` (default: loopback addresses up to
+    ``127.255.255.254``); raises RuntimeError when they are exhausted. ``network`` (an
+    ``ipaddress.IPv4Network``, isolated mode): from its third address (the second is the
+    gateway) to the one before its broadcast address."""
 
-    def __init__(self, first: str = ""):
+    def __init__(self, first: str = "", network: ipaddress.IPv4Network | None = None):
+        self._last = int(ipaddress.IPv4Address("127.255.255.254"))
+        if network is not None:
+            first = str(network.network_address + 2)
+            self._last = int(network.broadcast_address) - 1
         if not first:
             first = f"127.{random.randint(16, 254)}.{random.randint(0, 255)}.1"
         self._next = int(ipaddress.IPv4Address(first))
@@ -132,7 +161,7 @@ class IpPool:
 
     def allocate(self) -> str:
         """A free address, as a string."""
-        last = int(ipaddress.IPv4Address("127.255.255.254"))
+        last = self._last
         for _ in range(last - self._first + 1):
             candidate = self._next
             self._next = self._next + 1 if self._next < last else self._first
@@ -238,6 +267,8 @@ class PodWorker:
         self.namespace = pod["metadata"]["namespace"]
         self.name = pod["metadata"]["name"]
         self.ip = kubelet.ips.allocate()
+        #: N: the pod's network namespace (isolated mode; made by `run`), else None.
+        self.netns: podnet.PodNamespace | None = None
         self.dir = kubelet.data_dir / "pods" / f"{self.namespace}_{self.name}_{self.uid}"
         spec = pod.get("spec") or {}
         self.restart_policy = spec.get("restartPolicy", "Always")
@@ -283,8 +314,8 @@ class PodWorker:
             status.update(
                 {
                     "phase": phase,
-                    "hostIP": "127.0.0.1",
-                    "hostIPs": [{"ip": "127.0.0.1"}],
+                    "hostIP": self.kubelet.host_address,
+                    "hostIPs": [{"ip": self.kubelet.host_address}],
                     "podIP": self.ip,
                     "podIPs": [{"ip": self.ip}],
                     "startTime": self.start_time,
@@ -330,6 +361,8 @@ class PodWorker:
         """Prepare volumes, run init containers, then the containers, until all are done."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self.publish()
+        if self.kubelet.network is not None and not await self._create_netns():
+            return
         sources = await self._prepare_volumes()
         if sources is None:
             return
@@ -343,6 +376,32 @@ class PodWorker:
         self.publish()
         await asyncio.gather(*(self._run_container(c, sources) for c in self.containers))
         self.publish()
+
+    async def _create_netns(self) -> bool:
+        """N: the pod's network namespace (`podnet.PodNetwork.create`), retried every
+        ``retry_interval`` with a FailedCreatePodSandBox event; False once the pod is gone
+        or stopping."""
+        network = self.kubelet.network
+        assert network is not None
+        while not self.stopping.is_set():
+            if self.pod() is None:
+                return False
+            try:
+                netns = await asyncio.to_thread(network.create, self.ip)
+            except podnet.PodNetworkError as exc:
+                self.event(
+                    "FailedCreatePodSandBox",
+                    f"Failed to create pod sandbox: failed to set up the pod network: {exc}",
+                    "Warning",
+                )
+                await self._sleep(self.kubelet.config.retry_interval)
+                continue
+            if self.stopping.is_set():
+                network.release(netns)
+                return False
+            self.netns = netns
+            return True
+        return False
 
     async def _prepare_volumes(self) -> dict[str, str] | None:
         lookup = self.store.peek
@@ -448,6 +507,7 @@ class PodWorker:
         )
         user = extra["user"]
         mounts += extra["mounts"]
+        env.setdefault("HOME", extra["home"])  # R: HOME as the runtime sets it (isolation)
         if env.get("HOSTNAME") == self.name:
             env["HOSTNAME"] = extra["hostname"]
         ids = user or {"uid": None, "gid": None, "groups": []}
@@ -485,6 +545,8 @@ class PodWorker:
             "cgroup": run.cgroup,
             "capabilities": extra["capabilities"],  # E
             "read_only_root": extra["read_only_root"],  # E
+            # N: the pod's network namespace, inherited by the supervisor (pass_fds)
+            "netns_fd": self.netns.fd if self.netns is not None else None,
         }
         path = self.dir / f"{instance}.json"
         path.write_text(json.dumps(spec))
@@ -511,6 +573,7 @@ class PodWorker:
                 stdout=pipe_w,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=(self.netns.fd,) if self.netns is not None else (),  # N
             )
         except BaseException:
             os.close(logfd)
@@ -647,9 +710,42 @@ class PodWorker:
             self.store.remove(PODS, self.namespace, self.name)
 
     def cleanup(self) -> None:
-        """Release the IP and the pod's folder (logs, emptyDir, configMap/secret files)."""
+        """Release the network namespace (N), the IP and the pod's folder (logs, emptyDir,
+        configMap/secret files)."""
+        self.release_netns()
         self.kubelet.ips.release(self.ip)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def release_netns(self) -> None:
+        """N: close the pod's network namespace and delete its veth (idempotent)."""
+        netns, self.netns = self.netns, None
+        if netns is None:
+            return
+        if self.kubelet.network is not None:
+            self.kubelet.network.release(netns)
+        else:  # after the kubelet's shutdown: its bridge and veths are gone already
+            os.close(netns.fd)
+
+    async def open_connection(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """N: a TCP connection to ``port`` of this pod as the kubelet's port-forward makes it:
+        to ``localhost`` inside the pod's network namespace, else (host mode, or nothing
+        listens on 127.0.0.1 there) to the pod IP. Raises OSError (ConnectionRefusedError,
+        ...)."""
+        if self.netns is None:
+            return await asyncio.open_connection(self.ip, port)
+        loop = asyncio.get_running_loop()
+        last: OSError | None = None
+        for host in ("127.0.0.1", self.ip):
+            sock = await asyncio.to_thread(podnet.socket_in, self.netns.fd)
+            try:
+                await loop.sock_connect(sock, (host, port))
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            return await asyncio.open_connection(sock=sock)
+        assert last is not None
+        raise last
 
     # -- logs ------------------------------------------------------------------------------
 
@@ -700,6 +796,10 @@ class Kubelet:
         self.data_dir = Path(data_dir)
         self.config = config or KubeletConfig()
         self.ips = IpPool(self.config.first_ip)
+        #: N: the pods' bridge in isolated mode (`start_network`), else None.
+        self.network: podnet.PodNetwork | None = None
+        #: N: where pods reach this machine: the bridge's gateway (isolated) or 127.0.0.1.
+        self.host_address = "127.0.0.1"
         self.workers: dict[str, PodWorker] = {}
         self.base_env: dict[str, str] = {}
         #: R: writes ``projected`` volumes (`devcluster.authn.Authenticator.projected_files`).
@@ -737,6 +837,46 @@ class Kubelet:
                 else "polling the containers' RSS",
             )
         return self._cgroups
+
+    def start_network(self) -> str:
+        """N: set up the pod network per ``config.pod_network`` (`podnet`); return the
+        address pods reach this machine at (`host_address`). ``auto``: isolated when
+        `podnet.unavailable` says nothing and the bridge can be made, else host mode with
+        one warning saying why.
+
+        Raises:
+            ValueError: ``pod_network`` is not one of `podnet.MODES`.
+            podnet.PodNetworkError: ``isolated`` and the bridge cannot be made (or
+                `podnet.unavailable` names a reason).
+        """
+        mode = self.config.pod_network
+        if mode not in podnet.MODES:
+            raise ValueError(
+                f"KubeletConfig.pod_network: {mode!r} is not one of {', '.join(podnet.MODES)}"
+            )
+        if mode == "host" or self.network is not None:
+            return self.host_address
+        reason = podnet.unavailable()
+        network = None
+        if reason is None:
+            network = podnet.PodNetwork(self.config.pod_subnet)
+            try:
+                self.host_address = network.start()
+            except (podnet.PodNetworkError, OSError) as exc:
+                network, reason = None, str(exc)
+        if network is None:
+            if mode == "isolated":
+                raise podnet.PodNetworkError(f"pod_network isolated: {reason}")
+            log.warning(
+                "devcluster kubelet: pods share this machine's network namespace (pod_network "
+                "host; every pod can reach the others' loopback-bound ports): %s",
+                reason,
+            )
+            return self.host_address
+        self.network = network
+        assert network.network is not None
+        self.ips = IpPool(network=network.network)
+        return self.host_address
 
     def set_api_address(self, host: str, port: int) -> None:
         """Tell containers where the API server is (KUBERNETES_SERVICE_HOST/PORT)."""
@@ -793,6 +933,17 @@ class Kubelet:
         await worker.kill(0)
         worker.cleanup()
 
+    async def open_pod_connection(
+        self, pod: dict, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """N: port-forward's connection to ``port`` of ``pod`` (`PodWorker.open_connection`;
+        a pod this kubelet does not run: its pod IP). Raises OSError."""
+        worker = self.workers.get(pod["metadata"].get("uid", ""))
+        if worker is None:
+            ip = (pod.get("status") or {}).get("podIP") or ""
+            return await asyncio.open_connection(ip, port)
+        return await worker.open_connection(port)
+
     async def stream_log(
         self, pod: dict, container: str, follow: bool, tail_lines: int | None, options=None
     ) -> AsyncIterator[bytes]:
@@ -820,3 +971,8 @@ class Kubelet:
                 worker.terminating.cancel()
         if self._cgroups is not None:
             self._cgroups.close()
+        if self.network is not None:  # N: namespaces closed, veths and bridge deleted
+            for worker in workers:
+                worker.release_netns()
+            self.network.close()
+            self.network = None

@@ -10,7 +10,8 @@ the container's user, with its environment and working folder, as a runtime's ex
 (the OCI runtime spec's ``process`` of the container: https://github.com/opencontainers/
 runc/blob/main/docs/terminals.md, ``runc exec``).
 
-Steps: ``setns`` into the container's mount, UTS and PID namespaces (``/proc/<pid>/ns/*``;
+Steps: ``setns`` into the container's network (the pod's: N, ``podnet``), mount, UTS and PID
+namespaces (``/proc/<pid>/ns/*``;
 https://man7.org/linux/man-pages/man2/setns.2.html), fork (a PID namespace applies to
 children), and in the child: a new session with the terminal as its controlling tty
 (``tty``), the container's memory cgroup, its capabilities and user
@@ -39,6 +40,7 @@ import sandbox  # noqa: E402  (the container process's own user/capability steps
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -53,8 +55,15 @@ def _fail(spec: dict, message: str, code: int = 126) -> None:
 
 
 def enter(pid: int) -> None:
-    """``setns`` into the mount, UTS and PID namespaces of ``pid``; raises OSError."""
-    for name, flag in (("uts", CLONE_NEWUTS), ("pid", CLONE_NEWPID), ("mnt", CLONE_NEWNS)):
+    """``setns`` into the network, mount, UTS and PID namespaces of ``pid`` (the network one
+    first: after the mount namespace, ``/proc`` is the container's); raises OSError."""
+    namespaces = (
+        ("net", CLONE_NEWNET),
+        ("uts", CLONE_NEWUTS),
+        ("pid", CLONE_NEWPID),
+        ("mnt", CLONE_NEWNS),
+    )
+    for name, flag in namespaces:
         fd = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
         try:
             if _libc.setns(fd, flag) != 0:

@@ -5,8 +5,14 @@ it starts fast). SPEC is ``{"argv": [...], "env": {...}, "cwd": "/", "hostname":
 "mounts": [{"source", "target", "readOnly"}], "hide": [paths], "error_file": path,
 "parent_pid": pid, "user": {"uid", "gid", "groups", "no_new_privs"} | null,
 "traversable": [paths], "cgroup": path | "", "capabilities": [numbers] | null,
-"read_only_root": bool}`` (``devcluster.isolation`` makes the hosts file, working folder,
-hostname and capability list; the kubelet passes them here as mounts, ``cwd`` and keys).
+"read_only_root": bool, "netns_fd": int | null}`` (``devcluster.isolation`` makes the hosts
+file, working folder, hostname and capability list; the kubelet passes them here as mounts,
+``cwd`` and keys).
+
+``netns_fd`` (N, the kubelet's isolated pod network, ``devcluster.podnet``): a descriptor of
+the pod's network namespace, inherited from the kubelet; the supervisor ``setns``-es into it
+first (so every container of the pod, and its init containers, share the pod's ``lo`` and
+``eth0``) and closes it. ``null``: the kubelet's own network namespace (host mode).
 
 ``cgroup`` (a container with a memory limit, see ``memory.py``): the container process moves
 itself into that cgroup (``cgroup.procs``) just before dropping root and ``exec``.
@@ -69,6 +75,7 @@ import sys
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -454,6 +461,18 @@ def _run_init(spec: dict) -> None:
             os._exit(_status_code(status))
 
 
+def join_netns(spec: dict) -> None:
+    """N: ``setns`` into the pod's network namespace ``spec["netns_fd"]`` (an inherited
+    descriptor, closed after) if it has one. Raises SandboxError."""
+    fd = spec.get("netns_fd")
+    if fd is None:
+        return
+    try:
+        _check(_libc.setns(int(fd), CLONE_NEWNET), "cannot join the pod's network namespace")
+    finally:
+        os.close(int(fd))
+
+
 def main(argv: list) -> None:
     """Supervisor entry point: ``sandbox.py SPEC.json`` (see the module docstring)."""
     global _error_fd
@@ -462,6 +481,7 @@ def main(argv: list) -> None:
     _die_with_parent(int(spec["parent_pid"]))
     _error_fd = os.open(spec["error_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
     try:
+        join_netns(spec)
         _check(
             _libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS),
             "cannot create the container's mount/PID namespaces (unshare needs root or "
