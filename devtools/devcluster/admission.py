@@ -25,6 +25,10 @@ mutating admission plugins our clients notice, validate. `HOOKS` are `Store.admi
      Cluster, port ``protocol`` TCP and ``targetPort`` = ``port``.
      https://kubernetes.io/docs/concepts/services-networking/service/
    - PersistentVolumeClaims: immediately ``Bound`` (no provisioner to wait for).
+   - Namespaces (upstream ``pkg/registry/core/namespace/strategy.go``): the label
+     ``kubernetes.io/metadata.name`` = the name (create and update), ``spec.finalizers``
+     with ``kubernetes`` and ``status.phase`` Active on create. (Deletion stays immediate:
+     no Terminating phase.)
 3. Validation (`validation.validate_object`, and on updates `validation.validate_update`):
    422 Invalid with ``details.causes``.
 """
@@ -36,7 +40,7 @@ import ipaddress
 import itertools
 
 from . import validation
-from .resources import JOBS, PODS, PRIORITYCLASSES, PVCS, SECRETS, Resource
+from .resources import JOBS, NAMESPACES, PODS, PRIORITYCLASSES, PVCS, SECRETS, Resource
 from .store import ApiError, Store
 
 _SERVICES_KIND = "Service"
@@ -215,6 +219,26 @@ def admit_secret(store: Store, res: Resource, obj: dict) -> None:
         default_secret(obj)
 
 
+NAME_LABEL = "kubernetes.io/metadata.name"  # upstream v1.LabelMetadataName
+
+
+def default_namespace(obj: dict, created: bool) -> None:
+    """Namespace strategy: ``Canonicalize`` labels it with its name; ``PrepareForCreate``
+    sets ``status.phase`` Active and adds the ``kubernetes`` finalizer to ``spec``."""
+    obj["metadata"].setdefault("labels", {})[NAME_LABEL] = obj["metadata"]["name"]
+    if created:
+        obj["status"] = {"phase": "Active"}
+        finalizers = obj.setdefault("spec", {}).setdefault("finalizers", [])
+        if "kubernetes" not in finalizers:
+            finalizers.append("kubernetes")
+
+
+def admit_namespace(store: Store, res: Resource, obj: dict) -> None:
+    """Create hook: `default_namespace`."""
+    if res == NAMESPACES:
+        default_namespace(obj, created=True)
+
+
 def _allocate_cluster_ip(store: Store, res: Resource) -> str:
     used = {(s.get("spec") or {}).get("clusterIP") for s in store.iter(res)}
     for host in itertools.islice(_SERVICE_CIDR.hosts(), 10, None):  # .1-.10: kubernetes, DNS
@@ -257,6 +281,8 @@ def default_update(store: Store, res: Resource, old: dict, new: dict, sub: str) 
         return
     if res == SECRETS:
         default_secret(new)
+    elif res == NAMESPACES:
+        default_namespace(new, created=False)
     elif res == PODS:
         default_pod_spec(new.setdefault("spec", {}))
     elif res == JOBS:
@@ -286,5 +312,14 @@ def validate_changed(store: Store, res: Resource, old: dict, new: dict, sub: str
         raise validation.invalid(res.kind, old["metadata"].get("name", ""), errors, res.group)
 
 
-HOOKS = (decode_new, admit_pod, admit_job, admit_pvc, admit_secret, admit_service, validate_new)
+HOOKS = (
+    decode_new,
+    admit_pod,
+    admit_job,
+    admit_pvc,
+    admit_secret,
+    admit_service,
+    admit_namespace,
+    validate_new,
+)
 UPDATE_HOOKS = (decode_update, default_update, validate_changed)

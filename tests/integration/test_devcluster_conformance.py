@@ -626,3 +626,39 @@ async def test_a_container_without_home_gets_its_images_home(cluster, api, names
         pod = await wait_for(done, 30, f"pod {name} finished")
         log = await core.read_namespaced_pod_log(name, namespace)
         assert (pod.status.phase, log.strip()) == ("Succeeded", f"HOME={want}"), name
+
+
+@needs_kubectl
+async def test_kubectl_create_sends_protobuf_and_namespaces_get_their_defaults(cluster, api):
+    """kubectl 1.32's typed ``create`` subcommands POST ``application/vnd.kubernetes.protobuf``:
+    namespace, configmap, secret and serviceaccount are decoded (devcluster.protobody) and
+    stored as the JSON ones; other kinds are 415 UnsupportedMediaType. A Namespace gets the
+    real server's defaults (its strategy's ``PrepareForCreate``/``Canonicalize``): the label
+    ``kubernetes.io/metadata.name``, ``spec.finalizers`` [kubernetes], phase Active."""
+
+    def run(*args):
+        return asyncio.to_thread(kubectl, cluster, *args)
+
+    core = client.CoreV1Api(api)
+    code, out = await run("create", "namespace", "proto")
+    assert code == 0, out
+    ns = await core.read_namespace("proto")
+    assert ns.metadata.labels == {"kubernetes.io/metadata.name": "proto"}
+    assert ns.spec.finalizers == ["kubernetes"]
+    assert ns.status.phase == "Active"
+    code, out = await run(
+        "create", "configmap", "cm", "-n", "proto", "--from-literal=a=b", "--from-literal=e="
+    )
+    assert code == 0, out
+    assert (await core.read_namespaced_config_map("cm", "proto")).data == {"a": "b", "e": ""}
+    code, out = await run("create", "secret", "generic", "s", "-n", "proto", "--from-literal=k=v")
+    assert code == 0, out
+    secret = await core.read_namespaced_secret("s", "proto")
+    assert (secret.type, secret.data) == ("Opaque", {"k": base64.b64encode(b"v").decode()})
+    code, out = await run("create", "serviceaccount", "robot", "-n", "proto")
+    assert code == 0, out
+    await core.read_namespaced_service_account("robot", "proto")
+    code, out = await run("create", "deployment", "d", "-n", "proto", "--image=python")
+    assert code == 1
+    assert "the body of the request was in an unknown format" in out
+    await core.delete_namespace("proto")

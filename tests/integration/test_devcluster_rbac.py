@@ -419,3 +419,36 @@ def test_protobuf_bodies_of_kubectl_are_decoded():
     }
     with pytest.raises(ProtoError):
         decode(b"k8s\x00" + _field(1, _field(2, b"Pod")))
+
+
+async def test_impersonation_as_kubectl_as_and_as_group(cluster, team, tmp_path):
+    """``kubectl --as``/``--as-group`` (``Impersonate-User``/``-Group`` headers): the admin
+    acts as the ServiceAccount (its groups follow) or a user (the groups asked, plus
+    ``system:authenticated``), so ``kubectl auth can-i --as=...`` answers for them; a
+    ServiceAccount without the ``impersonate`` verb is refused as kube-apiserver's
+    impersonation filter words it."""
+    admin = cluster.kubeconfig_path
+    who = f"system:serviceaccount:{NS}:bot"
+    code, out, _ = await run_kubectl(admin, "auth", "can-i", "list", "secrets", "-n", NS)
+    assert (code, out.strip()) == (0, "yes")
+    code, out, _ = await run_kubectl(
+        admin, "auth", "can-i", "list", "secrets", "-n", NS, f"--as={who}"
+    )
+    assert (code, out.strip()) == (1, "no")
+    code, _, err = await run_kubectl(admin, "get", "secrets", "-n", NS, f"--as={who}")
+    assert code == 1
+    assert (
+        f'secrets is forbidden: User "{who}" cannot list resource "secrets" in API group "" '
+        f'in the namespace "{NS}"'
+    ) in err
+    code, out, err = await run_kubectl(admin, "auth", "whoami", "--as=jane", "--as-group=devs")
+    assert code == 0, err
+    assert "jane" in out and "[devs system:authenticated]" in out
+
+    bot = await sa_kubeconfig(cluster, tmp_path, NS, "bot")
+    code, _, err = await run_kubectl(bot, "get", "pods", "-n", NS, "--as=jane")
+    assert code == 1
+    assert (
+        f'users "jane" is forbidden: User "{who}" cannot impersonate resource "users" in API '
+        'group "" at the cluster scope'
+    ) in err
