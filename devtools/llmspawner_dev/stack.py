@@ -7,7 +7,12 @@ uses, so that both exercise the same stack::
         print(stack.hub_url)
 
 Every part is a child process (see :mod:`llmspawner_dev.processes`) with its log in
-``<workdir>/logs/<part>.log``.
+``<workdir>/logs/<part>.log``, except MLflow, which by default is the deploy kit's
+Deployment (deploy/manifests/mlflow) running as a pod of the emulated cluster
+(:mod:`llmspawner_dev.kit`; its pod's log is written to ``logs/mlflow.log`` at the stop);
+``LLMSPAWNER_MLFLOW=process`` runs ``mlflow server`` as a child process instead.
+Start-up to ready on 2 shared cores at load ~9-10 (2026-12-02, 3 runs each): pod
+75-107 s, process 160-191 s (the pod starts while the hub does; the process before it).
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import logging
 import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
 
-from . import hubdb, identities, parts, proxy
+from . import hubdb, identities, kit, parts, proxy
 from .hubconfig import DEV_GID, DEV_UID, REPO_ROOT
 from .kube import KubeClient
 from .models import seed_dev_models
@@ -46,13 +52,19 @@ MARKER_ENV = "LLMSPAWNER_DEV_STACK_ID"
 #: Seconds each part gets between SIGTERM and SIGKILL when the stack stops.
 STOP_GRACE = {"hub": 30.0, "proxy": 5.0, "oidc": 5.0, "mlflow": 10.0, "cluster": 30.0}
 
+#: K: how the stack runs MLflow unless ``LLMSPAWNER_MLFLOW`` or ``DevStack(mlflow=)`` says
+#: (``"pod"``: the deploy kit's Deployment; ``"process"``: ``mlflow server``, see DevStack).
+DEFAULT_MLFLOW_MODE = "pod"
+
 
 class DevStack:
     """Start and stop the dev stack; after :meth:`start`, its URLs and paths are attributes.
 
     Args:
         workdir: folder for state and logs (created). Holds ``cluster/`` (the emulated
-            cluster's data dir), ``mlflow.db``, ``jupyterhub.sqlite``, ``logs/``.
+            cluster's data dir; in ``"pod"`` mode MLflow's files are on its PVC,
+            ``cluster/pvc/llm/mlflow-data/``), ``mlflow.db`` (``"process"`` mode),
+            ``jupyterhub.sqlite``, ``logs/``.
         config_file: the hub's production config; default ``<repo>/jupyterhub_config.py``.
             The hub runs ``jupyterhub -f`` :data:`parts.DEV_HUB_CONFIG`, which applies the
             dev cluster's settings and then runs this file (``LLMSPAWNER_DEV_BASE_CONFIG``).
@@ -69,6 +81,11 @@ class DevStack:
         api_faults: a JSON file of fault rules (``devcluster.faults.load_rules``; created
             empty, re-read on change): the hub and its services then reach the cluster
             through a fault proxy (``fault_proxy``), kubectl and the stack itself directly.
+        mlflow: ``"pod"``: MLflow is the deploy kit's Deployment (deploy/manifests/mlflow,
+            :mod:`llmspawner_dev.kit`) in the cluster's namespace ``llm``, its data on the
+            PVC ``mlflow-data``; ``"process"``: a separate ``mlflow server`` with its files
+            in the workdir. Default: ``LLMSPAWNER_MLFLOW`` of ``environ``, else
+            :data:`DEFAULT_MLFLOW_MODE`. Another value: ``ValueError``.
 
     Attributes (set by :meth:`start`):
         hub_url: the hub's public URL (through configurable-http-proxy), no trailing ``/``.
@@ -105,6 +122,7 @@ class DevStack:
         on_step: Callable[[str], None] | None = None,
         api_faults: Path | None = None,
         hub_rbac: bool = True,
+        mlflow: str | None = None,
     ):
         self.workdir = Path(workdir).resolve()
         self.config_file = Path(config_file or REPO_ROOT / "jupyterhub_config.py").resolve()
@@ -124,6 +142,10 @@ class DevStack:
         # R: the hub and its services use ServiceAccount hub's token (z2jh's hub Role and
         # deploy/manifests/queue, llmspawner_dev.identities); False: the admin kubeconfig.
         self.hub_rbac = hub_rbac
+        # K: the kit's MLflow Deployment as a pod, or the separate process.
+        self.mlflow_mode = kit.mlflow_mode(
+            {kit.MODE_ENV: mlflow} if mlflow else self.environ, DEFAULT_MLFLOW_MODE
+        )
         self.marker = (MARKER_ENV, secrets.token_hex(8))
         # MLflow's secrets (the hub service token, its admin's password, Flask's key) and the
         # hub's encryption key: kept in the workdir, since MLflow's auth database and the hub's
@@ -131,9 +153,13 @@ class DevStack:
         self._mlflow_secrets: dict[str, str] = {}
         self.processes: dict[str, ChildProcess] = {}
         self.hub_url = self.hub_api_url = self.mlflow_url = self.oidc_issuer = ""
+        #: K: the kit's MLflow pod's name (``"pod"`` mode, after :meth:`start`).
+        self.mlflow_pod = ""
         self.proxy_api_url = ""
         self._proxy_token = secrets.token_hex(32)
         self.kubeconfig = self.cluster_url = ""
+        #: N: where pods reach this machine's services (the cluster's ``host_address``).
+        self.pod_host = host
         self.data_dir: Path | None = None
         self._started = False
         self._reaper = None
@@ -201,13 +227,16 @@ class DevStack:
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
-        auth_db = self.workdir / "mlflow-auth.db"
-        if auth_db.exists() and not (self.workdir / SECRETS_FILE).exists():
-            # Made by a run that kept no secrets: its MLflow admin password is lost.
-            moved = auth_db.rename(
-                auth_db.with_name(f"{auth_db.name}.{time.strftime('%Y%m%d-%H%M%S')}")
-            )
-            log.warning("MLflow's auth database had an unknown admin password: moved to %s", moved)
+        # The process way's auth database, and the kit pod's on its PVC (K).
+        for auth_db in (self.workdir / "mlflow-auth.db", self._mlflow_data / "basic_auth.db"):
+            if auth_db.exists() and not (self.workdir / SECRETS_FILE).exists():
+                # Made by a run that kept no secrets: its MLflow admin password is lost.
+                moved = auth_db.rename(
+                    auth_db.with_name(f"{auth_db.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+                )
+                log.warning(
+                    "MLflow's auth database had an unknown admin password: moved to %s", moved
+                )
         kept = workdir_secrets(self.workdir / SECRETS_FILE)
         self._mlflow_secrets = {
             k: kept[k] for k in ("service_token", "admin_password", "secret_key")
@@ -219,34 +248,13 @@ class DevStack:
         host = self.host
         t0 = time.monotonic()
 
-        # The three independent parts start together, then each is awaited.
-        cluster = self._child(
-            "cluster", parts.devcluster_command(data_dir=self.workdir / "cluster"), env
-        )
-        mlflow_port = free_port(host)
-        # MLflow is the hub service `mlflow`: it checks tokens with the hub's API (on
-        # hub_port, taken now), shares the service token and its admin password with the hub.
-        hub_port = free_port(host)
-        auth_config = self.workdir / "mlflow-auth.ini"
-        auth_config.write_text(parts.mlflow_auth_config(self.workdir))
-        mlflow_env = parts.mlflow_auth_environment(
-            config_path=auth_config,
-            hub_api_url=f"http://{host}:{hub_port}/hub/api",
-            service_token=self._mlflow_secrets["service_token"],
-            admin_password=self._mlflow_secrets["admin_password"],
-            secret_key=self._mlflow_secrets["secret_key"],
-        )
-        mlflow = self._child(
-            "mlflow",
-            parts.mlflow_command(
-                workdir=self.workdir,
-                host=host,
-                port=mlflow_port,
-                auth=True,
-                static_prefix=parts.MLFLOW_PREFIX,
-            ),
-            {**env, **parts.mlflow_environment(), **mlflow_env},
-        )
+        pod_mode = self.mlflow_mode == "pod"  # K
+        # The three independent parts start together, then each is awaited (K: in pod mode
+        # MLflow is a pod of the cluster, applied once the cluster answers).
+        cluster_argv = parts.devcluster_command(data_dir=self.workdir / "cluster")
+        if pod_mode:  # K: the kit's images run as this checkout's environment
+            cluster_argv += kit.image_map(sys.prefix)
+        cluster = self._child("cluster", cluster_argv, env)
         oidc_port = free_port(host)
         oidc = self._child(
             "oidc", parts.oidc_command(host=host, port=oidc_port, users=self.users), env
@@ -262,6 +270,39 @@ class DevStack:
         self.kubeconfig = str(info["kubeconfig"])
         self.data_dir = Path(info["data_dir"])
         self.on_step(f"cluster ready at {self.cluster_url} ({time.monotonic() - t0:.1f} s)")
+        # N: what pods must reach (the hub's API, MLflow, the queue) listens where pods reach
+        # this machine: the pod bridge's gateway when each pod has its own network namespace
+        # (devcluster.podnet), else ``host``; the browser's URLs stay on ``host``.
+        pod_host = self.pod_host = info.get("host_address") or host
+        # MLflow is the hub service `mlflow`: it checks tokens with the hub's API (on
+        # hub_port, taken now), shares the service token and its admin password with the hub.
+        hub_port = free_port(pod_host)
+        mlflow_hub_api_url = f"http://{pod_host}:{hub_port}/hub/api"
+        mlflow = None
+        if not pod_mode:
+            mlflow_port = free_port(pod_host)
+            auth_config = self.workdir / "mlflow-auth.ini"
+            auth_config.write_text(parts.mlflow_auth_config(self.workdir))
+            mlflow_env = parts.mlflow_auth_environment(
+                config_path=auth_config,
+                hub_api_url=mlflow_hub_api_url,
+                service_token=self._mlflow_secrets["service_token"],
+                admin_password=self._mlflow_secrets["admin_password"],
+                secret_key=self._mlflow_secrets["secret_key"],
+            )
+            mlflow = self._child(
+                "mlflow",
+                parts.mlflow_command(
+                    workdir=self.workdir,
+                    host=pod_host,
+                    port=mlflow_port,
+                    auth=True,
+                    static_prefix=parts.MLFLOW_PREFIX,
+                ),
+                {**env, **parts.mlflow_environment(), **mlflow_env},
+            )
+        if pod_mode:  # K: the kit's MLflow objects, then on with the other parts
+            self._apply_mlflow_kit(mlflow_hub_api_url, host)
         hub_kubeconfig = self.kubeconfig
         if self.hub_rbac:  # R: the hub (and its queue) as ServiceAccount hub, real RBAC
             hub_kubeconfig = str(
@@ -293,9 +334,14 @@ class DevStack:
         ).json()
         self.on_step(f"OIDC provider ready at {self.oidc_issuer} ({time.monotonic() - t0:.1f} s)")
 
-        self.mlflow_url = f"http://{host}:{mlflow_port}{parts.MLFLOW_PREFIX}"
-        wait_http(f"{self.mlflow_url}/health", timeout=self.timeout, process=mlflow)
-        self.on_step(f"MLflow ready at {self.mlflow_url} ({time.monotonic() - t0:.1f} s)")
+        if pod_mode:  # K: its pod's IP now (the hub's MLflow URL); its readiness once the hub is up
+            self.mlflow_url = kit.pod_url(
+                self._wait_mlflow_pod(cluster, ready=False), parts.MLFLOW_PREFIX
+            )
+        else:
+            self.mlflow_url = f"http://{pod_host}:{mlflow_port}{parts.MLFLOW_PREFIX}"
+            wait_http(f"{self.mlflow_url}/health", timeout=self.timeout, process=mlflow)
+            self.on_step(f"MLflow ready at {self.mlflow_url} ({time.monotonic() - t0:.1f} s)")
 
         self._create_storage()
         self.on_step(f"PVC {self.namespace}/{self.pvc_name} ready at {self.pvc_path()}")
@@ -315,7 +361,7 @@ class DevStack:
                 host=host,
                 port=port,
                 api_port=proxy_api_port,
-                hub_url=f"http://{host}:{hub_port}",
+                hub_url=f"http://{pod_host}:{hub_port}",  # N
             ),
             {**env, proxy.TOKEN_ENV: self._proxy_token},
         )
@@ -343,6 +389,10 @@ class DevStack:
         # Auth state, and with it the login's refresh at the provider (llmspawner.auth),
         # needs the hub's encryption key: one per workdir, as the database it encrypts.
         hub_env.setdefault("JUPYTERHUB_CRYPT_KEY", self._crypt_key)
+        if pod_host != host:  # N: the queue service where the users' pods reach it
+            hub_env.setdefault(
+                "LLMSPAWNER_QUEUE_SERVICE_URL", f"http://{pod_host}:{free_port(pod_host)}"
+            )
         hub_env.update(self.hub_env)
         moved = hubdb.set_aside_if_newer(self.workdir / "jupyterhub.sqlite")
         if moved is not None:
@@ -357,6 +407,7 @@ class DevStack:
                 config_file=parts.DEV_HUB_CONFIG,
                 workdir=self.workdir,
                 host=host,
+                hub_host=pod_host,  # N
                 port=port,
                 hub_port=hub_port,
                 proxy_api_port=proxy_api_port,
@@ -371,11 +422,101 @@ class DevStack:
         )
         # The hub on its own port first: asked through the proxy before it listens, every
         # poll is a "503 GET /hub/health" error (and a failed error page) in the proxy's log.
-        wait_http(f"http://{host}:{hub_port}/hub/health", timeout=self.timeout, process=hub)
+        wait_http(f"http://{pod_host}:{hub_port}/hub/health", timeout=self.timeout, process=hub)
         # Then through the proxy: proves that configurable-http-proxy reaches the hub.
         wait_http(f"{self.hub_url}/hub/health", timeout=self.timeout, process=hub)
         self.on_step(f"hub ready at {self.hub_url} ({time.monotonic() - t0:.1f} s)")
+        if pod_mode:  # K: its init containers and start ran while the hub started
+            pod = self._wait_mlflow_pod(cluster, ready=True)
+            took = ", ".join(f"{k} {v} s" for k, v in kit.container_seconds(pod).items())
+            self.on_step(
+                f"MLflow ready at {self.mlflow_url} ({time.monotonic() - t0:.1f} s; pod "
+                f"{kit.NAMESPACE}/{self.mlflow_pod} of the deploy kit's Deployment: {took})"
+            )
         self._wait_service_routes(hub, hub_env, t0)
+
+    @property
+    def _mlflow_data(self) -> Path:
+        """K: the folder of the kit's PVC ``llm/mlflow-data`` (MLflow's SQLite files and
+        artifacts in ``"pod"`` mode): ``<workdir>/cluster/pvc/llm/mlflow-data``."""
+        return self.workdir / "cluster" / "pvc" / kit.NAMESPACE / kit.PVC
+
+    def _apply_mlflow_kit(self, hub_api_url: str, hub_host: str) -> None:
+        """K: create the Namespace ``llm``, the Secret ``mlflow-auth`` (this stack's secrets)
+        and the kit's MLflow objects from deploy/manifests/mlflow, with the dev overrides of
+        :func:`llmspawner_dev.kit.dev_overrides`; the PVC's folder is made first, for uid
+        1000, with a process-way workdir's MLflow files copied in once.
+
+        Raises:
+            StartupError: (part ``mlflow``) a kit file cannot be read or the API refused an
+                object (the message says which).
+        """
+        from .kube import KubeError
+
+        copied = kit.prepare_data_folder(
+            self._mlflow_data, workdir=self.workdir, chown=os.geteuid() == 0
+        )
+        if copied:
+            self.on_step(f"MLflow: copied {', '.join(copied)} of this workdir to its PVC")
+        try:
+            objects = kit.dev_overrides(
+                kit.load_kustomization(),
+                hub_api_url=hub_api_url,
+                hub_host=hub_host,
+                admin_groups=parts.MLFLOW_ADMIN_GROUPS,
+            )
+            with self.kube() as kube:
+                kit.apply(
+                    kube,
+                    [
+                        kit.namespace_object(),
+                        kit.auth_secret(
+                            service_token=self._mlflow_secrets["service_token"],
+                            admin_password=self._mlflow_secrets["admin_password"],
+                            secret_key=self._mlflow_secrets["secret_key"],
+                        ),
+                        *objects,
+                    ],
+                )
+        except (kit.KitError, KubeError) as e:
+            raise StartupError("mlflow", f"the deploy kit's MLflow: {e}") from e
+        self.on_step(
+            f"MLflow: applied {kit.KIT_DIR.relative_to(REPO_ROOT)} "
+            f"({', '.join(o['kind'] for o in objects)}) in namespace {kit.NAMESPACE}"
+        )
+
+    def _wait_mlflow_pod(self, cluster: ChildProcess, *, ready: bool) -> dict:
+        """K: wait for the kit's MLflow pod to have an IP (``ready=False``) or to pass its
+        readiness probe (``<prefix>/health``); return it. At most ``timeout`` seconds.
+
+        Raises:
+            StartupError: (part ``mlflow``) the pod failed, the cluster exited, or time ran
+                out; with the pod's containers' log tails.
+        """
+        with self.kube() as kube:
+            try:
+                pod = kit.wait_pod(
+                    kube, ready=ready, timeout=self.timeout, alive=lambda: cluster.running
+                )
+            except RuntimeError as e:
+                raise StartupError("mlflow", str(e), self._mlflow_pod_logs(kube)) from e
+        self.mlflow_pod = pod["metadata"]["name"]
+        return pod
+
+    def _mlflow_pod_logs(self, kube, lines: int = 40) -> str:
+        """K: the log tails of the kit's MLflow pod's containers (init ones first), one
+        header each; ``""`` when there is no pod. Never raises."""
+        out = []
+        try:
+            for pod in kube.list_pods(kit.NAMESPACE, label_selector=kit.SELECTOR):
+                name = pod["metadata"]["name"]
+                spec = pod.get("spec") or {}
+                for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+                    text = kube.pod_logs(kit.NAMESPACE, name, container=c["name"], tail_lines=lines)
+                    out.append(f"--- pod {kit.NAMESPACE}/{name} [{c['name']}] ---\n{text.rstrip()}")
+        except Exception as e:  # diagnostics only
+            out.append(f"(MLflow pod logs unavailable: {e})")
+        return "\n".join(out)
 
     def _wait_service_routes(self, hub: ChildProcess, hub_env: Mapping[str, str], t0) -> None:
         """Wait until the hub's services answer through the proxy: the hub answers
@@ -490,6 +631,8 @@ class DevStack:
         atexit.unregister(self.stop)
         for name in ("hub", "proxy", "oidc", "mlflow", "cluster"):
             child = self.processes.get(name)
+            if name == "cluster" and self.mlflow_pod and child is not None and child.running:
+                self._save_mlflow_log()  # K: the pod's log outlives the cluster there
             if child is not None and child.popen is not None:
                 status = child.stop(STOP_GRACE.get(name, 10.0))
                 log.debug("%s stopped with status %s", name, status)
@@ -507,6 +650,16 @@ class DevStack:
                 self._reaper.kill()
                 self._reaper.wait()
             self._reaper = None
+
+    def _save_mlflow_log(self) -> None:
+        """K: write the kit's MLflow pod's logs to ``logs/mlflow.log`` (the process way's
+        file), before the cluster, which holds them, stops. Never raises."""
+        try:
+            with self.kube() as kube:
+                text = self._mlflow_pod_logs(kube, lines=2000)
+            (self.logs_dir / "mlflow.log").write_text(text + "\n")
+        except Exception as e:  # diagnostics only
+            log.debug("cannot keep the MLflow pod's log: %s", e)
 
     def log_tails(self, lines: int = 30) -> str:
         """Return the last ``lines`` lines of every part's log, each under a header."""
@@ -528,6 +681,8 @@ class DevStack:
         out = []
         try:
             with self.kube() as kube:
+                if self.mlflow_pod:  # K: the kit's MLflow pod, in its own namespace
+                    out.append(self._mlflow_pod_logs(kube, lines))
                 for pod in kube.list_pods(self.namespace):
                     name = pod["metadata"]["name"]
                     phase = (pod.get("status") or {}).get("phase")

@@ -27,7 +27,7 @@ from llmspawner_dev.processes import (
 )
 from llmspawner_dev.reaper import start_reaper
 from llmspawner_dev.smoke import gradio_config
-from llmspawner_dev.stack import MARKER_ENV, DevStack
+from llmspawner_dev.stack import DEFAULT_MLFLOW_MODE, MARKER_ENV, DevStack
 
 
 def _alive(pid: int) -> bool:
@@ -297,17 +297,35 @@ def test_stack_refuses_a_missing_config_file_before_starting_anything(tmp_path):
     assert stack.processes == {}
 
 
-def test_stack_that_fails_to_start_leaves_no_process(tmp_path):
-    stack = DevStack(tmp_path / "w", timeout=0.5)
+@pytest.mark.parametrize("mlflow", ["process", "pod"])
+def test_stack_that_fails_to_start_leaves_no_process(tmp_path, mlflow):
+    stack = DevStack(tmp_path / "w", timeout=0.5, mlflow=mlflow)
     with pytest.raises(StartupError) as info:
         stack.start()
     # The first part not ready within half a second (MLflow takes seconds, the others less).
+    # The process way starts MLflow once the cluster says where pods reach this machine (N);
+    # the pod way has no MLflow process: it is a pod of the cluster (K).
     assert info.value.part in {"cluster", "oidc", "mlflow"}
+    assert {"cluster", "oidc"} <= set(stack.processes) <= {"cluster", "mlflow", "oidc"}
+    if mlflow == "pod":
+        assert "mlflow" not in stack.processes
+    if "mlflow" in stack.processes:
+        assert (stack.logs_dir / "mlflow.log").is_file()
     assert "not ready after 0.5 s" in str(info.value)
-    assert set(stack.processes) == {"cluster", "mlflow", "oidc"}
     assert not any(child.running for child in stack.processes.values())
     assert find_strays(marker=stack.marker, under=stack.workdir) == []
-    assert (stack.logs_dir / "mlflow.log").is_file()
+
+
+def test_the_stacks_mlflow_mode_comes_from_its_setting(tmp_path):
+    # K: LLMSPAWNER_MLFLOW (pod: the deploy kit's Deployment; process: mlflow server).
+    assert DevStack(tmp_path, environ={"LLMSPAWNER_MLFLOW": "pod"}).mlflow_mode == "pod"
+    assert DevStack(tmp_path, environ={"LLMSPAWNER_MLFLOW": "process"}).mlflow_mode == "process"
+    assert DevStack(tmp_path, environ={}).mlflow_mode == DEFAULT_MLFLOW_MODE
+    assert DevStack(
+        tmp_path, environ={"LLMSPAWNER_MLFLOW": "pod"}, mlflow="process"
+    ).mlflow_mode == ("process")
+    with pytest.raises(ValueError, match="LLMSPAWNER_MLFLOW must be one of pod, process"):
+        DevStack(tmp_path, environ={"LLMSPAWNER_MLFLOW": "docker"})
 
 
 def test_reaper_ends_the_stack_when_its_pipe_closes(tmp_path):
