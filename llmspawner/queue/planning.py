@@ -8,7 +8,8 @@ planning worker process (:func:`plan_in_worker`), so that a pass over 10,000 que
 decision comes back. A process, not a thread: a thread would hold the GIL the loop needs (see
 :mod:`llmspawner.queue.limits`); its own process, not the config checks' worker, so that
 passes and submits do not wait for each other. This module imports little (SQLAlchemy, the
-models, the policy), so the worker starts in about a second.
+models, the policy; never kubespawner: ``tests/unit/test_queue_planning_imports.py``), so the
+worker starts in about a second.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from sqlalchemy.orm import sessionmaker
 from . import admission
 from .models import Job, UserLimit
 from .states import ACTIVE_STATES, QUEUED
-from .status import to_epoch
 
 #: Seconds an admission plan in the worker process may take (queueing behind config checks
 #: included) before the pass fails and is retried.
@@ -136,6 +136,14 @@ def _as_datetime(value) -> datetime.datetime:
     if isinstance(value, str):
         return datetime.datetime.fromisoformat(value)
     return value
+
+
+def to_epoch(dt: datetime.datetime) -> float:
+    """A naive UTC datetime as seconds since the epoch (as
+    :func:`llmspawner.queue.status.to_epoch`, which this module does not import: ``status``
+    imports kubespawner, through ``disruption`` and ``k8s_objects``, and the planning worker
+    would import all of it at its start: 8 s of CPU on a loaded 2-core machine)."""
+    return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 _plan_engines: dict[str, object] = {}
