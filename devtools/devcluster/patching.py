@@ -9,6 +9,11 @@
   https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kubectl-patch/
 - ``application/json-patch+json``: JSON patch, https://www.rfc-editor.org/rfc/rfc6902
   (add, remove, replace, test, copy, move).
+- ``application/apply-patch+yaml`` (server-side apply, ``kubectl apply --server-side``):
+  applied as a strategic merge of the applied configuration, and an absent object is created
+  from it (`apply_creates`), as the real server does. Not emulated: ``managedFields``, field
+  ownership and its 409 conflicts, and removal of fields a manager stops applying
+  (https://kubernetes.io/docs/reference/using-api/server-side-apply/).
 
 Errors raise `PatchError` (the API server answers 422/400).
 """
@@ -21,6 +26,7 @@ from typing import Any
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+APPLY = "application/apply-patch+yaml"
 
 
 class PatchError(ValueError):
@@ -165,8 +171,18 @@ def apply_patch(content_type: str, target: dict, body: Any) -> dict:
         result = strategic_merge_patch(target, body)
     elif kind == JSON_PATCH:
         result = json_patch(target, body)
+    elif kind == APPLY:
+        if not isinstance(body, dict):
+            raise PatchError("the applied configuration is not an object")
+        result = strategic_merge_patch(target, body)
     else:
         raise PatchError(f"unsupported patch type: {kind!r}")
     if not isinstance(result, dict):
         raise PatchError("the patched object is not an object")
     return result
+
+
+def apply_creates(content_type: str) -> bool:
+    """Whether a PATCH of ``content_type`` to an absent object creates it (server-side apply
+    does; the other patch types answer 404)."""
+    return content_type.split(";")[0].strip() == APPLY
