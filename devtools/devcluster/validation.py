@@ -262,11 +262,24 @@ TOTAL_ANNOTATION_SIZE = 256 * 1024
 
 
 def validate_metadata(kind: str, meta: dict) -> list[FieldError]:
-    """``ValidateObjectMeta``: the name by the kind's rule, labels, annotations."""
+    """``ValidateObjectMeta``: ``generateName`` then the name by the kind's rule, labels,
+    annotations. A ``generateName`` is checked as a prefix (upstream's ``prefix=true``: a
+    trailing ``-`` is allowed, ``maskTrailingDash``; RBAC kinds' prefixes only for ``/`` and
+    ``%``), so ``generateName: Bad-`` is named as well as the name made from it
+    (https://github.com/kubernetes/apimachinery/blob/v0.32.0/pkg/api/validation/objectmeta.go)."""
     errors = []
+    rule = NAME_RULES.get(kind, dns1123_subdomain)
+    prefix = meta.get("generateName") or ""
+    if prefix:
+        masked = prefix[:-1] + "a" if len(prefix) > 1 and prefix.endswith("-") else prefix
+        problems = rule(masked)
+        if rule is path_segment_name:
+            problems = [m for m in problems if not m.startswith("may not be '")]
+        errors += [
+            FieldError("FieldValueInvalid", "metadata.generateName", m, prefix) for m in problems
+        ]
     name = meta.get("name") or ""
     if name:
-        rule = NAME_RULES.get(kind, dns1123_subdomain)
         errors += [FieldError("FieldValueInvalid", "metadata.name", m, name) for m in rule(name)]
     errors += validate_labels(meta.get("labels") or {}, "metadata.labels")
     annotations = meta.get("annotations") or {}

@@ -152,6 +152,17 @@ async def test_name_rules_per_kind(api, namespace):
         == f'Namespace "a.b" is invalid: metadata.name: Invalid value: "a.b": {LABEL_MSG}'
     )
     await core.create_namespaced_config_map(namespace, {"metadata": {"name": "a.b"}})
+    # generateName is checked as a prefix (a trailing '-' allowed), then the name made from it
+    made = await core.create_namespaced_config_map(namespace, {"metadata": {"generateName": "g-"}})
+    assert made.metadata.name.startswith("g-")
+    status = await refused(
+        core.create_namespaced_config_map(namespace, {"metadata": {"generateName": "Bad-"}}), 422
+    )
+    assert [(c["field"], c["message"]) for c in status["details"]["causes"]][0] == (
+        "metadata.generateName",
+        f'Invalid value: "Bad-": {SUBDOMAIN_MSG}',
+    )
+    assert [c["field"] for c in status["details"]["causes"]][1:] == ["metadata.name"]
 
 
 # -- §1 schema -------------------------------------------------------------------------------
