@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -387,7 +388,7 @@ class PodWorker:
             if self.pod() is None:
                 return False
             try:
-                netns = await asyncio.to_thread(network.create, self.ip)
+                netns = await podnet.in_own_thread(lambda: network.create(self.ip))
             except podnet.PodNetworkError as exc:
                 self.event(
                     "FailedCreatePodSandBox",
@@ -735,8 +736,9 @@ class PodWorker:
             return await asyncio.open_connection(self.ip, port)
         loop = asyncio.get_running_loop()
         last: OSError | None = None
+        make_socket = functools.partial(podnet.socket_in, self.netns.fd)
         for host in ("127.0.0.1", self.ip):
-            sock = await asyncio.to_thread(podnet.socket_in, self.netns.fd)
+            sock = await podnet.in_own_thread(make_socket)
             try:
                 await loop.sock_connect(sock, (host, port))
             except OSError as exc:

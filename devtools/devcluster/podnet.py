@@ -36,6 +36,7 @@ Needs the ``ip`` command (iproute2). :func:`unavailable` says why a machine cann
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ipaddress
 import itertools
@@ -117,6 +118,29 @@ def in_new_thread(fn: Callable[[], T]) -> T:
     if "error" in out:
         raise out["error"]
     return out["value"]
+
+
+async def in_own_thread(fn: Callable[[], T]) -> T:
+    """`in_new_thread` for a coroutine: ``fn`` in a thread of its own, awaited without
+    taking a thread of the event loop's default executor (which other work, e.g. the queue's
+    checks in the same process, may keep busy)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(ok: bool, value) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def target() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, False, exc)
+        else:
+            loop.call_soon_threadsafe(settle, True, result)
+
+    threading.Thread(target=target, name="devcluster-netns", daemon=True).start()
+    return await future
 
 
 def socket_in(netns_fd: int, family: int = socket.AF_INET) -> socket.socket:
@@ -318,7 +342,8 @@ class PodNetwork:
     def create(self, ip: str) -> PodNamespace:
         """A new network namespace for a pod with address ``ip`` (from `network`): ``lo`` up,
         ``eth0`` with ``ip``, its veth peer on the bridge. Blocks ~30-50 ms (two ``ip``
-        runs); call it in a worker thread.
+        runs; it runs them in a thread of its own, `in_new_thread`): from a coroutine, call
+        it through `in_own_thread`.
 
         Raises:
             PodNetworkError: a step failed (the namespace and veth are gone then).
