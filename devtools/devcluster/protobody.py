@@ -2,7 +2,8 @@
 JSON shape.
 
 kubectl 1.32's typed commands (``kubectl create token``, ``kubectl auth can-i``, ``auth
-whoami``, and ``kubectl create namespace|configmap|secret|serviceaccount``) POST
+whoami``, and ``kubectl create namespace|configmap|secret|serviceaccount|role|clusterrole|
+rolebinding|clusterrolebinding``) POST
 ``application/vnd.kubernetes.protobuf``: the magic ``k8s\\x00`` and a
 ``runtime.Unknown`` envelope (1 typeMeta {1 apiVersion, 2 kind}, 2 raw, 3 contentEncoding,
 4 contentType) around the object's message. Only the fields these reviews use are decoded,
@@ -10,6 +11,7 @@ with the field numbers of the API's ``generated.proto``
 (https://github.com/kubernetes/api/blob/master/authorization/v1/generated.proto,
 https://github.com/kubernetes/api/blob/master/authentication/v1/generated.proto,
 https://github.com/kubernetes/api/blob/master/core/v1/generated.proto,
+https://github.com/kubernetes/api/blob/master/rbac/v1/generated.proto,
 https://github.com/kubernetes/apimachinery/blob/master/pkg/apis/meta/v1/generated.proto).
 Other kinds (``kubectl create deployment|job|role...``, whose specs are not decoded here)
 raise `ProtoError`; the API server answers those 415.
@@ -218,8 +220,49 @@ def _service_account(g: dict) -> dict:
     return obj
 
 
+def _repeated(raw: bytes, names: dict[int, str]) -> dict:
+    out: dict = {}
+    for number, value in fields(raw):
+        if number in names and isinstance(value, bytes):
+            out.setdefault(names[number], []).append(value.decode())
+    return out
+
+
+_RULE = {1: "verbs", 2: "apiGroups", 3: "resources", 4: "resourceNames", 5: "nonResourceURLs"}
+
+
+def _role(g: dict) -> dict:
+    """rbac/v1 Role and ClusterRole: rules 2 (PolicyRule: verbs 1, apiGroups 2, resources 3,
+    resourceNames 4, nonResourceURLs 5); an empty apiGroups entry is the core group."""
+    rules = []
+    for raw in g.get(2, []):
+        rule = _repeated(raw, _RULE)
+        rule.setdefault("verbs", [])
+        rules.append(rule)
+    return {"rules": rules} if rules else {}
+
+
+def _role_binding(g: dict) -> dict:
+    """rbac/v1 RoleBinding and ClusterRoleBinding: subjects 2 (kind 1, apiGroup 2, name 3,
+    namespace 4), roleRef 3 (apiGroup 1, kind 2, name 3)."""
+    obj: dict = {}
+    subjects = [
+        _strings(raw, {1: "kind", 2: "apiGroup", 3: "name", 4: "namespace"}) for raw in g.get(2, [])
+    ]
+    if subjects:
+        obj["subjects"] = subjects
+    if g.get(3):
+        ref = _strings(g[3][-1], {1: "apiGroup", 2: "kind", 3: "name"})
+        obj["roleRef"] = {"apiGroup": ref.get("apiGroup", ""), **ref}
+    return obj
+
+
 #: kind -> decoder of its fields other than metadata (1), for ``kubectl create <kind>``
 _OBJECTS = {
+    "Role": _role,
+    "ClusterRole": _role,
+    "RoleBinding": _role_binding,
+    "ClusterRoleBinding": _role_binding,
     "ConfigMap": _config_map,
     "Secret": _secret,
     "Namespace": _namespace,
@@ -230,8 +273,8 @@ _OBJECTS = {
 def decode(body: bytes) -> dict:
     """The JSON-shaped object of a protobuf body: ``apiVersion``, ``kind``, ``spec`` for the
     review kinds and TokenRequest; ``apiVersion``, ``kind``, ``metadata`` and the kind's
-    fields for ConfigMap, Secret, Namespace and ServiceAccount. Raises `ProtoError` for any
-    other kind or a malformed body."""
+    fields for ConfigMap, Secret, Namespace, ServiceAccount and the four RBAC kinds. Raises
+    `ProtoError` for any other kind or a malformed body."""
     if not body.startswith(MAGIC):
         raise ProtoError("missing the k8s protobuf magic")
     type_meta, raw = {}, b""

@@ -645,7 +645,8 @@ async def test_a_container_without_home_gets_its_images_home(cluster, api, names
 @needs_kubectl
 async def test_kubectl_create_sends_protobuf_and_namespaces_get_their_defaults(cluster, api):
     """kubectl 1.32's typed ``create`` subcommands POST ``application/vnd.kubernetes.protobuf``:
-    namespace, configmap, secret and serviceaccount are decoded (devcluster.protobody) and
+    namespace, configmap, secret, serviceaccount, role and rolebinding are decoded
+    (devcluster.protobody) and
     stored as the JSON ones; other kinds are 415 UnsupportedMediaType. A Namespace gets the
     real server's defaults (its strategy's ``PrepareForCreate``/``Canonicalize``): the label
     ``kubernetes.io/metadata.name``, ``spec.finalizers`` [kubernetes], phase Active."""
@@ -672,6 +673,20 @@ async def test_kubectl_create_sends_protobuf_and_namespaces_get_their_defaults(c
     code, out = await run("create", "serviceaccount", "robot", "-n", "proto")
     assert code == 0, out
     await core.read_namespaced_service_account("robot", "proto")
+    robot = "--as=system:serviceaccount:proto:robot"
+    assert (await run("auth", "can-i", "list", "pods", "-n", "proto", robot))[0] == 1
+    code, out = await run("create", "role", "r", "-n", "proto", "--verb=list", "--resource=pods")
+    assert code == 0, out
+    code, out = await run(
+        "create", "rolebinding", "rb", "-n", "proto", "--role=r", "--serviceaccount=proto:robot"
+    )
+    assert code == 0, out
+    rbac = client.RbacAuthorizationV1Api(api)
+    role = await rbac.read_namespaced_role("r", "proto")
+    assert [(r.api_groups, r.resources, r.verbs) for r in role.rules] == [
+        ([""], ["pods"], ["list"])
+    ]
+    assert (await run("auth", "can-i", "list", "pods", "-n", "proto", robot))[0] == 0
     code, out = await run("create", "deployment", "d", "-n", "proto", "--image=python")
     assert code == 1
     assert "the body of the request was in an unknown format" in out
