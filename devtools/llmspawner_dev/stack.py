@@ -12,7 +12,7 @@ Deployment (deploy/manifests/mlflow) running as a pod of the emulated cluster
 (:mod:`llmspawner_dev.kit`; its pod's log is written to ``logs/mlflow.log`` at the stop);
 ``LLMSPAWNER_MLFLOW=process`` runs ``mlflow server`` as a child process instead.
 Start-up to ready on 2 shared cores at load ~9-10 (2026-12-02, 3 runs each): pod
-75-107 s, process 160-191 s (the pod starts while the hub does; the process before it).
+75-107 s, process 160-211 s (the pod starts while the hub does; the process before it).
 """
 
 from __future__ import annotations
