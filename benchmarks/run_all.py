@@ -60,6 +60,10 @@ FIGURES = {
     "queue_pass_block_ms": 20.0,
 }
 
+#: Targets of the other figures the benchmarks owe (used when their benchmark failed to print
+#: them, as for :data:`FIGURES`).
+OTHER_TARGETS = {"progress_delay": 1.2, "queue_bad_input_p99_ms": 50.0}
+
 #: Seconds a whole ``make bench`` may take on 2 cores (issue 16 §1: under 20 minutes); printed
 #: last, as ``ratio bench_total_seconds VALUE target 1200``, after a full run (no ``--only``,
 #: no ``--quick``).
@@ -220,7 +224,8 @@ def summary(results: list[Result]) -> list[str]:
             values.setdefault(name, (value, target))
         owed += [f for f in result.benchmark.figures if f not in result.ratios]
     for name in owed:
-        values.setdefault(name, ("failed", _target_text(FIGURES.get(name))))
+        target = FIGURES.get(name, OTHER_TARGETS.get(name))
+        values.setdefault(name, ("failed", _target_text(target)))
     for name, target in FIGURES.items():
         values.setdefault(name, ("failed", _target_text(target)))
     order = [*FIGURES, *(n for n in values if n not in FIGURES)]

@@ -218,3 +218,10 @@ def test_spawn_overheads_cluster_process_serves_and_ends_with_the_run(tmp_path):
                 await client.get(f"{url}/version")
 
     asyncio.run(scenario())
+
+
+def test_every_owed_figure_has_a_target_for_its_failed_line(run_all):
+    """A figure its benchmark failed to print is shown as ``failed`` against its target, never
+    against ``nan``."""
+    owed = {f for b in run_all.BENCHMARKS for f in b.figures}
+    assert owed <= set(run_all.FIGURES) | set(run_all.OTHER_TARGETS)
