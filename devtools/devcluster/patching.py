@@ -27,6 +27,13 @@ MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 APPLY = "application/apply-patch+yaml"
+#: The patch types of a built-in kind in kube-apiserver's order (handlers/patch.go), and its
+#: 415 answer for any other Content-Type (negotiation.NewUnsupportedMediaTypeError).
+PATCH_TYPES = (JSON_PATCH, MERGE, STRATEGIC, APPLY)
+UNSUPPORTED_MESSAGE = (
+    "the body of the request was in an unknown format - accepted media types include: "
+    + ", ".join(PATCH_TYPES)
+)
 
 
 class PatchError(ValueError):
@@ -186,3 +193,9 @@ def apply_creates(content_type: str) -> bool:
     """Whether a PATCH of ``content_type`` to an absent object creates it (server-side apply
     does; the other patch types answer 404)."""
     return content_type.split(";")[0].strip() == APPLY
+
+
+def supported(content_type: str) -> bool:
+    """Whether ``content_type`` (parameters ignored) is one of `PATCH_TYPES`; kube-apiserver
+    answers 415 `UNSUPPORTED_MESSAGE` otherwise, before looking the object up."""
+    return content_type.split(";")[0].strip() in PATCH_TYPES

@@ -727,3 +727,22 @@ async def test_kubectl_apply_server_side_creates_then_updates(cluster, api, name
     assert doc["message"] == (
         "the name of the object (ssa) does not match the name on the URL (other)"
     )
+
+
+async def test_patch_with_an_unknown_content_type_is_415_before_the_lookup(cluster, namespace):
+    """kube-apiserver's patch handler checks the Content-Type first (so even for an absent
+    object) and answers negotiation's 415 listing the patch types it accepts."""
+    status, _, doc = await raw(
+        cluster,
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/configmaps/absent",
+        body={},
+        headers={"Content-Type": "text/plain"},
+    )
+    assert status == 415
+    assert doc["reason"] == "UnsupportedMediaType"
+    assert doc["message"] == (
+        "the body of the request was in an unknown format - accepted media types include: "
+        "application/json-patch+json, application/merge-patch+json, "
+        "application/strategic-merge-patch+json, application/apply-patch+yaml"
+    )

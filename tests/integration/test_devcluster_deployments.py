@@ -730,8 +730,25 @@ async def test_kubectl_delete_cascade_foreground(cluster, api, namespace):
     """``kubectl delete --cascade=foreground``: the Deployment is still listed, marked with the
     ``foregroundDeletion`` finalizer, while its pod's processes stop; then it is gone."""
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    await apps.create_namespaced_deployment(namespace, deployment("fgk", 1))
-    await wait_for(lambda: pods_of(core, namespace, "fgk", running_only=True), timeout=60)
+    manifest = deployment("fgk", 1)
+    pod_spec = manifest["spec"]["template"]["spec"]
+    pod_spec["terminationGracePeriodSeconds"] = 2  # the pod ignores SIGTERM: 2 s Terminating
+    pod_spec["containers"][0]["command"] = [
+        "python",
+        "-c",
+        (
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+            " print('ignoring', flush=True); time.sleep(60)"
+        ),
+    ]
+    await apps.create_namespaced_deployment(namespace, manifest)
+    (pod,) = await wait_for(lambda: pods_of(core, namespace, "fgk", running_only=True), timeout=60)
+
+    async def ignoring():
+        log = await core.read_namespaced_pod_log(pod.metadata.name, namespace)
+        return "ignoring" in log
+
+    await wait_for(ignoring, timeout=30, ignore=(ApiException,))
     code, out, err = await asyncio.to_thread(
         kubectl,
         cluster,
