@@ -55,6 +55,17 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     fi
 fi
 
+# iproute2's ip for the emulated cluster's per-pod network namespaces (devcluster/podnet.py;
+# without it the cluster's pods share this machine's network, with one warning).
+if ! command -v ip >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "install.sh: installing Debian's iproute2 (the emulated cluster's pod network)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+    else
+        echo "install.sh: no ip command; the emulated cluster's pods will share this machine's network (install Debian's iproute2 package)" >&2
+    fi
+fi
+
 # Converted once into ~/.cache/llmspawner/models (or $XDG_CACHE_HOME/llmspawner/models);
 # the dev stack hard-links it into its models/ folder (llmspawner_dev.models).
 echo "install.sh: SmolLM2-135M-Instruct as safetensors (converted on the first install only, 1-2 minutes; cached in ~/.cache/llmspawner/models)"

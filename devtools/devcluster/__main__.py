@@ -1,7 +1,9 @@
 """``python -m devcluster``: run an emulated Kubernetes cluster until SIGINT/SIGTERM.
 
-Prints one line of JSON to stdout once ready (``{"url", "kubeconfig", "data_dir"}``), then
-logs to stderr. On SIGINT/SIGTERM it kills every pod process and exits 0.
+Prints one line of JSON to stdout once ready (``{"url", "kubeconfig", "data_dir",
+"host_address"}``; ``host_address``: where pods reach this machine, N:
+`kubelet.Kubelet.start_network`), then logs to stderr. On SIGINT/SIGTERM it kills every pod
+process and exits 0.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import signal
 import sys
 
 from .cluster import DevCluster
-from .kubelet import KubeletConfig
+from .kubelet import DEFAULT_POD_NETWORK, KubeletConfig
 from .nodes import NodeConfigError
 
 
@@ -42,6 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2.0,
         help="seconds between SIGTERM and SIGKILL of pod processes at shutdown",
     )
+    parser.add_argument(  # N: devcluster.podnet
+        "--pod-network",
+        choices=("auto", "isolated", "host"),
+        default=None,
+        help="isolated: one network namespace per pod; host: pods share this machine's; "
+        "auto: isolated where possible (default: $DEVCLUSTER_POD_NETWORK, else "
+        f"{DEFAULT_POD_NETWORK})",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (stderr)")
     args = parser.parse_args(argv)
     images = {}
@@ -62,7 +72,10 @@ async def serve(args: argparse.Namespace) -> None:
         port=args.port,
         nodes=args.nodes,
         images=args.images,
-        kubelet=KubeletConfig(shutdown_grace=args.shutdown_grace),
+        kubelet=KubeletConfig(
+            shutdown_grace=args.shutdown_grace,
+            **({"pod_network": args.pod_network} if args.pod_network else {}),  # N
+        ),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,6 +87,7 @@ async def serve(args: argparse.Namespace) -> None:
             "url": cluster.url,
             "kubeconfig": str(cluster.kubeconfig_path),
             "data_dir": str(cluster.data_dir),
+            "host_address": cluster.host_address,  # N
         }
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()

@@ -79,6 +79,9 @@ class DevCluster:
         self.namespaces = namespaces
         self.url = ""
         self.tls_url = ""  # R: the HTTPS address pods get (KUBERNETES_SERVICE_HOST/PORT)
+        #: N: where pods reach this machine's services (`kubelet.Kubelet.start_network`): the
+        #: pod bridge's gateway when pods have their own network namespaces, else 127.0.0.1.
+        self.host_address = "127.0.0.1"
         self.authenticator: authn.Authenticator | None = None
         self.kubeconfig_path = self.data_dir / "kubeconfig"
         self.store: Store | None = None
@@ -104,6 +107,7 @@ class DevCluster:
             store.create(NODES, nodes_mod.node_object(node))
         self.store = store
         self.kubelet = Kubelet(store, self.data_dir, self.kubelet_config)
+        self.host_address = self.kubelet.start_network()  # N: podnet (isolated or host)
         scheduler = Scheduler(store, self.scheduler_interval)
         jobs = JobController(store, self.jobs_interval, self.job_retry_delay)
         self._server = ApiServer(store, self.kubelet)
@@ -113,11 +117,13 @@ class DevCluster:
         self.url = await self._server.start(self.host, self.port)
         parts = urlsplit(self.url)
         self.kubelet.set_api_address(parts.hostname or self.host, parts.port or 0)
+        # N: the in-cluster address is where pods reach this machine (the bridge's gateway)
+        pod_side = self.host_address if self.kubelet.network else parts.hostname or self.host
         tls_port = await authn.start_tls_site(  # R: in-cluster clients need HTTPS + ca.crt
-            self._server._runner, parts.hostname or self.host, self.data_dir, self.authenticator
+            self._server._runner, pod_side, self.data_dir, self.authenticator
         )
-        self.tls_url = f"https://{parts.hostname or self.host}:{tls_port}"
-        self.kubelet.base_env = authn.service_env(parts.hostname or self.host, tls_port)
+        self.tls_url = f"https://{pod_side}:{tls_port}"
+        self.kubelet.base_env = authn.service_env(pod_side, tls_port)
         self._tasks = [
             asyncio.create_task(scheduler.run(), name="devcluster-scheduler"),
             asyncio.create_task(self.kubelet.run(), name="devcluster-kubelet"),

@@ -81,6 +81,7 @@ def _field_ref(pod: dict, path: str, pod_ip: str) -> str:
     match = re.match(r"^metadata\.(labels|annotations)\['([^']+)'\]$", path)
     if match:
         return (meta.get(match.group(1)) or {}).get(match.group(2), "")
+    host_ip = (pod.get("status") or {}).get("hostIP") or "127.0.0.1"
     values = {
         "metadata.name": meta["name"],
         "metadata.namespace": meta.get("namespace", ""),
@@ -89,8 +90,9 @@ def _field_ref(pod: dict, path: str, pod_ip: str) -> str:
         "spec.serviceAccountName": pod.get("spec", {}).get("serviceAccountName", "default"),
         "status.podIP": pod_ip,
         "status.podIPs": pod_ip,
-        "status.hostIP": "127.0.0.1",
-        "status.hostIPs": "127.0.0.1",
+        # N: the kubelet's hostIP (where pods reach this machine: devcluster.podnet)
+        "status.hostIP": host_ip,
+        "status.hostIPs": host_ip,
     }
     if path not in values:
         raise ContainerConfigError(f"unsupported fieldRef fieldPath: {path}")

@@ -35,7 +35,8 @@ portforward (https://kubernetes.io/docs/reference/using-api/websockets/ and upst
 ``portforward.k8s.io`` or ``v4.channel.k8s.io`` and ``ports=p1,p2`` (or repeated): port i
 has data channel 2i and error channel 2i+1; the server first sends each channel's port as
 two little-endian bytes, then relays bytes between the data channel and a TCP connection to
-the pod's IP at that port (pods have their own loopback address; `kubelet`). A failed
+that port of the pod, as the kubelet makes it (N: to ``localhost`` inside the pod's network
+namespace, else its IP; `kubelet.Kubelet.open_pod_connection`). A failed
 connection answers on the error channel and closes. SPDY (kubectl ``port-forward``, which
 tunnels SPDY/3.1 even over its WebSocket) is not served: 400 naming what is.
 
@@ -498,7 +499,7 @@ async def _portforward(server, request: web.Request, pod: dict, websocket: bool)
         raise ApiError(400, "BadRequest", f"pod {name} is not running")
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
     if websocket and SPDY_TUNNEL in offered:
-        return await _portforward_spdy(request, pod, ip)
+        return await _portforward_spdy(request, pod, ip, server)
     if not websocket:
         raise ApiError(
             400,
@@ -525,7 +526,7 @@ async def _portforward(server, request: web.Request, pod: dict, websocket: bool)
             await _send(ws, 2 * i + 1, head)
         for i, port in enumerate(ports):
             try:
-                reader, writer = await asyncio.open_connection(ip, port)
+                reader, writer = await _pod_connection(server, pod, ip, port)
             except OSError as exc:
                 text = _forward_error(pod, ip, str(port), exc)
                 await _send(ws, 2 * i + 1, text.encode())
@@ -553,7 +554,18 @@ async def _portforward(server, request: web.Request, pod: dict, websocket: bool)
     return ws
 
 
-async def _portforward_spdy(request: web.Request, pod: dict, ip: str) -> web.WebSocketResponse:
+async def _pod_connection(server, pod: dict, ip: str, port: int):
+    """N: a connection to the pod's ``port`` as the kubelet's port-forward makes it (inside the
+    pod's network namespace: `kubelet.Kubelet.open_pod_connection`); without a kubelet, to
+    ``ip``. Returns (reader, writer); raises OSError."""
+    if server.logs is None:
+        return await asyncio.open_connection(ip, port)
+    return await server.logs.open_pod_connection(pod, port)
+
+
+async def _portforward_spdy(
+    request: web.Request, pod: dict, ip: str, server
+) -> web.WebSocketResponse:
     """kubectl's port-forward: SPDY/3.1 (`spdy`) in WebSocket binary messages. Each forwarded
     connection is a pair of streams with the same ``requestID`` header: ``streamType: error``
     (a message if the pod's port cannot be reached) and ``streamType: data`` (the bytes),
@@ -574,7 +586,7 @@ async def _portforward_spdy(request: web.Request, pod: dict, ip: str) -> web.Web
         port_text = stream.headers.get("port", "")
         try:
             port = int(port_text)
-            reader, writer = await asyncio.open_connection(ip, port)
+            reader, writer = await _pod_connection(server, pod, ip, port)
         except (OSError, ValueError) as exc:
             text = _forward_error(pod, ip, port_text, exc)
             if error is not None:

@@ -51,7 +51,8 @@ def _set_default(section, key: str, value) -> None:
 def configure_dev(c) -> None:
     """Put the emulated cluster's settings into the traitlets config ``c`` (unset keys only).
 
-    The user's server binds its pod IP (pods share one network namespace there:
+    The user's server binds its pod IP (where pods share this machine's network namespace,
+    devcluster's host mode, that keeps servers apart:
     :class:`~llmspawner_dev.spawner.DevSpawner`), starts with the same Python environment
     as the hub, and the hub waits long enough for a LlamaBoard-sized start on a CPU.
     """

@@ -142,7 +142,8 @@ def mlflow_command(
         "--workers",
         "1",
         "--allowed-hosts",
-        "localhost,localhost:*,127.*",
+        # N: and its own address (the pod bridge's gateway, where pods reach it)
+        "localhost,localhost:*,127.*" + ("" if host.startswith("127.") else f",{host},{host}:*"),
     ]
     if auth:
         argv += ["--app-name", "basic-auth"]
@@ -233,14 +234,18 @@ def hub_command(
     hub_port: int,
     proxy_api_port: int,
     extra_args: Sequence[str] = (),
+    hub_host: str | None = None,
 ) -> list[str]:
-    """Command line of the hub: ``jupyterhub -f <config>`` with ports and state in ``workdir``."""
+    """Command line of the hub: ``jupyterhub -f <config>`` with ports and state in ``workdir``.
+
+    ``hub_host`` (N): the address of the hub's own port (``hub_bind_url``, the API the pods
+    and services call; the cluster's ``host_address``), default ``host``."""
     return [
         str(venv_bin() / "jupyterhub"),
         "-f",
         str(config_file),
         f"--JupyterHub.bind_url=http://{host}:{port}",
-        f"--JupyterHub.hub_bind_url=http://{host}:{hub_port}",
+        f"--JupyterHub.hub_bind_url=http://{hub_host or host}:{hub_port}",
         f"--JupyterHub.db_url=sqlite:///{workdir / 'jupyterhub.sqlite'}",
         f"--JupyterHub.cookie_secret_file={workdir / 'jupyterhub_cookie_secret'}",
         f"--JupyterHub.pid_file={workdir / 'jupyterhub.pid'}",

@@ -1,11 +1,13 @@
 """The dev stack's spawner: :class:`LLMSpawner` plus the emulated cluster's pod address.
 
-On the emulated cluster (``devcluster``) every pod is a local process: pods share this
-machine's network namespace and each has its own loopback address (``127.x.y.z``, the pod's
-``status.podIP``). A user's server must therefore listen on its pod's address, not on all
-interfaces (where two servers on the same port would collide). On a real cluster each pod has
-its own network namespace and nothing of this is needed, so it lives here, in the dev tools,
-and only the dev stack's hub uses it (``llmspawner_dev/jupyterhub_config.py``).
+On the emulated cluster (``devcluster``) every pod is a local process. As root each pod has
+its own network namespace, as on a real cluster (``devcluster.podnet``); elsewhere (or with
+``DEVCLUSTER_POD_NETWORK=host``) pods share this machine's network namespace and each has its
+own loopback address (``127.x.y.z``, the pod's ``status.podIP``). There a user's server must
+listen on its pod's address, not on all interfaces (where two servers on the same port would
+collide, and the server would be open to the LAN), so it always does. On a real cluster
+nothing of this is needed, so it lives here, in the dev tools, and only the dev stack's hub
+uses it (``llmspawner_dev/jupyterhub_config.py``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ its own loopback IP) and the identity provider (a real OIDC server with test use
 from __future__ import annotations
 
 import os
+import socket
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -103,7 +104,10 @@ def test_alice_gets_half_a_gpu_llamaboard_mlflow_and_her_own_folder(
     with stack.kube() as kube:
         pod = kube.get_pod("default", "jupyter-alice")
     pod_ip = pod["status"]["podIP"]
-    assert pod_ip.startswith("127.") and pod_ip != "127.0.0.1"
+    # N: an address of the pod's own network namespace on the cluster's bridge (devcluster
+    # podnet), or, where pods share this machine's (pod_network host), a loopback one
+    assert pod_ip not in ("127.0.0.1", stack.pod_host)
+    assert pod_ip.startswith("127.") == (stack.pod_host == stack.host)
 
     # -- LlamaBoard through the hub's public URL ----------------------------------------
     page = fetch_llamaboard(alice, timeout=timeouts.llamaboard)
@@ -120,6 +124,9 @@ def test_alice_gets_half_a_gpu_llamaboard_mlflow_and_her_own_folder(
         _environ_of(running, "jupyterhub-singleuser")["JUPYTERHUB_SERVICE_URL"]
     ).port
     board_port = int(_environ_of(running, "llamafactory-cli")["GRADIO_SERVER_PORT"])
+    if stack.pod_host != stack.host:  # N: LlamaBoard's 127.0.0.1 is the pod's own loopback
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", board_port), timeout=5).close()
     assert pod_ip not in page.text
     internal = {
         f"{host}:{port}"

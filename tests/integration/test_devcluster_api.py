@@ -2,6 +2,7 @@
 reflectors and kubectl."""
 
 import asyncio
+import ipaddress
 import json
 import subprocess
 
@@ -207,7 +208,11 @@ async def test_kubespawner_reflectors(cluster, api, namespace):
             return pod if pod and pod["status"].get("phase") == "Running" else None
 
         pod = await wait_for(running)
-        assert pod["status"]["podIP"].startswith("127.") and pod["status"]["podIP"] != "127.0.0.1"
+        # N: in the cluster's pod subnet (own network namespaces), else a loopback address
+        network = cluster.kubelet.network
+        pods_net = network.network if network else ipaddress.ip_network("127.0.0.0/8")
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in pods_net
+        assert pod["status"]["podIP"] not in ("127.0.0.1", cluster.host_address)
         assert [c["ready"] for c in pod["status"]["containerStatuses"]] == [True]
         await wait_for(
             lambda: (

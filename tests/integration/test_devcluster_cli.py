@@ -73,7 +73,7 @@ def start_sleeper(ready, seconds):
 def test_ready_line_and_clean_shutdown(tmp_path, sig):
     proc, ready = start_cluster(tmp_path / "dc", "--image", "python=" + sys.prefix)
     try:
-        assert set(ready) == {"url", "kubeconfig", "data_dir"}
+        assert set(ready) == {"url", "kubeconfig", "data_dir", "host_address"}  # N
         assert ready["url"].startswith("http://127.0.0.1:")
         assert ready["data_dir"] == str(tmp_path / "dc")
         assert ready["kubeconfig"] == str(tmp_path / "dc" / "kubeconfig")
