@@ -33,8 +33,8 @@ It lets the real client code (kubespawner, kubernetes_asyncio, kubectl) run with
   condition, SIGTERM then SIGKILL after the grace period;
 - a Job controller (`jobs`) with ``podFailurePolicy``, Deployment and ReplicaSet controllers
   (`deployments`, `replicasets`: one set per template, RollingUpdate/Recreate, revisions,
-  ``kubectl rollout``/``scale``), garbage collection by ownerReferences (`store`; Foreground
-  as Background);
+  ``kubectl rollout``/``scale``), garbage collection by ownerReferences (`store`: Background,
+  Orphan, and Foreground with the ``foregroundDeletion`` finalizer);
 - an API fault-injecting proxy for tests (`faults`);
 - a kubeconfig file (`kubeconfig`) and `DevCluster` / ``python -m devcluster``.
 

@@ -48,6 +48,7 @@ from aiohttp import web
 from . import (
     disruption,
     podlogs,
+    protobody,
     replicasets,
     resources,
     schema,
@@ -56,7 +57,9 @@ from . import (
     tables,
     validation,
 )
-from .patching import PatchError, apply_patch
+from .patching import UNSUPPORTED_MESSAGE as UNSUPPORTED_PATCH_MESSAGE
+from .patching import PatchError, apply_creates, apply_patch
+from .patching import supported as patch_supported
 from .resources import Resource
 from .selectors import Selector, SelectorError
 from .store import ApiError, Store
@@ -154,7 +157,9 @@ def _parse_continue(token: str) -> tuple[int, str]:
         doc = json.loads(raw)
         return int(doc["rv"]), str(doc["start"]).rstrip("\x00")
     except (ValueError, KeyError, TypeError) as exc:
-        raise ApiError(400, "BadRequest", f"invalid continue token: {exc}") from None
+        raise ApiError(  # upstream storage.DecodeContinue's ErrGenericInvalidKey wording
+            400, "BadRequest", f"invalid continue token: continue key is not valid: {exc}"
+        ) from None
 
 
 def _list_key(obj: dict) -> str:
@@ -340,6 +345,8 @@ class ApiServer:
     @staticmethod
     async def _body(request: web.Request) -> dict:
         raw = await request.read()
+        if request.headers.get("Content-Type", "").startswith(protobody.CONTENT_TYPE):
+            return protobody.request_body(raw)  # kubectl create namespace|configmap|secret...
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
@@ -478,8 +485,10 @@ class ApiServer:
     ) -> web.Response:
         opts = validation.OPTIONS.get() or validation.WriteOptions()
         dry_run, opts.field_validation = _write_options(request)
-        body = await self._body(request)
         content_type = request.headers.get("Content-Type", "")
+        if not patch_supported(content_type):
+            raise ApiError(415, "UnsupportedMediaType", UNSUPPORTED_PATCH_MESSAGE)
+        body = await self._body(request)
 
         def apply(obj: dict) -> dict:
             try:
@@ -489,6 +498,21 @@ class ApiServer:
                     raise ApiError(415, "UnsupportedMediaType", str(exc)) from None
                 raise ApiError(422, "Invalid", str(exc)) from None
 
+        if (
+            apply_creates(content_type)
+            and not sub
+            and self.store.peek(res, namespace, name) is None
+            and isinstance(body, dict)
+        ):  # server-side apply of an absent object creates it (devcluster.patching)
+            if body.setdefault("metadata", {}).setdefault("name", name) != name:
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f"the name of the object ({body['metadata']['name']}) does not match the "
+                    f"name on the URL ({name})",
+                )
+            created = self.store.create(res, body, namespace, dry_run=dry_run)
+            return _json_response(created, 201)
         patched = self.store.patch(res, namespace, name, apply, sub, dry_run=dry_run)
         return _json_response(patched)
 
