@@ -65,11 +65,11 @@ from .controller import reconcile_loop
 from .events import record_event
 from .replicasets import (
     HASH_LABEL,
+    admit_workload_update,
     adopt,
     check_workload_spec,
     controller_ref,
     default_template,
-    go_selector,
     invalid,
     orphans_for,
     parse_time,
@@ -122,26 +122,12 @@ def _invalid(name: str, message: str) -> ApiError:
 def admit_deployment_update(
     store: Store, res: Resource, old: dict, new: dict, subresource: str
 ) -> None:
-    """A `Store.admit_update` hook: a changed spec is checked as on create, its selector is
-    immutable (apps/v1), and ``metadata.generation`` goes up by one (as the real server's
-    registry does when the spec changes). Raises `ApiError` 422 Invalid."""
+    """A `Store.admit_update` hook for Deployments: `replicasets.admit_workload_update` (a
+    changed spec checked as on create, the selector immutable, ``metadata.generation`` up by
+    one, as the real server's registry does). Raises `ApiError` 422 Invalid."""
     if res != DEPLOYMENTS or subresource:
         return
-    name = old["metadata"]["name"]
-    spec = new.setdefault("spec", {})
-    generation = int(old["metadata"].get("generation") or 1)
-    if spec == (old.get("spec") or {}):
-        new["metadata"]["generation"] = generation
-        return
-    old_selector = (old.get("spec") or {}).get("selector") or {}
-    if spec.get("selector") != old_selector:
-        raise _invalid(
-            name,
-            f"spec.selector: Invalid value: {go_selector(spec.get('selector') or {})}: "
-            "field is immutable",
-        )
-    check_workload_spec("Deployment", name, spec)
-    new["metadata"]["generation"] = generation + 1
+    admit_workload_update("Deployment", old, new)
 
 
 def admit_deployment(store: Store, res: Resource, obj: dict) -> None:

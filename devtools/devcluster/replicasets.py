@@ -357,28 +357,46 @@ def admit_replicaset(store: Store, res: Resource, obj: dict) -> None:
     obj["status"] = {"replicas": 0}
 
 
-def admit_replicaset_update(
-    store: Store, res: Resource, old: dict, new: dict, subresource: str
-) -> None:
-    """A `Store.admit_update` hook: a changed spec is checked as on create, the selector is
-    immutable (apps/v1) and ``metadata.generation`` goes up by one. Raises `ApiError` 422."""
-    if res != REPLICASETS or subresource:
-        return
+def admit_workload_update(kind: str, old: dict, new: dict) -> None:
+    """The update rule Deployments and ReplicaSets share (apps/v1 registries' ``ValidateUpdate``
+    and ``PrepareForUpdate``): an unchanged spec keeps ``metadata.generation``; a changed one
+    is checked as on create (`check_workload_spec`), its selector is immutable, and the
+    generation goes up by one.
+
+    Args:
+        kind: ``"Deployment"`` or ``"ReplicaSet"`` (for the messages).
+        old: the stored object; new: the object being written (changed in place).
+
+    Raises:
+        ApiError: 422 Invalid, ``spec.selector: Invalid value: ...: field is immutable`` or
+            what `check_workload_spec` refuses.
+    """
     name = old["metadata"]["name"]
     spec = new.setdefault("spec", {})
+    old_spec = old.get("spec") or {}
     generation = int(old["metadata"].get("generation") or 1)
-    if spec == (old.get("spec") or {}):
+    if spec == old_spec:
         new["metadata"]["generation"] = generation
         return
-    if spec.get("selector") != (old.get("spec") or {}).get("selector"):
+    if (spec.get("selector") or {}) != (old_spec.get("selector") or {}):
         raise invalid(
-            "ReplicaSet",
+            kind,
             name,
             f"spec.selector: Invalid value: {go_selector(spec.get('selector') or {})}: "
             "field is immutable",
         )
-    check_workload_spec("ReplicaSet", name, spec)
+    check_workload_spec(kind, name, spec)
     new["metadata"]["generation"] = generation + 1
+
+
+def admit_replicaset_update(
+    store: Store, res: Resource, old: dict, new: dict, subresource: str
+) -> None:
+    """A `Store.admit_update` hook for ReplicaSets: `admit_workload_update`. Raises `ApiError`
+    422."""
+    if res != REPLICASETS or subresource:
+        return
+    admit_workload_update("ReplicaSet", old, new)
 
 
 # -- the scale subresource -------------------------------------------------------------------
