@@ -81,6 +81,9 @@ from .scheduler import set_condition
 from .store import ApiError, Event, Store, now_iso
 
 log = logging.getLogger(__name__)
+#: The folder that holds ``devtools/`` (this checkout, whose editable install the "images"
+#: import): kept visible in a container even under a volume mounted above it (sandbox).
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 SANDBOX = str(Path(__file__).with_name("sandbox.py"))
 START_ERROR = 128
@@ -543,6 +546,8 @@ class PodWorker:
             "parent_pid": os.getpid(),
             "user": user,
             "traversable": traversable,
+            # the image's files stay visible under a volume mounted above them (sandbox)
+            "image_paths": [prefix, os.path.realpath(prefix), str(CHECKOUT)],
             "cgroup": run.cgroup,
             "capabilities": extra["capabilities"],  # E
             "read_only_root": extra["read_only_root"],  # E

@@ -5,9 +5,9 @@ it starts fast). SPEC is ``{"argv": [...], "env": {...}, "cwd": "/", "hostname":
 "mounts": [{"source", "target", "readOnly"}], "hide": [paths], "error_file": path,
 "parent_pid": pid, "user": {"uid", "gid", "groups", "no_new_privs"} | null,
 "traversable": [paths], "cgroup": path | "", "capabilities": [numbers] | null,
-"read_only_root": bool, "netns_fd": int | null}`` (``devcluster.isolation`` makes the hosts
-file, working folder, hostname and capability list; the kubelet passes them here as mounts,
-``cwd`` and keys).
+"read_only_root": bool, "netns_fd": int | null, "image_paths": [paths]}``
+(``devcluster.isolation`` makes the hosts file, working folder, hostname and capability list;
+the kubelet passes them here as mounts, ``cwd`` and keys).
 
 ``netns_fd`` (N, the kubelet's isolated pod network, ``devcluster.podnet``): a descriptor of
 the pod's network namespace, inherited from the kubelet; the supervisor ``setns``-es into it
@@ -35,6 +35,13 @@ mount (the host's ``/`` and what is mounted on it), except ``/proc``, ``/sys`` a
 is remounted read-only in this namespace (`read_only_root`); the volumes and ``/etc/hosts``
 stay as they are. The tmpfs that a created mount point's parent gets stays writable (memory
 of this namespace only).
+
+``image_paths`` (the "image": its Python prefix and this checkout): a volume mounted on a
+folder above one of them (the kit's MLflow pod mounts an emptyDir at ``/tmp``, and a clean
+clone may live in ``/tmp``) would hide the image, which in a real container lives in its own
+root filesystem. So the entry of that folder on the way to the image path is bind-mounted back
+from the host, its mount point made inside the volume as runc makes nested mount points
+(`restore_image_paths`); read-only under ``readOnlyRootFilesystem`` like the rest of the image.
 
 ``traversable`` folders (those above the "image"
 prefix that the user cannot enter, e.g. ``/root`` of a pyenv interpreter, or a 0700 checkout
@@ -233,6 +240,43 @@ def setup_mounts(mounts: list) -> set:
         volumes.add(target)
         os.close(fd)
     return volumes
+
+
+def open_image_paths(paths: list, mounts: list) -> list:
+    """Before any mount: for each of ``paths`` below a volume's target (not the target
+    itself), the folder just below the deepest such target on the way to it, opened
+    ``O_PATH`` from the host's view. Returns ``[(folder, fd)]`` (each folder once)."""
+    targets = [os.path.normpath(m["target"]) for m in mounts]
+    out: dict = {}
+    for path in paths:
+        path = os.path.normpath(path)
+        above = [t for t in targets if t != path and _inside(path, {t})]
+        if not above:
+            continue
+        top = max(above, key=len)
+        rest = path[len(top.rstrip("/")) + 1 :].split("/")
+        folder = os.path.join(top, rest[0])
+        if folder in out or not os.path.exists(folder):
+            continue
+        out[folder] = os.open(folder, os.O_PATH | os.O_CLOEXEC)
+    return list(out.items())
+
+
+def restore_image_paths(opened: list) -> None:
+    """After the volumes: bind-mount each ``(folder, fd)`` of `open_image_paths` back where a
+    volume hid it (its mount point made in the volume, as runc does). Raises SandboxError."""
+    for folder, fd in opened:
+        try:
+            if not os.path.lexists(folder):
+                if os.path.isdir(f"/proc/self/fd/{fd}"):
+                    os.mkdir(folder, 0o755)
+                else:
+                    open(folder, "a").close()
+            _mount(f"/proc/self/fd/{fd}", folder, None, MS_BIND | MS_REC)
+        except OSError as exc:
+            raise SandboxError(f"image path {folder}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
 
 
 def _status_code(status: int) -> int:
@@ -491,7 +535,9 @@ def main(argv: list) -> None:
         if spec.get("hostname"):
             name = spec["hostname"].encode()[:64]
             _check(_libc.sethostname(name, len(name)), "sethostname")
+        image = open_image_paths(spec.get("image_paths") or [], spec.get("mounts") or [])
         volumes = setup_mounts(spec.get("mounts") or [])
+        restore_image_paths(image)
         if spec.get("read_only_root"):
             read_only_root(volumes)
         for folder in spec.get("traversable") or []:

@@ -393,3 +393,36 @@ async def test_kubectl_exec_into_a_root_pod_gets_the_containers_capabilities(clu
     }, result.stdout
     assert "umount-hide=32" in result.stdout, result.stdout
     await core.delete_namespaced_pod("sleeper", "default", grace_period_seconds=0)
+
+
+async def test_a_volume_mounted_above_the_image_does_not_hide_it(core):
+    # The kit's MLflow pod mounts an emptyDir at /tmp, and a clean clone (the "image": this
+    # checkout's .venv and its editable install) may live in /tmp: in a real container the
+    # image is its own root filesystem, so the volume must not hide it.
+    from devcluster.kubelet import CHECKOUT
+
+    above = os.path.dirname(str(CHECKOUT))
+    if above == "/":
+        pytest.skip("the checkout is a top-level folder: no folder above it to mount on")
+    script = (
+        "python -c 'import llmspawner, devcluster; print(\"image ok\")'; "
+        f"touch {above}/written && echo volume=$?; ls -A {above} | sort | tr '\\n' ' '"
+    )
+    container = sh(
+        "main",
+        script,
+        securityContext={"runAsUser": 1000, "runAsGroup": 1000},
+        volumeMounts=[{"name": "above", "mountPath": above}],
+    )
+    await core.create_namespaced_pod(
+        "default", pod("above", container, volumes=[{"name": "above", "emptyDir": {}}])
+    )
+    done = await finished(core, "above")
+    log = await core.read_namespaced_pod_log("above", "default")
+    assert done.status.phase == "Succeeded", log
+    lines = log.splitlines()
+    assert lines[:2] == ["image ok", "volume=0"], log
+    # The volume's own content: the file written, and the image's mount point made in it as
+    # runc makes a nested mount point; none of the host's other entries of that folder.
+    assert lines[2].split() == sorted([CHECKOUT.name, "written"]), log
+    assert not on_host(f"{above}/written")
