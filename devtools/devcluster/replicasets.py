@@ -52,7 +52,7 @@ import math
 from .controller import reconcile_loop
 from .events import record_event
 from .resources import PODS, REPLICASETS, Resource
-from .store import ApiError, Event, Store, now_iso
+from .store import ApiError, Event, Store, conflict, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -444,13 +444,7 @@ async def serve_scale(server, request, res: Resource, namespace: str | None, nam
         scale = body
         want_rv = (body.get("metadata") or {}).get("resourceVersion")
         if want_rv and want_rv != current["metadata"]["resourceVersion"]:
-            raise ApiError(
-                409,
-                "Conflict",
-                f'Operation cannot be fulfilled on {res.plural}.{res.group} "{name}": the object '
-                "has been modified; please apply your changes to the latest version and try again",
-                {"name": name, "group": res.group, "kind": res.plural},
-            )
+            raise conflict(res, name)
     else:
         try:
             scale = apply_patch(request.headers.get("Content-Type", ""), scale_of(current), body)

@@ -91,6 +91,25 @@ def not_found(res: Resource, name: str) -> ApiError:
     return ApiError(404, "NotFound", f'{res.plural} "{name}" not found', details)
 
 
+#: upstream's ``errors.NewConflict`` with ``registry.OptimisticLockErrorMsg``.
+STALE_MESSAGE = (
+    "the object has been modified; please apply your changes to the latest version and try again"
+)
+
+
+def conflict(res: Resource, name: str, why: str = STALE_MESSAGE) -> ApiError:
+    """409 Conflict worded as the API server words it (apimachinery ``errors.NewConflict``):
+    ``Operation cannot be fulfilled on deployments.apps "x": <why>`` (the resource
+    group-qualified, as its ``GroupResource`` prints; core kinds unqualified)."""
+    qualified = f"{res.plural}.{res.group}" if res.group else res.plural
+    details = {"name": name, "kind": res.plural}
+    if res.group:
+        details["group"] = res.group
+    return ApiError(
+        409, "Conflict", f'Operation cannot be fulfilled on {qualified} "{name}": {why}', details
+    )
+
+
 @dataclass(frozen=True)
 class Event:
     """One change: ``type`` ADDED/MODIFIED/DELETED, the new object and the previous one."""
@@ -353,13 +372,7 @@ class Store:
             raise not_found(res, name)
         want_rv = (obj.get("metadata") or {}).get("resourceVersion")
         if want_rv and want_rv != old["metadata"]["resourceVersion"]:
-            raise ApiError(
-                409,
-                "Conflict",
-                f'Operation cannot be fulfilled on {res.plural} "{name}": the object has been '
-                "modified; please apply your changes to the latest version and try again",
-                {"name": name, "kind": res.plural},
-            )
+            raise conflict(res, name)
         if subresource == "status":
             new = copy.deepcopy(old)
             new["status"] = copy.deepcopy(obj.get("status", {}))
@@ -492,12 +505,11 @@ class Store:
             want = (preconditions or {}).get(field)
             have = old["metadata"].get(field)
             if want is not None and want != have:
-                raise ApiError(
-                    409,
-                    "Conflict",
-                    f'Operation cannot be fulfilled on {res.plural} "{name}": Precondition '
-                    f"failed: {label} in precondition: {want}, {label} in object meta: {have}",
-                    {"name": name, "kind": res.plural},
+                raise conflict(
+                    res,
+                    name,
+                    f"Precondition failed: {label} in precondition: {want}, {label} in object "
+                    f"meta: {have}",
                 )
         if propagation is None:
             propagation = "Orphan" if res == JOBS else "Background"
