@@ -12,10 +12,57 @@ All functions are pure: no I/O, no mutation of their arguments.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import posixpath
+import sys
 from dataclasses import dataclass
 
-from kubespawner.slugs import is_valid_object_name, safe_slug
+
+def _load_kubespawner_slugs():
+    """Return kubespawner's ``slugs`` module without importing the ``kubespawner`` package.
+
+    ``import kubespawner.slugs`` runs ``kubespawner/__init__.py``, which imports the whole
+    spawner (jupyterhub, tornado, kubernetes_asyncio: about 6 s of CPU on a loaded 2-core
+    machine). ``llmspawner queue submit`` in a user's pod and the queue's config-check worker
+    need only the slug rules, which ``kubespawner/slugs.py`` holds with no import but the
+    standard library and ``escapism``. So the rules stay kubespawner's own code (one place per
+    rule): where the package is already imported (the hub) its module is used; otherwise the
+    same file is loaded on its own, as ``llmspawner._kubespawner_slugs``.
+    Source: https://github.com/jupyterhub/kubespawner/blob/main/kubespawner/slugs.py
+
+    Returns:
+        The module (``safe_slug``, ``is_valid_object_name``, ...).
+
+    Raises:
+        ImportError: naming kubespawner, if it is not installed.
+    """
+    loaded = sys.modules.get("kubespawner.slugs")
+    if loaded is not None:
+        return loaded
+    name = "llmspawner._kubespawner_slugs"
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec("kubespawner")  # finds, does not import, a top-level package
+    locations = list(package.submodule_search_locations or []) if package else []
+    if not locations:
+        raise ImportError("llmspawner.storage needs kubespawner (its slugs module)", name="kubespawner")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(locations[0], "slugs.py"))
+    if spec is None or spec.loader is None:  # pragma: no cover - an installed kubespawner has it
+        raise ImportError("kubespawner has no slugs.py", name="kubespawner")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+_slugs = _load_kubespawner_slugs()
+safe_slug = _slugs.safe_slug
+is_valid_object_name = _slugs.is_valid_object_name
 
 #: Where the shared PVC's folders appear inside a pod.
 STORAGE_ROOT = "/storage"

@@ -356,7 +356,8 @@ _executor: concurrent.futures.ProcessPoolExecutor | None = None
 
 
 #: Longest wait for the checks' worker process to start (seconds): it imports what the
-#: checks need (kubespawner's slugs import all of kubespawner: seconds on a busy machine).
+#: checks need (about 0.2 s: kubespawner's ``slugs.py`` only, not the package; see
+#: ``llmspawner.storage``).
 START_SECONDS = 120.0
 
 
