@@ -1,6 +1,7 @@
 """benchmarks/: nothing shadows the standard library, and run_all's summary (make bench)."""
 
 import importlib.util
+import io
 import re
 import sys
 from pathlib import Path
@@ -225,3 +226,72 @@ def test_every_owed_figure_has_a_target_for_its_failed_line(run_all):
     against ``nan``."""
     owed = {f for b in run_all.BENCHMARKS for f in b.figures}
     assert owed <= set(run_all.FIGURES) | set(run_all.OTHER_TARGETS)
+
+
+def test_a_benchmark_whose_children_hold_its_output_ends_when_it_exits(
+    run_all, tmp_path, monkeypatch
+):
+    """A worker process that inherited the benchmark's stdout (multiprocessing's, left behind
+    by ``os._exit``) kept the pipe open, and freed_slice.py, done, was reported as stopped at
+    its timeout. Now the runner stops the group DRAIN_SECONDS after the main process exited."""
+    pidfile = tmp_path / "child.pid"
+    (tmp_path / "leaves.py").write_text(
+        "import subprocess, sys\n"
+        "child = subprocess.Popen(['sleep', '300'])  # inherits stdout\n"
+        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        "print('ratio spawn_start 1.00 target 1.10', flush=True)\n"
+    )
+    monkeypatch.setattr(run_all, "HERE", tmp_path)
+    monkeypatch.setattr(run_all, "REPO", tmp_path)
+    monkeypatch.setattr(run_all, "DRAIN_SECONDS", 0.2)
+    benchmark = run_all.Benchmark("leaves.py", ("spawn_start",), timeout=30)
+    result = run_all.run_one(benchmark, quick=False, out=io.StringIO())
+    assert result.error == ""
+    assert result.ratios == {"spawn_start": ("1.00", "1.10")}
+    child = int(pidfile.read_text())
+    assert not _alive(child)  # ended with the benchmark's process group
+
+
+def test_a_hanging_benchmark_is_stopped_at_its_timeout_with_its_group(
+    run_all, tmp_path, monkeypatch, capsys
+):
+    pidfile = tmp_path / "child.pid"
+    (tmp_path / "hangs.py").write_text(
+        "import subprocess, time\n"
+        "child = subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        "print('ratio spawn_start 1.00 target 1.10', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    monkeypatch.setattr(run_all, "HERE", tmp_path)
+    monkeypatch.setattr(run_all, "REPO", tmp_path)
+    monkeypatch.setattr(
+        run_all,
+        "BENCHMARKS",
+        (run_all.Benchmark("hangs.py", ("spawn_start", "spawn_manifest"), timeout=1),),
+    )
+    assert run_all.main([]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "FAILED hangs.py: stopped after 1 s (its timeout)" in out
+    # Its wall time is shown when it ends and above the summary.
+    assert any(
+        re.fullmatch(r"=== hangs\.py: \d+ s \(timeout 1 s\), stopped after .*", x) for x in out
+    )
+    assert any(re.fullmatch(r"  hangs\.py +\d+ s  \(timeout 1 s\)  failed", x) for x in out)
+    assert "ratio spawn_manifest failed target 1.5" in out
+    assert not _alive(int(pidfile.read_text()))
+
+
+def test_the_timeouts_add_up_to_the_budget(run_all):
+    """The contract's budgets (plus slack) and the install's ~2 minutes stay within issue 16's
+    20 minutes, so no hanging benchmark can push make bench past it."""
+    install_seconds = 120
+    assert sum(b.timeout for b in run_all.BENCHMARKS) + install_seconds <= run_all.TOTAL_TARGET
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
