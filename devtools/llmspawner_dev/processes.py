@@ -18,14 +18,19 @@ helper of :mod:`devcluster.testing`.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,15 +62,163 @@ class StartupError(RuntimeError):
         super().__init__(text)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that is free right now (the OS picks it).
+#: The ports :func:`free_port` picks from, less the kernel's ephemeral range (see there).
+PORT_RANGE = (20000, 32767)
 
-    Another process may take it before it is used; the parts of the stack are started one
-    after the other, so in practice this does not happen.
+#: Where :func:`free_port` keeps its reservations: one file per port, naming the process that
+#: holds it (``PID STARTTIME``), and the lock file that serialises the pickers of this user.
+PORT_RESERVATIONS = Path(tempfile.gettempdir()) / f"llmspawner-ports-{os.getuid()}"
+
+_EPHEMERAL_DEFAULT = (32768, 60999)  # Linux's default net.ipv4.ip_local_port_range
+_reserved_here: set[int] = set()
+_reserved_lock = threading.Lock()
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range ``(low, high)``, inclusive: where it picks the local
+    port of a ``connect()`` and of a ``bind()`` to port 0 (Linux:
+    ``/proc/sys/net/ipv4/ip_local_port_range``; its default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):  # pragma: no cover - not Linux
+        return _EPHEMERAL_DEFAULT
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` that is free and stays free for a part of the stack to bind.
+
+    The port is picked from :data:`PORT_RANGE` outside the kernel's ephemeral range
+    (:func:`ephemeral_port_range`), so the kernel never hands it out by itself: not as the
+    local port of one of the many client connections the stack and its neighbours open, and
+    not to a ``bind()`` to port 0 (the old way of picking, as this function did: under load,
+    the hub's port, picked a minute before the hub bound it, was taken in between, "Address
+    already in use"). Against the other processes that pick ports this way (parallel tests,
+    a second stack), the port is reserved for as long as this process lives: a file in
+    :data:`PORT_RESERVATIONS`, made under a lock, as portpicker's port server reserves a port
+    for the process that asked (https://github.com/google/python_portpicker, whose
+    ``pick_unused_port`` without a server, like ``bind(("", 0))``, gives an ephemeral port).
+    A reservation is released when this process exits (or by :func:`release_port`); one left
+    by a process that died is taken over. The port is also checked free by binding it on
+    ``host`` (a listener there, or a connection still in ``TIME_WAIT``, is skipped).
+
+    Where the ephemeral range leaves no room in :data:`PORT_RANGE` (a tuned kernel), the
+    port comes from a ``bind()`` to port 0, still reserved.
+
+    Args:
+        host: the address the port will be bound on (IPv4 or IPv6 literal).
+
+    Returns:
+        The port number.
+
+    Raises:
+        OSError: ``EADDRINUSE`` when no port of the range is free (every one reserved or
+            bound); ``host`` cannot be bound at all (not an address of this machine).
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+    low, high = PORT_RANGE
+    eph_low, eph_high = ephemeral_port_range()
+    candidates = [p for p in range(low, high + 1) if not eph_low <= p <= eph_high]
+    PORT_RESERVATIONS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _reserved_lock, open(PORT_RESERVATIONS / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not candidates:
+                for _ in range(50):
+                    port = _bind_test(host, 0)
+                    if port and _reserve(port):
+                        return port
+            else:
+                random.shuffle(candidates)
+                for port in candidates:
+                    if _reserve(port, check=lambda p: _bind_test(host, p)):
+                        return port
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    raise OSError(
+        errno.EADDRINUSE,
+        f"no free port on {host} in {low}-{high} outside the ephemeral range "
+        f"{eph_low}-{eph_high} (all bound or reserved in {PORT_RESERVATIONS})",
+    )
+
+
+def release_port(port: int) -> None:
+    """Drop this process's reservation of ``port`` (made by :func:`free_port`), if any."""
+    with _reserved_lock:
+        _reserved_here.discard(port)
+        path = PORT_RESERVATIONS / str(port)
+        with contextlib.suppress(OSError):
+            if _owner(path) == _process_id(os.getpid()):
+                path.unlink()
+
+
+def _bind_test(host: str, port: int) -> int:
+    """Bind ``host:port`` (no ``SO_REUSEADDR``) and close; the bound port, 0 if it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return 0
+            raise
         return s.getsockname()[1]
+
+
+def _process_id(pid: int) -> str | None:
+    """``"PID STARTTIME"`` of a live process (its start time tells a reused pid apart),
+    ``None`` when there is no such process or it is a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError):  # pragma: no cover - no /proc: the pid alone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return str(pid)
+    if fields[0] in ("Z", "X"):
+        return None
+    return f"{pid} {fields[19]}"  # field 22 of proc(5): starttime
+
+
+def _owner(path: Path) -> str | None:
+    """The live process that holds the reservation file ``path``, ``None`` if none does."""
+    try:
+        written = path.read_text().strip()
+        pid = int(written.split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    holder = _process_id(pid)
+    return holder if holder is not None and holder == written else None
+
+
+def _reserve(port: int, check: Callable[[int], int] = lambda p: p) -> bool:
+    """Reserve ``port`` for this process unless a live process holds it or ``check(port)`` is
+    falsy (the caller holds the pickers' lock)."""
+    if port in _reserved_here:
+        return False
+    path = PORT_RESERVATIONS / str(port)
+    if path.exists() and _owner(path) is not None:
+        return False
+    if not check(port):
+        return False
+    me = _process_id(os.getpid()) or str(os.getpid())
+    tmp = path.with_name(f".{port}.{os.getpid()}")
+    tmp.write_text(me + "\n")
+    os.replace(tmp, path)
+    if not _reserved_here:
+        atexit.register(_release_all)  # once per run of reservations; _release_all is idempotent
+    _reserved_here.add(port)
+    return True
+
+
+def _release_all() -> None:
+    """At exit: drop the reservations this process made (not a forked child's copy)."""
+    for port in list(_reserved_here):
+        release_port(port)
 
 
 def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
