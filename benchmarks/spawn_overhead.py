@@ -9,7 +9,8 @@ its kubespawner settings. MLflow is off for both (its cost is one HTTP round tri
 that is not part of the spawner).
 
 Two figures, each the median of ``--rounds`` rounds after a warm-up round that is not
-counted, alternating the two spawners (which one goes first alternates too):
+counted (``--warmup-servers`` servers each: imports, kubespawner's reflectors, the profile
+cache), alternating the two spawners (which one goes first alternates too):
 
 - manifest: CPU seconds (of the hub's thread, ``time.thread_time``) to apply user options and
   build one pod manifest, the mean of ``--manifests``, in batches of 20 alternating between
@@ -27,7 +28,8 @@ counted, alternating the two spawners (which one goes first alternates too):
   ``--cluster process`` runs the cluster in a child process instead, as the hub and the API
   server are separate processes in production.
 
-Run: ``.venv/bin/python benchmarks/spawn_overhead.py`` (about a minute on 2 cores). Prints a
+Run: ``.venv/bin/python -P benchmarks/spawn_overhead.py`` (about a minute on a quiet 2-core
+machine, 2 minutes at load 10; ``make bench`` gives it 3). Prints a
 table, then the two ratios LLMSpawner / KubeSpawner as ``ratio spawn_manifest VALUE target
 1.50`` and ``ratio spawn_start VALUE target 1.10`` (issue 16 §6; ``make bench`` collects
 them). Uses kubespawner's ``_mock`` user and hub stand-ins: no hub process is involved.
@@ -257,12 +259,14 @@ async def run(args) -> list[tuple[str, float, float]]:
             objects = {name: make(cls, config, "bench-manifest") for name, cls, config in spawners}
             for r in range(args.rounds + 1):
                 manifests = await time_manifests(objects, args.manifests)
+                # The warm-up starts only --warmup-servers (its starts are not counted).
+                servers = args.servers if r else args.warmup_servers
                 for name, cls, config in spawners if r % 2 else spawners[::-1]:
-                    start = await time_starts(cls, config, args.servers, f"{name.lower()}-{r}", api)
+                    start = await time_starts(cls, config, servers, f"{name.lower()}-{r}", api)
                     label = f"round {r}" if r else "warm-up"
                     print(
                         f"{label:<8} {name:<12} manifest {manifests[name] * 1e3:7.3f} ms  "
-                        f"start {args.servers} servers {start:6.2f} s",
+                        f"start {servers} servers {start:6.2f} s",
                         flush=True,
                     )
                     if r:
@@ -281,6 +285,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--manifests", type=int, default=200)
     parser.add_argument("--servers", type=int, default=20)
+    parser.add_argument(
+        "--warmup-servers",
+        type=int,
+        default=5,
+        help="servers started by each spawner in the uncounted warm-up round (default 5)",
+    )
     parser.add_argument(
         "--cluster",
         choices=("process", "inline"),
