@@ -210,6 +210,9 @@ def run_one(benchmark: Benchmark, *, quick: bool, out=None) -> Result:
     except subprocess.TimeoutExpired:
         timed_out = True
         code = None
+    except BaseException:  # Ctrl-C: its own session would not get the SIGINT
+        _stop(process)
+        raise
     # Its output until the pipe closes, but not for longer than DRAIN_SECONDS after the main
     # process exited (or was stopped): a child that inherited the pipe would hold it open.
     if not timed_out:
