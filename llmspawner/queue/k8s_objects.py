@@ -16,6 +16,7 @@ https://kueue.sigs.k8s.io/docs/tasks/run/jobs/ (a suspended Job labelled with it
 from __future__ import annotations
 
 import copy
+import functools
 import json
 
 import yaml
@@ -109,8 +110,15 @@ def job_name(username: str, job_id: int, attempt: int = 1) -> str:
         raise ValueError(f"attempt must be a positive integer, not {attempt!r}")
     suffix = f"-{job_id}" + (f"-a{attempt}" if attempt > 1 else "")
     room = _MAX_NAME - len(NAME_PREFIX) - len(suffix)
-    slug = user_slug(username)[:room].rstrip("-")
+    slug = _slug(username)[:room].rstrip("-")
     return f"{NAME_PREFIX}{slug}{suffix}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _slug(username: str) -> str:
+    """:func:`llmspawner.storage.user_slug`, remembered: a pure function of the name, and each
+    queue pass names the Jobs of every active job (a sha256 and regular expressions each)."""
+    return user_slug(username)
 
 
 def _labels(*, username: str, job_id: int) -> dict[str, str]:
