@@ -13,10 +13,13 @@ cancel never races a pass that creates the same job's Job.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
+from types import SimpleNamespace
 
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
 
 from ..profiles import Profile
@@ -63,18 +66,21 @@ class QueueOperations:
         """Every profile's slug now, in file order."""
         return list(self.ctx.profiles())
 
-    def allowed_profiles(self, groups: Iterable[str]) -> list[Profile]:
-        """The profiles a user in ``groups`` may submit to now, in file order."""
+    def allowed_profiles(self, groups: Iterable[str], profiles=None) -> list[Profile]:
+        """The profiles a user in ``groups`` may submit to now, in file order (of
+        ``profiles``, by slug, when the caller has them)."""
         groups = list(groups)
-        return [p for p in self.ctx.profiles().values() if p.allows(groups)]
+        profiles = self.ctx.profiles() if profiles is None else profiles
+        return [p for p in profiles.values() if p.allows(groups)]
 
-    def profile_for(self, slug: str, groups: Iterable[str]) -> Profile:
-        """Return the profile ``slug`` if the user (in ``groups``) may use it.
+    def profile_for(self, slug: str, groups: Iterable[str], profiles=None) -> Profile:
+        """Return the profile ``slug`` if the user (in ``groups``) may use it (among
+        ``profiles``, by slug, when the caller has them).
 
         Raises:
             QueueError: 400 naming the allowed profiles.
         """
-        allowed = self.allowed_profiles(groups)
+        allowed = self.allowed_profiles(groups, profiles)
         for p in allowed:
             if p.slug == slug:
                 return p
@@ -118,7 +124,8 @@ class QueueOperations:
                 f"unknown priority {priority!r}; allowed: {', '.join(PRIORITIES)}",
                 "priority",
             )
-        chosen = self.profile_for(profile, groups)
+        profiles = self.ctx.profiles()  # one lookup for the check and the view
+        chosen = self.profile_for(profile, groups, profiles)
         try:
             # Within the limits of .limits (LimitExceeded passes through to the handlers),
             # parsed and checked off the event loop; run_name is set once the row has its id.
@@ -143,8 +150,11 @@ class QueueOperations:
             name = k8s_objects.job_name(user, job_id)
             return {"config": lf_config.name_run(checked, name), "k8s_name": name}
 
-        row = Job(**await db_mod.insert_job(self.ctx.sessions, values, finish))
-        view = self.view(row)
+        # The view reads the stored values as attributes: a plain namespace, not an ORM
+        # instance (whose instrumented construction cost as much as the view itself).
+        stored = await db_mod.insert_job(self.ctx.sessions, values, finish)
+        row = SimpleNamespace(**{**_unset_columns(), **stored})
+        view = self.view(row, profiles=profiles)
         log.info("Queued job %s of %s (profile %s, %s)", view["id"], user, profile, priority)
         self.ctx.wake()
         return view
@@ -361,11 +371,11 @@ class QueueOperations:
 
     # -- views ----------------------------------------------------------------------------
 
-    def view(self, row: Job, *, with_config: bool = False, profiles=None) -> dict:
+    def view(self, row: Job | SimpleNamespace, *, with_config: bool = False, profiles=None) -> dict:
         """Return the API's JSON object of a job (see ``docs/queue-api.md``).
 
         Args:
-            row: the job (detached is fine).
+            row: the job (detached is fine), or its columns' values as attributes.
             with_config: add the prepared training config.
             profiles: the profiles by slug, when the caller has them (saves a cache lookup).
         """
@@ -409,6 +419,13 @@ class QueueOperations:
         """:meth:`view` of each row (one profile lookup for all)."""
         profiles = self.ctx.profiles()
         return [self.view(r, profiles=profiles) for r in rows]
+
+
+@functools.cache
+def _unset_columns() -> dict:
+    """``{attribute: None}`` for every column of :class:`Job` (as an ORM instance reads a
+    column it was not given)."""
+    return dict.fromkeys(a.key for a in sa_inspect(Job).column_attrs)
 
 
 def _train_log(row: Job) -> str:

@@ -202,6 +202,12 @@ async def test_submit_returns_the_queued_job(service):
     assert shown["config"]["run_name"] == f"llm-job-alice-{job['id']}"
     assert shown["config"]["report_to"] == "mlflow"
     assert shown["config"]["output_dir"] == "/storage/users/alice/out/run"
+    # the 201's view (made from the stored values, not an ORM row) is the stored job's view
+    # (but for what a pass in between may have set: its place and reason in the line)
+    moving = ("config", "attempts", "position", "reason")
+    assert {k: v for k, v in shown.items() if k not in moving} == {
+        k: v for k, v in job.items() if k not in moving
+    }
 
 
 async def test_identity_comes_from_the_token_not_the_body(service):
