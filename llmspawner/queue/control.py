@@ -301,6 +301,7 @@ class ControlLoop:
         settings = self.ctx.settings
         states = ACTIVE_STATES + ((QUEUED,) if settings.kueue_queue else ())
         now = self.ctx.clock()
+        await _breathe()
         rows = self._read(select(Job).where(Job.state.in_(states)))
         await _breathe()
         known = self._known_pods([r.id for r in rows])

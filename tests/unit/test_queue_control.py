@@ -354,6 +354,23 @@ async def test_the_plan_in_the_worker_process_is_the_plan_on_the_loop(tmp_path):
     assert queue_db.shared_url(queue_db.connect("sqlite://").kw["bind"]) is None
 
 
+def test_a_packed_decision_unpacks_equal_and_in_order():
+    """The worker sends the decision as arrays (planning.pack): the same admits, positions and
+    reasons come back, in the same order (preemption scans the reasons in that order)."""
+    from llmspawner.queue import admission, planning
+
+    positions = {job_id: n for n, job_id in enumerate(range(5000, 0, -3), 1)}
+    texts = ["waiting for a free ½ GPU", "waiting: user limit", "profile gone"]
+    reasons = {job_id: texts[job_id % 3] for job_id in positions}
+    decision = admission.Decision(admit=(7, 3), positions=positions, reasons=reasons)
+    back = planning.unpack(planning.pack(decision))
+    assert back == decision
+    assert list(back.positions.items()) == list(positions.items())
+    assert list(back.reasons.items()) == list(reasons.items())
+    empty = admission.Decision(admit=(), positions={}, reasons={})
+    assert planning.unpack(planning.pack(empty)) == empty
+
+
 class DownMLflow(FakeTracker):
     """MLflow down: making an experiment fails until ``up`` is set."""
 
