@@ -125,6 +125,12 @@ BENCHMARKS = (
     Benchmark(
         "llamaboard_path.py",
         ("llamaboard_start", "llamaboard_page", "gradio_event", "progress_delay"),
+        # One round (B): 2 page loads and 10 events of each path, progress from a 40-step
+        # training each side; the README's figures come from its default 3 rounds.
+        args=(
+            *("--rounds", "1", "--loads", "2", "--events", "10"),
+            *("--epochs", "2", "--timeout", "150"),
+        ),
         quick_args=("--rounds", "1", "--loads", "1", "--events", "5", "--no-progress"),
         timeout=370,  # budget 6 min
     ),
