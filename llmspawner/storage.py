@@ -46,7 +46,9 @@ def _load_kubespawner_slugs():
     package = importlib.util.find_spec("kubespawner")  # finds, does not import, a top-level package
     locations = list(package.submodule_search_locations or []) if package else []
     if not locations:
-        raise ImportError("llmspawner.storage needs kubespawner (its slugs module)", name="kubespawner")
+        raise ImportError(
+            "llmspawner.storage needs kubespawner (its slugs module)", name="kubespawner"
+        )
     spec = importlib.util.spec_from_file_location(name, os.path.join(locations[0], "slugs.py"))
     if spec is None or spec.loader is None:  # pragma: no cover - an installed kubespawner has it
         raise ImportError("kubespawner has no slugs.py", name="kubespawner")
