@@ -95,8 +95,14 @@ def chromium_path() -> str:
     return path
 
 
+#: When this run began (``time.monotonic``): log lines say how far into the run they are.
+BEGAN = time.monotonic()
+
+
 def log(text: str) -> None:
-    print(text, flush=True)
+    """Print ``text`` (flushed), prefixed with the seconds since the run began; an empty
+    line stays empty."""
+    print(f"[{time.monotonic() - BEGAN:5.0f} s] {text}" if text else "", flush=True)
 
 
 # -- the two LlamaBoards ------------------------------------------------------------------
@@ -122,7 +128,10 @@ class DirectBoard:
         from llmspawner_dev.parts import venv_bin
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **DIRECT_ENV, "GRADIO_SERVER_PORT": str(self.port)}
+        # LlamaBoard starts a training as `llamafactory-cli train` found on PATH (llamafactory/
+        # webui/runner.py `_launch`): this virtual environment's, as in the user's server.
+        path = os.pathsep.join([str(venv_bin()), os.environ.get("PATH", "")])
+        env = {**os.environ, **DIRECT_ENV, "GRADIO_SERVER_PORT": str(self.port), "PATH": path}
         logfile = open(self.folder / "webui.log", "ab")  # noqa: SIM115 - the child keeps it
         self.started = time.monotonic()
         self.process = subprocess.Popen(
@@ -158,6 +167,125 @@ def train_tab_selected(frame, timeout_s: float) -> None:
     expect(tab).to_have_attribute("aria-selected", "true", timeout=timeout_s * 1000)
 
 
+# -- pages Chromium broke on a network change ------------------------------------------------
+
+#: Chromium's error for the requests it drops when this machine's network changes: an
+#: interface with an address comes or goes. Measured here (2026-12-02, Chromium 156): a
+#: bridge with an IPv4 address brought up or deleted during a page load, as every emulated
+#: cluster's pod network does at its start and stop (``dcbr...``,
+#: devtools/devcluster/podnet.py), failed 5-31 of the page's requests, loopback ones too;
+#: a veth added to or removed from a bridge (a pod's start or end) failed none. Gradio's
+#: page loads its components as JavaScript modules (``import()``) and does not retry one
+#: that failed ("Failed to fetch dynamically imported module"): the page stays without its
+#: tabs until it is loaded again. Known Chromium behaviour: jupyterhub/jupyterhub#1495,
+#: https://github.com/control-center/serviced/pull/2650 (crbug.com/289271, 436086).
+NETWORK_CHANGED = "net::ERR_NETWORK_CHANGED"
+#: Seconds a loaded LlamaBoard page may take to show its Train tab before it counts as
+#: stalled (a working load took 1-10 s on 2 cores at load 4-9, through the hub too).
+SETTLE_S = 40.0
+#: Loads of one measurement, the first included, before it fails (each reload is logged).
+MAX_LOADS = 3
+
+
+class PageStalled(RuntimeError):
+    """A loaded LlamaBoard page showed no Train tab within :data:`SETTLE_S` seconds and no
+    network change explains it (the message lists the requests that failed)."""
+
+
+class FailedRequests:
+    """The requests of one browser context that failed (Playwright's ``requestfailed``:
+    pages and their frames), to tell a page Chromium broke from a slow one.
+
+    ``context`` is a Playwright ``BrowserContext`` (anything with ``on(event, callback)``);
+    ``clock`` returns seconds (``time.monotonic``).
+    """
+
+    def __init__(self, context, clock=time.monotonic):
+        self.clock = clock
+        self.failed: list[tuple[float, str, str]] = []  # (time, URL, Chromium's error)
+        context.on("requestfailed", self._record)
+
+    def _record(self, request) -> None:
+        self.failed.append((self.clock(), request.url, request.failure or ""))
+
+    def network_changed_since(self, since: float) -> bool:
+        """Whether Chromium dropped a request on a network change at or after ``since``."""
+        return any(t >= since and error == NETWORK_CHANGED for t, _, error in self.failed)
+
+    def describe(self, since: float, limit: int = 6) -> str:
+        """The requests failed since ``since``, e.g. ``"3 failed: net::ERR_NETWORK_CHANGED
+        http://.../assets/x.js; ..."`` (``limit`` of them named), or ``"none failed"``."""
+        recent = [(url, error) for t, url, error in self.failed if t >= since]
+        if not recent:
+            return "none failed"
+        named = "; ".join(f"{error} {url[:120]}" for url, error in recent[:limit])
+        return f"{len(recent)} failed: {named}"
+
+
+def wait_interactive(
+    frame,
+    requests: FailedRequests,
+    *,
+    loaded_at: float,
+    deadline: float,
+    reload,
+    what: str,
+    settle_s: float = SETTLE_S,
+) -> int:
+    """Wait until ``frame``'s Train tab is clicked and selected; reload the page when
+    Chromium broke it (a network change, :data:`NETWORK_CHANGED`) or when it stalled (no
+    Train tab ``settle_s`` seconds after it loaded), :data:`MAX_LOADS` loads in all.
+
+    Args:
+        frame: the LlamaBoard page or frame locator.
+        requests: the failed requests of its browser context.
+        loaded_at: when the current load began (``requests.clock`` time).
+        deadline: ``requests.clock`` time after which it fails.
+        reload: loads LlamaBoard again (a new ``goto``, or the iframe reloaded).
+        what: names the page in messages and log lines, e.g. ``"direct start"``.
+        settle_s: see :data:`SETTLE_S`.
+
+    Returns:
+        How many times it reloaded (0 for a load that worked at once).
+
+    Raises:
+        PageStalled: the last load stalled too, or a load stalled without a network change
+            after another stalled (the message lists the failed requests).
+        TimeoutError: ``deadline`` passed (the message says how many loads and what failed).
+    """
+    from playwright.sync_api import Error as PlaywrightError
+
+    reloads = 0
+    while True:
+        try:
+            train_tab_selected(frame, 2.0)
+            return reloads
+        except (PlaywrightError, AssertionError):
+            pass
+        now = requests.clock()
+        broken = requests.network_changed_since(loaded_at)
+        stalled = now - loaded_at > settle_s
+        if now > deadline:
+            raise TimeoutError(
+                f"{what}: LlamaBoard's Train tab not interactive by the deadline after "
+                f"{reloads + 1} load(s); {requests.describe(loaded_at)}"
+            )
+        if broken or stalled:
+            why = (
+                "Chromium dropped requests on a network change"
+                if broken
+                else (f"no Train tab {now - loaded_at:.0f} s after the load")
+            )
+            if reloads + 1 >= MAX_LOADS:
+                raise PageStalled(
+                    f"{what}: {why} at each of {MAX_LOADS} loads; {requests.describe(loaded_at)}"
+                )
+            log(f"{what}: reloading LlamaBoard ({why}; {requests.describe(loaded_at)})")
+            loaded_at = requests.clock()
+            reloads += 1
+            reload()
+
+
 class DirectStartFailed(RuntimeError):
     """``llamafactory-cli webui`` exited while it started (the message has its log's end)."""
 
@@ -174,6 +302,7 @@ def time_direct_start(browser, board: DirectBoard, timeout_s: float) -> float:
     from playwright.sync_api import Error as PlaywrightError
 
     context = browser.new_context(viewport=VIEWPORT)
+    requests = FailedRequests(context)
     try:
         page = context.new_page()
         board.start()
@@ -186,20 +315,30 @@ def time_direct_start(browser, board: DirectBoard, timeout_s: float) -> float:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"LlamaBoard alone not interactive within {timeout_s} s")
 
-        while True:
-            try:
-                page.goto(board.url, wait_until="load", timeout=10_000)
-                break
-            except PlaywrightError:  # connection refused while LlamaBoard imports
-                alive()
-                time.sleep(0.1)
-        while True:
-            try:
-                train_tab_selected(page, 2.0)
-                break
-            except (PlaywrightError, AssertionError):
-                alive()
-        return time.monotonic() - board.started
+        def load() -> float:
+            """Load the page once LlamaBoard answers; return when the load that worked began."""
+            while True:
+                began = time.monotonic()
+                try:
+                    page.goto(board.url, wait_until="load", timeout=10_000)
+                    return began
+                except PlaywrightError:  # connection refused while LlamaBoard imports
+                    alive()
+                    time.sleep(0.1)
+
+        loaded_at = load()
+        reloads = wait_interactive(
+            page,
+            requests,
+            loaded_at=loaded_at,
+            deadline=deadline,
+            reload=load,
+            what="direct start",
+        )
+        seconds = time.monotonic() - board.started
+        if reloads:
+            log(f"direct start: {seconds:.2f} s includes {reloads} reload(s)")
+        return seconds
     finally:
         context.close()
 
@@ -214,34 +353,95 @@ def browser_login(context, hub_url: str, username: str) -> None:
     page.close()
 
 
-def time_hub_start(context, hub_url: str, username: str, timeout_s: float) -> float:
+def llamaboard_iframe(hub_url: str, username: str) -> str:
+    """The CSS selector of LlamaBoard's iframe in the user's JupyterLab."""
+    return f'iframe[src="{hub_url}/user/{username}/llamaboard/"]'
+
+
+def time_hub_start(
+    context, requests: FailedRequests, hub_url: str, username: str, timeout_s: float
+) -> float:
     """Seconds from *Start* on the spawn page to LlamaBoard's Train tab selected in its
-    JupyterLab tab (opened from the launcher tile). Leaves the page open."""
+    JupyterLab tab (opened from the launcher tile). Leaves the page open. A LlamaBoard frame
+    that Chromium broke (or that stalled) is reloaded (:func:`wait_interactive`); so is
+    JupyterLab when its launcher tile does not show within :data:`SETTLE_S` seconds."""
     page = context.new_page()
     page.goto(f"{hub_url}/hub/spawn")
     start = page.get_by_role("button", name="Start")
     start.wait_for(timeout=60_000)
     started = time.monotonic()
+    deadline = started + timeout_s
     start.click()
     page.wait_for_url(f"{hub_url}/user/{username}/lab**", timeout=timeout_s * 1000)
     tile = page.locator(".jp-LauncherCard", has_text="LlamaBoard")
-    tile.click(timeout=timeout_s * 1000)
-    frame = page.frame_locator(f'iframe[src="{hub_url}/user/{username}/llamaboard/"]')
-    train_tab_selected(frame, timeout_s)
-    return time.monotonic() - started
+    for attempt in range(1, MAX_LOADS + 1):
+        loaded_at = time.monotonic()
+        try:
+            tile.click(timeout=min(SETTLE_S, max(deadline - loaded_at, 1)) * 1000)
+            break
+        except Exception:
+            if attempt == MAX_LOADS or time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"hub start: JupyterLab's LlamaBoard tile not shown after {attempt} "
+                    f"load(s); {requests.describe(loaded_at)}"
+                ) from None
+            log(f"hub start: reloading JupyterLab (no tile; {requests.describe(loaded_at)})")
+            page.reload(wait_until="load", timeout=timeout_s * 1000)
+    selector = llamaboard_iframe(hub_url, username)
+    frame = page.frame_locator(selector).last
+
+    def reload() -> None:  # the LlamaBoard tab's iframe only (same origin as JupyterLab)
+        page.locator(selector).last.evaluate("f => f.contentWindow.location.reload()")
+
+    reloads = wait_interactive(
+        frame,
+        requests,
+        loaded_at=loaded_at,
+        deadline=deadline,
+        reload=reload,
+        what="hub start",
+    )
+    seconds = time.monotonic() - started
+    if reloads:
+        log(f"hub start: {seconds:.2f} s includes {reloads} reload(s) of LlamaBoard's frame")
+    return seconds
 
 
-def time_page_load(browser, url: str, storage_state, timeout_s: float) -> float:
-    """Seconds to load ``url`` in a new context (empty cache) until the Train tab is selected."""
-    context = browser.new_context(viewport=VIEWPORT, storage_state=storage_state)
-    try:
-        page = context.new_page()
-        started = time.monotonic()
-        page.goto(url, wait_until="load", timeout=timeout_s * 1000)
-        train_tab_selected(page, timeout_s)
-        return time.monotonic() - started
-    finally:
-        context.close()
+def time_page_load(browser, url: str, storage_state, timeout_s: float, what: str) -> float:
+    """Seconds to load ``url`` in a new context (empty cache) until the Train tab is selected.
+
+    A load that Chromium broke on a network change (:data:`NETWORK_CHANGED`) is not a
+    measurement of the path: it is logged and done again in a new context,
+    :data:`MAX_LOADS` loads in all.
+
+    Raises:
+        PageStalled: every load was broken, or a load stalled (no Train tab within
+            :data:`SETTLE_S` seconds) without a network change.
+    """
+    for attempt in range(1, MAX_LOADS + 1):
+        context = browser.new_context(viewport=VIEWPORT, storage_state=storage_state)
+        requests = FailedRequests(context)
+        try:
+            page = context.new_page()
+            started = time.monotonic()
+            try:
+                page.goto(url, wait_until="load", timeout=timeout_s * 1000)
+                train_tab_selected(page, min(SETTLE_S, timeout_s))
+                if not requests.network_changed_since(started):
+                    return time.monotonic() - started
+            except Exception:
+                if not requests.network_changed_since(started):
+                    raise PageStalled(
+                        f"{what}: no Train tab within {min(SETTLE_S, timeout_s):.0f} s of "
+                        f"loading {url}; {requests.describe(started)}"
+                    ) from None
+            log(f"{what}: load {attempt} not counted, {requests.describe(started)}")
+        finally:
+            context.close()
+    raise PageStalled(
+        f"{what}: Chromium dropped requests on a network change at each of "
+        f"{MAX_LOADS} loads of {url}"
+    )
 
 
 # -- Gradio events over HTTP --------------------------------------------------------------
@@ -309,6 +509,28 @@ def llamaboard_page_helpers():
     return module
 
 
+#: Gradio's error toast (``gr.Error``, or an exception in an event handler): frontend
+#: StreamingBar component, ``class="toast-body error"``, ``data-testid="toast-body"``.
+ERROR_TOAST = '[data-testid="toast-body"].error'
+
+
+def shown_steps(root, pattern) -> int | None:
+    """The steps done that the Train tab's progress label shows now (``pattern``: the
+    label's regular expression, its first group the steps), or None when none is shown.
+    Reads with a 1 s timeout: the label goes away when the training ends, between finding
+    it and reading it (Playwright's default would wait 30 s for it then)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    label = root.get_by_text(pattern).filter(visible=True)
+    try:
+        if label.count() == 0:
+            return None
+        match = pattern.search(label.first.inner_text(timeout=1000))
+    except PlaywrightError:
+        return None
+    return int(match.group(1)) if match else None
+
+
 def progress_delays(
     root, folder: Path, model_path: str, timeout_s: float, epochs: int
 ) -> list[float]:
@@ -341,11 +563,15 @@ def progress_delays(
         dataset=[TINY_DATASET_NAME],
         epochs=str(epochs),
         max_samples="20",
+        compute_type="fp32",  # LlamaBoard's default bf16 refuses to train on a CPU
+        cutoff_len=64,
         batch_size=1,
         gradient_accumulation=1,
         logging_steps=1,
         save_steps=5000,
         report_to="none",
+        # LlamaBoard's default 16 dataset workers are 16 processes on a 2-core machine.
+        extra_args=json.dumps({"optim": "adamw_torch", "preprocessing_num_workers": 1}),
         output_dir=output_dir,
     )
     board.start_training()
@@ -365,9 +591,12 @@ def progress_delays(
                 step = json.loads(line).get("current_steps")
                 if step is not None:
                     written.setdefault(step, now)
-        progress = board.progress()
-        if progress is not None:
-            shown.setdefault(progress.steps, time.monotonic())
+        steps = shown_steps(root, helpers.PROGRESS)
+        if steps is not None:
+            shown.setdefault(steps, time.monotonic())
+        error = root.locator(ERROR_TOAST).filter(visible=True)
+        if error.count():  # e.g. the training could not be started: it never ends then
+            raise RuntimeError(f"LlamaBoard showed an error: {error.first.inner_text()[:300]!r}")
         if board.output_box.filter(visible=True).count():
             break
         time.sleep(0.1)
@@ -454,6 +683,7 @@ def run_round(r, browser, stack, hub, tmp, args, results, progress, HubSession) 
     username = f"bench{r}-{secrets.token_hex(2)}"
     board = DirectBoard(tmp / f"direct-{r}")
     context = browser.new_context(viewport=VIEWPORT)
+    requests = FailedRequests(context)
     session = None
     try:
         browser_login(context, hub, username)
@@ -472,7 +702,7 @@ def run_round(r, browser, stack, hub, tmp, args, results, progress, HubSession) 
                         board = DirectBoard(tmp / f"direct-{r}-{attempt}")
                 results["llamaboard_start"][1].append(seconds)
             else:
-                seconds = time_hub_start(context, hub, username, timeout)
+                seconds = time_hub_start(context, requests, hub, username, timeout)
                 results["llamaboard_start"][0].append(seconds)
             log(f"round {r} start     {which:<6} {seconds:7.2f} s")
         state = context.storage_state()
@@ -481,10 +711,10 @@ def run_round(r, browser, stack, hub, tmp, args, results, progress, HubSession) 
         for i in range(args.loads):
             for which in order if i % 2 == 0 else order[::-1]:
                 if which == "direct":
-                    seconds = time_page_load(browser, board.url, None, timeout)
+                    seconds = time_page_load(browser, board.url, None, timeout, "page direct")
                     results["llamaboard_page"][1].append(seconds)
                 else:
-                    seconds = time_page_load(browser, hub_board, state, timeout)
+                    seconds = time_page_load(browser, hub_board, state, timeout, "page hub")
                     results["llamaboard_page"][0].append(seconds)
                 log(f"round {r} page load {which:<6} {seconds:7.2f} s")
         # -- (c) Gradio events ------------------------------------------------------------------
@@ -524,12 +754,27 @@ def run_round(r, browser, stack, hub, tmp, args, results, progress, HubSession) 
         if args.progress and r == args.rounds:
             # -- (c) the training progress stream: one training through each, in turn ------
             hub_page = context.pages[-1]
-            frame = hub_page.frame_locator(f'iframe[src="{hub}/user/{username}/llamaboard/"]')
+            frame = hub_page.frame_locator(llamaboard_iframe(hub, username)).last
             direct_context = browser.new_context(viewport=VIEWPORT)
+            direct_requests = FailedRequests(direct_context)
             try:
                 direct_page = direct_context.new_page()
-                direct_page.goto(board.url, wait_until="load", timeout=args.timeout * 1000)
+
+                def load_direct() -> None:
+                    direct_page.goto(board.url, wait_until="load", timeout=args.timeout * 1000)
+
+                loaded_at = time.monotonic()
+                load_direct()
+                wait_interactive(
+                    direct_page,
+                    direct_requests,
+                    loaded_at=loaded_at,
+                    deadline=loaded_at + args.timeout,
+                    reload=load_direct,
+                    what="progress direct page",
+                )
                 for which in order:
+                    began = time.monotonic()
                     try:
                         delays = measure_progress(
                             which,
@@ -541,7 +786,17 @@ def run_round(r, browser, stack, hub, tmp, args, results, progress, HubSession) 
                             args=args,
                         )
                     except Exception as e:  # reported: the figure is then "failed"
-                        log(f"round {r} progress  {which:<6} not measured: {type(e).__name__}: {e}")
+                        seen = requests if which == "hub" else direct_requests
+                        changed = seen.network_changed_since(began)
+                        log(
+                            f"round {r} progress  {which:<6} not measured: "
+                            f"{type(e).__name__}: {str(e)[:600]}"
+                            + (
+                                "; Chromium dropped requests on a network change meanwhile"
+                                if changed
+                                else ""
+                            )
+                        )
                         continue
                     progress[which].extend(delays)
                     log(
