@@ -35,9 +35,19 @@ alternately in every round (which one goes first alternates too):
 The stack is :class:`llmspawner_dev.stack.DevStack` (emulated cluster, hub, proxy, OIDC
 provider, MLflow), started once in a temporary folder, as ``make dev`` starts it.
 
-Run: ``.venv/bin/python benchmarks/llamaboard_path.py`` (about 8 minutes on 2 cores;
-``--rounds 1`` for a try). Prints each measurement, a table, and the figures as
-``ratio NAME VALUE target TARGET`` (``make bench`` collects them).
+A page Chromium broke is loaded again, never measured: Chromium fails a page's pending
+requests with ``net::ERR_NETWORK_CHANGED`` whenever an interface with an address comes or
+goes on the machine, as every emulated cluster's bridge does at its start and stop (other
+sessions' tests, on a shared machine), and Gradio's page does not retry a module it failed to
+load (see :data:`NETWORK_CHANGED`). A page load so broken is done again; a start whose page
+was broken reloads it (its log line says so); a page without its Train tab
+:data:`SETTLE_S` seconds after it loaded is reloaded; after :data:`MAX_LOADS` loads the round
+fails, naming the requests that failed.
+
+Run: ``.venv/bin/python -P benchmarks/llamaboard_path.py`` (3 rounds: about 15 minutes on 2
+cores); ``make bench`` runs one round (``--rounds 1 --loads 2 --events 10 --epochs 2``, about
+6 minutes at load 4). Prints each measurement (with the seconds since the run began), a
+table, and the figures as ``ratio NAME VALUE target TARGET`` (``make bench`` collects them).
 """
 
 from __future__ import annotations
@@ -100,9 +110,15 @@ BEGAN = time.monotonic()
 
 
 def log(text: str) -> None:
-    """Print ``text`` (flushed), prefixed with the seconds since the run began; an empty
-    line stays empty."""
-    print(f"[{time.monotonic() - BEGAN:5.0f} s] {text}" if text else "", flush=True)
+    """Print ``text`` (flushed), prefixed with the seconds since the run began."""
+    print(f"[{time.monotonic() - BEGAN:5.0f} s] {text}", flush=True)
+
+
+def say(text: str) -> None:
+    """Print ``text`` as it is (flushed): the summary and the ``ratio`` lines, which
+    ``make bench`` parses (benchmarks/run_all.py ``parse_ratio``: a line that starts with
+    ``ratio``)."""
+    print(text, flush=True)
 
 
 # -- the two LlamaBoards ------------------------------------------------------------------
@@ -801,7 +817,8 @@ def run_round(r, browser, stack, hub, tmp, args, results, progress, HubSession) 
                     progress[which].extend(delays)
                     log(
                         f"round {r} progress  {which:<6} delays "
-                        f"{', '.join(f'{d:.2f}' for d in delays)} s"
+                        f"{', '.join(f'{d:.2f}' for d in delays)} s "
+                        f"(set-up and training {time.monotonic() - began:.0f} s)"
                     )
             finally:
                 direct_context.close()
@@ -843,6 +860,61 @@ def ratio_lines(ratios: dict[str, float], *, progress: bool) -> list[str]:
     return lines
 
 
+def summary_lines(
+    results: dict[str, tuple[list[float], list[float]]], *, progress: bool
+) -> list[str]:
+    """The run's summary: a table of medians, then the ``ratio`` lines (pure).
+
+    Args:
+        results: figure name -> (through the hub, direct) measurements in seconds, as
+            :func:`run` returns them (``gradio_event_server``: the user's server's own port,
+            first list only; ``progress_delay``: the training progress delays).
+        progress: whether ``progress_delay`` was asked for (see :func:`ratio_lines`).
+
+    Returns:
+        Lines without a prefix (``make bench`` reads the ``ratio`` lines as they are); a
+        figure with no measurement on either side is ``failed``, never ``nan``.
+    """
+    lines = ["", f"{'figure':<18} {'through the hub':>16} {'direct':>10} {'ratio':>7}"]
+    ratios = {}
+    for name, (hub_values, direct_values) in results.items():
+        if name in ("progress_delay", "gradio_event_server"):
+            continue
+        if not (hub_values and direct_values):
+            lines.append(
+                f"{name:<18} not measured (hub {len(hub_values)}, direct "
+                f"{len(direct_values)} values)"
+            )
+            continue
+        h, d = median(hub_values), median(direct_values)
+        unit, scale = ("ms", 1e3) if name == "gradio_event" else ("s", 1.0)
+        ratios[name] = h / d
+        lines.append(
+            f"{name:<18} {h * scale:13.2f} {unit:<2} {d * scale:7.2f} {unit:<2} {h / d:7.2f}"
+            f"  ({len(hub_values)} / {len(direct_values)} values)"
+        )
+    server = results.get("gradio_event_server", ([], []))[0]
+    if server:
+        lines.append(
+            f"gradio_event via the user's server's own port (no configurable-http-proxy): "
+            f"{median(server) * 1e3:.1f} ms"
+        )
+    if "progress_delay" in results:
+        hub_delays, direct_delays = results["progress_delay"]
+        for which, delays in (("hub", hub_delays), ("direct", direct_delays)):
+            if delays:
+                lines.append(
+                    f"training progress {which:<6}: {len(delays)} steps, delay from "
+                    f"trainer_log.jsonl to the page median {median(delays):.2f} s, "
+                    f"max {max(delays):.2f} s"
+                )
+        if hub_delays and direct_delays:
+            ratios["progress_delay"] = median(hub_delays) / median(direct_delays)
+    lines.append("")
+    lines.extend(ratio_lines(ratios, progress=progress))
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds (a new user each)")
@@ -856,7 +928,7 @@ def main(argv=None) -> int:
         help="also measure the training progress stream's delay (last round)",
     )
     parser.add_argument(
-        "--epochs", type=int, default=30, help="epochs of --progress's training (20 steps each)"
+        "--epochs", type=int, default=5, help="epochs of --progress's training (20 steps each)"
     )
     parser.add_argument(
         "--hub-arg",
@@ -865,36 +937,8 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     results = run(args)
-    log("")
-    log(f"{'figure':<18} {'through the hub':>16} {'direct':>10} {'ratio':>7}")
-    ratios = {}
-    for name, (hub_values, direct_values) in results.items():
-        if name in ("progress_delay", "gradio_event_server"):
-            continue
-        h, d = median(hub_values), median(direct_values)
-        unit, scale = ("ms", 1e3) if name == "gradio_event" else ("s", 1.0)
-        ratios[name] = h / d
-        log(f"{name:<18} {h * scale:13.2f} {unit:<2} {d * scale:7.2f} {unit:<2} {h / d:7.2f}")
-    server = results.get("gradio_event_server", ([], []))[0]
-    if server:
-        log(
-            f"gradio_event via the user's server's own port (no configurable-http-proxy): "
-            f"{median(server) * 1e3:.1f} ms"
-        )
-    if "progress_delay" in results:
-        hub_delays, direct_delays = results["progress_delay"]
-        for which, delays in (("hub", hub_delays), ("direct", direct_delays)):
-            if delays:
-                log(
-                    f"training progress {which:<6}: {len(delays)} steps, delay from "
-                    f"trainer_log.jsonl to the page median {median(delays):.2f} s, "
-                    f"max {max(delays):.2f} s"
-                )
-        if hub_delays and direct_delays:
-            ratios["progress_delay"] = median(hub_delays) / median(direct_delays)
-    log("")
-    for line in ratio_lines(ratios, progress=args.progress):
-        log(line)
+    for line in summary_lines(results, progress=args.progress):
+        say(line)
     return 0
 
 

@@ -181,3 +181,32 @@ def test_shown_steps_reads_the_progress_label_or_none(bench, label, steps):
 
     pattern = re.compile(r"Running (\d+)/(\d+): (\S+) < (\S+)")  # tests/e2e/llamaboard_page.py
     assert bench.shown_steps(Root(label), pattern) == steps
+
+
+def test_the_summary_ends_with_ratio_lines_make_bench_reads(bench):
+    spec = importlib.util.spec_from_file_location("run_all_b7", BENCHMARKS / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules["run_all_b7"] = run_all  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(run_all)
+        results = {
+            "llamaboard_start": ([60.0], [80.0]),
+            "llamaboard_page": ([5.0, 7.0], []),  # the direct loads failed
+            "gradio_event": ([0.09, 0.11], [0.1, 0.1]),
+            "gradio_event_server": ([0.095], []),
+            "progress_delay": ([1.5, 2.5], [1.0, 1.0, 3.0]),
+        }
+        lines = bench.summary_lines(results, progress=True)
+        parsed = [run_all.parse_ratio(line) for line in lines if line.startswith("ratio")]
+        assert parsed == [
+            ("llamaboard_start", "0.75", "1.25"),
+            ("llamaboard_page", "failed", "1.20"),
+            ("gradio_event", "1.00", "1.20"),
+            ("progress_delay", "2.00", "1.20"),
+        ]
+        assert lines[-4:] == [line for line in lines if line.startswith("ratio")]
+        assert any(line.split()[:3] == ["llamaboard_page", "not", "measured"] for line in lines)
+    finally:
+        sys.modules.pop("run_all_b7", None)
