@@ -68,6 +68,10 @@ HEAVY_MODULES = (
     "jupyterhub.services.auth",
     "llmspawner.queue.db",
     "llmspawner.queue.backend",
+    # the backend imports it at its first call, which was on the event loop, after "ready":
+    # its package imports its dynamic client, kubernetes_validate and jsonschema, whose
+    # format checkers compile a Lark grammar (seconds of CPU that blocked every API call)
+    "kubernetes_asyncio.client",
     "llmspawner.queue.context",
     "llmspawner.queue.operations",
     "llmspawner.queue.control",
