@@ -8,8 +8,10 @@ script's name, and every line of the form ``ratio NAME VALUE target TARGET`` is 
 Each benchmark has a timeout (its time budget, :attr:`Benchmark.timeout`): past it, its
 process group is stopped (``SIGTERM``, then ``SIGKILL``) and it counts as failed. Once its main
 process has exited, what it left running in its group (worker processes holding the output
-pipe) is stopped after :data:`DRAIN_SECONDS`. Its wall time is printed when it ends
-(``=== NAME: SECONDS s (timeout T s)``) and again, for all, above the summary.
+pipe) is stopped after :data:`DRAIN_SECONDS`. Time a benchmark leaves unused goes to the
+later ones (:func:`_timeout`): the run never takes longer than the sum of the timeouts. Its
+wall time is printed when it ends (``=== NAME: SECONDS s (timeout T s)``) and again, for all,
+against its budget, above the summary.
 
 The run ends with exactly one line per figure, in the order of :data:`FIGURES` (the figures of
 issue 16), then any other figure a benchmark printed, then (a full run only: no ``--only``, no
@@ -167,12 +169,15 @@ def meets(name: str, value: str, target: str) -> bool | None:
     return v >= t if name.endswith("_rate") else v <= t
 
 
-def run_one(benchmark: Benchmark, *, quick: bool, out=None) -> Result:
+def run_one(benchmark: Benchmark, *, quick: bool, out=None, timeout: float | None = None) -> Result:
     """Run one benchmark as a subprocess, echoing its output; return what it printed.
+
+    ``timeout``: seconds it may run (default: its own :attr:`Benchmark.timeout`).
 
     Never raises for a failing benchmark: the failure is in :attr:`Result.error`.
     """
     out = sys.stdout if out is None else out
+    timeout = benchmark.timeout if timeout is None else timeout
     result = Result(benchmark)
     path = HERE / benchmark.script
     if not path.exists():
@@ -212,7 +217,7 @@ def run_one(benchmark: Benchmark, *, quick: bool, out=None) -> Result:
     reader.start()
     timed_out = False
     try:
-        code = process.wait(timeout=benchmark.timeout)
+        code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
         code = None
@@ -228,7 +233,7 @@ def run_one(benchmark: Benchmark, *, quick: bool, out=None) -> Result:
     with lock:
         result.seconds = time.monotonic() - started
         if timed_out:
-            result.error = f"stopped after {benchmark.timeout:.0f} s (its timeout)"
+            result.error = f"stopped after {timeout:.0f} s (its timeout)"
         elif code != 0:
             result.error = f"exit status {code}"
         missing = [f for f in benchmark.figures if f not in result.ratios]
@@ -237,7 +242,7 @@ def run_one(benchmark: Benchmark, *, quick: bool, out=None) -> Result:
         if result.error:
             result.tail = "\n".join(tail)
     print(
-        f"=== {benchmark.script}: {result.seconds:.0f} s (timeout {benchmark.timeout:.0f} s)"
+        f"=== {benchmark.script}: {result.seconds:.0f} s (timeout {timeout:.0f} s)"
         + (f", {result.error}" if result.error else ""),
         file=out,
         flush=True,
@@ -325,18 +330,20 @@ def main(argv=None) -> int:
             )
     started = time.monotonic()
     load_before = _load()
-    results = [run_one(b, quick=args.quick) for b in chosen]
+    results = []
+    for i, benchmark in enumerate(chosen):
+        results.append(run_one(benchmark, quick=args.quick, timeout=_timeout(chosen, i, started)))
     total = time.monotonic() - started
     print()
     print(
         f"benchmarks: {len(results)} in {total:.0f} s; "
         f"load average before {load_before}, after {_load()} ({os.cpu_count()} CPUs)"
     )
-    for r in results:  # each benchmark's wall time against its timeout (its budget)
+    for r in results:  # each benchmark's wall time against its budget
         state = "failed" if r.error else "ok"
         print(
             f"  {r.benchmark.script:<22} {r.seconds:5.0f} s  "
-            f"(timeout {r.benchmark.timeout:.0f} s)  {state}"
+            f"(budget {r.benchmark.timeout:.0f} s)  {state}"
         )
     failed = [r for r in results if r.error]
     for r in failed:
@@ -361,6 +368,15 @@ def main(argv=None) -> int:
     if failed or any(line.split()[2] == "failed" for line in lines):
         return 1
     return 2 if args.check and missed else 0
+
+
+def _timeout(chosen: tuple[Benchmark, ...], i: int, started: float) -> float:
+    """Benchmark ``i``'s timeout: its own, or more when the benchmarks before it left time
+    unused: what is left of the sum of all timeouts after the later ones' own (so the run
+    never takes longer than that sum, and a slow last benchmark gets what the fast ones saved)."""
+    later = sum(b.timeout for b in chosen[i + 1 :])
+    left = sum(b.timeout for b in chosen) - (time.monotonic() - started) - later
+    return max(chosen[i].timeout, left)
 
 
 def _load() -> str:

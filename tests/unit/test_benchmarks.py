@@ -277,7 +277,7 @@ def test_a_hanging_benchmark_is_stopped_at_its_timeout_with_its_group(
     assert any(
         re.fullmatch(r"=== hangs\.py: \d+ s \(timeout 1 s\), stopped after .*", x) for x in out
     )
-    assert any(re.fullmatch(r"  hangs\.py +\d+ s  \(timeout 1 s\)  failed", x) for x in out)
+    assert any(re.fullmatch(r"  hangs\.py +\d+ s  \(budget 1 s\)  failed", x) for x in out)
     assert "ratio spawn_manifest failed target 1.5" in out
     assert not _alive(int(pidfile.read_text()))
 
@@ -295,3 +295,21 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def test_time_a_benchmark_leaves_unused_goes_to_the_later_ones(run_all, monkeypatch):
+    chosen = (
+        run_all.Benchmark("a.py", (), timeout=100),
+        run_all.Benchmark("b.py", (), timeout=50),
+        run_all.Benchmark("c.py", (), timeout=30),
+    )
+    now = [1000.0]
+    monkeypatch.setattr(run_all.time, "monotonic", lambda: now[0])
+    started = now[0]
+    assert run_all._timeout(chosen, 0, started) == 100
+    now[0] += 40  # a.py took 40 s of its 100
+    assert run_all._timeout(chosen, 1, started) == 110  # 180 - 40 - 30
+    now[0] += 50  # b.py took 50 s: c.py gets the rest
+    assert run_all._timeout(chosen, 2, started) == 90  # 180 - 90
+    now[0] += 200  # a run already past the sum: each keeps at least its own timeout
+    assert run_all._timeout(chosen, 2, started) == 30
