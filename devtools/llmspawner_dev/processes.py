@@ -71,6 +71,7 @@ PORT_RESERVATIONS = Path(tempfile.gettempdir()) / f"llmspawner-ports-{os.getuid(
 
 _EPHEMERAL_DEFAULT = (32768, 60999)  # Linux's default net.ipv4.ip_local_port_range
 _reserved_here: set[int] = set()
+_swept: list[bool] = []  # non-empty once this process has removed the dead ones' reservations
 _reserved_lock = threading.Lock()
 
 
@@ -98,8 +99,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     :data:`PORT_RESERVATIONS`, made under a lock, as portpicker's port server reserves a port
     for the process that asked (https://github.com/google/python_portpicker, whose
     ``pick_unused_port`` without a server, like ``bind(("", 0))``, gives an ephemeral port).
-    A reservation is released when this process exits (or by :func:`release_port`); one left
-    by a process that died is taken over. The port is also checked free by binding it on
+    A reservation is released when this process exits (or by :func:`release_port`); those
+    left by processes that died (killed, ``os._exit``) are removed at this process's first
+    pick. The port is also checked free by binding it on
     ``host`` (a listener there, or a connection still in ``TIME_WAIT``, is skipped).
 
     Where the ephemeral range leaves no room in :data:`PORT_RANGE` (a tuned kernel), the
@@ -122,6 +124,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     with _reserved_lock, open(PORT_RESERVATIONS / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            if not _swept:
+                _sweep()
             if not candidates:
                 for _ in range(50):
                     port = _bind_test(host, 0)
@@ -213,6 +217,16 @@ def _reserve(port: int, check: Callable[[int], int] = lambda p: p) -> bool:
         atexit.register(_release_all)  # once per run of reservations; _release_all is idempotent
     _reserved_here.add(port)
     return True
+
+
+def _sweep() -> None:
+    """Remove the reservations of processes that died without releasing them (``SIGKILL``,
+    ``os._exit``); once per process, under the pickers' lock."""
+    _swept.append(True)
+    for path in PORT_RESERVATIONS.iterdir():
+        if path.name.isdigit() and _owner(path) is None:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _release_all() -> None:

@@ -25,6 +25,7 @@ def reservations(tmp_path, monkeypatch):
     folder = tmp_path / "ports"
     monkeypatch.setattr(processes, "PORT_RESERVATIONS", folder)
     monkeypatch.setattr(processes, "_reserved_here", set())
+    monkeypatch.setattr(processes, "_swept", [])
     return folder
 
 
@@ -104,6 +105,17 @@ def test_a_reservation_left_by_a_dead_process_is_taken_over(reservations, monkey
     (reservations / str(port_range[0])).write_text(f"{dead.pid} 1\n")  # killed: no release
     assert processes.free_port() == port_range[0]
     assert (reservations / str(port_range[0])).read_text().split()[0] == str(processes.os.getpid())
+
+
+def test_reservations_of_dead_processes_are_removed_at_the_first_pick(reservations):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    reservations.mkdir()
+    stale = reservations / "1"  # outside any range: only the sweep removes it
+    stale.write_text(f"{dead.pid} 1\n")
+    port = processes.free_port()
+    assert not stale.exists()
+    assert (reservations / str(port)).exists()
 
 
 def test_a_port_something_else_has_bound_is_skipped(reservations, monkeypatch):
