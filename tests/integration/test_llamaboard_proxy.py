@@ -51,9 +51,11 @@ THIRD_PARTY_HOSTS = {"cdnjs.cloudflare.com"}
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port outside the ephemeral range, reserved while this process lives (the dev
+    stack's picker: no other socket can take it before the server binds it)."""
+    from llmspawner_dev.processes import free_port
+
+    return free_port()
 
 
 class _Server:
@@ -581,14 +583,20 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Page).serve_forever()
 """
 
 
-@pytest.fixture
-def fake_server(tmp_path):
-    """start(**environ) -> (server, pids file) with the stand-in llamafactory-cli on PATH."""
-    bin_dir = tmp_path / "bin"
+def _fake_cli_dir(parent: Path) -> Path:
+    """``parent/bin`` holding the stand-in ``llamafactory-cli`` (FAKE_CLI)."""
+    bin_dir = parent / "bin"
     bin_dir.mkdir()
     cli = bin_dir / "llamafactory-cli"
     cli.write_text(FAKE_CLI.format(python=sys.executable))
     cli.chmod(0o755)
+    return bin_dir
+
+
+@pytest.fixture
+def fake_server(tmp_path):
+    """start(**environ) -> (server, pids file) with the stand-in llamafactory-cli on PATH."""
+    bin_dir = _fake_cli_dir(tmp_path)
     pids = tmp_path / "pids"
     started = []
 
@@ -688,3 +696,173 @@ def test_the_stream_of_a_closed_page_is_closed_up_to_llamaboard(fake_server, tmp
     assert "closing its stream to LlamaBoard" in srv.log_tail()
     with srv.client() as c:  # the server and LlamaBoard work on
         assert c.get(BOARD).status_code == 200
+
+
+# -- Gradio's assets served by the server itself (llmspawner.singleuser.board_assets) ---------
+
+ASSETS = BOARD + "assets/"
+
+
+def _gradio_assets() -> Path:
+    from llmspawner.singleuser.board_assets import gradio_assets_dir
+
+    found = gradio_assets_dir()
+    if found is None:
+        pytest.skip("gradio is not installed")
+    return found
+
+
+def _an_asset(min_bytes: int = 4096) -> Path:
+    """A content-hashed JavaScript file of the installed Gradio of at least ``min_bytes``."""
+    from llmspawner.singleuser.board_assets import HASHED_NAME
+
+    for f in sorted(_gradio_assets().glob("*.js")):
+        if HASHED_NAME.search(f.name) and f.stat().st_size >= min_bytes:
+            return f
+    pytest.skip("no hashed .js file in gradio's assets")
+
+
+def _served_by_the_server(r: httpx.Response) -> bool:
+    """Whether our route answered (the stand-in and Gradio send no such Cache-Control)."""
+    from llmspawner.singleuser.board_assets import IMMUTABLE
+
+    return r.headers.get("cache-control") == IMMUTABLE
+
+
+@pytest.fixture(scope="module")
+def assets_server(tmp_path_factory):
+    """alice's server with the stand-in LlamaBoard: every request the proxy forwards is
+    answered with "fake LlamaBoard", so a response tells which route served it."""
+    root = tmp_path_factory.mktemp("assets")
+    bin_dir = _fake_cli_dir(root)
+    srv = start_server(
+        root / "server",
+        environ={"FAKE_BOARD_PIDS": str(root / "pids")},
+        path=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    try:
+        yield srv
+    finally:
+        _stop(srv.proc)
+
+
+def test_asset_is_served_by_the_server_with_gradios_bytes(assets_server):
+    asset = _an_asset()
+    with assets_server.client(**{"Accept-Encoding": "identity"}) as c:
+        r = c.get(ASSETS + asset.name)
+        assert r.status_code == 200, assets_server.log_tail()
+        assert r.content == asset.read_bytes()  # not the stand-in's page: our route
+        assert "content-encoding" not in r.headers
+        assert r.headers["content-type"].startswith(("application/javascript", "text/javascript"))
+        assert r.headers["vary"] == "Accept-Encoding"
+        assert r.headers["cache-control"] == "private, max-age=31536000, immutable"
+        assert int(r.headers["content-length"]) == asset.stat().st_size
+        etag = r.headers["etag"]
+        again = c.get(ASSETS + asset.name, headers={"If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b""
+
+
+def test_asset_is_gzipped_when_accepted(assets_server):
+    asset = _an_asset()
+    with assets_server.client(**{"Accept-Encoding": "gzip"}) as c:
+        with c.stream("GET", ASSETS + asset.name) as r:
+            assert r.status_code == 200
+            raw = b"".join(r.iter_raw())
+        assert r.headers["content-encoding"] == "gzip"
+        assert r.headers["vary"] == "Accept-Encoding"
+        assert int(r.headers["content-length"]) == len(raw) < asset.stat().st_size
+        import gzip
+
+        assert gzip.decompress(raw) == asset.read_bytes()
+        plain_etag = c.get(ASSETS + asset.name, headers={"Accept-Encoding": "identity"}).headers[
+            "etag"
+        ]
+        assert r.headers["etag"] != plain_etag  # two representations, two tags
+        assert (
+            c.get(ASSETS + asset.name, headers={"If-None-Match": r.headers["etag"]}).status_code
+            == 304
+        )
+
+
+def test_assets_need_the_users_login(assets_server):
+    asset = _an_asset()
+    secret = asset.read_bytes()
+    url = f"{assets_server.origin}{ASSETS}{asset.name}"
+    for headers in ({}, {"Authorization": "token not-alices-token"}):
+        r = httpx.get(url, headers=headers, follow_redirects=False, timeout=30)
+        assert r.status_code in (302, 403), (headers, r.status_code)
+        assert secret not in r.content and not _served_by_the_server(r)
+        if r.status_code == 302:
+            assert urlsplit(r.headers["location"]).path.endswith("login")
+
+
+def test_a_file_not_in_gradios_folder_goes_to_the_proxy(assets_server):
+    with assets_server.client() as c:
+        r = c.get(ASSETS + "Missing-AAAAAAAA.js")  # e.g. LlamaBoard's Gradio is another
+    assert r.status_code == 200 and "fake LlamaBoard" in r.text
+    assert not _served_by_the_server(r)
+
+
+@pytest.mark.parametrize(
+    "tail", ["../index.html", "..%2Findex.html", "%2e%2e/index.html", "%2E%2E%2Findex.html"]
+)
+def test_traversal_out_of_the_assets_folder_serves_nothing_of_it(assets_server, tail):
+    """Gradio's ``templates/frontend/index.html`` lies next to ``assets/``; the path is sent
+    as written (http.client does not normalise it)."""
+    import http.client
+
+    outside = (_gradio_assets().parent / "index.html").read_bytes()
+    conn = http.client.HTTPConnection("127.0.0.1", assets_server.port, timeout=30)
+    try:
+        conn.request(
+            "GET", ASSETS + tail, headers={"Authorization": f"token {assets_server.token}"}
+        )
+        r = conn.getresponse()
+        body = r.read()
+    finally:
+        conn.close()
+    assert body != outside and outside[:200] not in body
+    assert r.getheader("cache-control") != "private, max-age=31536000, immutable"
+
+
+def test_an_asset_load_is_activity_as_through_the_proxy(assets_server):
+    """Through jupyter-server-proxy an asset GET counted as activity (gradio_activity:
+    only Gradio's polling and timer ticks do not); served by the server, it still does."""
+    asset = _an_asset()
+    with assets_server.client() as c:
+        c.get(PREFIX + "llmspawner/llamaboard-start")
+        before = _last_activity(c)
+        time.sleep(0.01)  # a later timestamp than ``before``
+        r = c.get(ASSETS + asset.name)
+        assert _served_by_the_server(r)
+        assert _last_activity(c) > before
+
+
+def test_assets_switched_off_go_to_the_proxy(fake_server):
+    start, _ = fake_server
+    srv = start(LLMSPAWNER_LLAMABOARD_ASSETS="0")
+    asset = _an_asset()
+    with srv.client() as c:
+        before = _last_activity(c)
+        time.sleep(0.01)
+        r = c.get(ASSETS + asset.name)
+        assert r.status_code == 200 and "fake LlamaBoard" in r.text
+        assert not _served_by_the_server(r)
+        assert _last_activity(c) > before  # the proxy counts it, as the route does
+    assert "LLMSPAWNER_LLAMABOARD_ASSETS is off" in srv.log_tail()
+
+
+def test_llamaboards_page_assets_come_from_the_server(server, page):
+    """Every asset of the real LlamaBoard page under assets/ is answered by our route (the
+    rule before jupyter-server-proxy's) with the bytes Gradio would send."""
+    folder = _gradio_assets()
+    page_url = f"{server.origin}{BOARD}"
+    urls = [urljoin(page_url, u) for u in _assets(page.text)]
+    mine = [u for u in urls if u.startswith(page_url + "assets/")]
+    assert mine, urls
+    with server.client() as c:
+        for url in mine:
+            r = c.get(url)
+            assert r.status_code == 200, url
+            assert _served_by_the_server(r), (url, dict(r.headers))
+            assert r.content == (folder / url[len(page_url + "assets/") :]).read_bytes(), url
