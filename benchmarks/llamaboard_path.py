@@ -405,6 +405,21 @@ def time_hub_start(
             page.reload(wait_until="load", timeout=timeout_s * 1000)
     selector = llamaboard_iframe(hub_url, username)
     frame = page.frame_locator(selector).last
+    # The frame's page comes once LlamaBoard answers through the proxy, which holds the
+    # request while LlamaBoard is still starting (eager start): the stall clock starts when
+    # Gradio's page is there (its <gradio-app> element), a network change counts from the
+    # click.
+    clicked = loaded_at
+    try:
+        frame.locator("gradio-app").wait_for(
+            state="attached", timeout=max(deadline - time.monotonic(), 1) * 1000
+        )
+    except Exception:
+        raise TimeoutError(
+            f"hub start: no LlamaBoard page in its JupyterLab tab by the deadline; "
+            f"{requests.describe(clicked)}"
+        ) from None
+    loaded_at = clicked if requests.network_changed_since(clicked) else time.monotonic()
 
     def reload() -> None:  # the LlamaBoard tab's iframe only (same origin as JupyterLab)
         page.locator(selector).last.evaluate("f => f.contentWindow.location.reload()")
@@ -621,7 +636,12 @@ def progress_delays(
     result = board.output_box.filter(visible=True).first.inner_text()
     if not result.startswith(helpers.FINISHED):
         raise RuntimeError(f"the training ended with {result[:300]!r}")
-    return [shown[s] - written[s] for s in sorted(shown) if s in written]
+    delays = [shown[s] - written[s] for s in sorted(shown) if s in written]
+    log(
+        f"progress: {len(written)} steps in trainer_log.jsonl, {len(shown)} progress labels "
+        f"shown (steps {sorted(shown)}), {len(delays)} matched"
+    )
+    return delays
 
 
 def measure_progress(which, *, page, frame, stack, username, board, args) -> list[float]:
