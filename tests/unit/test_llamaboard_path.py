@@ -210,3 +210,14 @@ def test_the_summary_ends_with_ratio_lines_make_bench_reads(bench):
         assert any(line.split()[:3] == ["llamaboard_page", "not", "measured"] for line in lines)
     finally:
         sys.modules.pop("run_all_b7", None)
+
+
+def test_delivery_delays_count_steps_the_label_skipped_and_a_stream_not_delivered_live(bench):
+    written = {1: 10.0, 2: 11.0, 3: 12.0, 4: 13.0}
+    # Live: the label (polled every 2 s by LlamaBoard) showed steps 1 and 3, then 4.
+    assert bench.delivery_delays(written, {1: 10.5, 3: 12.5, 4: 14.0}) == [0.5, 1.5, 0.5, 1.0]
+    # Not live: only the last step, at the end: every step waited for it.
+    assert bench.delivery_delays(written, {4: 20.0}) == [10.0, 9.0, 8.0, 7.0]
+    # Steps no label reached (the page never caught up) are left out.
+    assert bench.delivery_delays(written, {2: 11.5}) == [1.5, 0.5]
+    assert bench.delivery_delays(written, {}) == []
