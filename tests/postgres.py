@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -76,9 +75,11 @@ def unavailable() -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port outside the ephemeral range, reserved while this process lives (the dev
+    stack's picker: no other socket can take it before the server binds it)."""
+    from llmspawner_dev.processes import free_port
+
+    return free_port()
 
 
 @contextmanager

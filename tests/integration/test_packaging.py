@@ -32,7 +32,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -118,9 +117,11 @@ def _run(venv: Path, *args: str, cwd: Path | None = None) -> subprocess.Complete
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port outside the ephemeral range, reserved while this process lives (the dev
+    stack's picker: no other socket can take it before the server binds it)."""
+    from llmspawner_dev.processes import free_port
+
+    return free_port()
 
 
 # --- llmspawner[singleuser] ----------------------------------------------------------------

@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -98,9 +97,11 @@ GATED_WORKERS = textwrap.dedent(
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port outside the ephemeral range, reserved while this process lives (the dev
+    stack's picker: no other socket can take it before the server binds it)."""
+    from llmspawner_dev.processes import free_port
+
+    return free_port()
 
 
 @contextlib.contextmanager

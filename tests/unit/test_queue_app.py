@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from pathlib import Path
 
@@ -92,10 +91,12 @@ class FakeBackend:
         return True
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port() -> int:
+    """A port outside the ephemeral range, reserved while this process lives (the dev
+    stack's picker: no other socket can take it before the server binds it)."""
+    from llmspawner_dev.processes import free_port
+
+    return free_port()
 
 
 @pytest.fixture
