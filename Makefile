@@ -16,6 +16,6 @@ test: install
 lint: install
 	.venv/bin/ruff check .
 
-# Every benchmark (benchmarks/run_all.py, ~15 min on 2 cores); ends with one 'ratio NAME VALUE target TARGET' line per figure.
+# Every benchmark (benchmarks/run_all.py: at most ~18 min on 2 cores, each benchmark stopped at its time budget); ends with one 'ratio NAME VALUE target TARGET' line per figure and bench_total_seconds.
 bench: install
 	.venv/bin/python benchmarks/run_all.py
