@@ -210,6 +210,9 @@ def test_singleuser_enables_the_activity_extension(singleuser_venv):
     # LlamaBoard starts with the server (llmspawner.singleuser.eager), from the same config.
     assert "llmspawner.singleuser.eager enabled" in out
     assert re.search(r"^\s+llmspawner\.singleuser\.eager\s+OK$", out, re.M), out
+    # LlamaBoard's Gradio assets are served by the server itself (llmspawner.singleuser.board_assets).
+    assert "llmspawner.singleuser.board_assets enabled" in out
+    assert re.search(r"^\s+llmspawner\.singleuser\.board_assets\s+OK$", out, re.M), out
 
 
 def test_singleuser_has_the_queue_command(singleuser_venv):
