@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything llmspawner needs to run its stack and its tests on this machine, into
 # ./.venv (Python packages, llamafactory included) and ./.venv/chp (configurable-http-proxy).
-# Idempotent: a second run with an unchanged pyproject.toml returns at once.
+# Idempotent: a second run with unchanged pyproject.toml files and jupyter-config/ (the
+# server extension config the install copies into the venv) returns at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,7 @@ for tool in "$PYTHON" node npm; do
     command -v "$tool" >/dev/null || { echo "install.sh: '$tool' is required (Python >= 3.10, Node.js >= 18 with npm)" >&2; exit 1; }
 done
 
-stamp="$VENV/.llmspawner-installed-$( (cat pyproject.toml devtools/pyproject.toml; echo "$CHP_VERSION") | sha256sum | cut -c1-16)"
+stamp="$VENV/.llmspawner-installed-$( (cat pyproject.toml devtools/pyproject.toml; find jupyter-config -type f | LC_ALL=C sort | xargs cat; echo "$CHP_VERSION") | sha256sum | cut -c1-16)"
 if [ -e "$stamp" ]; then
     echo "install.sh: $VENV is up to date"
     exit 0
