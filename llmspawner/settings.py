@@ -92,6 +92,28 @@ def parse_bool(value: str | None, *, name: str, default: bool = False) -> bool:
     raise SettingError(f"{name} must be one of 1, true, yes, on, 0, false, no, off; not {value!r}")
 
 
+def env_switch(environ, name: str, *, default: bool, log, meaning: str) -> bool:
+    """Read an on/off switch of a running server, where a typo must not stop it.
+
+    Args:
+        environ: the process's environment (a mapping).
+        name: the variable, e.g. ``LLMSPAWNER_LLAMABOARD_ASSETS``.
+        default: the value when unset, empty or invalid.
+        log: a :class:`logging.Logger`; an invalid value is logged there as a warning naming
+            the variable and the allowed values, followed by ``meaning``.
+        meaning: what the default means, for that warning (``"LlamaBoard starts with the
+            server"``).
+
+    Returns:
+        :func:`parse_bool`'s answer, or ``default`` for a value it refuses. Never raises.
+    """
+    try:
+        return parse_bool(environ.get(name), name=name, default=default)
+    except SettingError as e:
+        log.warning("%s; %s", e, meaning)
+        return default
+
+
 def parse_csv(value: str | None) -> list[str]:
     """Split a comma-separated environment value: stripped, empty items and duplicates dropped,
     order kept. ``None`` or empty: ``[]``."""

@@ -87,13 +87,15 @@ def assets_enabled(environ: Mapping[str, str], *, log: logging.Logger = log) -> 
         ``0``/``false``/``no``/``off`` (any case). Anything else is logged as a warning naming
         the variable and the allowed values, and counts as unset (True).
     """
-    from llmspawner.settings import SettingError, parse_bool
+    from llmspawner.settings import env_switch
 
-    try:
-        return parse_bool(environ.get(ENABLE_ENV), name=ENABLE_ENV, default=True)
-    except SettingError as e:
-        log.warning("%s; LlamaBoard's assets are served by the server", e)
-        return True
+    return env_switch(
+        environ,
+        ENABLE_ENV,
+        default=True,
+        log=log,
+        meaning="LlamaBoard's assets are served by the server",
+    )
 
 
 def gradio_assets_dir() -> Path | None:

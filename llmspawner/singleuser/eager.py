@@ -93,13 +93,11 @@ def eager_start_enabled(environ: Mapping[str, str], *, log: logging.Logger = log
         ``0``/``false``/``no``/``off`` (any case). Anything else is logged as a warning naming
         the variable and counts as unset (True), so a typo does not break the server.
     """
-    from llmspawner.settings import SettingError, parse_bool
+    from llmspawner.settings import env_switch
 
-    try:
-        return parse_bool(environ.get(ENABLE_ENV), name=ENABLE_ENV, default=True)
-    except SettingError as e:
-        log.warning("%s; LlamaBoard starts with the server", e)
-        return True
+    return env_switch(
+        environ, ENABLE_ENV, default=True, log=log, meaning="LlamaBoard starts with the server"
+    )
 
 
 @dataclass
