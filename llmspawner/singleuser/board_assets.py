@@ -258,6 +258,18 @@ def _handler_class():
                 await prepared
             web.authenticated(lambda request_handler: None)(self)
 
+        def check_xsrf_cookie(self) -> None:
+            """No XSRF check for these GETs, as jupyter-server-proxy's ``ProxyHandler``.
+
+            JupyterHub's singleuser auth accepts the login cookie of a request whose
+            ``Sec-Fetch-Mode`` is ``cors`` only if the handler's ``check_xsrf_cookie`` passes
+            (``HubOAuth._get_user_cookie``, jupyterhub/services/auth.py); a browser fetches
+            Gradio's JavaScript modules in that mode without an ``_xsrf`` token, so tornado's
+            check would refuse the cookie and send every module to the login page. This route
+            only reads public files of the installed Gradio (GET/HEAD; other methods 405), so
+            there is nothing for a forged request to change; the login is still required.
+            """
+
         @web.authenticated
         async def get(self, path: str, include_body: bool = True) -> None:
             request = self.request

@@ -242,3 +242,44 @@ def test_extension_points_and_shipped_config():
     shipped = Path(__file__).parents[2] / "jupyter-config/jupyter_server_config.d/llmspawner.json"
     extensions = json.loads(shipped.read_text())["ServerApp"]["jpserver_extensions"]
     assert extensions["llmspawner.singleuser.board_assets"] is True
+
+
+def _asset_request(*, mode: str, site: str = "same-origin", method: str = "GET"):
+    path = "/user/alice/llamaboard/assets/Blocks-BEaKnzuj.js"
+    headers = HTTPHeaders({"Host": "127.0.0.1", "Sec-Fetch-Mode": mode, "Sec-Fetch-Site": site})
+    connection = SimpleNamespace(set_close_callback=lambda _: None)
+    start_line = RequestStartLine(method, path, "HTTP/1.1")
+    return HTTPServerRequest(start_line=start_line, headers=headers, connection=connection)
+
+
+@pytest.mark.parametrize("mode", ["cors", "navigate", "no-cors"])
+async def test_jupyterhubs_cookie_auth_accepts_a_module_fetch(folder, mode, monkeypatch):
+    """A browser fetches Gradio's JavaScript modules with ``Sec-Fetch-Mode: cors``; JupyterHub's
+    singleuser auth (``HubOAuth._get_user_cookie``, run here as it is) accepts the login cookie
+    of such a request only if the handler's ``check_xsrf_cookie`` passes, as jupyter-server-
+    proxy's does. Without the override every module went to the login page (the page stayed
+    without its tabs behind the hub, seen in benchmarks/llamaboard_path.py). Mocked: only the
+    cookie's token and the hub's answer for it (no hub runs in a unit test)."""
+    from jupyterhub.services.auth import HubOAuth
+
+    app = Application([], base_url="/user/alice/", cookie_secret="x" * 32)
+    rule = board_assets.asset_rule("/user/alice/", folder)
+    handler_class, kwargs = rule.target, rule.target_kwargs
+    handler = handler_class(app, _asset_request(mode=mode), **kwargs)
+    auth = HubOAuth(api_token="t", api_url="http://127.0.0.1:9/hub/api", cache_max_age=0)
+    auth._get_token_cookie = lambda h: "cookie-token"
+    # The singleuser identity provider patches the base classes' check_xsrf_cookie with
+    # JupyterHub's (HubOAuth._patch_xsrf) before every get_user: done here too, and undone.
+    from jupyter_server.base.handlers import JupyterHandler
+
+    for cls in (JupyterHandler, RequestHandler):
+        for name in ("check_xsrf_cookie", "_xsrf_token_id", "xsrf_token"):
+            monkeypatch.setattr(cls, name, cls.__dict__.get(name), raising=False)
+    auth._patch_xsrf(handler)
+
+    async def user_for_token(token, session_id=None, sync=True):
+        assert token == "cookie-token"
+        return {"name": "alice", "kind": "user"}
+
+    auth.user_for_token = user_for_token
+    assert await auth._get_user_cookie(handler) == {"name": "alice", "kind": "user"}
