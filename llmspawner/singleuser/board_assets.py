@@ -15,7 +15,9 @@ folder directly, in the user's server:
   is not matched and goes on to jupyter-server-proxy and LlamaBoard as before.
 - **Authenticated as every proxied request** (jupyterhub-singleuser's auth under
   JupyterHub): the same ``prepare`` check as jupyter-server-proxy's ``ProxyHandler``
-  (``web.authenticated``: a redirect to the login page for a GET without a user).
+  (``web.authenticated``: a redirect to the login page for a GET without a user), and, as
+  that handler, no XSRF check of its own (JupyterHub's check would refuse the login cookie of
+  the browser's ``Sec-Fetch-Mode: cors`` module fetches; see ``check_xsrf_cookie``).
 - **Compressed**: gzip when the request accepts it (each file compressed once, in a thread,
   kept in a bounded in-memory cache, :class:`GzipCache`), ``Vary: Accept-Encoding``;
   ``Cache-Control: private, max-age=31536000, immutable`` for content-hashed names
