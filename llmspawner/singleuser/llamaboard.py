@@ -288,8 +288,16 @@ def update_last_activity(handler) -> bool:
             chunk of a stream, it ends the stream's connection to LlamaBoard (module
             docstring). Raised once per request: the proxy's own error path that follows
             (``_proxy_progressive``'s 599 branch) calls the hook again and gets ``False``.
+            Only inside a stream: for a request jupyter-server-proxy 4.6 streams (``Accept:
+            text/event-stream``, its own test in ``ProxyHandler.proxy``) and not at the
+            request's first call, which ``ProxyHandler.proxy`` makes before it contacts
+            LlamaBoard. Outside a stream (that first call; a buffered request's call after its
+            fetch) an exception is the handler's own, an "Uncaught exception" and a 500 in the
+            log for a page closed while it loaded, and there is no upstream stream to close.
     """
-    if client_gone(handler):
+    calls = getattr(handler, _CALLS, 0) + 1
+    setattr(handler, _CALLS, calls)
+    if calls > 1 and _streamed(handler) and client_gone(handler):
         if getattr(handler, _GONE, False):  # the proxy's error path calls again: once only
             return False
         setattr(handler, _GONE, True)
@@ -302,6 +310,14 @@ def update_last_activity(handler) -> bool:
 
 
 _GONE = "_llmspawner_page_gone"
+_CALLS = "_llmspawner_activity_calls"
+
+
+def _streamed(handler) -> bool:
+    """Whether jupyter-server-proxy streams this request's response (its own rule, 4.4+:
+    the request's ``Accept`` header is exactly ``text/event-stream``)."""
+    headers = getattr(handler.request, "headers", None) or {}
+    return headers.get("Accept") == "text/event-stream"
 
 
 # jupyter-server-proxy calls these with the arguments named in their signature, taken from

@@ -550,11 +550,17 @@ class _Stream:
 class _Handler:
     """What the hook reads of jupyter-server-proxy's handler."""
 
-    def __init__(self, stream, path="/user/alice/llamaboard/gradio_api/queue/data"):
+    def __init__(
+        self, stream, path="/user/alice/llamaboard/gradio_api/queue/data", accept="text/event-stream"
+    ):
         from types import SimpleNamespace
 
         self.request = SimpleNamespace(
-            method="GET", path=path, body=b"", connection=SimpleNamespace(stream=stream)
+            method="GET",
+            path=path,
+            body=b"",
+            headers={"Accept": accept},
+            connection=SimpleNamespace(stream=stream),
         )
         self.port = 1
 
@@ -565,10 +571,28 @@ def test_the_activity_hook_ends_the_stream_of_a_page_that_is_gone(process):
     assert llamaboard.update_last_activity(open_page) is False  # Gradio's polling: as before
     assert llamaboard.update_last_activity(_Handler(None)) is False  # detached: not gone
     gone = _Handler(_Stream(True))
+    # The request's first call is jupyter-server-proxy's, in ProxyHandler.proxy before it
+    # contacts LlamaBoard: outside a stream an exception would be the handler's own (an
+    # "Uncaught exception" and a 500 in the log), so that call never raises.
+    assert llamaboard.update_last_activity(gone) is False
     with pytest.raises(llamaboard.PageGone, match="queue/data is gone"):
-        llamaboard.update_last_activity(gone)
+        llamaboard.update_last_activity(gone)  # the stream's first chunk
     # The proxy's error path calls the hook again for the same request: no second raise.
     assert llamaboard.update_last_activity(gone) is False
     from tornado.httputil import HTTPInputError
 
     assert issubclass(llamaboard.PageGone, HTTPInputError)  # tornado closes it quietly
+
+
+def test_the_activity_hook_never_raises_for_a_request_that_is_not_streamed(process):
+    """A buffered request (a page asset, Gradio's config) whose page closed while it loaded:
+    jupyter-server-proxy calls the hook before and after its fetch, outside any stream, where
+    a PageGone would be the handler's own uncaught exception (a 500 and a traceback in the
+    server's log) with no upstream stream to close."""
+    from llmspawner.singleuser import gradio_activity
+
+    path = "/user/alice/llamaboard/config"
+    expected = gradio_activity.update_last_activity(_Handler(_Stream(False), path=path, accept="*/*"))
+    gone = _Handler(_Stream(True), path=path, accept="*/*")
+    for _ in range(3):  # before the fetch, after it, and once more
+        assert llamaboard.update_last_activity(gone) is expected
