@@ -38,6 +38,9 @@ def test_an_idle_worker_leaves_on_its_own():
     assert pool.submit(int, "7").result(timeout=60) == 7
     processes = list(pool._processes.values())
     stop_pool(pool, grace=30)
+    # The pool's own management thread may reap the worker (waitpid) and only then, once it
+    # has the GIL again, store its exit code: wait for that thread before reading it.
+    pool.shutdown(wait=True)
     assert [p.exitcode for p in processes] == [0]  # it read the shutdown: no signal needed
 
 
