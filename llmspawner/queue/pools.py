@@ -19,8 +19,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from multiprocessing.connection import wait as _wait_ready
 
 __all__ = ["stop_pool"]
+
+
+def _running(process) -> bool:
+    """Whether a worker process still runs: its sentinel (a pipe end the child holds) is not
+    readable yet. Unlike ``Process.is_alive()`` this holds when something else in the
+    process reaped the child (``is_alive()`` then stays True: its ``waitpid`` gets
+    ``ECHILD``), so an exited worker is never signalled (its pid may be reused)."""
+    return process.exitcode is None and not _wait_ready([process.sentinel], 0)
 
 
 def stop_pool(pool: concurrent.futures.ProcessPoolExecutor | None, grace: float = 1.0) -> None:
@@ -44,10 +53,10 @@ def stop_pool(pool: concurrent.futures.ProcessPoolExecutor | None, grace: float 
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
     for process in processes:
-        if process.is_alive():
+        if _running(process):
             process.terminate()
     for process in processes:
         process.join(1.0)
-        if process.is_alive():
+        if _running(process):
             process.kill()
             process.join(1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import time
 
 from llmspawner.queue.pools import stop_pool
@@ -33,15 +34,20 @@ def test_a_worker_still_starting_is_ended_not_waited_for():
     )
 
 
-def test_an_idle_worker_leaves_on_its_own():
+def test_an_idle_worker_leaves_on_its_own(monkeypatch):
     pool = _pool()
     assert pool.submit(int, "7").result(timeout=60) == 7
     processes = list(pool._processes.values())
+    signalled = []
+    for p in processes:
+        monkeypatch.setattr(p, "terminate", lambda p=p: signalled.append(("TERM", p.pid)))
+        monkeypatch.setattr(p, "kill", lambda p=p: signalled.append(("KILL", p.pid)))
     stop_pool(pool, grace=30)
-    # The pool's own management thread may reap the worker (waitpid) and only then, once it
-    # has the GIL again, store its exit code: wait for that thread before reading it.
-    pool.shutdown(wait=True)
-    assert [p.exitcode for p in processes] == [0]  # it read the shutdown: no signal needed
+    # It read the shutdown and left: no signal needed. (Its exit code is not read: in the test
+    # process something else may reap the child, and then Process.exitcode stays None while
+    # its pid is gone; stop_pool tells an exited worker by its sentinel, so it is not signalled.)
+    assert signalled == []
+    assert all(not os.path.exists(f"/proc/{p.pid}") or p.exitcode == 0 for p in processes)
 
 
 def test_no_pool_is_nothing_to_do():
