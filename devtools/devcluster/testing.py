@@ -53,6 +53,23 @@ class WaitTimeout(AssertionError, TimeoutError):
     ``TimeoutError`` (what ``asyncio``-style callers catch)."""
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: it exists and is not a zombie (``/proc/PID/stat``'s state,
+    proc(5)); a process that has exited but is not reaped yet counts as gone.
+
+    Args:
+        pid: a process id.
+
+    Returns:
+        True while it runs; False once it exited, or when there is no such process.
+    """
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def _describe(predicate: Callable, what: str | None) -> str:
     return what or f"condition {getattr(predicate, '__name__', repr(predicate))}"
 

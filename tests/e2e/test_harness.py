@@ -12,7 +12,7 @@ from pathlib import Path
 import kubernetes_asyncio.client
 import pytest
 
-from devcluster.testing import WaitTimeout, wait_for, wait_until
+from devcluster.testing import WaitTimeout, pid_alive, wait_for, wait_until
 from llmspawner import cli
 from llmspawner_dev import parts
 from llmspawner_dev.kube import KubeClient, KubeError
@@ -30,14 +30,6 @@ from llmspawner_dev.smoke import gradio_config
 from llmspawner_dev.stack import DEFAULT_MLFLOW_MODE, MARKER_ENV, DevStack
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def test_free_port_can_be_bound():
     port = free_port()
     with socket.socket() as s:
@@ -53,12 +45,12 @@ def test_stop_ends_the_whole_process_group(tmp_path):
     ).start()
     wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "the pid file", 0.05)
     grandchild = int(pidfile.read_text())
-    assert child.running and _alive(grandchild)
+    assert child.running and pid_alive(grandchild)
 
     assert child.stop(grace=5) == -signal.SIGTERM
     assert not child.running
     time.sleep(0.2)
-    assert not _alive(grandchild)
+    assert not pid_alive(grandchild)
     assert child.stop() == -signal.SIGTERM  # a second stop is harmless
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from devcluster.testing import pid_alive
 from llmspawner_dev.processes import wait_http
 
 from .polling import wait_until
@@ -38,12 +39,6 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def services_of(hub_pid: int) -> dict[str, list[int]]:
@@ -70,10 +65,10 @@ def test_a_killed_hub_leaves_no_second_copy_of_its_services(stack, timeouts):
     hub.popen.wait(10)
     try:
         wait_until(
-            lambda: not [pid for pid in old if _alive(pid)], 30, "the killed hub's services end"
+            lambda: not [pid for pid in old if pid_alive(pid)], 30, "the killed hub's services end"
         )
     except AssertionError:
-        left = {pid: _cmdline(pid) for pid in old if _alive(pid)}
+        left = {pid: _cmdline(pid) for pid in old if pid_alive(pid)}
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         raise AssertionError(f"still running after the hub was killed: {left}") from None
@@ -93,4 +88,4 @@ def test_a_killed_hub_leaves_no_second_copy_of_its_services(stack, timeouts):
     )
     after = services_of(hub.pid)
     assert all(len(pids) == 1 for pids in after.values()), after
-    assert not [pid for pid in old if _alive(pid)]
+    assert not [pid for pid in old if pid_alive(pid)]

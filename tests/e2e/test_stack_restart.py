@@ -39,6 +39,7 @@ import httpx
 import pytest
 import yaml
 
+from devcluster.testing import pid_alive
 from llmspawner.queue.k8s_objects import LABEL_JOB_ID
 from llmspawner.storage import models_path
 from llmspawner.tracking import job_run_filter
@@ -181,12 +182,6 @@ def get_job(session: HubSession, job_id: int) -> dict | None:
     return r.json()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
@@ -255,7 +250,7 @@ def test_a_job_running_when_the_stack_is_killed_resumes_from_its_checkpoint_afte
         # -- the night: llmspawner dev is killed, nobody watching ------------------------
         first.kill(signal.SIGKILL)
         wait_until(
-            lambda: not [p for p in training if _alive(p)],
+            lambda: not [p for p in training if pid_alive(p)],
             60,
             "the killed stack's training pod's processes end",
         )
@@ -293,7 +288,7 @@ def test_a_job_running_when_the_stack_is_killed_resumes_from_its_checkpoint_afte
         jobs, pods = k8s_objects(second, job_id)
         assert [j["metadata"]["name"] for j in jobs] == [job["k8s_job"]]
         assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
-        assert not [p for p in training if _alive(p)]
+        assert not [p for p in training if pid_alive(p)]
 
         # Resumed from the checkpoint in the same folder, to the end.
         logs = alice.get(f"{API}/jobs/{job_id}/logs")

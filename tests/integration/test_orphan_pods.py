@@ -27,7 +27,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.config import new_client_from_config
 
 from devcluster.faults import FaultProxy
-from devcluster.testing import fast_cluster, wait_for
+from devcluster.testing import fast_cluster, pid_alive, wait_for
 from llmspawner.hubconfig import REPO_PROFILES
 from llmspawner_dev.parts import base_environment, hub_command
 from llmspawner_dev.processes import ChildProcess, free_port
@@ -383,12 +383,6 @@ def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 async def test_a_killed_hub_leaves_no_managed_service_running(hub):
@@ -402,7 +396,7 @@ async def test_a_killed_hub_leaves_no_managed_service_running(hub):
     try:
 
         def ended():
-            return not any(_alive(pid) for pid in services)
+            return not any(pid_alive(pid) for pid in services)
 
         await wait_for(ended, 15, "the reconciler ends with its hub", 0.1)
     finally:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devcluster.testing import pid_alive
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -249,7 +251,7 @@ def test_a_benchmark_whose_children_hold_its_output_ends_when_it_exits(
     assert result.error == ""
     assert result.ratios == {"spawn_start": ("1.00", "1.10")}
     child = int(pidfile.read_text())
-    assert not _alive(child)  # ended with the benchmark's process group
+    assert not pid_alive(child)  # ended with the benchmark's process group
 
 
 def test_a_hanging_benchmark_is_stopped_at_its_timeout_with_its_group(
@@ -279,7 +281,7 @@ def test_a_hanging_benchmark_is_stopped_at_its_timeout_with_its_group(
     )
     assert any(re.fullmatch(r"  hangs\.py +\d+ s  \(budget 1 s\)  failed", x) for x in out)
     assert "ratio spawn_manifest failed target 1.5" in out
-    assert not _alive(int(pidfile.read_text()))
+    assert not pid_alive(int(pidfile.read_text()))
 
 
 def test_the_timeouts_add_up_to_the_budget(run_all):
@@ -289,12 +291,6 @@ def test_the_timeouts_add_up_to_the_budget(run_all):
     assert sum(b.timeout for b in run_all.BENCHMARKS) + install_seconds <= run_all.TOTAL_TARGET
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def test_time_a_benchmark_leaves_unused_goes_to_the_later_ones(run_all, monkeypatch):

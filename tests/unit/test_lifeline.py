@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 
-from devcluster.testing import wait_until
+from devcluster.testing import pid_alive, wait_until
 from llmspawner.lifeline import hold_to_parent
 
 #: The "hub": starts the "service" as JupyterHub does (a session of its own), prints its pid,
@@ -30,12 +30,6 @@ time.sleep(120)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_service_ends_when_its_hub_is_killed():
@@ -47,13 +41,13 @@ def test_a_service_ends_when_its_hub_is_killed():
         # Held before the parent dies (a hub killed within the service's first instant of
         # Python is the one window left: see llmspawner.lifeline).
         assert parent.stdout.readline() == "held\n"
-        assert _alive(child)
+        assert pid_alive(child)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(10)
-        wait_until(lambda: not _alive(child), 10, "the service ends with its parent", 0.05)
+        wait_until(lambda: not pid_alive(child), 10, "the service ends with its parent", 0.05)
     finally:
         parent.kill()
-        if "child" in locals() and _alive(child):
+        if "child" in locals() and pid_alive(child):
             os.kill(child, signal.SIGKILL)
 
 
@@ -78,10 +72,10 @@ def test_a_service_that_ignores_sigterm_is_killed():
         assert parent.stdout.readline() == "held\n"
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(10)
-        wait_until(lambda: not _alive(child), 10, "the stubborn service is killed", 0.05)
+        wait_until(lambda: not pid_alive(child), 10, "the stubborn service is killed", 0.05)
     finally:
         parent.kill()
-        if "child" in locals() and _alive(child):
+        if "child" in locals() and pid_alive(child):
             os.kill(child, signal.SIGKILL)
 
 
