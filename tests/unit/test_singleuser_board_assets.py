@@ -53,17 +53,21 @@ def _request(path: str) -> HTTPServerRequest:
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "name"),
     [
-        "/user/alice/llamaboard/assets/Blocks-BEaKnzuj.js",
-        "/user/alice/llamaboard/assets/svelte/svelte.js",
-        "/user/alice/llamaboard/assets/svelte%2Fsvelte.js",  # decoded, inside the folder
-        "/user/alice/llamaboard/assets/Blocks-BEaKnzuj.js?v=1",
+        ("/user/alice/llamaboard/assets/Blocks-BEaKnzuj.js", "Blocks-BEaKnzuj.js"),
+        ("/user/alice/llamaboard/assets/svelte/svelte.js", "svelte/svelte.js"),
+        # decoded, inside the folder
+        ("/user/alice/llamaboard/assets/svelte%2Fsvelte.js", "svelte/svelte.js"),
+        ("/user/alice/llamaboard/assets/Blocks-BEaKnzuj.js?v=1", "Blocks-BEaKnzuj.js"),
     ],
 )
-def test_matcher_matches_files_of_the_folder(folder, path):
+def test_matcher_matches_files_of_the_folder(folder, path, name):
     matcher = AssetMatcher("/user/alice/llamaboard", asset_names(folder))
-    assert matcher.match(_request(path)) is not None
+    found = matcher.match(_request(path))
+    (arg,) = found["path_args"]
+    assert (arg.decode() if isinstance(arg, bytes) else arg) == name
+    assert found["path_kwargs"] == {}
 
 
 @pytest.mark.parametrize(
