@@ -323,21 +323,25 @@ def _handler_class():
     return BoardAssetsHandler
 
 
-def asset_rule(base_url: str, root: Path, cache: GzipCache | None = None) -> Rule:
-    """The router rule serving ``<base_url>llamaboard/assets/<name>`` from ``root``.
+def asset_rule(
+    base_url: str, root: Path, names: frozenset[str], cache: GzipCache | None = None
+) -> Rule:
+    """The router rule serving ``<base_url>llamaboard/assets/<name>`` from ``root`` (pure:
+    the folder is not read here).
 
     Args:
         base_url: the server's ``base_url``, e.g. ``/user/alice/``.
-        root: the assets folder (:func:`gradio_assets_dir`).
+        root: the assets folder (:func:`gradio_assets_dir`), an absolute real path.
+        names: the files the route serves, relative to ``root`` (:func:`asset_names`).
         cache: the gzip cache (a new :class:`GzipCache` when None).
     """
     from jupyter_server.utils import url_path_join
 
     prefix = url_path_join(base_url, SERVER_NAME)
     return Rule(
-        AssetMatcher(prefix, asset_names(root)),
+        AssetMatcher(prefix, names),
         _handler_class(),
-        {"path": str(os.path.realpath(root)), "cache": cache or GzipCache()},
+        {"path": str(root), "cache": cache or GzipCache()},
         name=RULE_NAME,
     )
 
@@ -363,7 +367,8 @@ def _load_jupyter_server_extension(serverapp) -> None:
         serverapp.log.info("LlamaBoard's assets go through the proxy (no gradio installed here)")
         return
     web_app = serverapp.web_app
-    rule = asset_rule(web_app.settings.get("base_url", "/"), root)
+    root = Path(os.path.realpath(root))
+    rule = asset_rule(web_app.settings.get("base_url", "/"), root, asset_names(root))
     install(web_app, rule)
     serverapp.log.info(
         "llmspawner: LlamaBoard's assets served from %s (%d files)",

@@ -103,7 +103,7 @@ class _Proxy(RequestHandler):
 def test_install_puts_the_rule_before_the_proxys(folder):
     """Added as usual, the rule would come after jupyter-server-proxy's catch-all."""
     app = Application([(r"/user/alice/llamaboard/(.*)", _Proxy)])
-    rule = board_assets.asset_rule("/user/alice/", folder, GzipCache())
+    rule = board_assets.asset_rule("/user/alice/", folder, asset_names(folder), GzipCache())
     board_assets.install(app, rule)
     assert app.default_router.rules[0] is rule
     assert app.default_router.named_rules[board_assets.RULE_NAME] is rule
@@ -267,7 +267,7 @@ async def test_jupyterhubs_cookie_auth_accepts_a_module_fetch(folder, mode, monk
     from jupyterhub.services.auth import HubOAuth
 
     app = Application([], base_url="/user/alice/", cookie_secret="x" * 32)
-    rule = board_assets.asset_rule("/user/alice/", folder)
+    rule = board_assets.asset_rule("/user/alice/", folder, asset_names(folder))
     handler_class, kwargs = rule.target, rule.target_kwargs
     handler = handler_class(app, _asset_request(mode=mode), **kwargs)
     auth = HubOAuth(api_token="t", api_url="http://127.0.0.1:9/hub/api", cache_max_age=0)
